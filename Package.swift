@@ -1,0 +1,50 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// OpenMP: the Swift toolchain's clang with Debian's libomp-dev (LLVM 14). `-fopenmp` alone
+// does not find `-lomp`, so the library directory is named; omp.h is not needed because the
+// kernels declare the three runtime calls they use.
+let openMPLibDir = "/usr/lib/llvm-14/lib"
+
+// The kernels are always compiled optimized (debug builds and `swift test` included) and
+// without FP contraction, so that dequantization matches ggml and bitsandbytes bit for bit.
+let kernelFlags: [String] = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
+
+let package = Package(
+    name: "qlora",
+    platforms: [.macOS(.v13)],
+    products: [
+        .library(name: "Quant", targets: ["Quant"]),
+        .library(name: "QLoRA", targets: ["QLoRA"]),
+        .executable(name: "qlora", targets: ["qlora"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .target(
+            name: "QuantKernels",
+            cSettings: [.unsafeFlags(kernelFlags)],
+            linkerSettings: [
+                .unsafeFlags(["-L\(openMPLibDir)"]),
+                .linkedLibrary("omp"),
+                .linkedLibrary("dl"),
+            ]
+        ),
+        .target(name: "Quant", dependencies: ["QuantKernels"]),
+        .target(name: "QLoRA", dependencies: ["Quant"]),
+        .target(name: "GEMMBench", dependencies: ["Quant"], path: "benches/GEMMBench"),
+        .executableTarget(
+            name: "qlora",
+            dependencies: [
+                "Quant", "QLoRA", "GEMMBench",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // Tests are compiled optimized even in debug: their float64 reference loops would
+        // otherwise dominate the run.
+        .testTarget(name: "QuantTests", dependencies: ["Quant"], resources: [.copy("Fixtures")],
+                    swiftSettings: [.unsafeFlags(["-O"])]),
+        .testTarget(name: "QLoRATests", dependencies: ["QLoRA"]),
+    ]
+)

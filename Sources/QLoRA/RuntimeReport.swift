@@ -1,0 +1,48 @@
+import Foundation
+import Quant
+
+/// What qlora computes with on this machine: the CPU, the SIMD level of the dequantizers,
+/// the OpenBLAS core and threads. `qlora info` prints it; benchmarks put it beside their figures.
+public struct RuntimeReport: Codable, Sendable {
+    public var cpu: String
+    public var cpuFlags: [String]
+    public var simd: String
+    public var blasCore: String
+    public var blasCoreRequested: String?
+    public var blasCoreReason: String
+    public var blasCoreVerified: Bool
+    public var inheritedOpenBLASCoreType: String?
+    public var blasConfig: String
+    public var blasLibrary: String
+    public var threads: Int
+
+    public static func current() throws -> RuntimeReport {
+        let status = try ComputeRuntime.prepare()
+        let cpu = CPUInfo.current
+        return RuntimeReport(
+            cpu: "\(cpu.brand.isEmpty ? cpu.vendor : cpu.brand) (family \(cpu.family), model \(cpu.model))",
+            cpuFlags: cpu.flags, simd: SIMDLevel.current.description, blasCore: status.corename,
+            blasCoreRequested: status.requestedCore, blasCoreReason: status.reason, blasCoreVerified: status.verified,
+            inheritedOpenBLASCoreType: status.inheritedCoreType, blasConfig: status.config, blasLibrary: status.library,
+            threads: status.ompThreads)
+    }
+
+    /// Lines for people: `key: value`, with a warning when OpenBLAS ignored the core asked for.
+    public var lines: [String] {
+        var out = [
+            "cpu: \(cpu)",
+            "cpu flags: \(cpuFlags.joined(separator: " "))",
+            "dequantize simd: \(simd)",
+            "blas core: \(blasCore) (\(blasCoreReason))",
+            "blas library: \(blasLibrary) — \(blasConfig)",
+            "threads: \(threads) (OpenMP tiles; OpenBLAS runs 1 thread inside each)",
+        ]
+        if let inherited = inheritedOpenBLASCoreType, blasCoreRequested != nil, inherited != blasCoreRequested {
+            out.append("note: OPENBLAS_CORETYPE=\(inherited) from the environment was replaced; QLORA_BLAS_CORETYPE=inherit keeps it")
+        }
+        if !blasCoreVerified {
+            out.append("warning: asked OpenBLAS for \(blasCoreRequested ?? "?") but it runs \(blasCore); set QLORA_BLAS_CORETYPE=SkylakeX or Haswell")
+        }
+        return out
+    }
+}

@@ -1,0 +1,81 @@
+/* blas.c — OpenBLAS, loaded at run time rather than linked, because its kernel choice is
+ * fixed when the library initializes: OPENBLAS_CORETYPE must be set before that, which a
+ * link-time dependency makes impossible for a library or a test runner. Debian's 0.3.21
+ * (libopenblas-dev, pthread flavour) picks a generic SSE3 core on some AVX-512 CPUs; the
+ * caller chooses the core from CPUID and passes it here. */
+#include "quant_kernels.h"
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { CblasRowMajor = 101, CblasNoTrans = 111, CblasTrans = 112 };
+
+typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int, const float *, int,
+                         float, float *, int);
+static sgemm_fn p_sgemm;
+static char *(*p_corename)(void);
+static char *(*p_config)(void);
+static int (*p_get_threads)(void);
+static void (*p_set_threads)(int);
+static int load_result = 1; /* 1: not tried */
+static char load_error[512];
+static char loaded_path[256];
+static int current_threads;
+
+static const char *candidates[] = {
+    "libopenblas.so.0",
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "libopenblas.so",
+};
+
+int qk_blas_load(const char *coretype, char *err, size_t errlen) {
+    if (load_result == 1) {
+        if (coretype && *coretype) setenv("OPENBLAS_CORETYPE", coretype, 1);
+        void *h = NULL;
+        for (size_t i = 0; i < sizeof candidates / sizeof *candidates && !h; i++) {
+            h = dlopen(candidates[i], RTLD_NOW | RTLD_LOCAL);
+            if (h) snprintf(loaded_path, sizeof loaded_path, "%s", candidates[i]);
+        }
+        if (!h) {
+            snprintf(load_error, sizeof load_error,
+                     "cannot load OpenBLAS (%s)\n---> HINT: apt-get install libopenblas-dev", dlerror());
+            load_result = -1;
+        } else {
+            p_sgemm = (sgemm_fn)dlsym(h, "cblas_sgemm");
+            p_corename = (char *(*)(void))dlsym(h, "openblas_get_corename");
+            p_config = (char *(*)(void))dlsym(h, "openblas_get_config");
+            p_get_threads = (int (*)(void))dlsym(h, "openblas_get_num_threads");
+            p_set_threads = (void (*)(int))dlsym(h, "openblas_set_num_threads");
+            if (!p_sgemm || !p_set_threads || !p_get_threads) {
+                snprintf(load_error, sizeof load_error, "%s lacks cblas_sgemm or openblas_set_num_threads", loaded_path);
+                load_result = -1;
+            } else {
+                current_threads = p_get_threads();
+                load_result = 0;
+            }
+        }
+    }
+    if (load_result != 0 && err && errlen) snprintf(err, errlen, "%s", load_error);
+    return load_result;
+}
+
+const char *qk_blas_corename(void) { return p_corename ? p_corename() : ""; }
+const char *qk_blas_config(void) { return p_config ? p_config() : ""; }
+const char *qk_blas_path(void) { return loaded_path; }
+int qk_blas_num_threads(void) { return p_get_threads ? p_get_threads() : 0; }
+
+void qk_blas_set_num_threads(int n) {
+    /* openblas_set_num_threads takes a lock and may touch its thread pool: call it only on a
+     * change, never from inside a parallel region. */
+    if (p_set_threads && n != current_threads) {
+        p_set_threads(n);
+        current_threads = n;
+    }
+}
+
+void qk_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+              int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    p_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M,
+            (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+}

@@ -1,0 +1,31 @@
+/* blocks.h — ggml's block structs (ggml-common.h: block_q4_0, block_q4_1, block_q8_0),
+ * reproduced by layout so ggml files are used as they are, and internal helpers shared by
+ * the dequantizers. Not part of the public API. */
+#ifndef QK_BLOCKS_H
+#define QK_BLOCKS_H
+
+#include "quant_kernels.h"
+#include <string.h>
+
+typedef struct { uint16_t d; uint8_t qs[QK_GGML_BLOCK / 2]; } block_q4_0;            /* delta, nibbles */
+typedef struct { uint16_t d; uint16_t m; uint8_t qs[QK_GGML_BLOCK / 2]; } block_q4_1; /* delta, min, nibbles */
+typedef struct { uint16_t d; int8_t qs[QK_GGML_BLOCK]; } block_q8_0;                  /* delta, int8 */
+_Static_assert(sizeof(block_q4_0) == QK_Q4_0_BYTES, "wrong q4_0 block size/padding");
+_Static_assert(sizeof(block_q4_1) == QK_Q4_1_BYTES, "wrong q4_1 block size/padding");
+_Static_assert(sizeof(block_q8_0) == QK_Q8_0_BYTES, "wrong q8_0 block size/padding");
+
+/* ggml nibble order: in a block of 32, element j < 16 is the LOW nibble of qs[j] and
+ * element j + 16 its HIGH nibble (ggml-quants.c, dequantize_row_q4_0). bitsandbytes packs
+ * consecutive elements: element 2i in the HIGH nibble of byte i, 2i+1 in the LOW one. */
+static inline int qk_is_ggml(qk_format f) { return f >= QK_FORMAT_Q4_0; }
+
+/* Dequantizes whole blocks [b0, b0+nb) of a matrix (element b0*block_size onwards) into y.
+ * For bitsandbytes formats block_size must be a multiple of 16. One per ISA. */
+void qk_dequantize_blocks_scalar(const qk_matrix *w, int64_t b0, int64_t nb, float *y);
+void qk_dequantize_blocks_avx2(const qk_matrix *w, int64_t b0, int64_t nb, float *y);
+void qk_dequantize_blocks_avx512(const qk_matrix *w, int64_t b0, int64_t nb, float *y);
+
+/* One element of the flattened matrix, scalar. */
+float qk_dequantize_element(const qk_matrix *w, int64_t e);
+
+#endif

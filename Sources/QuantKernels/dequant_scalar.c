@@ -1,0 +1,123 @@
+/* dequant_scalar.c — the scalar reference dequantizers ("_ref" in ggml's terms) and the
+ * range/tile entry points that pick the SIMD level. Every SIMD twin must match these bit for
+ * bit: the arithmetic is the same single multiply (and add, for Q4_1). */
+#include "blocks.h"
+
+float qk_block_absmax(const qk_matrix *w, int64_t b) {
+    if (w->absmax) return w->absmax[b];
+    /* bitsandbytes dequantize_4bit with compress_statistics: dequantize_blockwise(absmax_q,
+     * state2) — code[q] * absmax2 in fp32 — then `absmax += offset`, also fp32. */
+    float a = w->nested_code[w->absmax_q[b]] * w->nested_absmax[b / QK_NESTED_BLOCK];
+    return a + w->offset;
+}
+
+float qk_dequantize_element(const qk_matrix *w, int64_t e) {
+    switch (w->format) {
+    case QK_FORMAT_NF4:
+    case QK_FORMAT_FP4: {
+        uint8_t byte = w->data[e >> 1];
+        uint8_t q = (e & 1) ? (byte & 0x0F) : (byte >> 4);
+        return w->code[q] * qk_block_absmax(w, e / w->block_size);
+    }
+    case QK_FORMAT_Q4_0: {
+        const block_q4_0 *x = (const block_q4_0 *)w->data + e / QK_GGML_BLOCK;
+        int j = (int)(e % QK_GGML_BLOCK);
+        int q = j < 16 ? (x->qs[j] & 0x0F) : (x->qs[j - 16] >> 4);
+        return (float)(q - 8) * qk_fp16_to_fp32(x->d);
+    }
+    case QK_FORMAT_Q4_1: {
+        const block_q4_1 *x = (const block_q4_1 *)w->data + e / QK_GGML_BLOCK;
+        int j = (int)(e % QK_GGML_BLOCK);
+        int q = j < 16 ? (x->qs[j] & 0x0F) : (x->qs[j - 16] >> 4);
+        return (float)q * qk_fp16_to_fp32(x->d) + qk_fp16_to_fp32(x->m);
+    }
+    case QK_FORMAT_Q8_0: {
+        const block_q8_0 *x = (const block_q8_0 *)w->data + e / QK_GGML_BLOCK;
+        return (float)x->qs[e % QK_GGML_BLOCK] * qk_fp16_to_fp32(x->d);
+    }
+    }
+    return 0.0f;
+}
+
+void qk_dequantize_blocks_scalar(const qk_matrix *w, int64_t b0, int64_t nb, float *y) {
+    const int64_t bs = w->block_size;
+    for (int64_t b = b0; b < b0 + nb; b++, y += bs) {
+        switch (w->format) {
+        case QK_FORMAT_NF4:
+        case QK_FORMAT_FP4: {
+            const float a = qk_block_absmax(w, b);
+            const uint8_t *q = w->data + b * bs / 2;
+            for (int64_t i = 0; i < bs / 2; i++) {
+                y[2 * i + 0] = w->code[q[i] >> 4] * a;
+                y[2 * i + 1] = w->code[q[i] & 0x0F] * a;
+            }
+            break;
+        }
+        case QK_FORMAT_Q4_0: {
+            const block_q4_0 *x = (const block_q4_0 *)w->data + b;
+            const float d = qk_fp16_to_fp32(x->d);
+            for (int j = 0; j < 16; j++) {
+                y[j] = (float)((x->qs[j] & 0x0F) - 8) * d;
+                y[j + 16] = (float)((x->qs[j] >> 4) - 8) * d;
+            }
+            break;
+        }
+        case QK_FORMAT_Q4_1: {
+            const block_q4_1 *x = (const block_q4_1 *)w->data + b;
+            const float d = qk_fp16_to_fp32(x->d), m = qk_fp16_to_fp32(x->m);
+            for (int j = 0; j < 16; j++) {
+                y[j] = (float)(x->qs[j] & 0x0F) * d + m;
+                y[j + 16] = (float)(x->qs[j] >> 4) * d + m;
+            }
+            break;
+        }
+        case QK_FORMAT_Q8_0: {
+            const block_q8_0 *x = (const block_q8_0 *)w->data + b;
+            const float d = qk_fp16_to_fp32(x->d);
+            for (int j = 0; j < QK_GGML_BLOCK; j++) y[j] = (float)x->qs[j] * d;
+            break;
+        }
+        }
+    }
+}
+
+typedef void (*blocks_fn)(const qk_matrix *, int64_t, int64_t, float *);
+
+static blocks_fn blocks_for(qk_isa isa) {
+    switch (isa) {
+    case QK_ISA_AVX512: return qk_dequantize_blocks_avx512;
+    case QK_ISA_AVX2: return qk_dequantize_blocks_avx2;
+    default: return qk_dequantize_blocks_scalar;
+    }
+}
+
+void qk_dequantize_range_isa(const qk_matrix *w, int64_t start, int64_t count, float *y, qk_isa isa) {
+    const int64_t bs = w->block_size, end = start + count;
+    /* Head: elements before the first whole block (only when a range starts mid-block, which
+     * bitsandbytes layouts allow when cols is not a multiple of the block size). */
+    int64_t e = start;
+    int64_t first = (start + bs - 1) / bs * bs;
+    if (first > end) first = end;
+    for (; e < first; e++) *y++ = qk_dequantize_element(w, e);
+    /* Whole blocks; a partial last block of the tensor is left to the tail. */
+    int64_t nb = (end - e) / bs;
+    if (nb > 0) {
+        blocks_for(isa)(w, e / bs, nb, y);
+        y += nb * bs;
+        e += nb * bs;
+    }
+    for (; e < end; e++) *y++ = qk_dequantize_element(w, e);
+}
+
+void qk_dequantize_range(const qk_matrix *w, int64_t start, int64_t count, float *y) {
+    qk_dequantize_range_isa(w, start, count, y, qk_isa_get());
+}
+
+void qk_dequantize_tile(const qk_matrix *w, int64_t r0, int64_t r1, int64_t c0, int64_t c1, float *y) {
+    const int64_t width = c1 - c0;
+    if (c0 == 0 && c1 == w->cols) { /* whole rows: one contiguous range */
+        qk_dequantize_range(w, r0 * w->cols, (r1 - r0) * width, y);
+        return;
+    }
+    for (int64_t r = r0; r < r1; r++, y += width) qk_dequantize_range(w, r * w->cols + c0, width, y);
+}

@@ -1,0 +1,32 @@
+/* fp16.c — IEEE binary16 conversions, bit-exact with F16C's vcvtph2ps / vcvtps2ph (round to
+ * nearest even), which ggml uses on x86 (GGML_FP16_TO_FP32 / GGML_FP32_TO_FP16). */
+#include "quant_kernels.h"
+#include <string.h>
+
+static inline uint32_t bits_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float float_of(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+float qk_fp16_to_fp32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t em = h & 0x7fff;
+    if (em >= 0x7c00) return float_of(sign | 0x7f800000 | ((em & 0x3ff) << 13)); /* inf, nan */
+    if (em >= 0x0400) return float_of(sign | ((em << 13) + 0x38000000));         /* normal */
+    return float_of(sign | bits_of((float)em * 5.9604644775390625e-8f));         /* subnormal: em * 2^-24, exact */
+}
+
+uint16_t qk_fp32_to_fp16(float f) {
+    uint32_t u = bits_of(f);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+    uint32_t a = u & 0x7fffffff;
+    if (a > 0x7f800000) return sign | 0x7e00 | (uint16_t)((a >> 13) & 0x3ff); /* nan stays nan */
+    if (a >= 0x47800000) return sign | 0x7c00;                               /* >= 65536: inf */
+    if (a < 0x38800000) {                                                    /* half subnormal or zero */
+        /* Adding 0.5 aligns the value's bits so that the float adder rounds to nearest even at
+         * the half-subnormal ulp (2^-24); the low bits are then the half's mantissa. */
+        float v = float_of(a) + 0.5f;
+        return sign | (uint16_t)(bits_of(v) - 0x3f000000);
+    }
+    uint32_t odd = (a >> 13) & 1;
+    a += 0xc8000fffu + odd; /* rebias the exponent by (15 - 127) and round to nearest even */
+    return sign | (uint16_t)(a >> 13);
+}

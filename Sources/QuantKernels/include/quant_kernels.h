@@ -1,0 +1,148 @@
+/* quant_kernels.h — the C kernels of qlora: 4-bit and 8-bit block formats, their
+ * quantizers and dequantizers (scalar reference, AVX2, AVX-512), CPU detection, the
+ * run-time loading of OpenBLAS, and the OpenMP "dequantize a tile, then sgemm" drivers.
+ *
+ * Legend: W is a matrix [rows, cols] = [out, in], stored row-major and quantized over its
+ * flattened elements (element e = r*cols + c). T tokens.
+ *
+ * Formats
+ *  - NF4 / FP4 (bitsandbytes): codes packed two per byte, the FIRST element of a pair in the
+ *    HIGH nibble; one absmax per `block_size` consecutive elements of the flattened tensor
+ *    (the last block may be partial); value = code[q] * absmax. With double quantization the
+ *    absmax are stored as 8-bit codes of a dynamic map, one fp32 scale per 256 of them plus
+ *    one fp32 offset: absmax[b] = nested_code[absmax_q[b]] * nested_absmax[b / 256] + offset.
+ *  - Q4_0, Q4_1, Q8_0 (ggml): blocks of 32 elements that never straddle rows (cols must be a
+ *    multiple of 32), laid out exactly as ggml's block_q4_0 / block_q4_1 / block_q8_0.
+ */
+#ifndef QUANT_KERNELS_H
+#define QUANT_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    QK_FORMAT_NF4 = 0,
+    QK_FORMAT_FP4 = 1,
+    QK_FORMAT_Q4_0 = 2,
+    QK_FORMAT_Q4_1 = 3,
+    QK_FORMAT_Q8_0 = 4,
+} qk_format;
+
+/* ggml block sizes (ggml-common.h: QK4_0, QK4_1, QK8_0). */
+enum { QK_GGML_BLOCK = 32 };
+enum { QK_Q4_0_BYTES = 18, QK_Q4_1_BYTES = 20, QK_Q8_0_BYTES = 34 };
+/* bitsandbytes' block size for the nested (double) quantization of absmax. */
+enum { QK_NESTED_BLOCK = 256 };
+
+/* The 16-entry codebooks of bitsandbytes (functional.py, get_4bit_type) and the 256-entry
+ * signed dynamic map (functional.py, create_dynamic_map(signed=True)). */
+extern const float qk_nf4_code[16];
+extern const float qk_fp4_code[16];
+extern const float qk_dynamic_map[256];
+
+/* A quantized matrix as the kernels see it. Pointers are borrowed. */
+typedef struct {
+    qk_format format;
+    int64_t rows;               /* out */
+    int64_t cols;               /* in  */
+    int64_t block_size;         /* 32 for ggml formats */
+    const uint8_t *data;        /* packed codes (bnb) or ggml blocks */
+    /* bitsandbytes formats only: */
+    const float *code;          /* 16 values */
+    const float *absmax;        /* per block fp32, or NULL when double-quantized */
+    const uint8_t *absmax_q;    /* per block 8-bit codes (double quantization) */
+    const float *nested_absmax; /* one per QK_NESTED_BLOCK blocks */
+    const float *nested_code;   /* 256 values */
+    float offset;
+} qk_matrix;
+
+/* ---- SIMD levels ------------------------------------------------------------------- */
+typedef enum { QK_ISA_SCALAR = 0, QK_ISA_AVX2 = 1, QK_ISA_AVX512 = 2 } qk_isa;
+
+typedef struct {
+    char vendor[13];
+    char brand[49];
+    int family, model;
+    int sse3, avx, avx2, fma, f16c;
+    int avx512f, avx512bw, avx512vl, avx512_bf16, avx512_vbmi;
+    int amx_tile, amx_bf16;
+    int os_avx, os_avx512, os_amx; /* the OS saves the register state (XCR0) */
+} qk_cpu_info;
+
+void qk_cpu_detect(qk_cpu_info *info);
+/* The best level this CPU and OS support. */
+qk_isa qk_isa_best(void);
+/* The level the dequantizers use now (defaults to qk_isa_best()). */
+qk_isa qk_isa_get(void);
+/* Returns 0, or -1 if the CPU lacks that level (the level is then unchanged). */
+int qk_isa_set(qk_isa isa);
+
+/* ---- fp16 -------------------------------------------------------------------------- */
+float qk_fp16_to_fp32(uint16_t h);
+uint16_t qk_fp32_to_fp16(float f); /* round to nearest even */
+
+/* ---- quantizers (reference implementations; deterministic) -------------------------- */
+/* bitsandbytes 4-bit: n elements, blocks of block_size. Writes (n+1)/2 bytes of codes and
+ * ceil(n/block_size) absmax. `code` is the 16-value codebook. */
+void qk_quantize_4bit_ref(const float *x, int64_t n, int64_t block_size, const float *code,
+                          uint8_t *packed, float *absmax);
+/* bitsandbytes' 8-bit blockwise quantization with the dynamic map, as used for the double
+ * quantization of absmax: values v[i] - offset are quantized in blocks of QK_NESTED_BLOCK.
+ * Writes n codes and ceil(n/256) block absmax. */
+void qk_quantize_nested_ref(const float *v, int64_t n, float offset, const float *nested_code,
+                            uint8_t *codes, float *nested_absmax);
+/* ggml: k must be a multiple of 32; writes k/32 blocks. */
+void qk_quantize_row_q4_0_ref(const float *x, uint8_t *blocks, int64_t k);
+void qk_quantize_row_q4_1_ref(const float *x, uint8_t *blocks, int64_t k);
+void qk_quantize_row_q8_0_ref(const float *x, uint8_t *blocks, int64_t k);
+
+/* ---- dequantizers -------------------------------------------------------------------- */
+/* Absmax of block b of a bitsandbytes matrix (plain or double-quantized). */
+float qk_block_absmax(const qk_matrix *w, int64_t b);
+/* Writes the `count` elements of the flattened matrix starting at element `start`
+ * into y, using the current SIMD level for whole aligned blocks. */
+void qk_dequantize_range(const qk_matrix *w, int64_t start, int64_t count, float *y);
+/* Same, with an explicit level (for tests and benchmarks). */
+void qk_dequantize_range_isa(const qk_matrix *w, int64_t start, int64_t count, float *y, qk_isa isa);
+/* Rows [r0, r1) and columns [c0, c1) into y[(r1-r0), (c1-c0)], row-major. */
+void qk_dequantize_tile(const qk_matrix *w, int64_t r0, int64_t r1, int64_t c0, int64_t c1, float *y);
+
+/* ---- OpenBLAS, loaded at run time ---------------------------------------------------- */
+/* Sets OPENBLAS_CORETYPE to `coretype` (unless NULL or empty), then loads the library.
+ * Returns 0, or -1 with a message in err. Idempotent: later calls return the first result. */
+int qk_blas_load(const char *coretype, char *err, size_t errlen);
+const char *qk_blas_corename(void);   /* what OpenBLAS says it runs, or "" */
+const char *qk_blas_config(void);     /* openblas_get_config(), or "" */
+const char *qk_blas_path(void);       /* the file that was loaded */
+int qk_blas_num_threads(void);
+void qk_blas_set_num_threads(int n);
+/* C[M,N] = alpha * op(A) * op(B) + beta * C, row-major; trans_* is 0 or 1. */
+void qk_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+              const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+              float *C, int64_t ldc);
+
+/* ---- OpenMP ------------------------------------------------------------------------ */
+int qk_omp_max_threads(void);
+
+/* ---- the quantized GEMMs ------------------------------------------------------------- */
+/* Tunables; 0 picks the default. */
+typedef struct {
+    int64_t tile_bytes;       /* per-thread buffer of dequantized weights */
+} qk_gemm_options;
+
+/* Y[T, out] = X[T, in] · Wᵀ + beta · Y. Returns 0, or -1 if a tile buffer could not be
+ * allocated. OpenBLAS must be loaded (qk_blas_load). */
+int qk_gemm_forward(const qk_matrix *w, const float *x, float *y, int64_t T, float beta,
+                    int threads, const qk_gemm_options *opt);
+/* dX[T, in] = dY[T, out] · W + beta · dX. Returns as qk_gemm_forward. */
+int qk_gemm_backward(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta,
+                     int threads, const qk_gemm_options *opt);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

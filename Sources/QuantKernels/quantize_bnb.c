@@ -1,0 +1,88 @@
+/* quantize_bnb.c — reference quantizers of bitsandbytes' 4-bit formats and of its 8-bit
+ * blockwise quantization with the dynamic map (used to double-quantize absmax), following
+ * bitsandbytes 0.50's CPU path so the bytes match (tools/make_quant_fixtures.py checks them):
+ *  - 4-bit (backends/default/ops.py, quantize_4bit and _get_4bit_quantize_bounds): codes
+ *    chosen by the float32 midpoints between the sorted codebook values, a value exactly on a
+ *    midpoint taking the lower code (torch.bucketize, right=False); whole blocks are scaled
+ *    by the reciprocal of absmax (clamped to 1e-38), the partial last block is divided by its
+ *    clamped absmax, which is also what it stores.
+ *  - 8-bit (csrc/cpu_ops.cpp, quantize_cpu_impl): a 65536-entry table maps the scaled value,
+ *    rounded to 16 bits, to the number of map midpoints below it. */
+#include "blocks.h"
+#include <math.h>
+#include <stdlib.h>
+
+typedef struct {
+    float bounds[15];
+    uint8_t order[16]; /* code index of each sorted position */
+} bucket_table;
+
+static bucket_table make_buckets(const float *code) {
+    bucket_table t;
+    for (int i = 0; i < 16; i++) t.order[i] = (uint8_t)i;
+    for (int i = 1; i < 16; i++) /* stable insertion sort of indices by value */
+        for (int j = i; j > 0 && code[t.order[j - 1]] > code[t.order[j]]; j--) {
+            uint8_t s = t.order[j];
+            t.order[j] = t.order[j - 1];
+            t.order[j - 1] = s;
+        }
+    for (int i = 0; i < 15; i++) t.bounds[i] = (code[t.order[i]] + code[t.order[i + 1]]) / 2.0f;
+    return t;
+}
+
+/* The code of the bucket holding v: the number of bounds strictly below it. */
+static uint8_t bucket(const bucket_table *t, float v) {
+    int i = 0;
+    while (i < 15 && t->bounds[i] < v) i++;
+    return t->order[i];
+}
+
+static float clamp1(float v) { return fminf(fmaxf(v, -1.0f), 1.0f); }
+
+void qk_quantize_4bit_ref(const float *x, int64_t n, int64_t block_size, const float *code, uint8_t *packed,
+                          float *absmax) {
+    const bucket_table t = make_buckets(code);
+    const float tiny = 1e-38f; /* torch's clamp(min=1e-38) on float32 */
+    const int64_t nb = (n + block_size - 1) / block_size;
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t e0 = b * block_size, e1 = e0 + block_size < n ? e0 + block_size : n;
+        const int partial = e1 - e0 < block_size;
+        float a = 0.0f;
+        for (int64_t e = e0; e < e1; e++) a = fmaxf(a, fabsf(x[e]));
+        const float clamped = fmaxf(a, tiny), inv = 1.0f / clamped;
+        absmax[b] = partial ? clamped : a;
+        for (int64_t e = e0; e < e1; e++) {
+            const uint8_t q = bucket(&t, clamp1(partial ? x[e] / clamped : x[e] * inv));
+            if (e & 1) packed[e >> 1] |= q;
+            else packed[e >> 1] = (uint8_t)(q << 4);
+        }
+    }
+    if (n & 1) packed[n >> 1] |= bucket(&t, 0.0f); /* padding: the code of zero */
+}
+
+void qk_quantize_nested_ref(const float *v, int64_t n, float offset, const float *nested_code, uint8_t *codes,
+                            float *nested_absmax) {
+    uint8_t *lut = malloc(65536);
+    if (!lut) return;
+    float mids[255];
+    for (int k = 0; k < 255; k++) mids[k] = 0.5f * (nested_code[k] + nested_code[k + 1]);
+    for (int i = 0, below = 0; i < 65536; i++) {
+        const float val = (2.0f * (float)i) / 65535.0f - 1.0f; /* increasing in i */
+        while (below < 255 && mids[below] < val) below++;
+        lut[i] = (uint8_t)below;
+    }
+    const int64_t nb = (n + QK_NESTED_BLOCK - 1) / QK_NESTED_BLOCK;
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t e0 = b * QK_NESTED_BLOCK, e1 = e0 + QK_NESTED_BLOCK < n ? e0 + QK_NESTED_BLOCK : n;
+        float a = 0.0f;
+        for (int64_t e = e0; e < e1; e++) a = fmaxf(a, fabsf(v[e] - offset));
+        nested_absmax[b] = a;
+        const float inv = 1.0f / a;
+        for (int64_t e = e0; e < e1; e++) {
+            if (a == 0.0f) { codes[e] = 0; continue; }
+            const float t = (clamp1((v[e] - offset) * inv) + 1.0f) * 0.5f;
+            codes[e] = lut[(uint16_t)(int)fmaf(t, 65535.0f, 0.5f)];
+        }
+    }
+    free(lut);
+}

@@ -1,0 +1,97 @@
+import ArgumentParser
+import Foundation
+import GEMMBench
+import QLoRA
+import Quant
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Benchmarks (medians of several runs, as ratios to a baseline measured in the same run).",
+        subcommands: [GEMM.self]
+    )
+}
+
+extension QuantFormat: ExpressibleByArgument {}
+
+struct GEMM: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gemm",
+        abstract: "4-bit GEMMs, forward (Y = X·Wᵀ) and backward (dX = dY·W), against dense 2-thread sgemm.",
+        discussion: """
+            For each shape out x in and token count T, times dense OpenBLAS sgemm on the fp32
+            weights and each format's dequantize-into-sgemm product on the same weights, run after
+            run, and reports GFLOP/s (2·T·out·in per product) with the ratio to dense (above 1 is
+            faster than dense). Also reports dequantization throughput per format and SIMD level.
+
+            Example: qlora bench gemm --shapes 4096x4096 --tokens 256 --formats nf4 --runs 7
+            """
+    )
+
+    @Option(help: "Shapes out x in, comma-separated.") var shapes = "576x576,1536x576,576x1536,4096x4096,11008x4096"
+    @Option(help: "Token counts T, comma-separated.") var tokens = "1,64,256,512,1024"
+    @Option(help: "Formats, comma-separated: \(QuantFormat.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var formats = QuantFormat.allCases.map(\.rawValue).joined(separator: ",")
+    @Option(help: "Runs per case; medians are reported.") var runs = 5
+    @Option(help: "Threads for both dense and quantized products.") var threads = 2
+    @Option(help: "Per-thread tile buffer in KiB (0: the library's default, which depends on T).") var tileKib = 0
+    @Flag(help: "Print JSON records for scripts instead of the table.") var json = false
+
+    var parsed: (shapes: [(out: Int, in: Int)], tokens: [Int], formats: [QuantFormat]) {
+        get throws {
+            let shapes = try shapes.split(separator: ",").map { s -> (out: Int, in: Int) in
+                let p = s.split(separator: "x").compactMap { Int($0) }
+                guard p.count == 2, p[0] > 0, p[1] > 0 else { throw ValidationError("--shapes: '\(s)' is not OUTxIN, e.g. 4096x4096") }
+                return (p[0], p[1])
+            }
+            let tokens = try self.tokens.split(separator: ",").map { s -> Int in
+                guard let t = Int(s), t > 0 else { throw ValidationError("--tokens: '\(s)' is not a positive integer") }
+                return t
+            }
+            let formats = try self.formats.split(separator: ",").map { s -> QuantFormat in
+                guard let f = QuantFormat(rawValue: String(s)) else {
+                    throw ValidationError("--formats: unknown format '\(s)'; use \(QuantFormat.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                return f
+            }
+            return (shapes, tokens, formats)
+        }
+    }
+
+    func validate() throws {
+        let p = try parsed
+        for shape in p.shapes where p.formats.contains(where: \.isGGML) && shape.in % 32 != 0 {
+            throw ValidationError("--shapes: in = \(shape.in) is not a multiple of 32, which ggml formats need")
+        }
+        guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+    }
+
+    func run() throws {
+        let p = try parsed
+        var config = GEMMBench.Config()
+        config.shapes = p.shapes
+        config.tokens = p.tokens
+        config.formats = p.formats
+        config.runs = runs
+        config.threads = threads
+        config.tileBytes = tileKib * 1024
+        let report = try RuntimeReport.current()
+        let header = report.lines + ["threads used: \(threads) (dense: OpenBLAS's; quantized: OpenMP tiles)"]
+        if !json { header.forEach { print($0) } }
+        let records = try GEMMBench.run(config) { progress in
+            if case let .measuring(what, done, total, elapsed) = progress {
+                let eta = done > 0 ? String(format: ", ETA %.0f s", elapsed / Double(done) * Double(total - done)) : ""
+                FileHandle.standardError.write(Data("[\(done)/\(total)] \(what)\(eta)\n".utf8))
+            }
+        }
+        if json {
+            struct Output: Encodable { let runtime: RuntimeReport; let threads: Int; let runs: Int; let records: [GEMMBench.Record] }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            encoder.keyEncodingStrategy = .convertToSnakeCase
+            print(String(decoding: try encoder.encode(Output(runtime: report, threads: threads, runs: runs, records: records)), as: UTF8.self))
+        } else {
+            print(GEMMBench.table(records))
+        }
+    }
+}

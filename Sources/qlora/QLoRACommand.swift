@@ -1,0 +1,17 @@
+import ArgumentParser
+
+@main
+struct QLoRACommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "qlora",
+        abstract: "Fine-tune large language models with LoRA on a frozen 4-bit base, on the CPU.",
+        discussion: """
+            Frozen weights stay 4-bit (NF4/FP4 as bitsandbytes stores them, or GGUF's Q4_0/Q4_1/Q8_0
+            blocks as they are) and are dequantized tile by tile into OpenMP-parallel GEMMs.
+
+            Start with `qlora info` to see what this machine computes with, and
+            `qlora bench gemm` to measure the 4-bit GEMMs against dense sgemm.
+            """,
+        subcommands: [Info.self, Bench.self]
+    )
+}

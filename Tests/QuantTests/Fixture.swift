@@ -1,0 +1,66 @@
+import Foundation
+import XCTest
+
+/// A JSON fixture written by tools/make_quant_fixtures.py. Arrays are hex strings of
+/// little-endian bytes.
+struct Fixture {
+    let name: String
+    let json: [String: Any]
+
+    static func load(_ name: String) throws -> Fixture {
+        guard let url = Bundle.module.url(forResource: name, withExtension: "json", subdirectory: "Fixtures") else {
+            throw XCTSkip("fixture \(name).json missing: run tools/make_quant_fixtures.py")
+        }
+        let object = try JSONSerialization.jsonObject(with: Data(contentsOf: url))
+        return Fixture(name: name, json: object as! [String: Any])
+    }
+
+    /// Every fixture whose name starts with `prefix`.
+    static func all(prefix: String) throws -> [Fixture] {
+        guard let dir = Bundle.module.url(forResource: "Fixtures", withExtension: nil) else { return [] }
+        return try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted()
+            .filter { $0.hasPrefix(prefix) && $0.hasSuffix(".json") }
+            .map { try load(String($0.dropLast(5))) }
+    }
+
+    func int(_ key: String) -> Int { json[key] as! Int }
+    func string(_ key: String) -> String { json[key] as! String }
+    func bool(_ key: String) -> Bool { json[key] as! Bool }
+    func has(_ key: String) -> Bool { json[key] != nil }
+    var shape: (rows: Int, cols: Int) { let s = json["shape"] as! [Int]; return (s[0], s[1]) }
+
+    func bytes(_ key: String) -> [UInt8] {
+        let hex = Array(string(key).utf8)
+        func nibble(_ c: UInt8) -> UInt8 { c <= 57 ? c - 48 : c - 87 }
+        return stride(from: 0, to: hex.count, by: 2).map { nibble(hex[$0]) << 4 | nibble(hex[$0 + 1]) }
+    }
+
+    func floats(_ key: String) -> [Float] {
+        let b = bytes(key)
+        return stride(from: 0, to: b.count, by: 4).map {
+            Float(bitPattern: UInt32(b[$0]) | UInt32(b[$0 + 1]) << 8 | UInt32(b[$0 + 2]) << 16 | UInt32(b[$0 + 3]) << 24)
+        }
+    }
+}
+
+/// Index of the first element where two float arrays differ bit for bit, or nil.
+/// `signedZeros: false` takes +0 and −0 as equal (bitsandbytes' FP4 gives either for the
+/// same nibble, depending on which of its CPU paths ran).
+func firstBitDifference(_ a: [Float], _ b: [Float], signedZeros: Bool = true) -> Int? {
+    if a.count != b.count { return min(a.count, b.count) }
+    return a.indices.first { a[$0].bitPattern != b[$0].bitPattern && (signedZeros || a[$0] != 0 || b[$0] != 0) }
+}
+
+/// Deterministic normal samples (Box–Muller over a 64-bit LCG), so failures reproduce.
+struct NormalSource {
+    var state: UInt64
+    init(seed: UInt64) { state = seed &* 6364136223846793005 &+ 1442695040888963407 }
+    mutating func uniform() -> Double {
+        state = state &* 6364136223846793005 &+ 1442695040888963407
+        return (Double(state >> 11) + 0.5) / Double(1 << 53)
+    }
+    mutating func next() -> Float {
+        Float((-2 * log(uniform())).squareRoot() * cos(2 * Double.pi * uniform()))
+    }
+    mutating func array(_ n: Int, scale: Float = 1) -> [Float] { (0..<n).map { _ in next() * scale } }
+}
