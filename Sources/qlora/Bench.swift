@@ -88,7 +88,6 @@ struct GEMM: ParsableCommand {
             struct Output: Encodable { let runtime: RuntimeReport; let threads: Int; let runs: Int; let records: [GEMMBench.Record] }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            encoder.keyEncodingStrategy = .convertToSnakeCase
             print(String(decoding: try encoder.encode(Output(runtime: report, threads: threads, runs: runs, records: records)), as: UTF8.self))
         } else {
             print(GEMMBench.table(records))

@@ -31,6 +31,11 @@ public enum GEMMBench {
         public var gbPerSecond: Double?  // dequantize records: fp32 bytes written per second, one thread
         public var ratioToDense: Double? // ours / dense, both medians of the same run
         public var medianMs: Double
+
+        enum CodingKeys: String, CodingKey {
+            case T, out, `in`, format, direction, simd, gflops
+            case gbPerSecond = "gb_per_s", ratioToDense = "ratio_to_dense", medianMs = "median_ms"
+        }
     }
 
     public enum Progress {
@@ -73,6 +78,7 @@ public enum GEMMBench {
         var samples: [String: [Double]] = [:]  // "format/direction" -> seconds per call
 
         for _ in 0..<config.runs {
+            settle()
             ComputeRuntime.setBLASThreads(config.threads)
             samples["dense/forward", default: []].append(try time(config.minSampleSeconds) {
                 try ComputeRuntime.sgemm(m: T, n: shape.out, k: shape.in, a: x, lda: shape.in, b: w, ldb: shape.in,
@@ -83,6 +89,7 @@ public enum GEMMBench {
                                          transposeB: false, beta: 0, c: &dx, ldc: shape.in)
             })
             ComputeRuntime.setBLASThreads(1)
+            settle()
             for q in quantized {
                 samples["\(q.format.rawValue)/forward", default: []].append(try time(config.minSampleSeconds) {
                     try x.withUnsafeBufferPointer { xp in
@@ -126,6 +133,13 @@ public enum GEMMBench {
             }
         }
         return records
+    }
+
+    /// Waits until the other threading runtime's workers have stopped spinning (libomp spins
+    /// 200 ms after a parallel region by default, OpenBLAS's pthreads a similar while), so that
+    /// neither side is measured while the other's idle threads steal its cores.
+    static func settle() {
+        usleep(300_000)
     }
 
     /// Seconds per call: repeats `body` until `minSeconds` have passed, after one warm-up call.
