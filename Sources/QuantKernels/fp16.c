@@ -1,5 +1,6 @@
 /* fp16.c — IEEE binary16 conversions, bit-exact with F16C's vcvtph2ps / vcvtps2ph (round to
- * nearest even), which ggml uses on x86 (GGML_FP16_TO_FP32 / GGML_FP32_TO_FP16). */
+ * nearest even; NaNs come out quiet), which ggml uses on x86 (GGML_FP16_TO_FP32 /
+ * GGML_FP32_TO_FP16). */
 #include "quant_kernels.h"
 #include <string.h>
 
@@ -9,7 +10,8 @@ static inline float float_of(uint32_t u) { float f; memcpy(&f, &u, 4); return f;
 float qk_fp16_to_fp32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;
     uint32_t em = h & 0x7fff;
-    if (em >= 0x7c00) return float_of(sign | 0x7f800000 | ((em & 0x3ff) << 13)); /* inf, nan */
+    if (em == 0x7c00) return float_of(sign | 0x7f800000);                         /* inf */
+    if (em > 0x7c00) return float_of(sign | 0x7fc00000 | ((em & 0x3ff) << 13));   /* nan, quieted as F16C does */
     if (em >= 0x0400) return float_of(sign | ((em << 13) + 0x38000000));         /* normal */
     return float_of(sign | bits_of((float)em * 5.9604644775390625e-8f));         /* subnormal: em * 2^-24, exact */
 }
