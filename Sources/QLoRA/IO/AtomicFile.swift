@@ -1,0 +1,27 @@
+import Foundation
+
+/// Files that appear complete or not at all: written beside their path as `<path>.partial`,
+/// flushed to disk, then renamed over the path. A run killed mid-write leaves the old file
+/// (or none) and a `.partial` that the next write replaces.
+public enum AtomicFile {
+    public static func write(to path: String, _ body: (FileHandle) throws -> Void) throws {
+        let tmp = path + ".partial"
+        guard FileManager.default.createFile(atPath: tmp, contents: nil), let handle = FileHandle(forWritingAtPath: tmp) else {
+            throw FileError.cannotOpen(path: tmp, reason: "cannot create (does the folder exist and is it writable?)")
+        }
+        do {
+            try body(handle)
+            try handle.synchronize()
+            try handle.close()
+            guard rename(tmp, path) == 0 else { throw FileError.cannotOpen(path: path, reason: String(cString: strerror(errno))) }
+        } catch {
+            try? handle.close()
+            try? FileManager.default.removeItem(atPath: tmp)
+            throw error
+        }
+    }
+
+    public static func write(to path: String, bytes: [UInt8]) throws {
+        try write(to: path) { try $0.write(contentsOf: bytes) }
+    }
+}

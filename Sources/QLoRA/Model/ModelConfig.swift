@@ -1,0 +1,142 @@
+import Foundation
+
+/// The shape of a Llama-family decoder (Llama, Mistral, Qwen2 and SmolLM use this layout).
+/// Legend: C hidden, F intermediate, H heads, Hkv KV heads, D head dim, V vocab, L layers.
+public struct ModelConfig: Codable, Equatable, Sendable {
+    public var architecture: String
+    public var hiddenSize: Int            // C
+    public var intermediateSize: Int      // F
+    public var numLayers: Int             // L
+    public var numHeads: Int              // H
+    public var numKVHeads: Int            // Hkv
+    public var headDim: Int               // D
+    public var vocabSize: Int             // V
+    public var rmsNormEps: Float
+    public var ropeTheta: Float
+    public var ropeScaling: RopeScaling?
+    public var maxPositionEmbeddings: Int
+    public var tieWordEmbeddings: Bool
+    public var attentionBias: Bool
+
+    /// rope_scaling as transformers writes it; `llama3` uses all four factors.
+    public struct RopeScaling: Codable, Equatable, Sendable {
+        public var type: String
+        public var factor: Float
+        public var lowFreqFactor: Float?
+        public var highFreqFactor: Float?
+        public var originalMaxPositionEmbeddings: Int?
+    }
+
+    /// Parameter count of the decoder (embeddings once when tied).
+    public var parameterCount: Int {
+        let attention = hiddenSize * numHeads * headDim * 2 + hiddenSize * numKVHeads * headDim * 2
+            + (attentionBias ? numHeads * headDim + 2 * numKVHeads * headDim : 0)
+        let mlp = 3 * hiddenSize * intermediateSize
+        let perLayer = attention + mlp + 2 * hiddenSize
+        return numLayers * perLayer + hiddenSize + vocabSize * hiddenSize * (tieWordEmbeddings ? 1 : 2)
+    }
+
+    /// Checks the numbers fit together; throws naming the field at fault.
+    public func validate(source: String) throws(ModelConfigError) {
+        for (name, v) in [("hidden_size", hiddenSize), ("intermediate_size", intermediateSize), ("num_hidden_layers", numLayers),
+                          ("num_attention_heads", numHeads), ("num_key_value_heads", numKVHeads), ("head_dim", headDim),
+                          ("vocab_size", vocabSize), ("max_position_embeddings", maxPositionEmbeddings)] where v <= 0 || v > 1 << 24 {
+            throw .invalid(source: source, field: name, detail: "\(v) is out of range")
+        }
+        guard numHeads % numKVHeads == 0 else {
+            throw .invalid(source: source, field: "num_key_value_heads", detail: "\(numKVHeads) does not divide num_attention_heads \(numHeads)")
+        }
+        guard rmsNormEps > 0, rmsNormEps.isFinite else { throw .invalid(source: source, field: "rms_norm_eps", detail: "\(rmsNormEps)") }
+        guard ropeTheta > 0, ropeTheta.isFinite else { throw .invalid(source: source, field: "rope_theta", detail: "\(ropeTheta)") }
+    }
+}
+
+public enum ModelConfigError: Error, Equatable, CustomStringConvertible {
+    case invalid(source: String, field: String, detail: String)
+    case missing(source: String, field: String)
+    case unsupportedArchitecture(source: String, architecture: String)
+
+    public var description: String {
+        switch self {
+        case let .invalid(source, field, detail): "\(source): \(field): \(detail)"
+        case let .missing(source, field): "\(source): \(field) is missing"
+        case let .unsupportedArchitecture(source, architecture):
+            "\(source): architecture '\(architecture)' is not supported (llama, mistral, qwen2 and smollm, which use the Llama layout, are)"
+        }
+    }
+}
+
+extension ModelConfig {
+    static let llamaLayout: Set<String> = ["llama", "mistral", "qwen2", "smollm"]
+
+    /// From a Hugging Face config.json.
+    public init(huggingFaceConfig data: Data, source: String) throws {
+        let any = try JSONSerialization.jsonObject(with: data)
+        guard let j = any as? [String: Any] else { throw ModelConfigError.invalid(source: source, field: "(root)", detail: "not a JSON object") }
+        func int(_ key: String) throws -> Int? {
+            guard let v = j[key], !(v is NSNull) else { return nil }
+            guard let n = v as? Int else { throw ModelConfigError.invalid(source: source, field: key, detail: "\(v) is not an integer") }
+            return n
+        }
+        func float(_ key: String) throws -> Float? {
+            guard let v = j[key], !(v is NSNull) else { return nil }
+            guard let n = v as? Double else { throw ModelConfigError.invalid(source: source, field: key, detail: "\(v) is not a number") }
+            return Float(n)
+        }
+        func required(_ key: String) throws -> Int {
+            guard let v = try int(key) else { throw ModelConfigError.missing(source: source, field: key) }
+            return v
+        }
+        let modelType = (j["model_type"] as? String) ?? "llama"
+        guard Self.llamaLayout.contains(modelType) else { throw ModelConfigError.unsupportedArchitecture(source: source, architecture: modelType) }
+        let hidden = try required("hidden_size"), heads = try required("num_attention_heads")
+        var scaling: RopeScaling?
+        if let rs = j["rope_scaling"] as? [String: Any] {
+            let type = (rs["rope_type"] as? String) ?? (rs["type"] as? String) ?? "default"
+            scaling = RopeScaling(type: type, factor: Float((rs["factor"] as? Double) ?? 1),
+                                  lowFreqFactor: (rs["low_freq_factor"] as? Double).map(Float.init),
+                                  highFreqFactor: (rs["high_freq_factor"] as? Double).map(Float.init),
+                                  originalMaxPositionEmbeddings: rs["original_max_position_embeddings"] as? Int)
+        }
+        self.init(architecture: modelType, hiddenSize: hidden, intermediateSize: try required("intermediate_size"),
+                  numLayers: try required("num_hidden_layers"), numHeads: heads,
+                  numKVHeads: try int("num_key_value_heads") ?? heads, headDim: try int("head_dim") ?? (heads > 0 ? hidden / heads : 0),
+                  vocabSize: try required("vocab_size"), rmsNormEps: try float("rms_norm_eps") ?? 1e-6,
+                  ropeTheta: try float("rope_theta") ?? 10000, ropeScaling: scaling,
+                  maxPositionEmbeddings: try int("max_position_embeddings") ?? 2048,
+                  tieWordEmbeddings: (j["tie_word_embeddings"] as? Bool) ?? false, attentionBias: (j["attention_bias"] as? Bool) ?? false)
+        try validate(source: source)
+    }
+
+    /// From GGUF metadata (`general.architecture` and its `<arch>.*` keys), as llama.cpp writes them.
+    public init(gguf: GGUFFile) throws {
+        let source = gguf.file.path
+        guard let arch = gguf.metadata["general.architecture"]?.string else {
+            throw ModelConfigError.missing(source: source, field: "general.architecture")
+        }
+        guard Self.llamaLayout.contains(arch) else { throw ModelConfigError.unsupportedArchitecture(source: source, architecture: arch) }
+        func int(_ key: String) -> Int? { gguf.metadata["\(arch).\(key)"]?.int }
+        func required(_ key: String) throws -> Int {
+            guard let v = int(key) else { throw ModelConfigError.missing(source: source, field: "\(arch).\(key)") }
+            return v
+        }
+        func float(_ key: String) -> Float? { gguf.metadata["\(arch).\(key)"]?.double.map(Float.init) }
+        let hidden = try required("embedding_length"), heads = try required("attention.head_count")
+        let vocab = int("vocab_size") ?? gguf.metadata["tokenizer.ggml.tokens"]?.array?.count
+            ?? gguf.tensor("token_embd.weight")?.ne.last
+        guard let vocab else { throw ModelConfigError.missing(source: source, field: "\(arch).vocab_size") }
+        var scaling: RopeScaling?
+        if let type = gguf.metadata["\(arch).rope.scaling.type"]?.string, type != "none" {
+            scaling = RopeScaling(type: type, factor: float("rope.scaling.factor") ?? 1, lowFreqFactor: nil, highFreqFactor: nil,
+                                  originalMaxPositionEmbeddings: int("rope.scaling.original_context_length"))
+        }
+        self.init(architecture: arch, hiddenSize: hidden, intermediateSize: try required("feed_forward_length"),
+                  numLayers: try required("block_count"), numHeads: heads, numKVHeads: int("attention.head_count_kv") ?? heads,
+                  headDim: int("attention.key_length") ?? (heads > 0 ? hidden / heads : 0), vocabSize: vocab,
+                  rmsNormEps: float("attention.layer_norm_rms_epsilon") ?? 1e-5, ropeTheta: float("rope.freq_base") ?? 10000,
+                  ropeScaling: scaling, maxPositionEmbeddings: int("context_length") ?? 2048,
+                  tieWordEmbeddings: gguf.tensor("output.weight") == nil,
+                  attentionBias: gguf.tensor("blk.0.attn_q.bias") != nil)
+        try validate(source: source)
+    }
+}
