@@ -45,6 +45,6 @@ let package = Package(
         // otherwise dominate the run.
         .testTarget(name: "QuantTests", dependencies: ["Quant"], resources: [.copy("Fixtures")],
                     swiftSettings: [.unsafeFlags(["-O"])]),
-        .testTarget(name: "QLoRATests", dependencies: ["QLoRA"]),
+        .testTarget(name: "QLoRATests", dependencies: ["QLoRA"], resources: [.copy("Fixtures")], swiftSettings: [.unsafeFlags(["-O"])]),
     ]
 )

@@ -5,3 +5,15 @@ public enum FP16 {
     public static func float(fromBits h: UInt16) -> Float { qk_fp16_to_fp32(h) }
     public static func bits(from f: Float) -> UInt16 { qk_fp32_to_fp16(f) }
 }
+
+/// bfloat16 conversions: the top 16 bits of a float, rounded to nearest even as torch's
+/// float → bfloat16 conversion does (NaN stays a quiet NaN).
+public enum BF16 {
+    public static func float(fromBits h: UInt16) -> Float { Float(bitPattern: UInt32(h) << 16) }
+
+    public static func bits(from x: Float) -> UInt16 {
+        if x.isNaN { return 0x7FC0 }
+        let b = x.bitPattern
+        return UInt16((b + 0x7FFF + ((b >> 16) & 1)) >> 16)
+    }
+}

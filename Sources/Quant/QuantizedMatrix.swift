@@ -46,10 +46,10 @@ public final class QuantizedMatrix: @unchecked Sendable {
         }
 
         /// Double-quantizes per-block absmax the way bitsandbytes does: the mean is subtracted
-        /// (`offset`, computed here in float64 unless given) and the rest is quantized in
-        /// blocks of 256 with the signed 8-bit dynamic map.
+        /// (`offset`: torch's float32 mean unless given) and the rest is quantized in blocks of
+        /// 256 with the signed 8-bit dynamic map.
         public init(quantizing absmax: [Float], offset: Float? = nil) {
-            let mean = offset ?? Float(absmax.reduce(0.0) { $0 + Double($1) } / Double(max(absmax.count, 1)))
+            let mean = offset ?? qk_torch_mean_f32(absmax, Int64(absmax.count))
             var codes = [UInt8](repeating: 0, count: absmax.count)
             var nested = [Float](repeating: 0, count: (absmax.count + Self.nestedBlockSize - 1) / Self.nestedBlockSize)
             withUnsafeBytes(of: qk_dynamic_map) { map in

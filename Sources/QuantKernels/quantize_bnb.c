@@ -11,6 +11,7 @@
 #include "blocks.h"
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     float bounds[15];
@@ -85,4 +86,67 @@ void qk_quantize_nested_ref(const float *v, int64_t n, float offset, const float
         }
     }
     free(lut);
+}
+
+/* torch.Tensor.mean() of a contiguous float32 CPU tensor as torch computes it, so that the
+ * double-quantization offset (bitsandbytes: absmax.mean()) matches to the last bit: the
+ * cascade sum of ATen's SumKernel.cpp (vectors of 8 floats, 4-way ILP, a 4-level cascade
+ * with steps of at least 16), then a float32 division by n. */
+enum { SUM_LEVELS = 4, SUM_ILP = 4, SUM_LANES = 8 };
+
+/* Rows k < SUM_ILP of `size` vectors of w floats; element (i, k) at x + (i * SUM_ILP + k) * w. */
+static void cascade_rows(const float *x, int64_t size, int w, float out[SUM_ILP][SUM_LANES]) {
+    int clog2 = 0;
+    for (uint64_t v = size > 1 ? (uint64_t)(size - 1) : 0; v; v >>= 1) clog2++;
+    const int power = clog2 / SUM_LEVELS > 4 ? clog2 / SUM_LEVELS : 4;
+    const int64_t step = (int64_t)1 << power, mask = step - 1;
+    float acc[SUM_LEVELS][SUM_ILP][SUM_LANES] = {{{0}}};
+    int64_t i = 0;
+    while (i + step <= size) {
+        for (int64_t s = 0; s < step; s++, i++)
+            for (int k = 0; k < SUM_ILP; k++)
+                for (int l = 0; l < w; l++) acc[0][k][l] += x[(i * SUM_ILP + k) * w + l];
+        for (int j = 1; j < SUM_LEVELS; j++) {
+            for (int k = 0; k < SUM_ILP; k++)
+                for (int l = 0; l < w; l++) {
+                    acc[j][k][l] += acc[j - 1][k][l];
+                    acc[j - 1][k][l] = 0.0f;
+                }
+            if ((i & (mask << (j * power))) != 0) break;
+        }
+    }
+    for (; i < size; i++)
+        for (int k = 0; k < SUM_ILP; k++)
+            for (int l = 0; l < w; l++) acc[0][k][l] += x[(i * SUM_ILP + k) * w + l];
+    for (int j = 1; j < SUM_LEVELS; j++)
+        for (int k = 0; k < SUM_ILP; k++)
+            for (int l = 0; l < w; l++) acc[0][k][l] += acc[j][k][l];
+    memcpy(out, acc[0], sizeof acc[0]);
+}
+
+/* Sum of `size` vectors of w floats, as ATen's row_sum. */
+static void row_sum(const float *x, int64_t size, int w, float *result) {
+    float ps[SUM_ILP][SUM_LANES];
+    const int64_t size_ilp = size / SUM_ILP;
+    cascade_rows(x, size_ilp, w, ps);
+    for (int64_t i = size_ilp * SUM_ILP; i < size; i++)
+        for (int l = 0; l < w; l++) ps[0][l] += x[i * w + l];
+    for (int k = 1; k < SUM_ILP; k++)
+        for (int l = 0; l < w; l++) ps[0][l] += ps[k][l];
+    memcpy(result, ps[0], (size_t)w * sizeof(float));
+}
+
+float qk_torch_mean_f32(const float *x, int64_t n) {
+    if (n <= 0) return 0.0f;
+    float total = 0.0f;
+    if (n >= SUM_LANES) {
+        const int64_t nv = n / SUM_LANES;
+        float lanes[SUM_LANES];
+        row_sum(x, nv, SUM_LANES, lanes);
+        for (int64_t k = nv * SUM_LANES; k < n; k++) total += x[k];
+        for (int l = 0; l < SUM_LANES; l++) total += lanes[l];
+    } else {
+        row_sum(x, n, 1, &total);
+    }
+    return total / (float)n;
 }

@@ -126,7 +126,7 @@ public final class SafetensorsFile: @unchecked Sendable {
         switch tensor.dtype {
         case .F32: return Array(raw.bindMemory(to: Float.self))
         case .F16: return (0..<tensor.count).map { FP16.float(fromBits: raw.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self)) }
-        case .BF16: return (0..<tensor.count).map { Float(bitPattern: UInt32(raw.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self)) << 16) }
+        case .BF16: return (0..<tensor.count).map { BF16.float(fromBits: raw.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self)) }
         case .F64: return (0..<tensor.count).map { Float(raw.loadUnaligned(fromByteOffset: 8 * $0, as: Double.self)) }
         default: throw .notFloatingPoint(path: file.path, tensor: tensor.name, dtype: tensor.dtype.rawValue)
         }

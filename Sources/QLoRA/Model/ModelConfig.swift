@@ -90,19 +90,25 @@ extension ModelConfig {
         let modelType = (j["model_type"] as? String) ?? "llama"
         guard Self.llamaLayout.contains(modelType) else { throw ModelConfigError.unsupportedArchitecture(source: source, architecture: modelType) }
         let hidden = try required("hidden_size"), heads = try required("num_attention_heads")
+        // transformers ≥ 5 nests rope_theta and the scaling under rope_parameters; older
+        // configs have rope_theta and rope_scaling at the top level.
+        let ropeParameters = j["rope_parameters"] as? [String: Any]
         var scaling: RopeScaling?
-        if let rs = j["rope_scaling"] as? [String: Any] {
+        if let rs = (j["rope_scaling"] as? [String: Any]) ?? ropeParameters {
             let type = (rs["rope_type"] as? String) ?? (rs["type"] as? String) ?? "default"
-            scaling = RopeScaling(type: type, factor: Float((rs["factor"] as? Double) ?? 1),
-                                  lowFreqFactor: (rs["low_freq_factor"] as? Double).map(Float.init),
-                                  highFreqFactor: (rs["high_freq_factor"] as? Double).map(Float.init),
-                                  originalMaxPositionEmbeddings: rs["original_max_position_embeddings"] as? Int)
+            if type != "default" {
+                scaling = RopeScaling(type: type, factor: Float((rs["factor"] as? Double) ?? 1),
+                                      lowFreqFactor: (rs["low_freq_factor"] as? Double).map(Float.init),
+                                      highFreqFactor: (rs["high_freq_factor"] as? Double).map(Float.init),
+                                      originalMaxPositionEmbeddings: rs["original_max_position_embeddings"] as? Int)
+            }
         }
+        let ropeTheta = try float("rope_theta") ?? (ropeParameters?["rope_theta"] as? Double).map(Float.init) ?? 10000
         self.init(architecture: modelType, hiddenSize: hidden, intermediateSize: try required("intermediate_size"),
                   numLayers: try required("num_hidden_layers"), numHeads: heads,
                   numKVHeads: try int("num_key_value_heads") ?? heads, headDim: try int("head_dim") ?? (heads > 0 ? hidden / heads : 0),
                   vocabSize: try required("vocab_size"), rmsNormEps: try float("rms_norm_eps") ?? 1e-6,
-                  ropeTheta: try float("rope_theta") ?? 10000, ropeScaling: scaling,
+                  ropeTheta: ropeTheta, ropeScaling: scaling,
                   maxPositionEmbeddings: try int("max_position_embeddings") ?? 2048,
                   tieWordEmbeddings: (j["tie_word_embeddings"] as? Bool) ?? false, attentionBias: (j["attention_bias"] as? Bool) ?? false)
         try validate(source: source)

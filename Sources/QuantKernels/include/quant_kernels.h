@@ -95,6 +95,9 @@ void qk_quantize_4bit_ref(const float *x, int64_t n, int64_t block_size, const f
  * Writes n codes and ceil(n/256) block absmax. */
 void qk_quantize_nested_ref(const float *v, int64_t n, float offset, const float *nested_code,
                             uint8_t *codes, float *nested_absmax);
+/* The mean of n floats exactly as torch's CPU mean computes it (the double-quantization
+ * offset is absmax.mean() in bitsandbytes). */
+float qk_torch_mean_f32(const float *x, int64_t n);
 /* ggml: k must be a multiple of 32; writes k/32 blocks. */
 void qk_quantize_row_q4_0_ref(const float *x, uint8_t *blocks, int64_t k);
 void qk_quantize_row_q4_1_ref(const float *x, uint8_t *blocks, int64_t k);

@@ -1,0 +1,98 @@
+import Foundation
+import Quant
+
+/// A model to read tensor by tensor, whatever its container, in Hugging Face naming and
+/// layout: GGUF files (names mapped, q/k rows put back in Hugging Face order) and Hugging Face
+/// folders.
+public final class ModelSource: @unchecked Sendable {
+    public struct Tensor: Sendable {
+        /// Hugging Face name.
+        public let name: String
+        /// PyTorch order: [out, in] for a weight.
+        public let shape: [Int]
+        public let role: TensorRole
+        /// How the source stores it: "Q4_1", "BF16", ...
+        public let storage: String
+        /// The GGUF tensor, when the source is a GGUF file.
+        public let gguf: GGUFTensor?
+        public var count: Int { shape.reduce(1, *) }
+    }
+
+    public let path: String
+    public let config: ModelConfig
+    public let tensors: [Tensor]
+    public let gguf: GGUFFile?
+    public let folder: HuggingFaceFolder?
+
+    public init(path: String) throws {
+        self.path = path
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw FileError.cannotOpen(path: path, reason: "no such file or folder")
+        }
+        if isDir.boolValue {
+            let f = try HuggingFaceFolder(path: path)
+            folder = f
+            gguf = nil
+            config = f.config
+            tensors = f.tensors.filter { !$0.tensor.name.contains(".weight.") }.map { _, t in
+                Tensor(name: t.name, shape: t.shape, role: TensorNames.role(of: t.name), storage: t.dtype.rawValue, gguf: nil)
+            }
+        } else {
+            let g = try GGUFFile(path: path)
+            gguf = g
+            folder = nil
+            config = try ModelConfig(gguf: g)
+            tensors = try g.tensors.map { t in
+                guard let name = TensorNames.huggingFace(fromGGUF: t.name) else {
+                    throw ModelSourceError.unknownTensor(path: path, name: t.name)
+                }
+                return Tensor(name: name, shape: t.shape, role: TensorNames.role(of: name), storage: t.type.name, gguf: t)
+            }
+        }
+    }
+
+    /// A tensor in fp32, Hugging Face layout.
+    public func load(_ t: Tensor) throws -> [Float] {
+        if let g = gguf, let gt = t.gguf {
+            let values = try g.dequantize(gt)
+            g.file.release(offset: gt.offset, count: gt.byteCount)
+            if let heads = ropeHeads(of: t.name) { return Self.unpermuteRows(values, rows: t.shape[0], heads: heads) }
+            return values
+        }
+        guard let folder, let (file, st) = folder.tensor(t.name) else { throw ModelSourceError.unknownTensor(path: path, name: t.name) }
+        if let m = try BitsandbytesWeights.read(folder, name: t.name) { return m.dequantize() }
+        let values = try file.floats(st)
+        file.file.release(offset: st.offset, count: st.byteCount)
+        return values
+    }
+
+    /// llama.cpp permutes q and k rows for its rotary layout; the heads to undo it with.
+    private func ropeHeads(of name: String) -> Int? {
+        guard config.architecture == "llama" || config.architecture == "mistral" || config.architecture == "smollm" else { return nil }
+        if name.hasSuffix("self_attn.q_proj.weight") || name.hasSuffix("self_attn.q_proj.bias") { return config.numHeads }
+        if name.hasSuffix("self_attn.k_proj.weight") || name.hasSuffix("self_attn.k_proj.bias") { return config.numKVHeads }
+        return nil
+    }
+
+    /// Rows of a GGUF q/k tensor back in Hugging Face order.
+    static func unpermuteRows(_ values: [Float], rows: Int, heads: Int) -> [Float] {
+        let cols = values.count / rows
+        let perm = TensorNames.ropePermutation(rows: rows, heads: heads)
+        var out = [Float](repeating: 0, count: values.count)
+        for (ggufRow, hfRow) in perm.enumerated() {
+            out.replaceSubrange((hfRow * cols)..<((hfRow + 1) * cols), with: values[(ggufRow * cols)..<((ggufRow + 1) * cols)])
+        }
+        return out
+    }
+}
+
+public enum ModelSourceError: Error, Equatable, CustomStringConvertible {
+    case unknownTensor(path: String, name: String)
+
+    public var description: String {
+        switch self {
+        case let .unknownTensor(path, name): "\(path): tensor '\(name)' is not part of the Llama layout qlora knows"
+        }
+    }
+}

@@ -1,0 +1,255 @@
+import Foundation
+import Quant
+
+/// `qlora quantize`: turns a GGUF file or a Hugging Face folder into qlora's frozen 4-bit
+/// base, streaming tensor by tensor (peak memory ≈ one fp32 tensor and its quantized bytes;
+/// the source's pages are released as it goes).
+///
+/// - nf4 / fp4 → a folder as transformers + bitsandbytes save a 4-bit model: config.json with
+///   `quantization_config`, model.safetensors with bitsandbytes' quant-state tensors, and the
+///   tokenizer files. Names and q/k row order are Hugging Face's.
+/// - q4_0 / q4_1 / q8_0 → a GGUF file (from a GGUF source): ggml's names and layout, all
+///   metadata (tokenizer, chat template) carried over; tensors already in the target type are
+///   copied as they are, never requantized.
+/// Linear weights are quantized; norms and biases stay fp32; embeddings and the LM head are
+/// stored as `embeddings` says.
+public enum Quantizer {
+    public struct Options: Sendable {
+        public var format: QuantFormat
+        public var blockSize: Int?
+        public var doubleQuant: Bool
+        public var embeddings: EmbeddingStorage
+
+        public init(format: QuantFormat, blockSize: Int? = nil, doubleQuant: Bool = true, embeddings: EmbeddingStorage = .keep) {
+            self.format = format
+            self.blockSize = blockSize
+            self.doubleQuant = doubleQuant
+            self.embeddings = embeddings
+        }
+    }
+
+    /// How the token embeddings and the LM head are stored. `keep`: as the source stores them
+    /// where the output container can hold that (bitsandbytes folders hold F32, F16 and BF16;
+    /// other types become F32).
+    public enum EmbeddingStorage: String, CaseIterable, Sendable {
+        case keep, f32, f16, bf16
+    }
+
+    public enum Progress: Sendable {
+        case tensor(index: Int, count: Int, name: String, from: String, to: String, elapsed: Double)
+    }
+
+    public struct Report: Sendable {
+        public var output: String
+        public var tensors: Int
+        public var outputBytes: Int
+        public var seconds: Double
+        public var peakRSSBytes: Int
+    }
+
+    public static func run(source path: String, output: String, options: Options, progress: (Progress) -> Void) throws -> Report {
+        let start = Date()
+        let source = try ModelSource(path: path)
+        let bytes: Int
+        if options.format.isGGML {
+            guard let gguf = source.gguf else { throw QuantizerError.ggmlNeedsGGUFSource(format: options.format) }
+            bytes = try writeGGUF(gguf, source: source, output: output, options: options, start: start, progress: progress)
+        } else {
+            bytes = try writeBitsandbytesFolder(source, output: output, options: options, start: start, progress: progress)
+        }
+        return Report(output: output, tensors: source.tensors.count, outputBytes: bytes,
+                      seconds: Date().timeIntervalSince(start), peakRSSBytes: peakRSS())
+    }
+
+    // MARK: bitsandbytes folder
+
+    static func writeBitsandbytesFolder(_ source: ModelSource, output: String, options: Options, start: Date,
+                                        progress: (Progress) -> Void) throws -> Int {
+        let blockSize = options.blockSize ?? options.format.defaultBlockSize
+        try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
+        // Plan every tensor's entries first: the safetensors header needs all sizes up front.
+        var plan: [(tensor: ModelSource.Tensor, specs: [SafetensorsWriter.TensorSpec], to: String)] = []
+        for t in source.tensors {
+            if t.role.isLinear, t.shape.count == 2 {
+                try options.format.validate(blockSize: blockSize, cols: t.shape[1])
+                plan.append((t, BitsandbytesWeights.specs(name: t.name, rows: t.shape[0], cols: t.shape[1], format: options.format,
+                                                          blockSize: blockSize, doubleQuant: options.doubleQuant, dtype: "float32"),
+                             options.format.rawValue + (options.doubleQuant ? "+dq" : "")))
+            } else {
+                let dtype = storedDType(t, options: options)
+                plan.append((t, [.init(name: t.name, dtype: dtype, shape: t.shape)], dtype.rawValue))
+            }
+        }
+        var writer = SafetensorsWriter()
+        writer.tensors = plan.flatMap(\.specs)
+        var pending: [[UInt8]] = []
+        var next = 0
+        try writer.write(to: (output as NSString).appendingPathComponent("model.safetensors")) { _ in
+            if pending.isEmpty {
+                let (t, _, to) = plan[next]
+                progress(.tensor(index: next, count: plan.count, name: t.name, from: t.storage, to: to, elapsed: Date().timeIntervalSince(start)))
+                let values = try source.load(t)
+                if t.role.isLinear, t.shape.count == 2 {
+                    let m = try QuantizedMatrix(quantizing: values, rows: t.shape[0], cols: t.shape[1], format: options.format,
+                                                blockSize: blockSize, doubleQuant: options.doubleQuant)
+                    pending = BitsandbytesWeights.entries(name: t.name, matrix: m, dtype: "float32").map(\.1)
+                } else {
+                    pending = [encode(values, as: plan[next].specs[0].dtype)]
+                }
+                next += 1
+            }
+            return pending.removeFirst()
+        }
+        try writeConfig(source, output: output, options: options, blockSize: blockSize)
+        try copyTokenizer(source, output: output)
+        return try FileManager.default.attributesOfItem(atPath: (output as NSString).appendingPathComponent("model.safetensors"))[.size] as? Int ?? 0
+    }
+
+    static func storedDType(_ t: ModelSource.Tensor, options: Options) -> SafetensorsDType {
+        guard t.role == .embedding || t.role == .lmHead else { return .F32 }
+        switch options.embeddings {
+        case .f32: return .F32
+        case .f16: return .F16
+        case .bf16: return .BF16
+        case .keep: return SafetensorsDType(rawValue: t.storage).flatMap { [.F32, .F16, .BF16].contains($0) ? $0 : nil } ?? .F32
+        }
+    }
+
+    static func encode(_ values: [Float], as dtype: SafetensorsDType) -> [UInt8] {
+        switch dtype {
+        case .F16: return values.map { FP16.bits(from: $0) }.withUnsafeBytes { Array($0) }
+        case .BF16: return values.map { BF16.bits(from: $0) }.withUnsafeBytes { Array($0) }
+        default: return values.withUnsafeBytes { Array($0) }
+        }
+    }
+
+    static func writeConfig(_ source: ModelSource, output: String, options: Options, blockSize: Int) throws {
+        var config: [String: Any]
+        if let folder = source.folder {
+            config = folder.rawConfig
+        } else {
+            let c = source.config
+            config = [
+                "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+                "hidden_size": c.hiddenSize, "intermediate_size": c.intermediateSize, "num_hidden_layers": c.numLayers,
+                "num_attention_heads": c.numHeads, "num_key_value_heads": c.numKVHeads, "head_dim": c.headDim,
+                "vocab_size": c.vocabSize, "rms_norm_eps": Double(c.rmsNormEps), "rope_theta": Double(c.ropeTheta),
+                "max_position_embeddings": c.maxPositionEmbeddings, "tie_word_embeddings": c.tieWordEmbeddings,
+                "attention_bias": c.attentionBias, "mlp_bias": false, "torch_dtype": "float32",
+            ]
+            if let bos = source.gguf?.metadata["tokenizer.ggml.bos_token_id"]?.int { config["bos_token_id"] = bos }
+            if let eos = source.gguf?.metadata["tokenizer.ggml.eos_token_id"]?.int { config["eos_token_id"] = eos }
+        }
+        config["quantization_config"] = [
+            "quant_method": "bitsandbytes", "load_in_4bit": true, "load_in_8bit": false,
+            "_load_in_4bit": true, "_load_in_8bit": false,
+            "bnb_4bit_quant_type": options.format.rawValue, "bnb_4bit_use_double_quant": options.doubleQuant,
+            "bnb_4bit_compute_dtype": "float32", "bnb_4bit_quant_storage": "uint8",
+            "llm_int8_enable_fp32_cpu_offload": false, "llm_int8_has_fp16_weight": false,
+            "llm_int8_skip_modules": NSNull(), "llm_int8_threshold": 6.0,
+        ] as [String: Any]
+        if blockSize != 64 { config["qlora_block_size"] = blockSize }
+        let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
+        try AtomicFile.write(to: (output as NSString).appendingPathComponent("config.json"), bytes: Array(data))
+    }
+
+    static func copyTokenizer(_ source: ModelSource, output: String) throws {
+        if let folder = source.folder {
+            for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja"] {
+                let from = (folder.path as NSString).appendingPathComponent(name)
+                guard let data = FileManager.default.contents(atPath: from) else { continue }
+                try AtomicFile.write(to: (output as NSString).appendingPathComponent(name), bytes: Array(data))
+            }
+        } else if let gguf = source.gguf {
+            for (name, bytes) in try TokenizerExport.huggingFaceFiles(from: gguf) {
+                try AtomicFile.write(to: (output as NSString).appendingPathComponent(name), bytes: bytes)
+            }
+        }
+    }
+
+    // MARK: GGUF
+
+    static func writeGGUF(_ gguf: GGUFFile, source: ModelSource, output: String, options: Options, start: Date,
+                          progress: (Progress) -> Void) throws -> Int {
+        guard let target = GGMLType(ggufID: options.format.kernelID) else { throw QuantizerError.ggmlNeedsGGUFSource(format: options.format) }
+        var writer = GGUFWriter()
+        writer.alignment = gguf.alignment
+        writer.metadata = gguf.metadataKeys.map { ($0, gguf.metadata[$0]!) }
+        var types: [GGMLType] = []
+        for t in gguf.tensors {
+            let role = TensorNames.role(of: t.name)
+            var type = t.type
+            if role.isLinear, t.ne.count == 2 {
+                type = target
+            } else if role == .embedding || role == .lmHead {
+                switch options.embeddings {
+                case .keep: type = t.type
+                case .f32: type = .f32
+                case .f16: type = .f16
+                case .bf16: type = .bf16
+                }
+            } else if t.type != .f32 {
+                type = .f32
+            }
+            if type.blockSize > 1, t.ne[0] % type.blockSize != 0 { throw QuantError.columnsNotMultipleOfBlock(format: options.format, columns: t.ne[0], blockSize: type.blockSize) }
+            types.append(type)
+            writer.tensors.append(.init(name: t.name, ne: t.ne, type: type))
+        }
+        try writer.write(to: output) { i in
+            let t = gguf.tensors[i], type = types[i]
+            progress(.tensor(index: i, count: types.count, name: t.name, from: t.type.name,
+                             to: type == t.type ? "\(type.name) (kept)" : type.name, elapsed: Date().timeIntervalSince(start)))
+            defer { gguf.file.release(offset: t.offset, count: t.byteCount) }
+            if type == t.type { return Array(gguf.data(of: t)) }
+            let values = try gguf.dequantize(t)
+            switch type {
+            case .f32: return values.withUnsafeBytes { Array($0) }
+            case .f16: return encode(values, as: .F16)
+            case .bf16: return encode(values, as: .BF16)
+            default:
+                let format = QuantFormat(ggml: type)!
+                return try QuantizedMatrix(quantizing: values, rows: t.rows, cols: t.columns, format: format).data.array(of: UInt8.self)
+            }
+        }
+        return try FileManager.default.attributesOfItem(atPath: output)[.size] as? Int ?? 0
+    }
+
+    /// Peak resident memory of this process (getrusage's ru_maxrss, KiB on Linux).
+    public static func peakRSS() -> Int {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Int(usage.ru_maxrss) * 1024
+    }
+}
+
+extension QuantFormat {
+    /// The GGUF type id of a ggml format.
+    var kernelID: UInt32 {
+        switch self {
+        case .q4_0: 2
+        case .q4_1: 3
+        case .q8_0: 8
+        default: UInt32.max
+        }
+    }
+
+    init?(ggml type: GGMLType) {
+        switch type {
+        case .q4_0: self = .q4_0
+        case .q4_1: self = .q4_1
+        case .q8_0: self = .q8_0
+        default: return nil
+        }
+    }
+}
+
+public enum QuantizerError: Error, Equatable, CustomStringConvertible {
+    case ggmlNeedsGGUFSource(format: QuantFormat)
+
+    public var description: String {
+        switch self {
+        case let .ggmlNeedsGGUFSource(format):
+            "--format \(format.rawValue) writes a GGUF file and needs a GGUF source (its tokenizer metadata is carried over); for a Hugging Face folder use --format nf4 or fp4"
+        }
+    }
+}

@@ -1,0 +1,81 @@
+import Foundation
+import Quant
+
+/// A frozen base ready to train on: every linear weight 4-bit (or 8-bit) as a
+/// `QuantizedMatrix`, everything else fp32, all in Hugging Face naming and layout.
+///
+/// Opens what `qlora quantize` writes, and what users already hold:
+/// - bitsandbytes 4-bit folders (nf4/fp4): packed codes stay in the memory map.
+/// - GGUF files whose linear weights are Q4_0, Q4_1 or Q8_0: blocks stay in the memory map,
+///   except q/k, whose rows are copied back into Hugging Face order (llama.cpp reorders them).
+/// Anything else (fp16 folders, K-quant GGUF) is refused with the command that converts it.
+public final class QuantizedModel: @unchecked Sendable {
+    public let path: String
+    public let config: ModelConfig
+    /// Linear weights by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`).
+    public let linears: [String: QuantizedMatrix]
+    /// Norms, embeddings, LM head and biases in fp32, by Hugging Face name.
+    public let dense: [String: [Float]]
+    private let keepAlive: AnyObject
+
+    public init(path: String) throws {
+        self.path = path
+        let source = try ModelSource(path: path)
+        config = source.config
+        var linears: [String: QuantizedMatrix] = [:]
+        var dense: [String: [Float]] = [:]
+        for t in source.tensors {
+            if t.role.isLinear, t.shape.count == 2 {
+                linears[t.name] = try Self.linear(t, source: source)
+            } else {
+                dense[t.name] = try source.load(t)
+            }
+        }
+        self.linears = linears
+        self.dense = dense
+        keepAlive = source
+    }
+
+    private static func linear(_ t: ModelSource.Tensor, source: ModelSource) throws -> QuantizedMatrix {
+        if let folder = source.folder {
+            guard let m = try BitsandbytesWeights.read(folder, name: t.name) else {
+                throw QuantizedModelError.notQuantized(path: source.path, tensor: t.name, storage: t.storage)
+            }
+            return m
+        }
+        guard let g = source.gguf, let gt = t.gguf, let format = QuantFormat(ggml: gt.type) else {
+            throw QuantizedModelError.notQuantized(path: source.path, tensor: t.name, storage: t.storage)
+        }
+        let data = g.data(of: gt)
+        let heads = t.name.hasSuffix("q_proj.weight") ? source.config.numHeads
+            : t.name.hasSuffix("k_proj.weight") ? source.config.numKVHeads : nil
+        let storage: ByteStorage
+        if let heads {
+            let rowBytes = gt.byteCount / gt.rows
+            var rows = [UInt8](repeating: 0, count: gt.byteCount)
+            for (ggufRow, hfRow) in TensorNames.ropePermutation(rows: gt.rows, heads: heads).enumerated() {
+                rows.replaceSubrange((hfRow * rowBytes)..<((hfRow + 1) * rowBytes),
+                                     with: data[(ggufRow * rowBytes)..<((ggufRow + 1) * rowBytes)])
+            }
+            storage = ByteStorage(copying: rows)
+        } else {
+            storage = ByteStorage(borrowing: data, owner: g.file)
+        }
+        return try QuantizedMatrix(rows: gt.rows, cols: gt.columns, format: format, data: storage, scales: .inBlocks)
+    }
+
+    /// Bytes of the frozen linear weights (codes, blocks and statistics).
+    public var linearBytes: Int { linears.values.reduce(0) { $0 + $1.byteCount } }
+}
+
+public enum QuantizedModelError: Error, Equatable, CustomStringConvertible {
+    case notQuantized(path: String, tensor: String, storage: String)
+
+    public var description: String {
+        switch self {
+        case let .notQuantized(path, tensor, storage):
+            "\(path): '\(tensor)' is stored as \(storage), not a format qlora trains on (nf4, fp4, q4_0, q4_1, q8_0)\n"
+                + "---> HINT: qlora quantize \(path) --format nf4 -o <folder>"
+        }
+    }
+}

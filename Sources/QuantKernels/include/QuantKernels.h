@@ -1,0 +1,3 @@
+/* QuantKernels.h — the umbrella header of the C kernels (SwiftPM's module map uses it). */
+#include "quant_kernels.h"
+#include "ggml_types.h"

@@ -1,0 +1,58 @@
+import ArgumentParser
+import Foundation
+import QLoRA
+import Quant
+
+extension Quantizer.EmbeddingStorage: ExpressibleByArgument {}
+
+struct Quantize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Turn a GGUF file or a Hugging Face folder into a frozen 4-bit base for training.",
+        discussion: """
+            nf4 / fp4 write a folder exactly as transformers + bitsandbytes save a 4-bit model
+            (config.json with quantization_config, model.safetensors with bitsandbytes' quant
+            state, tokenizer files), so transformers loads it and qlora loads the bnb-4bit folders
+            you already have. q4_0 / q4_1 / q8_0 write a GGUF file (from a GGUF source) with its
+            metadata carried over; tensors already in that format are copied, not requantized.
+
+            Streams tensor by tensor: memory stays near one fp32 tensor plus the output.
+            Linear weights are quantized; norms stay fp32.
+
+            Examples:
+              qlora quantize models/SmolLM2-135M-Instruct.Q4_1.gguf --format nf4 -o smol-nf4
+              qlora quantize Llama-3.2-1B/ --format nf4 --no-double-quant --embeddings bf16 -o llama-nf4
+              qlora quantize model.Q4_K_M.gguf --format q4_0 -o model.Q4_0.gguf
+            """
+    )
+
+    @Argument(help: "A GGUF file or a Hugging Face model folder.") var source: String
+    @Option(help: "Target format: \(QuantFormat.allCases.map(\.rawValue).joined(separator: ", ")).") var format: QuantFormat = .nf4
+    @Option(help: "Block size for nf4/fp4 (a power of two, 32...4096).") var blockSize = 64
+    @Flag(inversion: .prefixedNo, help: "Double-quantize the absmax of nf4/fp4 (bitsandbytes' compress_statistics, ~4.13 bits per weight).")
+    var doubleQuant = true
+    @Option(help: "Storage of token embeddings and LM head: keep (as the source has them, where the output can hold it), f32, f16, bf16.")
+    var embeddings: Quantizer.EmbeddingStorage = .keep
+    @Option(name: [.short, .customLong("output")], help: "Output folder (nf4/fp4) or .gguf file (q4_0/q4_1/q8_0).") var output: String
+
+    func validate() throws {
+        if !format.isGGML {
+            guard (32...4096).contains(blockSize), blockSize & (blockSize - 1) == 0 else {
+                throw ValidationError("--block-size must be a power of two from 32 to 4096, got \(blockSize)")
+            }
+        }
+        guard FileManager.default.fileExists(atPath: source) else { throw ValidationError("\(source): no such file or folder") }
+    }
+
+    func run() throws {
+        let options = Quantizer.Options(format: format, blockSize: format.isGGML ? nil : blockSize, doubleQuant: doubleQuant,
+                                        embeddings: embeddings)
+        let report = try Quantizer.run(source: source, output: output, options: options) { progress in
+            if case let .tensor(index, count, name, from, to, elapsed) = progress {
+                let eta = index > 0 ? String(format: " ETA %.0f s", elapsed / Double(index) * Double(count - index)) : ""
+                FileHandle.standardError.write(Data("[\(index + 1)/\(count)] \(name) \(from) → \(to)\(eta)\n".utf8))
+            }
+        }
+        print(String(format: "wrote %@: %d tensors, %.1f MB in %.1f s, peak RSS %.0f MB", report.output, report.tensors,
+                     Double(report.outputBytes) / 1e6, report.seconds, Double(report.peakRSSBytes) / 1e6))
+    }
+}
