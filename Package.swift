@@ -43,6 +43,11 @@ let package = Package(
         ),
         // Tests are compiled optimized even in debug: their float64 reference loops would
         // otherwise dominate the run.
+        // Fuzz targets for the file readers: plain builds replay a corpus; built with
+        // -sanitize=fuzzer -DFUZZING (tools/fuzz.sh) they are libFuzzer binaries.
+        .target(name: "FuzzSupport", path: "Fuzz/Support"),
+        .executableTarget(name: "fuzz-gguf", dependencies: ["QLoRA", "FuzzSupport"], path: "Fuzz/GGUF"),
+        .executableTarget(name: "fuzz-safetensors", dependencies: ["QLoRA", "FuzzSupport"], path: "Fuzz/Safetensors"),
         .testTarget(name: "QuantTests", dependencies: ["Quant"], resources: [.copy("Fixtures")],
                     swiftSettings: [.unsafeFlags(["-O"])]),
         .testTarget(name: "QLoRATests", dependencies: ["QLoRA"], resources: [.copy("Fixtures")], swiftSettings: [.unsafeFlags(["-O"])]),

@@ -117,7 +117,8 @@ public final class GGUFFile: @unchecked Sendable {
                     throw GGUFError.rowNotMultipleOfBlock(path: path, tensor: info.name, columns: info.ne[0], blockSize: type.blockSize)
                 }
                 let (bytes, o) = (count / type.blockSize).multipliedReportingOverflow(by: type.blockBytes)
-                guard !o, info.offset % UInt64(alignment) == 0, info.offset <= UInt64(dataSize),
+                guard !o else { throw GGUFError.badDimensions(path: path, tensor: info.name, detail: "byte size of \(info.ne) overflows") }
+                guard info.offset % UInt64(alignment) == 0, info.offset <= UInt64(dataSize),
                       UInt64(bytes) <= UInt64(dataSize) - info.offset else {
                     throw GGUFError.tensorOutOfBounds(path: path, tensor: info.name, offset: info.offset, bytes: UInt64(bytes),
                                                       dataSize: UInt64(dataSize))

@@ -31,8 +31,20 @@ public final class MappedFile: @unchecked Sendable {
         bytes = UnsafeRawBufferPointer(start: p, count: size)
     }
 
+    /// Bytes held in memory under a name, for readers fed from memory (fuzzing, tests).
+    public init(copying source: UnsafeRawBufferPointer, name: String) {
+        path = name
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(source.count, 1), alignment: 64)
+        if let base = source.baseAddress, source.count > 0 { p.copyMemory(from: base, byteCount: source.count) }
+        bytes = UnsafeRawBufferPointer(start: p, count: source.count)
+        inMemory = true
+    }
+
+    private var inMemory = false
+
     deinit {
-        if let base = bytes.baseAddress { munmap(UnsafeMutableRawPointer(mutating: base), bytes.count) }
+        guard let base = bytes.baseAddress else { return }
+        if inMemory { UnsafeMutableRawPointer(mutating: base).deallocate() } else { munmap(UnsafeMutableRawPointer(mutating: base), bytes.count) }
     }
 
     public var count: Int { bytes.count }

@@ -111,6 +111,9 @@ final class GGUFFileTests: XCTestCase {
         else { return XCTFail() }
         guard case .badDimensions(_, "a", _)? = open(tensorFile([("a", [1 << 32, 1 << 32, 1 << 32], 0, 0)], dataBytes: 64)) as? GGUFError
         else { return XCTFail() }
+        // Found by fuzz-gguf: an element count that fits but a byte count that does not.
+        guard case .badDimensions(_, "a", _)? = open(tensorFile([("a", [1 << 61, 2], 0, 0)], dataBytes: 64)) as? GGUFError
+        else { return XCTFail() }
         guard case .badDimensions(_, "a", _)? = open(tensorFile([("a", [1, 1, 1, 1, 1], 0, 0)], dataBytes: 64)) as? GGUFError
         else { return XCTFail() }
         guard case .unsupportedTensorType(_, "a", 77)? = open(tensorFile([("a", [8], 77, 0)], dataBytes: 64)) as? GGUFError
