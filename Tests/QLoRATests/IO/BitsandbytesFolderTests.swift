@@ -13,18 +13,7 @@ final class BitsandbytesFolderTests: XCTestCase {
 
     func expected(_ key: String, in object: [String: Any]? = nil) throws -> [Float] {
         let json = try object ?? (JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path("tiny-llama-expected.json")))) as! [String: Any])
-        let hex = Array((json[key] as! String).utf8)
-        func nibble(_ c: UInt8) -> UInt32 { UInt32(c <= 57 ? c - 48 : c - 87) }
-        var out: [Float] = []
-        for i in stride(from: 0, to: hex.count, by: 8) {
-            var bits: UInt32 = 0
-            for b in 0..<4 {
-                let byte = nibble(hex[i + 2 * b]) << 4 | nibble(hex[i + 2 * b + 1])
-                bits |= byte << (8 * UInt32(b))
-            }
-            out.append(Float(bitPattern: bits))
-        }
-        return out
+        return RopePermutationTests.floats(hex: json[key] as! String)
     }
 
     func dequantizedFixture(_ key: String) throws -> [Float] {

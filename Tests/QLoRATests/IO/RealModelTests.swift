@@ -55,3 +55,40 @@ final class RealModelTests: XCTestCase {
         XCTAssertEqual(s.components.reduce(0) { $0 + $1.bytes } + 0, try GGUFFile(path: Self.path).tensors.reduce(0) { $0 + $1.byteCount })
     }
 }
+
+/// q/k rows leave GGUF in Hugging Face order: against the rows transformers holds after
+/// loading the same GGUF (tools/make_smollm2_reference.py), bit for bit.
+final class RopePermutationTests: XCTestCase {
+    func testRowsMatchTransformers() throws {
+        guard FileManager.default.fileExists(atPath: RealModelTests.path) else { throw XCTSkip("run tools/setup.sh") }
+        let url = Bundle.module.url(forResource: "Fixtures", withExtension: nil)!.appendingPathComponent("smollm2-reference.json")
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]
+        let reference = (json["q_proj_rows"] as! [String: Any])["transformers"] as! [String: [String: Any]]
+        let source = try ModelSource(path: RealModelTests.path)
+        let model = try QuantizedModel(path: RealModelTests.path)
+        XCTAssertEqual(reference.count, 5)
+        for (name, entry) in reference {
+            let rows = entry["rows"] as! [Int], cols = entry["cols"] as! Int, hex = entry["f32"] as! [String]
+            let t = try XCTUnwrap(source.tensors.first { $0.name == name })
+            let loaded = try source.load(t)
+            let frozen = try XCTUnwrap(model.linears[name]).dequantize()
+            for (row, h) in zip(rows, hex) {
+                let expected = Self.floats(hex: h)
+                XCTAssertEqual(Array(loaded[(row * cols)..<((row + 1) * cols)]), expected, "\(name) row \(row)")
+                XCTAssertEqual(Array(frozen[(row * cols)..<((row + 1) * cols)]), expected, "\(name) row \(row), 4-bit")
+            }
+        }
+    }
+
+    static func floats(hex: String) -> [Float] {
+        let b = Array(hex.utf8)
+        func nibble(_ c: UInt8) -> UInt32 { UInt32(c <= 57 ? c - 48 : c - 87) }
+        var out: [Float] = []
+        for i in stride(from: 0, to: b.count, by: 8) {
+            var bits: UInt32 = 0
+            for k in 0..<4 { bits |= (nibble(b[i + 2 * k]) << 4 | nibble(b[i + 2 * k + 1])) << (8 * UInt32(k)) }
+            out.append(Float(bitPattern: bits))
+        }
+        return out
+    }
+}
