@@ -13,12 +13,5 @@ func fuzzOne(_ bytes: UnsafeRawBufferPointer) {
 
 @main
 struct Main {
-    static func main() throws {
-        #if FUZZING
-        runFuzzer(fuzzOne)
-        #else
-        // A plain build replays files or folders of inputs (the seed corpus, crash files).
-        try replayInputs(Array(CommandLine.arguments.dropFirst()), reader: "GGUF", fuzzOne)
-        #endif
-    }
+    static func main() throws { try fuzzMain(reader: "GGUF", fuzzOne) }
 }

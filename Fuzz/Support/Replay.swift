@@ -1,5 +1,15 @@
 import Foundation
 
+/// The main of a fuzz target: libFuzzer's driver when built with -DFUZZING, else a replay of
+/// the inputs named on the command line.
+public func fuzzMain(reader: String, _ body: @escaping (UnsafeRawBufferPointer) -> Void) throws {
+    #if FUZZING
+    runFuzzer(body)
+    #else
+    try replayInputs(Array(CommandLine.arguments.dropFirst()), reader: reader, body)
+    #endif
+}
+
 /// Runs every file named on the command line (or in the folders named) through `body`: the
 /// plain build of a fuzz target replays its seed corpus and any crash file this way.
 public func replayInputs(_ arguments: [String], reader: String, _ body: (UnsafeRawBufferPointer) -> Void) throws {

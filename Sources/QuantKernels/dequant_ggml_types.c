@@ -172,39 +172,34 @@ static inline void scale_min_k4(const uint8_t s[K_SCALE_SIZE], int g, int *sc, i
     }
 }
 
-/* Q4_K and Q5_K codes: group g (elements 32g .. 32g+31) reads bytes 32·(g/2) .. +31 of qs,
- * low nibbles for even g, high nibbles for odd g. */
+/* Q4_K and Q5_K group g (elements 32g .. 32g+31): codes from bytes 32·(g/2) .. +31 of qs,
+ * low nibbles for even g, high nibbles for odd g, plus bit g of qh[l] as a fifth bit for
+ * Q5_K (qh NULL for Q4_K); y = d·sc·code − dmin·m. */
+static void dequantize_group_k(float d, float dmin, const uint8_t *scales, const uint8_t *qs, const uint8_t *qh, int g,
+                               float *restrict y) {
+    int sc, m;
+    scale_min_k4(scales, g, &sc, &m);
+    const float dl = d * (float)sc, ml = dmin * (float)m;
+    const uint8_t *q = qs + 32 * (g / 2);
+    const int shift = 4 * (g % 2);
+    for (int l = 0; l < 32; l++) {
+        const int code = ((q[l] >> shift) & 0x0F) | (qh ? ((qh[l] >> g) & 1) << 4 : 0);
+        y[l] = dl * (float)code - ml;
+    }
+}
+
 static void dequantize_blocks_q4_K(const void *src, float *restrict y, int64_t nb) {
     const block_q4_K *x = src;
-    for (int64_t i = 0; i < nb; i++) {
-        const float d = qk_fp16_to_fp32(x[i].d), dmin = qk_fp16_to_fp32(x[i].dmin);
-        for (int g = 0; g < QK_K / 32; g++, y += 32) {
-            int sc, m;
-            scale_min_k4(x[i].scales, g, &sc, &m);
-            const float dl = d * (float)sc, ml = dmin * (float)m;
-            const uint8_t *q = x[i].qs + 32 * (g / 2);
-            const int shift = 4 * (g % 2);
-            for (int l = 0; l < 32; l++) y[l] = dl * (float)((q[l] >> shift) & 0x0F) - ml;
-        }
-    }
+    for (int64_t i = 0; i < nb; i++)
+        for (int g = 0; g < QK_K / 32; g++, y += 32)
+            dequantize_group_k(qk_fp16_to_fp32(x[i].d), qk_fp16_to_fp32(x[i].dmin), x[i].scales, x[i].qs, NULL, g, y);
 }
 
 static void dequantize_blocks_q5_K(const void *src, float *restrict y, int64_t nb) {
     const block_q5_K *x = src;
-    for (int64_t i = 0; i < nb; i++) {
-        const float d = qk_fp16_to_fp32(x[i].d), dmin = qk_fp16_to_fp32(x[i].dmin);
-        for (int g = 0; g < QK_K / 32; g++, y += 32) {
-            int sc, m;
-            scale_min_k4(x[i].scales, g, &sc, &m);
-            const float dl = d * (float)sc, ml = dmin * (float)m;
-            const uint8_t *q = x[i].qs + 32 * (g / 2);
-            const int shift = 4 * (g % 2);
-            for (int l = 0; l < 32; l++) {
-                const int code = ((q[l] >> shift) & 0x0F) | ((x[i].qh[l] >> g) & 1) << 4;
-                y[l] = dl * (float)code - ml;
-            }
-        }
-    }
+    for (int64_t i = 0; i < nb; i++)
+        for (int g = 0; g < QK_K / 32; g++, y += 32)
+            dequantize_group_k(qk_fp16_to_fp32(x[i].d), qk_fp16_to_fp32(x[i].dmin), x[i].scales, x[i].qs, x[i].qh, g, y);
 }
 
 /* Q6_K: element e = 128h + 32t + l (half h, quarter t, l < 32) takes its low 4 bits from

@@ -21,6 +21,22 @@ public enum AtomicFile {
         }
     }
 
+    /// A container file streamed chunk by chunk: `header`, then `data(i)` for each chunk,
+    /// which must have `sizes[i]` bytes, zero-padded to `alignment` between chunks.
+    static func writeChunks(to path: String, header: [UInt8], sizes: [(name: String, bytes: Int)], alignment: Int = 1,
+                            data: (Int) throws -> [UInt8]) throws {
+        try write(to: path) { handle in
+            try handle.write(contentsOf: header)
+            for (i, size) in sizes.enumerated() {
+                let bytes = try data(i)
+                precondition(bytes.count == size.bytes, "tensor \(size.name): \(bytes.count) bytes for \(size.bytes)")
+                try handle.write(contentsOf: bytes)
+                let pad = (alignment - bytes.count % alignment) % alignment
+                if pad > 0 && i < sizes.count - 1 { try handle.write(contentsOf: [UInt8](repeating: 0, count: pad)) }
+            }
+        }
+    }
+
     public static func write(to path: String, bytes: [UInt8]) throws {
         try write(to: path) { try $0.write(contentsOf: bytes) }
     }

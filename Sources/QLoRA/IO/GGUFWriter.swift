@@ -100,16 +100,7 @@ public struct GGUFWriter {
 
     /// Writes the file; `data(i)` must return exactly `tensors[i].byteCount` bytes.
     public func write(to path: String, data: (Int) throws -> [UInt8]) throws {
-        try AtomicFile.write(to: path) { handle in
-            try handle.write(contentsOf: header())
-            for (i, t) in tensors.enumerated() {
-                let bytes = try data(i)
-                precondition(bytes.count == t.byteCount, "tensor \(t.name): \(bytes.count) bytes for \(t.byteCount)")
-                try handle.write(contentsOf: bytes)
-                let pad = (alignment - bytes.count % alignment) % alignment
-                if pad > 0 && i < tensors.count - 1 { try handle.write(contentsOf: [UInt8](repeating: 0, count: pad)) }
-            }
-        }
+        try AtomicFile.writeChunks(to: path, header: header(), sizes: tensors.map { ($0.name, $0.byteCount) }, alignment: alignment, data: data)
     }
 
     /// The whole file in memory (for tests and small files).

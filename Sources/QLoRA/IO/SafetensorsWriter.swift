@@ -45,14 +45,7 @@ public struct SafetensorsWriter {
 
     /// Writes the file; `data(i)` must return exactly `tensors[i].byteCount` bytes.
     public func write(to path: String, data: (Int) throws -> [UInt8]) throws {
-        try AtomicFile.write(to: path) { handle in
-            try handle.write(contentsOf: header())
-            for (i, t) in tensors.enumerated() {
-                let bytes = try data(i)
-                precondition(bytes.count == t.byteCount, "tensor \(t.name): \(bytes.count) bytes for \(t.byteCount)")
-                try handle.write(contentsOf: bytes)
-            }
-        }
+        try AtomicFile.writeChunks(to: path, header: header(), sizes: tensors.map { ($0.name, $0.byteCount) }, data: data)
     }
 
     private func jsonString(_ s: String) -> String {
