@@ -30,7 +30,7 @@ struct Quantize: ParsableCommand {
     @Option(help: "Block size for nf4/fp4 (a power of two, 32...4096).") var blockSize = 64
     @Flag(inversion: .prefixedNo, help: "Double-quantize the absmax of nf4/fp4 (bitsandbytes' compress_statistics, ~4.13 bits per weight).")
     var doubleQuant = true
-    @Option(help: "Storage of token embeddings and LM head: keep (as the source has them, where the output can hold it), f32, f16, bf16.")
+    @Option(help: "Storage of token embeddings and LM head: keep (as the source has them, where the output can hold it), f32, f16, bf16. In nf4/fp4 folders norms and biases take the same dtype, as transformers requires.")
     var embeddings: Quantizer.EmbeddingStorage = .keep
     @Option(name: [.short, .customLong("output")], help: "Output folder (nf4/fp4) or .gguf file (q4_0/q4_1/q8_0).") var output: String
 

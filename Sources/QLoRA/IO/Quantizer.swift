@@ -11,8 +11,10 @@ import Quant
 /// - q4_0 / q4_1 / q8_0 → a GGUF file (from a GGUF source): ggml's names and layout, all
 ///   metadata (tokenizer, chat template) carried over; tensors already in the target type are
 ///   copied as they are, never requantized.
-/// Linear weights are quantized; norms and biases stay fp32; embeddings and the LM head are
-/// stored as `embeddings` says.
+/// Linear weights are quantized. In a GGUF output norms and biases stay F32 and embeddings and
+/// the LM head are stored as `embeddings` says; in a bitsandbytes folder every unquantized
+/// tensor (embeddings, LM head, norms, biases) takes the dtype `embeddings` resolves to, since
+/// transformers needs them to agree (qlora computes norms in fp32 whatever their storage).
 public enum Quantizer {
     public struct Options: Sendable {
         public var format: QuantFormat
@@ -28,9 +30,10 @@ public enum Quantizer {
         }
     }
 
-    /// How the token embeddings and the LM head are stored. `keep`: as the source stores them
-    /// where the output container can hold that (bitsandbytes folders hold F32, F16 and BF16;
-    /// other types become F32).
+    /// How the token embeddings and the LM head (and, in a bitsandbytes folder, every other
+    /// unquantized tensor) are stored. `keep`: as the source stores the embeddings where the
+    /// output container can hold that (bitsandbytes folders hold F32, F16 and BF16; other types
+    /// become F32).
     public enum EmbeddingStorage: String, CaseIterable, Sendable {
         case keep, f32, f16, bf16
     }
@@ -68,16 +71,16 @@ public enum Quantizer {
         let blockSize = options.blockSize ?? options.format.defaultBlockSize
         try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
         // Plan every tensor's entries first: the safetensors header needs all sizes up front.
+        let plain = plainDType(source, options: options)
         var plan: [(tensor: ModelSource.Tensor, specs: [SafetensorsWriter.TensorSpec], to: String)] = []
         for t in source.tensors {
             if t.role.isLinear, t.shape.count == 2 {
                 try options.format.validate(blockSize: blockSize, cols: t.shape[1])
                 plan.append((t, BitsandbytesWeights.specs(name: t.name, rows: t.shape[0], cols: t.shape[1], format: options.format,
-                                                          blockSize: blockSize, doubleQuant: options.doubleQuant, dtype: "float32"),
+                                                          blockSize: blockSize, doubleQuant: options.doubleQuant, dtype: plain.torchName),
                              options.format.rawValue + (options.doubleQuant ? "+dq" : "")))
             } else {
-                let dtype = storedDType(t, options: options)
-                plan.append((t, [.init(name: t.name, dtype: dtype, shape: t.shape)], dtype.rawValue))
+                plan.append((t, [.init(name: t.name, dtype: plain, shape: t.shape)], plain.rawValue))
             }
         }
         var writer = SafetensorsWriter()
@@ -92,7 +95,7 @@ public enum Quantizer {
                 if t.role.isLinear, t.shape.count == 2 {
                     let m = try QuantizedMatrix(quantizing: values, rows: t.shape[0], cols: t.shape[1], format: options.format,
                                                 blockSize: blockSize, doubleQuant: options.doubleQuant)
-                    pending = BitsandbytesWeights.entries(name: t.name, matrix: m, dtype: "float32").map(\.1)
+                    pending = BitsandbytesWeights.entries(name: t.name, matrix: m, dtype: plain.torchName).map(\.1)
                 } else {
                     pending = [encode(values, as: plan[next].specs[0].dtype)]
                 }
@@ -100,18 +103,20 @@ public enum Quantizer {
             }
             return pending.removeFirst()
         }
-        try writeConfig(source, output: output, options: options, blockSize: blockSize)
+        try writeConfig(source, output: output, options: options, blockSize: blockSize, dtype: plain)
         try copyTokenizer(source, output: output)
         return try FileManager.default.attributesOfItem(atPath: (output as NSString).appendingPathComponent("model.safetensors"))[.size] as? Int ?? 0
     }
 
-    static func storedDType(_ t: ModelSource.Tensor, options: Options) -> SafetensorsDType {
-        guard t.role == .embedding || t.role == .lmHead else { return .F32 }
+    /// The one dtype of a bitsandbytes folder's unquantized tensors.
+    static func plainDType(_ source: ModelSource, options: Options) -> SafetensorsDType {
         switch options.embeddings {
         case .f32: return .F32
         case .f16: return .F16
         case .bf16: return .BF16
-        case .keep: return SafetensorsDType(rawValue: t.storage).flatMap { [.F32, .F16, .BF16].contains($0) ? $0 : nil } ?? .F32
+        case .keep:
+            let storage = source.tensors.first { $0.role == .embedding }?.storage ?? "F32"
+            return SafetensorsDType(rawValue: storage).flatMap { [.F32, .F16, .BF16].contains($0) ? $0 : nil } ?? .F32
         }
     }
 
@@ -123,7 +128,7 @@ public enum Quantizer {
         }
     }
 
-    static func writeConfig(_ source: ModelSource, output: String, options: Options, blockSize: Int) throws {
+    static func writeConfig(_ source: ModelSource, output: String, options: Options, blockSize: Int, dtype: SafetensorsDType) throws {
         var config: [String: Any]
         if let folder = source.folder {
             config = folder.rawConfig
@@ -135,11 +140,13 @@ public enum Quantizer {
                 "num_attention_heads": c.numHeads, "num_key_value_heads": c.numKVHeads, "head_dim": c.headDim,
                 "vocab_size": c.vocabSize, "rms_norm_eps": Double(c.rmsNormEps), "rope_theta": Double(c.ropeTheta),
                 "max_position_embeddings": c.maxPositionEmbeddings, "tie_word_embeddings": c.tieWordEmbeddings,
-                "attention_bias": c.attentionBias, "mlp_bias": false, "torch_dtype": "float32",
+                "attention_bias": c.attentionBias, "mlp_bias": false,
             ]
             if let bos = source.gguf?.metadata["tokenizer.ggml.bos_token_id"]?.int { config["bos_token_id"] = bos }
             if let eos = source.gguf?.metadata["tokenizer.ggml.eos_token_id"]?.int { config["eos_token_id"] = eos }
         }
+        config["torch_dtype"] = dtype.torchName  // transformers < 5
+        config["dtype"] = dtype.torchName        // transformers ≥ 5
         config["quantization_config"] = [
             "quant_method": "bitsandbytes", "load_in_4bit": true, "load_in_8bit": false,
             "_load_in_4bit": true, "_load_in_8bit": false,
@@ -149,8 +156,13 @@ public enum Quantizer {
             "llm_int8_skip_modules": NSNull(), "llm_int8_threshold": 6.0,
         ] as [String: Any]
         if blockSize != 64 { config["qlora_block_size"] = blockSize }
-        let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
-        try AtomicFile.write(to: (output as NSString).appendingPathComponent("config.json"), bytes: Array(data))
+        var text = String(decoding: try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]),
+                          as: UTF8.self)
+        // transformers insists llm_int8_threshold is a float; JSONSerialization writes 6.0 as 6.
+        for end in [",", "\n"] {
+            text = text.replacingOccurrences(of: "\"llm_int8_threshold\" : 6" + end, with: "\"llm_int8_threshold\" : 6.0" + end)
+        }
+        try AtomicFile.write(to: (output as NSString).appendingPathComponent("config.json"), bytes: Array(text.utf8))
     }
 
     static func copyTokenizer(_ source: ModelSource, output: String) throws {
@@ -219,6 +231,24 @@ public enum Quantizer {
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
         return Int(usage.ru_maxrss) * 1024
+    }
+}
+
+extension SafetensorsDType {
+    /// torch's name of the dtype, as config.json and bitsandbytes' quant state write it.
+    var torchName: String {
+        switch self {
+        case .F64: "float64"
+        case .F32: "float32"
+        case .F16: "float16"
+        case .BF16: "bfloat16"
+        case .I64: "int64"
+        case .I32: "int32"
+        case .I16: "int16"
+        case .I8: "int8"
+        case .U8: "uint8"
+        case .BOOL: "bool"
+        }
     }
 }
 

@@ -39,7 +39,9 @@ public enum TokenizerExport {
             return tokens[id]
         }
         var config: [String: Any] = [
-            "tokenizer_class": "GPT2Tokenizer", "clean_up_tokenization_spaces": false,
+            // The fast class loads tokenizer.json as written; GPT2Tokenizer would rebuild it from
+            // vocab and merges and drop the pre-tokenizer's digit split.
+            "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": false,
             "bos_token": token("tokenizer.ggml.bos_token_id"), "eos_token": token("tokenizer.ggml.eos_token_id"),
             "pad_token": token("tokenizer.ggml.padding_token_id"), "unk_token": token("tokenizer.ggml.unknown_token_id"),
             "add_bos_token": g.metadata["tokenizer.ggml.add_bos_token"]?.bool ?? false,

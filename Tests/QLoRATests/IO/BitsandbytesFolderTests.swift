@@ -83,3 +83,29 @@ final class BitsandbytesFolderTests: XCTestCase {
         }
     }
 }
+
+/// What transformers needs of a folder beyond the tensors (found by tools/check_bnb_output.py
+/// loading qlora's output with transformers 5.23).
+final class BitsandbytesConfigTests: XCTestCase {
+    let dir = TempDir()
+
+    /// A bf16 source keeps bf16 for every unquantized tensor, with the config's dtype saying
+    /// so: transformers crashes on bf16 embeddings beside fp32 norms. And llm_int8_threshold
+    /// must be written as a float.
+    func testUnquantizedTensorsShareOneDTypeAndTheConfigIsStrict() throws {
+        let fixtures = Bundle.module.url(forResource: "Fixtures", withExtension: nil)!.path
+        let out = dir.path + "/bf16-nf4"
+        _ = try Quantizer.run(source: fixtures + "/tiny-llama-bf16", output: out, options: .init(format: .nf4)) { _ in }
+        let folder = try HuggingFaceFolder(path: out)
+        let plain = folder.tensors.filter { !$0.tensor.name.contains(".weight.") && $0.tensor.dtype != .U8 }
+        XCTAssertEqual(plain.count, 7)  // embed, lm_head, 4 layer norms, final norm
+        XCTAssertTrue(plain.allSatisfy { $0.tensor.dtype == .BF16 }, "\(plain.map { ($0.tensor.name, $0.tensor.dtype) })")
+        let text = try String(contentsOfFile: out + "/config.json", encoding: .utf8)
+        XCTAssertTrue(text.contains("\"llm_int8_threshold\" : 6.0"), text)
+        XCTAssertEqual(folder.rawConfig["torch_dtype"] as? String, "bfloat16")
+        XCTAssertEqual(folder.rawConfig["dtype"] as? String, "bfloat16")
+        let state = try XCTUnwrap(folder.tensor("model.layers.0.self_attn.q_proj.weight.quant_state.bitsandbytes__nf4"))
+        let json = try JSONSerialization.jsonObject(with: Data(state.file.data(of: state.tensor))) as! [String: Any]
+        XCTAssertEqual(json["dtype"] as? String, "bfloat16")
+    }
+}

@@ -48,6 +48,7 @@ final class QuantizeTests: XCTestCase {
         let tokenizerConfig = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/tokenizer_config.json"))) as! [String: Any]
         XCTAssertTrue((tokenizerConfig["chat_template"] as? String)?.contains("<|im_start|>") ?? false)
         XCTAssertEqual(tokenizerConfig["eos_token"] as? String, "<|im_end|>")
+        XCTAssertEqual(tokenizerConfig["tokenizer_class"] as? String, "PreTrainedTokenizerFast")
         let summary = try ModelSummary.load(path: out)
         XCTAssertEqual(summary.container, "bitsandbytes-4bit")
         XCTAssertEqual(summary.parameterCount, try ModelSummary.load(path: gguf).parameterCount)
