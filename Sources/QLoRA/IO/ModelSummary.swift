@@ -54,7 +54,7 @@ public struct ModelSummary: Codable, Sendable {
         var groups: [String: Component] = [:]
         var parameters = 0
         let quantFormat = ((f.rawConfig["quantization_config"] as? [String: Any])?["bnb_4bit_quant_type"] as? String) ?? "nf4"
-        for (file, t) in f.tensors {
+        for (_, t) in f.tensors {
             // bitsandbytes keeps each 4-bit weight as packed bytes beside its quant-state tensors.
             if t.name.contains(".weight.") { continue }
             let packed = f.isBitsandbytes4Bit && t.dtype == .U8 && f.tensor(t.name + ".absmax") != nil
@@ -65,7 +65,6 @@ public struct ModelSummary: Codable, Sendable {
                     bytes += f.tensor(t.name + suffix)?.tensor.byteCount ?? 0
                 }
             }
-            _ = file
             parameters += count
             add(&groups, component: component(ofHF: t.name), format: packed ? quantFormat : t.dtype.rawValue, parameters: count, bytes: bytes)
         }
