@@ -32,7 +32,7 @@ let package = Package(
             ]
         ),
         .target(name: "Quant", dependencies: ["QuantKernels"]),
-        .target(name: "QLoRA", dependencies: ["Quant"]),
+        .target(name: "QLoRA", dependencies: ["Quant", "QuantKernels"]),
         .target(name: "GEMMBench", dependencies: ["Quant"], path: "benches/GEMMBench"),
         .executableTarget(
             name: "qlora",

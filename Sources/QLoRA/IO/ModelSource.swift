@@ -67,8 +67,10 @@ public final class ModelSource: @unchecked Sendable {
         return values
     }
 
-    /// llama.cpp permutes q and k rows for its rotary layout; the heads to undo it with.
-    private func ropeHeads(of name: String) -> Int? {
+    /// llama.cpp's converter permutes q and k rows of Llama-family models (not Qwen2) for its
+    /// rotary layout; the heads to undo it with, or nil when `name` was not permuted.
+    func ropeHeads(of name: String) -> Int? {
+        guard gguf != nil else { return nil }
         guard config.architecture == "llama" || config.architecture == "mistral" || config.architecture == "smollm" else { return nil }
         if name.hasSuffix("self_attn.q_proj.weight") || name.hasSuffix("self_attn.q_proj.bias") { return config.numHeads }
         if name.hasSuffix("self_attn.k_proj.weight") || name.hasSuffix("self_attn.k_proj.bias") { return config.numKVHeads }

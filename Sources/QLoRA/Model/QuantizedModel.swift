@@ -47,10 +47,8 @@ public final class QuantizedModel: @unchecked Sendable {
             throw QuantizedModelError.notQuantized(path: source.path, tensor: t.name, storage: t.storage)
         }
         let data = g.data(of: gt)
-        let heads = t.name.hasSuffix("q_proj.weight") ? source.config.numHeads
-            : t.name.hasSuffix("k_proj.weight") ? source.config.numKVHeads : nil
         let storage: ByteStorage
-        if let heads {
+        if let heads = source.ropeHeads(of: t.name) {
             let rowBytes = gt.byteCount / gt.rows
             var rows = [UInt8](repeating: 0, count: gt.byteCount)
             for (ggufRow, hfRow) in TensorNames.ropePermutation(rows: gt.rows, heads: heads).enumerated() {
