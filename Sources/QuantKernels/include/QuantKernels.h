@@ -1,3 +1,4 @@
 /* QuantKernels.h — the umbrella header of the C kernels (SwiftPM's module map uses it). */
 #include "quant_kernels.h"
 #include "ggml_types.h"
+#include "model_ops.h"

@@ -1,0 +1,81 @@
+import Foundation
+
+/// A fixed-size fp32 allocation, zeroed, 64-byte aligned, freed with the object: the storage of
+/// activations, handed to the kernels as a pointer without `withUnsafe…` closures.
+public final class FloatBuffer {
+    public let count: Int
+    public let base: UnsafeMutablePointer<Float>
+
+    public init(count: Int) {
+        precondition(count >= 0, "FloatBuffer of \(count) floats")
+        self.count = count
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Float>.stride, alignment: 64)
+        base = raw.initializeMemory(as: Float.self, repeating: 0, count: max(count, 1))
+    }
+
+    deinit { base.deallocate() }
+
+    /// All of it.
+    public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: base, count: count) }
+
+    /// Rows [first, first + rows) of a row-major matrix `width` wide.
+    public func rows(_ first: Int, count rows: Int, width: Int) -> UnsafeMutableBufferPointer<Float> {
+        precondition(first >= 0 && rows >= 0 && (first + rows) * width <= count, "rows \(first)..<\(first + rows) of width \(width) in \(count) floats")
+        return UnsafeMutableBufferPointer(start: base + first * width, count: rows * width)
+    }
+
+    public var array: [Float] { Array(buffer) }
+}
+
+/// What one decoder layer's forward writes besides its output, for T tokens: the inputs of
+/// every product and element-wise op, which its backward reads. Legend: T tokens, S keys
+/// (cached + new), C hidden, F intermediate, H/Hkv heads, D head dim.
+///
+/// Inference reuses one set for every layer; training keeps one per layer.
+public final class LlamaBlockActivations {
+    public let T: Int
+    /// 1 / rms of the layer input x, [T] (input_layernorm).
+    public let attentionRstd: FloatBuffer
+    /// rmsnorm(x) ⊙ w, [T, C]: the input of q/k/v_proj.
+    public let attentionInput: FloatBuffer
+    /// Queries and keys after RoPE, values: [T, H·D], [T, Hkv·D], [T, Hkv·D].
+    public let q: FloatBuffer
+    public let k: FloatBuffer
+    public let v: FloatBuffer
+    /// Softmax probabilities [H, T, S], zero past the causal limit; nil when not kept.
+    public let probabilities: FloatBuffer?
+    /// Attention output, [T, H·D]: the input of o_proj.
+    public let attentionOutput: FloatBuffer
+    /// h = x + o_proj(attention), [T, C]: the residual stream between the two halves.
+    public let residual: FloatBuffer
+    /// 1 / rms of h, [T] (post_attention_layernorm).
+    public let mlpRstd: FloatBuffer
+    /// rmsnorm(h) ⊙ w, [T, C]: the input of gate/up_proj.
+    public let mlpInput: FloatBuffer
+    /// gate_proj and up_proj outputs, [T, F] each.
+    public let gate: FloatBuffer
+    public let up: FloatBuffer
+    /// silu(gate) ⊙ up, [T, F]: the input of down_proj.
+    public let mlpHidden: FloatBuffer
+
+    /// - Parameters:
+    ///   - keys: S, the keys each query may see at most (T without a cache).
+    ///   - keepsProbabilities: allocate `probabilities` [H, T, S].
+    public init(config c: ModelConfig, tokens T: Int, keys S: Int, keepsProbabilities: Bool) {
+        self.T = T
+        let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
+        attentionRstd = FloatBuffer(count: T)
+        attentionInput = FloatBuffer(count: T * c.hiddenSize)
+        q = FloatBuffer(count: T * qDim)
+        k = FloatBuffer(count: T * kvDim)
+        v = FloatBuffer(count: T * kvDim)
+        probabilities = keepsProbabilities ? FloatBuffer(count: c.numHeads * T * S) : nil
+        attentionOutput = FloatBuffer(count: T * qDim)
+        residual = FloatBuffer(count: T * c.hiddenSize)
+        mlpRstd = FloatBuffer(count: T)
+        mlpInput = FloatBuffer(count: T * c.hiddenSize)
+        gate = FloatBuffer(count: T * c.intermediateSize)
+        up = FloatBuffer(count: T * c.intermediateSize)
+        mlpHidden = FloatBuffer(count: T * c.intermediateSize)
+    }
+}

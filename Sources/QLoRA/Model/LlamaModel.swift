@@ -1,0 +1,77 @@
+import Foundation
+import Quant
+
+/// The Llama-layout decoder's forward (Llama, Mistral, Qwen2, SmolLM), Hugging Face semantics in
+/// fp32 over 4-bit linears. Legend: T tokens, P cached positions, C hidden, V vocab, L layers.
+///
+///   x[T, C] = embed_tokens[tokens]
+///   x ← llamaBlockForward(x) for each of the L layers         (LlamaBlock.swift)
+///   logits[T', V] = rmsnorm(x[rows]) · lm_headᵀ              (T' = 1 for the last row, or T)
+///
+/// The model is immutable: a forward keeps its state in buffers of its own and in the cache it is given.
+public final class LlamaModel: Sendable {
+    public let config: ModelConfig
+    public let weights: LlamaWeights
+    public let rope: LlamaRoPE
+
+    public init(_ model: QuantizedModel) throws {
+        config = model.config
+        weights = try LlamaWeights(model)
+        rope = try LlamaRoPE(config: model.config)
+    }
+
+    public convenience init(path: String) throws {
+        try self.init(QuantizedModel(path: path))
+    }
+
+    /// Which positions get logits.
+    public enum LogitRows: Sendable {
+        case last, all
+    }
+
+    /// Runs `tokens` at positions P ..< P + T, P = cache?.count ?? 0, appending their keys and
+    /// values to `cache` when given. Returns logits [1, V] (`.last`) or [T, V] (`.all`).
+    public func forward(tokens: [Int], cache: LlamaKVCache? = nil, logits rows: LogitRows = .last) throws -> [Float] {
+        let c = config, T = tokens.count, P = cache?.count ?? 0
+        guard T > 0 else { throw LlamaModelError.emptyInput }
+        if let cache, P + T > cache.capacity { throw LlamaModelError.cacheFull(capacity: cache.capacity, needed: P + T) }
+        var x = try embed(tokens)
+        var y = FloatBuffer(count: T * c.hiddenSize)
+        let acts = LlamaBlockActivations(config: c, tokens: T, keys: P + T, keepsProbabilities: false)
+        let tables = rope.tables(from: P, count: T)
+        for (l, layer) in weights.layers.enumerated() {
+            try llamaBlockForward(y: y, x: x, acts: acts, layer: layer, rope: tables, cache: cache?.layer(l), config: c)
+            swap(&x, &y)
+        }
+        cache?.advance(by: T)
+        let first = rows == .last ? T - 1 : 0
+        return try lmHead(x, rows: first..<T)
+    }
+
+    /// x[T, C] = embed_tokens rows of `tokens`.
+    func embed(_ tokens: [Int]) throws(LlamaModelError) -> FloatBuffer {
+        let C = config.hiddenSize, V = config.vocabSize
+        let x = FloatBuffer(count: tokens.count * C)
+        for (t, id) in tokens.enumerated() {
+            guard (0..<V).contains(id) else { throw .tokenOutOfRange(token: id, position: t, vocab: V) }
+            weights.embedding.withUnsafeBufferPointer { e in (x.base + t * C).update(from: e.baseAddress! + id * C, count: C) }
+        }
+        return x
+    }
+
+    /// logits[rows, V] = rmsnorm(x[rows]) · lm_headᵀ, through sgemm.
+    func lmHead(_ x: FloatBuffer, rows: Range<Int>) throws -> [Float] {
+        let C = config.hiddenSize, V = config.vocabSize, n = rows.count
+        let xn = FloatBuffer(count: n * C), rstd = FloatBuffer(count: n)
+        llamaRMSNormForward(y: xn.base, rstd: rstd.base, x: x.base + rows.lowerBound * C, weight: weights.finalNorm,
+                            tokens: n, eps: config.rmsNormEps)
+        var logits = [Float](repeating: 0, count: n * V)
+        try weights.lmHead.withUnsafeBufferPointer { (w) throws in
+            try logits.withUnsafeMutableBufferPointer { (out) throws in
+                try ComputeRuntime.sgemm(m: n, n: V, k: C, a: xn.base, lda: C, b: w.baseAddress!, ldb: C, transposeB: true,
+                                         beta: 0, c: out.baseAddress!, ldc: V)
+            }
+        }
+        return logits
+    }
+}
