@@ -4,12 +4,29 @@ import QuantKernels
 public struct GEMMOptions: Sendable {
     /// Threads sharing the tiles; 0 = OpenMP's default.
     public var threads: Int
-    /// Bytes of the per-thread buffer of dequantized weights; 0 = the default for T.
+    /// Tiles path: bytes of the per-thread buffer of dequantized weights; 0 = the default for T.
     public var tileBytes: Int
+    /// Which implementation runs the product.
+    public var path: Path
 
-    public init(threads: Int = 0, tileBytes: Int = 0) {
+    public enum Path: Int, Sendable, CaseIterable {
+        /// The micro-kernel where it applies (AVX-512, columns a multiple of 16) and T ≥ 16, else tiles.
+        case auto
+        /// Dequantize tiles of W into a per-thread buffer and multiply with single-threaded sgemm.
+        case tiles
+        /// Our AVX-512 micro-kernel with W dequantized into its packed panels (falls back to
+        /// tiles where it does not apply).
+        case kernel
+    }
+
+    public init(threads: Int = 0, tileBytes: Int = 0, path: Path = .auto) {
         self.threads = threads
         self.tileBytes = tileBytes
+        self.path = path
+    }
+
+    var kernelOptions: qk_gemm_options {
+        qk_gemm_options(tile_bytes: Int64(tileBytes), path: qk_gemm_path(rawValue: UInt32(path.rawValue)))
     }
 }
 
@@ -20,7 +37,7 @@ extension QuantizedMatrix {
                         accumulate: Bool = false, options: GEMMOptions = .init()) throws(QuantError) {
         try check(T: T, input: x.count, inputWidth: cols, output: y.count, outputWidth: rows, names: ("X", "Y"))
         _ = try ComputeRuntime.prepare()
-        var opt = qk_gemm_options(tile_bytes: Int64(options.tileBytes))
+        var opt = options.kernelOptions
         let rc = withKernel { k in
             qk_gemm_forward(k, x.baseAddress, y.baseAddress, Int64(T), accumulate ? 1 : 0, Int32(options.threads), &opt)
         }
@@ -32,7 +49,7 @@ extension QuantizedMatrix {
                          accumulate: Bool = false, options: GEMMOptions = .init()) throws(QuantError) {
         try check(T: T, input: dy.count, inputWidth: rows, output: dx.count, outputWidth: cols, names: ("dY", "dX"))
         _ = try ComputeRuntime.prepare()
-        var opt = qk_gemm_options(tile_bytes: Int64(options.tileBytes))
+        var opt = options.kernelOptions
         let rc = withKernel { k in
             qk_gemm_backward(k, dy.baseAddress, dx.baseAddress, Int64(T), accumulate ? 1 : 0, Int32(options.threads), &opt)
         }

@@ -25,6 +25,11 @@ void qk_dequantize_blocks_scalar(const qk_matrix *w, int64_t b0, int64_t nb, flo
 void qk_dequantize_blocks_avx2(const qk_matrix *w, int64_t b0, int64_t nb, float *y);
 void qk_dequantize_blocks_avx512(const qk_matrix *w, int64_t b0, int64_t nb, float *y);
 
+/* The AVX-512 micro-kernel GEMMs (qgemm_avx512.c), and whether they can take a matrix. */
+int qk_gemm_avx512_applies(const qk_matrix *w);
+int qk_gemm_forward_avx512(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads);
+int qk_gemm_backward_avx512(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta, int threads);
+
 /* One element of the flattened matrix, scalar. */
 float qk_dequantize_element(const qk_matrix *w, int64_t e);
 

@@ -19,6 +19,16 @@ int omp_get_max_threads(void);
 
 int qk_omp_max_threads(void) { return omp_get_max_threads(); }
 
+/* Below this many tokens the tiles path is as fast (the products are bound by dequantization
+ * and memory, not by packing); from it on, the micro-kernel (benches/, qlora bench gemm). */
+enum { KERNEL_MIN_TOKENS = 16 };
+
+static int use_kernel(const qk_matrix *w, int64_t T, const qk_gemm_options *opt) {
+    const qk_gemm_path path = opt ? opt->path : QK_GEMM_AUTO;
+    if (path == QK_GEMM_TILES || !qk_gemm_avx512_applies(w)) return 0;
+    return path == QK_GEMM_KERNEL || T >= KERNEL_MIN_TOKENS;
+}
+
 /* One buffer per OpenMP thread, kept between calls (libomp keeps its threads). */
 static __thread float *tls_buffer;
 static __thread size_t tls_capacity;
@@ -74,6 +84,7 @@ int qk_gemm_forward(const qk_matrix *w, const float *x, float *y, int64_t T, flo
                     const qk_gemm_options *opt) {
     const int64_t out = w->rows, in = w->cols;
     if (T <= 0 || out <= 0) return 0;
+    if (use_kernel(w, T, opt)) return qk_gemm_forward_avx512(w, x, y, T, beta, threads);
     int failed = 0;
     const int64_t align = 16, k_align = chunk_align(w);
     const int64_t tile_bytes = opt && opt->tile_bytes > 0 ? opt->tile_bytes : default_tile_bytes(T);
@@ -113,6 +124,7 @@ int qk_gemm_backward(const qk_matrix *w, const float *dy, float *dx, int64_t T, 
                      const qk_gemm_options *opt) {
     const int64_t out = w->rows, in = w->cols;
     if (T <= 0 || in <= 0) return 0;
+    if (use_kernel(w, T, opt)) return qk_gemm_backward_avx512(w, dy, dx, T, beta, threads);
     int failed = 0;
     const int64_t align = chunk_align(w);
     const int64_t tile_bytes = opt && opt->tile_bytes > 0 ? opt->tile_bytes : default_tile_bytes(T);

@@ -13,6 +13,13 @@ struct Bench: ParsableCommand {
 
 extension QuantFormat: ExpressibleByArgument {}
 
+extension GEMMOptions.Path: ExpressibleByArgument {
+    public init?(argument: String) {
+        guard let p = Self.allCases.first(where: { "\($0)" == argument }) else { return nil }
+        self = p
+    }
+}
+
 struct GEMM: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gemm",
@@ -33,7 +40,9 @@ struct GEMM: ParsableCommand {
     var formats = QuantFormat.allCases.map(\.rawValue).joined(separator: ",")
     @Option(help: "Runs per case; medians are reported.") var runs = 5
     @Option(help: "Threads for both dense and quantized products.") var threads = 2
-    @Option(help: "Per-thread tile buffer in KiB (0: the library's default, which depends on T).") var tileKib = 0
+    @Option(help: "Per-thread tile buffer in KiB for the tiles path (0: the library's default, which depends on T).") var tileKib = 0
+    @Option(help: "Implementation: auto (the AVX-512 micro-kernel at T ≥ 16 where it applies, else tiles), tiles, kernel.")
+    var path: GEMMOptions.Path = .auto
     @Flag(help: "Print JSON records for scripts instead of the table.") var json = false
 
     var parsed: (shapes: [(out: Int, in: Int)], tokens: [Int], formats: [QuantFormat]) {
@@ -75,8 +84,9 @@ struct GEMM: ParsableCommand {
         config.runs = runs
         config.threads = threads
         config.tileBytes = tileKib * 1024
+        config.path = path
         let report = try RuntimeReport.current()
-        let header = report.lines + ["threads used: \(threads) (dense: OpenBLAS's; quantized: OpenMP tiles)"]
+        let header = report.lines + ["threads used: \(threads) (dense: OpenBLAS's; quantized: OpenMP), path: \(path)"]
         if !json { header.forEach { print($0) } }
         let records = try GEMMBench.run(config) { progress in
             if case let .measuring(what, done, total, elapsed) = progress {

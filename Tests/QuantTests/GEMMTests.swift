@@ -3,10 +3,11 @@ import XCTest
 
 /// The quantized GEMMs against a float64 product with the dequantized matrix.
 final class GEMMTests: XCTestCase {
-    /// (format, block size, out, in): odd sizes, blocks straddling rows, several tiles.
+    /// (format, block size, out, in): odd sizes, blocks straddling rows, several tiles, and
+    /// for the micro-kernel edges in M (T), N and K (in > its 384-column slices).
     static let shapes: [(QuantFormat, Int, Int, Int)] = [
         (.nf4, 64, 48, 64), (.nf4, 32, 33, 70), (.fp4, 64, 130, 96), (.nf4, 128, 300, 160),
-        (.q4_0, 32, 37, 96), (.q4_1, 32, 130, 64), (.q8_0, 32, 64, 160),
+        (.q4_0, 32, 37, 96), (.q4_1, 32, 130, 64), (.q8_0, 32, 64, 160), (.nf4, 64, 50, 800), (.q4_1, 32, 17, 416),
     ]
 
     func testForwardAndBackwardMatchFloat64() throws {
@@ -35,8 +36,9 @@ final class GEMMTests: XCTestCase {
                     SIMDLevel.current = simd
                     defer { SIMDLevel.current = .best }
                     for threads in [1, 2] {
-                        let where_ = "\(format) bs\(bs) \(out)x\(inp) T=\(T) \(simd) threads=\(threads)"
-                        let opt = GEMMOptions(threads: threads, tileBytes: T == 17 ? 4096 : 0)  // tiny tiles: many per thread
+                      for path in [GEMMOptions.Path.tiles, .kernel] {  // .kernel falls back to tiles below AVX-512
+                        let where_ = "\(format) bs\(bs) \(out)x\(inp) T=\(T) \(simd) threads=\(threads) \(path)"
+                        let opt = GEMMOptions(threads: threads, tileBytes: T == 17 ? 4096 : 0, path: path)  // tiny tiles: many per thread
                         let y = try w.forward(x, tokens: T, options: opt)
                         assertClose(y, yRef, "forward " + where_)
                         let dx = try w.backward(dy, tokens: T, options: opt)
@@ -52,6 +54,7 @@ final class GEMMTests: XCTestCase {
                             try dxa.withUnsafeMutableBufferPointer { try w.backward(dyp, into: $0, tokens: T, accumulate: true, options: opt) }
                         }
                         assertClose(dxa, zip(dxRef, dx0).map { $0 + Double($1) }, "backward accumulate " + where_)
+                      }
                     }
                 }
             }

@@ -14,6 +14,8 @@ public enum GEMMBench {
         public var threads = 2
         /// Per-thread tile buffer in bytes; 0 = the library's default for T.
         public var tileBytes = 0
+        /// Which implementation of the quantized products to time.
+        public var path = GEMMOptions.Path.auto
         /// Minimum time of one sample; fast cases repeat until they reach it.
         public var minSampleSeconds = 0.02
 
@@ -74,7 +76,7 @@ public enum GEMMBench {
         var y = [Float](repeating: 0, count: T * shape.out)
         var dx = [Float](repeating: 0, count: T * shape.in)
         let flops = 2.0 * Double(T) * Double(shape.out) * Double(shape.in)
-        let options = GEMMOptions(threads: config.threads, tileBytes: config.tileBytes)
+        let options = GEMMOptions(threads: config.threads, tileBytes: config.tileBytes, path: config.path)
         var samples: [String: [Double]] = [:]  // "format/direction" -> seconds per call
 
         for _ in 0..<config.runs {

@@ -133,8 +133,15 @@ int qk_omp_max_threads(void);
 
 /* ---- the quantized GEMMs ------------------------------------------------------------- */
 /* Tunables; 0 picks the default. */
+typedef enum {
+    QK_GEMM_AUTO = 0,  /* the AVX-512 micro-kernel where it applies and T is large enough, else tiles */
+    QK_GEMM_TILES = 1, /* dequantize tiles into a buffer, single-threaded sgemm per OpenMP thread */
+    QK_GEMM_KERNEL = 2 /* our AVX-512 micro-kernel, W dequantized into its packed panels */
+} qk_gemm_path;
+
 typedef struct {
-    int64_t tile_bytes;       /* per-thread buffer of dequantized weights */
+    int64_t tile_bytes;       /* tiles path: per-thread buffer of dequantized weights */
+    qk_gemm_path path;
 } qk_gemm_options;
 
 /* Y[T, out] = X[T, in] · Wᵀ + beta · Y. Returns 0, or -1 if a tile buffer could not be

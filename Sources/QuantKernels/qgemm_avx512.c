@@ -1,0 +1,235 @@
+/* qgemm_avx512.c — the frozen-path GEMMs with a micro-kernel of our own (GotoBLAS/BLIS
+ * style), for AVX-512 CPUs: W is dequantized straight into the packed panels the kernel
+ * reads, so dequantization replaces sgemm's packing pass, and X (or dY) is read in place, so
+ * no thread packs it at all. The sgemm-per-tile drivers (qgemm.c) re-pack X once per
+ * thread; this removes that duplicated work and runs 1.03–1.2× dense 2-thread OpenBLAS at
+ * T ≥ 256 (benches/, qlora bench gemm).
+ *
+ *   forward   Y[T, out] = X[T, in] · Wᵀ + beta·Y     M = T, N = out, K = in
+ *   backward dX[T, in] = dY[T, out] · W + beta·dX    M = T, N = in,  K = out
+ *
+ * One micro-kernel C[MR, NR] += A[MR, kc] · B[kc, NR]: A = X or dY (broadcast side, read in
+ * place), B = W packed k-major in panels of NR columns (B[k·NR + j]) — forward through a
+ * 16×16 in-register transpose of 16 dequantized W rows, backward directly (W rows are B rows).
+ * Threads split N at multiples of 16: no W element is dequantized twice, no reduction.
+ * Needs cols % 16 == 0 (bitsandbytes block sizes are multiples of 16, ggml's are 32).
+ */
+#include "blocks.h"
+#include <immintrin.h>
+#include <stdlib.h>
+
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+int omp_get_thread_num(void);
+int omp_get_num_threads(void);
+int omp_get_max_threads(void);
+
+enum { MR = 8, NV = 3, NR = 16 * NV }; /* 8 × 48: 24 accumulators; 6×64 measured the same, 14×32 spills */
+enum { KC = 384, NC = 256 };           /* a kc×nc block of B stays in L2; one MR-row A panel in L1 */
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* ---- 16 consecutive elements of row r, columns [c, c+16), c % 16 == 0 --------------------- */
+AVX512 static inline __m512i nibbles_bnb(const uint8_t *q) {
+    __m128i b = _mm_loadl_epi64((const __m128i *)q);
+    __m512i v = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b, b));
+    const __m512i shifts = _mm512_set_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+    return _mm512_and_si512(_mm512_srlv_epi32(v, shifts), _mm512_set1_epi32(0x0F));
+}
+
+/* The same values as the scalar reference (dequant_scalar.c), 16 at a time. */
+AVX512 static inline __m512 dequantize16(const qk_matrix *w, __m512 code, int64_t r, int64_t c) {
+    switch (w->format) {
+    case QK_FORMAT_NF4:
+    case QK_FORMAT_FP4: {
+        const int64_t e = r * w->cols + c; /* 16 elements never straddle a block */
+        const int64_t b = e >> __builtin_ctzll((unsigned long long)w->block_size); /* power of two */
+        const float a = w->absmax ? w->absmax[b] : qk_block_absmax(w, b);
+        return _mm512_mul_ps(_mm512_permutexvar_ps(nibbles_bnb(w->data + (e >> 1)), code), _mm512_set1_ps(a));
+    }
+    case QK_FORMAT_Q4_0:
+    case QK_FORMAT_Q4_1: {
+        /* columns c..c+15 are the low (c % 32 == 0) or high nibbles of the block's 16 bytes */
+        const int q41 = w->format == QK_FORMAT_Q4_1;
+        const size_t bytes = q41 ? sizeof(block_q4_1) : sizeof(block_q4_0);
+        const uint8_t *blk = w->data + (size_t)(r * (w->cols / QK_GGML_BLOCK) + c / QK_GGML_BLOCK) * bytes;
+        uint16_t dh, mh = 0;
+        memcpy(&dh, blk, 2);
+        if (q41) memcpy(&mh, blk + 2, 2);
+        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + (q41 ? 4 : 2))));
+        v = (c & 16) ? _mm512_srli_epi32(v, 4) : _mm512_and_si512(v, _mm512_set1_epi32(0x0F));
+        const __m512 d = _mm512_set1_ps(qk_fp16_to_fp32(dh));
+        if (q41) return _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v), d), _mm512_set1_ps(qk_fp16_to_fp32(mh)));
+        return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(8))), d);
+    }
+    case QK_FORMAT_Q8_0: {
+        const block_q8_0 *x = (const block_q8_0 *)w->data + r * (w->cols / QK_GGML_BLOCK) + c / QK_GGML_BLOCK;
+        const __m512i v = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(x->qs + (c & 16))));
+        return _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(qk_fp16_to_fp32(x->d)));
+    }
+    }
+    return _mm512_setzero_ps();
+}
+
+AVX512 static inline void transpose16(__m512 r[16]) {
+    __m512 t[16], o[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+        __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    /* r[4i + j], 128-bit lane L, holds column 4L + j of rows 4i .. 4i+3 */
+    for (int j = 0; j < 4; j++) {
+        __m512 u0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x44), u1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xEE);
+        __m512 u2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x44), u3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xEE);
+        o[j] = _mm512_shuffle_f32x4(u0, u2, 0x88);
+        o[4 + j] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
+        o[8 + j] = _mm512_shuffle_f32x4(u1, u3, 0x88);
+        o[12 + j] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
+    }
+    for (int i = 0; i < 16; i++) r[i] = o[i];
+}
+
+/* ---- B packing: panels of NR columns, kc rows; columns past the matrix are zero --------- */
+/* Forward: B[k][j] = W[n0 + j][k0 + k], i.e. 16 W rows dequantized, then transposed. */
+AVX512 static void pack_forward(const qk_matrix *w, __m512 code, int64_t n0, int64_t nc, int64_t k0, int64_t kc, float *bp) {
+    for (int64_t p = 0; p < nc; p += NR, bp += kc * NR)
+        for (int g = 0; g < NV; g++) {
+            const int64_t r0 = n0 + p + 16 * g, valid = r0 < n0 + nc ? min64(16, n0 + nc - r0) : 0;
+            for (int64_t k = 0; k < kc; k += 16) {
+                __m512 v[16];
+                for (int i = 0; i < 16; i++) v[i] = i < valid ? dequantize16(w, code, r0 + i, k0 + k) : _mm512_setzero_ps();
+                transpose16(v);
+                for (int i = 0; i < 16; i++) _mm512_store_ps(bp + (k + i) * NR + 16 * g, v[i]);
+            }
+        }
+}
+
+/* Backward: B[k][j] = W[k0 + k][n0 + j]: row segments of W are the panel rows. */
+AVX512 static void pack_backward(const qk_matrix *w, __m512 code, int64_t n0, int64_t nc, int64_t k0, int64_t kc, float *bp) {
+    for (int64_t p = 0; p < nc; p += NR, bp += kc * NR) {
+        const int groups = (int)((min64(NR, nc - p) + 15) / 16);
+        for (int64_t k = 0; k < kc; k++)
+            for (int g = 0; g < NV; g++)
+                _mm512_store_ps(bp + k * NR + 16 * g, g < groups ? dequantize16(w, code, k0 + k, n0 + p + 16 * g) : _mm512_setzero_ps());
+    }
+}
+
+/* ---- micro-kernel: C[mv, nvalid] (ldc) = A[mv, kc] (lda) · B panel, stored per mode -------- */
+enum { STORE = 0, ADD = 1, SCALE_ADD = 2 }; /* C = acc; C += acc; C = acc + beta·C */
+
+AVX512 static void kernel(int64_t kc, const float *restrict a, int64_t lda, const float *restrict b, float *c, int64_t ldc,
+                          int mv, int nvalid, int mode, float beta) {
+    __m512 acc[MR][NV];
+    if (mode != STORE)
+        for (int i = 0; i < MR; i++)
+            for (int v = 0; v < NV; v++) _mm_prefetch((const char *)(c + i * ldc + 16 * v), _MM_HINT_T0);
+    for (int i = 0; i < MR; i++)
+        for (int v = 0; v < NV; v++) acc[i][v] = _mm512_setzero_ps();
+#pragma clang loop unroll_count(4)
+    for (int64_t k = 0; k < kc; k++) {
+        __m512 bv[NV];
+        for (int v = 0; v < NV; v++) bv[v] = _mm512_load_ps(b + k * NR + 16 * v);
+        for (int i = 0; i < MR; i++) {
+            const __m512 av = _mm512_set1_ps(a[i * lda + k]);
+            for (int v = 0; v < NV; v++) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
+        }
+    }
+    const __m512 vb = _mm512_set1_ps(beta);
+    for (int i = 0; i < mv; i++)
+        for (int v = 0; v < NV; v++) {
+            const int left = nvalid - 16 * v;
+            if (left <= 0) break;
+            const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            float *p = c + i * ldc + 16 * v;
+            __m512 r = acc[i][v];
+            if (mode == ADD) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, p));
+            else if (mode == SCALE_ADD) r = _mm512_add_ps(r, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m, p)));
+            _mm512_mask_storeu_ps(p, m, r);
+        }
+}
+
+/* Per-thread buffers, kept between calls (libomp keeps its threads). */
+static __thread float *tls_b, *tls_edge;
+static __thread size_t tls_b_cap, tls_edge_cap;
+
+static float *grow(float **p, size_t *cap, size_t floats) {
+    if (floats > *cap) {
+        free(*p);
+        *p = aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
+        *cap = *p ? floats : 0;
+    }
+    return *p;
+}
+
+typedef void (*pack_fn)(const qk_matrix *, __m512, int64_t, int64_t, int64_t, int64_t, float *);
+
+/* C[M, N] (ldc) = A[M, K] (lda) · B(W) + beta·C. */
+AVX512 static int run(const qk_matrix *w, const float *a, int64_t lda, float *c, int64_t ldc, int64_t M, int64_t N, int64_t K,
+                      float beta, int threads, pack_fn pack) {
+    if (M <= 0 || N <= 0) return 0;
+    const int64_t slices = (K + KC - 1) / KC; /* equal kc slices, multiples of 16 */
+    const int64_t kcs = slices > 0 ? ((K + slices - 1) / slices + 15) / 16 * 16 : 16;
+    const __m512 code = w->code ? _mm512_loadu_ps(w->code) : _mm512_setzero_ps();
+    int failed = 0;
+    int nt = threads > 0 ? threads : omp_get_max_threads();
+    if (nt > (N + 15) / 16) nt = (int)((N + 15) / 16);
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        const int64_t units = (N + 15) / 16;
+        const int64_t n0 = min64(N, units * t / n * 16), n1 = min64(N, units * (t + 1) / n * 16);
+        int64_t ncb = NC; /* equal nc blocks, multiples of NR */
+        if (n1 > n0) {
+            const int64_t parts = (n1 - n0 + NC - 1) / NC;
+            ncb = ((n1 - n0 + parts - 1) / parts + NR - 1) / NR * NR;
+        }
+        float *bp = grow(&tls_b, &tls_b_cap, (size_t)(kcs * ncb));
+        float *edge = grow(&tls_edge, &tls_edge_cap, (size_t)(MR * kcs));
+        if (!bp || !edge) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        for (int64_t pc = 0; pc < K && bp && edge; pc += kcs) {
+            const int64_t kc = min64(kcs, K - pc);
+            const int mode = pc > 0 ? ADD : (beta == 0.0f ? STORE : (beta == 1.0f ? ADD : SCALE_ADD));
+            for (int64_t jc = n0; jc < n1; jc += ncb) {
+                const int64_t nc = min64(ncb, n1 - jc);
+                pack(w, code, jc, nc, pc, kc, bp);
+                for (int64_t ir = 0; ir < M; ir += MR) {
+                    const int mv = (int)min64(MR, M - ir);
+                    const float *ap = a + ir * lda + pc;
+                    int64_t la = lda;
+                    if (mv < MR) { /* the last rows: a zero-padded copy */
+                        for (int i = 0; i < MR; i++)
+                            for (int64_t k = 0; k < kc; k++) edge[i * kc + k] = i < mv ? ap[i * lda + k] : 0.0f;
+                        ap = edge;
+                        la = kc;
+                    }
+                    for (int64_t jr = 0; jr < nc; jr += NR)
+                        kernel(kc, ap, la, bp + (jr / NR) * NR * kc, c + ir * ldc + jc + jr, ldc, mv, (int)min64(NR, nc - jr), mode, beta);
+                }
+            }
+        }
+    }
+    return failed ? -1 : 0;
+}
+
+int qk_gemm_avx512_applies(const qk_matrix *w) {
+    return qk_isa_get() == QK_ISA_AVX512 && w->cols % 16 == 0 && w->cols > 0 && (qk_is_ggml(w->format) || w->block_size % 16 == 0);
+}
+
+int qk_gemm_forward_avx512(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads) {
+    return run(w, x, w->cols, y, w->rows, T, w->rows, w->cols, beta, threads, pack_forward);
+}
+
+int qk_gemm_backward_avx512(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta, int threads) {
+    return run(w, dy, w->rows, dx, w->cols, T, w->cols, w->rows, beta, threads, pack_backward);
+}
