@@ -1,0 +1,78 @@
+import ArgumentParser
+import Foundation
+import QLoRA
+
+extension ChatTemplate.Family: ExpressibleByArgument {}
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Generate text from a model, streamed to stdout as it comes.",
+        discussion: """
+            --prompt runs the text as it is (with BOS when the tokenizer adds one); --chat wraps a
+            user message (and --system) in the model's chat template, recognized from its text
+            (chatml, llama3, llama2); --chat-template picks the family when it is not recognized.
+            Generation stops at EOS, at the template's end-of-turn token, at a --stop string or
+            after --max-tokens. Sampling: repetition penalty, then temperature (0 = greedy),
+            top-k, top-p, min-p, in that order, as transformers applies them. Tokens/s for the
+            prompt and for generation go to stderr at the end.
+
+            Examples:
+              qlora generate --model models/SmolLM2-135M-Instruct.Q4_1.gguf --chat "What is the capital of France?" --temperature 0
+              qlora generate --model smol-nf4 --prompt "Once upon a time" --max-tokens 64 --seed 7 --stop "\\n\\n"
+            """
+    )
+
+    @Option(help: "A GGUF file or a quantized model folder.") var model: String
+    @Option(help: "Text to continue, as it is.") var prompt: String?
+    @Option(help: "A user message, wrapped in the chat template.") var chat: String?
+    @Option(help: "System prompt for --chat (default: the template's own, if it has one).") var system: String?
+    @Option(help: "Chat template family when the model's is not recognized: \(ChatTemplate.Family.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var chatTemplate: ChatTemplate.Family?
+    @Option(help: "Most tokens to generate.") var maxTokens = 256
+    @Option(help: "Temperature; 0 is greedy.") var temperature: Float = 0.8
+    @Option(help: "Keep the k most likely tokens; 0 disables.") var topK = 40
+    @Option(help: "Keep the most likely tokens up to this probability mass; 1 disables.") var topP: Float = 0.95
+    @Option(help: "Drop tokens less likely than this fraction of the most likely; 0 disables.") var minP: Float = 0.05
+    @Option(help: "Repetition penalty on every token seen (transformers' rule); 1 disables.") var repeatPenalty: Float = 1
+    @Option(help: "Seed of the sampler (default: from the clock).") var seed: UInt64?
+    @Option(parsing: .singleValue, help: "Stop when the output holds this string (repeatable); it is not printed.") var stop: [String] = []
+
+    func validate() throws {
+        guard (prompt == nil) != (chat == nil) else { throw ValidationError("pass exactly one of --prompt and --chat") }
+        if system != nil && chat == nil { throw ValidationError("--system goes with --chat") }
+        guard maxTokens > 0 else { throw ValidationError("--max-tokens must be positive, got \(maxTokens)") }
+        guard temperature >= 0, temperature.isFinite else { throw ValidationError("--temperature must be ≥ 0, got \(temperature)") }
+        guard topK >= 0 else { throw ValidationError("--top-k must be ≥ 0, got \(topK)") }
+        guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1], got \(topP)") }
+        guard minP >= 0, minP < 1 else { throw ValidationError("--min-p must be in [0, 1), got \(minP)") }
+        guard repeatPenalty > 0, repeatPenalty.isFinite else { throw ValidationError("--repeat-penalty must be > 0, got \(repeatPenalty)") }
+        guard FileManager.default.fileExists(atPath: model) else { throw ValidationError("\(model): no such file or folder") }
+    }
+
+    func run() throws {
+        let lm = try LanguageModel(path: model)
+        var template: ChatTemplate?
+        let ids: [Int]
+        if let chat {
+            let t = try lm.chatTemplate(chatTemplate)
+            let messages = (system.map { [ChatMessage(.system, $0)] } ?? []) + [ChatMessage(.user, chat)]
+            ids = lm.tokenizer.encode(try t.render(messages, addGenerationPrompt: true))
+            template = t
+        } else {
+            ids = lm.tokenizer.encode(prompt!, addSpecialTokens: true)
+        }
+        let options = TextGenerator.Options(
+            maxNewTokens: maxTokens,
+            sampling: Sampler.Parameters(temperature: temperature, topK: topK, topP: topP, minP: minP, repetitionPenalty: repeatPenalty),
+            seed: seed ?? UInt64(Date().timeIntervalSince1970 * 1e6), stopTokens: lm.stopTokens(template: template), stopStrings: stop)
+        let report = try TextGenerator(model: lm).generate(prompt: ids, options: options) { text in
+            FileHandle.standardOutput.write(Data(text.utf8))
+        }
+        FileHandle.standardOutput.write(Data("\n".utf8))
+        let genRate = report.generationSeconds > 0 ? Double(report.generationForwards) / report.generationSeconds : 0
+        FileHandle.standardError.write(Data(String(
+            format: "prompt: %d tokens, %.1f tokens/s | generation: %d tokens, %.1f tokens/s | stop: %@\n",
+            report.promptTokens, Double(report.promptTokens) / report.promptSeconds, report.generated.count, genRate,
+            report.stopReason.rawValue).utf8))
+    }
+}
