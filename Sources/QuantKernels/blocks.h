@@ -19,6 +19,15 @@ _Static_assert(sizeof(block_q8_0) == QK_Q8_0_BYTES, "wrong q8_0 block size/paddi
  * consecutive elements: element 2i in the HIGH nibble of byte i, 2i+1 in the LOW one. */
 static inline int qk_is_ggml(qk_format f) { return f >= QK_FORMAT_Q4_0; }
 
+/* Absmax of block b of a bitsandbytes matrix. Double-quantized as bitsandbytes'
+ * dequantize_4bit with compress_statistics does it: dequantize_blockwise(absmax_q, state2),
+ * code[q] * absmax2 in fp32, then `absmax += offset`, also fp32. Inline for the kernels. */
+static inline float block_absmax(const qk_matrix *w, int64_t b) {
+    if (w->absmax) return w->absmax[b];
+    const float a = w->nested_code[w->absmax_q[b]] * w->nested_absmax[b / QK_NESTED_BLOCK];
+    return a + w->offset;
+}
+
 /* Dequantizes whole blocks [b0, b0+nb) of a matrix (element b0*block_size onwards) into y.
  * For bitsandbytes formats block_size must be a multiple of 16. One per ISA. */
 void qk_dequantize_blocks_scalar(const qk_matrix *w, int64_t b0, int64_t nb, float *y);

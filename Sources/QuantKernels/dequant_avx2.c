@@ -31,7 +31,7 @@ AVX2 void qk_dequantize_blocks_avx2(const qk_matrix *w, int64_t b0, int64_t nb, 
     case QK_FORMAT_FP4: {
         const __m256 lo = _mm256_loadu_ps(w->code), hi = _mm256_loadu_ps(w->code + 8);
         for (int64_t b = b0; b < b0 + nb; b++) {
-            const __m256 a = _mm256_set1_ps(qk_block_absmax(w, b));
+            const __m256 a = _mm256_set1_ps(block_absmax(w, b));
             const uint8_t *q = w->data + b * bs / 2;
             for (int64_t i = 0; i < bs; i += 8, y += 8)
                 _mm256_storeu_ps(y, _mm256_mul_ps(lookup16(nibbles_bnb(q + i / 2), lo, hi), a));

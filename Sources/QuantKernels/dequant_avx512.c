@@ -22,7 +22,7 @@ AVX512 void qk_dequantize_blocks_avx512(const qk_matrix *w, int64_t b0, int64_t 
     case QK_FORMAT_FP4: {
         const __m512 code = _mm512_loadu_ps(w->code);
         for (int64_t b = b0; b < b0 + nb; b++) {
-            const __m512 a = _mm512_set1_ps(qk_block_absmax(w, b));
+            const __m512 a = _mm512_set1_ps(block_absmax(w, b));
             const uint8_t *q = w->data + b * bs / 2;
             for (int64_t i = 0; i < bs; i += 16, y += 16) {
                 __m512 v = _mm512_permutexvar_ps(nibbles_bnb(q + i / 2), code);

@@ -3,13 +3,7 @@
  * bit: the arithmetic is the same single multiply (and add, for Q4_1). */
 #include "blocks.h"
 
-float qk_block_absmax(const qk_matrix *w, int64_t b) {
-    if (w->absmax) return w->absmax[b];
-    /* bitsandbytes dequantize_4bit with compress_statistics: dequantize_blockwise(absmax_q,
-     * state2) — code[q] * absmax2 in fp32 — then `absmax += offset`, also fp32. */
-    float a = w->nested_code[w->absmax_q[b]] * w->nested_absmax[b / QK_NESTED_BLOCK];
-    return a + w->offset;
-}
+float qk_block_absmax(const qk_matrix *w, int64_t b) { return block_absmax(w, b); }
 
 float qk_dequantize_element(const qk_matrix *w, int64_t e) {
     switch (w->format) {
@@ -17,7 +11,7 @@ float qk_dequantize_element(const qk_matrix *w, int64_t e) {
     case QK_FORMAT_FP4: {
         uint8_t byte = w->data[e >> 1];
         uint8_t q = (e & 1) ? (byte & 0x0F) : (byte >> 4);
-        return w->code[q] * qk_block_absmax(w, e / w->block_size);
+        return w->code[q] * block_absmax(w, e / w->block_size);
     }
     case QK_FORMAT_Q4_0: {
         const block_q4_0 *x = (const block_q4_0 *)w->data + e / QK_GGML_BLOCK;
@@ -45,7 +39,7 @@ void qk_dequantize_blocks_scalar(const qk_matrix *w, int64_t b0, int64_t nb, flo
         switch (w->format) {
         case QK_FORMAT_NF4:
         case QK_FORMAT_FP4: {
-            const float a = qk_block_absmax(w, b);
+            const float a = block_absmax(w, b);
             const uint8_t *q = w->data + b * bs / 2;
             for (int64_t i = 0; i < bs / 2; i++) {
                 y[2 * i + 0] = w->code[q[i] >> 4] * a;

@@ -44,7 +44,7 @@ AVX512 static inline __m512 dequantize16(const qk_matrix *w, __m512 code, int64_
     case QK_FORMAT_FP4: {
         const int64_t e = r * w->cols + c; /* 16 elements never straddle a block */
         const int64_t b = e >> __builtin_ctzll((unsigned long long)w->block_size); /* power of two */
-        const float a = w->absmax ? w->absmax[b] : qk_block_absmax(w, b);
+        const float a = block_absmax(w, b);
         return _mm512_mul_ps(_mm512_permutexvar_ps(nibbles_bnb(w->data + (e >> 1)), code), _mm512_set1_ps(a));
     }
     case QK_FORMAT_Q4_0:

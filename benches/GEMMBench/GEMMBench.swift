@@ -71,10 +71,10 @@ public enum GEMMBench {
     /// Forward and backward, dense and every format, interleaved run by run.
     static func gemmRecords(w: [Float], quantized: [QuantizedMatrix], shape: (out: Int, in: Int), T: Int,
                             config: Config) throws -> [Record] {
-        let x = (0..<(T * shape.in)).map { _ in Float.random(in: -1...1) }
-        let dy = (0..<(T * shape.out)).map { _ in Float.random(in: -1...1) }
-        var y = [Float](repeating: 0, count: T * shape.out)
-        var dx = [Float](repeating: 0, count: T * shape.in)
+        // 64-byte aligned, as qlora's own activations are (Swift arrays are 16-byte aligned,
+        // which splits every vector store of the micro-kernel across two cache lines).
+        let x = AlignedFloats(T * shape.in, random: true), dy = AlignedFloats(T * shape.out, random: true)
+        let y = AlignedFloats(T * shape.out), dx = AlignedFloats(T * shape.in)
         let flops = 2.0 * Double(T) * Double(shape.out) * Double(shape.in)
         let options = GEMMOptions(threads: config.threads, tileBytes: config.tileBytes, path: config.path)
         var samples: [String: [Double]] = [:]  // "format/direction" -> seconds per call
@@ -83,25 +83,21 @@ public enum GEMMBench {
             settle()
             ComputeRuntime.setBLASThreads(config.threads)
             samples["dense/forward", default: []].append(try time(config.minSampleSeconds) {
-                try ComputeRuntime.sgemm(m: T, n: shape.out, k: shape.in, a: x, lda: shape.in, b: w, ldb: shape.in,
-                                         transposeB: true, beta: 0, c: &y, ldc: shape.out)
+                try ComputeRuntime.sgemm(m: T, n: shape.out, k: shape.in, a: x.base, lda: shape.in, b: w, ldb: shape.in,
+                                         transposeB: true, beta: 0, c: y.base, ldc: shape.out)
             })
             samples["dense/backward", default: []].append(try time(config.minSampleSeconds) {
-                try ComputeRuntime.sgemm(m: T, n: shape.in, k: shape.out, a: dy, lda: shape.out, b: w, ldb: shape.in,
-                                         transposeB: false, beta: 0, c: &dx, ldc: shape.in)
+                try ComputeRuntime.sgemm(m: T, n: shape.in, k: shape.out, a: dy.base, lda: shape.out, b: w, ldb: shape.in,
+                                         transposeB: false, beta: 0, c: dx.base, ldc: shape.in)
             })
             ComputeRuntime.setBLASThreads(1)
             settle()
             for q in quantized {
                 samples["\(q.format.rawValue)/forward", default: []].append(try time(config.minSampleSeconds) {
-                    try x.withUnsafeBufferPointer { xp in
-                        try y.withUnsafeMutableBufferPointer { try q.forward(xp, into: $0, tokens: T, options: options) }
-                    }
+                    try q.forward(x.read, into: y.write, tokens: T, options: options)
                 })
                 samples["\(q.format.rawValue)/backward", default: []].append(try time(config.minSampleSeconds) {
-                    try dy.withUnsafeBufferPointer { dyp in
-                        try dx.withUnsafeMutableBufferPointer { try q.backward(dyp, into: $0, tokens: T, options: options) }
-                    }
+                    try q.backward(dy.read, into: dx.write, tokens: T, options: options)
                 })
             }
         }
@@ -156,6 +152,21 @@ public enum GEMMBench {
             elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         } while elapsed < minSeconds
         return elapsed / Double(calls)
+    }
+
+    /// A float buffer aligned to 64 bytes.
+    final class AlignedFloats {
+        let write: UnsafeMutableBufferPointer<Float>
+        var base: UnsafeMutablePointer<Float> { write.baseAddress! }
+        var read: UnsafeBufferPointer<Float> { UnsafeBufferPointer(write) }
+
+        init(_ count: Int, random: Bool = false) {
+            let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 4, alignment: 64)
+            write = UnsafeMutableBufferPointer(start: raw.bindMemory(to: Float.self, capacity: max(count, 1)), count: count)
+            for i in 0..<count { write[i] = random ? Float.random(in: -1...1) : 0 }
+        }
+
+        deinit { UnsafeMutableRawPointer(write.baseAddress!).deallocate() }
     }
 
     static func median(_ values: [Double]) -> Double {
