@@ -19,6 +19,23 @@ _Static_assert(sizeof(block_q8_0) == QK_Q8_0_BYTES, "wrong q8_0 block size/paddi
  * consecutive elements: element 2i in the HIGH nibble of byte i, 2i+1 in the LOW one. */
 static inline int qk_is_ggml(qk_format f) { return f >= QK_FORMAT_Q4_0; }
 
+/* IEEE half → float, bit-exact with F16C's vcvtph2ps (NaNs come out quiet); inline for the
+ * kernels, which convert one or two scales per block. */
+static inline float fp16_to_fp32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, em = h & 0x7fff, u;
+    if (em == 0x7c00) u = sign | 0x7f800000;                               /* inf */
+    else if (em > 0x7c00) u = sign | 0x7fc00000 | ((em & 0x3ff) << 13);    /* nan, quieted */
+    else if (em >= 0x0400) u = sign | ((em << 13) + 0x38000000);           /* normal */
+    else {                                                                  /* subnormal: em · 2^-24, exact */
+        float v = (float)em * 5.9604644775390625e-8f;
+        memcpy(&u, &v, 4);
+        u |= sign;
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
 /* Absmax of block b of a bitsandbytes matrix. Double-quantized as bitsandbytes'
  * dequantize_4bit with compress_statistics does it: dequantize_blockwise(absmax_q, state2),
  * code[q] * absmax2 in fp32, then `absmax += offset`, also fp32. Inline for the kernels. */

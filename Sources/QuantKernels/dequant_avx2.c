@@ -49,8 +49,8 @@ AVX2 void qk_dequantize_blocks_avx2(const qk_matrix *w, int64_t b0, int64_t nb, 
             uint16_t dh, mh = 0;
             memcpy(&dh, blk, 2);
             if (is_q4_1) memcpy(&mh, blk + 2, 2);
-            const __m256 d = _mm256_set1_ps(qk_fp16_to_fp32(dh));
-            const __m256 m = _mm256_set1_ps(qk_fp16_to_fp32(mh));
+            const __m256 d = _mm256_set1_ps(fp16_to_fp32(dh));
+            const __m256 m = _mm256_set1_ps(fp16_to_fp32(mh));
             for (int h = 0; h < 16; h += 8) {
                 __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + qs_at + h)));
                 __m256i lo = _mm256_and_si256(v, mask), hi = _mm256_srli_epi32(v, 4);
@@ -68,7 +68,7 @@ AVX2 void qk_dequantize_blocks_avx2(const qk_matrix *w, int64_t b0, int64_t nb, 
     case QK_FORMAT_Q8_0: {
         for (int64_t b = b0; b < b0 + nb; b++, y += QK_GGML_BLOCK) {
             const block_q8_0 *x = (const block_q8_0 *)w->data + b;
-            const __m256 d = _mm256_set1_ps(qk_fp16_to_fp32(x->d));
+            const __m256 d = _mm256_set1_ps(fp16_to_fp32(x->d));
             for (int h = 0; h < QK_GGML_BLOCK; h += 8) {
                 __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x->qs + h)));
                 _mm256_storeu_ps(y + h, _mm256_mul_ps(_mm256_cvtepi32_ps(v), d));

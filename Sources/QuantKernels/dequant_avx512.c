@@ -42,11 +42,11 @@ AVX512 void qk_dequantize_blocks_avx512(const qk_matrix *w, int64_t b0, int64_t 
             uint16_t dh, mh = 0;
             memcpy(&dh, blk, 2);
             if (is_q4_1) memcpy(&mh, blk + 2, 2);
-            const __m512 d = _mm512_set1_ps(qk_fp16_to_fp32(dh));
+            const __m512 d = _mm512_set1_ps(fp16_to_fp32(dh));
             __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + qs_at)));
             __m512i lo = _mm512_and_si512(v, mask), hi = _mm512_srli_epi32(v, 4);
             if (is_q4_1) {
-                const __m512 m = _mm512_set1_ps(qk_fp16_to_fp32(mh));
+                const __m512 m = _mm512_set1_ps(fp16_to_fp32(mh));
                 _mm512_storeu_ps(y, _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(lo), d), m));
                 _mm512_storeu_ps(y + 16, _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(hi), d), m));
             } else {
@@ -60,7 +60,7 @@ AVX512 void qk_dequantize_blocks_avx512(const qk_matrix *w, int64_t b0, int64_t 
     case QK_FORMAT_Q8_0: {
         for (int64_t b = b0; b < b0 + nb; b++, y += QK_GGML_BLOCK) {
             const block_q8_0 *x = (const block_q8_0 *)w->data + b;
-            const __m512 d = _mm512_set1_ps(qk_fp16_to_fp32(x->d));
+            const __m512 d = _mm512_set1_ps(fp16_to_fp32(x->d));
             __m512i v0 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)x->qs));
             __m512i v1 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(x->qs + 16)));
             _mm512_storeu_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(v0), d));

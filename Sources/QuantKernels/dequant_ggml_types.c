@@ -67,7 +67,7 @@ static void dequantize_blocks_f32(const void *src, float *restrict y, int64_t nb
 
 static void dequantize_blocks_f16(const void *src, float *restrict y, int64_t nb) {
     const uint16_t *x = src;
-    for (int64_t i = 0; i < nb; i++) y[i] = qk_fp16_to_fp32(x[i]);
+    for (int64_t i = 0; i < nb; i++) y[i] = fp16_to_fp32(x[i]);
 }
 
 /* bfloat16 is the high half of an fp32. */
@@ -98,7 +98,7 @@ static inline int code_q5(const uint8_t qs[16], uint32_t qh, int j) {
 static void dequantize_blocks_q5_0(const void *src, float *restrict y, int64_t nb) {
     const block_q5_0 *x = src;
     for (int64_t i = 0; i < nb; i++, y += QK_GGML_BLOCK) {
-        const float d = qk_fp16_to_fp32(x[i].d);
+        const float d = fp16_to_fp32(x[i].d);
         uint32_t qh;
         memcpy(&qh, x[i].qh, sizeof qh);
         for (int j = 0; j < QK_GGML_BLOCK; j++) y[j] = (float)(code_q5(x[i].qs, qh, j) - 16) * d;
@@ -108,7 +108,7 @@ static void dequantize_blocks_q5_0(const void *src, float *restrict y, int64_t n
 static void dequantize_blocks_q5_1(const void *src, float *restrict y, int64_t nb) {
     const block_q5_1 *x = src;
     for (int64_t i = 0; i < nb; i++, y += QK_GGML_BLOCK) {
-        const float d = qk_fp16_to_fp32(x[i].d), m = qk_fp16_to_fp32(x[i].m);
+        const float d = fp16_to_fp32(x[i].d), m = fp16_to_fp32(x[i].m);
         uint32_t qh;
         memcpy(&qh, x[i].qh, sizeof qh);
         for (int j = 0; j < QK_GGML_BLOCK; j++) y[j] = (float)code_q5(x[i].qs, qh, j) * d + m;
@@ -126,7 +126,7 @@ static inline int code_2bit(const uint8_t qs[QK_K / 4], int g, int l) {
 static void dequantize_blocks_q2_K(const void *src, float *restrict y, int64_t nb) {
     const block_q2_K *x = src;
     for (int64_t i = 0; i < nb; i++) {
-        const float d = qk_fp16_to_fp32(x[i].d), dmin = qk_fp16_to_fp32(x[i].dmin);
+        const float d = fp16_to_fp32(x[i].d), dmin = fp16_to_fp32(x[i].dmin);
         for (int g = 0; g < QK_K / 16; g++, y += 16) {
             const float dl = d * (float)(x[i].scales[g] & 0x0F);
             const float ml = dmin * (float)(x[i].scales[g] >> 4);
@@ -146,7 +146,7 @@ static inline int scale_q3_K(const uint8_t s[K_SCALE_SIZE], int g) {
 static void dequantize_blocks_q3_K(const void *src, float *restrict y, int64_t nb) {
     const block_q3_K *x = src;
     for (int64_t i = 0; i < nb; i++) {
-        const float d = qk_fp16_to_fp32(x[i].d);
+        const float d = fp16_to_fp32(x[i].d);
         for (int g = 0; g < QK_K / 16; g++, y += 16) {
             const float dl = d * (float)scale_q3_K(x[i].scales, g);
             /* element e = 16g + l has its 3rd bit at bit e/32 of hmask[e % 32] */
@@ -192,14 +192,14 @@ static void dequantize_blocks_q4_K(const void *src, float *restrict y, int64_t n
     const block_q4_K *x = src;
     for (int64_t i = 0; i < nb; i++)
         for (int g = 0; g < QK_K / 32; g++, y += 32)
-            dequantize_group_k(qk_fp16_to_fp32(x[i].d), qk_fp16_to_fp32(x[i].dmin), x[i].scales, x[i].qs, NULL, g, y);
+            dequantize_group_k(fp16_to_fp32(x[i].d), fp16_to_fp32(x[i].dmin), x[i].scales, x[i].qs, NULL, g, y);
 }
 
 static void dequantize_blocks_q5_K(const void *src, float *restrict y, int64_t nb) {
     const block_q5_K *x = src;
     for (int64_t i = 0; i < nb; i++)
         for (int g = 0; g < QK_K / 32; g++, y += 32)
-            dequantize_group_k(qk_fp16_to_fp32(x[i].d), qk_fp16_to_fp32(x[i].dmin), x[i].scales, x[i].qs, x[i].qh, g, y);
+            dequantize_group_k(fp16_to_fp32(x[i].d), fp16_to_fp32(x[i].dmin), x[i].scales, x[i].qs, x[i].qh, g, y);
 }
 
 /* Q6_K: element e = 128h + 32t + l (half h, quarter t, l < 32) takes its low 4 bits from
@@ -208,7 +208,7 @@ static void dequantize_blocks_q5_K(const void *src, float *restrict y, int64_t n
 static void dequantize_blocks_q6_K(const void *src, float *restrict y, int64_t nb) {
     const block_q6_K *x = src;
     for (int64_t i = 0; i < nb; i++, y += QK_K) {
-        const float d = qk_fp16_to_fp32(x[i].d);
+        const float d = fp16_to_fp32(x[i].d);
         for (int h = 0; h < 2; h++) {
             for (int t = 0; t < 4; t++) {
                 const uint8_t *ql = x[i].ql + 64 * h + 32 * (t % 2);

@@ -17,17 +17,17 @@ float qk_dequantize_element(const qk_matrix *w, int64_t e) {
         const block_q4_0 *x = (const block_q4_0 *)w->data + e / QK_GGML_BLOCK;
         int j = (int)(e % QK_GGML_BLOCK);
         int q = j < 16 ? (x->qs[j] & 0x0F) : (x->qs[j - 16] >> 4);
-        return (float)(q - 8) * qk_fp16_to_fp32(x->d);
+        return (float)(q - 8) * fp16_to_fp32(x->d);
     }
     case QK_FORMAT_Q4_1: {
         const block_q4_1 *x = (const block_q4_1 *)w->data + e / QK_GGML_BLOCK;
         int j = (int)(e % QK_GGML_BLOCK);
         int q = j < 16 ? (x->qs[j] & 0x0F) : (x->qs[j - 16] >> 4);
-        return (float)q * qk_fp16_to_fp32(x->d) + qk_fp16_to_fp32(x->m);
+        return (float)q * fp16_to_fp32(x->d) + fp16_to_fp32(x->m);
     }
     case QK_FORMAT_Q8_0: {
         const block_q8_0 *x = (const block_q8_0 *)w->data + e / QK_GGML_BLOCK;
-        return (float)x->qs[e % QK_GGML_BLOCK] * qk_fp16_to_fp32(x->d);
+        return (float)x->qs[e % QK_GGML_BLOCK] * fp16_to_fp32(x->d);
     }
     }
     return 0.0f;
@@ -49,7 +49,7 @@ void qk_dequantize_blocks_scalar(const qk_matrix *w, int64_t b0, int64_t nb, flo
         }
         case QK_FORMAT_Q4_0: {
             const block_q4_0 *x = (const block_q4_0 *)w->data + b;
-            const float d = qk_fp16_to_fp32(x->d);
+            const float d = fp16_to_fp32(x->d);
             for (int j = 0; j < 16; j++) {
                 y[j] = (float)((x->qs[j] & 0x0F) - 8) * d;
                 y[j + 16] = (float)((x->qs[j] >> 4) - 8) * d;
@@ -58,7 +58,7 @@ void qk_dequantize_blocks_scalar(const qk_matrix *w, int64_t b0, int64_t nb, flo
         }
         case QK_FORMAT_Q4_1: {
             const block_q4_1 *x = (const block_q4_1 *)w->data + b;
-            const float d = qk_fp16_to_fp32(x->d), m = qk_fp16_to_fp32(x->m);
+            const float d = fp16_to_fp32(x->d), m = fp16_to_fp32(x->m);
             for (int j = 0; j < 16; j++) {
                 y[j] = (float)(x->qs[j] & 0x0F) * d + m;
                 y[j + 16] = (float)(x->qs[j] >> 4) * d + m;
@@ -67,7 +67,7 @@ void qk_dequantize_blocks_scalar(const qk_matrix *w, int64_t b0, int64_t nb, flo
         }
         case QK_FORMAT_Q8_0: {
             const block_q8_0 *x = (const block_q8_0 *)w->data + b;
-            const float d = qk_fp16_to_fp32(x->d);
+            const float d = fp16_to_fp32(x->d);
             for (int j = 0; j < QK_GGML_BLOCK; j++) y[j] = (float)x->qs[j] * d;
             break;
         }

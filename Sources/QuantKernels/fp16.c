@@ -1,20 +1,13 @@
 /* fp16.c — IEEE binary16 conversions, bit-exact with F16C's vcvtph2ps / vcvtps2ph (round to
  * nearest even; NaNs come out quiet), which ggml uses on x86 (GGML_FP16_TO_FP32 /
  * GGML_FP32_TO_FP16). */
-#include "quant_kernels.h"
+#include "blocks.h"
 #include <string.h>
 
 static inline uint32_t bits_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float float_of(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 
-float qk_fp16_to_fp32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t em = h & 0x7fff;
-    if (em == 0x7c00) return float_of(sign | 0x7f800000);                         /* inf */
-    if (em > 0x7c00) return float_of(sign | 0x7fc00000 | ((em & 0x3ff) << 13));   /* nan, quieted as F16C does */
-    if (em >= 0x0400) return float_of(sign | ((em << 13) + 0x38000000));         /* normal */
-    return float_of(sign | bits_of((float)em * 5.9604644775390625e-8f));         /* subnormal: em * 2^-24, exact */
-}
+float qk_fp16_to_fp32(uint16_t h) { return fp16_to_fp32(h); }
 
 uint16_t qk_fp32_to_fp16(float f) {
     uint32_t u = bits_of(f);

@@ -58,14 +58,14 @@ AVX512 static inline __m512 dequantize16(const qk_matrix *w, __m512 code, int64_
         if (q41) memcpy(&mh, blk + 2, 2);
         __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + (q41 ? 4 : 2))));
         v = (c & 16) ? _mm512_srli_epi32(v, 4) : _mm512_and_si512(v, _mm512_set1_epi32(0x0F));
-        const __m512 d = _mm512_set1_ps(qk_fp16_to_fp32(dh));
-        if (q41) return _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v), d), _mm512_set1_ps(qk_fp16_to_fp32(mh)));
+        const __m512 d = _mm512_set1_ps(fp16_to_fp32(dh));
+        if (q41) return _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v), d), _mm512_set1_ps(fp16_to_fp32(mh)));
         return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(8))), d);
     }
     case QK_FORMAT_Q8_0: {
         const block_q8_0 *x = (const block_q8_0 *)w->data + r * (w->cols / QK_GGML_BLOCK) + c / QK_GGML_BLOCK;
         const __m512i v = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(x->qs + (c & 16))));
-        return _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(qk_fp16_to_fp32(x->d)));
+        return _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(fp16_to_fp32(x->d)));
     }
     }
     return _mm512_setzero_ps();
