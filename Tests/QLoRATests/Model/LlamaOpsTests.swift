@@ -154,17 +154,8 @@ enum LlamaReference {
     }
 }
 
-/// Deterministic normals (SplitMix64 + Box–Muller) for the tests.
-private struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+/// Deterministic normals (the library's SplitMix64 + Box–Muller) for the tests.
+extension SplitMix64 {
     mutating func uniform() -> Double { (Double(next() >> 11) + 0.5) / Double(1 << 53) }
     mutating func normals(_ n: Int, scale: Double = 1) -> [Float] {
         (0..<n).map { _ in Float(scale * (-2 * log(uniform())).squareRoot() * cos(2 * .pi * uniform())) }

@@ -112,7 +112,7 @@ final class TokenizerTests: XCTestCase {
         XCTAssertEqual(t.missingBytes, Self.reference.missing_bytes)
         let missing = Set(t.missingBytes)
         var texts = Self.reference.cases.map(\.text)
-        var rng = Self.SplitMix64(seed: 7)
+        var rng = SplitMix64(seed: 7)
         let ranges: [ClosedRange<UInt32>] = [0...0x7F, 0x80...0x7FF, 0x800...0xD7FF, 0xE000...0xFFFF, 0x10000...0x10FFFF]
         for _ in 0..<200 {
             var s = String.UnicodeScalarView()
@@ -249,17 +249,6 @@ final class TokenizerTests: XCTestCase {
         return 256 + UInt32((0..<b).filter { !printable.contains($0) }.count)
     }
 
-    struct SplitMix64 {
-        var state: UInt64
-        init(seed: UInt64) { state = seed }
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
 
     final class Counter: @unchecked Sendable {
         private let lock = NSLock()
