@@ -12,6 +12,8 @@ public struct ModelSummary: Codable, Sendable {
     public var tokenizer: String?
     public var chatTemplate: Bool
     public var loadSeconds: Double
+    /// GGUF linear types requantized when the file is opened as a frozen base ("Q4_K → q4_1").
+    public var requantizedAtLoad: [String] = []
 
     public struct Component: Codable, Sendable {
         public var name: String           // embeddings, attention, mlp, norms, lm_head, other
@@ -44,10 +46,16 @@ public struct ModelSummary: Codable, Sendable {
             "\(m == "gpt2" ? "byte-level BPE" : m == "llama" ? "SentencePiece" : m)"
                 + (pre.map { " (pre-tokenizer \($0))" } ?? "") + (vocab.map { ", \($0) tokens" } ?? "")
         }
-        return ModelSummary(source: g.file.path, container: "gguf v\(g.version)", config: config,
-                            parameterCount: g.tensors.reduce(0) { $0 + $1.count }, fileBytes: g.file.count,
-                            components: sorted(groups), tokenizer: tokenizer,
-                            chatTemplate: g.metadata["tokenizer.chat_template"] != nil, loadSeconds: 0)
+        var s = ModelSummary(source: g.file.path, container: "gguf v\(g.version)", config: config,
+                             parameterCount: g.tensors.reduce(0) { $0 + $1.count }, fileBytes: g.file.count,
+                             components: sorted(groups), tokenizer: tokenizer,
+                             chatTemplate: g.metadata["tokenizer.chat_template"] != nil, loadSeconds: 0)
+        let linearTypes = Set(g.tensors.filter { TensorNames.role(of: $0.name).isLinear }.map(\.type))
+        s.requantizedAtLoad = linearTypes.sorted { $0.rawValue < $1.rawValue }.compactMap { type in
+            let (format, requantized) = QuantizedModel.loadFormat(for: type)
+            return requantized ? "\(type.name) → \(format.rawValue)" : nil
+        }
+        return s
     }
 
     static func summarize(_ f: HuggingFaceFolder) throws -> ModelSummary {
@@ -135,6 +143,9 @@ public struct ModelSummary: Codable, Sendable {
             out.append("  \(comp.name.padding(toLength: 11, withPad: " ", startingAt: 0)) \(comp.format.padding(toLength: 6, withPad: " ", startingAt: 0)) "
                 + "\(String(comp.tensors).leftPad(4)) tensors  \(millions(comp.parameters).leftPad(8)) params  \(mb(comp.bytes).leftPad(10))  "
                 + String(format: "%.2f bits/param", Double(comp.bytes * 8) / Double(max(comp.parameters, 1))))
+        }
+        if !requantizedAtLoad.isEmpty {
+            out.append("frozen base: linear weights requantized at load: \(requantizedAtLoad.joined(separator: ", ")) (qlora quantize makes it once)")
         }
         out.append("tokenizer: \(tokenizer ?? "none")")
         out.append("chat template: \(chatTemplate ? "yes" : "no")")

@@ -6,9 +6,11 @@ import Quant
 ///
 /// Opens what `qlora quantize` writes, and what users already hold:
 /// - bitsandbytes 4-bit folders (nf4/fp4): packed codes stay in the memory map.
-/// - GGUF files whose linear weights are Q4_0, Q4_1 or Q8_0: blocks stay in the memory map,
-///   except q/k, whose rows are copied back into Hugging Face order (llama.cpp reorders them).
-/// Anything else (fp16 folders, K-quant GGUF) is refused with the command that converts it.
+/// - GGUF files: Q4_0, Q4_1 and Q8_0 blocks stay in the memory map (q/k rows are copied back
+///   into Hugging Face order, as llama.cpp reorders them); other types — the K-quants of the
+///   Q4_K_M files users hold, Q5_0/Q5_1, F16/BF16/F32 — are dequantized at load and
+///   requantized to the nearest format the GEMMs take (`loadFormat(for:)`).
+/// Plain fp16/bf16 folders are refused with the command that quantizes them.
 public final class QuantizedModel: @unchecked Sendable {
     public let path: String
     public let config: ModelConfig
@@ -43,8 +45,12 @@ public final class QuantizedModel: @unchecked Sendable {
             }
             return m
         }
-        guard let g = source.gguf, let gt = t.gguf, let format = QuantFormat(ggml: gt.type) else {
+        guard let g = source.gguf, let gt = t.gguf else {
             throw QuantizedModelError.notQuantized(path: source.path, tensor: t.name, storage: t.storage)
+        }
+        let (format, requantized) = loadFormat(for: gt.type)
+        if requantized {
+            return try QuantizedMatrix(quantizing: try source.load(t), rows: gt.rows, cols: gt.columns, format: format)
         }
         let data = g.data(of: gt)
         let storage: ByteStorage
@@ -60,6 +66,18 @@ public final class QuantizedModel: @unchecked Sendable {
             storage = ByteStorage(borrowing: data, owner: g.file)
         }
         return try QuantizedMatrix(rows: gt.rows, cols: gt.columns, format: format, data: storage, scales: .inBlocks)
+    }
+
+    /// The format a GGUF linear weight of `type` is trained on, and whether it is requantized
+    /// at load: types of up to 4.5 bits (Q2_K, Q3_K, Q4_K) become Q4_1, whose per-block minimum
+    /// they share; wider ones (Q5_*, Q6_K, 16- and 32-bit floats) become Q8_0, which loses less
+    /// than they hold.
+    public static func loadFormat(for type: GGMLType) -> (format: QuantFormat, requantized: Bool) {
+        if let kept = QuantFormat(ggml: type) { return (kept, false) }
+        switch type {
+        case .q2_K, .q3_K, .q4_K: return (.q4_1, true)
+        default: return (.q8_0, true)
+        }
     }
 
     /// Bytes of the frozen linear weights (codes, blocks and statistics).
