@@ -34,10 +34,11 @@ let package = Package(
         .target(name: "Quant", dependencies: ["QuantKernels"]),
         .target(name: "QLoRA", dependencies: ["Quant", "QuantKernels"]),
         .target(name: "GEMMBench", dependencies: ["Quant"], path: "benches/GEMMBench"),
+        .target(name: "ModelBench", dependencies: ["QLoRA"], path: "benches/ModelBench"),
         .executableTarget(
             name: "qlora",
             dependencies: [
-                "Quant", "QLoRA", "GEMMBench",
+                "Quant", "QLoRA", "GEMMBench", "ModelBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

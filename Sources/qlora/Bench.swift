@@ -1,13 +1,14 @@
 import ArgumentParser
 import Foundation
 import GEMMBench
+import ModelBench
 import QLoRA
 import Quant
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks (medians of several runs, as ratios to a baseline measured in the same run).",
-        subcommands: [GEMM.self]
+        subcommands: [GEMM.self, ModelSpeed.self]
     )
 }
 
@@ -101,6 +102,44 @@ struct GEMM: ParsableCommand {
             print(String(decoding: try encoder.encode(Output(runtime: report, threads: threads, runs: runs, records: records)), as: UTF8.self))
         } else {
             print(GEMMBench.table(records))
+        }
+    }
+}
+
+struct ModelSpeed: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "model",
+        abstract: "Prompt processing and generation tokens/s of a model, as llama-bench's pp512 / tg128.",
+        discussion: """
+            Times one forward over --prompt-tokens random tokens, and --gen-tokens tokens decoded one
+            at a time from an empty KV cache; medians of --runs runs; peak RSS of the process.
+
+            Example: qlora bench model --model models/SmolLM2-135M-Instruct.Q4_1.gguf
+            """
+    )
+
+    @Option(help: "A GGUF file or a quantized folder.") var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    @Option(help: "Prompt length (pp).") var promptTokens = 512
+    @Option(help: "Tokens to generate (tg).") var genTokens = 128
+    @Option(help: "Runs; medians are reported.") var runs = 3
+    @Flag(help: "Print JSON for scripts.") var json = false
+
+    func validate() throws {
+        guard promptTokens > 0, genTokens > 0, runs > 0 else { throw ValidationError("--prompt-tokens, --gen-tokens and --runs must be positive") }
+    }
+
+    func run() throws {
+        let r = try ModelBench.run(path: model, promptTokens: promptTokens, generatedTokens: genTokens, runs: runs) {
+            FileHandle.standardError.write(Data("\($0)\n".utf8))
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(r), as: UTF8.self))
+        } else {
+            try RuntimeReport.current().lines.forEach { print($0) }
+            print(String(format: "%@: load %.2f s | pp%d %.1f tokens/s | tg%d %.1f tokens/s | peak RSS %.0f MB", r.model, r.loadSeconds,
+                         r.promptTokens, r.promptTokensPerSecond, r.generatedTokens, r.generationTokensPerSecond, Double(r.peakRSSBytes) / 1e6))
         }
     }
 }
