@@ -21,14 +21,11 @@ public final class LanguageModel: Sendable {
     public convenience init(path: String) throws {
         let quantized = try QuantizedModel(path: path)
         let model = try LlamaModel(quantized)
-        var isDir: ObjCBool = false
-        _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
-        if isDir.boolValue {
-            let folder = try HuggingFaceFolder(path: path)
+        if let folder = quantized.source.folder {
             guard let json = folder.tokenizerJSON else { throw TokenizerError.missing(source: path, key: "tokenizer.json") }
             try self.init(model: model, tokenizer: Tokenizer(tokenizerJSON: json), chatTemplateText: Self.folderTemplate(folder))
         } else {
-            let g = try GGUFFile(path: path)
+            let g = quantized.source.gguf!  // a source is a folder or a GGUF file
             try self.init(model: model, tokenizer: Tokenizer(gguf: g), chatTemplateText: g.metadata["tokenizer.chat_template"]?.string)
         }
     }

@@ -164,20 +164,20 @@ public final class GGUFFile: @unchecked Sendable {
     }
 
     private static func value(_ r: inout ByteReader, type: UInt32, path: String, key: String, depth: Int) throws -> GGUFValue {
-        switch type {
-        case 0: return .uint8(try r.read(UInt8.self, "value of '\(key)'"))
-        case 1: return .int8(try r.read(Int8.self, "value of '\(key)'"))
-        case 2: return .uint16(try r.read(UInt16.self, "value of '\(key)'"))
-        case 3: return .int16(try r.read(Int16.self, "value of '\(key)'"))
-        case 4: return .uint32(try r.read(UInt32.self, "value of '\(key)'"))
-        case 5: return .int32(try r.read(Int32.self, "value of '\(key)'"))
-        case 6: return .float32(Float(bitPattern: try r.read(UInt32.self, "value of '\(key)'")))
-        case 7:
+        switch GGUFValueType(rawValue: type) {
+        case .uint8?: return .uint8(try r.read(UInt8.self, "value of '\(key)'"))
+        case .int8?: return .int8(try r.read(Int8.self, "value of '\(key)'"))
+        case .uint16?: return .uint16(try r.read(UInt16.self, "value of '\(key)'"))
+        case .int16?: return .int16(try r.read(Int16.self, "value of '\(key)'"))
+        case .uint32?: return .uint32(try r.read(UInt32.self, "value of '\(key)'"))
+        case .int32?: return .int32(try r.read(Int32.self, "value of '\(key)'"))
+        case .float32?: return .float32(Float(bitPattern: try r.read(UInt32.self, "value of '\(key)'")))
+        case .bool?:
             let b = try r.read(UInt8.self, "value of '\(key)'")
             guard b <= 1 else { throw GGUFError.badValue(path: path, key: key, detail: "bool byte \(b)") }
             return .bool(b == 1)
-        case 8: return .string(try string(&r, path: path, what: "value of '\(key)'"))
-        case 9:
+        case .string?: return .string(try string(&r, path: path, what: "value of '\(key)'"))
+        case .array?:
             guard depth < maxArrayDepth else { throw GGUFError.badValue(path: path, key: key, detail: "arrays nested deeper than \(maxArrayDepth)") }
             let elementType = try r.read(UInt32.self, "array type of '\(key)'")
             let count = try r.read(UInt64.self, "array length of '\(key)'")
@@ -191,22 +191,22 @@ public final class GGUFFile: @unchecked Sendable {
             items.reserveCapacity(Int(count))
             for _ in 0..<Int(count) { items.append(try value(&r, type: elementType, path: path, key: key, depth: depth + 1)) }
             return .array(items)
-        case 10: return .uint64(try r.read(UInt64.self, "value of '\(key)'"))
-        case 11: return .int64(try r.read(Int64.self, "value of '\(key)'"))
-        case 12: return .float64(Double(bitPattern: try r.read(UInt64.self, "value of '\(key)'")))
-        default: throw GGUFError.badValue(path: path, key: key, detail: "unknown value type \(type)")
+        case .uint64?: return .uint64(try r.read(UInt64.self, "value of '\(key)'"))
+        case .int64?: return .int64(try r.read(Int64.self, "value of '\(key)'"))
+        case .float64?: return .float64(Double(bitPattern: try r.read(UInt64.self, "value of '\(key)'")))
+        case nil: throw GGUFError.badValue(path: path, key: key, detail: "unknown value type \(type)")
         }
     }
 
     /// The fewest bytes one value of a type can take (arrays and strings: their length fields).
     private static func minimumSize(of type: UInt32) -> Int? {
-        switch type {
-        case 0, 1, 7: 1
-        case 2, 3: 2
-        case 4, 5, 6: 4
-        case 8, 10, 11, 12: 8
-        case 9: 12
-        default: nil
+        switch GGUFValueType(rawValue: type) {
+        case .uint8?, .int8?, .bool?: 1
+        case .uint16?, .int16?: 2
+        case .uint32?, .int32?, .float32?: 4
+        case .string?, .uint64?, .int64?, .float64?: 8
+        case .array?: 12
+        case nil: nil
         }
     }
 }
@@ -227,12 +227,36 @@ public struct GGUFTensor: Sendable, Equatable {
     public var shape: [Int] { ne.reversed() }
 }
 
+/// The type ids of GGUF metadata values (gguf_type in the GGUF spec), shared by the reader
+/// and the writer.
+enum GGUFValueType: UInt32 {
+    case uint8 = 0, int8, uint16, int16, uint32, int32, float32, bool, string, array, uint64, int64, float64
+}
+
 /// A GGUF metadata value.
 public indirect enum GGUFValue: Equatable, Sendable, CustomStringConvertible {
     case uint8(UInt8), int8(Int8), uint16(UInt16), int16(Int16), uint32(UInt32), int32(Int32)
     case uint64(UInt64), int64(Int64), float32(Float), float64(Double), bool(Bool)
     case string(String)
     case array([GGUFValue])
+
+    var type: GGUFValueType {
+        switch self {
+        case .uint8: .uint8
+        case .int8: .int8
+        case .uint16: .uint16
+        case .int16: .int16
+        case .uint32: .uint32
+        case .int32: .int32
+        case .float32: .float32
+        case .bool: .bool
+        case .string: .string
+        case .array: .array
+        case .uint64: .uint64
+        case .int64: .int64
+        case .float64: .float64
+        }
+    }
 
     public var int: Int? {
         switch self {

@@ -35,23 +35,6 @@ public struct GGUFWriter {
             put(UInt64(s.utf8.count))
             out.append(contentsOf: s.utf8)
         }
-        func typeID(_ v: GGUFValue) -> UInt32 {
-            switch v {
-            case .uint8: 0
-            case .int8: 1
-            case .uint16: 2
-            case .int16: 3
-            case .uint32: 4
-            case .int32: 5
-            case .float32: 6
-            case .bool: 7
-            case .string: 8
-            case .array: 9
-            case .uint64: 10
-            case .int64: 11
-            case .float64: 12
-            }
-        }
         func put(value v: GGUFValue) {
             switch v {
             case let .uint8(x): put(x)
@@ -64,7 +47,7 @@ public struct GGUFWriter {
             case let .bool(x): put(UInt8(x ? 1 : 0))
             case let .string(x): put(x)
             case let .array(items):
-                put(items.first.map(typeID) ?? 4)
+                put(items.first?.type.rawValue ?? GGUFValueType.uint32.rawValue)
                 put(UInt64(items.count))
                 items.forEach { put(value: $0) }
             case let .uint64(x): put(x)
@@ -82,7 +65,7 @@ public struct GGUFWriter {
         put(UInt64(meta.count))
         for (k, v) in meta {
             put(k)
-            put(typeID(v))
+            put(v.type.rawValue)
             put(value: v)
         }
         var offset = 0

@@ -77,11 +77,13 @@ public final class ModelSource: @unchecked Sendable {
         return nil
     }
 
-    /// Rows of a GGUF q/k tensor back in Hugging Face order.
-    static func unpermuteRows(_ values: [Float], rows: Int, heads: Int) -> [Float] {
+    /// Rows of a GGUF q/k tensor back in Hugging Face order: fp32 values, or the raw bytes of
+    /// whole-row ggml blocks.
+    static func unpermuteRows<T: BitwiseCopyable & Numeric>(_ values: some RandomAccessCollection<T>, rows: Int, heads: Int) -> [T] {
+        let values = Array(values)
         let cols = values.count / rows
         let perm = TensorNames.ropePermutation(rows: rows, heads: heads)
-        var out = [Float](repeating: 0, count: values.count)
+        var out = [T](repeating: 0, count: values.count)
         for (ggufRow, hfRow) in perm.enumerated() {
             out.replaceSubrange((hfRow * cols)..<((hfRow + 1) * cols), with: values[(ggufRow * cols)..<((ggufRow + 1) * cols)])
         }

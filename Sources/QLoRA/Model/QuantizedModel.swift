@@ -18,7 +18,8 @@ public final class QuantizedModel: @unchecked Sendable {
     public let linears: [String: QuantizedMatrix]
     /// Norms, embeddings, LM head and biases in fp32, by Hugging Face name.
     public let dense: [String: [Float]]
-    private let keepAlive: AnyObject
+    /// The opened file or folder (its tokenizer metadata, and the mapping the weights borrow).
+    public let source: ModelSource
 
     public init(path: String) throws {
         self.path = path
@@ -35,7 +36,7 @@ public final class QuantizedModel: @unchecked Sendable {
         }
         self.linears = linears
         self.dense = dense
-        keepAlive = source
+        self.source = source
     }
 
     private static func linear(_ t: ModelSource.Tensor, source: ModelSource) throws -> QuantizedMatrix {
@@ -55,13 +56,7 @@ public final class QuantizedModel: @unchecked Sendable {
         let data = g.data(of: gt)
         let storage: ByteStorage
         if let heads = source.ropeHeads(of: t.name) {
-            let rowBytes = gt.byteCount / gt.rows
-            var rows = [UInt8](repeating: 0, count: gt.byteCount)
-            for (ggufRow, hfRow) in TensorNames.ropePermutation(rows: gt.rows, heads: heads).enumerated() {
-                rows.replaceSubrange((hfRow * rowBytes)..<((hfRow + 1) * rowBytes),
-                                     with: data[(ggufRow * rowBytes)..<((ggufRow + 1) * rowBytes)])
-            }
-            storage = ByteStorage(copying: rows)
+            storage = ByteStorage(copying: ModelSource.unpermuteRows(data, rows: gt.rows, heads: heads))
         } else {
             storage = ByteStorage(borrowing: data, owner: g.file)
         }
