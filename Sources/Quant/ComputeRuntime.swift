@@ -139,7 +139,17 @@ public enum ComputeRuntime {
     /// LoRA factors and the benchmarks' baseline. `transposeB`: B is [N, K].
     public static func sgemm(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                              transposeB: Bool, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) throws(QuantError) {
+        try sgemm(transposeA: false, transposeB: transposeB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb,
+                  beta: beta, c: c, ldc: ldc)
+    }
+
+    /// C[m, n] = alpha · op(A) · op(B) + beta · C, row-major, op(X) = Xᵀ when transposed:
+    /// A is [m, k] (or [k, m] transposed), B is [k, n] (or [n, k] transposed).
+    public static func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
+                             a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) throws(QuantError) {
         _ = try prepare()
-        qk_sgemm(0, transposeB ? 1 : 0, Int64(m), Int64(n), Int64(k), 1, a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc))
+        qk_sgemm(transposeA ? 1 : 0, transposeB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b, Int64(ldb),
+                 beta, c, Int64(ldc))
     }
 }

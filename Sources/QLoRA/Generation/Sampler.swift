@@ -149,7 +149,8 @@ public struct Sampler: Sendable {
 /// SplitMix64 (Steele, Lea, Flood 2014; the constants of java.util.SplittableRandom): a 64-bit
 /// state, one add and a mix per number. Small, fast and reproducible across platforms.
 public struct SplitMix64: RandomNumberGenerator, Sendable {
-    private var state: UInt64
+    /// The whole state: `SplitMix64(seed: r.state)` continues exactly where `r` is (checkpoints).
+    public private(set) var state: UInt64
     public init(seed: UInt64) { state = seed }
 
     public mutating func next() -> UInt64 {

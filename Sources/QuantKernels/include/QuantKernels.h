@@ -2,3 +2,4 @@
 #include "quant_kernels.h"
 #include "ggml_types.h"
 #include "model_ops.h"
+#include "model_ops_backward.h"
