@@ -18,7 +18,7 @@ extern "C" {
 /* RMSNorm, y = w ⊙ (x · rstd) with rstd from qk_rmsnorm_forward:
  *   dx[T, C] (+)= rstd · (w ⊙ dy − x̂ · mean(w ⊙ dy ⊙ x̂)),  x̂ = x · rstd
  *   dw[C]    += Σ_t dy ⊙ x̂                                  (skipped when dw is NULL)
- * dx must not alias dy or x. */
+ * dw is summed over rows in order. dx must not alias dy or x. */
 void qk_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, const float *rstd,
                          int64_t T, int64_t C, int accumulate);
 
@@ -36,7 +36,9 @@ void qk_swiglu_backward(float *dgate, float *dup, const float *dh, const float *
  * given the forward's probabilities probs [B, H, T, T] (zero above the diagonal), or NULL to
  * recompute them from q and k. Overwrites dq [B·T, H·D], dk, dv [B·T, Hkv·D].
  * OpenMP over (sequence, KV group) pairs, each pair's heads summed in a fixed order, so the
- * result does not depend on the thread count. threads ≤ 0: OpenMP's default.
+ * result does not depend on the thread count. Recomputed probabilities are computed as
+ * qk_attention_forward computes them, so both ways give the same gradients. H must be a
+ * multiple of Hkv. threads ≤ 0: OpenMP's default.
  * Returns 0, or −1 when scratch memory could not be allocated. */
 int qk_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                           const float *v, const float *probs, int64_t B, int64_t T, int64_t H, int64_t Hkv,
@@ -45,8 +47,10 @@ int qk_attention_backward(float *dq, float *dk, float *dv, const float *dout, co
 /* Softmax cross-entropy over rows of logits [rows, V] with integer labels; rows whose label
  * is −100 are ignored. In place: logits become dlogits = grad_scale · (softmax − onehot(label))
  * for counted rows and 0 for ignored ones. Returns Σ over counted rows of −log softmax[label]
- * in float64 (log-sum-exp with the row max subtracted); *counted receives the number of
- * counted rows. OpenMP over rows. A label outside 0 ..< V other than −100 returns NAN. */
+ * in float64 (log-sum-exp with the row max subtracted), summed in row order so that it does
+ * not depend on the thread count; *counted receives the number of counted rows. OpenMP over
+ * rows. A label outside 0 ..< V other than −100 returns NAN; such a row counts
+ * in *counted and its dlogits are 0. */
 double qk_cross_entropy(float *logits, const int32_t *labels, int64_t rows, int64_t V, float grad_scale,
                         int64_t *counted, int threads);
 
