@@ -33,7 +33,10 @@ public final class FloatBuffer {
 ///
 /// Inference reuses one set for every layer; training keeps one per layer.
 public final class LlamaBlockActivations {
+    /// Rows: B sequences of T / B tokens each, sequence b at rows b·T/B ..< (b+1)·T/B.
     public let T: Int
+    /// B: the sequences of a training batch run side by side (1 when decoding).
+    public let sequences: Int
     /// 1 / rms of the layer input x, [T] (input_layernorm).
     public let attentionRstd: FloatBuffer
     /// rmsnorm(x) ⊙ w, [T, C]: the input of q/k/v_proj.
@@ -57,19 +60,31 @@ public final class LlamaBlockActivations {
     public let up: FloatBuffer
     /// silu(gate) ⊙ up, [T, F]: the input of down_proj.
     public let mlpHidden: FloatBuffer
+    /// What each LoRA adapter of the layer keeps (u = drop(x)·Aᵀ, [T, r]).
+    let lora: [LlamaLinear: LoRAAdapter.Saved]
+
+    /// Tokens per sequence.
+    public var sequenceLength: Int { T / sequences }
 
     /// - Parameters:
-    ///   - keys: S, the keys each query may see at most (T without a cache).
-    ///   - keepsProbabilities: allocate `probabilities` [H, T, S].
-    public init(config c: ModelConfig, tokens T: Int, keys S: Int, keepsProbabilities: Bool) {
+    ///   - tokens: T, all rows (B · tokens per sequence).
+    ///   - keys: S, the keys each query may see at most (T / B without a cache).
+    ///   - keepsProbabilities: allocate `probabilities` [B, H, T/B, S].
+    ///   - sequences: B.
+    ///   - adapters: the layer's LoRA adapters, for which room is made.
+    public init(config c: ModelConfig, tokens T: Int, keys S: Int, keepsProbabilities: Bool, sequences B: Int = 1,
+                adapters: LlamaLayerLoRA? = nil) {
+        precondition(B >= 1 && T % B == 0, "\(T) rows do not split into \(B) sequences")
         self.T = T
+        sequences = B
+        lora = (adapters?.adapters ?? [:]).mapValues { LoRAAdapter.Saved(tokens: T, rank: $0.rank) }
         let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
         attentionRstd = FloatBuffer(count: T)
         attentionInput = FloatBuffer(count: T * c.hiddenSize)
         q = FloatBuffer(count: T * qDim)
         k = FloatBuffer(count: T * kvDim)
         v = FloatBuffer(count: T * kvDim)
-        probabilities = keepsProbabilities ? FloatBuffer(count: c.numHeads * T * S) : nil
+        probabilities = keepsProbabilities ? FloatBuffer(count: c.numHeads * T * S) : nil   // B·H·(T/B)·S
         attentionOutput = FloatBuffer(count: T * qDim)
         residual = FloatBuffer(count: T * c.hiddenSize)
         mlpRstd = FloatBuffer(count: T)

@@ -10,25 +10,35 @@ struct LlamaKeyValues {
     let past: Int                              // P
 }
 
-/// Causal grouped-query self-attention of one layer, transformers' LlamaAttention (eager).
-/// Legend: T tokens, P cached positions, S = P + T, C hidden, H/Hkv heads, D head dim.
+/// Causal grouped-query self-attention of one layer, transformers' LlamaAttention (eager),
+/// with LoRA on any of its four linears. Legend: B sequences of T tokens (rows B·T), P cached
+/// positions (B = 1 then), S = P + T, C hidden, H/Hkv heads, D head dim.
 ///
-///   q[T, H·D] = xn·Wqᵀ (+ bq),  k, v[T, Hkv·D] = xn·Wkᵀ (+ bk), xn·Wvᵀ (+ bv)
-///   q, k ← RoPE at positions P ..< P + T;  k, v copied to rows P ..< S of `cache` if given
-///   attn[T, H·D] = softmax(q·kᵀ / √D, causal) · v          over all S keys
-///   out[T, C] += attn·Woᵀ                                   (out holds the residual x)
+///   q[BT, H·D] = xn·Wqᵀ (+ bq) (+ LoRA),  k, v[BT, Hkv·D] likewise
+///   q, k ← RoPE at positions P ..< P + T of each sequence;  k, v copied into `cache` if given
+///   attn[BT, H·D] = softmax(q·kᵀ / √D, causal) · v          per sequence, over its S keys
+///   out[BT, C] += attn·Woᵀ (+ LoRA)                          (out holds the residual x)
 ///
 /// Writes acts.q, k, v, attentionOutput (and probabilities when kept); reads acts.attentionInput (xn).
 func llamaAttentionForward(out: UnsafeMutableBufferPointer<Float>, acts: LlamaBlockActivations, layer w: LlamaLayerWeights,
-                           rope: LlamaRoPETables, cache: LlamaKeyValues?, config c: ModelConfig) throws {
-    let T = acts.T, H = c.numHeads, Hkv = c.numKVHeads, D = c.headDim, kvDim = Hkv * D
-    let xn = UnsafeBufferPointer(acts.attentionInput.buffer)
-    for (m, y, b, heads) in [(w.q, acts.q, w.qBias, H), (w.k, acts.k, w.kBias, Hkv), (w.v, acts.v, w.vBias, Hkv)] {
-        try m.forward(xn, into: y.buffer, tokens: T)
-        if let b { b.withUnsafeBufferPointer { qk_add_bias(y.base, $0.baseAddress, Int64(T), Int64(heads * D)) } }
+                           rope: LlamaRoPETables, cache: LlamaKeyValues?, config c: ModelConfig,
+                           lora: LlamaLayerLoRA? = nil, dropoutSeed: UInt64? = nil) throws {
+    let rows = acts.T, B = acts.sequences, T = acts.sequenceLength
+    let H = c.numHeads, Hkv = c.numKVHeads, D = c.headDim, qDim = H * D, kvDim = Hkv * D
+    precondition(cache == nil || B == 1, "a KV cache serves one sequence")
+    precondition(rope.count == T, "RoPE tables for \(rope.count) positions, \(T) needed")
+    func run(_ m: QuantizedMatrix, _ role: LlamaLinear) -> LlamaLinearRun {
+        LlamaLinearRun(m, role, lora: lora, acts: acts, seed: dropoutSeed)
     }
-    rope.apply(acts.q, heads: H, headDim: D)
-    rope.apply(acts.k, heads: Hkv, headDim: D)
+    for (m, role, y, b, heads) in [(w.q, LlamaLinear.q, acts.q, w.qBias, H), (w.k, .k, acts.k, w.kBias, Hkv),
+                                   (w.v, .v, acts.v, w.vBias, Hkv)] {
+        try run(m, role).forward(acts.attentionInput, into: y.base, tokens: rows)
+        if let b { b.withUnsafeBufferPointer { qk_add_bias(y.base, $0.baseAddress, Int64(rows), Int64(heads * D)) } }
+    }
+    for s in 0..<B {
+        rope.apply(acts.q.base + s * T * qDim, heads: H, headDim: D)
+        rope.apply(acts.k.base + s * T * kvDim, heads: Hkv, headDim: D)
+    }
 
     let kv: LlamaKeyValues
     if let cache {
@@ -38,11 +48,39 @@ func llamaAttentionForward(out: UnsafeMutableBufferPointer<Float>, acts: LlamaBl
     } else {
         kv = LlamaKeyValues(keys: acts.k.base, values: acts.v.base, past: 0)
     }
+    let S = kv.past + T
     if let p = acts.probabilities {
-        precondition(p.count == H * T * (kv.past + T), "probabilities hold \(p.count) floats, [\(H), \(T), \(kv.past + T)] needed")
+        precondition(p.count == B * H * T * S, "probabilities hold \(p.count) floats, [\(B), \(H), \(T), \(S)] needed")
     }
-    let rc = qk_attention_forward(acts.attentionOutput.base, acts.probabilities?.base, acts.q.base, kv.keys, kv.values,
-                                  Int64(T), Int64(kv.past), Int64(H), Int64(Hkv), Int64(D), 0)
-    guard rc == 0 else { throw LlamaModelError.outOfMemory("attention score rows for \(kv.past + T) keys") }
-    try w.o.forward(UnsafeBufferPointer(acts.attentionOutput.buffer), into: out, tokens: T, accumulate: true)
+    for s in 0..<B {
+        let rc = qk_attention_forward(acts.attentionOutput.base + s * T * qDim, acts.probabilities.map { $0.base + s * H * T * S },
+                                      acts.q.base + s * T * qDim, kv.keys + s * T * kvDim, kv.values + s * T * kvDim,
+                                      Int64(T), Int64(kv.past), Int64(H), Int64(Hkv), Int64(D), 0)
+        guard rc == 0 else { throw LlamaModelError.outOfMemory("attention score rows for \(S) keys") }
+    }
+    try run(w.o, .o).forward(acts.attentionOutput, into: out.baseAddress!, tokens: rows, accumulate: true)
+}
+
+/// The backward of `llamaAttentionForward` without a cache. Given dOut [BT, C], the gradient of
+/// the layer's residual stream, adds the attention's share to dxn [BT, C] (overwritten: it is the
+/// gradient of xn) and accumulates the LoRA gradients. `grads` holds the scratch buffers.
+func llamaAttentionBackward(dxn: FloatBuffer, dOut: FloatBuffer, acts: LlamaBlockActivations, layer w: LlamaLayerWeights,
+                            rope: LlamaRoPETables, config c: ModelConfig, lora: LlamaLayerLoRA?, dropoutSeed: UInt64?,
+                            grads g: LlamaBlockGradients) throws {
+    let rows = acts.T, B = acts.sequences, T = acts.sequenceLength
+    let H = c.numHeads, Hkv = c.numKVHeads, D = c.headDim, qDim = H * D, kvDim = Hkv * D
+    func run(_ m: QuantizedMatrix, _ role: LlamaLinear) -> LlamaLinearRun {
+        LlamaLinearRun(m, role, lora: lora, acts: acts, seed: dropoutSeed)
+    }
+    try run(w.o, .o).backward(dOut.base, x: acts.attentionOutput, into: g.dAttention.base, tokens: rows, accumulate: false)
+    let rc = qk_attention_backward(g.dq.base, g.dk.base, g.dv.base, g.dAttention.base, acts.q.base, acts.k.base, acts.v.base,
+                                   acts.probabilities?.base, Int64(B), Int64(T), Int64(H), Int64(Hkv), Int64(D), 0)
+    guard rc == 0 else { throw LlamaModelError.outOfMemory("attention backward scratch for \(T) tokens") }
+    for s in 0..<B {
+        rope.applyBackward(g.dq.base + s * T * qDim, heads: H, headDim: D)
+        rope.applyBackward(g.dk.base + s * T * kvDim, heads: Hkv, headDim: D)
+    }
+    try run(w.q, .q).backward(g.dq.base, x: acts.attentionInput, into: dxn.base, tokens: rows, accumulate: false)
+    try run(w.k, .k).backward(g.dk.base, x: acts.attentionInput, into: dxn.base, tokens: rows, accumulate: true)
+    try run(w.v, .v).backward(g.dv.base, x: acts.attentionInput, into: dxn.base, tokens: rows, accumulate: true)
 }

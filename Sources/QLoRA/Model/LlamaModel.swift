@@ -54,23 +54,20 @@ public final class LlamaModel: Sendable {
         let x = FloatBuffer(count: tokens.count * C)
         for (t, id) in tokens.enumerated() {
             guard (0..<V).contains(id) else { throw .tokenOutOfRange(token: id, position: t, vocab: V) }
-            weights.embedding.withUnsafeBufferPointer { e in (x.base + t * C).update(from: e.baseAddress! + id * C, count: C) }
+            weights.embedding.row(id, width: C, into: x.base + t * C)
         }
         return x
     }
 
-    /// logits[rows, V] = rmsnorm(x[rows]) · lm_headᵀ, through sgemm.
+    /// logits[rows, V] = rmsnorm(x[rows]) · lm_headᵀ, through sgemm or the quantized GEMM.
     func lmHead(_ x: FloatBuffer, rows: Range<Int>) throws -> [Float] {
         let C = config.hiddenSize, V = config.vocabSize, n = rows.count
         let xn = FloatBuffer(count: n * C), rstd = FloatBuffer(count: n)
         llamaRMSNormForward(y: xn.base, rstd: rstd.base, x: x.base + rows.lowerBound * C, weight: weights.finalNorm,
                             tokens: n, eps: config.rmsNormEps)
         var logits = [Float](repeating: 0, count: n * V)
-        try weights.lmHead.withUnsafeBufferPointer { (w) throws in
-            try logits.withUnsafeMutableBufferPointer { (out) throws in
-                try ComputeRuntime.sgemm(m: n, n: V, k: C, a: xn.base, lda: C, b: w.baseAddress!, ldb: C, transposeB: true,
-                                         beta: 0, c: out.baseAddress!, ldc: V)
-            }
+        try logits.withUnsafeMutableBufferPointer { (out) throws in
+            try weights.lmHead.forward(xn.base, rows: n, width: C, vocab: V, into: out.baseAddress!)
         }
         return logits
     }

@@ -6,10 +6,29 @@ import QuantKernels
 ///   rstd[t] = 1 / sqrt(mean(x[t]²) + eps)
 ///   y[T, C] = w[C] ⊙ (x[T, C] · rstd[T])
 ///
-/// Writes y and rstd (kept for the backward); x and y are [T, C], w is [C].
+/// Writes y and rstd (kept for the backward); x and y are [T, C], w is [C]. A trainable
+/// weight (`--train-norms`) is read from its Parameter instead of the frozen array.
 func llamaRMSNormForward(y: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
-                         weight: [Float], tokens T: Int, eps: Float) {
-    weight.withUnsafeBufferPointer { w in
-        qk_rmsnorm_forward(y, rstd, x, w.baseAddress, Int64(T), Int64(w.count), eps)
+                         weight: [Float], trainable: Parameter? = nil, tokens T: Int, eps: Float) {
+    withNormWeight(weight, trainable) { w in
+        qk_rmsnorm_forward(y, rstd, x, w, Int64(T), Int64(weight.count), eps)
+    }
+}
+
+/// The backward of `llamaRMSNormForward`: dx[T, C] += rstd·(w⊙dy − x̂·mean(w⊙dy⊙x̂)), x̂ = x·rstd,
+/// and dw += Σ_t dy⊙x̂ when the weight trains. dx must not alias dy or x.
+func llamaRMSNormBackward(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                          rstd: UnsafePointer<Float>, weight: [Float], trainable: Parameter?, tokens T: Int) {
+    withNormWeight(weight, trainable) { w in
+        qk_rmsnorm_backward(dx, trainable?.grad.base, dy, x, w, rstd, Int64(T), Int64(weight.count), 1)
+    }
+}
+
+private func withNormWeight(_ frozen: [Float], _ trainable: Parameter?, _ body: (UnsafePointer<Float>) -> Void) {
+    if let trainable {
+        precondition(trainable.count == frozen.count, "norm '\(trainable.name)' has \(trainable.count) values, \(frozen.count) expected")
+        body(trainable.value.base)
+    } else {
+        frozen.withUnsafeBufferPointer { body($0.baseAddress!) }
     }
 }

@@ -69,7 +69,12 @@ public final class LlamaRoPETables {
     }
 
     /// Rotates x[T, heads·D] in place (rotate-half layout).
-    func apply(_ x: FloatBuffer, heads: Int, headDim D: Int) {
-        qk_rope_forward(x.base, cos.base, sin.base, Int64(count), Int64(heads), Int64(D))
+    func apply(_ x: UnsafeMutablePointer<Float>, heads: Int, headDim D: Int) {
+        qk_rope_forward(x, cos.base, sin.base, Int64(count), Int64(heads), Int64(D))
+    }
+
+    /// The backward of `apply`: rotates dx[T, heads·D] back in place.
+    func applyBackward(_ dx: UnsafeMutablePointer<Float>, heads: Int, headDim D: Int) {
+        qk_rope_backward(dx, cos.base, sin.base, Int64(count), Int64(heads), Int64(D))
     }
 }

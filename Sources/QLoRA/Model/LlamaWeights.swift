@@ -23,11 +23,11 @@ public struct LlamaLayerWeights: Sendable {
 /// A Llama-layout decoder's weights taken from a `QuantizedModel` (no copies: the arrays and
 /// matrices are shared with it). Legend: V vocab, C hidden.
 public struct LlamaWeights: Sendable {
-    public let embedding: [Float]          // [V, C] embed_tokens
+    public let embedding: LlamaTokenMatrix // [V, C] embed_tokens
     public let layers: [LlamaLayerWeights]
     public let finalNorm: [Float]          // [C]
     /// [V, C]: lm_head, or the embedding when the model ties them.
-    public let lmHead: [Float]
+    public let lmHead: LlamaTokenMatrix
 
     /// Hugging Face checkpoint names, in one place.
     enum Name {
@@ -76,9 +76,75 @@ public struct LlamaWeights: Sendable {
                 vBias: try bias(n(Name.vBias), count: kvDim)))
         }
         self.layers = layers
-        embedding = try dense(Name.embedding, count: c.vocabSize * c.hiddenSize)
+        func tokens(_ name: String) throws(LlamaModelError) -> LlamaTokenMatrix {
+            if let m = model.tokenMatrices[name] {
+                guard m.rows == c.vocabSize, m.cols == c.hiddenSize else {
+                    throw .wrongShape(name, expected: [c.vocabSize, c.hiddenSize], found: [m.rows, m.cols])
+                }
+                return .quantized(m)
+            }
+            return .dense(try dense(name, count: c.vocabSize * c.hiddenSize))
+        }
+        embedding = try tokens(Name.embedding)
         finalNorm = try dense(Name.finalNorm, count: c.hiddenSize)
-        lmHead = try c.tieWordEmbeddings ? embedding : dense(Name.lmHead, count: c.vocabSize * c.hiddenSize)
+        lmHead = try c.tieWordEmbeddings ? embedding : tokens(Name.lmHead)
+    }
+}
+
+/// A [V, C] token matrix — the embedding, or the LM head — in fp32 or in the block format
+/// the GGUF stores it in (Q8_0 usually), then read row by row and multiplied by the GEMMs.
+public enum LlamaTokenMatrix: Sendable {
+    case dense([Float])
+    case quantized(QuantizedMatrix)
+
+    /// Bytes held: fp32, or the blocks.
+    public var byteCount: Int {
+        switch self {
+        case let .dense(w): w.count * MemoryLayout<Float>.stride
+        case let .quantized(m): m.byteCount
+        }
+    }
+
+    /// out[C] = row `id`.
+    func row(_ id: Int, width C: Int, into out: UnsafeMutablePointer<Float>) {
+        switch self {
+        case let .dense(w):
+            w.withUnsafeBufferPointer { e in out.update(from: e.baseAddress! + id * C, count: C) }
+        case let .quantized(m):
+            var r = [Float](repeating: 0, count: C)
+            m.dequantize(rows: id..<(id + 1), into: &r)
+            r.withUnsafeBufferPointer { out.update(from: $0.baseAddress!, count: C) }
+        }
+    }
+
+    /// logits[n, V] = x[n, C] · Wᵀ.
+    func forward(_ x: UnsafePointer<Float>, rows n: Int, width C: Int, vocab V: Int,
+                 into logits: UnsafeMutablePointer<Float>) throws {
+        switch self {
+        case let .dense(w):
+            try w.withUnsafeBufferPointer { (w) throws in
+                try ComputeRuntime.sgemm(m: n, n: V, k: C, a: x, lda: C, b: w.baseAddress!, ldb: C, transposeB: true,
+                                         beta: 0, c: logits, ldc: V)
+            }
+        case let .quantized(m):
+            try m.forward(UnsafeBufferPointer(start: x, count: n * C), into: UnsafeMutableBufferPointer(start: logits, count: n * V),
+                          tokens: n)
+        }
+    }
+
+    /// dx[n, C] (+)= dlogits[n, V] · W.
+    func backward(_ dLogits: UnsafePointer<Float>, rows n: Int, width C: Int, vocab V: Int,
+                  into dx: UnsafeMutablePointer<Float>, accumulate: Bool) throws {
+        switch self {
+        case let .dense(w):
+            try w.withUnsafeBufferPointer { (w) throws in
+                try ComputeRuntime.sgemm(m: n, n: C, k: V, a: dLogits, lda: V, b: w.baseAddress!, ldb: C, transposeB: false,
+                                         beta: accumulate ? 1 : 0, c: dx, ldc: C)
+            }
+        case let .quantized(m):
+            try m.backward(UnsafeBufferPointer(start: dLogits, count: n * V), into: UnsafeMutableBufferPointer(start: dx, count: n * C),
+                           tokens: n, accumulate: accumulate)
+        }
     }
 }
 

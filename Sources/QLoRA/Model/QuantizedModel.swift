@@ -18,6 +18,9 @@ public final class QuantizedModel: @unchecked Sendable {
     public let linears: [String: QuantizedMatrix]
     /// Norms, embeddings, LM head and biases in fp32, by Hugging Face name.
     public let dense: [String: [Float]]
+    /// Embedding and LM head matrices a GGUF stores in a block format the GEMMs take
+    /// (Q8_0 in the usual files): kept as they are, borrowed from the map, and not in `dense`.
+    public let tokenMatrices: [String: QuantizedMatrix]
     /// The opened file or folder (its tokenizer metadata, and the mapping the weights borrow).
     public let source: ModelSource
 
@@ -27,15 +30,22 @@ public final class QuantizedModel: @unchecked Sendable {
         config = source.config
         var linears: [String: QuantizedMatrix] = [:]
         var dense: [String: [Float]] = [:]
+        var tokenMatrices: [String: QuantizedMatrix] = [:]
         for t in source.tensors {
             if t.role.isLinear, t.shape.count == 2 {
                 linears[t.name] = try Self.linear(t, source: source)
+            } else if t.role == .embedding || t.role == .lmHead, let g = source.gguf, let gt = t.gguf,
+                      let format = QuantFormat(ggml: gt.type), gt.columns % 32 == 0 {
+                tokenMatrices[t.name] = try QuantizedMatrix(rows: gt.rows, cols: gt.columns, format: format,
+                                                            data: ByteStorage(borrowing: g.data(of: gt), owner: g.file),
+                                                            scales: .inBlocks)
             } else {
                 dense[t.name] = try source.load(t)
             }
         }
         self.linears = linears
         self.dense = dense
+        self.tokenMatrices = tokenMatrices
         self.source = source
     }
 

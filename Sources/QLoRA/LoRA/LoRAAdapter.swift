@@ -1,0 +1,108 @@
+import Foundation
+import Quant
+
+/// One LoRA adapter on a frozen linear W [out, in], PEFT's `lora.Linear` with bias "none":
+///
+///   y[T, out] = x·Wᵀ + scale · (drop(x)·Aᵀ)·Bᵀ          A [r, in], B [out, r]
+///
+/// Only the adapter's part is here; the frozen product runs in the 4-bit GEMM. Dropout draws
+/// its mask from a counter-based hash of (seed, element), so the backward and a checkpointed
+/// recomputation regenerate the same mask without storing it.
+public final class LoRAAdapter {
+    public let a: Parameter
+    public let b: Parameter
+    public let scale: Float
+    public let dropout: Float
+    public var rank: Int { a.shape[0] }
+    public var inFeatures: Int { a.shape[1] }
+    public var outFeatures: Int { b.shape[0] }
+
+    /// A [r, in] Kaiming-uniform with a = √5 (bound 1/√in) from `rng`, B [out, r] zero: PEFT's
+    /// default, which leaves the model unchanged at step 0.
+    public init(name: String, rows out: Int, cols inFeatures: Int, config: LoRAConfig,
+                rng: inout SplitMix64) {
+        let r = config.rank, bound = 1 / Double(inFeatures).squareRoot()
+        let values = (0..<(r * inFeatures)).map { _ in Float((rng.nextUnitDouble() * 2 - 1) * bound) }
+        a = Parameter(name: "\(name).lora_A.weight", shape: [r, inFeatures], values: values)
+        b = Parameter(name: "\(name).lora_B.weight", shape: [out, r])
+        scale = config.scale
+        dropout = config.dropout
+    }
+
+    /// What a forward keeps for the backward: u = drop(x)·Aᵀ [T, r].
+    public final class Saved {
+        public let u: FloatBuffer
+        public init(tokens: Int, rank: Int) { u = FloatBuffer(count: tokens * rank) }
+    }
+
+    /// y[T, out] += scale · (drop(x)·Aᵀ)·Bᵀ; writes saved.u. `dropoutSeed` nil: no dropout
+    /// (evaluation, generation).
+    func forward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, tokens T: Int, saved: Saved,
+                 dropoutSeed: UInt64?) throws {
+        let r = rank, n = inFeatures, m = outFeatures
+        var input = x
+        var dropped: FloatBuffer?
+        if let seed = dropoutSeed, dropout > 0 {
+            let d = FloatBuffer(count: T * n)
+            Self.applyDropout(into: d.base, from: x, count: T * n, p: dropout, seed: seed)
+            dropped = d
+            input = UnsafePointer(d.base)
+        }
+        try ComputeRuntime.sgemm(transposeA: false, transposeB: true, m: T, n: r, k: n, a: input, lda: n,
+                                 b: a.value.base, ldb: n, beta: 0, c: saved.u.base, ldc: r)
+        try ComputeRuntime.sgemm(transposeA: false, transposeB: true, m: T, n: m, k: r, alpha: scale, a: saved.u.base,
+                                 lda: r, b: b.value.base, ldb: r, beta: 1, c: y, ldc: m)
+        withExtendedLifetime(dropped) {}
+    }
+
+    /// Given dy [T, out], the forward's x [T, in] and saved.u:
+    ///   dB += scale · dyᵀ·u,  g = scale · dy·B [T, r],  dA += gᵀ·drop(x),  dx += drop'(g·A)
+    /// `dx` may be nil when x needs no gradient.
+    func backward(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>?, tokens T: Int,
+                  saved: Saved, dropoutSeed: UInt64?) throws {
+        let r = rank, n = inFeatures, m = outFeatures
+        let g = FloatBuffer(count: T * r)
+        try ComputeRuntime.sgemm(transposeA: true, transposeB: false, m: m, n: r, k: T, alpha: scale, a: dy, lda: m,
+                                 b: saved.u.base, ldb: r, beta: 1, c: b.grad.base, ldc: r)
+        try ComputeRuntime.sgemm(transposeA: false, transposeB: false, m: T, n: r, k: m, alpha: scale, a: dy, lda: m,
+                                 b: b.value.base, ldb: r, beta: 0, c: g.base, ldc: r)
+        let dropping = dropoutSeed != nil && dropout > 0
+        var input = x
+        var dropped: FloatBuffer?
+        if let seed = dropoutSeed, dropping {
+            let d = FloatBuffer(count: T * n)
+            Self.applyDropout(into: d.base, from: x, count: T * n, p: dropout, seed: seed)
+            dropped = d
+            input = UnsafePointer(d.base)
+        }
+        try ComputeRuntime.sgemm(transposeA: true, transposeB: false, m: r, n: n, k: T, a: g.base, lda: r,
+                                 b: input, ldb: n, beta: 1, c: a.grad.base, ldc: n)
+        if let dx {
+            if let seed = dropoutSeed, dropping {
+                let t = dropped!   // reuse as the product's buffer
+                try ComputeRuntime.sgemm(transposeA: false, transposeB: false, m: T, n: n, k: r, a: g.base, lda: r,
+                                         b: a.value.base, ldb: n, beta: 0, c: t.base, ldc: n)
+                Self.applyDropout(into: t.base, from: t.base, count: T * n, p: dropout, seed: seed)
+                for i in 0..<(T * n) { dx[i] += t.base[i] }
+            } else {
+                try ComputeRuntime.sgemm(transposeA: false, transposeB: false, m: T, n: n, k: r, a: g.base, lda: r,
+                                         b: a.value.base, ldb: n, beta: 1, c: dx, ldc: n)
+            }
+        }
+        withExtendedLifetime(dropped) {}
+    }
+
+    /// out[i] = x[i] / (1 − p) where the hash of (seed, i) keeps it, else 0 (torch's
+    /// inverted dropout). Same seed, same mask.
+    static func applyDropout(into out: UnsafeMutablePointer<Float>, from x: UnsafePointer<Float>, count: Int, p: Float,
+                             seed: UInt64) {
+        let keep = 1 / (1 - p), threshold = UInt64(Double(p) * 0x1p53)
+        for i in 0..<count {
+            var z = seed &+ UInt64(i) &* 0x9E37_79B9_7F4A_7C15
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            z ^= z >> 31
+            out[i] = (z >> 11) < threshold ? 0 : x[i] * keep
+        }
+    }
+}

@@ -1,0 +1,155 @@
+import Foundation
+
+/// The seven linears of a Llama decoder layer, by PEFT's module name (its key in
+/// `target_modules`) and GGUF's.
+public enum LlamaLinear: String, CaseIterable, Codable, Sendable {
+    case q = "q_proj", k = "k_proj", v = "v_proj", o = "o_proj"
+    case gate = "gate_proj", up = "up_proj", down = "down_proj"
+
+    /// transformers' path below `model.layers.N.`: `self_attn.q_proj`, `mlp.gate_proj`, …
+    public var path: String {
+        switch self {
+        case .q, .k, .v, .o: "self_attn.\(rawValue)"
+        case .gate, .up, .down: "mlp.\(rawValue)"
+        }
+    }
+
+    /// GGUF's name of the same weight: `attn_q`, …, `ffn_down`.
+    public var ggufName: String {
+        switch self {
+        case .q: "attn_q"
+        case .k: "attn_k"
+        case .v: "attn_v"
+        case .o: "attn_output"
+        case .gate: "ffn_gate"
+        case .up: "ffn_up"
+        case .down: "ffn_down"
+        }
+    }
+
+    /// The module's full name as PEFT matches it: `model.layers.3.self_attn.q_proj`.
+    public func moduleName(layer: Int) -> String { "model.layers.\(layer).\(path)" }
+}
+
+/// Which linears get adapters, as PEFT's `target_modules` reads.
+public enum LoRATargets: Equatable, Sendable, CustomStringConvertible {
+    /// Module names: PEFT's suffix match (`q_proj` matches `model.layers.0.self_attn.q_proj`),
+    /// GGUF names (`attn_q`) accepted too.
+    case names([LlamaLinear])
+    /// Every linear of every block (PEFT's `all-linear`, which leaves out the LM head).
+    case allLinear
+    /// A regular expression that must match the whole module name (PEFT's `re.fullmatch`).
+    case regex(String)
+
+    /// Parses `--lora-targets`: `all-linear`, a comma-separated list of names, or `re:PATTERN`.
+    public init(parsing text: String) throws(LoRAConfigError) {
+        let t = text.trimmingCharacters(in: .whitespaces)
+        if t == "all-linear" { self = .allLinear; return }
+        if t.hasPrefix("re:") {
+            let pattern = String(t.dropFirst(3))
+            guard (try? NSRegularExpression(pattern: pattern)) != nil else { throw .badRegex(pattern) }
+            self = .regex(pattern)
+            return
+        }
+        var found: [LlamaLinear] = []
+        for part in t.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !part.isEmpty {
+            guard let m = LlamaLinear(rawValue: part) ?? LlamaLinear.allCases.first(where: { $0.ggufName == part }) else {
+                throw .unknownTarget(part)
+            }
+            if !found.contains(m) { found.append(m) }
+        }
+        guard !found.isEmpty else { throw .noTargets(text) }
+        self = .names(found)
+    }
+
+    public static let attentionAndMLP = LoRATargets.names(LlamaLinear.allCases)
+
+    public func matches(_ m: LlamaLinear, layer: Int) -> Bool {
+        switch self {
+        case .allLinear: return true
+        case let .names(list): return list.contains(m)
+        case let .regex(pattern):
+            let name = m.moduleName(layer: layer)
+            guard let re = try? NSRegularExpression(pattern: "^(?:\(pattern))$") else { return false }
+            return re.firstMatch(in: name, range: NSRange(name.startIndex..., in: name)) != nil
+        }
+    }
+
+    /// PEFT's `target_modules` value for adapter_config.json.
+    public var peftValue: String {
+        switch self {
+        case .allLinear: "all-linear"
+        case let .names(list): list.map(\.rawValue).joined(separator: ",")
+        case let .regex(p): p
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .allLinear: "all-linear"
+        case let .names(list): list.map(\.rawValue).joined(separator: ",")
+        case let .regex(p): "re:\(p)"
+        }
+    }
+}
+
+/// A LoRA configuration as PEFT's LoraConfig holds it: W' = W + scale · B·A with A [r, in],
+/// B [out, r], scale = alpha / r (or alpha / √r with rsLoRA), dropout on the adapter's input,
+/// no bias.
+public struct LoRAConfig: Equatable, Sendable {
+    public var rank: Int
+    public var alpha: Float
+    public var dropout: Float
+    public var targets: LoRATargets
+    /// Adapt only the last N blocks; nil adapts all.
+    public var lastLayers: Int?
+    public var useRSLoRA: Bool
+
+    public init(rank: Int = 16, alpha: Float = 32, dropout: Float = 0, targets: LoRATargets = .attentionAndMLP,
+                lastLayers: Int? = nil, useRSLoRA: Bool = false) {
+        self.rank = rank
+        self.alpha = alpha
+        self.dropout = dropout
+        self.targets = targets
+        self.lastLayers = lastLayers
+        self.useRSLoRA = useRSLoRA
+    }
+
+    /// alpha / r, or alpha / √r with rsLoRA (PEFT computes it in Python floats, then uses it
+    /// as an fp32 multiplier).
+    public var scale: Float {
+        useRSLoRA ? Float(Double(alpha) / Double(rank).squareRoot()) : Float(Double(alpha) / Double(rank))
+    }
+
+    public func validate(layers: Int) throws(LoRAConfigError) {
+        guard rank > 0 else { throw .badRank(rank) }
+        guard alpha.isFinite, alpha > 0 else { throw .badAlpha(alpha) }
+        guard dropout >= 0, dropout < 1 else { throw .badDropout(dropout) }
+        if let n = lastLayers { guard n > 0, n <= layers else { throw .badLayers(n, layers) } }
+    }
+
+    /// The block indices that get adapters.
+    public func adaptedLayers(of count: Int) -> Range<Int> {
+        (count - min(lastLayers ?? count, count))..<count
+    }
+}
+
+public enum LoRAConfigError: Error, Equatable, CustomStringConvertible {
+    case badRank(Int), badAlpha(Float), badDropout(Float), badLayers(Int, Int)
+    case unknownTarget(String), noTargets(String), badRegex(String)
+    case nothingAdapted(String)
+
+    public var description: String {
+        switch self {
+        case let .badRank(r): "--lora-r must be a positive integer, got \(r)"
+        case let .badAlpha(a): "--lora-alpha must be positive, got \(a)"
+        case let .badDropout(p): "--lora-dropout must be in [0, 1), got \(p)"
+        case let .badLayers(n, l): "--lora-layers \(n): the model has \(l) blocks"
+        case let .unknownTarget(t): "unknown LoRA target '\(t)': use q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
+            + "down_proj (or attn_q … ffn_down), all-linear, or re:PATTERN"
+        case let .noTargets(t): "no LoRA targets in '\(t)'"
+        case let .badRegex(p): "LoRA target pattern '\(p)' is not a valid regular expression"
+        case let .nothingAdapted(t): "LoRA targets '\(t)' match no linear of the model"
+        }
+    }
+}

@@ -1,0 +1,183 @@
+import Foundation
+import Quant
+import QuantKernels
+
+/// A batch for the loss: B sequences of T tokens, row-major [B, T], and Hugging Face labels
+/// (aligned with the inputs; the loss shifts them: position t predicts labels[t + 1]; −100 is
+/// not scored).
+public struct TokenBatch: Sendable {
+    public var inputIds: [Int32]
+    public var labels: [Int32]
+    public var sequences: Int
+    public var length: Int
+
+    public init(inputIds: [Int32], labels: [Int32], sequences: Int, length: Int) {
+        precondition(inputIds.count == sequences * length && labels.count == inputIds.count,
+                     "a batch of \(sequences) × \(length) needs \(sequences * length) ids and labels")
+        self.inputIds = inputIds
+        self.labels = labels
+        self.sequences = sequences
+        self.length = length
+    }
+
+    /// Targets per position after the shift: labels[b, t + 1], −100 at each sequence's end.
+    public var shiftedTargets: [Int32] {
+        var out = [Int32](repeating: -100, count: labels.count)
+        for b in 0..<sequences {
+            for t in 0..<(length - 1) { out[b * length + t] = labels[b * length + t + 1] }
+        }
+        return out
+    }
+
+    /// Positions the loss scores.
+    public var scoredTokens: Int { shiftedTargets.reduce(0) { $1 == -100 ? $0 : $0 + 1 } }
+}
+
+/// The summed cross-entropy of a batch and how many positions it covers.
+public struct LossSum: Sendable, Equatable {
+    public var sum: Double
+    public var tokens: Int
+    public init(sum: Double = 0, tokens: Int = 0) {
+        self.sum = sum
+        self.tokens = tokens
+    }
+    public var mean: Double { tokens > 0 ? sum / Double(tokens) : .nan }
+    public static func + (a: LossSum, b: LossSum) -> LossSum { LossSum(sum: a.sum + b.sum, tokens: a.tokens + b.tokens) }
+}
+
+/// Training forward and backward of the whole model with LoRA. Legend: B sequences, T tokens
+/// each, N = B·T rows, C hidden, V vocab, L layers.
+///
+///   x₀[N, C] = embed(ids);  x_{l+1} = block_l(x_l)          (activations kept, or only the x_l
+///                                                            with gradient checkpointing)
+///   loss = Σ CE(rmsnorm(x_L)·lm_headᵀ, targets)            (the head in chunks of rows: no [N, V])
+///   backward from the loss through the head, the final norm and every block in reverse,
+///   accumulating into the trainable Parameters' grads (multiplied by `gradScale`).
+public final class LlamaTrainer {
+    public let model: LlamaModel
+    public let lora: LlamaLoRA
+    /// Recompute each block's activations in the backward from its input (per-block
+    /// checkpointing): activation memory is one block's worth plus the L + 1 block inputs.
+    public var gradientCheckpointing: Bool
+    /// Rows of logits computed at once in the head: chunk × V floats at a time.
+    public var headChunkRows: Int
+
+    public init(model: LlamaModel, lora: LlamaLoRA, gradientCheckpointing: Bool = false, headChunkRows: Int = 128) {
+        self.model = model
+        self.lora = lora
+        self.gradientCheckpointing = gradientCheckpointing
+        self.headChunkRows = headChunkRows
+    }
+
+    /// Runs forward and backward over `batch`, adding gradScale · ∂(Σ loss)/∂θ into every
+    /// trainable Parameter's grad (not zeroed here: micro-batches accumulate). `dropoutSeed`
+    /// nil turns dropout off. Returns the summed loss.
+    public func accumulateGradients(_ batch: TokenBatch, gradScale: Float, dropoutSeed: UInt64?) throws -> LossSum {
+        try run(batch, backward: true, gradScale: gradScale, dropoutSeed: dropoutSeed)
+    }
+
+    /// The summed loss of `batch` with the current weights (no dropout, no gradients).
+    public func loss(_ batch: TokenBatch) throws -> LossSum {
+        try run(batch, backward: false, gradScale: 0, dropoutSeed: nil)
+    }
+
+    private func layerSeed(_ seed: UInt64?, _ l: Int) -> UInt64? {
+        seed.map { $0 ^ (UInt64(l + 1) &* 0x9E37_79B9_7F4A_7C15) }
+    }
+
+    private func run(_ batch: TokenBatch, backward: Bool, gradScale: Float, dropoutSeed: UInt64?) throws -> LossSum {
+        let c = model.config, B = batch.sequences, T = batch.length, N = B * T, C = c.hiddenSize
+        let L = c.numLayers
+        let tables = model.rope.tables(from: 0, count: T)
+        func activations(_ l: Int) -> LlamaBlockActivations {
+            LlamaBlockActivations(config: c, tokens: N, keys: T, keepsProbabilities: backward, sequences: B,
+                                  adapters: lora.layers[l])
+        }
+        // Forward. inputs[l] is block l's input; the last is the head's.
+        var inputs: [FloatBuffer] = [try model.embed(batch.inputIds.map(Int.init))]
+        var kept: [LlamaBlockActivations] = []
+        let shared = (!backward || gradientCheckpointing) ? activations(0) : nil
+        var spare: FloatBuffer? = nil
+        for l in 0..<L {
+            let acts = shared ?? activations(l)
+            let y = (!backward ? spare : nil) ?? FloatBuffer(count: N * C)
+            try llamaBlockForward(y: y, x: inputs[inputs.count - 1], acts: acts, layer: model.weights.layers[l], rope: tables, cache: nil,
+                                  config: c, lora: lora.layers[l], dropoutSeed: layerSeed(dropoutSeed, l))
+            if backward {
+                inputs.append(y)
+                if shared == nil { kept.append(acts) }
+            } else {
+                spare = inputs[0]
+                inputs = [y]
+            }
+        }
+        let last = inputs[inputs.count - 1]
+        let targets = batch.shiftedTargets
+        var dx = backward ? FloatBuffer(count: N * C) : nil
+        let loss = try head(last, targets: targets, gradScale: gradScale, dx: dx)
+        guard backward, var d = dx else { return loss }
+
+        // Backward through the blocks.
+        let grads = LlamaBlockGradients(config: c, tokens: N)
+        var dIn = FloatBuffer(count: N * C)
+        for l in stride(from: L - 1, through: 0, by: -1) {
+            let acts: LlamaBlockActivations
+            let seed = layerSeed(dropoutSeed, l)
+            if let shared {
+                acts = shared
+                let scratch = dIn   // recompute into a buffer the backward overwrites next
+                try llamaBlockForward(y: scratch, x: inputs[l], acts: acts, layer: model.weights.layers[l], rope: tables,
+                                      cache: nil, config: c, lora: lora.layers[l], dropoutSeed: seed)
+            } else {
+                acts = kept[l]
+            }
+            try llamaBlockBackward(dx: dIn, dy: d, x: inputs[l], acts: acts, layer: model.weights.layers[l], rope: tables,
+                                   config: c, lora: lora.layers[l], dropoutSeed: seed, grads: grads)
+            swap(&d, &dIn)
+            if shared == nil { kept.removeLast() }
+            inputs.removeLast()
+        }
+        dx = nil
+        return loss
+    }
+
+    /// The final norm, the LM head and the cross-entropy, in chunks of rows; with `dx`, writes
+    /// the gradient of the loss (times gradScale) with respect to x [N, C] there and adds the
+    /// final norm's gradient when it trains.
+    private func head(_ x: FloatBuffer, targets: [Int32], gradScale: Float, dx: FloatBuffer?) throws -> LossSum {
+        let c = model.config, C = c.hiddenSize, V = c.vocabSize, N = targets.count
+        let xn = FloatBuffer(count: N * C), rstd = FloatBuffer(count: N)
+        llamaRMSNormForward(y: xn.base, rstd: rstd.base, x: x.base, weight: model.weights.finalNorm, trainable: lora.finalNorm,
+                            tokens: N, eps: c.rmsNormEps)
+        let dxn = dx == nil ? nil : FloatBuffer(count: N * C)
+        let chunk = max(1, headChunkRows)
+        let logits = FloatBuffer(count: min(chunk, N) * V)
+        var total = LossSum()
+        var first = 0
+        while first < N {
+            let n = min(chunk, N - first)
+            let labels = Array(targets[first..<(first + n)])
+            if labels.allSatisfy({ $0 == -100 }) { first += n; continue }
+            try model.weights.lmHead.forward(xn.base + first * C, rows: n, width: C, vocab: V, into: logits.base)
+            var counted: Int64 = 0
+            let sum = labels.withUnsafeBufferPointer {
+                qk_cross_entropy(logits.base, $0.baseAddress, Int64(n), Int64(V), gradScale, &counted, 0)
+            }
+            guard !sum.isNaN || counted == 0 else {
+                throw LlamaModelError.tokenOutOfRange(token: Int(labels.first { $0 < 0 || $0 >= V && $0 != -100 } ?? -1),
+                                                      position: first, vocab: V)
+            }
+            total = total + LossSum(sum: sum, tokens: Int(counted))
+            if let dxn {
+                try model.weights.lmHead.backward(logits.base, rows: n, width: C, vocab: V, into: dxn.base + first * C,
+                                                  accumulate: false)
+            }
+            first += n
+        }
+        if let dx, let dxn {
+            llamaRMSNormBackward(dx: dx.base, dy: dxn.base, x: x.base, rstd: rstd.base, weight: model.weights.finalNorm,
+                                 trainable: lora.finalNorm, tokens: N)
+        }
+        return total
+    }
+}
