@@ -1,0 +1,84 @@
+import Foundation
+
+/// What is wrong with one row of an SFT data file. `SFTDataError.badRow` adds the file and line.
+public enum SFTRowProblem: Error, Equatable, Sendable, CustomStringConvertible {
+    case invalidJSON(detail: String)
+    /// A JSON line that is not an object: `kind` is what it is ("array", "string"...).
+    case notAnObject(kind: String)
+    /// None of `text`, `prompt`/`completion`, `messages`; or one of a pair without the other.
+    case missingKey(String)
+    case wrongType(key: String, expected: String)
+    case unknownRole(message: Int, role: String)
+    /// `key` is "text", "prompt", "completion", "messages" (an empty list) or "messages[i].content".
+    case emptyContent(key: String)
+    case noChatTemplate
+    case template(ChatTemplateError)
+    /// Rendering messages[..<i] is not a prefix of rendering messages[...i]: the template
+    /// rewrites earlier turns, so turns cannot be masked one by one.
+    case templateNotIncremental(message: Int)
+    /// The tokens of the rendered conversation do not spell it byte for byte, so tokens cannot
+    /// be traced to turns.
+    case untraceableTokens
+    /// Nothing left to train: every label after the first is −100 (`tokens` after truncation).
+    case allLabelsMasked(tokens: Int, maxLength: Int)
+    case csvFieldCount(found: Int, expected: Int)
+    case csvCharacterAfterQuote(character: String)
+    case csvUnterminatedQuote
+
+    public var description: String {
+        switch self {
+        case let .invalidJSON(detail): "invalid JSON: \(detail)"
+        case let .notAnObject(kind): "a row must be a JSON object, found \(kind)"
+        case let .missingKey(key): "missing key \(key)"
+        case let .wrongType(key, expected): "'\(key)' must be \(expected)"
+        case let .unknownRole(message, role):
+            "messages[\(message)] has unknown role '\(role)' (known: \(ChatMessage.Role.allNames))"
+        case let .emptyContent(key): "'\(key)' is empty"
+        case .noChatTemplate: "a messages row needs a chat template, and none was given\n---> HINT: pass --chat-template chatml|llama3|llama2"
+        case let .template(error): error.description
+        case let .templateNotIncremental(message):
+            "the chat template renders messages[...\(message)] with a different start than messages[..<\(message)], so turns cannot be masked"
+        case .untraceableTokens: "the tokens of the rendered conversation do not spell it byte for byte, so turns cannot be masked"
+        case let .allLabelsMasked(tokens, maxLength):
+            "nothing to train: every label of its \(tokens) tokens (max length \(maxLength)) is masked"
+            + "\n---> HINT: a messages row needs an assistant turn that starts within max length"
+        case let .csvFieldCount(found, expected): "\(found) fields, the header has \(expected)"
+        case let .csvCharacterAfterQuote(character): "'\(character)' after a closing quote (expected ',' or a line end)"
+        case .csvUnterminatedQuote: "a quoted field is never closed"
+        }
+    }
+}
+
+/// Why an SFT data file could not be loaded, batched or resumed. Rows are named path:line
+/// (1-based physical lines; for CSV the line where the record starts).
+public enum SFTDataError: Error, Equatable, Sendable, CustomStringConvertible {
+    case unreadable(path: String, reason: String)
+    case unknownFormat(path: String)
+    case badRow(path: String, line: Int, problem: SFTRowProblem)
+    case missingColumn(path: String, column: String, header: [String])
+    /// No example left: the file had no rows, or every row was skipped (`firstReasons` says why).
+    case emptyDataSet(path: String, skipped: Int, firstReasons: [SFTDataError])
+    case tooFewToSplit(path: String, examples: Int)
+    /// A saved `BatchIterator.State` that does not fit the examples it is resumed on.
+    case stateMismatch(detail: String)
+
+    public var description: String {
+        switch self {
+        case let .unreadable(path, reason): "cannot read \(path): \(reason)"
+        case let .unknownFormat(path):
+            "\(path): unknown data format\n---> HINT: name it .jsonl, .csv or .txt, or pass --data-format jsonl|csv|text"
+        case let .badRow(path, line, problem): "\(path):\(line): \(problem)"
+        case let .missingColumn(path, column, header):
+            "\(path):1: no column '\(column)' in the header (\(header.joined(separator: ", ")))\n---> HINT: pass --text-column NAME"
+        case let .emptyDataSet(path, skipped, firstReasons):
+            skipped == 0 ? "\(path): no examples" : "\(path): no examples: all \(skipped) rows were skipped, first:\n"
+                + firstReasons.map { "  \($0)" }.joined(separator: "\n")
+        case let .tooFewToSplit(path, examples): "\(path): \(examples) example(s) cannot be split into training and validation sets"
+        case let .stateMismatch(detail): "cannot resume the data order: \(detail)"
+        }
+    }
+}
+
+extension ChatMessage.Role {
+    static let allNames = "system, user, assistant"
+}

@@ -1,0 +1,150 @@
+import Foundation
+
+/// One training sequence as Hugging Face causal LMs take it: `inputIds` [T] and `labels` [T],
+/// aligned (the model shifts: logits at t are scored against labels[t + 1]); a label of −100
+/// (`ignoreIndex`) is not trained. labels[0] is never a target, whatever it holds.
+public struct SFTExample: Sendable, Equatable {
+    public static let ignoreIndex = -100
+
+    public var inputIds: [Int]
+    public var labels: [Int]
+    /// The line of the data file the example starts on; 0 for text chunks and packed rows.
+    public var line: Int
+
+    public init(inputIds: [Int], labels: [Int], line: Int = 0) {
+        precondition(inputIds.count == labels.count, "\(inputIds.count) ids, \(labels.count) labels")
+        self.inputIds = inputIds
+        self.labels = labels
+        self.line = line
+    }
+
+    public var count: Int { inputIds.count }
+
+    /// Targets the loss sees: labels[1...] that are not −100.
+    public var trainedTokens: Int { labels.dropFirst().count { $0 != Self.ignoreIndex } }
+}
+
+/// One row of a data file, before tokenization.
+public enum SFTRow: Sendable, Equatable {
+    /// Language modelling: every token trained.
+    case text(String)
+    /// TRL's completion-only loss: the prompt masked.
+    case promptCompletion(prompt: String, completion: String)
+    /// TRL's assistant_only_loss: only assistant turns trained.
+    case messages([ChatMessage])
+
+    /// Tokenizes the row as TRL's SFTTrainer does, then keeps the first `maxLength` tokens.
+    ///
+    ///   text                prefix + text + EOS;  labels: prefix −100, the rest trained
+    ///   prompt/completion   prefix + (prompt + completion) + EOS, tokenized as one text;
+    ///                       labels: the first |prefix + prompt| tokens −100, the rest trained
+    ///                       (TRL counts the prompt's tokens alone the same way, and warns
+    ///                       where a token spans the boundary, as a prompt ending in a space does)
+    ///   messages            chatTemplate.render(messages) tokenized as one text, no tokenizer
+    ///                       prefix (the template writes BOS where the model wants it);
+    ///                       labels: each assistant message's content and its end-of-turn
+    ///                       token trained; system and user turns, the assistant header and
+    ///                       what follows end-of-turn (ChatML's "\n") −100. A token is trained
+    ///                       when its first byte lies in a trained piece of `segments`, as TRL's
+    ///                       assistant mask maps characters to tokens through offsets.
+    /// EOS is not added where the text already ends with it.
+    public func tokenize(tokenizer: Tokenizer, chatTemplate: ChatTemplate?, maxLength: Int) throws(SFTRowProblem) -> SFTExample {
+        precondition(maxLength > 1, "maxLength \(maxLength)")
+        var ids: [Int] = [], labels: [Int] = []
+        func append(_ part: [Int], trained: Bool) {
+            ids += part
+            labels += trained ? part : [Int](repeating: SFTExample.ignoreIndex, count: part.count)
+        }
+        func appendEOS() {
+            if let eos = tokenizer.eos, ids.last != eos { append([eos], trained: true) }
+        }
+        switch self {
+        case let .text(text):
+            append(tokenizer.prefix, trained: false)
+            append(tokenizer.encode(text), trained: true)
+            appendEOS()
+        case let .promptCompletion(prompt, completion):
+            let promptCount = tokenizer.prefix.count + tokenizer.encode(prompt).count
+            append(tokenizer.prefix, trained: false)
+            append(tokenizer.encode(prompt + completion), trained: true)
+            appendEOS()
+            for i in 0..<min(promptCount, labels.count) { labels[i] = SFTExample.ignoreIndex }
+        case let .messages(messages):
+            guard let chatTemplate else { throw .noChatTemplate }
+            let pieces = try Self.segments(messages, chatTemplate)
+            let text = pieces.map(\.text).joined()
+            ids = tokenizer.encode(text)
+            guard let starts = Self.tokenStarts(ids, of: text, tokenizer) else { throw .untraceableTokens }
+            var trained: [Range<Int>] = [], offset = 0
+            for p in pieces {
+                let end = offset + p.text.utf8.count
+                if p.trained { trained.append(offset..<end) }
+                offset = end
+            }
+            labels = zip(ids, starts).map { id, start in trained.contains { $0.contains(start) } ? id : SFTExample.ignoreIndex }
+        }
+        let example = SFTExample(inputIds: Array(ids.prefix(maxLength)), labels: Array(labels.prefix(maxLength)))
+        guard example.trainedTokens > 0 else { throw .allLabelsMasked(tokens: example.count, maxLength: maxLength) }
+        return example
+    }
+
+    /// The rendered conversation cut into consecutive pieces, each trained or not:
+    /// for each assistant message i,
+    ///   render(messages[..<i], addGenerationPrompt: true)   ends with the assistant header: masked
+    ///   render(messages[...i], addGenerationPrompt: false)  adds the turn: trained up to and
+    ///                                                       including its last end-of-turn, masked after
+    /// and render(messages) after the last assistant message, masked. The pieces concatenate to
+    /// render(messages, addGenerationPrompt: false).
+    ///
+    /// The pieces are not tokenized one by one: a cut that is not at a special token can fall
+    /// inside a token of the whole text. Llama 3's header ends in "\n\n", which the GPT-2
+    /// pre-tokenizer writes as one "ĊĊ" at the end of a piece but as "Ċ" "Ċ" before content.
+    static func segments(_ messages: [ChatMessage], _ template: ChatTemplate) throws(SFTRowProblem) -> [(text: String, trained: Bool)] {
+        func render(_ m: ArraySlice<ChatMessage>, _ generationPrompt: Bool) throws(SFTRowProblem) -> String {
+            do { return try template.render(Array(m), addGenerationPrompt: generationPrompt) } catch { throw .template(error) }
+        }
+        var pieces: [(text: String, trained: Bool)] = []
+        var done = ""
+        for i in messages.indices where messages[i].role == .assistant {
+            let head = try render(messages[..<i], true)
+            let full = try render(messages[...i], false)
+            guard let masked = Self.remainder(of: head, after: done), let turn = Self.remainder(of: full, after: head) else {
+                throw .templateNotIncremental(message: i)
+            }
+            var trainedEnd = turn.endIndex
+            if !template.endOfTurn.isEmpty, let r = turn.range(of: template.endOfTurn, options: [.backwards, .literal]) { trainedEnd = r.upperBound }
+            pieces += [(masked, false), (String(turn[..<trainedEnd]), true), (String(turn[trainedEnd...]), false)]
+            done = full
+        }
+        guard let rest = Self.remainder(of: try render(messages[...], false), after: done) else {
+            throw .templateNotIncremental(message: messages.count - 1)
+        }
+        pieces.append((rest, false))
+        return pieces.filter { !$0.text.isEmpty }
+    }
+
+    /// The byte offset in `text` where each token of `ids` (= tokenizer.encode(text)) starts:
+    /// each token's bytes are matched in turn, past bytes the vocabulary lacks (which encode
+    /// drops). nil when the tokens do not spell the text.
+    static func tokenStarts(_ ids: [Int], of text: String, _ tokenizer: Tokenizer) -> [Int]? {
+        let bytes = Array(text.utf8)
+        var missing = [Bool](repeating: false, count: 256)
+        for b in tokenizer.missingBytes { missing[Int(b)] = true }
+        var starts: [Int] = [], at = 0
+        starts.reserveCapacity(ids.count)
+        for id in ids {
+            guard let token = tokenizer.token(of: id) else { return nil }
+            let spelled = ByteLevelAlphabet.bytes(of: token)
+            while at < bytes.count, missing[Int(bytes[at])], !bytes[at...].starts(with: spelled) { at += 1 }
+            guard bytes[at...].starts(with: spelled) else { return nil }
+            starts.append(at)
+            at += spelled.count
+        }
+        return starts
+    }
+
+    /// `s` without its prefix `p`, compared byte for byte; nil when `p` is not a prefix.
+    static func remainder(of s: String, after p: String) -> String? {
+        s.utf8.starts(with: p.utf8) ? String(decoding: s.utf8.dropFirst(p.utf8.count), as: UTF8.self) : nil
+    }
+}
