@@ -41,20 +41,28 @@ struct LlamaLinearRun {
     }
 
     func forward(_ x: FloatBuffer, into y: UnsafeMutablePointer<Float>, tokens T: Int, accumulate: Bool = false) throws {
-        try weight.forward(UnsafeBufferPointer(start: x.base, count: T * weight.cols),
-                           into: UnsafeMutableBufferPointer(start: y, count: T * weight.rows), tokens: T, accumulate: accumulate)
+        try StepProfile.measure(.frozenGEMM, flops: 2 * Double(T * weight.rows * weight.cols)) {
+            try weight.forward(UnsafeBufferPointer(start: x.base, count: T * weight.cols),
+                               into: UnsafeMutableBufferPointer(start: y, count: T * weight.rows), tokens: T, accumulate: accumulate)
+        }
         if let adapter, let saved {
-            try adapter.forward(x: x.base, y: y, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
+            try StepProfile.measure(.lora) {
+                try adapter.forward(x: x.base, y: y, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
+            }
         }
     }
 
     /// `x` is the forward's input (LoRA's dA needs it).
     func backward(_ dy: UnsafePointer<Float>, x: FloatBuffer, into dx: UnsafeMutablePointer<Float>, tokens T: Int,
                   accumulate: Bool) throws {
-        try weight.backward(UnsafeBufferPointer(start: dy, count: T * weight.rows),
-                            into: UnsafeMutableBufferPointer(start: dx, count: T * weight.cols), tokens: T, accumulate: accumulate)
+        try StepProfile.measure(.frozenGEMM, flops: 2 * Double(T * weight.rows * weight.cols)) {
+            try weight.backward(UnsafeBufferPointer(start: dy, count: T * weight.rows),
+                                into: UnsafeMutableBufferPointer(start: dx, count: T * weight.cols), tokens: T, accumulate: accumulate)
+        }
         if let adapter, let saved {
-            try adapter.backward(dy: dy, x: x.base, dx: dx, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
+            try StepProfile.measure(.lora) {
+                try adapter.backward(dy: dy, x: x.base, dx: dx, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
+            }
         }
     }
 }

@@ -52,11 +52,13 @@ func llamaAttentionForward(out: UnsafeMutableBufferPointer<Float>, acts: LlamaBl
     if let p = acts.probabilities {
         precondition(p.count == B * H * T * S, "probabilities hold \(p.count) floats, [\(B), \(H), \(T), \(S)] needed")
     }
+    try StepProfile.measure(.attention) { () throws in
     for s in 0..<B {
         let rc = qk_attention_forward(acts.attentionOutput.base + s * T * qDim, acts.probabilities.map { $0.base + s * H * T * S },
                                       acts.q.base + s * T * qDim, kv.keys + s * T * kvDim, kv.values + s * T * kvDim,
                                       Int64(T), Int64(kv.past), Int64(H), Int64(Hkv), Int64(D), 0)
         guard rc == 0 else { throw LlamaModelError.outOfMemory("attention score rows for \(S) keys") }
+    }
     }
     try run(w.o, .o).forward(acts.attentionOutput, into: out.baseAddress!, tokens: rows, accumulate: true)
 }
@@ -73,8 +75,10 @@ func llamaAttentionBackward(dxn: FloatBuffer, dOut: FloatBuffer, acts: LlamaBloc
         LlamaLinearRun(m, role, lora: lora, acts: acts, seed: dropoutSeed)
     }
     try run(w.o, .o).backward(dOut.base, x: acts.attentionOutput, into: g.dAttention.base, tokens: rows, accumulate: false)
-    let rc = qk_attention_backward(g.dq.base, g.dk.base, g.dv.base, g.dAttention.base, acts.q.base, acts.k.base, acts.v.base,
-                                   acts.probabilities?.base, Int64(B), Int64(T), Int64(H), Int64(Hkv), Int64(D), 0)
+    let rc = StepProfile.measure(.attention) {
+        qk_attention_backward(g.dq.base, g.dk.base, g.dv.base, g.dAttention.base, acts.q.base, acts.k.base, acts.v.base,
+                              acts.probabilities?.base, Int64(B), Int64(T), Int64(H), Int64(Hkv), Int64(D), 0)
+    }
     guard rc == 0 else { throw LlamaModelError.outOfMemory("attention backward scratch for \(T) tokens") }
     for s in 0..<B {
         rope.applyBackward(g.dq.base + s * T * qDim, heads: H, headDim: D)
