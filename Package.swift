@@ -35,10 +35,11 @@ let package = Package(
         .target(name: "QLoRA", dependencies: ["Quant", "QuantKernels"]),
         .target(name: "GEMMBench", dependencies: ["Quant"], path: "benches/GEMMBench"),
         .target(name: "ModelBench", dependencies: ["QLoRA"], path: "benches/ModelBench"),
+        .target(name: "TrainBench", dependencies: ["Quant", "QLoRA", "QuantKernels"], path: "benches/TrainBench"),
         .executableTarget(
             name: "qlora",
             dependencies: [
-                "Quant", "QLoRA", "GEMMBench", "ModelBench",
+                "Quant", "QLoRA", "GEMMBench", "ModelBench", "TrainBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

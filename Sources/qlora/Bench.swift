@@ -2,13 +2,14 @@ import ArgumentParser
 import Foundation
 import GEMMBench
 import ModelBench
+import TrainBench
 import QLoRA
 import Quant
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks (medians of several runs, as ratios to a baseline measured in the same run).",
-        subcommands: [GEMM.self, ModelSpeed.self]
+        subcommands: [GEMM.self, ModelSpeed.self, TrainSpeed.self]
     )
 }
 
@@ -141,5 +142,63 @@ struct ModelSpeed: ParsableCommand {
             print(String(format: "%@: load %.2f s | pp%d %.1f tokens/s | tg%d %.1f tokens/s | peak RSS %.0f MB", r.model, r.loadSeconds,
                          r.promptTokens, r.promptTokensPerSecond, r.generatedTokens, r.generationTokensPerSecond, Double(r.peakRSSBytes) / 1e6))
         }
+    }
+}
+
+struct TrainSpeed: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Tokens/s, peak RSS and where the time goes in one LoRA training configuration.",
+        discussion: """
+            Runs --warmup + --steps training steps (forward, backward, clipping, AdamW) on --batch
+            sequences of --length random tokens, all trained; reports the median step, the share of
+            step time in the frozen 4-bit GEMMs, LoRA, attention, the LM head and loss, the optimizer
+            and everything else, and the frozen GEMMs' GFLOP/s inside the step beside dense sgemm
+            on the same products. Peak RSS is the process's: one configuration per process
+            (benches/train.sh runs the grid of the closing notes).
+
+            Example: qlora bench train --rank 16 --grad-checkpoint
+            """
+    )
+
+    @Option(help: "A GGUF file or a quantized folder.") var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    @Option(help: "LoRA rank (alpha = 2r, targets q/k/v/o/gate/up/down).") var rank = 16
+    @Option(help: "Sequences per step.") var batch = 4
+    @Option(help: "Tokens per sequence.") var length = 256
+    @Flag(help: "Recompute each block in the backward (per-block gradient checkpointing).") var gradCheckpoint = false
+    @Option(help: "Timed steps; the median is reported.") var steps = 5
+    @Option(help: "Untimed steps first.") var warmup = 1
+    @Flag(help: "Print JSON for scripts.") var json = false
+
+    func validate() throws {
+        guard rank > 0, batch > 0, length > 1, steps > 0, warmup >= 0 else {
+            throw ValidationError("--rank, --batch, --steps must be positive, --length at least 2")
+        }
+    }
+
+    func run() throws {
+        var c = TrainBench.Config()
+        c.model = model
+        c.rank = rank
+        c.batch = batch
+        c.length = length
+        c.gradientCheckpointing = gradCheckpoint
+        c.steps = steps
+        c.warmup = warmup
+        let r = try TrainBench.run(c) { FileHandle.standardError.write(Data("\($0)\n".utf8)) }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            print(String(decoding: try encoder.encode(r), as: UTF8.self))
+            return
+        }
+        try RuntimeReport.current().lines.forEach { print($0) }
+        print(String(format: "r %d, batch %d × %d, checkpointing %@: %.1f tokens/s (step %.2f s), peak RSS %.0f MiB, %d trainable",
+                     r.rank, r.batch, r.length, r.gradientCheckpointing ? "on" : "off", r.tokensPerSecond, r.stepSecondsMedian,
+                     Double(r.peakRSSBytes) / 1048576, r.trainableParameters))
+        let order = StepProfile.Kind.allCases.map(\.rawValue) + ["other"]
+        print(order.map { String(format: "%@ %.1f%%", $0, 100 * (r.shares[$0] ?? 0)) }.joined(separator: " | "))
+        print(String(format: "frozen GEMMs in the step: %.0f GFLOP/s; dense sgemm, same products: %.0f GFLOP/s (%.2f×)",
+                     r.frozenGFLOPS, r.denseGFLOPS, r.frozenGFLOPS / r.denseGFLOPS))
     }
 }

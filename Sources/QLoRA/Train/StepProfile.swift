@@ -40,6 +40,9 @@ public final class StepProfile: @unchecked Sendable {
         return try body()
     }
 
+    /// Runs `body` as optimizer time (for callers outside the module).
+    public static func measureOptimizer<R>(_ body: () throws -> R) rethrows -> R { try measure(.optimizer, body) }
+
     public func reset() {
         seconds = [:]
         frozenFLOPs = 0

@@ -1,0 +1,110 @@
+import Foundation
+import Quant
+import QLoRA
+import QuantKernels
+
+/// `qlora bench train`: one LoRA training configuration as `qlora train` runs it — B sequences
+/// of T random tokens, every position trained, forward + backward + clipping + AdamW per step —
+/// timed over several steps after a warm-up, with the share of step time per kind of work and
+/// the frozen GEMMs' throughput inside the step beside dense sgemm on the same shapes.
+/// Peak RSS is the process's: run one configuration per process (benches/train.sh does).
+public enum TrainBench {
+    public struct Config: Sendable {
+        public var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        public var rank = 16
+        public var batch = 4
+        public var length = 256
+        public var gradientCheckpointing = false
+        public var steps = 5
+        public var warmup = 1
+        public init() {}
+    }
+
+    public struct Result: Codable, Sendable {
+        public var model: String
+        public var rank: Int
+        public var batch: Int
+        public var length: Int
+        public var gradientCheckpointing: Bool
+        public var trainableParameters: Int
+        public var steps: Int
+        public var stepSecondsMedian: Double
+        public var tokensPerSecond: Double
+        public var peakRSSBytes: Int
+        /// Share of the step's wall time, by kind (StepProfile.Kind raw values, plus "other").
+        public var shares: [String: Double]
+        /// GFLOP/s of the frozen GEMMs inside the step, and of dense sgemm on the same products.
+        public var frozenGFLOPS: Double
+        public var denseGFLOPS: Double
+    }
+
+    public static func run(_ c: Config, progress: (String) -> Void) throws -> Result {
+        let model = try LlamaModel(path: c.model)
+        let lora = try LlamaLoRA(model: model, config: LoRAConfig(rank: c.rank, alpha: Float(2 * c.rank)), seed: 1)
+        let trainer = LlamaTrainer(model: model, lora: lora, gradientCheckpointing: c.gradientCheckpointing)
+        let optimizer = AdamW(parameters: lora.parameters)
+        var rng = SplitMix64(seed: 256)
+        let ids = (0..<(c.batch * c.length)).map { _ in Int32(rng.next() % UInt64(model.config.vocabSize)) }
+        let batch = TokenBatch(inputIds: ids, labels: ids, sequences: c.batch, length: c.length)
+        let scale = 1 / Float(batch.scoredTokens)
+        var times: [Double] = []
+        var shares: [String: Double] = [:]
+        var frozenSeconds = 0.0, frozenFLOPs = 0.0
+        for s in 0..<(c.warmup + c.steps) {
+            let profile = StepProfile()
+            let timed = s >= c.warmup
+            StepProfile.install(timed ? profile : nil)
+            let start = DispatchTime.now().uptimeNanoseconds
+            lora.parameters.forEach { $0.zeroGrad() }
+            let loss = try trainer.accumulateGradients(batch, gradScale: scale, dropoutSeed: nil)
+            StepProfile.measureOptimizer {
+                clipGradNorm(lora.parameters, maxNorm: 1)
+                optimizer.update(lr: 1e-4)
+            }
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+            StepProfile.install(nil)
+            progress(String(format: "step %d/%d: %.2f s, loss %.4f%@", s + 1, c.warmup + c.steps, seconds, loss.mean,
+                            timed ? "" : " (warm-up)"))
+            guard timed else { continue }
+            times.append(seconds)
+            var accounted = 0.0
+            for (k, v) in profile.seconds {
+                shares[k.rawValue, default: 0] += v / seconds / Double(c.steps)
+                accounted += v
+            }
+            shares["other", default: 0] += (seconds - accounted) / seconds / Double(c.steps)
+            frozenSeconds += profile.seconds[.frozenGEMM] ?? 0
+            frozenFLOPs += profile.frozenFLOPs
+        }
+        let median = times.sorted()[times.count / 2]
+        return Result(model: c.model, rank: c.rank, batch: c.batch, length: c.length, gradientCheckpointing: c.gradientCheckpointing,
+                      trainableParameters: lora.trainableCount, steps: c.steps, stepSecondsMedian: median,
+                      tokensPerSecond: Double(c.batch * c.length) / median, peakRSSBytes: Quantizer.peakRSS(),
+                      shares: shares, frozenGFLOPS: frozenFLOPs / frozenSeconds / 1e9,
+                      denseGFLOPS: try denseGFLOPS(model: model, tokens: c.batch * c.length))
+    }
+
+    /// Dense sgemm (OpenBLAS, all threads) on one layer's seven products, forward (X·Wᵀ) and
+    /// backward (dY·W), at the step's T: the throughput the frozen path is compared with.
+    static func denseGFLOPS(model: LlamaModel, tokens T: Int) throws -> Double {
+        let layer = model.weights.layers[0]
+        var flops = 0.0, seconds = 0.0
+        for m in LlamaLinear.allCases {
+            let w = layer.linear(m), W = w.dequantize()
+            let x = FloatBuffer(count: T * max(w.rows, w.cols)), y = FloatBuffer(count: T * max(w.rows, w.cols))
+            try W.withUnsafeBufferPointer { (wp) throws in
+                for rep in 0..<4 {
+                    let start = DispatchTime.now().uptimeNanoseconds
+                    try ComputeRuntime.sgemm(m: T, n: w.rows, k: w.cols, a: x.base, lda: w.cols, b: wp.baseAddress!, ldb: w.cols,
+                                             transposeB: true, beta: 0, c: y.base, ldc: w.rows)
+                    try ComputeRuntime.sgemm(m: T, n: w.cols, k: w.rows, a: x.base, lda: w.rows, b: wp.baseAddress!, ldb: w.cols,
+                                             transposeB: false, beta: 0, c: y.base, ldc: w.cols)
+                    guard rep > 0 else { continue }
+                    seconds += Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+                    flops += 4 * Double(T * w.rows * w.cols)
+                }
+            }
+        }
+        return flops / seconds / 1e9
+    }
+}
