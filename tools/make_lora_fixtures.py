@@ -1,0 +1,319 @@
+#!/usr/bin/env python3
+"""Generate LoRA loss / gradient reference fixtures for qlora from PEFT on a bitsandbytes NF4 base.
+
+Writes Tests/QLoRATests/Fixtures/tiny-llama-lora-grads.json (and nothing else).
+
+Input: the committed folder Tests/QLoRATests/Fixtures/tiny-llama-bnb-nf4 (made by
+tools/make_model_fixtures.py: 2 layers, hidden 64, intermediate 320, 4 heads / 2 KV heads,
+head_dim 16, vocab 256, NF4 with double quantization, blocks of 64).  It is loaded by
+transformers on the CPU in float32 with eager attention and wrapped by PEFT's get_peft_model,
+so each target linear is peft.tuners.lora.bnb.Linear4bit:
+    y = base(x) + lora_B(lora_A(x)) * scaling,   base(x) = F.linear(x, dequantize_4bit(W))
+with scaling = lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora.
+
+Cases (the same batch for all three):
+  all_linears      LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, bias="none",
+                   target_modules=q/k/v/o/gate/up/down_proj); scaling 2.  Also records the
+                   logits of the last position of each row.
+  rslora_norms     the same with use_rslora=True (scaling 8 / sqrt(4) = 4), and every RMSNorm
+                   weight (input_layernorm, post_attention_layernorm, model.norm) trainable:
+                   their values and gradients are recorded too.
+  layer1_qv        layers_to_transform=[1], target_modules=q_proj, v_proj only.
+Every lora_A ~ N(0, 0.1) and lora_B ~ N(0, 0.02) (B non-zero, so dA is non-zero), drawn from
+one torch.Generator seeded with SEED, in sorted parameter-name order over the case's own LoRA
+parameters (so all_linears and rslora_norms start from the same values; layer1_qv does not).
+
+Batch: input_ids [2, 12] (ids < 256, from the generator), no attention mask; labels = input_ids
+with the first 4 positions of row 0 and the first 6 of row 1 set to -100.  loss =
+model(input_ids=..., labels=...).loss: transformers shifts the labels by one inside
+(position t predicts label t+1) and takes the mean cross-entropy over the counted tokens,
+here (11 - 3) + (11 - 5) = 14.  Then loss.backward().
+
+JSON layout: parameters are keyed by the name PEFT writes into adapter_model.safetensors
+(the adapter name "default" dropped), e.g.
+base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight, shape lora_A [r, in],
+lora_B [out, r]; norms as base_model.model.model.layers.0.input_layernorm.weight [64].
+Each has "shape", "value_f32" (initial value) and "grad_f32" (gradient of the loss).  Float32
+arrays are lowercase hex of little-endian bytes, row-major; "loss" is the float32 loss widened
+to float64 (exact), "loss_f32" its bytes.
+
+Environment used for the committed fixture (CPU only, x86_64, Python 3.11):
+
+    python3 -m venv /work/venv-fixtures
+    /work/venv-fixtures/bin/pip install torch==2.15.0 bitsandbytes==0.50.2 gguf==0.19.0 \
+        numpy==2.4.6 transformers==5.23.0 safetensors==0.8.0 accelerate==1.15.0 peft==0.21.2
+    /work/venv-fixtures/bin/python tools/make_lora_fixtures.py      # from the repo root
+
+Determinism: one torch thread, deterministic algorithms, explicit generator; the script
+computes every case twice from a fresh load and asserts the two JSON texts are identical.
+
+Checks made on every run:
+  * bitsandbytes' CPU bf16 path is off (module.support_avx512bf16_for_cpu = False, see the
+    caveats in make_model_fixtures.py), so the base forward is dequantize_4bit in float32 +
+    F.linear and the backward dX = dY @ dequantize_4bit(W) in float32.
+  * the loss equals, and the gradients match within 1e-6 relative to each tensor's largest
+    value, the same PEFT setup on a plain float32 LlamaForCausalLM whose 14 linears hold
+    bitsandbytes.functional.dequantize_4bit of the NF4 weights: i.e. these numbers are what a
+    float32 LoRA on the dequantized base gives, which is what qlora computes.
+"""
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import bitsandbytes as bnb
+import bitsandbytes.functional as bnbf
+import peft
+import transformers
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+PINS = {
+    "torch": "2.15.0",
+    "bitsandbytes": "0.50.2",
+    "transformers": "5.23.0",
+    "peft": "0.21.2",
+    "numpy": "2.4.6",
+}
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = ROOT / "Tests" / "QLoRATests" / "Fixtures"
+MODEL_DIR = FIX / "tiny-llama-bnb-nf4"
+OUT = FIX / "tiny-llama-lora-grads.json"
+
+SEED = 20240602
+BATCH, SEQ = 2, 12
+MASKED_PREFIX = [4, 6]  # labels[b, :MASKED_PREFIX[b]] = -100
+A_STD, B_STD = 0.1, 0.02
+ALL_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+CASES = [
+    dict(
+        name="all_linears",
+        lora=dict(r=4, lora_alpha=8, lora_dropout=0.0, bias="none", target_modules=ALL_LINEARS,
+                  use_rslora=False, layers_to_transform=None),
+        train_norms=False,
+        record_logits=True,
+    ),
+    dict(
+        name="rslora_norms",
+        lora=dict(r=4, lora_alpha=8, lora_dropout=0.0, bias="none", target_modules=ALL_LINEARS,
+                  use_rslora=True, layers_to_transform=None),
+        train_norms=True,
+        record_logits=False,
+    ),
+    dict(
+        name="layer1_qv",
+        lora=dict(r=4, lora_alpha=8, lora_dropout=0.0, bias="none", target_modules=["q_proj", "v_proj"],
+                  use_rslora=False, layers_to_transform=[1]),
+        train_norms=False,
+        record_logits=False,
+    ),
+]
+
+
+def check_versions():
+    got = {
+        "torch": torch.__version__.split("+")[0],
+        "bitsandbytes": bnb.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "numpy": np.__version__,
+    }
+    for k, v in PINS.items():
+        if got[k] != v:
+            print(f"warning: {k} {got[k]} != pinned {v}; output may differ", file=sys.stderr)
+
+
+def f32hex(t) -> str:
+    a = t.detach().cpu().to(torch.float32).contiguous().numpy()
+    return np.ascontiguousarray(a, dtype="<f4").tobytes().hex()
+
+
+def make_batch():
+    gen = torch.Generator().manual_seed(SEED)
+    ids = torch.randint(3, 256, (BATCH, SEQ), generator=gen, dtype=torch.long)
+    labels = ids.clone()
+    for b, n in enumerate(MASKED_PREFIX):
+        labels[b, :n] = -100
+    return ids, labels
+
+
+def saved_name(param_name: str) -> str:
+    """PEFT's in-memory name -> the key PEFT writes into adapter_model.safetensors."""
+    return param_name.replace(".default.", ".")
+
+
+def is_norm(name: str) -> bool:
+    return name.endswith("norm.weight")
+
+
+def load_nf4():
+    model = AutoModelForCausalLM.from_pretrained(
+        MODEL_DIR, device_map="cpu", dtype=torch.float32, attn_implementation="eager"
+    )
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(linears) == 14, linears
+    for _, m in linears:
+        m.support_avx512bf16_for_cpu = False
+    return model, linears
+
+
+def load_dequantized_fp32(nf4_model, linears):
+    """A plain float32 Llama holding the NF4 model's weights, its linears dequantized."""
+    cfg = LlamaConfig.from_dict({k: v for k, v in nf4_model.config.to_dict().items()
+                                 if k != "quantization_config"})
+    cfg._attn_implementation = "eager"
+    ref = LlamaForCausalLM(cfg).to(torch.float32)
+    sd = ref.state_dict()
+    with torch.no_grad():
+        for name, p in nf4_model.named_parameters():
+            if not isinstance(p, bnb.nn.Params4bit):
+                sd[name].copy_(p)
+        for mod_name, m in linears:
+            qs = m.weight.quant_state
+            assert not getattr(qs, "packing_format_for_cpu", False)
+            sd[mod_name + ".weight"].copy_(bnbf.dequantize_4bit(m.weight.data, qs).to(torch.float32))
+    return ref
+
+
+def wrap(model, case):
+    lora = dict(case["lora"])
+    cfg = LoraConfig(task_type="CAUSAL_LM", **lora)
+    pm = get_peft_model(model, cfg)
+    gen = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for name, p in sorted(pm.named_parameters()):
+            if ".lora_A." in name:
+                p.copy_(A_STD * torch.randn(p.shape, generator=gen, dtype=torch.float32))
+            elif ".lora_B." in name:
+                p.copy_(B_STD * torch.randn(p.shape, generator=gen, dtype=torch.float32))
+    if case["train_norms"]:
+        for name, p in pm.named_parameters():
+            if is_norm(name):
+                p.requires_grad_(True)
+    pm.train()
+    return pm
+
+
+def loss_and_grads(pm, ids, labels):
+    pm.zero_grad(set_to_none=True)
+    out = pm(input_ids=ids, labels=labels, use_cache=False)
+    out.loss.backward()
+    params = {saved_name(n): p for n, p in sorted(pm.named_parameters()) if p.requires_grad}
+    return out, params
+
+
+def run_case(case, ids, labels):
+    nf4, linears = load_nf4()
+    ref = load_dequantized_fp32(nf4, linears)
+
+    pm = wrap(nf4, case)
+    out, params = loss_and_grads(pm, ids, labels)
+    for _, m in linears:
+        assert not getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+
+    pref = wrap(ref, case)
+    out_ref, params_ref = loss_and_grads(pref, ids, labels)
+    assert out.loss.item() == out_ref.loss.item(), (out.loss.item(), out_ref.loss.item())
+    assert params.keys() == params_ref.keys()
+    worst = 0.0
+    for k, p in params.items():
+        assert torch.equal(p, params_ref[k]), k
+        g, gr = p.grad, params_ref[k].grad
+        assert g is not None and g.abs().max().item() > 0, f"zero gradient: {k}"
+        rel = ((g - gr).abs().max() / gr.abs().max()).item()
+        worst = max(worst, rel)
+        assert rel < 1e-6, (k, rel)
+
+    n_lora = sum(".lora_" in k for k in params)
+    n_norm = sum(is_norm(k) for k in params)
+    lcfg = pm.peft_config["default"]
+    scaling = {float(m.scaling["default"]) for m in pm.modules()
+               if isinstance(getattr(m, "scaling", None), dict) and "default" in m.scaling}
+    assert len(scaling) == 1, scaling
+
+    rec = {
+        "name": case["name"],
+        "lora_config": {
+            "r": lcfg.r,
+            "lora_alpha": lcfg.lora_alpha,
+            "lora_dropout": lcfg.lora_dropout,
+            "bias": lcfg.bias,
+            "target_modules": sorted(lcfg.target_modules),
+            "use_rslora": lcfg.use_rslora,
+            "layers_to_transform": lcfg.layers_to_transform,
+        },
+        "scaling": scaling.pop(),
+        "trainable_norms": case["train_norms"],
+        "loss": float(out.loss.detach().to(torch.float32).item()),
+        "loss_f32": f32hex(out.loss.reshape(1)),
+        "params": {
+            k: {"shape": list(p.shape), "value_f32": f32hex(p), "grad_f32": f32hex(p.grad)}
+            for k, p in params.items()
+        },
+    }
+    if case["record_logits"]:
+        last = out.logits[:, -1, :]
+        rec["logits_last"] = {"shape": list(last.shape), "f32": f32hex(last)}
+    summary = (f"{case['name']}: loss {rec['loss']:.9f}, {n_lora} LoRA + {n_norm} norm tensors, "
+               f"scaling {rec['scaling']}, max rel |grad - dequantized fp32 grad| {worst:.2e}")
+    return rec, summary
+
+
+def build():
+    ids, labels = make_batch()
+    n_counted = int((labels[:, 1:] != -100).sum().item())
+    doc = {
+        "generator": "tools/make_lora_fixtures.py",
+        "versions": {
+            "torch": torch.__version__,
+            "bitsandbytes": bnb.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+        },
+        "model": "tiny-llama-bnb-nf4",
+        "encoding": "float32 arrays are lowercase hex of little-endian bytes, row-major",
+        "note": (
+            "PEFT LoRA on the bitsandbytes NF4 model, float32, eager attention, bnb's CPU bf16 "
+            "path off (base forward = dequantize_4bit fp32 + F.linear). loss = mean cross-entropy "
+            "of logits[:, t] against labels[:, t+1] over labels != -100. Keys are adapter_model."
+            "safetensors names; value_f32 is the initial value, grad_f32 the gradient. "
+            "lora_A [r, in], lora_B [out, r], y = base(x) + scaling * (x A^T) B^T."
+        ),
+        "input_ids": ids.tolist(),
+        "labels": labels.tolist(),
+        "n_counted_tokens": n_counted,
+        "cases": [],
+    }
+    summaries = []
+    for case in CASES:
+        rec, s = run_case(case, ids, labels)
+        doc["cases"].append(rec)
+        summaries.append(s)
+    return json.dumps(doc, indent=1) + "\n", summaries
+
+
+def main():
+    check_versions()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    text, summaries = build()
+    again, _ = build()
+    assert text == again, "two runs gave different JSON"
+    OUT.write_text(text)
+    os.chmod(OUT, 0o644)
+    for s in summaries:
+        print(s)
+    data = OUT.read_bytes()
+    print(f"{len(data):9d}  {hashlib.sha256(data).hexdigest()[:16]}  {OUT.relative_to(ROOT)}")
+    assert len(data) < 1 << 20
+
+
+if __name__ == "__main__":
+    main()
