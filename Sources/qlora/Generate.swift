@@ -22,7 +22,8 @@ struct Generate: ParsableCommand {
             """
     )
 
-    @Option(help: "A GGUF file or a quantized model folder.") var model: String
+    @Option(help: "A GGUF file or a quantized model folder.") var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    @Option(help: "A LoRA adapter directory (PEFT layout, e.g. a run's lora_best_ema) applied to the model.") var adapter: String?
     @Option(help: "Text to continue, as it is.") var prompt: String?
     @Option(help: "A user message, wrapped in the chat template.") var chat: String?
     @Option(help: "System prompt for --chat (default: the template's own, if it has one).") var system: String?
@@ -50,7 +51,8 @@ struct Generate: ParsableCommand {
     }
 
     func run() throws {
-        let lm = try LanguageModel(path: model)
+        var lm = try LanguageModel(path: model)
+        if let adapter { lm = try lm.withAdapter(adapter) }
         var template: ChatTemplate?
         let ids: [Int]
         if let chat {

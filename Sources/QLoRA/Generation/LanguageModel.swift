@@ -30,6 +30,14 @@ public final class LanguageModel: Sendable {
         }
     }
 
+    /// This model with the LoRA adapters of a PEFT-layout directory applied.
+    public func withAdapter(_ directory: String) throws -> LanguageModel {
+        let (config, norms) = try AdapterFiles.config(in: directory)
+        let lora = try LlamaLoRA(model: model, config: config, trainNorms: norms, seed: 0)
+        try AdapterFiles.load(into: lora, from: directory)
+        return LanguageModel(model: LlamaModel(model, adapters: lora), tokenizer: tokenizer, chatTemplateText: chatTemplateText)
+    }
+
     /// Whether the tokenizer puts BOS before a text (`tokenizer.ggml.add_bos_token`, or the
     /// post-processor of tokenizer.json).
     public var addsBOS: Bool { tokenizer.bos.map { tokenizer.prefix == [$0] } ?? false }

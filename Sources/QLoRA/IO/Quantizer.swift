@@ -232,6 +232,14 @@ public enum Quantizer {
         getrusage(RUSAGE_SELF.rawValue, &usage)
         return Int(usage.ru_maxrss) * 1024
     }
+
+    /// Resident bytes now (/proc/self/statm), 0 where that is unavailable.
+    public static func currentRSS() -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+        let fields = text.split(separator: " ")
+        guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
 }
 
 extension SafetensorsDType {

@@ -4,7 +4,7 @@ import Quant
 /// The trainable part of a Llama model: LoRA adapters on the target linears of the adapted
 /// layers, and with `trainNorms` every RMSNorm weight (fp32 copies of the frozen values).
 /// Embeddings and base linears stay frozen and have no gradient buffers.
-public final class LlamaLoRA {
+public final class LlamaLoRA: @unchecked Sendable {
     public let config: LoRAConfig
     public let trainsNorms: Bool
     /// One per decoder layer (empty where nothing trains).
@@ -52,6 +52,13 @@ public final class LlamaLoRA {
         if let finalNorm { parameters.append(finalNorm) }
         self.layers = layers
         self.parameters = parameters
+    }
+
+    /// One adapter per linear that has one in any layer: room in shared activations.
+    var everyAdaptedLinear: LlamaLayerLoRA {
+        var all = LlamaLayerLoRA()
+        for layer in layers { all.adapters.merge(layer.adapters) { a, _ in a } }
+        return all
     }
 
     /// Elements that train.

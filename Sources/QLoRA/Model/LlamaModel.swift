@@ -9,15 +9,26 @@ import Quant
 ///   logits[T', V] = rmsnorm(x[rows]) · lm_headᵀ              (T' = 1 for the last row, or T)
 ///
 /// The model is immutable: a forward keeps its state in buffers of its own and in the cache it is given.
-public final class LlamaModel: Sendable {
+public final class LlamaModel: @unchecked Sendable {
     public let config: ModelConfig
     public let weights: LlamaWeights
     public let rope: LlamaRoPE
+    /// LoRA adapters (and trained norms) applied in every forward, without dropout.
+    public let adapters: LlamaLoRA?
 
     public init(_ model: QuantizedModel) throws {
         config = model.config
         weights = try LlamaWeights(model)
         rope = try LlamaRoPE(config: model.config)
+        adapters = nil
+    }
+
+    /// `base` with `adapters` applied (the weights are shared, not copied).
+    public init(_ base: LlamaModel, adapters: LlamaLoRA) {
+        config = base.config
+        weights = base.weights
+        rope = base.rope
+        self.adapters = adapters
     }
 
     public convenience init(path: String) throws {
@@ -37,10 +48,12 @@ public final class LlamaModel: Sendable {
         if let cache, P + T > cache.capacity { throw LlamaModelError.cacheFull(capacity: cache.capacity, needed: P + T) }
         var x = try embed(tokens)
         var y = FloatBuffer(count: T * c.hiddenSize)
-        let acts = LlamaBlockActivations(config: c, tokens: T, keys: P + T, keepsProbabilities: false)
+        let acts = LlamaBlockActivations(config: c, tokens: T, keys: P + T, keepsProbabilities: false,
+                                         adapters: adapters?.everyAdaptedLinear)
         let tables = rope.tables(from: P, count: T)
         for (l, layer) in weights.layers.enumerated() {
-            try llamaBlockForward(y: y, x: x, acts: acts, layer: layer, rope: tables, cache: cache?.layer(l), config: c)
+            try llamaBlockForward(y: y, x: x, acts: acts, layer: layer, rope: tables, cache: cache?.layer(l), config: c,
+                                  lora: adapters?.layers[l])
             swap(&x, &y)
         }
         cache?.advance(by: T)
@@ -64,7 +77,7 @@ public final class LlamaModel: Sendable {
         let C = config.hiddenSize, V = config.vocabSize, n = rows.count
         let xn = FloatBuffer(count: n * C), rstd = FloatBuffer(count: n)
         llamaRMSNormForward(y: xn.base, rstd: rstd.base, x: x.base + rows.lowerBound * C, weight: weights.finalNorm,
-                            tokens: n, eps: config.rmsNormEps)
+                            trainable: adapters?.finalNorm, tokens: n, eps: config.rmsNormEps)
         var logits = [Float](repeating: 0, count: n * V)
         try logits.withUnsafeMutableBufferPointer { (out) throws in
             try weights.lmHead.forward(xn.base, rows: n, width: C, vocab: V, into: out.baseAddress!)

@@ -1,0 +1,438 @@
+import Foundation
+
+/// Everything a run is configured with, written to `<run>/config.json` and read back by
+/// `--resume`. Field names are the CLI's flags in snake case.
+public struct TrainingConfig: Codable, Sendable, Equatable {
+    public var model: String
+    public var data: String
+    public var valFile: String?
+    public var valFraction: Double = 0.05
+    public var maxLen = 256
+    public var packing = false
+    public var textColumn = "text"
+    public var skipBad = false
+    public var chatTemplate: String?
+
+    public var loraR = 16
+    public var loraAlpha: Float = 32
+    public var loraDropout: Float = 0.05
+    public var loraTargets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    public var loraLayers: Int?
+    public var useRslora = false
+    public var trainNorms = false
+    public var loadLoraFrom: String?
+
+    public var lr = 2e-4
+    public var beta1 = 0.9
+    public var beta2 = 0.999
+    public var eps = 1e-8
+    public var weightDecay = 0.0
+    public var maxGradNorm = 1.0
+    public var schedule = LRSchedule.Kind.cosine
+    public var warmupSteps: Int?
+    public var warmupRatio = 0.03
+    public var batchSize = 4
+    public var gradAccum = 1
+    public var maxSteps: Int?
+    public var epochs: Double = 1
+    public var seed: UInt64 = 42
+
+    public var ema = 0.999
+    public var emaEvery = 1
+    public var emaTrainableOnly = true
+    public var evalEvery: Int?
+    public var quickEvery: Int?
+    public var quickBatches = 4
+    public var evalBatchSize: Int?
+    public var saveEvery: Int?
+    public var keepLast = 3
+    /// The pilot → 8 chunks → tail schedule: full evaluation and checkpoint at each boundary.
+    public var plan = true
+    public var gradCheckpoint = false
+
+    public init(model: String, data: String) {
+        self.model = model
+        self.data = data
+    }
+
+    public var lora: LoRAConfig {
+        get throws {
+            LoRAConfig(rank: loraR, alpha: loraAlpha, dropout: loraDropout, targets: try LoRATargets(parsing: loraTargets),
+                       lastLayers: loraLayers, useRSLoRA: useRslora)
+        }
+    }
+}
+
+/// One row of metrics.jsonl: a training update (`loss`, `tokens_per_s`, …) or an evaluation
+/// (`val_loss`, `val_ppl`, `kind` full/quick/alert, `ema`).
+public struct MetricsRow: Codable, Sendable, Equatable {
+    public var step: Int
+    public var loss: Double?
+    public var lr: Double?
+    public var gradNorm: Double?
+    public var tokensPerS: Double?
+    public var trainedTokens: Int?
+    public var rssMb: Double?
+    public var elapsedS: Double?
+    public var valLoss: Double?
+    public var valPpl: Double?
+    /// With an EMA, full evaluations also score the live weights.
+    public var valLossLive: Double?
+    public var kind: String?
+    public var ema: Bool?
+    public var event: String?
+
+    enum CodingKeys: String, CodingKey {
+        case step, loss, lr, kind, ema, event
+        case gradNorm = "grad_norm", tokensPerS = "tokens_per_s", trainedTokens = "trained_tokens", rssMb = "rss_mb"
+        case elapsedS = "elapsed_s", valLoss = "val_loss", valPpl = "val_ppl", valLossLive = "val_loss_live"
+    }
+
+    public init(step: Int) { self.step = step }
+}
+
+/// What a run reports as it goes (the CLI draws it).
+public enum TrainingEvent {
+    case message(String)
+    case update(MetricsRow, total: Int)
+    case evaluation(MetricsRow)
+    case checkpoint(path: String, step: Int)
+    case adapterSaved(path: String, why: String)
+    case alert(String)
+}
+
+/// Errors of a run that are the user's to fix.
+public enum TrainingError: Error, CustomStringConvertible {
+    case noRun(String)
+    case nothingToTrain(String)
+    case tooLarge(String)
+    case diverged(step: Int)
+
+    public var description: String {
+        switch self {
+        case let .noRun(p): "\(p): not a run directory with a checkpoint (config.json and checkpoint-N/ expected)"
+        case let .nothingToTrain(why): why
+        case let .tooLarge(why): why
+        case let .diverged(step): "the loss is not finite at update \(step) even after restoring the last checkpoint; lower --lr"
+        }
+    }
+}
+
+/// A fine-tuning run: the model with its adapters, the data in order, AdamW, the LR schedule,
+/// the EMA, and the run directory (config.json, metrics.jsonl, checkpoint-N/, lora_best/,
+/// lora_best_ema/, lora_final/).
+///
+/// Determinism: the batch order is a pure function of (seed, epoch); dropout masks of (seed,
+/// update, micro-batch, layer, linear); every kernel's summation order is fixed for a thread
+/// count. A checkpoint holds every other piece of state, so a resumed run repeats the updates
+/// an uninterrupted one makes, bit for bit.
+public final class TrainingRun {
+    public let config: TrainingConfig
+    public let directory: String
+    public let model: LlamaModel
+    public let lora: LlamaLoRA
+    public let trainer: LlamaTrainer
+    public let optimizer: AdamW
+    public let schedule: LRSchedule
+    public let ema: EMA?
+    public let plan: TrainingPlan?
+    public let train: SFTDataSet
+    public let validation: SFTDataSet
+    public let totalUpdates: Int
+    public private(set) var step = 0
+    public private(set) var bestValLoss = Double.infinity
+    private var iterator: BatchIterator
+    private var lastCheckpointStep = -1
+    private let started = Date()
+    private var recentLosses: [Double] = []
+    private var recentSpeeds: [Double] = []
+
+    public static let configFile = "config.json"
+    public static let metricsFile = "metrics.jsonl"
+
+    /// A new run (`resume` false: the directory must not hold a checkpoint) or the continuation of
+    /// the one in `directory` from its newest complete checkpoint.
+    public init(config: TrainingConfig, directory: String, model: LlamaModel, train: SFTDataSet, validation: SFTDataSet,
+                resume: Bool, onEvent: (TrainingEvent) -> Void) throws {
+        self.config = config
+        self.directory = directory
+        self.model = model
+        guard !train.examples.isEmpty else { throw TrainingError.nothingToTrain("\(train.source): no training examples") }
+        guard train.trainedTokenCount > 0 else { throw TrainingError.nothingToTrain("\(train.source): every label is masked") }
+        self.train = train
+        self.validation = validation
+        var loraConfig = try config.lora
+        var trainsNorms = config.trainNorms
+        if let from = config.loadLoraFrom {
+            (loraConfig, trainsNorms) = try AdapterFiles.config(in: from)
+        }
+        lora = try LlamaLoRA(model: model, config: loraConfig, trainNorms: trainsNorms, seed: config.seed)
+        if let from = config.loadLoraFrom {
+            try AdapterFiles.load(into: lora, from: from)
+            onEvent(.message("adapters loaded from \(from)"))
+        }
+        trainer = LlamaTrainer(model: model, lora: lora, gradientCheckpointing: config.gradCheckpoint)
+        optimizer = AdamW(parameters: lora.parameters, .init(beta1: config.beta1, beta2: config.beta2, eps: config.eps,
+                                                             weightDecay: config.weightDecay))
+        let perEpoch = (train.examples.count + config.batchSize - 1) / config.batchSize
+        let updatesPerEpoch = max(1, perEpoch / config.gradAccum)
+        totalUpdates = config.maxSteps ?? max(1, Int((Double(updatesPerEpoch) * config.epochs).rounded(.up)))
+        schedule = LRSchedule(config.schedule, baseLR: config.lr,
+                              warmup: config.warmupSteps.map { .steps($0) } ?? .ratio(config.warmupRatio), totalSteps: totalUpdates)
+        ema = config.ema > 0 ? EMA(parameters: lora.parameters, beta: config.ema, every: config.emaEvery) : nil
+        plan = config.plan ? TrainingPlan(totalUpdates: totalUpdates) : nil
+        iterator = try BatchIterator(examples: train.examples, batchSize: config.batchSize, padID: train.padID, seed: config.seed)
+
+        let fm = FileManager.default
+        if resume {
+            guard let latest = Checkpoint.latest(in: directory) else { throw TrainingError.noRun(directory) }
+            let state = try Checkpoint.restore(from: latest, optimizer: optimizer, ema: ema)
+            step = state.step
+            lastCheckpointStep = step
+            iterator = try BatchIterator(examples: train.examples, batchSize: config.batchSize, padID: train.padID,
+                                         seed: config.seed, state: try state.decodeDataState(BatchIterator.State.self))
+            bestValLoss = state.rngStates["best_val_loss_bits"].map { Double(bitPattern: $0) } ?? .infinity
+            try Self.dropMetrics(after: step, in: directory)
+            onEvent(.message("resumed from \(latest) at update \(step) of \(totalUpdates)"))
+        } else {
+            if Checkpoint.latest(in: directory) != nil {
+                throw TrainingError.nothingToTrain("\(directory) already holds a run; continue it with --resume \(directory) or pick another --out")
+            }
+            try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            encoder.keyEncodingStrategy = .convertToSnakeCase
+            try AtomicFile.write(to: directory + "/" + Self.configFile, bytes: [UInt8](try encoder.encode(config)))
+            try? fm.removeItem(atPath: directory + "/" + Self.metricsFile)
+        }
+    }
+
+    public static func loadConfig(run directory: String) throws -> TrainingConfig {
+        guard let data = FileManager.default.contents(atPath: directory + "/" + configFile) else { throw TrainingError.noRun(directory) }
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        return try decoder.decode(TrainingConfig.self, from: data)
+    }
+
+    // MARK: The loop
+
+    /// Trains until `totalUpdates` or until `shouldStop` says so after an update (then a
+    /// checkpoint is written first). Returns whether the run finished.
+    @discardableResult
+    public func run(shouldStop: () -> Bool = { false }, onEvent: (TrainingEvent) -> Void) throws -> Bool {
+        if step == 0 {
+            onEvent(.message(lora.summaryLine(baseCount: model.parameterCount)))
+            try checkGradientsFlow(onEvent)
+            try evaluate(kind: "full", onEvent)   // the baseline
+        } else {
+            try checkGradientsFlow(onEvent)
+        }
+        while step < totalUpdates {
+            let row = try update(onEvent)
+            if let row { onEvent(.update(row, total: totalUpdates)); try append(row) }
+            let boundary = plan?.isBoundary(afterUpdate: step) ?? false
+            let evalDue = config.evalEvery.map { step % $0 == 0 } ?? false
+            let quickDue = config.quickEvery.map { step % $0 == 0 } ?? false
+            var alert: String? = nil
+            if let row, let loss = row.loss, let speed = row.tokensPerS { alert = watch(loss: loss, speed: speed) }
+            if let alert {
+                onEvent(.alert(alert))
+                try append(with(MetricsRow(step: step)) { $0.event = "alert: \(alert)" })
+                try evaluate(kind: "alert", onEvent)
+                try saveCheckpoint(onEvent)
+            } else if boundary || evalDue || step == totalUpdates {
+                try evaluate(kind: "full", onEvent)
+                try saveCheckpoint(onEvent)
+            } else if quickDue {
+                try evaluate(kind: "quick", onEvent)
+            }
+            if let every = config.saveEvery, step % every == 0, lastCheckpointStep != step { try saveCheckpoint(onEvent) }
+            if step < totalUpdates, shouldStop() {
+                if lastCheckpointStep != step { try saveCheckpoint(onEvent) }
+                return false
+            }
+        }
+        try AdapterFiles.save(lora, to: directory + "/lora_final", baseModel: config.model)
+        onEvent(.adapterSaved(path: directory + "/lora_final", why: "final"))
+        return true
+    }
+
+    /// One optimizer update over grad_accum micro-batches. Returns its metrics row, or nil when a
+    /// non-finite loss or gradient made it skip the update (the last good state is restored).
+    private func update(_ onEvent: (TrainingEvent) -> Void) throws -> MetricsRow? {
+        let start = Date()
+        lora.parameters.forEach { $0.zeroGrad() }
+        let batches = (0..<config.gradAccum).map { _ in iterator.next() }
+        let tokens = batches.map { b in
+            TokenBatch(inputIds: b.inputIds, labels: b.labels, sequences: b.batchSize, length: b.sequenceLength)
+        }
+        let scored = tokens.reduce(0) { $0 + $1.scoredTokens }
+        let next = step + 1
+        var loss = LossSum()
+        if scored > 0 {
+            for (a, b) in tokens.enumerated() {
+                let seed = dropoutSeed(update: next, micro: a)
+                loss = loss + (try trainer.accumulateGradients(b, gradScale: 1 / Float(scored), dropoutSeed: seed))
+            }
+        }
+        let norm = StepProfile.measureOptimizer { Double(clipGradNorm(lora.parameters, maxNorm: config.maxGradNorm)) }
+        guard loss.mean.isFinite || scored == 0, norm.isFinite else {
+            onEvent(.alert(String(format: "update %d: loss %@, grad norm %@ — update skipped", next, "\(loss.mean)", "\(norm)")))
+            try append(with(MetricsRow(step: next)) { $0.event = "non-finite loss or gradient: update skipped" })
+            try restoreLastGood(onEvent)
+            step = next
+            return nil
+        }
+        let lr = schedule.lr(at: step)
+        StepProfile.measureOptimizer {
+            optimizer.update(lr: lr)
+            if let ema, ema.isDue(afterUpdate: next) { ema.update() }
+        }
+        step = next
+        let seconds = Date().timeIntervalSince(start)
+        let processed = tokens.reduce(0) { $0 + $1.inputIds.count }
+        var row = MetricsRow(step: step)
+        row.loss = loss.mean
+        row.lr = lr
+        row.gradNorm = norm
+        row.tokensPerS = Double(processed) / seconds
+        row.trainedTokens = scored
+        row.rssMb = Double(Quantizer.currentRSS()) / 1_048_576
+        row.elapsedS = Date().timeIntervalSince(started)
+        return row
+    }
+
+    private func dropoutSeed(update: Int, micro: Int) -> UInt64? {
+        guard lora.config.dropout > 0 else { return nil }
+        var z = config.seed &+ UInt64(update) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(micro) &* 0xC2B2_AE3D_27D4_EB4F
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        return z ^ (z >> 31)
+    }
+
+    /// A loss spike (above 2× the median of the last 20 and above it by 1) or a collapse of
+    /// tokens/s (below a third of the recent median) gives an alert.
+    private func watch(loss: Double, speed: Double) -> String? {
+        defer {
+            recentLosses = Array((recentLosses + [loss]).suffix(20))
+            recentSpeeds = Array((recentSpeeds + [speed]).suffix(20))
+        }
+        guard recentLosses.count >= 10 else { return nil }
+        let ml = recentLosses.sorted()[recentLosses.count / 2], ms = recentSpeeds.sorted()[recentSpeeds.count / 2]
+        if loss > 2 * ml && loss > ml + 1 { return String(format: "loss spike at update %d: %.4f against a recent median of %.4f", step, loss, ml) }
+        if speed < ms / 3 { return String(format: "tokens/s collapsed at update %d: %.1f against a recent median of %.1f", step, speed, ms) }
+        return nil
+    }
+
+    /// LoRA grads flowing: one micro-batch's gradient is non-zero for some adapter (printed at
+    /// the start and after a resume, as the seed script does). Leaves no trace in the state.
+    private func checkGradientsFlow(_ onEvent: (TrainingEvent) -> Void) throws {
+        let probe = iterator   // a copy: the real order is untouched
+        var p = probe
+        let b = p.next()
+        let batch = TokenBatch(inputIds: b.inputIds, labels: b.labels, sequences: b.batchSize, length: b.sequenceLength)
+        lora.parameters.forEach { $0.zeroGrad() }
+        _ = try trainer.accumulateGradients(batch, gradScale: 1 / Float(max(1, batch.scoredTokens)), dropoutSeed: nil)
+        let flowing = lora.parameters.contains { p in p.grad.buffer.contains { $0 != 0 && $0.isFinite } }
+        lora.parameters.forEach { $0.zeroGrad() }
+        onEvent(.message("LoRA grads flowing: \(flowing)"))
+        guard flowing else { throw TrainingError.nothingToTrain("no gradient reaches the adapters (every label masked in the first batch?)") }
+    }
+
+    // MARK: Evaluation
+
+    /// Mean validation loss with the EMA weights swapped in (when there is an EMA), on the whole
+    /// validation set (`full`, `alert`) or its first `quickBatches` batches (`quick`); full
+    /// evaluations with an EMA score the live weights too (`val_loss_live`). A new best
+    /// (EMA) validation loss saves lora_best_ema (the EMA weights) and lora_best (the live
+    /// ones), as the seed script does.
+    private func evaluate(kind: String, _ onEvent: (TrainingEvent) -> Void) throws {
+        guard !validation.examples.isEmpty else { return }
+        var batches = validation.batches(size: config.evalBatchSize ?? config.batchSize)
+        if kind == "quick" { batches = Array(batches.prefix(config.quickBatches)) }
+        func measure() throws -> LossSum {
+            try batches.reduce(LossSum()) { acc, b in
+                acc + (try trainer.loss(TokenBatch(inputIds: b.inputIds, labels: b.labels, sequences: b.batchSize, length: b.sequenceLength)))
+            }
+        }
+        let loss: LossSum
+        var live: LossSum? = nil
+        if let ema {
+            loss = try ema.withAveragedWeights(measure)
+            if kind != "quick" { live = try measure() }
+        } else {
+            loss = try measure()
+        }
+        var row = MetricsRow(step: step)
+        row.valLoss = loss.mean
+        row.valLossLive = live?.mean
+        row.valPpl = exp(loss.mean)
+        row.kind = kind
+        row.ema = ema != nil
+        row.elapsedS = Date().timeIntervalSince(started)
+        onEvent(.evaluation(row))
+        try append(row)
+        if kind != "quick", step > 0, loss.mean < bestValLoss {
+            bestValLoss = loss.mean
+            try AdapterFiles.save(lora, to: directory + "/lora_best", baseModel: config.model)
+            if let ema {
+                try ema.withAveragedWeights { try AdapterFiles.save(lora, to: directory + "/lora_best_ema", baseModel: config.model) }
+            }
+            onEvent(.adapterSaved(path: directory + (ema == nil ? "/lora_best" : "/lora_best_ema"),
+                                  why: String(format: "best val_loss %.4f", loss.mean)))
+        }
+    }
+
+    // MARK: State
+
+    private func saveCheckpoint(_ onEvent: (TrainingEvent) -> Void) throws {
+        let state = try TrainingState(step: step, schedulerStep: step, rngStates: ["best_val_loss_bits": bestValLoss.bitPattern],
+                                      dataState: iterator.state)
+        let path = try Checkpoint.save(state, optimizer: optimizer, ema: ema, in: directory, keepLast: config.keepLast)
+        lastCheckpointStep = step
+        onEvent(.checkpoint(path: path, step: step))
+    }
+
+    /// After a non-finite update: the parameters are untouched (the update was not applied), so
+    /// only non-finite values already in them need the checkpoint back.
+    private func restoreLastGood(_ onEvent: (TrainingEvent) -> Void) throws {
+        lora.parameters.forEach { $0.zeroGrad() }
+        let broken = lora.parameters.contains { p in p.value.buffer.contains { !$0.isFinite } }
+        guard broken else { return }
+        guard let latest = Checkpoint.latest(in: directory) else { throw TrainingError.diverged(step: step + 1) }
+        _ = try Checkpoint.restore(from: latest, optimizer: optimizer, ema: ema)
+        onEvent(.message("restored \(latest)"))
+    }
+
+    private func append(_ row: MetricsRow) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        var line = try encoder.encode(row)
+        line.append(0x0A)
+        let path = directory + "/" + Self.metricsFile
+        if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
+        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        defer { try? h.close() }
+        try h.seekToEnd()
+        try h.write(contentsOf: line)
+    }
+
+    /// Rows past `step` belong to updates a resumed run makes again: dropped (atomically).
+    static func dropMetrics(after step: Int, in directory: String) throws {
+        let path = directory + "/" + metricsFile
+        guard let data = FileManager.default.contents(atPath: path) else { return }
+        let decoder = JSONDecoder()
+        var kept: [UInt8] = []
+        for line in data.split(separator: 0x0A, omittingEmptySubsequences: true) {
+            guard let row = try? decoder.decode(MetricsRow.self, from: Data(line)), row.step <= step else { continue }
+            kept += line
+            kept.append(0x0A)
+        }
+        try AtomicFile.write(to: path, bytes: kept)
+    }
+}
+
+@inline(__always) func with<T>(_ value: T, _ body: (inout T) -> Void) -> T {
+    var v = value
+    body(&v)
+    return v
+}

@@ -1,0 +1,278 @@
+import ArgumentParser
+import Foundation
+import QLoRA
+
+extension LRSchedule.Kind: ExpressibleByArgument {}
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Fine-tune LoRA adapters on a frozen 4-bit model (QLoRA), resumable.",
+        discussion: """
+            The base model stays 4-bit and frozen; LoRA adapters (and with --train-norms the RMSNorm
+            weights) train in fp32 with AdamW, with an EMA of them for evaluation and the "best" saves.
+
+            Data: JSONL rows {"text"}, {"prompt","completion"} or {"messages":[{"role","content"}]}
+            (rendered with the model's chat template; only assistant turns are trained), CSV with a
+            --text-column, or a .txt file for language modelling. A bad row is an error naming
+            file:line (--skip-bad skips and counts them).
+
+            Schedule: with --plan (the default) a pilot of 5% of the updates, 8 equal chunks and a
+            tail, each ending with a full evaluation and a checkpoint; also every --eval-every and
+            --save-every updates, a quick evaluation on a few batches every --quick-every. A loss
+            spike or a collapse of tokens/s evaluates and checkpoints at once; a NaN/inf loss skips
+            the update. Ctrl-C writes a checkpoint before leaving; --resume RUN continues exactly.
+
+            The run directory holds config.json, metrics.jsonl (one JSON object per line: training
+            rows with step, loss, lr, grad_norm, tokens_per_s, rss_mb; evaluation rows with step,
+            val_loss, val_ppl), checkpoint-N/ (the newest --keep-last), and the adapters lora_best,
+            lora_best_ema and lora_final in PEFT's layout (qlora generate --adapter DIR).
+
+            Examples:
+              qlora train --max-steps 60 --out runs/demo                       # SmolLM2 + the demo SFT set
+              qlora train --model smol-nf4 --data sft.jsonl --lora-r 16 --lora-alpha 32 --ema 0.999 --out runs/smol
+              qlora train --resume runs/smol
+            """
+    )
+
+    @Option(help: "A GGUF file or a quantized model folder.") var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    @Option(help: "Training data: .jsonl, .csv or .txt.") var data = "data/demo-sft/train.jsonl"
+    @Option(help: "Validation data (default: the demo set's val.jsonl with the demo data, else --val-fraction of --data).")
+    var valFile: String?
+    @Option(help: "Share of --data held out for validation when there is no --val-file.") var valFraction = 0.05
+    @Option(help: "Longest example in tokens (longer ones are truncated).") var maxLen = 256
+    @Flag(help: "Pack examples into rows of exactly --max-len tokens.") var packing = false
+    @Option(help: "CSV column holding the text.") var textColumn = "text"
+    @Flag(help: "Skip bad data rows (counted and reported) instead of stopping at the first.") var skipBad = false
+    @Option(help: "Chat template family when the model's is not recognized: \(ChatTemplate.Family.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var chatTemplate: ChatTemplate.Family?
+
+    @Option(help: "LoRA rank r.") var loraR = 16
+    @Option(help: "LoRA alpha (scale alpha/r, or alpha/√r with --use-rslora).") var loraAlpha: Float = 32
+    @Option(help: "Dropout on the adapters' input.") var loraDropout: Float = 0.05
+    @Option(help: "Linears to adapt: PEFT names (q_proj,…,down_proj), GGUF names (attn_q,…), all-linear, or re:REGEX.")
+    var loraTargets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    @Option(help: "Adapt only the last N blocks.") var loraLayers: Int?
+    @Flag(help: "rsLoRA: scale by alpha/√r.") var useRslora = false
+    @Flag(help: "Train the RMSNorm weights too (fp32).") var trainNorms = false
+    @Option(help: "Start from the adapters of this directory (PEFT layout).") var loadLoraFrom: String?
+
+    @Option(help: "Peak learning rate.") var lr = 2e-4
+    @Option(help: "LR schedule: constant, linear or cosine.") var schedule = LRSchedule.Kind.cosine
+    @Option(help: "Warm-up updates (default: --warmup-ratio of them).") var warmupSteps: Int?
+    @Option(help: "Warm-up as a share of the updates.") var warmupRatio = 0.03
+    @Option(help: "AdamW weight decay.") var weightDecay = 0.0
+    @Option(help: "Clip the global gradient norm to this.") var maxGradNorm = 1.0
+    @Option(help: "Sequences per micro-batch.") var batchSize = 4
+    @Option(help: "Micro-batches per update.") var gradAccum = 1
+    @Option(help: "Updates to run (default: --epochs over the data).") var maxSteps: Int?
+    @Option(help: "Passes over the data when --max-steps is not given.") var epochs = 1.0
+    @Option(help: "Seed of the adapters' init, the data order and dropout.") var seed: UInt64 = 42
+
+    @Option(help: "EMA decay β of the trainable weights (0 turns the EMA off).") var ema = 0.999
+    @Option(help: "Update the EMA every K updates (with β^K).") var emaEvery = 1
+    @Flag(help: "EMA of the trainable parameters only (the only kind: the base is frozen).") var emaTrainableOnly = false
+    @Option(help: "Full evaluation and checkpoint every N updates (besides the plan's boundaries).") var evalEvery: Int?
+    @Option(help: "Quick evaluation on --quick-batches batches every N updates.") var quickEvery: Int?
+    @Option(help: "Batches of a quick evaluation.") var quickBatches = 4
+    @Option(help: "Checkpoint every N updates.") var saveEvery: Int?
+    @Option(help: "Checkpoints kept.") var keepLast = 3
+    @Flag(inversion: .prefixedNo, help: "The pilot → 8 chunks → tail evaluation/checkpoint schedule.") var plan = true
+    @Flag(help: "Per-block gradient checkpointing: less memory, one more forward.") var gradCheckpoint = false
+    @Option(help: "After training, generate a reply to this chat message with the tuned model (and before, with the base).")
+    var sample: String?
+
+    @Option(help: "Run directory.") var out: String?
+    @Option(help: "Continue the run in this directory from its newest checkpoint.") var resume: String?
+
+    func validate() throws {
+        guard (out == nil) != (resume == nil) else { throw ValidationError("pass --out RUN for a new run, or --resume RUN") }
+        guard loraR > 0 else { throw ValidationError("--lora-r must be positive") }
+        guard batchSize > 0, gradAccum > 0 else { throw ValidationError("--batch-size and --grad-accum must be positive") }
+        guard maxLen > 1 else { throw ValidationError("--max-len must be at least 2") }
+        guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be positive") }
+        guard ema >= 0, ema < 1 else { throw ValidationError("--ema must be in [0, 1)") }
+        guard emaEvery > 0, keepLast > 0, quickBatches > 0 else { throw ValidationError("--ema-every, --keep-last and --quick-batches must be positive") }
+        if let m = maxSteps { guard m > 0 else { throw ValidationError("--max-steps must be positive") } }
+        guard epochs > 0 else { throw ValidationError("--epochs must be positive") }
+        guard valFraction > 0, valFraction < 1 else { throw ValidationError("--val-fraction must be in (0, 1)") }
+    }
+
+    var newConfig: TrainingConfig {
+        var c = TrainingConfig(model: model, data: data)
+        c.valFile = valFile ?? (data == "data/demo-sft/train.jsonl" ? "data/demo-sft/val.jsonl" : nil)
+        c.valFraction = valFraction
+        c.maxLen = maxLen
+        c.packing = packing
+        c.textColumn = textColumn
+        c.skipBad = skipBad
+        c.chatTemplate = chatTemplate?.rawValue
+        c.loraR = loraR
+        c.loraAlpha = loraAlpha
+        c.loraDropout = loraDropout
+        c.loraTargets = loraTargets
+        c.loraLayers = loraLayers
+        c.useRslora = useRslora
+        c.trainNorms = trainNorms
+        c.loadLoraFrom = loadLoraFrom
+        c.lr = lr
+        c.schedule = schedule
+        c.warmupSteps = warmupSteps
+        c.warmupRatio = warmupRatio
+        c.weightDecay = weightDecay
+        c.maxGradNorm = maxGradNorm
+        c.batchSize = batchSize
+        c.gradAccum = gradAccum
+        c.maxSteps = maxSteps
+        c.epochs = epochs
+        c.seed = seed
+        c.ema = ema
+        c.emaEvery = emaEvery
+        c.evalEvery = evalEvery
+        c.quickEvery = quickEvery
+        c.quickBatches = quickBatches
+        c.saveEvery = saveEvery
+        c.keepLast = keepLast
+        c.plan = plan
+        c.gradCheckpoint = gradCheckpoint
+        return c
+    }
+
+    func run() throws {
+        let directory = resume ?? out!
+        let config = resume != nil ? try TrainingRun.loadConfig(run: directory) : newConfig
+        let log = TrainingLog()
+        log.line("loading \(config.model)")
+        let lm = try LanguageModel(path: config.model)
+        let template = try? lm.chatTemplate(config.chatTemplate.flatMap(ChatTemplate.Family.init(rawValue:)))
+        func load(_ path: String) throws -> SFTDataSet {
+            try SFTDataSet.load(path: path, tokenizer: lm.tokenizer, chatTemplate: template, maxLength: config.maxLen,
+                                skipBad: config.skipBad, textColumn: config.textColumn)
+        }
+        var train = try load(config.data)
+        var validation: SFTDataSet
+        if let v = config.valFile {
+            validation = try load(v)
+        } else {
+            (train, validation) = try train.split(valFraction: config.valFraction, seed: config.seed)
+        }
+        if config.packing { train = train.packed(length: config.maxLen) }
+        validation = validation.sortedLongestFirst()
+        for set in [train, validation] where set.skipped > 0 {
+            log.line("\(set.source): skipped \(set.skipped) bad rows; first: " + set.skippedReasons.map(\.description).joined(separator: "; "))
+        }
+        log.line("data: \(train.examples.count) training examples (\(train.trainedTokenCount) trained tokens), "
+                 + "\(validation.examples.count) validation examples")
+        let estimate = LlamaTrainer.estimatedBytes(config: lm.model.config, sequences: config.batchSize, length: config.maxLen,
+                                                   rank: config.loraR, gradientCheckpointing: config.gradCheckpoint)
+        let physical = Int(ProcessInfo.processInfo.physicalMemory)
+        log.line(String(format: "memory estimate: %.0f MiB of activations and state at batch %d × %d%@ (%.0f MiB installed)",
+                        Double(estimate) / 1_048_576, config.batchSize, config.maxLen, config.gradCheckpoint ? ", checkpointing" : "",
+                        Double(physical) / 1_048_576))
+        if estimate > physical * 9 / 10 {
+            throw TrainingError.tooLarge(String(format: "batch %d × %d needs about %.1f GiB, more than this machine's %.1f GiB: lower --batch-size or --max-len, or add --grad-checkpoint",
+                                                config.batchSize, config.maxLen, Double(estimate) / 1_073_741_824, Double(physical) / 1_073_741_824))
+        }
+        if let sample, resume == nil { try Self.show(sample, lm: lm, label: "base model", log: log) }
+
+        let run = try TrainingRun(config: config, directory: directory, model: lm.model, train: train, validation: validation,
+                                  resume: resume != nil, onEvent: log.event)
+        log.line("run: \(directory) — \(run.totalUpdates) updates of \(config.batchSize * config.gradAccum) sequences")
+        let interrupt = Interrupt()
+        let finished = try run.run(shouldStop: { interrupt.requested }, onEvent: log.event)
+        log.finish()
+        if !finished {
+            log.line("stopped at update \(run.step); continue with: qlora train --resume \(directory)")
+            throw ExitCode(130)
+        }
+        log.line(String(format: "done: %d updates in %@; best val_loss %.4f", run.step, TrainingLog.duration(log.elapsed), run.bestValLoss))
+        if let sample {
+            try Self.show(sample, lm: try lm.withAdapter(directory + "/lora_final"), label: "tuned (\(directory)/lora_final)", log: log)
+        }
+    }
+
+    static func show(_ message: String, lm: LanguageModel, label: String, log: TrainingLog) throws {
+        let template = try lm.chatTemplate()
+        let ids = lm.tokenizer.encode(try template.render([ChatMessage(.user, message)], addGenerationPrompt: true))
+        var text = ""
+        _ = try TextGenerator(model: lm).generate(prompt: ids, options: .init(
+            maxNewTokens: 64, sampling: .init(temperature: 0), seed: 0, stopTokens: lm.stopTokens(template: template))) { text += $0 }
+        log.line("\(label) — user: \(message)\n  assistant: \(text.trimmingCharacters(in: .whitespacesAndNewlines))")
+    }
+}
+
+/// Ctrl-C once: stop after the current update, with a checkpoint; twice: leave at once.
+final class Interrupt: @unchecked Sendable {
+    private let lock = NSLock()
+    private var count = 0
+    private let source: DispatchSourceSignal
+
+    init() {
+        signal(SIGINT, SIG_IGN)
+        source = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+        source.setEventHandler { [unowned self] in
+            lock.lock()
+            count += 1
+            let n = count
+            lock.unlock()
+            if n > 1 { _exit(130) }
+            FileHandle.standardError.write(Data("\ninterrupt: finishing this update and writing a checkpoint (Ctrl-C again quits at once)\n".utf8))
+        }
+        source.resume()
+    }
+
+    var requested: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return count > 0
+    }
+}
+
+/// The run's terminal output: a progress line redrawn in place on a terminal, plain lines
+/// otherwise (logs, CI); evaluations, checkpoints and alerts on lines of their own.
+final class TrainingLog {
+    let start = Date()
+    let tty = isatty(STDOUT_FILENO) != 0
+    private var open = false
+
+    var elapsed: Double { Date().timeIntervalSince(start) }
+
+    /// Unbuffered, so that a log file follows the run as it goes.
+    private func write(_ s: String) { FileHandle.standardOutput.write(Data(s.utf8)) }
+
+    func line(_ s: String) {
+        if open { write("\n"); open = false }
+        write(s + "\n")
+    }
+
+    func finish() { if open { write("\n"); open = false } }
+
+    func event(_ e: TrainingEvent) {
+        switch e {
+        case let .message(s): line(s)
+        case let .alert(s): line("ALERT: \(s)")
+        case let .checkpoint(path, _): line("checkpoint: \(path)")
+        case let .adapterSaved(path, why): line("saved \(path) (\(why))")
+        case let .evaluation(r):
+            line(String(format: "[eval %@] update %d: val_loss %.4f, ppl %.2f%@%@", r.kind ?? "", r.step, r.valLoss ?? .nan, r.valPpl ?? .nan,
+                        r.ema == true ? " (EMA weights)" : "", r.valLossLive.map { String(format: "; live weights %.4f", $0) } ?? ""))
+        case let .update(r, total):
+            let frac = Double(r.step) / Double(total)
+            let rate = Double(r.step) / max(elapsed, 1e-9)
+            let eta = rate > 0 ? Double(total - r.step) / rate : 0
+            let stats = String(format: "%d/%d loss %.4f lr %.2e %.0f tok/s ETA %@", r.step, total, r.loss ?? .nan, r.lr ?? 0,
+                               r.tokensPerS ?? 0, Self.duration(eta))
+            if tty {
+                let width = 24, filled = Int(frac * Double(width))
+                write("\r[" + String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled) + "] " + stats + "   ")
+                open = true
+            } else {
+                write("update " + stats + "\n")
+            }
+        }
+    }
+
+    static func duration(_ s: Double) -> String {
+        let t = Int(s.rounded())
+        return t >= 3600 ? "\(t / 3600)h\(String(format: "%02d", t % 3600 / 60))m" : t >= 60 ? "\(t / 60)m\(String(format: "%02d", t % 60))s" : "\(t)s"
+    }
+}

@@ -1,0 +1,162 @@
+import Foundation
+@testable import QLoRA
+import XCTest
+
+/// The training loop on the tiny NF4 Llama with synthetic data: the loss falls, and a run
+/// stopped (or killed) and resumed repeats an uninterrupted run bit for bit.
+final class TrainingRunTests: XCTestCase {
+    static var model: LlamaModel { LlamaTrainerTests.tiny }
+
+    /// 24 examples of 6–16 tokens following a simple rule (next = (3·prev + 1) mod 256), so that
+    /// there is something to learn; the first two tokens of each are prompt (label −100).
+    func data(count: Int, seed: UInt64) -> SFTDataSet {
+        var rng = SplitMix64(seed: seed)
+        let examples = (0..<count).map { i -> SFTExample in
+            let n = 6 + Int(rng.next() % 11)
+            var ids = [Int(rng.next() % 256)]
+            for _ in 1..<n { ids.append((3 * ids.last! + 1) % 256) }
+            var labels = ids
+            labels[0] = -100
+            labels[1] = -100
+            return SFTExample(inputIds: ids, labels: labels, line: i + 1)
+        }
+        return SFTDataSet(examples: examples, source: "synthetic-\(seed)", padID: 0)
+    }
+
+    func config(_ steps: Int) -> TrainingConfig {
+        var c = TrainingConfig(model: "tiny-llama-bnb-nf4", data: "synthetic")
+        c.loraR = 4
+        c.loraAlpha = 8
+        c.loraDropout = 0.1
+        c.trainNorms = true
+        c.lr = 3e-3
+        c.batchSize = 3
+        c.gradAccum = 2
+        c.maxSteps = steps
+        c.ema = 0.9
+        c.emaEvery = 2
+        c.saveEvery = 3
+        c.keepLast = 10
+        c.plan = false
+        c.schedule = .cosine
+        c.warmupSteps = 2
+        c.seed = 7
+        return c
+    }
+
+    func temporaryDirectory() throws -> String {
+        let d = FileManager.default.temporaryDirectory.appendingPathComponent("qlora-run-\(UUID().uuidString)").path
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: d) }
+        return d
+    }
+
+    func rows(_ dir: String) throws -> [MetricsRow] {
+        let text = try String(contentsOfFile: dir + "/" + TrainingRun.metricsFile, encoding: .utf8)
+        return try text.split(separator: "\n").map { try JSONDecoder().decode(MetricsRow.self, from: Data($0.utf8)) }
+    }
+
+    /// What must repeat exactly: every row but timings and RSS.
+    func comparable(_ rows: [MetricsRow]) -> [MetricsRow] {
+        rows.map { r in
+            var r = r
+            r.tokensPerS = nil
+            r.rssMb = nil
+            r.elapsedS = nil
+            return r
+        }
+    }
+
+    func start(_ dir: String, steps: Int = 10, resume: Bool = false) throws -> TrainingRun {
+        try TrainingRun(config: config(steps), directory: dir, model: Self.model, train: data(count: 24, seed: 1),
+                        validation: data(count: 6, seed: 2).sortedLongestFirst(), resume: resume) { _ in }
+    }
+
+    func testValidationLossFallsAndAdaptersAreWritten() throws {
+        let dir = try temporaryDirectory()
+        var c = config(30)
+        c.ema = 0
+        c.lr = 2e-2
+        c.loraDropout = 0
+        c.evalEvery = 10
+        let run = try TrainingRun(config: c, directory: dir, model: Self.model, train: data(count: 24, seed: 1),
+                                  validation: data(count: 6, seed: 2), resume: false) { _ in }
+        var messages: [String] = []
+        XCTAssertTrue(try run.run { if case let .message(m) = $0 { messages.append(m) } })
+        XCTAssertTrue(messages.contains("LoRA grads flowing: true"), "\(messages)")
+        XCTAssertTrue(messages.contains { $0.hasPrefix("trainable params: ") })
+        let evals = try rows(dir).compactMap(\.valLoss)
+        XCTAssertEqual(evals.count, 4)   // baseline, 10, 20, 30
+        XCTAssertLessThan(evals.last!, evals.first! - 0.3, "\(evals)")
+        for (x, y) in zip(evals, evals.dropFirst()) { XCTAssertLessThan(y, x, "\(evals)") }
+        for name in ["lora_best", "lora_final"] {
+            let (cfg, norms) = try AdapterFiles.config(in: dir + "/" + name)
+            XCTAssertEqual(cfg.rank, 4)
+            XCTAssertTrue(norms)
+        }
+        // lora_final holds the final weights: loaded into a fresh model they give its loss.
+        let reloaded = try LlamaLoRA(model: Self.model, config: try c.lora, trainNorms: true, seed: 99)
+        try AdapterFiles.load(into: reloaded, from: dir + "/lora_final")
+        for (a, b) in zip(reloaded.parameters, run.lora.parameters) { XCTAssertEqual(a.values, b.values, a.name) }
+    }
+
+    func testStoppedAndResumedRunRepeatsTheUninterruptedOne() throws {
+        let a = try temporaryDirectory(), b = try temporaryDirectory()
+        let full = try start(a)
+        XCTAssertTrue(try full.run { _ in })
+
+        let first = try start(b)
+        XCTAssertFalse(try first.run(shouldStop: { first.step >= 4 }) { _ in })
+        XCTAssertEqual(first.step, 4)
+        XCTAssertNotNil(Checkpoint.latest(in: b))
+        let second = try start(b, resume: true)
+        XCTAssertEqual(second.step, 4)
+        XCTAssertTrue(try second.run { _ in })
+
+        XCTAssertEqual(comparable(try rows(a)), comparable(try rows(b)))
+        for (x, y) in zip(full.lora.parameters, second.lora.parameters) { XCTAssertEqual(x.values, y.values, x.name) }
+        for (x, y) in zip(full.ema!.shadows, second.ema!.shadows) { XCTAssertEqual(x.array, y.array) }
+        XCTAssertEqual(try rows(a).filter { $0.loss != nil }.count, 10)
+    }
+
+    /// A run killed after update 5, its newest checkpoint at 3 and metrics rows up to 5 on disk
+    /// (and a half-written checkpoint beside it): the resume drops rows 4–5, redoes them, and
+    /// ends with the uninterrupted run's metrics.
+    func testKilledRunResumesFromItsNewestCompleteCheckpoint() throws {
+        let a = try temporaryDirectory(), b = try temporaryDirectory()
+        let full = try start(a)
+        XCTAssertTrue(try full.run { _ in })
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: b, withIntermediateDirectories: true)
+        try fm.copyItem(atPath: a + "/" + TrainingRun.configFile, toPath: b + "/" + TrainingRun.configFile)
+        try fm.copyItem(atPath: a + "/checkpoint-3", toPath: b + "/checkpoint-3")
+        // The killed run's metrics: everything up to update 5.
+        let killed = try rows(a).filter { $0.step <= 5 }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        try killed.map { String(decoding: try encoder.encode($0), as: UTF8.self) + "\n" }.joined()
+            .write(toFile: b + "/" + TrainingRun.metricsFile, atomically: true, encoding: .utf8)
+        // A checkpoint-6 torn mid-write (its manifest missing) and a temporary directory.
+        try fm.copyItem(atPath: a + "/checkpoint-6", toPath: b + "/checkpoint-6")
+        try fm.removeItem(atPath: b + "/checkpoint-6/state.json")
+        try fm.createDirectory(atPath: b + "/.checkpoint-7.tmp-1234", withIntermediateDirectories: true)
+
+        let resumed = try start(b, resume: true)
+        XCTAssertEqual(resumed.step, 3)
+        XCTAssertTrue(try resumed.run { _ in })
+        XCTAssertEqual(comparable(try rows(a)), comparable(try rows(b)))
+        for (x, y) in zip(full.lora.parameters, resumed.lora.parameters) { XCTAssertEqual(x.values, y.values, x.name) }
+    }
+
+    func testRefusesEmptyOrFullyMaskedDataAndAnExistingRun() throws {
+        let dir = try temporaryDirectory()
+        let empty = SFTDataSet(examples: [], source: "empty.jsonl", padID: 0)
+        XCTAssertThrowsError(try TrainingRun(config: config(2), directory: dir, model: Self.model, train: empty,
+                                             validation: data(count: 2, seed: 2), resume: false) { _ in })
+        let masked = SFTDataSet(examples: [SFTExample(inputIds: [1, 2, 3], labels: [-100, -100, -100])], source: "m.jsonl", padID: 0)
+        XCTAssertThrowsError(try TrainingRun(config: config(2), directory: dir, model: Self.model, train: masked,
+                                             validation: data(count: 2, seed: 2), resume: false) { _ in })
+        XCTAssertThrowsError(try start(dir, resume: true)) { XCTAssertTrue("\($0)".contains("not a run directory"), "\($0)") }
+        XCTAssertTrue(try start(dir, steps: 3).run { _ in })
+        XCTAssertThrowsError(try start(dir, steps: 3)) { XCTAssertTrue("\($0)".contains("--resume"), "\($0)") }
+    }
+}
