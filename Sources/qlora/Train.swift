@@ -83,6 +83,7 @@ struct Train: ParsableCommand {
 
     @Option(help: "Run directory.") var out: String?
     @Option(help: "Continue the run in this directory from its newest checkpoint.") var resume: String?
+    @Flag(help: "Delete what --out holds first (a previous run) instead of refusing.") var overwrite = false
 
     func validate() throws {
         guard (out == nil) != (resume == nil) else { throw ValidationError("pass --out RUN for a new run, or --resume RUN") }
@@ -139,6 +140,12 @@ struct Train: ParsableCommand {
 
     func run() throws {
         let directory = resume ?? out!
+        if overwrite, resume == nil, FileManager.default.fileExists(atPath: directory) {
+            guard FileManager.default.fileExists(atPath: directory + "/" + TrainingRun.configFile) else {
+                throw ValidationError("--overwrite: \(directory) is not a qlora run directory (no config.json); not deleting it")
+            }
+            try FileManager.default.removeItem(atPath: directory)
+        }
         let config = resume != nil ? try TrainingRun.loadConfig(run: directory) : newConfig
         let log = TrainingLog()
         log.line("loading \(config.model)")
