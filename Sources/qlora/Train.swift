@@ -74,6 +74,7 @@ struct Train: ParsableCommand {
     @Option(help: "Full evaluation and checkpoint every N updates (besides the plan's boundaries).") var evalEvery: Int?
     @Option(help: "Quick evaluation on --quick-batches batches every N updates.") var quickEvery: Int?
     @Option(help: "Batches of a quick evaluation.") var quickBatches = 4
+    @Option(help: "Sequences per evaluation batch (default: 4 × --batch-size; no gradients are kept).") var evalBatchSize: Int?
     @Option(help: "Checkpoint every N updates.") var saveEvery: Int?
     @Option(help: "Checkpoints kept.") var keepLast = 3
     @Flag(inversion: .prefixedNo, help: "The pilot → 8 chunks → tail evaluation/checkpoint schedule.") var plan = true
@@ -131,6 +132,7 @@ struct Train: ParsableCommand {
         c.evalEvery = evalEvery
         c.quickEvery = quickEvery
         c.quickBatches = quickBatches
+        c.evalBatchSize = evalBatchSize
         c.saveEvery = saveEvery
         c.keepLast = keepLast
         c.plan = plan

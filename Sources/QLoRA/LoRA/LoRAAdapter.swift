@@ -29,10 +29,20 @@ public final class LoRAAdapter {
         dropout = config.dropout
     }
 
-    /// What a forward keeps for the backward: u = drop(x)·Aᵀ [T, r].
+    /// What a forward keeps for the backward: u = drop(x)·Aᵀ [T, r]; and where dropout writes
+    /// drop(x) (shared by every adapter, at least [T, in]; nil: allocated per call).
     public final class Saved {
         public let u: FloatBuffer
-        public init(tokens: Int, rank: Int) { u = FloatBuffer(count: tokens * rank) }
+        public let scratch: FloatBuffer?
+        public init(tokens: Int, rank: Int, arena: FloatArena? = nil, scratch: FloatBuffer? = nil) {
+            u = arena?.take(tokens * rank) ?? FloatBuffer(count: tokens * rank)
+            self.scratch = scratch
+        }
+
+        func dropped(_ count: Int) -> FloatBuffer {
+            if let scratch, scratch.count >= count { return scratch }
+            return FloatBuffer(count: count)
+        }
     }
 
     /// y[T, out] += scale · (drop(x)·Aᵀ)·Bᵀ; writes saved.u. `dropoutSeed` nil: no dropout
@@ -43,7 +53,7 @@ public final class LoRAAdapter {
         var input = x
         var dropped: FloatBuffer?
         if let seed = dropoutSeed, dropout > 0 {
-            let d = FloatBuffer(count: T * n)
+            let d = saved.dropped(T * n)
             Self.applyDropout(into: d.base, from: x, count: T * n, p: dropout, seed: seed)
             dropped = d
             input = UnsafePointer(d.base)
@@ -70,7 +80,7 @@ public final class LoRAAdapter {
         var input = x
         var dropped: FloatBuffer?
         if let seed = dropoutSeed, dropping {
-            let d = FloatBuffer(count: T * n)
+            let d = saved.dropped(T * n)
             Self.applyDropout(into: d.base, from: x, count: T * n, p: dropout, seed: seed)
             dropped = d
             input = UnsafePointer(d.base)

@@ -5,15 +5,25 @@ import Foundation
 public final class FloatBuffer {
     public let count: Int
     public let base: UnsafeMutablePointer<Float>
+    /// The arena a borrowed buffer lives in (kept alive by it); nil when the buffer owns its memory.
+    private let arena: FloatArena?
 
     public init(count: Int) {
         precondition(count >= 0, "FloatBuffer of \(count) floats")
         self.count = count
         let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Float>.stride, alignment: 64)
         base = raw.initializeMemory(as: Float.self, repeating: 0, count: max(count, 1))
+        arena = nil
     }
 
-    deinit { base.deallocate() }
+    /// `count` floats of `arena`'s memory at `base`, not zeroed.
+    init(borrowing base: UnsafeMutablePointer<Float>, count: Int, arena: FloatArena) {
+        self.count = count
+        self.base = base
+        self.arena = arena
+    }
+
+    deinit { if arena == nil { base.deallocate() } }
 
     /// All of it.
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: base, count: count) }
@@ -25,6 +35,56 @@ public final class FloatBuffer {
     }
 
     public var array: [Float] { Array(buffer) }
+}
+
+/// Memory for the buffers of a training step, handed out in 64-byte aligned pieces and
+/// taken back whole by `reset()`: a step of the same shape as the last reuses pages that are
+/// already mapped instead of asking the kernel for fresh zeroed ones (~1.5 GB a step at
+/// batch 4 × 256 on SmolLM2). Pieces are not zeroed. Not thread-safe.
+public final class FloatArena {
+    private var chunks: [(base: UnsafeMutablePointer<Float>, capacity: Int)] = []
+    private var chunk = 0
+    private var used = 0
+    private var demand = 0
+
+    public init() {}
+
+    deinit { chunks.forEach { $0.base.deallocate() } }
+
+    /// Floats mapped.
+    public var capacity: Int { chunks.reduce(0) { $0 + $1.capacity } }
+
+    /// A piece of `count` floats, valid until the next `reset()`.
+    public func take(_ count: Int) -> FloatBuffer {
+        let n = (max(count, 1) + 15) / 16 * 16
+        demand += n
+        while chunk < chunks.count, used + n > chunks[chunk].capacity {
+            chunk += 1
+            used = 0
+        }
+        if chunk == chunks.count {
+            let size = max(n, 1 << 20)
+            let raw = UnsafeMutableRawPointer.allocate(byteCount: size * MemoryLayout<Float>.stride, alignment: 64)
+            chunks.append((raw.bindMemory(to: Float.self, capacity: size), size))
+            used = 0
+        }
+        let b = FloatBuffer(borrowing: chunks[chunk].base + used, count: count, arena: self)
+        used += n
+        return b
+    }
+
+    /// Takes every piece back (none may be used after this). When the last cycle needed more
+    /// than one chunk, they are replaced by one chunk of the whole demand.
+    public func reset() {
+        if chunks.count > 1 {
+            chunks.forEach { $0.base.deallocate() }
+            let raw = UnsafeMutableRawPointer.allocate(byteCount: demand * MemoryLayout<Float>.stride, alignment: 64)
+            chunks = [(raw.bindMemory(to: Float.self, capacity: demand), demand)]
+        }
+        chunk = 0
+        used = 0
+        demand = 0
+    }
 }
 
 /// What one decoder layer's forward writes besides its output, for T tokens: the inputs of
@@ -73,11 +133,12 @@ public final class LlamaBlockActivations {
     ///   - sequences: B.
     ///   - adapters: the layer's LoRA adapters, for which room is made.
     public init(config c: ModelConfig, tokens T: Int, keys S: Int, keepsProbabilities: Bool, sequences B: Int = 1,
-                adapters: LlamaLayerLoRA? = nil) {
+                adapters: LlamaLayerLoRA? = nil, arena: FloatArena? = nil, dropoutScratch: QLoRA.FloatBuffer? = nil) {
+        func FloatBuffer(count: Int) -> QLoRA.FloatBuffer { arena?.take(count) ?? QLoRA.FloatBuffer(count: count) }
         precondition(B >= 1 && T % B == 0, "\(T) rows do not split into \(B) sequences")
         self.T = T
         sequences = B
-        lora = (adapters?.adapters ?? [:]).mapValues { LoRAAdapter.Saved(tokens: T, rank: $0.rank) }
+        lora = (adapters?.adapters ?? [:]).mapValues { LoRAAdapter.Saved(tokens: T, rank: $0.rank, arena: arena, scratch: dropoutScratch) }
         let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
         attentionRstd = FloatBuffer(count: T)
         attentionInput = FloatBuffer(count: T * c.hiddenSize)

@@ -60,7 +60,8 @@ final class LlamaBlockGradients {
     let dGate: FloatBuffer         // [T, F]
     let dUp: FloatBuffer           // [T, F]
 
-    init(config c: ModelConfig, tokens T: Int) {
+    init(config c: ModelConfig, tokens T: Int, arena: FloatArena? = nil) {
+        func FloatBuffer(count: Int) -> QLoRA.FloatBuffer { arena?.take(count) ?? QLoRA.FloatBuffer(count: count) }
         let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
         dNormed = FloatBuffer(count: T * c.hiddenSize)
         dResidual = FloatBuffer(count: T * c.hiddenSize)

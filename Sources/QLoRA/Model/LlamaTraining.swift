@@ -62,6 +62,9 @@ public final class LlamaTrainer {
     /// Rows of logits computed at once in the head: chunk × V floats at a time.
     public var headChunkRows: Int
 
+    /// The step's buffers, reused from step to step.
+    private let arena = FloatArena()
+
     public init(model: LlamaModel, lora: LlamaLoRA, gradientCheckpointing: Bool = false, headChunkRows: Int = 128) {
         self.model = model
         self.lora = lora
@@ -89,9 +92,12 @@ public final class LlamaTrainer {
         let c = model.config, B = batch.sequences, T = batch.length, N = B * T, C = c.hiddenSize
         let L = c.numLayers
         let tables = model.rope.tables(from: 0, count: T)
+        arena.reset()
+        let widest = max(C, c.intermediateSize, c.numHeads * c.headDim)
+        let scratch = lora.config.dropout > 0 && dropoutSeed != nil ? arena.take(N * widest) : nil
         func activations(_ l: Int) -> LlamaBlockActivations {
             LlamaBlockActivations(config: c, tokens: N, keys: T, keepsProbabilities: backward, sequences: B,
-                                  adapters: lora.layers[l])
+                                  adapters: lora.layers[l], arena: arena, dropoutScratch: scratch)
         }
         // Forward. inputs[l] is block l's input; the last is the head's.
         var inputs: [FloatBuffer] = [try model.embed(batch.inputIds.map(Int.init))]
@@ -100,7 +106,7 @@ public final class LlamaTrainer {
         var spare: FloatBuffer? = nil
         for l in 0..<L {
             let acts = shared ?? activations(l)
-            let y = (!backward ? spare : nil) ?? FloatBuffer(count: N * C)
+            let y = (!backward ? spare : nil) ?? arena.take(N * C)
             try llamaBlockForward(y: y, x: inputs[inputs.count - 1], acts: acts, layer: model.weights.layers[l], rope: tables, cache: nil,
                                   config: c, lora: lora.layers[l], dropoutSeed: layerSeed(dropoutSeed, l))
             if backward {
@@ -113,13 +119,14 @@ public final class LlamaTrainer {
         }
         let last = inputs[inputs.count - 1]
         let targets = batch.shiftedTargets
-        var dx = backward ? FloatBuffer(count: N * C) : nil
-        let loss = try head(last, targets: targets, gradScale: gradScale, dx: dx)
+        var dx = backward ? arena.take(N * C) : nil
+        dx?.base.update(repeating: 0, count: N * C)
+        let loss = try StepProfile.measure(.head) { try head(last, targets: targets, gradScale: gradScale, dx: dx) }
         guard backward, var d = dx else { return loss }
 
         // Backward through the blocks.
-        let grads = LlamaBlockGradients(config: c, tokens: N)
-        var dIn = FloatBuffer(count: N * C)
+        let grads = LlamaBlockGradients(config: c, tokens: N, arena: arena)
+        var dIn = arena.take(N * C)
         for l in stride(from: L - 1, through: 0, by: -1) {
             let acts: LlamaBlockActivations
             let seed = layerSeed(dropoutSeed, l)
@@ -146,18 +153,22 @@ public final class LlamaTrainer {
     /// final norm's gradient when it trains.
     private func head(_ x: FloatBuffer, targets: [Int32], gradScale: Float, dx: FloatBuffer?) throws -> LossSum {
         let c = model.config, C = c.hiddenSize, V = c.vocabSize, N = targets.count
-        let xn = FloatBuffer(count: N * C), rstd = FloatBuffer(count: N)
+        let xn = arena.take(N * C), rstd = arena.take(N)
         llamaRMSNormForward(y: xn.base, rstd: rstd.base, x: x.base, weight: model.weights.finalNorm, trainable: lora.finalNorm,
                             tokens: N, eps: c.rmsNormEps)
-        let dxn = dx == nil ? nil : FloatBuffer(count: N * C)
+        let dxn = dx == nil ? nil : arena.take(N * C)
         let chunk = max(1, headChunkRows)
-        let logits = FloatBuffer(count: min(chunk, N) * V)
+        let logits = arena.take(min(chunk, N) * V)
         var total = LossSum()
         var first = 0
         while first < N {
             let n = min(chunk, N - first)
             let labels = Array(targets[first..<(first + n)])
-            if labels.allSatisfy({ $0 == -100 }) { first += n; continue }
+            if labels.allSatisfy({ $0 == -100 }) {
+                dxn?.base.advanced(by: first * C).update(repeating: 0, count: n * C)
+                first += n
+                continue
+            }
             try model.weights.lmHead.forward(xn.base + first * C, rows: n, width: C, vocab: V, into: logits.base)
             var counted: Int64 = 0
             let sum = labels.withUnsafeBufferPointer {

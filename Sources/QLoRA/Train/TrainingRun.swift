@@ -49,6 +49,8 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     /// The pilot → 8 chunks → tail schedule: full evaluation and checkpoint at each boundary.
     public var plan = true
     public var gradCheckpoint = false
+    /// Alert on a collapse of tokens/s (timing-dependent, so off where runs are compared).
+    public var speedAlerts = true
 
     public init(model: String, data: String) {
         self.model = model
@@ -319,7 +321,7 @@ public final class TrainingRun {
         guard recentLosses.count >= 10 else { return nil }
         let ml = recentLosses.sorted()[recentLosses.count / 2], ms = recentSpeeds.sorted()[recentSpeeds.count / 2]
         if loss > 2 * ml && loss > ml + 1 { return String(format: "loss spike at update %d: %.4f against a recent median of %.4f", step, loss, ml) }
-        if speed < ms / 3 { return String(format: "tokens/s collapsed at update %d: %.1f against a recent median of %.1f", step, speed, ms) }
+        if config.speedAlerts, speed < ms / 3 { return String(format: "tokens/s collapsed at update %d: %.1f against a recent median of %.1f", step, speed, ms) }
         return nil
     }
 
@@ -347,7 +349,7 @@ public final class TrainingRun {
     /// ones), as the seed script does.
     private func evaluate(kind: String, _ onEvent: (TrainingEvent) -> Void) throws {
         guard !validation.examples.isEmpty else { return }
-        var batches = validation.batches(size: config.evalBatchSize ?? config.batchSize)
+        var batches = validation.batches(size: config.evalBatchSize ?? 4 * config.batchSize)
         if kind == "quick" { batches = Array(batches.prefix(config.quickBatches)) }
         func measure() throws -> LossSum {
             try batches.reduce(LossSum()) { acc, b in

@@ -41,6 +41,7 @@ final class TrainingRunTests: XCTestCase {
         c.schedule = .cosine
         c.warmupSteps = 2
         c.seed = 7
+        c.speedAlerts = false
         return c
     }
 
@@ -85,7 +86,8 @@ final class TrainingRunTests: XCTestCase {
         XCTAssertTrue(messages.contains("LoRA grads flowing: true"), "\(messages)")
         XCTAssertTrue(messages.contains { $0.hasPrefix("trainable params: ") })
         let evals = try rows(dir).compactMap(\.valLoss)
-        XCTAssertEqual(evals.count, 4)   // baseline, 10, 20, 30
+        let trace = try rows(dir).map { "\($0.step) \($0.kind ?? "") \($0.event ?? "") \($0.loss ?? -1)" }
+        XCTAssertEqual(evals.count, 4, "\(trace)")   // baseline, 10, 20, 30
         XCTAssertLessThan(evals.last!, evals.first! - 0.3, "\(evals)")
         for (x, y) in zip(evals, evals.dropFirst()) { XCTAssertLessThan(y, x, "\(evals)") }
         for name in ["lora_best", "lora_final"] {
