@@ -8,28 +8,33 @@ struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Fine-tune LoRA adapters on a frozen 4-bit model (QLoRA), resumable.",
         discussion: """
-            The base model stays 4-bit and frozen; LoRA adapters (and with --train-norms the RMSNorm
-            weights) train in fp32 with AdamW, with an EMA of them for evaluation and the "best" saves.
+            The base model stays 4-bit and frozen; LoRA adapters (and with --train-norms the \
+            RMSNorm weights) train in fp32 with AdamW, with an EMA of them for evaluation and \
+            the "best" saves.
 
-            Data: JSONL rows {"text"}, {"prompt","completion"} or {"messages":[{"role","content"}]}
-            (rendered with the model's chat template; only assistant turns are trained), CSV with a
-            --text-column, or a .txt file for language modelling. A bad row is an error naming
-            file:line (--skip-bad skips and counts them).
+            Data: JSONL rows {"text"}, {"prompt","completion"} or \
+            {"messages":[{"role","content"}]} (rendered with the model's chat template; only \
+            assistant turns are trained), CSV with a --text-column, or a .txt file for \
+            language modelling. A bad row is an error naming file:line (--skip-bad skips and \
+            counts them).
 
-            Schedule: with --plan (the default) a pilot of 5% of the updates, 8 equal chunks and a
-            tail, each ending with a full evaluation and a checkpoint; also every --eval-every and
-            --save-every updates, a quick evaluation on a few batches every --quick-every. A loss
-            spike or a collapse of tokens/s evaluates and checkpoints at once; a NaN/inf loss skips
-            the update. Ctrl-C writes a checkpoint before leaving; --resume RUN continues exactly.
+            Schedule: with --plan (the default) a pilot of 5% of the updates, 8 equal chunks \
+            and a tail, each ending with a full evaluation and a checkpoint; also every \
+            --eval-every and --save-every updates, and a quick evaluation on a few batches \
+            every --quick-every. A loss spike or a collapse of tokens/s evaluates and \
+            checkpoints at once; a NaN/inf loss skips the update. Ctrl-C writes a checkpoint \
+            before leaving; --resume RUN continues exactly where it stopped.
 
-            The run directory holds config.json, metrics.jsonl (one JSON object per line: training
-            rows with step, loss, lr, grad_norm, tokens_per_s, rss_mb; evaluation rows with step,
-            val_loss, val_ppl), checkpoint-N/ (the newest --keep-last), and the adapters lora_best,
-            lora_best_ema and lora_final in PEFT's layout (qlora generate --adapter DIR).
+            The run directory holds config.json, metrics.jsonl (one JSON object per line: \
+            training rows with step, loss, lr, grad_norm, tokens_per_s, rss_mb; evaluation \
+            rows with step, val_loss, val_ppl), checkpoint-N/ (the newest --keep-last), and \
+            the adapters lora_best, lora_best_ema and lora_final in PEFT's layout \
+            (qlora generate --adapter DIR).
 
             Examples:
-              qlora train --max-steps 60 --out runs/demo                       # SmolLM2 + the demo SFT set
-              qlora train --model smol-nf4 --data sft.jsonl --lora-r 16 --lora-alpha 32 --ema 0.999 --out runs/smol
+              qlora train --max-steps 100 --out runs/demo
+                  SmolLM2-135M-Instruct on the demo SFT set
+              qlora train --model smol-nf4 --data sft.jsonl --lora-r 16 --out runs/smol
               qlora train --resume runs/smol
             """
     )
