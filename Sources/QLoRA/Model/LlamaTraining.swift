@@ -91,6 +91,9 @@ public final class LlamaTrainer {
     private func run(_ batch: TokenBatch, backward: Bool, gradScale: Float, dropoutSeed: UInt64?) throws -> LossSum {
         let c = model.config, B = batch.sequences, T = batch.length, N = B * T, C = c.hiddenSize
         let L = c.numLayers
+        if let bad = batch.labels.firstIndex(where: { $0 != -100 && !(0..<Int32(c.vocabSize)).contains($0) }) {
+            throw LlamaModelError.labelOutOfRange(label: Int(batch.labels[bad]), position: bad, vocab: c.vocabSize)
+        }
         let tables = model.rope.tables(from: 0, count: T)
         arena.reset()
         let widest = max(C, c.intermediateSize, c.numHeads * c.headDim)
@@ -173,10 +176,6 @@ public final class LlamaTrainer {
             var counted: Int64 = 0
             let sum = labels.withUnsafeBufferPointer {
                 qk_cross_entropy(logits.base, $0.baseAddress, Int64(n), Int64(V), gradScale, &counted, 0)
-            }
-            guard !sum.isNaN || counted == 0 else {
-                throw LlamaModelError.tokenOutOfRange(token: Int(labels.first { $0 < 0 || $0 >= V && $0 != -100 } ?? -1),
-                                                      position: first, vocab: V)
             }
             total = total + LossSum(sum: sum, tokens: Int(counted))
             if let dxn {

@@ -153,6 +153,7 @@ public enum LlamaModelError: Error, Equatable, CustomStringConvertible {
     case wrongShape(String, expected: [Int], found: [Int])
     case unsupportedRopeScaling(type: String, detail: String)
     case tokenOutOfRange(token: Int, position: Int, vocab: Int)
+    case labelOutOfRange(label: Int, position: Int, vocab: Int)
     case emptyInput
     case cacheFull(capacity: Int, needed: Int)
     case outOfMemory(String)
@@ -163,6 +164,7 @@ public enum LlamaModelError: Error, Equatable, CustomStringConvertible {
         case let .wrongShape(name, expected, found): "tensor '\(name)' has shape \(found), expected \(expected)"
         case let .unsupportedRopeScaling(type, detail): "rope_scaling '\(type)' is not supported: \(detail)"
         case let .tokenOutOfRange(token, position, vocab): "token \(token) at position \(position) is outside the vocabulary 0..<\(vocab)"
+        case let .labelOutOfRange(label, position, vocab): "label \(label) at position \(position) is neither −100 nor in the vocabulary 0..<\(vocab)"
         case .emptyInput: "no tokens to run"
         case let .cacheFull(capacity, needed): "the KV cache holds \(capacity) positions, \(needed) needed"
         case let .outOfMemory(what): "out of memory: \(what)"

@@ -142,6 +142,15 @@ final class LlamaTrainerTests: XCTestCase {
         }
     }
 
+    func testLabelsOutsideTheVocabularyAreRefused() throws {
+        var b = batch()
+        b.labels[5] = 256
+        let trainer = LlamaTrainer(model: Self.tiny, lora: try lora())
+        XCTAssertThrowsError(try trainer.loss(b)) {
+            XCTAssertEqual($0 as? LlamaModelError, .labelOutOfRange(label: 256, position: 5, vocab: 256))
+        }
+    }
+
     func testTargetsParseAsPEFTNamesThem() throws {
         XCTAssertEqual(try LoRATargets(parsing: "q_proj, v_proj"), .names([.q, .v]))
         XCTAssertEqual(try LoRATargets(parsing: "attn_q,ffn_down"), .names([.q, .down]))

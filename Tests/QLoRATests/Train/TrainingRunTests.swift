@@ -149,6 +149,25 @@ final class TrainingRunTests: XCTestCase {
         for (x, y) in zip(full.lora.parameters, resumed.lora.parameters) { XCTAssertEqual(x.values, y.values, x.name) }
     }
 
+    /// A parameter turned NaN after the checkpoint of update 3: update 4's loss is NaN, the
+    /// update is skipped, the checkpoint restored, and the run goes on with finite losses.
+    func testNonFiniteLossSkipsTheUpdateAndRestoresTheLastCheckpoint() throws {
+        let dir = try temporaryDirectory()
+        let run = try start(dir, steps: 8)
+        var alerts: [String] = []
+        XCTAssertTrue(try run.run { e in
+            if case let .checkpoint(_, step) = e, step == 3 { run.lora.parameters[0].value.base[0] = .nan }
+            if case let .alert(a) = e { alerts.append(a) }
+        })
+        XCTAssertEqual(alerts.count, 1, "\(alerts)")
+        XCTAssertTrue(alerts[0].hasPrefix("update 4: loss nan"), alerts[0])
+        let r = try rows(dir)
+        XCTAssertEqual(r.filter { $0.event != nil }.map(\.step), [4])
+        XCTAssertEqual(r.compactMap(\.loss).count, 7)
+        XCTAssertTrue(r.compactMap(\.loss).allSatisfy(\.isFinite))
+        XCTAssertTrue(run.lora.parameters.allSatisfy { $0.values.allSatisfy(\.isFinite) })
+    }
+
     func testRefusesEmptyOrFullyMaskedDataAndAnExistingRun() throws {
         let dir = try temporaryDirectory()
         let empty = SFTDataSet(examples: [], source: "empty.jsonl", padID: 0)
