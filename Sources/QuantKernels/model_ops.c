@@ -1,28 +1,15 @@
-/* model_ops.c — the Llama decoder's element-wise kernels and its causal grouped-query
- * attention (model_ops.h). Plain loops: reductions are marked reassociable so that clang
+/* model_ops.c — the Llama decoder's element-wise kernels (model_ops.h; the attention is in
+ * attention.c). Plain loops: reductions are marked reassociable so that clang
  * vectorizes them (the target is built with -ffp-contract=off, so a·b + c stays two
  * roundings, as in PyTorch's CPU kernels). exp is libm's expf.
  */
 #include "model_ops.h"
 #include <math.h>
-#include <stdlib.h>
-
-/* The OpenMP runtime calls used here (omp.h is not on the include path; see qgemm.c).
- * Static schedules only. */
-int omp_get_thread_num(void);
-int omp_get_max_threads(void);
 
 static float sum_squares(const float *x, int64_t n) {
 #pragma clang fp reassociate(on)
     float s = 0;
     for (int64_t i = 0; i < n; i++) s += x[i] * x[i];
-    return s;
-}
-
-static float dot(const float *a, const float *b, int64_t n) {
-#pragma clang fp reassociate(on)
-    float s = 0;
-    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
     return s;
 }
 
@@ -88,36 +75,4 @@ void qk_swiglu_forward(float *h, const float *gate, const float *up, int64_t n) 
 void qk_add_bias(float *y, const float *b, int64_t T, int64_t N) {
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < N; i++) y[t * N + i] += b[i];
-}
-
-int qk_attention_forward(float *out, float *probs, const float *q, const float *k, const float *v,
-                         int64_t T, int64_t P, int64_t H, int64_t Hkv, int64_t D, int threads) {
-    if (T <= 0 || H <= 0) return 0;
-    const int64_t S = P + T, rep = H / Hkv, qw = H * D, kw = Hkv * D;
-    const float scale = 1.0f / sqrtf((float)D);
-    int nt = threads > 0 ? threads : omp_get_max_threads();
-    if (nt > H * T) nt = (int)(H * T);
-    /* Score rows of the threads when the caller keeps no probabilities. */
-    float *scratch = probs ? NULL : malloc((size_t)nt * (size_t)S * sizeof(float));
-    if (!probs && !scratch) return -1;
-    /* Pairs (h, t) dealt round-robin: the causal rows grow with t, and every thread gets
-     * rows of every length. */
-#pragma omp parallel for schedule(static, 1) num_threads(nt)
-    for (int64_t i = 0; i < H * T; i++) {
-        const int64_t h = i / T, t = i % T, g = h / rep, n = P + t + 1;
-        const float *qh = q + t * qw + h * D;
-        float *p = probs ? probs + (h * T + t) * S : scratch + (int64_t)omp_get_thread_num() * S;
-        for (int64_t j = 0; j < n; j++) p[j] = dot(qh, k + j * kw + g * D, D) * scale;
-        softmax_row(p, n);
-        float *o = out + t * qw + h * D;
-        for (int64_t d = 0; d < D; d++) o[d] = 0;
-        for (int64_t j = 0; j < n; j++) {
-            const float pj = p[j], *vj = v + j * kw + g * D;
-            for (int64_t d = 0; d < D; d++) o[d] += pj * vj[d];
-        }
-        if (probs)
-            for (int64_t j = n; j < S; j++) p[j] = 0;
-    }
-    free(scratch);
-    return 0;
 }

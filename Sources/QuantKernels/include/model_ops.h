@@ -43,9 +43,11 @@ void qk_add_bias(float *y, const float *b, int64_t T, int64_t N);
  *   out[t, h] = Σ_{j ≤ P + t} p[h, t, j] · v[j, h / (H / Hkv)],
  *   p[h, t, ·] = softmax_j(q[t, h] · k[j, h / (H / Hkv)] / sqrt(D))    (fp32)
  * q, out [T, H·D]; k, v [S, Hkv·D] (the P cached rows, then the T new ones).
- * probs [H, T, S] receives p with zeros past the causal limit, or is NULL. OpenMP over
- * (head, query) pairs, `threads` of them (0: OpenMP's default). Returns 0, or -1 if the
- * per-thread score rows could not be allocated. */
+ * probs [H, T, S] receives p with zeros past the causal limit, or is NULL. Blocks of query
+ * rows as small dense products (attention.c), fused multiply-adds on AVX-512 (qk_isa_get);
+ * OpenMP over (head, block) pairs, `threads` of them (0: OpenMP's default); the result does
+ * not depend on the thread count. Returns 0, or -1 if the transposed keys or the per-thread
+ * score rows could not be allocated. */
 int qk_attention_forward(float *out, float *probs, const float *q, const float *k, const float *v,
                          int64_t T, int64_t P, int64_t H, int64_t Hkv, int64_t D, int threads);
 

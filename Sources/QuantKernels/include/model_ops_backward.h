@@ -35,10 +35,11 @@ void qk_swiglu_backward(float *dgate, float *dup, const float *dh, const float *
  *   out = softmax(q·kᵀ/√D, causal) · v          (qk_attention_forward per sequence)
  * given the forward's probabilities probs [B, H, T, T] (zero above the diagonal), or NULL to
  * recompute them from q and k. Overwrites dq [B·T, H·D], dk, dv [B·T, Hkv·D].
- * OpenMP over (sequence, KV group) pairs, each pair's heads summed in a fixed order, so the
- * result does not depend on the thread count. Recomputed probabilities are computed as
- * qk_attention_forward computes them, so both ways give the same gradients. H must be a
- * multiple of Hkv. threads ≤ 0: OpenMP's default.
+ * Blocks of query rows as small dense products (attention.c), fused multiply-adds on AVX-512
+ * (qk_isa_get). OpenMP over (sequence, KV group) pairs, each pair's heads and blocks summed
+ * in a fixed order, so the result does not depend on the thread count. Recomputed
+ * probabilities are computed as qk_attention_forward computes them (bit for bit), so both
+ * ways give the same gradients. H must be a multiple of Hkv. threads ≤ 0: OpenMP's default.
  * Returns 0, or −1 when scratch memory could not be allocated. */
 int qk_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                           const float *v, const float *probs, int64_t B, int64_t T, int64_t H, int64_t Hkv,

@@ -76,7 +76,7 @@ typedef struct {
 void qk_cpu_detect(qk_cpu_info *info);
 /* The best level this CPU and OS support. */
 qk_isa qk_isa_best(void);
-/* The level the dequantizers use now (defaults to qk_isa_best()). */
+/* The level the dequantizers and the attention use now (defaults to qk_isa_best()). */
 qk_isa qk_isa_get(void);
 /* Returns 0, or -1 if the CPU lacks that level (the level is then unchanged). */
 int qk_isa_set(qk_isa isa);

@@ -3,7 +3,7 @@ import QLoRA
 import QuantKernels
 import XCTest
 
-/// The decoder's C kernels (model_ops.c) against float64 references written out here, on
+/// The decoder's C kernels (model_ops.c, attention.c) against float64 references written out here, on
 /// small random cases. Legend: T tokens, P cached positions, S = P + T, C hidden, H/Hkv heads,
 /// D head dim.
 final class LlamaOpsTests: XCTestCase {
@@ -81,21 +81,7 @@ final class LlamaOpsTests: XCTestCase {
         var out = [Float](repeating: 0, count: T * H * D), probs = [Float](repeating: -1, count: H * T * S)
         XCTAssertEqual(qk_attention_forward(&out, &probs, q, k, v, Int64(T), Int64(P), Int64(H), Int64(Hkv), Int64(D), 2), 0)
 
-        var refOut = [Double](repeating: 0, count: out.count), refProbs = [Double](repeating: 0, count: probs.count)
-        for h in 0..<H {
-            let g = h / (H / Hkv)
-            for t in 0..<T {
-                let n = P + t + 1
-                let scores = (0..<n).map { j in
-                    (0..<D).reduce(0.0) { $0 + Double(q[t * H * D + h * D + $1]) * Double(k[j * Hkv * D + g * D + $1]) } / Double(D).squareRoot()
-                }
-                let p = LlamaReference.softmax(scores)
-                for j in 0..<n {
-                    refProbs[(h * T + t) * S + j] = p[j]
-                    for d in 0..<D { refOut[t * H * D + h * D + d] += p[j] * Double(v[j * Hkv * D + g * D + d]) }
-                }
-            }
-        }
+        let (refOut, refProbs) = LlamaReference.attention(q, k, v, T: T, P: P, H: H, Hkv: Hkv, D: D)
         XCTAssertLessThan(LlamaReference.maxAbsDiff(out, refOut), 1e-6)
         XCTAssertLessThan(LlamaReference.maxAbsDiff(probs, refProbs), 1e-6)
 
@@ -103,6 +89,34 @@ final class LlamaOpsTests: XCTestCase {
             var again = [Float](repeating: 0, count: out.count)
             XCTAssertEqual(qk_attention_forward(&again, nil, q, k, v, Int64(T), Int64(P), Int64(H), Int64(Hkv), Int64(D), threads), 0)
             XCTAssertEqual(again, out)
+        }
+    }
+
+    /// The shape of a model's heads (D = 64): training and prompt shapes (T = 75, several query
+    /// blocks, partial register tiles, with and without cached positions) and decoding (T = 1
+    /// over 300 cached keys), on the SIMD kernels and on the scalar fallback, against float64;
+    /// the same outputs without kept probabilities and on 1 or 2 threads, bit for bit.
+    func testCausalAttentionOnBlocksMatchesFloat64() {
+        let H = 6, Hkv = 2, D = 64
+        let isa = qk_isa_get()
+        defer { _ = qk_isa_set(isa) }
+        for (T, P) in [(75, 0), (70, 9), (1, 300)] {
+            let S = P + T
+            var rng = SplitMix64(seed: UInt64(20 + T))
+            let q = rng.normals(T * H * D, scale: 1.5), k = rng.normals(S * Hkv * D, scale: 1.5), v = rng.normals(S * Hkv * D)
+            let (refOut, refProbs) = LlamaReference.attention(q, k, v, T: T, P: P, H: H, Hkv: Hkv, D: D)
+            for level in isa == QK_ISA_SCALAR ? [isa] : [isa, QK_ISA_SCALAR] {
+                XCTAssertEqual(qk_isa_set(level), 0)
+                var out = [Float](repeating: 0, count: T * H * D), probs = [Float](repeating: -1, count: H * T * S)
+                XCTAssertEqual(qk_attention_forward(&out, &probs, q, k, v, Int64(T), Int64(P), Int64(H), Int64(Hkv), Int64(D), 2), 0)
+                XCTAssertLessThan(LlamaReference.maxAbsDiff(out, refOut), 1e-5, "T \(T), P \(P), isa \(level)")
+                XCTAssertLessThan(LlamaReference.maxAbsDiff(probs, refProbs), 1e-6, "T \(T), P \(P), isa \(level)")
+                for threads: Int32 in [1, 2] {
+                    var again = [Float](repeating: 0, count: out.count)
+                    XCTAssertEqual(qk_attention_forward(&again, nil, q, k, v, Int64(T), Int64(P), Int64(H), Int64(Hkv), Int64(D), threads), 0)
+                    XCTAssertEqual(again, out, "T \(T), P \(P), isa \(level), \(threads) threads")
+                }
+            }
         }
     }
 
@@ -146,6 +160,28 @@ enum LlamaReference {
         let e = x.map { exp($0 - m) }
         let s = e.reduce(0, +)
         return e.map { $0 / s }
+    }
+
+    /// Causal grouped-query attention in float64: out [T, H·D] and probabilities [H, T, S].
+    static func attention(_ q: [Float], _ k: [Float], _ v: [Float], T: Int, P: Int, H: Int, Hkv: Int,
+                          D: Int) -> (out: [Double], probs: [Double]) {
+        let S = P + T
+        var out = [Double](repeating: 0, count: T * H * D), probs = [Double](repeating: 0, count: H * T * S)
+        for h in 0..<H {
+            let g = h / (H / Hkv)
+            for t in 0..<T {
+                let n = P + t + 1
+                let scores = (0..<n).map { j in
+                    (0..<D).reduce(0.0) { $0 + Double(q[t * H * D + h * D + $1]) * Double(k[j * Hkv * D + g * D + $1]) } / Double(D).squareRoot()
+                }
+                let p = softmax(scores)
+                for j in 0..<n {
+                    probs[(h * T + t) * S + j] = p[j]
+                    for d in 0..<D { out[t * H * D + h * D + d] += p[j] * Double(v[j * Hkv * D + g * D + d]) }
+                }
+            }
+        }
+        return (out, probs)
     }
 
     static func maxAbsDiff(_ a: [Float], _ b: [Double]) -> Double {

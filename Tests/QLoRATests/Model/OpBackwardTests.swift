@@ -3,7 +3,7 @@ import QLoRA
 import QuantKernels
 import XCTest
 
-/// The backward kernels (model_ops_backward.c) on small random cases, each against two float64
+/// The backward kernels (model_ops_backward.c, attention.c) on small random cases, each against two float64
 /// references written out here: central differences of the forward in float64 (h = 1e-4) and
 /// the analytic gradient. The scalar differentiated is L = Σ dy ⊙ f(x) with a random dy.
 /// Legend: B sequences, T tokens, C hidden, H/Hkv heads, D head dim, V vocab.
@@ -135,6 +135,31 @@ final class OpBackwardTests: XCTestCase {
         }
     }
 
+    /// The shape of a model's heads (D = 64) with T = 75: several query blocks, partial register
+    /// tiles and a causal limit inside them, on the SIMD kernels and on the scalar fallback,
+    /// against float64; kept and recomputed probabilities; 1 and 2 threads agree bit for bit.
+    func testAttentionBackwardOnBlocksMatchesFloat64() {
+        let c = AttentionCase(seed: 18, B: 2, T: 75, H: 6, Hkv: 2, D: 64)
+        let ref = BackwardReference.attentionBackward(c.dout.map(Double.init), c.q.map(Double.init), c.k.map(Double.init),
+                                                      c.v.map(Double.init), B: c.B, T: c.T, H: c.H, Hkv: c.Hkv, D: c.D)
+        let isa = qk_isa_get()
+        defer { _ = qk_isa_set(isa) }
+        for level in isa == QK_ISA_SCALAR ? [isa] : [isa, QK_ISA_SCALAR] {
+            XCTAssertEqual(qk_isa_set(level), 0)
+            let probs = c.forwardProbabilities()
+            let kept = c.backward(probs: probs, threads: 2), recomputed = c.backward(probs: nil, threads: 2)
+            for (name, got, want) in [("dq", kept.dq, ref.dq), ("dk", kept.dk, ref.dk), ("dv", kept.dv, ref.dv),
+                                      ("dq recomputed", recomputed.dq, ref.dq), ("dk recomputed", recomputed.dk, ref.dk),
+                                      ("dv recomputed", recomputed.dv, ref.dv)] {
+                XCTAssertLessThan(BackwardReference.relativeError(got.map(Double.init), want), 1e-5, "\(name), isa \(level)")
+            }
+            let one = c.backward(probs: probs, threads: 1)
+            XCTAssertEqual(one.dq, kept.dq)
+            XCTAssertEqual(one.dk, kept.dk)
+            XCTAssertEqual(one.dv, kept.dv)
+        }
+    }
+
     /// Rows labelled −100 are not counted and get zero gradients; the loss is the float64
     /// log-softmax's, dlogits grad_scale times its differences; 1 and 2 threads agree bit for bit.
     func testCrossEntropyMatchesFloat64() {
@@ -184,18 +209,19 @@ final class OpBackwardTests: XCTestCase {
     }
 }
 
-/// One random attention problem: B = 2 sequences of T = 5 tokens, H = 4 heads over Hkv = 2 KV
-/// heads of D = 8; q, dout [B·T, H·D], k, v [B·T, Hkv·D].
+/// One random attention problem: B sequences of T tokens, H heads over Hkv KV heads of D
+/// (by default 2, 5, 4, 2, 8); q, dout [B·T, H·D], k, v [B·T, Hkv·D].
 private struct AttentionCase {
-    let B = 2, T = 5, H = 4, Hkv = 2, D = 8
+    let B: Int, T: Int, H: Int, Hkv: Int, D: Int
     let q: [Float], k: [Float], v: [Float], dout: [Float]
 
-    init(seed: UInt64) {
+    init(seed: UInt64, B: Int = 2, T: Int = 5, H: Int = 4, Hkv: Int = 2, D: Int = 8) {
+        (self.B, self.T, self.H, self.Hkv, self.D) = (B, T, H, Hkv, D)
         var rng = SplitMix64(seed: seed)
-        q = rng.normals(2 * 5 * 4 * 8, scale: 1.5)
-        k = rng.normals(2 * 5 * 2 * 8, scale: 1.5)
-        v = rng.normals(2 * 5 * 2 * 8)
-        dout = rng.normals(2 * 5 * 4 * 8)
+        q = rng.normals(B * T * H * D, scale: 1.5)
+        k = rng.normals(B * T * Hkv * D, scale: 1.5)
+        v = rng.normals(B * T * Hkv * D)
+        dout = rng.normals(B * T * H * D)
     }
 
     /// [B, H, T, T] from qk_attention_forward, called once per sequence.
