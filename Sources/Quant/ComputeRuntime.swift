@@ -152,4 +152,16 @@ public enum ComputeRuntime {
         qk_sgemm(transposeA ? 1 : 0, transposeB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b, Int64(ldb),
                  beta, c, Int64(ldc))
     }
+
+    /// C[m, n] = alpha · op(A) · op(B) + beta · C like `sgemm(transposeA:…)`, split over the
+    /// OpenMP threads with single-threaded OpenBLAS inside: the products of a training step
+    /// (LoRA factors, a dense LM head) run on the same thread pool as the quantized GEMMs, so
+    /// the two pools never fight over the cores. `threads` 0: OpenMP's default.
+    public static func parallelSgemm(transposeA: Bool = false, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
+                                     a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, threads: Int = 0) throws(QuantError) {
+        _ = try prepare()
+        qk_sgemm_omp(transposeA ? 1 : 0, transposeB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b, Int64(ldb),
+                     beta, c, Int64(ldc), Int32(threads))
+    }
 }

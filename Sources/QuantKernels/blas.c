@@ -79,3 +79,40 @@ void qk_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float a
     p_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M,
             (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }
+
+/* The OpenMP runtime calls used here (omp.h is not on the include path; see qgemm.c). */
+int omp_get_thread_num(void);
+int omp_get_num_threads(void);
+int omp_get_max_threads(void);
+
+void qk_sgemm_omp(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                  int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc, int threads) {
+    int nt = threads > 0 ? threads : omp_get_max_threads();
+    const int by_rows = M >= N;
+    const int64_t extent = by_rows ? M : N, align = 16;
+    if ((double)M * (double)N * (double)K < 32.0 * 32 * 32 || extent < 2 * align) nt = 1;
+    if (nt > extent / align) nt = (int)(extent / align);
+    if (nt < 1) nt = 1;
+    qk_blas_set_num_threads(1);
+    if (nt == 1) {
+        qk_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        const int64_t blocks = (extent + align - 1) / align;
+        const int64_t s0 = blocks * t / n * align, s1 = t + 1 == n ? extent : blocks * (t + 1) / n * align;
+        if (s1 > s0) {
+            if (by_rows) {
+                /* rows s0..s1 of C: rows of op(A) — A + s0·lda, or columns s0.. of a transposed A */
+                const float *a = trans_a ? A + s0 : A + s0 * lda;
+                qk_sgemm(trans_a, trans_b, s1 - s0, N, K, alpha, a, lda, B, ldb, beta, C + s0 * ldc, ldc);
+            } else {
+                /* columns s0..s1 of C: columns of op(B) — B + s0, or rows s0.. of a transposed B */
+                const float *b = trans_b ? B + s0 * ldb : B + s0;
+                qk_sgemm(trans_a, trans_b, M, s1 - s0, K, alpha, A, lda, b, ldb, beta, C + s0, ldc);
+            }
+        }
+    }
+}

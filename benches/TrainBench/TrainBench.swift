@@ -89,6 +89,8 @@ public enum TrainBench {
     static func denseGFLOPS(model: LlamaModel, tokens T: Int) throws -> Double {
         let layer = model.weights.layers[0]
         var flops = 0.0, seconds = 0.0
+        ComputeRuntime.setBLASThreads(ComputeRuntime.defaultThreads)
+        defer { ComputeRuntime.setBLASThreads(1) }
         for m in LlamaLinear.allCases {
             let w = layer.linear(m), W = w.dequantize()
             let x = FloatBuffer(count: T * max(w.rows, w.cols)), y = FloatBuffer(count: T * max(w.rows, w.cols))

@@ -58,9 +58,9 @@ public final class LoRAAdapter {
             dropped = d
             input = UnsafePointer(d.base)
         }
-        try ComputeRuntime.sgemm(transposeA: false, transposeB: true, m: T, n: r, k: n, a: input, lda: n,
+        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: true, m: T, n: r, k: n, a: input, lda: n,
                                  b: a.value.base, ldb: n, beta: 0, c: saved.u.base, ldc: r)
-        try ComputeRuntime.sgemm(transposeA: false, transposeB: true, m: T, n: m, k: r, alpha: scale, a: saved.u.base,
+        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: true, m: T, n: m, k: r, alpha: scale, a: saved.u.base,
                                  lda: r, b: b.value.base, ldb: r, beta: 1, c: y, ldc: m)
         withExtendedLifetime(dropped) {}
     }
@@ -72,9 +72,9 @@ public final class LoRAAdapter {
                   saved: Saved, dropoutSeed: UInt64?) throws {
         let r = rank, n = inFeatures, m = outFeatures
         let g = FloatBuffer(count: T * r)
-        try ComputeRuntime.sgemm(transposeA: true, transposeB: false, m: m, n: r, k: T, alpha: scale, a: dy, lda: m,
+        try ComputeRuntime.parallelSgemm(transposeA: true, transposeB: false, m: m, n: r, k: T, alpha: scale, a: dy, lda: m,
                                  b: saved.u.base, ldb: r, beta: 1, c: b.grad.base, ldc: r)
-        try ComputeRuntime.sgemm(transposeA: false, transposeB: false, m: T, n: r, k: m, alpha: scale, a: dy, lda: m,
+        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: false, m: T, n: r, k: m, alpha: scale, a: dy, lda: m,
                                  b: b.value.base, ldb: r, beta: 0, c: g.base, ldc: r)
         let dropping = dropoutSeed != nil && dropout > 0
         var input = x
@@ -85,17 +85,17 @@ public final class LoRAAdapter {
             dropped = d
             input = UnsafePointer(d.base)
         }
-        try ComputeRuntime.sgemm(transposeA: true, transposeB: false, m: r, n: n, k: T, a: g.base, lda: r,
+        try ComputeRuntime.parallelSgemm(transposeA: true, transposeB: false, m: r, n: n, k: T, a: g.base, lda: r,
                                  b: input, ldb: n, beta: 1, c: a.grad.base, ldc: n)
         if let dx {
             if let seed = dropoutSeed, dropping {
                 let t = dropped!   // reuse as the product's buffer
-                try ComputeRuntime.sgemm(transposeA: false, transposeB: false, m: T, n: n, k: r, a: g.base, lda: r,
+                try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: false, m: T, n: n, k: r, a: g.base, lda: r,
                                          b: a.value.base, ldb: n, beta: 0, c: t.base, ldc: n)
                 Self.applyDropout(into: t.base, from: t.base, count: T * n, p: dropout, seed: seed)
                 for i in 0..<(T * n) { dx[i] += t.base[i] }
             } else {
-                try ComputeRuntime.sgemm(transposeA: false, transposeB: false, m: T, n: n, k: r, a: g.base, lda: r,
+                try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: false, m: T, n: n, k: r, a: g.base, lda: r,
                                          b: a.value.base, ldb: n, beta: 1, c: dx, ldc: n)
             }
         }

@@ -123,7 +123,7 @@ public enum LlamaTokenMatrix: Sendable {
         switch self {
         case let .dense(w):
             try w.withUnsafeBufferPointer { (w) throws in
-                try ComputeRuntime.sgemm(m: n, n: V, k: C, a: x, lda: C, b: w.baseAddress!, ldb: C, transposeB: true,
+                try ComputeRuntime.parallelSgemm(transposeB: true, m: n, n: V, k: C, a: x, lda: C, b: w.baseAddress!, ldb: C,
                                          beta: 0, c: logits, ldc: V)
             }
         case let .quantized(m):
@@ -138,7 +138,7 @@ public enum LlamaTokenMatrix: Sendable {
         switch self {
         case let .dense(w):
             try w.withUnsafeBufferPointer { (w) throws in
-                try ComputeRuntime.sgemm(m: n, n: C, k: V, a: dLogits, lda: V, b: w.baseAddress!, ldb: C, transposeB: false,
+                try ComputeRuntime.parallelSgemm(transposeB: false, m: n, n: C, k: V, a: dLogits, lda: V, b: w.baseAddress!, ldb: C,
                                          beta: accumulate ? 1 : 0, c: dx, ldc: C)
             }
         case let .quantized(m):

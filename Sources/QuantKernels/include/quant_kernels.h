@@ -128,6 +128,14 @@ void qk_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float a
               const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
               float *C, int64_t ldc);
 
+/* The same product split over OpenMP threads (rows of C, or its columns when it is wider than
+ * tall, in multiples of 16), each slice one single-threaded OpenBLAS call: one thread pool for
+ * everything, so OpenBLAS's own threads never compete with the OpenMP ones on the cores. Each
+ * element of C comes from one call over the whole K. threads <= 0: OpenMP's default. */
+void qk_sgemm_omp(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                  const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                  float *C, int64_t ldc, int threads);
+
 /* ---- OpenMP ------------------------------------------------------------------------ */
 int qk_omp_max_threads(void);
 
