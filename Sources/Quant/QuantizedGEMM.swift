@@ -10,7 +10,9 @@ public struct GEMMOptions: Sendable {
     public var path: Path
 
     public enum Path: Int, Sendable, CaseIterable {
-        /// The micro-kernel where it applies (AVX-512, columns a multiple of 16) and T ≥ 16, else tiles.
+        /// Forward at T ≤ 4 (decoding): W dequantized a row at a time into an L1 buffer and dotted
+        /// with X. Otherwise the micro-kernel where it applies (AVX-512, columns a multiple of 16)
+        /// and T ≥ 16, else tiles.
         case auto
         /// Dequantize tiles of W into a per-thread buffer and multiply with single-threaded sgemm.
         case tiles

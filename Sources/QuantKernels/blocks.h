@@ -54,6 +54,7 @@ void qk_dequantize_blocks_avx512(const qk_matrix *w, int64_t b0, int64_t nb, flo
 /* The AVX-512 micro-kernel GEMMs (qgemm_avx512.c), and whether they can take a matrix. */
 int qk_gemm_avx512_applies(const qk_matrix *w);
 int qk_gemm_forward_avx512(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads);
+float qk_dot_avx512(const float *a, const float *b, int64_t n);
 int qk_gemm_backward_avx512(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta, int threads);
 
 /* One element of the flattened matrix, scalar. */

@@ -19,6 +19,11 @@ int omp_get_max_threads(void);
 
 int qk_omp_max_threads(void) { return omp_get_max_threads(); }
 
+/* Up to this many tokens (decoding), a forward dequantizes one row of W at a time into a
+ * per-thread buffer that stays in L1 and takes its dot products with the T rows of X: no tile
+ * of W in memory and no sgemm call for a vector. */
+enum { GEMV_MAX_TOKENS = 4 };
+
 /* Below this many tokens the tiles path is as fast (the products are bound by dequantization
  * and memory, not by packing); from it on, the micro-kernel (benches/, qlora bench gemm). */
 enum { KERNEL_MIN_TOKENS = 16 };
@@ -80,10 +85,46 @@ static int thread_count(int requested, int64_t units) {
     return n;
 }
 
+static float dot_plain(const float *a, const float *b, int64_t n) {
+#pragma clang fp reassociate(on)
+    float s = 0;
+    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* Y[T, out] = X·Wᵀ + beta·Y for T ≤ GEMV_MAX_TOKENS: threads own disjoint rows of W. */
+static int gemv_forward(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads) {
+    const int64_t out = w->rows, in = w->cols;
+    const int nt = thread_count(threads, (out + 63) / 64);
+    const int simd = qk_isa_get() == QK_ISA_AVX512;
+    int failed = 0;
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        const int64_t r0 = split_at(out, n, t, 16), r1 = split_at(out, n, t + 1, 16);
+        float *row = r1 > r0 ? thread_buffer((size_t)in) : NULL;
+        if (r1 > r0 && !row) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            for (int64_t r = r0; r < r1; r++) {
+                qk_dequantize_range(w, r * in, in, row);
+                for (int64_t k = 0; k < T; k++) {
+                    const float d = simd ? qk_dot_avx512(row, x + k * in, in) : dot_plain(row, x + k * in, in);
+                    float *o = y + k * out + r;
+                    *o = beta == 0.0f ? d : d + beta * *o;
+                }
+            }
+        }
+    }
+    return failed ? -1 : 0;
+}
+
 int qk_gemm_forward(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads,
                     const qk_gemm_options *opt) {
     const int64_t out = w->rows, in = w->cols;
     if (T <= 0 || out <= 0) return 0;
+    if (T <= GEMV_MAX_TOKENS && (!opt || opt->path == QK_GEMM_AUTO)) return gemv_forward(w, x, y, T, beta, threads);
     if (use_kernel(w, T, opt)) return qk_gemm_forward_avx512(w, x, y, T, beta, threads);
     int failed = 0;
     const int64_t align = 16, k_align = chunk_align(w);

@@ -36,7 +36,8 @@ final class GEMMTests: XCTestCase {
                     SIMDLevel.current = simd
                     defer { SIMDLevel.current = .best }
                     for threads in [1, 2] {
-                      for path in [GEMMOptions.Path.tiles, .kernel] {  // .kernel falls back to tiles below AVX-512
+                      // .kernel falls back to tiles below AVX-512; .auto takes the row-at-a-time GEMV at T ≤ 4
+                      for path in [GEMMOptions.Path.tiles, .kernel, .auto] {
                         let where_ = "\(format) bs\(bs) \(out)x\(inp) T=\(T) \(simd) threads=\(threads) \(path)"
                         let opt = GEMMOptions(threads: threads, tileBytes: T == 17 ? 4096 : 0, path: path)  // tiny tiles: many per thread
                         let y = try w.forward(x, tokens: T, options: opt)
