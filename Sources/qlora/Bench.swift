@@ -3,6 +3,8 @@ import Foundation
 import GEMMBench
 import ModelBench
 import TrainBench
+
+extension SyntheticShape: ExpressibleByArgument {}
 import QLoRA
 import Quant
 
@@ -162,6 +164,9 @@ struct TrainSpeed: ParsableCommand {
     )
 
     @Option(help: "A GGUF file or a quantized folder.") var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    @Option(help: "A synthetic model instead: \(SyntheticShape.allCases.map(\.rawValue).joined(separator: ", ")) (NF4 with double quantization, seeded random weights).")
+    var shape: SyntheticShape?
+    @Option(help: "Blocks of the synthetic shape to keep (default: all).") var layers: Int?
     @Option(help: "LoRA rank (alpha = 2r, targets q/k/v/o/gate/up/down).") var rank = 16
     @Option(help: "Sequences per step.") var batch = 4
     @Option(help: "Tokens per sequence.") var length = 256
@@ -179,6 +184,8 @@ struct TrainSpeed: ParsableCommand {
     func run() throws {
         var c = TrainBench.Config()
         c.model = model
+        c.shape = shape
+        c.layers = layers
         c.rank = rank
         c.batch = batch
         c.length = length

@@ -11,6 +11,9 @@ import QuantKernels
 public enum TrainBench {
     public struct Config: Sendable {
         public var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        /// A synthetic shape instead of `model`, cut to `layers` blocks when given.
+        public var shape: SyntheticShape?
+        public var layers: Int?
         public var rank = 16
         public var batch = 4
         public var length = 256
@@ -39,7 +42,17 @@ public enum TrainBench {
     }
 
     public static func run(_ c: Config, progress: (String) -> Void) throws -> Result {
-        let model = try LlamaModel(path: c.model)
+        let model: LlamaModel
+        if let shape = c.shape {
+            let start = Date()
+            model = try SyntheticModel.make(shape, layers: c.layers) { p in
+                if p.done % 16 == 0 || p.done == p.total { progress("\(shape.rawValue): \(p.done)/\(p.total) tensors quantized") }
+            }
+            progress(String(format: "\(shape.rawValue): built in %.1f s, %.2f GB of frozen weights, RSS %.2f GB", Date().timeIntervalSince(start),
+                            Double(model.frozenBytes) / 1e9, Double(Quantizer.currentRSS()) / 1e9))
+        } else {
+            model = try LlamaModel(path: c.model)
+        }
         let lora = try LlamaLoRA(model: model, config: LoRAConfig(rank: c.rank, alpha: Float(2 * c.rank)), seed: 1)
         let trainer = LlamaTrainer(model: model, lora: lora, gradientCheckpointing: c.gradientCheckpointing)
         let optimizer = AdamW(parameters: lora.parameters)
@@ -77,7 +90,7 @@ public enum TrainBench {
             frozenFLOPs += profile.frozenFLOPs
         }
         let median = times.sorted()[times.count / 2]
-        return Result(model: c.model, rank: c.rank, batch: c.batch, length: c.length, gradientCheckpointing: c.gradientCheckpointing,
+        return Result(model: c.shape.map { $0.rawValue + (c.layers.map { " (\($0) layers)" } ?? "") } ?? c.model, rank: c.rank, batch: c.batch, length: c.length, gradientCheckpointing: c.gradientCheckpointing,
                       trainableParameters: lora.trainableCount, steps: c.steps, stepSecondsMedian: median,
                       tokensPerSecond: Double(c.batch * c.length) / median, peakRSSBytes: Quantizer.peakRSS(),
                       shares: shares, frozenGFLOPS: frozenFLOPs / frozenSeconds / 1e9,

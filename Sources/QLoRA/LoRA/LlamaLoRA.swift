@@ -108,6 +108,16 @@ extension LlamaLayerWeights {
 }
 
 extension LlamaModel {
+    /// Bytes of the frozen weights as held: 4-bit linears, token matrices, norms.
+    public var frozenBytes: Int {
+        var n = weights.embedding.byteCount + weights.finalNorm.count * 4
+        if !config.tieWordEmbeddings { n += weights.lmHead.byteCount }
+        for w in weights.layers {
+            n += LlamaLinear.allCases.reduce(0) { $0 + w.linear($1).byteCount } + (w.attentionNorm.count + w.mlpNorm.count) * 4
+        }
+        return n
+    }
+
     /// Elements of the frozen model, as PEFT counts "all params" (a tied head counted once).
     public var parameterCount: Int {
         let c = config

@@ -23,6 +23,15 @@ public final class LlamaModel: @unchecked Sendable {
         adapters = nil
     }
 
+    /// A model from weights made in memory (synthetic shapes).
+    public init(config: ModelConfig, weights: LlamaWeights) throws {
+        try config.validate(source: "synthetic \(config.architecture)")
+        self.config = config
+        self.weights = weights
+        rope = try LlamaRoPE(config: config)
+        adapters = nil
+    }
+
     /// `base` with `adapters` applied (the weights are shared, not copied).
     public init(_ base: LlamaModel, adapters: LlamaLoRA) {
         config = base.config

@@ -42,6 +42,14 @@ public struct LlamaWeights: Sendable {
         static let qBias = "self_attn.q_proj.bias", kBias = "self_attn.k_proj.bias", vBias = "self_attn.v_proj.bias"
     }
 
+    /// Weights made elsewhere (synthetic shapes).
+    public init(embedding: LlamaTokenMatrix, layers: [LlamaLayerWeights], finalNorm: [Float], lmHead: LlamaTokenMatrix) {
+        self.embedding = embedding
+        self.layers = layers
+        self.finalNorm = finalNorm
+        self.lmHead = lmHead
+    }
+
     public init(_ model: QuantizedModel) throws(LlamaModelError) {
         let c = model.config
         let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim

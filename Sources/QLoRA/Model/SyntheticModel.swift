@@ -1,0 +1,101 @@
+import Foundation
+import Quant
+
+/// Models with the public layer dimensions of the Llama family and seeded random weights,
+/// written straight into the 4-bit format tensor by tensor (one fp32 tensor exists at a time,
+/// never the whole model): what memory and speed of bigger models are measured on, on a
+/// machine that could not hold their fp32 (or even fp16) weights.
+public enum SyntheticShape: String, CaseIterable, Sendable {
+    case llama1b = "llama-1b", llama3b = "llama-3b", llama7b = "llama-7b", llama8b = "llama-8b"
+    case llama13b = "llama-13b", llama33b = "llama-33b", llama70b = "llama-70b"
+
+    /// Hidden, intermediate, layers, heads, KV heads, vocab, tied — from the models' config.json:
+    /// Llama 3.2 1B/3B, Llama 2 7B/13B/70B, Llama 3.1 8B, LLaMA 33B.
+    public var config: ModelConfig {
+        let (C, F, L, H, Hkv, V, tied): (Int, Int, Int, Int, Int, Int, Bool) = switch self {
+        case .llama1b: (2048, 8192, 16, 32, 8, 128_256, true)
+        case .llama3b: (3072, 8192, 28, 24, 8, 128_256, true)
+        case .llama7b: (4096, 11008, 32, 32, 32, 32000, false)
+        case .llama8b: (4096, 14336, 32, 32, 8, 128_256, false)
+        case .llama13b: (5120, 13824, 40, 40, 40, 32000, false)
+        case .llama33b: (6656, 17920, 60, 52, 52, 32000, false)
+        case .llama70b: (8192, 28672, 80, 64, 8, 32000, false)
+        }
+        return ModelConfig(architecture: "llama", hiddenSize: C, intermediateSize: F, numLayers: L, numHeads: H, numKVHeads: Hkv,
+                           headDim: C / H, vocabSize: V, rmsNormEps: 1e-5, ropeTheta: 10000, ropeScaling: nil,
+                           maxPositionEmbeddings: 4096, tieWordEmbeddings: tied, attentionBias: false)
+    }
+}
+
+public enum SyntheticModel {
+    /// What `make` reports as it goes.
+    public struct Progress: Sendable {
+        public var tensor: String
+        public var done: Int
+        public var total: Int
+    }
+
+    /// A `shape` model (cut to `layers` blocks when given) whose linears are `format`
+    /// (double-quantized NF4 by default, as QLoRA stores them), embedding and LM head Q8_0,
+    /// norms one. Weights ~ uniform with standard deviation 0.02, from `seed`.
+    public static func make(_ shape: SyntheticShape, layers: Int? = nil, format: QuantFormat = .nf4, seed: UInt64 = 1,
+                            progress: (Progress) -> Void = { _ in }) throws -> LlamaModel {
+        var c = shape.config
+        if let layers {
+            guard layers > 0, layers <= c.numLayers else {
+                throw LlamaModelError.wrongShape("--layers", expected: [c.numLayers], found: [layers])
+            }
+            c.numLayers = layers
+        }
+        let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
+        let total = c.numLayers * 7 + (c.tieWordEmbeddings ? 1 : 2)
+        var done = 0
+        var index: UInt64 = 0
+        func matrix(_ name: String, _ rows: Int, _ cols: Int, _ f: QuantFormat) throws -> QuantizedMatrix {
+            index += 1
+            let values = randomValues(rows * cols, seed: seed &+ index &* 0x9E37_79B9_7F4A_7C15)
+            let m = try QuantizedMatrix(quantizing: values, rows: rows, cols: cols, format: f,
+                                        doubleQuant: f == .nf4 || f == .fp4)
+            done += 1
+            progress(Progress(tensor: name, done: done, total: total))
+            return m
+        }
+        let ones = [Float](repeating: 1, count: c.hiddenSize)
+        var layerWeights: [LlamaLayerWeights] = []
+        for l in 0..<c.numLayers {
+            let p = "model.layers.\(l)."
+            layerWeights.append(LlamaLayerWeights(
+                q: try matrix(p + "self_attn.q_proj", qDim, c.hiddenSize, format),
+                k: try matrix(p + "self_attn.k_proj", kvDim, c.hiddenSize, format),
+                v: try matrix(p + "self_attn.v_proj", kvDim, c.hiddenSize, format),
+                o: try matrix(p + "self_attn.o_proj", c.hiddenSize, qDim, format),
+                gate: try matrix(p + "mlp.gate_proj", c.intermediateSize, c.hiddenSize, format),
+                up: try matrix(p + "mlp.up_proj", c.intermediateSize, c.hiddenSize, format),
+                down: try matrix(p + "mlp.down_proj", c.hiddenSize, c.intermediateSize, format),
+                attentionNorm: ones, mlpNorm: ones, qBias: nil, kBias: nil, vBias: nil))
+        }
+        let embedding = LlamaTokenMatrix.quantized(try matrix("model.embed_tokens", c.vocabSize, c.hiddenSize, .q8_0))
+        let head = c.tieWordEmbeddings ? embedding : .quantized(try matrix("lm_head", c.vocabSize, c.hiddenSize, .q8_0))
+        let weights = LlamaWeights(embedding: embedding, layers: layerWeights, finalNorm: ones, lmHead: head)
+        return try LlamaModel(config: c, weights: weights)
+    }
+
+    /// `count` values uniform in ±0.02·√3 (standard deviation 0.02), drawn in parallel
+    /// chunks whose seeds derive from `seed`: the same for any thread count.
+    static func randomValues(_ count: Int, seed: UInt64) -> [Float] {
+        var out = [Float](repeating: 0, count: count)
+        let chunk = 1 << 20, chunks = (count + chunk - 1) / chunk
+        let bound = 0.02 * 3.0.squareRoot()
+        out.withUnsafeMutableBufferPointer { buf in
+            let address = UInt(bitPattern: buf.baseAddress!)   // chunks write disjoint ranges
+            DispatchQueue.concurrentPerform(iterations: chunks) { i in
+                let base = UnsafeMutablePointer<Float>(bitPattern: address)!
+                var rng = SplitMix64(seed: seed ^ (UInt64(i) &* 0xD1B5_4A32_D192_ED03))
+                for j in (i * chunk)..<min(count, (i + 1) * chunk) {
+                    base[j] = Float((rng.nextUnitDouble() * 2 - 1) * bound)
+                }
+            }
+        }
+        return out
+    }
+}
