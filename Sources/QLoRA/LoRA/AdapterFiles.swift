@@ -1,14 +1,28 @@
 import Foundation
 
-/// LoRA adapter directories in PEFT's layout, which `PeftModel.from_pretrained` reads:
+/// LoRA adapter directories in PEFT's layout, which `PeftModel.from_pretrained` reads and
+/// `save_pretrained` writes:
 ///
-///   adapter_config.json          LoraConfig: peft_type LORA, task_type CAUSAL_LM, r, lora_alpha,
-///                                lora_dropout, target_modules, use_rslora, layers_to_transform, bias none
-///   adapter_model.safetensors    F32 `base_model.model.model.layers.N.<path>.lora_A.weight` [r, in]
-///                                and `….lora_B.weight` [out, r]; with trainable norms also
-///                                `base_model.model.model.layers.N.input_layernorm.weight` etc.
+///   adapter_config.json          LoraConfig: peft_type LORA, r, lora_alpha (int or float),
+///                                lora_dropout, target_modules, use_rslora, layers_to_transform, …
+///   adapter_model.safetensors    `base_model.model.model.layers.N.<path>.lora_A.weight` [r, in]
+///                                and `….lora_B.weight` [out, r] (F32, F16, BF16 or F64); with
+///                                trainable norms (qlora only) also
+///                                `base_model.model.model.layers.N.input_layernorm.weight` [C] etc.
 ///
-/// Written atomically file by file; a directory being replaced is swapped in by rename.
+/// Reading accepts what PEFT and tools around it write: tensor names with or without the
+/// `base_model.model.` prefix, and with the adapter name kept (`.lora_A.default.weight`);
+/// target_modules as a list of module names (suffix match: `q_proj`, `self_attn.q_proj`, or a
+/// full `model.layers.0.self_attn.q_proj`), a regular expression string, or "all-linear";
+/// layers_to_transform as null, an int or a list of block indices. A configuration that turns
+/// on anything but plain LoRA (DoRA, biases, per-module ranks, extra trained modules, …) is
+/// refused by key, and so is every tensor that does not fit the base model, before any value
+/// is overwritten.
+///
+/// Written atomically file by file; a directory being replaced is swapped in by rename. What is
+/// written always loads in PEFT: a layer subset with a pattern or "all-linear" target (which
+/// PEFT's LoraConfig refuses) is written as the list of the adapted modules' full names. Read
+/// back, such older qlora configs are still accepted: the layers then narrow the pattern.
 public enum AdapterFiles {
     public static let configFile = "adapter_config.json"
     public static let weightsFile = "adapter_model.safetensors"
@@ -29,18 +43,28 @@ public enum AdapterFiles {
             [UInt8](UnsafeRawBufferPointer(start: params[i].value.base, count: params[i].count * MemoryLayout<Float>.size))
         }
         let c = lora.config
-        var targets: Any = c.targets.peftValue
-        if case let .names(list) = c.targets { targets = list.map(\.rawValue) }
-        if case .allLinear = c.targets { targets = "all-linear" }
         let adapted = lora.layers.indices.filter { !lora.layers[$0].adapters.isEmpty }
-        let config: [String: Any] = [
+        let subset = c.lastLayers != nil || c.layerIndices != nil
+        let targets: Any, layers: Any
+        switch c.targets {
+        case let .names(list):
+            (targets, layers) = (list.map(\.rawValue), subset ? adapted : NSNull())
+        case .allLinear where !subset:
+            (targets, layers) = ("all-linear", NSNull())
+        case let .regex(p) where !subset:
+            (targets, layers) = (p, NSNull())
+        case .allLinear, .regex:
+            (targets, layers) = (lora.adapters.map { $0.linear.moduleName(layer: $0.layer) }, NSNull())
+        }
+        var config: [String: Any] = [
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": baseModel,
             "r": c.rank, "lora_alpha": Double("\(c.alpha)")!, "lora_dropout": Double("\(c.dropout)")!, "target_modules": targets,
             "use_rslora": c.useRSLoRA, "bias": "none", "fan_in_fan_out": false, "inference_mode": true,
             "init_lora_weights": true, "modules_to_save": NSNull(), "rank_pattern": [String: Any](), "alpha_pattern": [String: Any](),
-            "layers_to_transform": c.lastLayers == nil ? NSNull() : adapted as Any,
-            "qlora_trains_norms": lora.trainsNorms,
+            "layers_to_transform": layers,
         ]
+        // Only when true: PEFT warns about keys it does not know (and cannot load norms anyway).
+        if lora.trainsNorms { config["qlora_trains_norms"] = true }
         let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         try AtomicFile.write(to: tmp + "/" + configFile, bytes: [UInt8](json))
         let old = directory + ".old-\(getpid())"
@@ -49,61 +73,218 @@ public enum AdapterFiles {
         try? fm.removeItem(atPath: old)
     }
 
-    /// The LoRA configuration an adapter directory declares.
+    /// The LoRA configuration an adapter directory declares, and whether it trains the norms
+    /// (qlora's own `qlora_trains_norms`).
     public static func config(in directory: String) throws -> (config: LoRAConfig, trainsNorms: Bool) {
         let path = directory + "/" + configFile
         guard let data = FileManager.default.contents(atPath: path) else { throw AdapterError.missing(path) }
-        guard let j = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else { throw AdapterError.bad(path, "not a JSON object") }
-        guard (j["peft_type"] as? String ?? "LORA") == "LORA" else { throw AdapterError.bad(path, "peft_type \(j["peft_type"]!) is not LORA") }
-        guard let r = j["r"] as? Int, let alpha = (j["lora_alpha"] as? NSNumber)?.floatValue else {
-            throw AdapterError.bad(path, "r and lora_alpha are required")
+        guard let j = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+            throw AdapterError.bad(path, "not a JSON object")
         }
-        let targets: LoRATargets
-        if let list = j["target_modules"] as? [String] {
-            targets = try LoRATargets(parsing: list.joined(separator: ","))
-        } else if let s = j["target_modules"] as? String {
-            targets = s == "all-linear" ? .allLinear : .regex(s)
-        } else {
-            throw AdapterError.bad(path, "target_modules is missing")
+        let peftType = j["peft_type"].map(jsonText) ?? "\"LORA\""
+        guard peftType == "\"LORA\"" else { throw AdapterError.unsupported(path, key: "peft_type", value: peftType, feature: "an adapter other than LoRA") }
+        for (key, feature) in plainLoRADefaults {
+            if let v = j[key], !isEmptyJSON(v) { throw AdapterError.unsupported(path, key: key, value: jsonText(v), feature: feature) }
         }
-        var lastLayers: Int? = nil
-        if let layers = j["layers_to_transform"] as? [Int], !layers.isEmpty { lastLayers = layers.count }
-        let cfg = LoRAConfig(rank: r, alpha: alpha, dropout: (j["lora_dropout"] as? NSNumber)?.floatValue ?? 0, targets: targets,
-                             lastLayers: lastLayers, useRSLoRA: j["use_rslora"] as? Bool ?? false)
-        return (cfg, j["qlora_trains_norms"] as? Bool ?? false)
+        if let v = j["bias"], !isEmptyJSON(v), v as? String != "none" {
+            throw AdapterError.unsupported(path, key: "bias", value: jsonText(v), feature: "trained biases")
+        }
+        if let v = j["layers_pattern"], !isEmptyJSON(v), v as? String != "layers", v as? [String] != ["layers"] {
+            throw AdapterError.unsupported(path, key: "layers_pattern", value: jsonText(v), feature: "a layer container other than a Llama's `layers`")
+        }
+        if let s = j["init_lora_weights"] as? String, ["pissa", "olora", "loftq", "corda"].contains(where: { s.lowercased().hasPrefix($0) }) {
+            throw AdapterError.unsupported(path, key: "init_lora_weights", value: jsonText(s),
+                                           feature: "an initialization that changes the base weights (convert the adapter with PEFT's "
+                                               + "path_initial_model_for_weight_conversion first)")
+        }
+        guard let r = integer(j["r"]), r > 0 else { throw AdapterError.badValue(path, key: "r", value: j["r"].map(jsonText), expected: "a positive integer") }
+        guard let alpha = number(j["lora_alpha"]).map(Float.init), alpha.isFinite, alpha > 0 else {
+            throw AdapterError.badValue(path, key: "lora_alpha", value: j["lora_alpha"].map(jsonText), expected: "a positive number")
+        }
+        let dropout = isEmptyJSON(j["lora_dropout"] ?? NSNull()) ? 0 : number(j["lora_dropout"]).map(Float.init) ?? -1
+        guard dropout >= 0, dropout < 1 else {
+            throw AdapterError.badValue(path, key: "lora_dropout", value: j["lora_dropout"].map(jsonText), expected: "a number in [0, 1)")
+        }
+        let rsLoRA = j["use_rslora"].map { $0 is NSNull ? false : boolean($0) } ?? false
+        guard let rsLoRA else { throw AdapterError.badValue(path, key: "use_rslora", value: j["use_rslora"].map(jsonText), expected: "true or false") }
+        let cfg = LoRAConfig(rank: r, alpha: alpha, dropout: dropout, targets: try targets(j["target_modules"], path: path),
+                             layerIndices: try layerIndices(j["layers_to_transform"], path: path), useRSLoRA: rsLoRA)
+        return (cfg, boolean(j["qlora_trains_norms"]) ?? false)
+    }
+
+    /// Keys of LoraConfig whose non-empty values turn on something other than plain LoRA.
+    static let plainLoRADefaults: KeyValuePairs<String, String> = [
+        "use_dora": "DoRA (weight-decomposed LoRA)",
+        "fan_in_fan_out": "fan_in_fan_out (weights stored [in, out], GPT-2's Conv1D)",
+        "modules_to_save": "modules_to_save (fully trained copies of base modules)",
+        "rank_pattern": "per-module ranks (rank_pattern)",
+        "alpha_pattern": "per-module alphas (alpha_pattern)",
+        "exclude_modules": "exclude_modules",
+        "lora_bias": "a bias on lora_B (lora_bias)",
+        "use_qalora": "QALoRA",
+        "target_parameters": "LoRA on parameters (target_parameters)",
+        "trainable_token_indices": "trainable token embeddings (trainable_token_indices)",
+        "layer_replication": "layer replication",
+        "alora_invocation_tokens": "activated LoRA (aLoRA)",
+        "use_bdlora": "a LoRA variant (use_bdlora)",
+        "velora_config": "a LoRA variant (velora_config)",
+        "kasa_config": "a LoRA variant (kasa_config)",
+        "monteclora_config": "a LoRA variant (monteclora_config)",
+        "arrow_config": "a LoRA variant (arrow_config)",
+    ]
+
+    /// target_modules: a list of module names (PEFT's exact or `.suffix` match), a pattern that
+    /// must match a whole module name, or "all-linear".
+    static func targets(_ value: Any?, path: String) throws -> LoRATargets {
+        if let s = value as? String {
+            if s == "all-linear" { return .allLinear }
+            guard (try? NSRegularExpression(pattern: s)) != nil else {
+                throw AdapterError.badValue(path, key: "target_modules", value: jsonText(s), expected: "a valid regular expression")
+            }
+            return .regex(s)
+        }
+        guard let list = value as? [String], !list.isEmpty else {
+            throw AdapterError.badValue(path, key: "target_modules", value: value.map(jsonText),
+                                        expected: "a non-empty list of module names, a pattern, or \"all-linear\"")
+        }
+        if let names = try? LoRATargets(parsing: list.joined(separator: ",")) { return names }
+        for entry in list {
+            let layer = entry.firstMatch(of: /layers\.(\d+)\./).flatMap { Int($0.1) } ?? 0
+            guard LlamaLinear.allCases.contains(where: { m in
+                let name = m.moduleName(layer: layer)
+                return name == entry || name.hasSuffix("." + entry)
+            }) else {
+                throw AdapterError.unsupported(path, key: "target_modules", value: jsonText(entry),
+                                               feature: "a target other than a Llama block's linears q_proj … down_proj")
+            }
+        }
+        let escaped = list.map(NSRegularExpression.escapedPattern(for:)).joined(separator: "|")
+        return .regex("(?:.*\\.)?(?:\(escaped))")
+    }
+
+    /// layers_to_transform: null (every block), one index, or a list of them, as a sorted set.
+    static func layerIndices(_ value: Any?, path: String) throws -> [Int]? {
+        guard let value, !(value is NSNull) else { return nil }
+        let list = integer(value).map { [$0] } ?? (value as? [Any])?.compactMap(integer)
+        guard let list, list.count == (value as? [Any])?.count ?? 1, !list.isEmpty, list.allSatisfy({ $0 >= 0 }) else {
+            throw AdapterError.badValue(path, key: "layers_to_transform", value: jsonText(value),
+                                        expected: "null, a block index or a non-empty list of block indices")
+        }
+        return Array(Set(list)).sorted()
     }
 
     /// Overwrites `lora`'s parameters with the tensors of `directory`. Every parameter must be
-    /// there with its shape; a tensor of the file that matches no parameter is an error too.
+    /// there with its shape and finite values, and every tensor of the file must be a parameter;
+    /// nothing is overwritten unless all are.
     public static func load(into lora: LlamaLoRA, from directory: String) throws {
         let path = directory + "/" + weightsFile
         guard FileManager.default.fileExists(atPath: path) else { throw AdapterError.missing(path) }
         let file = try SafetensorsFile(path: path)
-        var unused = Set(file.tensors.map(\.name))
-        for p in lora.parameters {
-            guard let t = file.tensor(prefix + p.name) ?? file.tensor(p.name) else { throw AdapterError.missingTensor(path, prefix + p.name) }
-            guard t.shape == p.shape else { throw AdapterError.wrongShape(path, t.name, expected: p.shape, found: t.shape) }
-            p.setValues(try file.floats(t))
-            unused.remove(t.name)
+        var byParameter: [String: SafetensorsTensor] = [:]
+        for t in file.tensors {
+            let name = parameterName(t.name)
+            if let other = byParameter[name] { throw AdapterError.duplicateTensor(path, t.name, other.name) }
+            byParameter[name] = t
         }
-        if let extra = unused.sorted().first { throw AdapterError.unexpectedTensor(path, extra, unused.count) }
+        let adapters = Dictionary(uniqueKeysWithValues: lora.adapters.flatMap { [($0.adapter.a.name, $0.adapter), ($0.adapter.b.name, $0.adapter)] })
+        var values: [[Float]] = []
+        for p in lora.parameters {
+            guard let t = byParameter.removeValue(forKey: p.name) else { throw AdapterError.missingTensor(path, prefix + p.name) }
+            if t.shape != p.shape {
+                let isA = p.name.hasSuffix(".lora_A.weight"), r = lora.config.rank
+                if let adapter = adapters[p.name], t.shape.count == 2, t.shape[isA ? 1 : 0] == p.shape[isA ? 1 : 0], t.shape[isA ? 0 : 1] != r {
+                    throw AdapterError.wrongRank(path, t.name, found: t.shape[isA ? 0 : 1], rank: r,
+                                                 base: [adapter.outFeatures, adapter.inFeatures])
+                }
+                throw AdapterError.wrongShape(path, t.name, expected: p.shape, found: t.shape)
+            }
+            let v = try file.floats(t)
+            if let i = v.firstIndex(where: { !$0.isFinite }) { throw AdapterError.nonFinite(path, t.name, index: i, value: v[i]) }
+            values.append(v)
+        }
+        if let extra = byParameter.values.map(\.name).sorted().first {
+            throw AdapterError.unexpectedTensor(path, extra, byParameter.count, why: unmatchedReason(parameterName(extra), lora: lora))
+        }
+        for (p, v) in zip(lora.parameters, values) { p.setValues(v) }
+    }
+
+    /// The parameter name of a tensor name: without `base_model.model.`, and without an
+    /// adapter name between `lora_A`/`lora_B` and `weight` (`.lora_A.default.weight`).
+    static func parameterName(_ key: String) -> String {
+        let name = key.hasPrefix(prefix) ? String(key.dropFirst(prefix.count)) : key
+        return name.replacing(/\.(lora_[AB])\.[^.]+\.weight$/) { ".\($0.1).weight" }
+    }
+
+    /// Why a tensor has no parameter: its block, linear or kind is not adapted.
+    static func unmatchedReason(_ name: String, lora: LlamaLoRA) -> String {
+        guard let m = name.firstMatch(of: /^model\.layers\.(\d+)\.(.+)\.lora_[AB]\.weight$/), let layer = Int(m.1) else {
+            return lora.trainsNorms || !name.hasSuffix("norm.weight") ? "it is no LoRA tensor of a Llama block's linears"
+                : "it is a trained norm, and adapter_config.json does not set qlora_trains_norms"
+        }
+        guard layer < lora.layers.count else { return "the model has \(lora.layers.count) blocks" }
+        guard let linear = LlamaLinear.allCases.first(where: { $0.path == m.2 }) else { return "'\(m.2)' is not a linear of a Llama block" }
+        return "adapter_config.json's target_modules / layers_to_transform do not adapt \(linear.moduleName(layer: layer))"
+    }
+
+    /// null, false, "", [] or {}: what PEFT writes for a feature that is off.
+    static func isEmptyJSON(_ v: Any) -> Bool {
+        switch v {
+        case is NSNull: true
+        case let s as String: s.isEmpty
+        case let a as [Any]: a.isEmpty
+        case let d as [String: Any]: d.isEmpty
+        default: boolean(v) == false
+        }
+    }
+
+    /// A JSON true or false (Foundation decodes both as NSNumber, objCType "c"; numbers are not).
+    static func boolean(_ v: Any?) -> Bool? {
+        guard let n = v as? NSNumber, String(cString: n.objCType) == "c" else { return nil }
+        return n.boolValue
+    }
+
+    static func number(_ v: Any?) -> Double? {
+        guard let n = v as? NSNumber, boolean(n) == nil else { return nil }
+        return n.doubleValue
+    }
+
+    static func integer(_ v: Any?) -> Int? {
+        guard let d = number(v), d == d.rounded(), abs(d) < 1e15 else { return nil }
+        return Int(d)
+    }
+
+    static func jsonText(_ v: Any) -> String {
+        guard let data = try? JSONSerialization.data(withJSONObject: [v], options: [.sortedKeys, .withoutEscapingSlashes]) else { return "\(v)" }
+        return String(decoding: data.dropFirst().dropLast(), as: UTF8.self)
     }
 }
 
 public enum AdapterError: Error, Equatable, CustomStringConvertible {
     case missing(String)
     case bad(String, String)
+    case unsupported(String, key: String, value: String, feature: String)
+    case badValue(String, key: String, value: String?, expected: String)
     case missingTensor(String, String)
+    case duplicateTensor(String, String, String)
     case wrongShape(String, String, expected: [Int], found: [Int])
-    case unexpectedTensor(String, String, Int)
+    case wrongRank(String, String, found: Int, rank: Int, base: [Int])
+    case nonFinite(String, String, index: Int, value: Float)
+    case unexpectedTensor(String, String, Int, why: String)
 
     public var description: String {
         switch self {
         case let .missing(p): "\(p): no such file (an adapter directory holds adapter_config.json and adapter_model.safetensors)"
         case let .bad(p, why): "\(p): \(why)"
+        case let .unsupported(p, key, value, feature): "\(p): \(key) \(value): \(feature) is not supported; qlora applies plain LoRA only"
+        case let .badValue(p, key, value, expected): "\(p): \(key) is \(value ?? "missing"); expected \(expected)"
         case let .missingTensor(p, n): "\(p): tensor '\(n)' is missing"
+        case let .duplicateTensor(p, n, other): "\(p): tensors '\(other)' and '\(n)' are the same parameter"
         case let .wrongShape(p, n, e, f): "\(p): tensor '\(n)' has shape \(f), the model needs \(e)"
-        case let .unexpectedTensor(p, n, count): "\(p): tensor '\(n)' matches no adapter of this model" + (count > 1 ? " (and \(count - 1) more)" : "")
+        case let .wrongRank(p, n, f, r, base): "\(p): tensor '\(n)' has rank \(f) but adapter_config.json's r is \(r) "
+            + "(base weight \(base); per-module ranks are not supported)"
+        case let .nonFinite(p, n, i, v): "\(p): tensor '\(n)' holds \(v) at element \(i)"
+        case let .unexpectedTensor(p, n, count, why): "\(p): tensor '\(n)' matches no adapter of this model: \(why)"
+            + (count > 1 ? " (and \(count - 1) more tensors)" : "")
         }
     }
 }

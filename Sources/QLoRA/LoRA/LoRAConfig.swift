@@ -101,17 +101,21 @@ public struct LoRAConfig: Equatable, Sendable {
     public var alpha: Float
     public var dropout: Float
     public var targets: LoRATargets
-    /// Adapt only the last N blocks; nil adapts all.
+    /// Adapt only the last N blocks (`--lora-layers`); nil adapts all.
     public var lastLayers: Int?
+    /// Adapt only these blocks, in increasing order (PEFT's `layers_to_transform` when it is not
+    /// the last N); nil adapts all. At most one of `lastLayers` and `layerIndices` is set.
+    public var layerIndices: [Int]?
     public var useRSLoRA: Bool
 
     public init(rank: Int = 16, alpha: Float = 32, dropout: Float = 0, targets: LoRATargets = .attentionAndMLP,
-                lastLayers: Int? = nil, useRSLoRA: Bool = false) {
+                lastLayers: Int? = nil, layerIndices: [Int]? = nil, useRSLoRA: Bool = false) {
         self.rank = rank
         self.alpha = alpha
         self.dropout = dropout
         self.targets = targets
         self.lastLayers = lastLayers
+        self.layerIndices = layerIndices
         self.useRSLoRA = useRSLoRA
     }
 
@@ -126,16 +130,26 @@ public struct LoRAConfig: Equatable, Sendable {
         guard alpha.isFinite, alpha > 0 else { throw .badAlpha(alpha) }
         guard dropout >= 0, dropout < 1 else { throw .badDropout(dropout) }
         if let n = lastLayers { guard n > 0, n <= layers else { throw .badLayers(n, layers) } }
+        if let list = layerIndices {
+            guard lastLayers == nil else { throw .lastLayersAndIndices }
+            guard !list.isEmpty else { throw .noLayerIndices }
+            for (i, l) in list.enumerated() {
+                guard (0..<layers).contains(l) else { throw .badLayerIndex(l, layers) }
+                guard i == 0 || list[i - 1] < l else { throw .unsortedLayerIndices(list) }
+            }
+        }
     }
 
-    /// The block indices that get adapters.
-    public func adaptedLayers(of count: Int) -> Range<Int> {
-        (count - min(lastLayers ?? count, count))..<count
+    /// The block indices that get adapters, in increasing order.
+    public func adaptedLayers(of count: Int) -> [Int] {
+        if let layerIndices { return layerIndices.filter { (0..<count).contains($0) } }
+        return Array((count - min(lastLayers ?? count, count))..<count)
     }
 }
 
 public enum LoRAConfigError: Error, Equatable, CustomStringConvertible {
     case badRank(Int), badAlpha(Float), badDropout(Float), badLayers(Int, Int)
+    case badLayerIndex(Int, Int), unsortedLayerIndices([Int]), noLayerIndices, lastLayersAndIndices
     case unknownTarget(String), noTargets(String), badRegex(String)
     case nothingAdapted(String)
 
@@ -145,6 +159,10 @@ public enum LoRAConfigError: Error, Equatable, CustomStringConvertible {
         case let .badAlpha(a): "--lora-alpha must be positive, got \(a)"
         case let .badDropout(p): "--lora-dropout must be in [0, 1), got \(p)"
         case let .badLayers(n, l): "--lora-layers \(n): the model has \(l) blocks"
+        case let .badLayerIndex(i, l): "layers_to_transform names block \(i): the model has \(l) blocks (0 ..< \(l))"
+        case let .unsortedLayerIndices(list): "layers_to_transform \(list) must be increasing, without repeats"
+        case .noLayerIndices: "layers_to_transform is an empty list: no block would be adapted"
+        case .lastLayersAndIndices: "a LoRA configuration takes the last N blocks or a list of blocks, not both"
         case let .unknownTarget(t): "unknown LoRA target '\(t)': use q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
             + "down_proj (or attn_q … ffn_down), all-linear, or re:PATTERN"
         case let .noTargets(t): "no LoRA targets in '\(t)'"

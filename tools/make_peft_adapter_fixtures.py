@@ -1,0 +1,281 @@
+#!/usr/bin/env python3
+"""Generate PEFT-format adapter fixtures for qlora: adapters PEFT writes, which qlora must
+read, and PEFT's logits with an adapter qlora wrote, which PEFT must read.
+
+Writes into Tests/QLoRATests/Fixtures/ (and nowhere else; each folder is deleted and rewritten):
+
+  tiny-llama-peft-adapter/          PeftModel.save_pretrained of get_peft_model(tiny NF4 model,
+                                    LoraConfig(r=4, lora_alpha=8, lora_dropout=0, bias="none",
+                                    target_modules=q/k/v/o/gate/up/down_proj)): adapter_config.json
+                                    and adapter_model.safetensors as PEFT writes them
+  tiny-llama-peft-adapter-layer0/   the same with r=2, lora_alpha=3.5 (a float), use_rslora,
+                                    target_modules=q_proj,v_proj and layers_to_transform=[0]
+                                    (a layer set that is not "the last N" of the 2 layers)
+  tiny-llama-peft-adapter-expected.json
+                                    input_ids [2, 6] and the logits [2, 6, 256] of every position
+                                    for three cases: the two adapters above, and the committed
+                                    qlora-written adapter below loaded by PeftModel.from_pretrained
+
+Read, not written: Tests/QLoRATests/Fixtures/tiny-llama-qlora-adapter/, an adapter that qlora's
+AdapterFiles.save wrote (AdapterFilesTests.testQLoRAWrittenAdapterMatchesCommittedFolder; run it
+with QLORA_WRITE_ADAPTER_FIXTURE=1 to rewrite the folder, then run this script again).
+
+Base model: the committed Tests/QLoRATests/Fixtures/tiny-llama-bnb-nf4 (tools/make_model_fixtures.py:
+2 layers, hidden 64, intermediate 320, 4 heads / 2 KV heads, vocab 256, NF4 + double quant),
+loaded as in tools/make_lora_fixtures.py: transformers on the CPU in float32, eager attention,
+bitsandbytes' CPU bf16 path off (support_avx512bf16_for_cpu = False), so each adapted linear is
+    y = F.linear(x, dequantize_4bit(W)) + lora_B(lora_A(x)) * scaling      (fp32)
+with scaling = lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora.  The script asserts that
+the logits equal, within 1e-6 of the largest, those of the same adapter on a plain float32
+LlamaForCausalLM holding the dequantized NF4 weights: i.e. what qlora computes.
+
+Adapter values: every lora_A ~ N(0, 0.1), lora_B ~ N(0, 0.02), both non-zero, from one
+torch.Generator seeded with SEED, in sorted parameter-name order over the case's own LoRA
+parameters.  PEFT's README.md model card is deleted from the adapter folders (qlora ignores
+it); base_model_name_or_path is set to "tiny-llama-bnb-nf4" so no local path is written.
+
+JSON layout: "input_ids" [[int]]; "cases" [{name, adapter (folder name), written_by, scaling,
+"logits": {"shape": [2, 6, 256], "f32": hex}}].  Float32 arrays are lowercase hex of
+little-endian bytes, row-major.
+
+Environment used for the committed fixtures (CPU only, x86_64, Python 3.11):
+
+    python3 -m venv /work/venv-fixtures
+    /work/venv-fixtures/bin/pip install torch==2.15.0 bitsandbytes==0.50.2 gguf==0.19.0 \
+        numpy==2.4.6 transformers==5.23.0 safetensors==0.8.0 accelerate==1.15.0 peft==0.21.2
+    /work/venv-fixtures/bin/python tools/make_peft_adapter_fixtures.py     # from the repo root
+
+Determinism: PYTHONHASHSEED=0 (the script re-executes itself with it: PEFT writes target_modules
+in set order), one torch thread, deterministic algorithms, explicit generator; the script builds
+everything twice from fresh loads and asserts the two builds are byte-identical.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import bitsandbytes as bnb
+import bitsandbytes.functional as bnbf
+import peft
+import transformers
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+PINS = {
+    "torch": "2.15.0",
+    "bitsandbytes": "0.50.2",
+    "transformers": "5.23.0",
+    "peft": "0.21.2",
+    "numpy": "2.4.6",
+}
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = ROOT / "Tests" / "QLoRATests" / "Fixtures"
+MODEL_DIR = FIX / "tiny-llama-bnb-nf4"
+QLORA_ADAPTER = FIX / "tiny-llama-qlora-adapter"
+OUT_JSON = FIX / "tiny-llama-peft-adapter-expected.json"
+
+SEED = 20240917
+BATCH, SEQ = 2, 6
+A_STD, B_STD = 0.1, 0.02
+ALL_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+PEFT_CASES = [
+    dict(name="peft_all_linears", folder="tiny-llama-peft-adapter",
+         lora=dict(r=4, lora_alpha=8, lora_dropout=0.0, bias="none", target_modules=ALL_LINEARS)),
+    dict(name="peft_layer0_qv_rslora", folder="tiny-llama-peft-adapter-layer0",
+         lora=dict(r=2, lora_alpha=3.5, lora_dropout=0.0, bias="none", target_modules=["q_proj", "v_proj"],
+                   use_rslora=True, layers_to_transform=[0])),
+]
+
+
+def check_versions():
+    got = {
+        "torch": torch.__version__.split("+")[0],
+        "bitsandbytes": bnb.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "numpy": np.__version__,
+    }
+    for k, v in PINS.items():
+        if got[k] != v:
+            print(f"warning: {k} {got[k]} != pinned {v}; output may differ", file=sys.stderr)
+
+
+def f32hex(t) -> str:
+    a = t.detach().cpu().to(torch.float32).contiguous().numpy()
+    return np.ascontiguousarray(a, dtype="<f4").tobytes().hex()
+
+
+def make_ids():
+    gen = torch.Generator().manual_seed(SEED)
+    return torch.randint(3, 256, (BATCH, SEQ), generator=gen, dtype=torch.long)
+
+
+def load_nf4():
+    model = AutoModelForCausalLM.from_pretrained(
+        MODEL_DIR, device_map="cpu", dtype=torch.float32, attn_implementation="eager"
+    )
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(linears) == 14, linears
+    for _, m in linears:
+        m.support_avx512bf16_for_cpu = False
+    return model, linears
+
+
+def load_dequantized_fp32(nf4_model, linears):
+    """A plain float32 Llama holding the NF4 model's weights, its linears dequantized."""
+    cfg = LlamaConfig.from_dict({k: v for k, v in nf4_model.config.to_dict().items()
+                                 if k != "quantization_config"})
+    cfg._attn_implementation = "eager"
+    ref = LlamaForCausalLM(cfg).to(torch.float32)
+    sd = ref.state_dict()
+    with torch.no_grad():
+        for name, p in nf4_model.named_parameters():
+            if not isinstance(p, bnb.nn.Params4bit):
+                sd[name].copy_(p)
+        for mod_name, m in linears:
+            qs = m.weight.quant_state
+            assert not getattr(qs, "packing_format_for_cpu", False)
+            sd[mod_name + ".weight"].copy_(bnbf.dequantize_4bit(m.weight.data, qs).to(torch.float32))
+    return ref
+
+
+def scaling_of(pm) -> float:
+    s = {float(m.scaling["default"]) for m in pm.modules()
+         if isinstance(getattr(m, "scaling", None), dict) and "default" in m.scaling}
+    assert len(s) == 1, s
+    return s.pop()
+
+
+def logits_of(pm, ids):
+    pm.eval()
+    with torch.no_grad():
+        return pm(input_ids=ids, use_cache=False).logits
+
+
+def seeded_peft(model, lora):
+    pm = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+    gen = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for name, p in sorted(pm.named_parameters()):
+            if ".lora_A." in name:
+                p.copy_(A_STD * torch.randn(p.shape, generator=gen, dtype=torch.float32))
+            elif ".lora_B." in name:
+                p.copy_(B_STD * torch.randn(p.shape, generator=gen, dtype=torch.float32))
+    pm.peft_config["default"].base_model_name_or_path = MODEL_DIR.name
+    return pm
+
+
+def assert_matches_dequantized(logits, ref_logits, what):
+    err = ((logits - ref_logits).abs().max() / ref_logits.abs().max()).item()
+    assert err < 1e-6, (what, err)
+    return err
+
+
+def peft_case(case, ids, out_dir: Path):
+    """Saves a seeded PEFT adapter into out_dir / folder; returns the case record."""
+    nf4, linears = load_nf4()
+    ref = load_dequantized_fp32(nf4, linears)
+    pm = seeded_peft(nf4, case["lora"])
+    logits = logits_of(pm, ids)
+    for _, m in linears:
+        assert not getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+    err = assert_matches_dequantized(logits, logits_of(seeded_peft(ref, case["lora"]), ids), case["name"])
+    folder = out_dir / case["folder"]
+    pm.save_pretrained(folder)
+    (folder / "README.md").unlink(missing_ok=True)
+    saved = load_file(folder / "adapter_model.safetensors")
+    assert saved and all(".lora_A.weight" in k or ".lora_B.weight" in k for k in saved), sorted(saved)
+    rec = {"name": case["name"], "adapter": case["folder"], "written_by": f"peft {peft.__version__} save_pretrained",
+           "scaling": scaling_of(pm), "logits": {"shape": list(logits.shape), "f32": f32hex(logits)}}
+    return rec, f"{case['name']}: {len(saved)} tensors, scaling {rec['scaling']}, max rel vs dequantized fp32 {err:.1e}"
+
+
+def qlora_case(ids):
+    """PEFT's logits with the adapter qlora wrote, after checking PEFT loaded every tensor of it."""
+    assert (QLORA_ADAPTER / "adapter_model.safetensors").exists(), (
+        f"{QLORA_ADAPTER} is missing: run QLORA_WRITE_ADAPTER_FIXTURE=1 swift test --filter "
+        "AdapterFilesTests/testQLoRAWrittenAdapterMatchesCommittedFolder first")
+    saved = load_file(QLORA_ADAPTER / "adapter_model.safetensors")
+    logits = []
+    for make in (lambda: load_nf4()[0], lambda: load_dequantized_fp32(*load_nf4())):
+        pm = PeftModel.from_pretrained(make(), QLORA_ADAPTER)
+        params = {n.replace(".default.", "."): p for n, p in pm.named_parameters() if ".lora_" in n}
+        assert params.keys() == saved.keys(), (sorted(params.keys() ^ saved.keys()))
+        for k, t in saved.items():
+            assert torch.equal(params[k], t), k
+        logits.append(logits_of(pm, ids))
+        scaling = scaling_of(pm)
+    err = assert_matches_dequantized(logits[0], logits[1], "qlora adapter")
+    rec = {"name": "qlora_written", "adapter": QLORA_ADAPTER.name, "written_by": "qlora AdapterFiles.save",
+           "scaling": scaling, "logits": {"shape": list(logits[0].shape), "f32": f32hex(logits[0])}}
+    return rec, f"qlora_written: {len(saved)} tensors loaded by PEFT, scaling {scaling}, max rel vs dequantized fp32 {err:.1e}"
+
+
+def build(out_dir: Path):
+    ids = make_ids()
+    doc = {
+        "generator": "tools/make_peft_adapter_fixtures.py",
+        "versions": {"torch": torch.__version__, "bitsandbytes": bnb.__version__,
+                     "transformers": transformers.__version__, "peft": peft.__version__},
+        "model": MODEL_DIR.name,
+        "encoding": "float32 arrays are lowercase hex of little-endian bytes, row-major",
+        "note": ("PEFT LoRA on the bitsandbytes NF4 model, float32, eager attention, bnb's CPU bf16 path off "
+                 "(base forward = dequantize_4bit fp32 + F.linear). logits [batch, position, vocab] of every "
+                 "position, no attention mask, no cache."),
+        "input_ids": ids.tolist(),
+        "cases": [],
+    }
+    summaries = []
+    for case in PEFT_CASES:
+        rec, s = peft_case(case, ids, out_dir)
+        doc["cases"].append(rec)
+        summaries.append(s)
+    rec, s = qlora_case(ids)
+    doc["cases"].append(rec)
+    summaries.append(s)
+    (out_dir / OUT_JSON.name).write_text(json.dumps(doc, indent=1) + "\n")
+    return summaries
+
+
+def tree_bytes(d: Path):
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def main():
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        # PEFT writes target_modules in set order, which depends on the string hash seed.
+        os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, "PYTHONHASHSEED": "0"})
+    check_versions()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        summaries = build(Path(a))
+        build(Path(b))
+        assert tree_bytes(Path(a)) == tree_bytes(Path(b)), "two builds differ"
+        for case in PEFT_CASES:
+            dst = FIX / case["folder"]
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(Path(a) / case["folder"], dst)
+        shutil.copyfile(Path(a) / OUT_JSON.name, OUT_JSON)
+    for s in summaries:
+        print(s)
+    written = [OUT_JSON] + [p for c in PEFT_CASES for p in sorted((FIX / c["folder"]).iterdir())]
+    for p in written:
+        os.chmod(p, 0o644)
+        data = p.read_bytes()
+        print(f"{len(data):9d}  {hashlib.sha256(data).hexdigest()[:16]}  {p.relative_to(ROOT)}")
+    assert sum(p.stat().st_size for p in written) < 1 << 20
+
+
+if __name__ == "__main__":
+    main()
