@@ -176,15 +176,16 @@ struct Train: ParsableCommand {
         }
         log.line("data: \(train.examples.count) training examples (\(train.trainedTokenCount) trained tokens), "
                  + "\(validation.examples.count) validation examples")
-        let estimate = LlamaTrainer.estimatedBytes(config: lm.model.config, sequences: config.batchSize, length: config.maxLen,
-                                                   rank: config.loraR, gradientCheckpointing: config.gradCheckpoint)
-        let physical = Int(ProcessInfo.processInfo.physicalMemory)
-        log.line(String(format: "memory estimate: %.0f MiB of activations and state at batch %d × %d%@ (%.0f MiB installed)",
-                        Double(estimate) / 1_048_576, config.batchSize, config.maxLen, config.gradCheckpoint ? ", checkpointing" : "",
-                        Double(physical) / 1_048_576))
-        if estimate > physical * 9 / 10 {
-            throw TrainingError.tooLarge(String(format: "batch %d × %d needs about %.1f GiB, more than this machine's %.1f GiB: lower --batch-size or --max-len, or add --grad-checkpoint",
-                                                config.batchSize, config.maxLen, Double(estimate) / 1_073_741_824, Double(physical) / 1_073_741_824))
+        let estimate = MemoryEstimate(config: lm.model.config, frozenBytes: lm.model.frozenBytes, lora: try config.lora,
+                                      trainNorms: config.trainNorms, sequences: config.batchSize, length: config.maxLen,
+                                      gradientCheckpointing: config.gradCheckpoint, ema: config.ema > 0)
+        log.line(String(format: "memory estimate: %.0f MiB at batch %d × %d%@ (%.1f GiB installed)", Double(estimate.totalBytes) / 1_048_576,
+                        config.batchSize, config.maxLen, config.gradCheckpoint ? ", checkpointing" : "",
+                        Double(estimate.availableBytes) / 1_073_741_824))
+        if !estimate.fits {
+            throw TrainingError.tooLarge("this run needs about \(String(format: "%.1f", Double(estimate.totalBytes) / 1_073_741_824)) GiB, "
+                + "more than 90% of this machine's memory:\n  " + estimate.lines.joined(separator: "\n  ")
+                + "\n---> HINT: " + estimate.advice(gradientCheckpointing: config.gradCheckpoint))
         }
         if let sample, resume == nil { try Self.show(sample, lm: lm, label: "base model", log: log) }
 

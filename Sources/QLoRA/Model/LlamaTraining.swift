@@ -65,6 +65,9 @@ public final class LlamaTrainer {
     /// The step's buffers, reused from step to step.
     private let arena = FloatArena()
 
+    /// Bytes the step buffers hold (the largest step so far).
+    public var stepBufferBytes: Int { arena.capacity * MemoryLayout<Float>.stride }
+
     public init(model: LlamaModel, lora: LlamaLoRA, gradientCheckpointing: Bool = false, headChunkRows: Int = 128) {
         self.model = model
         self.lora = lora
@@ -192,20 +195,3 @@ public final class LlamaTrainer {
     }
 }
 
-extension LlamaTrainer {
-    /// Bytes a training step holds besides the frozen weights, roughly: activations of every
-    /// block (or of one block plus every block input with checkpointing), the backward's
-    /// scratch, one head chunk of logits, and four fp32 copies of the adapters (value,
-    /// gradient, two AdamW moments) plus the EMA.
-    public static func estimatedBytes(config c: ModelConfig, sequences B: Int, length T: Int, rank r: Int,
-                                      gradientCheckpointing: Bool, headChunkRows: Int = 128) -> Int {
-        let N = B * T, C = c.hiddenSize, F = c.intermediateSize
-        let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
-        let perBlock = N * (4 * C + 2 * qDim + 2 * kvDim + 3 * F + 2) + B * c.numHeads * T * T + N * r * 7
-        let inputs = (c.numLayers + 1) * N * C
-        let blocks = gradientCheckpointing ? perBlock : c.numLayers * perBlock
-        let scratch = N * (2 * C + 2 * qDim + 2 * kvDim + 3 * F) + 2 * N * C + headChunkRows * c.vocabSize
-        let adapters = c.numLayers * r * (4 * C + 2 * qDim + 2 * kvDim + 3 * (C + F)) * 5
-        return 4 * (blocks + inputs + scratch + adapters)
-    }
-}

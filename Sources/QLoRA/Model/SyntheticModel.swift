@@ -27,6 +27,22 @@ public enum SyntheticShape: String, CaseIterable, Sendable {
     }
 }
 
+extension SyntheticShape {
+    /// Bytes `SyntheticModel.make` holds for this shape without building it: NF4 linears with
+    /// double quantization (4 bits, one 8-bit code per 64, one fp32 per 256 codes), Q8_0 token
+    /// matrices (34 bytes per 32), fp32 norms.
+    public func frozenBytes(layers: Int? = nil) -> Int {
+        let c = config, L = layers ?? c.numLayers
+        let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
+        func nf4(_ n: Int) -> Int { n / 2 + (n + 63) / 64 + ((n + 63) / 64 + 255) / 256 * 4 + 256 * 4 + 16 }
+        let perLayer = [qDim * c.hiddenSize, kvDim * c.hiddenSize, kvDim * c.hiddenSize, c.hiddenSize * qDim,
+                        c.intermediateSize * c.hiddenSize, c.intermediateSize * c.hiddenSize, c.hiddenSize * c.intermediateSize]
+            .reduce(0) { $0 + nf4($1) } + 2 * c.hiddenSize * 4
+        let tokens = c.vocabSize * c.hiddenSize / 32 * 34
+        return L * perLayer + tokens * (c.tieWordEmbeddings ? 1 : 2) + c.hiddenSize * 4
+    }
+}
+
 public enum SyntheticModel {
     /// What `make` reports as it goes.
     public struct Progress: Sendable {
@@ -62,17 +78,27 @@ public enum SyntheticModel {
         }
         let ones = [Float](repeating: 1, count: c.hiddenSize)
         var layerWeights: [LlamaLayerWeights] = []
+        let shapes: [(String, Int, Int)] = [("self_attn.q_proj", qDim, c.hiddenSize), ("self_attn.k_proj", kvDim, c.hiddenSize),
+                                            ("self_attn.v_proj", kvDim, c.hiddenSize), ("self_attn.o_proj", c.hiddenSize, qDim),
+                                            ("mlp.gate_proj", c.intermediateSize, c.hiddenSize),
+                                            ("mlp.up_proj", c.intermediateSize, c.hiddenSize),
+                                            ("mlp.down_proj", c.hiddenSize, c.intermediateSize)]
         for l in 0..<c.numLayers {
-            let p = "model.layers.\(l)."
-            layerWeights.append(LlamaLayerWeights(
-                q: try matrix(p + "self_attn.q_proj", qDim, c.hiddenSize, format),
-                k: try matrix(p + "self_attn.k_proj", kvDim, c.hiddenSize, format),
-                v: try matrix(p + "self_attn.v_proj", kvDim, c.hiddenSize, format),
-                o: try matrix(p + "self_attn.o_proj", c.hiddenSize, qDim, format),
-                gate: try matrix(p + "mlp.gate_proj", c.intermediateSize, c.hiddenSize, format),
-                up: try matrix(p + "mlp.up_proj", c.intermediateSize, c.hiddenSize, format),
-                down: try matrix(p + "mlp.down_proj", c.hiddenSize, c.intermediateSize, format),
-                attentionNorm: ones, mlpNorm: ones, qBias: nil, kBias: nil, vBias: nil))
+            // The layer's seven tensors two at a time (one per core): one fp32 tensor per core exists at once.
+            let results = ConcurrentResults<QuantizedMatrix>(count: shapes.count)
+            let base = index
+            DispatchQueue.concurrentPerform(iterations: shapes.count) { i in
+                let (_, rows, cols) = shapes[i]
+                let values = randomValues(rows * cols, seed: seed &+ (base + UInt64(i) + 1) &* 0x9E37_79B9_7F4A_7C15)
+                results.set(i, Result { try QuantizedMatrix(quantizing: values, rows: rows, cols: cols, format: format,
+                                                              doubleQuant: format == .nf4 || format == .fp4) })
+            }
+            index += UInt64(shapes.count)
+            let m = try results.values()
+            done += shapes.count
+            progress(Progress(tensor: "model.layers.\(l)", done: done, total: total))
+            layerWeights.append(LlamaLayerWeights(q: m[0], k: m[1], v: m[2], o: m[3], gate: m[4], up: m[5], down: m[6],
+                                                  attentionNorm: ones, mlpNorm: ones, qBias: nil, kBias: nil, vBias: nil))
         }
         let embedding = LlamaTokenMatrix.quantized(try matrix("model.embed_tokens", c.vocabSize, c.hiddenSize, .q8_0))
         let head = c.tieWordEmbeddings ? embedding : .quantized(try matrix("lm_head", c.vocabSize, c.hiddenSize, .q8_0))
@@ -98,4 +124,20 @@ public enum SyntheticModel {
         }
         return out
     }
+}
+
+/// Slots filled from concurrent iterations, each once.
+final class ConcurrentResults<T>: @unchecked Sendable {
+    private var slots: [Result<T, any Error>?]
+    private let lock = NSLock()
+
+    init(count: Int) { slots = Array(repeating: nil, count: count) }
+
+    func set(_ i: Int, _ r: Result<T, any Error>) {
+        lock.lock()
+        slots[i] = r
+        lock.unlock()
+    }
+
+    func values() throws -> [T] { try slots.map { try $0!.get() } }
 }

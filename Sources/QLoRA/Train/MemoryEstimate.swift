@@ -1,0 +1,101 @@
+import Foundation
+
+/// What a training run will hold, by part, before it starts — the arithmetic mirrors what
+/// LlamaTrainer allocates (one arena per step) and what the model and optimizer keep.
+/// Legend: B sequences, T tokens each, N = B·T, C hidden, F intermediate, H/Hkv heads, D head
+/// dim, V vocab, L layers, r rank.
+public struct MemoryEstimate: Codable, Sendable, Equatable {
+    /// 4-bit linears, token matrices and norms as held (mapped pages count once touched).
+    public var frozenWeightsBytes: Int
+    /// fp32 adapter (and trained norm) values, their gradients, AdamW's two moments, EMA shadows.
+    public var adapterBytes: Int
+    public var gradientBytes: Int
+    public var optimizerBytes: Int
+    public var emaBytes: Int
+    /// Activations kept for the backward: every block's (or, with checkpointing, one block's
+    /// plus the L + 1 block inputs), and the backward's scratch.
+    public var activationBytes: Int
+    /// One chunk of LM-head logits and the head's inputs and gradients.
+    public var logitsBytes: Int
+    /// Per-thread tile buffers of the GEMMs, the runtime, libraries and the tokenizer.
+    public var bufferBytes: Int
+    public var totalBytes: Int
+    /// Physical memory of the machine.
+    public var availableBytes: Int
+
+    enum CodingKeys: String, CodingKey {
+        case frozenWeightsBytes = "frozen_weights_bytes", adapterBytes = "adapter_bytes", gradientBytes = "gradient_bytes"
+        case optimizerBytes = "optimizer_bytes", emaBytes = "ema_bytes", activationBytes = "activation_bytes"
+        case logitsBytes = "logits_bytes", bufferBytes = "buffer_bytes", totalBytes = "total_bytes"
+        case availableBytes = "available_bytes"
+    }
+
+    /// Runtime, OpenBLAS and OpenMP, tokenizer and bookkeeping: `qlora info` peaks at ≈ 30 MB.
+    public static let runtimeBytes = 40 << 20
+
+    public init(config c: ModelConfig, frozenBytes: Int, lora: LoRAConfig, trainNorms: Bool, sequences B: Int, length T: Int,
+                gradientCheckpointing: Bool, ema: Bool, headChunkRows: Int = 128, threads: Int = 2) {
+        let N = B * T, C = c.hiddenSize, F = c.intermediateSize
+        let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
+        let layers = lora.adaptedLayers(of: c.numLayers)
+        var adapterFloats = 0, savedPerLayer: [Int] = Array(repeating: 0, count: c.numLayers)
+        for l in layers {
+            for m in LlamaLinear.allCases where lora.targets.matches(m, layer: l) {
+                let (rows, cols): (Int, Int) = switch m {
+                case .q: (qDim, C)
+                case .k, .v: (kvDim, C)
+                case .o: (C, qDim)
+                case .gate, .up: (F, C)
+                case .down: (C, F)
+                }
+                adapterFloats += lora.rank * (rows + cols)
+                savedPerLayer[l] += N * lora.rank
+            }
+        }
+        if trainNorms { adapterFloats += (2 * c.numLayers + 1) * C }
+        let block = N * (4 * C + 2 * qDim + 2 * kvDim + 3 * F + 2) + B * c.numHeads * T * T
+        let kept = gradientCheckpointing ? block + (savedPerLayer.max() ?? 0) : c.numLayers * block + savedPerLayer.reduce(0, +)
+        let inputs = (c.numLayers + 1) * N * C
+        let scratch = N * (2 * C + 2 * qDim + 2 * kvDim + 3 * F) + 3 * N * C
+        let dropout = lora.dropout > 0 ? N * max(C, F, qDim) : 0
+        frozenWeightsBytes = frozenBytes
+        adapterBytes = 4 * adapterFloats
+        gradientBytes = 4 * adapterFloats
+        optimizerBytes = 8 * adapterFloats
+        emaBytes = ema ? 4 * adapterFloats : 0
+        activationBytes = 4 * (kept + inputs + scratch + dropout)
+        logitsBytes = 4 * (min(headChunkRows, N) * c.vocabSize + 2 * N * C + N)
+        bufferBytes = Self.runtimeBytes + threads * (4 << 20)
+        totalBytes = frozenWeightsBytes + adapterBytes + gradientBytes + optimizerBytes + emaBytes + activationBytes
+            + logitsBytes + bufferBytes
+        availableBytes = Int(ProcessInfo.processInfo.physicalMemory)
+    }
+
+    /// Whether it fits in 90% of the machine's memory.
+    public var fits: Bool { totalBytes <= availableBytes / 10 * 9 }
+
+    /// The breakdown, one part per line, in MiB.
+    public var lines: [String] {
+        func mib(_ b: Int) -> String { String(format: "%9.1f MiB", Double(b) / 1_048_576) }
+        return [
+            "frozen weights   \(mib(frozenWeightsBytes))",
+            "adapters         \(mib(adapterBytes))",
+            "gradients        \(mib(gradientBytes))",
+            "AdamW moments    \(mib(optimizerBytes))",
+            "EMA shadows      \(mib(emaBytes))",
+            "activations      \(mib(activationBytes))",
+            "logits and loss  \(mib(logitsBytes))",
+            "buffers, runtime \(mib(bufferBytes))",
+            "total            \(mib(totalBytes)) of \(String(format: "%.1f GiB", Double(availableBytes) / 1_073_741_824)) installed",
+        ]
+    }
+
+    /// What to change when it does not fit.
+    public func advice(gradientCheckpointing: Bool) -> String {
+        var tips: [String] = []
+        if !gradientCheckpointing { tips.append("add --grad-checkpoint (keeps one block's activations)") }
+        tips.append("lower --batch-size (raise --grad-accum to keep the batch) or --max-len")
+        if frozenWeightsBytes > availableBytes / 2 { tips.append("the frozen weights alone take most of the memory: a smaller model") }
+        return tips.joined(separator: "; ")
+    }
+}

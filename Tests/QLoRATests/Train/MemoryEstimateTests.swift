@@ -1,0 +1,52 @@
+import Foundation
+@testable import QLoRA
+import XCTest
+
+/// The memory estimate against what a training step really allocates.
+final class MemoryEstimateTests: XCTestCase {
+    /// Activations + logits of the estimate cover the trainer's step arena, within 15%, with and
+    /// without checkpointing, with and without dropout.
+    func testActivationEstimateMatchesTheStepArena() throws {
+        let model = LlamaTrainerTests.tiny
+        for (checkpointing, dropout) in [(false, Float(0)), (true, 0), (false, 0.1), (true, 0.1)] {
+            let config = LoRAConfig(rank: 8, alpha: 16, dropout: dropout)
+            let lora = try LlamaLoRA(model: model, config: config, seed: 1)
+            let trainer = LlamaTrainer(model: model, lora: lora, gradientCheckpointing: checkpointing)
+            var rng = SplitMix64(seed: 3)
+            let ids = (0..<(8 * 64)).map { _ in Int32(rng.next() % 256) }
+            _ = try trainer.accumulateGradients(TokenBatch(inputIds: ids, labels: ids, sequences: 8, length: 64), gradScale: 1,
+                                                dropoutSeed: dropout > 0 ? 5 : nil)
+            let e = MemoryEstimate(config: model.config, frozenBytes: model.frozenBytes, lora: config, trainNorms: false,
+                                   sequences: 8, length: 64, gradientCheckpointing: checkpointing, ema: true)
+            let estimated = Double(e.activationBytes + e.logitsBytes), actual = Double(trainer.stepBufferBytes)
+            XCTAssertEqual(estimated / actual, 1, accuracy: 0.15, "checkpointing \(checkpointing), dropout \(dropout): "
+                           + "estimate \(estimated), arena \(actual)")
+            XCTAssertEqual(e.adapterBytes, lora.trainableCount * 4)
+            XCTAssertEqual(e.optimizerBytes, 2 * e.adapterBytes)
+            XCTAssertEqual(e.totalBytes, e.frozenWeightsBytes + e.adapterBytes + e.gradientBytes + e.optimizerBytes + e.emaBytes
+                           + e.activationBytes + e.logitsBytes + e.bufferBytes)
+        }
+    }
+
+    /// Synthetic shapes: the frozen bytes computed without building equal what is built.
+    func testSyntheticFrozenBytesWithoutBuilding() throws {
+        let model = try SyntheticModel.make(.llama1b, layers: 1)
+        XCTAssertEqual(model.config.numLayers, 1)
+        XCTAssertEqual(Double(SyntheticShape.llama1b.frozenBytes(layers: 1)) / Double(model.frozenBytes), 1, accuracy: 0.002)
+        let q = model.weights.layers[0].q
+        XCTAssertEqual(q.format, .nf4)
+        XCTAssertEqual(q.rows, 2048)
+        let values = q.dequantize(rows: 0..<4)
+        let std = (values.reduce(0) { $0 + Double($1 * $1) } / Double(values.count)).squareRoot()
+        XCTAssertEqual(std, 0.02, accuracy: 0.003)
+    }
+
+    func testRefusesWhatDoesNotFit() {
+        let e = MemoryEstimate(config: SyntheticShape.llama70b.config, frozenBytes: SyntheticShape.llama70b.frozenBytes(),
+                               lora: LoRAConfig(rank: 16), trainNorms: false, sequences: 1, length: 512,
+                               gradientCheckpointing: true, ema: false)
+        XCTAssertGreaterThan(e.frozenWeightsBytes, 30 << 30)
+        XCTAssertFalse(e.fits || e.availableBytes > 64 << 30)
+        XCTAssertTrue(e.advice(gradientCheckpointing: true).contains("smaller model"))
+    }
+}
