@@ -27,7 +27,9 @@ Checks on every run:
   * a plain float32 Llama holding dequantize_4bit of every NF4 linear, with the same adapter
     merged by PEFT's merge_and_unload, gives the recorded logits within 1e-5 of their largest
     magnitude: the merged fp32 model that `qlora export` writes is expected to do the same;
-  * building twice gives the same JSON text.
+  * building twice gives the same JSON text (and two runs of the script byte-identical files:
+    adapter_config.json is rewritten with target_modules sorted, base_model_name_or_path
+    relative).
 
 --check-export DIR
     Loads DIR (a folder written by `qlora export`) with AutoModelForCausalLM.from_pretrained in
@@ -175,10 +177,12 @@ def build():
         shutil.rmtree(ADAPTER_DIR)
     pm.save_pretrained(ADAPTER_DIR, safe_serialization=True)
     (ADAPTER_DIR / "README.md").unlink(missing_ok=True)
-    # PEFT records the base as the absolute path it was loaded from; keep the fixture portable
+    # PEFT records the base as the absolute path it was loaded from (keep the fixture portable)
+    # and target_modules in set order, which varies with PYTHONHASHSEED (keep it reproducible)
     cfg_path = ADAPTER_DIR / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = MODEL_DIR.name
+    cfg["target_modules"] = sorted(cfg["target_modules"])
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     for f in ADAPTER_DIR.iterdir():
         os.chmod(f, 0o644)
