@@ -6,22 +6,23 @@ struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Merge a LoRA adapter into its 4-bit base and write a plain fp32 Hugging Face folder.",
         discussion: """
-            Every linear becomes W' = dequant(W) + scale·B·A in fp32: the adapter is added to the
-            very 4-bit weights it was trained against, dequantized (so pass the same --model you
-            trained with). Trained norms (--train-norms) replace the base's; embeddings and the LM
-            head are dequantized to fp32 (a tied model writes the embedding once). Without
+            Every linear becomes W' = dequant(W) + scale·B·A in fp32: the adapter is added to \
+            the very 4-bit weights it was trained against, dequantized, so pass the --model you \
+            trained with. Trained norms (--train-norms) replace the base's; embeddings and the \
+            LM head are dequantized to fp32 (a tied model writes the embedding once). Without \
             --adapter the dequantized base is written.
 
-            The folder holds config.json (LlamaForCausalLM, float32), generation_config.json,
-            model.safetensors (sharded with model.safetensors.index.json above --max-shard-size)
-            and the tokenizer with its chat template, so transformers, vLLM or llama.cpp's
-            convert_hf_to_gguf.py read it:
-              AutoModelForCausalLM.from_pretrained("smol-tuned")
+            The folder holds config.json (LlamaForCausalLM, float32), generation_config.json, \
+            model.safetensors (sharded with model.safetensors.index.json above \
+            --max-shard-size) and the tokenizer with its chat template, copied from a folder or \
+            written from the GGUF's metadata (a model without one gets a note, no tokenizer). \
+            transformers loads it as it is: AutoModelForCausalLM.from_pretrained("smol-tuned").
 
-            fp32 takes 4 bytes a parameter (135M parameters: 540 MB). Tensors are streamed one
-            at a time, so memory stays near the 4-bit model plus one fp32 tensor. The folder is
-            written as DIR.tmp-<pid> and renamed when complete: an interrupted export leaves no
-            DIR that looks finished. A non-empty DIR is refused unless --overwrite.
+            fp32 takes 4 bytes a parameter (SmolLM2-135M: 538 MB). Tensors stream one at a time, \
+            so memory stays near the 4-bit model plus one fp32 tensor. The folder is written as \
+            DIR.tmp-<pid> and renamed when complete: an interrupted export leaves no DIR that \
+            looks finished (delete the DIR.tmp-<pid> it leaves). A non-empty DIR is refused \
+            unless --overwrite.
 
             Examples:
               qlora export --model models/SmolLM2-135M-Instruct.Q4_1.gguf --adapter runs/smol/lora_best_ema -o smol-tuned
