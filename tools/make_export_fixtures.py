@@ -45,6 +45,10 @@ Checks on every run:
       swift run qlora export --model models/SmolLM2-135M-Instruct.Q4_1.gguf -o /tmp/smol-fp32
       /work/venv-fixtures/bin/python tools/make_export_fixtures.py --check-export /tmp/smol-fp32 \\
           --gguf models/SmolLM2-135M-Instruct.Q4_1.gguf
+--check-export DIR --gguf FILE --adapter ADAPTER
+    The same for an export of FILE with a qlora adapter: the reference is transformers on FILE
+    with the adapter applied by PeftModel.from_pretrained (unmerged), and the trained norms
+    qlora saves beside the LoRA tensors (qlora_trains_norms) copied into the model first.
 Check modes write nothing and exit non-zero when a difference passes its tolerance.
 
 Environment used for the committed fixtures (CPU only, x86_64, Python 3.11):
@@ -251,7 +255,20 @@ def check_tiny(directory) -> bool:
     return rel < EXPORT_TOL
 
 
-def check_gguf(directory, gguf) -> bool:
+def gguf_with_adapter(model, adapter):
+    """transformers' GGUF model with a qlora adapter: trained norms copied in, LoRA by PEFT."""
+    from safetensors.torch import load_file
+    tensors = load_file(Path(adapter) / "adapter_model.safetensors")
+    prefix = "base_model.model."
+    norms = {k[len(prefix):]: v for k, v in tensors.items() if k.endswith("norm.weight")}
+    sd = model.state_dict()
+    with torch.no_grad():
+        for name, value in norms.items():
+            sd[name].copy_(value)
+    return PeftModel.from_pretrained(model, adapter).eval(), len(norms)
+
+
+def check_gguf(directory, gguf, adapter=None) -> bool:
     gguf = Path(gguf).resolve()
     tok_gguf = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tok_export = AutoTokenizer.from_pretrained(directory)
@@ -265,12 +282,17 @@ def check_gguf(directory, gguf) -> bool:
                                                      attn_implementation="eager").eval()
     model = load_export(directory)
     sd_ref, sd = reference.state_dict(), model.state_dict()
-    weight_diff = max((sd[k] - sd_ref[k]).abs().max().item() for k in sd_ref if k in sd)
     missing = sorted(set(sd_ref) ^ set(sd))
+    if adapter is None:
+        weight_diff = max((sd[k] - sd_ref[k]).abs().max().item() for k in sd_ref if k in sd)
+        print(f"weights: max |export - transformers' GGUF dequantization| = {weight_diff:.3e}; names only in one: {missing}")
+    else:
+        reference, n_norms = gguf_with_adapter(reference, adapter)
+        print(f"reference: PEFT adapter {adapter} on transformers' GGUF model, {n_norms} trained norms copied in; "
+              f"names only in one: {missing}")
     got, expected = all_logits(model, ids), all_logits(reference, ids)
     diff = (got - expected).abs().max().item()
     rel = rel_diff(got, expected)
-    print(f"weights: max |export - transformers' GGUF dequantization| = {weight_diff:.3e}; names only in one: {missing}")
     print(f"logits over {len(ids)} positions: max |diff| = {diff:.3e}, {rel:.3e} of max |logit| {expected.abs().max().item():.2f} "
           f"(tolerance {GGUF_TOL:g}); same argmax at every position: {torch.equal(got.argmax(-1), expected.argmax(-1))}")
     return same_tokens and not missing and rel < GGUF_TOL
@@ -280,16 +302,19 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check-export", metavar="DIR", help="check a folder written by qlora export")
     ap.add_argument("--gguf", metavar="FILE", help="with --check-export: the GGUF file DIR was exported from")
+    ap.add_argument("--adapter", metavar="DIR", help="with --gguf: the qlora adapter DIR was exported with")
     args = ap.parse_args()
     check_versions()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     if args.check_export is None:
-        if args.gguf:
-            ap.error("--gguf goes with --check-export")
+        if args.gguf or args.adapter:
+            ap.error("--gguf and --adapter go with --check-export")
         make_fixtures()
         return
-    ok = check_gguf(args.check_export, args.gguf) if args.gguf else check_tiny(args.check_export)
+    if args.adapter and not args.gguf:
+        ap.error("--adapter goes with --gguf (the tiny check knows its adapter)")
+    ok = check_gguf(args.check_export, args.gguf, args.adapter) if args.gguf else check_tiny(args.check_export)
     print("OK" if ok else "FAILED")
     sys.exit(0 if ok else 1)
 

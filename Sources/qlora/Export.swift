@@ -65,7 +65,7 @@ struct Export: ParsableCommand {
             switch progress {
             case let .tensor(index, count, name, storage, merged, elapsed):
                 let eta = index > 0 ? String(format: " ETA %.0f s", elapsed / Double(index) * Double(count - index)) : ""
-                FileHandle.standardError.write(Data("[\(index + 1)/\(count)] \(name) \(storage)\(merged ? " + LoRA" : "") → F32\(eta)\n".utf8))
+                FileHandle.standardError.write(Data("[\(index + 1)/\(count)] \(name) \(storage)\(merged ? " + adapter" : "") → F32\(eta)\n".utf8))
             case let .note(text):
                 FileHandle.standardError.write(Data("note: \(text)\n".utf8))
             }
