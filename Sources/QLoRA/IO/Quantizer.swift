@@ -129,22 +129,7 @@ public enum Quantizer {
     }
 
     static func writeConfig(_ source: ModelSource, output: String, options: Options, blockSize: Int, dtype: SafetensorsDType) throws {
-        var config: [String: Any]
-        if let folder = source.folder {
-            config = folder.rawConfig
-        } else {
-            let c = source.config
-            config = [
-                "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-                "hidden_size": c.hiddenSize, "intermediate_size": c.intermediateSize, "num_hidden_layers": c.numLayers,
-                "num_attention_heads": c.numHeads, "num_key_value_heads": c.numKVHeads, "head_dim": c.headDim,
-                "vocab_size": c.vocabSize, "rms_norm_eps": Double(c.rmsNormEps), "rope_theta": Double(c.ropeTheta),
-                "max_position_embeddings": c.maxPositionEmbeddings, "tie_word_embeddings": c.tieWordEmbeddings,
-                "attention_bias": c.attentionBias, "mlp_bias": false,
-            ]
-            if let bos = source.gguf?.metadata["tokenizer.ggml.bos_token_id"]?.int { config["bos_token_id"] = bos }
-            if let eos = source.gguf?.metadata["tokenizer.ggml.eos_token_id"]?.int { config["eos_token_id"] = eos }
-        }
+        var config = huggingFaceConfig(source)
         config["torch_dtype"] = dtype.torchName  // transformers < 5
         config["dtype"] = dtype.torchName        // transformers ≥ 5
         config["quantization_config"] = [
@@ -163,6 +148,25 @@ public enum Quantizer {
             text = text.replacingOccurrences(of: "\"llm_int8_threshold\" : 6" + end, with: "\"llm_int8_threshold\" : 6.0" + end)
         }
         try AtomicFile.write(to: (output as NSString).appendingPathComponent("config.json"), bytes: Array(text.utf8))
+    }
+
+    /// The source's config.json as transformers reads it: a folder's own, or one built from
+    /// the GGUF's metadata.
+    static func huggingFaceConfig(_ source: ModelSource) -> [String: Any] {
+        if let folder = source.folder { return folder.rawConfig }
+        // Floats by their shortest decimal (1e-05, not 9.99999974737875e-06 widened from fp32).
+        let c = source.config
+        var config: [String: Any] = [
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+            "hidden_size": c.hiddenSize, "intermediate_size": c.intermediateSize, "num_hidden_layers": c.numLayers,
+            "num_attention_heads": c.numHeads, "num_key_value_heads": c.numKVHeads, "head_dim": c.headDim,
+            "vocab_size": c.vocabSize, "rms_norm_eps": Double("\(c.rmsNormEps)")!, "rope_theta": Double("\(c.ropeTheta)")!,
+            "max_position_embeddings": c.maxPositionEmbeddings, "tie_word_embeddings": c.tieWordEmbeddings,
+            "attention_bias": c.attentionBias, "mlp_bias": false,
+        ]
+        if let bos = source.gguf?.metadata["tokenizer.ggml.bos_token_id"]?.int { config["bos_token_id"] = bos }
+        if let eos = source.gguf?.metadata["tokenizer.ggml.eos_token_id"]?.int { config["eos_token_id"] = eos }
+        return config
     }
 
     static func copyTokenizer(_ source: ModelSource, output: String) throws {
