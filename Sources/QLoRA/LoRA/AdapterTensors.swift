@@ -68,7 +68,9 @@ struct AdapterTensors {
                 unexpected.append(t.name)
             }
         }
-        if let first = unexpected.sorted().first { throw AdapterError.unexpectedTensor(path, first, unexpected.count) }
+        if let first = unexpected.sorted().first {
+            throw AdapterError.unexpectedTensor(path, first, unexpected.count, why: "not a LoRA factor of a linear of this model, nor a norm")
+        }
         var factors: [String: Factors] = [:]
         for (weight, pair) in halves {
             let w = model.linears[weight]!
