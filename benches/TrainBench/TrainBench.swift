@@ -90,9 +90,10 @@ public enum TrainBench {
             frozenFLOPs += profile.frozenFLOPs
         }
         let median = times.sorted()[times.count / 2]
+        let peak = Quantizer.peakRSS()   // before the dense baseline, which dequantizes whole matrices
         return Result(model: c.shape.map { $0.rawValue + (c.layers.map { " (\($0) layers)" } ?? "") } ?? c.model, rank: c.rank, batch: c.batch, length: c.length, gradientCheckpointing: c.gradientCheckpointing,
                       trainableParameters: lora.trainableCount, steps: c.steps, stepSecondsMedian: median,
-                      tokensPerSecond: Double(c.batch * c.length) / median, peakRSSBytes: Quantizer.peakRSS(),
+                      tokensPerSecond: Double(c.batch * c.length) / median, peakRSSBytes: peak,
                       shares: shares, frozenGFLOPS: frozenFLOPs / frozenSeconds / 1e9,
                       denseGFLOPS: try denseGFLOPS(model: model, tokens: c.batch * c.length))
     }
