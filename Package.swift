@@ -36,10 +36,11 @@ let package = Package(
         .target(name: "GEMMBench", dependencies: ["Quant"], path: "benches/GEMMBench"),
         .target(name: "ModelBench", dependencies: ["QLoRA"], path: "benches/ModelBench"),
         .target(name: "TrainBench", dependencies: ["Quant", "QLoRA", "QuantKernels"], path: "benches/TrainBench"),
+        .target(name: "MemoryBench", path: "benches/MemoryBench"),
         .executableTarget(
             name: "qlora",
             dependencies: [
-                "Quant", "QLoRA", "GEMMBench", "ModelBench", "TrainBench",
+                "Quant", "QLoRA", "GEMMBench", "ModelBench", "TrainBench", "MemoryBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -116,3 +116,7 @@ void qk_sgemm_omp(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, flo
         }
     }
 }
+
+#include <malloc.h>
+/* Returns freed heap pages of every malloc arena to the system (glibc). */
+void qk_release_free_memory(void) { malloc_trim(0); }

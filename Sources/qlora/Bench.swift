@@ -11,7 +11,7 @@ import Quant
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks (medians of several runs, as ratios to a baseline measured in the same run).",
-        subcommands: [GEMM.self, ModelSpeed.self, TrainSpeed.self]
+        subcommands: [GEMM.self, ModelSpeed.self, TrainSpeed.self, MemorySweep.self]
     )
 }
 

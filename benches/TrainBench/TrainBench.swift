@@ -56,6 +56,7 @@ public enum TrainBench {
         let lora = try LlamaLoRA(model: model, config: LoRAConfig(rank: c.rank, alpha: Float(2 * c.rank)), seed: 1)
         let trainer = LlamaTrainer(model: model, lora: lora, gradientCheckpointing: c.gradientCheckpointing)
         let optimizer = AdamW(parameters: lora.parameters)
+        progress(String(format: "adapters and AdamW moments allocated: RSS %.2f GB", Double(Quantizer.currentRSS()) / 1e9))
         var rng = SplitMix64(seed: 256)
         let ids = (0..<(c.batch * c.length)).map { _ in Int32(rng.next() % UInt64(model.config.vocabSize)) }
         let batch = TokenBatch(inputIds: ids, labels: ids, sequences: c.batch, length: c.length)
@@ -76,8 +77,8 @@ public enum TrainBench {
             }
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
             StepProfile.install(nil)
-            progress(String(format: "step %d/%d: %.2f s, loss %.4f%@", s + 1, c.warmup + c.steps, seconds, loss.mean,
-                            timed ? "" : " (warm-up)"))
+            progress(String(format: "step %d/%d: %.2f s, loss %.4f%@; RSS %.2f GB, peak %.2f GB", s + 1, c.warmup + c.steps, seconds,
+                            loss.mean, timed ? "" : " (warm-up)", Double(Quantizer.currentRSS()) / 1e9, Double(Quantizer.peakRSS()) / 1e9))
             guard timed else { continue }
             times.append(seconds)
             var accounted = 0.0

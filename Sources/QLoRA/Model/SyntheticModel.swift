@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import QuantKernels
 
 /// Models with the public layer dimensions of the Llama family and seeded random weights,
 /// written straight into the 4-bit format tensor by tensor (one fp32 tensor exists at a time,
@@ -103,6 +104,8 @@ public enum SyntheticModel {
         let embedding = LlamaTokenMatrix.quantized(try matrix("model.embed_tokens", c.vocabSize, c.hiddenSize, .q8_0))
         let head = c.tieWordEmbeddings ? embedding : .quantized(try matrix("lm_head", c.vocabSize, c.hiddenSize, .q8_0))
         let weights = LlamaWeights(embedding: embedding, layers: layerWeights, finalNorm: ones, lmHead: head)
+        // The fp32 tensors were freed on the worker threads' malloc arenas: give the pages back.
+        qk_release_free_memory()
         return try LlamaModel(config: c, weights: weights)
     }
 

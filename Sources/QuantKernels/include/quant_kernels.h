@@ -136,6 +136,9 @@ void qk_sgemm_omp(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, flo
                   const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
                   float *C, int64_t ldc, int threads);
 
+/* Gives freed heap pages back to the system (glibc's malloc_trim over every arena). */
+void qk_release_free_memory(void);
+
 /* ---- OpenMP ------------------------------------------------------------------------ */
 int qk_omp_max_threads(void);
 

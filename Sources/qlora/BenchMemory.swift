@@ -1,0 +1,102 @@
+import ArgumentParser
+import Foundation
+import MemoryBench
+import QLoRA
+import TrainBench
+
+struct MemorySweep: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "memory",
+        abstract: "Peak RSS against LoRA rank over a grid of shapes, lengths and checkpointing, beside the estimate.",
+        discussion: """
+            Each configuration runs --warmup + --steps real training steps (batch --batch, random \
+            tokens) in a fresh child process (qlora bench train --json), so its peak RSS is its own, \
+            and compares it with qlora estimate's total. Writes memory.csv, memory.json and \
+            memory.svg (the chart: solid measured, dashed estimate) into --out, and a table.
+
+            Examples:
+              qlora bench memory                                          # SmolLM2, ranks 4…128
+              qlora bench memory --shapes llama-7b --ranks 8,64 --lengths 512 --batch 1 --checkpointing on
+            """
+    )
+
+    @Option(help: "Models: 'model' (the --model file) and/or synthetic shapes (\(SyntheticShape.allCases.map(\.rawValue).joined(separator: ", "))), comma-separated.")
+    var shapes = "model"
+    @Option(help: "The model file 'model' stands for.") var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    @Option(help: "Blocks of the synthetic shapes to keep (default: all).") var layers: Int?
+    @Option(help: "LoRA ranks, comma-separated.") var ranks = "4,8,16,32,64,128"
+    @Option(help: "Sequence lengths, comma-separated.") var lengths = "256"
+    @Option(help: "Gradient checkpointing: on, off or both.") var checkpointing = "both"
+    @Option(help: "Sequences per step.") var batch = 4
+    @Option(help: "Timed steps per configuration.") var steps = 1
+    @Option(help: "Untimed steps first.") var warmup = 1
+    @Option(help: "Directory for memory.csv, memory.json and memory.svg.") var out = "runs/bench-memory"
+
+    func ints(_ s: String, _ flag: String) throws -> [Int] {
+        try s.split(separator: ",").map {
+            guard let v = Int($0.trimmingCharacters(in: .whitespaces)), v > 0 else { throw ValidationError("\(flag): '\($0)' is not a positive integer") }
+            return v
+        }
+    }
+
+    func run() throws {
+        let rankList = try ints(ranks, "--ranks"), lengthList = try ints(lengths, "--lengths")
+        let ckpt: [Bool] = switch checkpointing {
+        case "on": [true]
+        case "off": [false]
+        case "both": [false, true]
+        default: throw ValidationError("--checkpointing: on, off or both")
+        }
+        let names = shapes.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
+        for n in names where n != "model" && SyntheticShape(rawValue: n) == nil {
+            throw ValidationError("--shapes: unknown '\(n)'; use model or \(SyntheticShape.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        let grid = names.flatMap { n in lengthList.flatMap { l in ckpt.flatMap { c in rankList.map { (n, l, c, $0) } } } }
+        let me = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
+        var records: [MemoryBench.Record] = []
+        let start = Date()
+        for (i, (name, length, c, rank)) in grid.enumerated() {
+            let eta = i > 0 ? String(format: ", ETA %.0f s", Date().timeIntervalSince(start) / Double(i) * Double(grid.count - i)) : ""
+            FileHandle.standardError.write(Data("[\(i + 1)/\(grid.count)] \(name) r\(rank) seq \(length) ckpt \(c ? "on" : "off")\(eta)\n".utf8))
+            var common = ["--rank", "\(rank)", "--batch", "\(batch)", "--length", "\(length)"]
+            if name == "model" { common += ["--model", model] } else { common += ["--shape", name] + (layers.map { ["--layers", "\($0)"] } ?? []) }
+            if c { common.append("--grad-checkpoint") }
+            let bench = try Self.child(me, ["bench", "train"] + common + ["--steps", "\(steps)", "--warmup", "\(warmup)", "--json"])
+            var est = ["estimate", "--lora-r", "\(rank)", "--batch-size", "\(batch)", "--max-len", "\(length)", "--lora-dropout", "0", "--ema", "0", "--json"]
+            est += name == "model" ? ["--model", model] : ["--shape", name] + (layers.map { ["--layers", "\($0)"] } ?? [])
+            if c { est.append("--grad-checkpoint") }
+            let estimate = try Self.child(me, est)
+            let b = try JSONDecoder().decode(TrainBench.Result.self, from: bench)
+            let e = try JSONDecoder().decode(MemoryEstimate.self, from: estimate)
+            records.append(MemoryBench.Record(model: name == "model" ? (model as NSString).lastPathComponent : name + (layers.map { " (\($0) layers)" } ?? ""),
+                                              rank: rank, length: length, gradientCheckpointing: c, peakRSSBytes: b.peakRSSBytes,
+                                              estimateBytes: e.totalBytes, stepSeconds: b.stepSecondsMedian, tokensPerSecond: b.tokensPerSecond))
+        }
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        try MemoryBench.csv(records).write(toFile: out + "/memory.csv", atomically: true, encoding: .utf8)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try encoder.encode(records).write(to: URL(fileURLWithPath: out + "/memory.json"), options: .atomic)
+        let title = "qlora: peak RSS vs LoRA rank, batch \(batch) (\(try RuntimeReport.current().cpu))"
+        try MemoryBench.svg(records, title: title).write(toFile: out + "/memory.svg", atomically: true, encoding: .utf8)
+        print(MemoryBench.table(records))
+        print("wrote \(out)/memory.csv, memory.json, memory.svg")
+    }
+
+    /// Runs `qlora args…`, returns its stdout; its stderr goes to ours.
+    static func child(_ executable: String, _ args: [String]) throws -> Data {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = args
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else {
+            throw ValidationError("qlora \(args.joined(separator: " ")) failed with status \(p.terminationStatus)")
+        }
+        return data
+    }
+}
