@@ -1,4 +1,5 @@
 import Foundation
+import QuantKernels
 
 /// A fixed-size fp32 allocation, zeroed, 64-byte aligned, freed with the object: the storage of
 /// activations, handed to the kernels as a pointer without `withUnsafe…` closures.
@@ -78,6 +79,9 @@ public final class FloatArena {
     public func reset() {
         if chunks.count > 1 {
             chunks.forEach { $0.base.deallocate() }
+            // Chunks below malloc's mmap threshold stay on its heap once freed: give the pages
+            // back before the one chunk of the whole demand is mapped beside them.
+            qk_release_free_memory()
             let raw = UnsafeMutableRawPointer.allocate(byteCount: demand * MemoryLayout<Float>.stride, alignment: 64)
             chunks = [(raw.bindMemory(to: Float.self, capacity: demand), demand)]
         }
