@@ -80,7 +80,25 @@ struct MemorySweep: ParsableCommand {
         let title = "qlora: peak RSS vs LoRA rank, batch \(batch) (\(try RuntimeReport.current().cpu))"
         try MemoryBench.svg(records, title: title).write(toFile: out + "/memory.svg", atomically: true, encoding: .utf8)
         print(MemoryBench.table(records))
-        print("wrote \(out)/memory.csv, memory.json, memory.svg")
+        let png = Self.convertToPNG(out + "/memory.svg", out + "/memory.png")
+        print("wrote \(out)/memory.csv, memory.json, memory.svg" + (png ? ", memory.png" : " (no SVG converter for a PNG: rsvg-convert or ImageMagick's convert)"))
+    }
+
+    /// memory.png beside the SVG with rsvg-convert or ImageMagick's convert, when one is on PATH.
+    static func convertToPNG(_ svg: String, _ png: String) -> Bool {
+        let path = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":")
+        for (tool, args) in [("rsvg-convert", ["-o", png, svg]), ("convert", [svg, png])] {
+            guard let dir = path.first(where: { FileManager.default.isExecutableFile(atPath: "\($0)/\(tool)") }) else { continue }
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "\(dir)/\(tool)")
+            p.arguments = args
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            guard (try? p.run()) != nil else { continue }
+            p.waitUntilExit()
+            if p.terminationStatus == 0, FileManager.default.fileExists(atPath: png) { return true }
+        }
+        return false
     }
 
     /// Runs `qlora args…`, returns its stdout; its stderr goes to ours.
