@@ -41,6 +41,9 @@ struct Train: ParsableCommand {
 
     @Option(help: "A GGUF file or a quantized model folder.") var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
     @Option(help: "Training data: .jsonl, .csv or .txt.") var data = "data/demo-sft/train.jsonl"
+    @Option(help: "Train a synthetic shape on seeded random ids instead (memory and speed): \(SyntheticShape.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var shape: SyntheticShape?
+    @Option(help: "Blocks of the synthetic shape to keep (default: all).") var layers: Int?
     @Option(help: "Validation data (default: the demo set's val.jsonl with the demo data, else --val-fraction of --data).")
     var valFile: String?
     @Option(help: "Share of --data held out for validation when there is no --val-file.") var valFraction = 0.05
@@ -106,6 +109,8 @@ struct Train: ParsableCommand {
 
     var newConfig: TrainingConfig {
         var c = TrainingConfig(model: model, data: data)
+        c.shape = shape?.rawValue
+        c.layers = layers
         c.valFile = valFile ?? (data == "data/demo-sft/train.jsonl" ? "data/demo-sft/val.jsonl" : nil)
         c.valFraction = valFraction
         c.maxLen = maxLen
@@ -155,19 +160,40 @@ struct Train: ParsableCommand {
         }
         let config = resume != nil ? try TrainingRun.loadConfig(run: directory) : newConfig
         let log = TrainingLog()
-        log.line("loading \(config.model)")
-        let lm = try LanguageModel(path: config.model)
-        let template = try? lm.chatTemplate(config.chatTemplate.flatMap(ChatTemplate.Family.init(rawValue:)))
-        func load(_ path: String) throws -> SFTDataSet {
-            try SFTDataSet.load(path: path, tokenizer: lm.tokenizer, chatTemplate: template, maxLength: config.maxLen,
-                                skipBad: config.skipBad, textColumn: config.textColumn)
-        }
-        var train = try load(config.data)
-        var validation: SFTDataSet
-        if let v = config.valFile {
-            validation = try load(v)
+        var lm: LanguageModel? = nil
+        let model: LlamaModel
+        var train: SFTDataSet, validation: SFTDataSet
+        if let name = config.shape {
+            guard let shape = SyntheticShape(rawValue: name) else { throw ValidationError("--shape: unknown '\(name)'") }
+            log.line("building \(name)\(config.layers.map { " (\($0) layers)" } ?? "") with seeded random NF4 weights")
+            model = try SyntheticModel.make(shape, layers: config.layers, seed: config.seed)
+            // Random ids, every position trained: for memory and speed, not for learning.
+            func random(_ n: Int, _ seed: UInt64) -> SFTDataSet {
+                var rng = SplitMix64(seed: seed)
+                let examples = (0..<n).map { _ in
+                    let ids = (0..<config.maxLen).map { _ in Int(rng.next() % UInt64(model.config.vocabSize)) }
+                    return SFTExample(inputIds: ids, labels: ids)
+                }
+                return SFTDataSet(examples: examples, source: "random ids", padID: 0)
+            }
+            train = random(max(64, config.batchSize * config.gradAccum * (config.maxSteps ?? 1)), config.seed)
+            validation = random(config.batchSize, config.seed &+ 1)
         } else {
-            (train, validation) = try train.split(valFraction: config.valFraction, seed: config.seed)
+            log.line("loading \(config.model)")
+            let loaded = try LanguageModel(path: config.model)
+            lm = loaded
+            model = loaded.model
+            let template = try? loaded.chatTemplate(config.chatTemplate.flatMap(ChatTemplate.Family.init(rawValue:)))
+            func load(_ path: String) throws -> SFTDataSet {
+                try SFTDataSet.load(path: path, tokenizer: loaded.tokenizer, chatTemplate: template, maxLength: config.maxLen,
+                                    skipBad: config.skipBad, textColumn: config.textColumn)
+            }
+            train = try load(config.data)
+            if let v = config.valFile {
+                validation = try load(v)
+            } else {
+                (train, validation) = try train.split(valFraction: config.valFraction, seed: config.seed)
+            }
         }
         if config.packing { train = train.packed(length: config.maxLen) }
         validation = validation.sortedLongestFirst()
@@ -176,7 +202,7 @@ struct Train: ParsableCommand {
         }
         log.line("data: \(train.examples.count) training examples (\(train.trainedTokenCount) trained tokens), "
                  + "\(validation.examples.count) validation examples")
-        let estimate = MemoryEstimate(config: lm.model.config, frozenBytes: lm.model.frozenBytes, lora: try config.lora,
+        let estimate = MemoryEstimate(config: model.config, frozenBytes: model.frozenBytes, lora: try config.lora,
                                       trainNorms: config.trainNorms, sequences: config.batchSize, length: config.maxLen,
                                       gradientCheckpointing: config.gradCheckpoint, ema: config.ema > 0)
         log.line(String(format: "memory estimate: %.0f MiB at batch %d × %d%@ (%.1f GiB installed)", Double(estimate.totalBytes) / 1_048_576,
@@ -187,9 +213,9 @@ struct Train: ParsableCommand {
                 + "more than 90% of this machine's memory:\n  " + estimate.lines.joined(separator: "\n  ")
                 + "\n---> HINT: " + estimate.advice(gradientCheckpointing: config.gradCheckpoint))
         }
-        if let sample, resume == nil { try Self.show(sample, lm: lm, label: "base model", log: log) }
+        if let sample, resume == nil, let lm { try Self.show(sample, lm: lm, label: "base model", log: log) }
 
-        let run = try TrainingRun(config: config, directory: directory, model: lm.model, train: train, validation: validation,
+        let run = try TrainingRun(config: config, directory: directory, model: model, train: train, validation: validation,
                                   resume: resume != nil, onEvent: log.event)
         log.line("run: \(directory) — \(run.totalUpdates) updates of \(config.batchSize * config.gradAccum) sequences")
         let interrupt = Interrupt()
@@ -200,7 +226,7 @@ struct Train: ParsableCommand {
             throw ExitCode(130)
         }
         log.line(String(format: "done: %d updates in %@; best val_loss %.4f", run.step, TrainingLog.duration(log.elapsed), run.bestValLoss))
-        if let sample {
+        if let sample, let lm {
             try Self.show(sample, lm: try lm.withAdapter(directory + "/lora_final"), label: "tuned (\(directory)/lora_final)", log: log)
         }
     }

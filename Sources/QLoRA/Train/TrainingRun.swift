@@ -5,6 +5,9 @@ import Foundation
 public struct TrainingConfig: Codable, Sendable, Equatable {
     public var model: String
     public var data: String
+    /// A synthetic shape trained on seeded random token ids instead of `model` and `data`.
+    public var shape: String?
+    public var layers: Int?
     public var valFile: String?
     public var valFraction: Double = 0.05
     public var maxLen = 256
