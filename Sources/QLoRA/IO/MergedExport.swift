@@ -163,7 +163,7 @@ public enum MergedExport {
             }
         }
         if let m = model.tokenMatrices[t.name] {
-            return try fp32Rows(rows: m.rows, cols: m.cols) { rows, out in m.dequantize(rows: rows, into: &out) }
+            return fp32Rows(rows: m.rows, cols: m.cols) { rows, out in m.dequantize(rows: rows, into: &out) }
         }
         guard let values = adapter?.norms[t.name] ?? model.dense[t.name] else { throw ModelSourceError.unknownTensor(path: model.path, name: t.name) }
         return values.withUnsafeBytes { Array($0) }

@@ -104,7 +104,7 @@ final class CheckpointTests: XCTestCase {
 
         // A save killed before its rename: a dot-named temporary directory, ignored.
         try fm.createDirectory(atPath: dir.path + "/.checkpoint-9.tmp-12345", withIntermediateDirectories: false)
-        fm.createFile(atPath: dir.path + "/.checkpoint-9.tmp-12345/parameters.safetensors", contents: Data([1, 2, 3]))
+        _ = fm.createFile(atPath: dir.path + "/.checkpoint-9.tmp-12345/parameters.safetensors", contents: Data([1, 2, 3]))
         XCTAssertEqual(Checkpoint.latest(in: dir.path), newer)
 
         // A truncated tensor file inside the newest checkpoint.
