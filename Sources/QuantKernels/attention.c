@@ -19,6 +19,7 @@
 #include "model_ops.h"
 #include "model_ops_backward.h"
 #include "quant_kernels.h"
+#include "reductions.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,28 +40,6 @@ static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 
 static void *alloc_floats(int64_t n) {
     return aligned_alloc(64, (size_t)round16(n > 0 ? n : 1) * sizeof(float));
-}
-
-static float dot(const float *a, const float *b, int64_t n) {
-#pragma clang fp reassociate(on)
-    float s = 0;
-    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-static float sum(const float *x, int64_t n) {
-#pragma clang fp reassociate(on)
-    float s = 0;
-    for (int64_t i = 0; i < n; i++) s += x[i];
-    return s;
-}
-
-static void softmax_row(float *x, int64_t n) {
-    float m = -INFINITY;
-    for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
-    for (int64_t i = 0; i < n; i++) x[i] = expf(x[i] - m);
-    const float r = 1.0f / sum(x, n);
-    for (int64_t i = 0; i < n; i++) x[i] *= r;
 }
 
 /* The algorithmic reference of qk_attn_gemm_avx512 (attention.h), and the fallback. */
@@ -110,7 +89,7 @@ static void probabilities_block(float *p, int64_t ld, int64_t zero_to, const flo
                 const float *qt = qh + (i0 + r) * qw;
                 if (simd) qk_attn_dots_avx512(p + r * ld, qt, kg, kw, P + i0 + r + 1, D);
                 else
-                    for (int64_t j = 0; j <= P + i0 + r; j++) p[r * ld + j] = dot(qt, kg + j * kw, D);
+                    for (int64_t j = 0; j <= P + i0 + r; j++) p[r * ld + j] = qk_dot(qt, kg + j * kw, D);
             }
         }
     }
@@ -118,7 +97,7 @@ static void probabilities_block(float *p, int64_t ld, int64_t zero_to, const flo
         float *x = p + r * ld;
         const int64_t n = P + i0 + r + 1;
         for (int64_t j = 0; j < n; j++) x[j] *= scale;
-        softmax_row(x, n);
+        qk_softmax_row(x, n);
         for (int64_t j = n; j < zero_to; j++) x[j] = 0;
     }
 }
@@ -219,7 +198,7 @@ static void backward_pair(float *dq, float *dk, float *dv, const float *dout, co
                 float *ds = s.ds + r * Tp;
                 const float *p = s.p + r * Tp;
                 const int64_t n = i0 + r + 1;
-                const float c = dot(ds, p, n);
+                const float c = qk_dot(ds, p, n);
                 for (int64_t j = 0; j < n; j++) ds[j] = p[j] * (ds[j] - c) * scale;
                 for (int64_t j = n; j < i1; j++) ds[j] = 0;
             }

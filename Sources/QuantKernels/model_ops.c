@@ -4,19 +4,13 @@
  * roundings, as in PyTorch's CPU kernels). exp is libm's expf.
  */
 #include "model_ops.h"
+#include "reductions.h"
 #include <math.h>
 
 static float sum_squares(const float *x, int64_t n) {
 #pragma clang fp reassociate(on)
     float s = 0;
     for (int64_t i = 0; i < n; i++) s += x[i] * x[i];
-    return s;
-}
-
-static float sum(const float *x, int64_t n) {
-#pragma clang fp reassociate(on)
-    float s = 0;
-    for (int64_t i = 0; i < n; i++) s += x[i];
     return s;
 }
 
@@ -56,16 +50,8 @@ void qk_rope_forward(float *x, const float *cos_t, const float *sin_t, int64_t T
     }
 }
 
-static void softmax_row(float *x, int64_t n) {
-    float m = -INFINITY;
-    for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
-    for (int64_t i = 0; i < n; i++) x[i] = expf(x[i] - m);
-    const float r = 1.0f / sum(x, n);
-    for (int64_t i = 0; i < n; i++) x[i] *= r;
-}
-
 void qk_softmax_forward(float *x, int64_t rows, int64_t N) {
-    for (int64_t r = 0; r < rows; r++) softmax_row(x + r * N, N);
+    for (int64_t r = 0; r < rows; r++) qk_softmax_row(x + r * N, N);
 }
 
 void qk_swiglu_forward(float *h, const float *gate, const float *up, int64_t n) {

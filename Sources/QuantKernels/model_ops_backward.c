@@ -6,6 +6,7 @@
  * depend on the thread count: each output element is summed by one thread in a fixed order.
  */
 #include "model_ops_backward.h"
+#include "reductions.h"
 #include <math.h>
 #include <stdlib.h>
 
@@ -17,19 +18,6 @@ static float dot3(const float *a, const float *b, const float *c, int64_t n) {
     float s = 0;
     for (int64_t i = 0; i < n; i++) s += a[i] * b[i] * c[i];
     return s;
-}
-
-static float sum(const float *x, int64_t n) {
-#pragma clang fp reassociate(on)
-    float s = 0;
-    for (int64_t i = 0; i < n; i++) s += x[i];
-    return s;
-}
-
-static float max_of(const float *x, int64_t n) {
-    float m = -INFINITY;
-    for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
-    return m;
 }
 
 void qk_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, const float *rstd,
@@ -83,9 +71,9 @@ static double cross_entropy_row(float *x, int32_t label, int64_t V, float grad_s
         for (int64_t i = 0; i < V; i++) x[i] = 0;
         return label == -100 ? 0 : NAN;
     }
-    const float m = max_of(x, V), xl = x[label];
+    const float m = qk_max(x, V), xl = x[label];
     for (int64_t i = 0; i < V; i++) x[i] = expf(x[i] - m);
-    const float s = sum(x, V), f = grad_scale / s;
+    const float s = qk_sum(x, V), f = grad_scale / s;
     for (int64_t i = 0; i < V; i++) x[i] *= f;
     x[label] -= grad_scale;
     return log((double)s) + (double)m - (double)xl;

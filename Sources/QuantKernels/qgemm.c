@@ -8,6 +8,7 @@
  *                                                   (columns of dX): no reduction needed
  */
 #include "blocks.h"
+#include "reductions.h"
 #include <stdlib.h>
 
 /* The OpenMP runtime calls used here (libomp exports them; omp.h is not on clang 21's
@@ -85,13 +86,6 @@ static int thread_count(int requested, int64_t units) {
     return n;
 }
 
-static float dot_plain(const float *a, const float *b, int64_t n) {
-#pragma clang fp reassociate(on)
-    float s = 0;
-    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
 /* Y[T, out] = X·Wᵀ + beta·Y for T ≤ GEMV_MAX_TOKENS: threads own disjoint rows of W. */
 static int gemv_forward(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads) {
     const int64_t out = w->rows, in = w->cols;
@@ -110,7 +104,7 @@ static int gemv_forward(const qk_matrix *w, const float *x, float *y, int64_t T,
             for (int64_t r = r0; r < r1; r++) {
                 qk_dequantize_range(w, r * in, in, row);
                 for (int64_t k = 0; k < T; k++) {
-                    const float d = simd ? qk_dot_avx512(row, x + k * in, in) : dot_plain(row, x + k * in, in);
+                    const float d = simd ? qk_dot_avx512(row, x + k * in, in) : qk_dot(row, x + k * in, in);
                     float *o = y + k * out + r;
                     *o = beta == 0.0f ? d : d + beta * *o;
                 }
