@@ -50,14 +50,8 @@ public final class LoRAAdapter {
     func forward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, tokens T: Int, saved: Saved,
                  dropoutSeed: UInt64?) throws {
         let r = rank, n = inFeatures, m = outFeatures
-        var input = x
-        var dropped: FloatBuffer?
-        if let seed = dropoutSeed, dropout > 0 {
-            let d = saved.dropped(T * n)
-            Self.applyDropout(into: d.base, from: x, count: T * n, p: dropout, seed: seed)
-            dropped = d
-            input = UnsafePointer(d.base)
-        }
+        let dropped = droppedInput(x, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
+        let input = dropped.map { UnsafePointer($0.base) } ?? x
         try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: true, m: T, n: r, k: n, a: input, lda: n,
                                  b: a.value.base, ldb: n, beta: 0, c: saved.u.base, ldc: r)
         try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: true, m: T, n: m, k: r, alpha: scale, a: saved.u.base,
@@ -76,20 +70,12 @@ public final class LoRAAdapter {
                                  b: saved.u.base, ldb: r, beta: 1, c: b.grad.base, ldc: r)
         try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: false, m: T, n: r, k: m, alpha: scale, a: dy, lda: m,
                                  b: b.value.base, ldb: r, beta: 0, c: g.base, ldc: r)
-        let dropping = dropoutSeed != nil && dropout > 0
-        var input = x
-        var dropped: FloatBuffer?
-        if let seed = dropoutSeed, dropping {
-            let d = saved.dropped(T * n)
-            Self.applyDropout(into: d.base, from: x, count: T * n, p: dropout, seed: seed)
-            dropped = d
-            input = UnsafePointer(d.base)
-        }
+        let dropped = droppedInput(x, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
+        let input = dropped.map { UnsafePointer($0.base) } ?? x
         try ComputeRuntime.parallelSgemm(transposeA: true, transposeB: false, m: r, n: n, k: T, a: g.base, lda: r,
                                  b: input, ldb: n, beta: 1, c: a.grad.base, ldc: n)
         if let dx {
-            if let seed = dropoutSeed, dropping {
-                let t = dropped!   // reuse as the product's buffer
+            if let seed = dropoutSeed, let t = dropped {   // reuse its buffer for the product
                 try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: false, m: T, n: n, k: r, a: g.base, lda: r,
                                          b: a.value.base, ldb: n, beta: 0, c: t.base, ldc: n)
                 Self.applyDropout(into: t.base, from: t.base, count: T * n, p: dropout, seed: seed)
@@ -100,6 +86,15 @@ public final class LoRAAdapter {
             }
         }
         withExtendedLifetime(dropped) {}
+    }
+
+    /// drop(x) [T, in] in the saved scratch when dropout is on (a seed and p > 0), else nil:
+    /// the forward and the backward regenerate the same mask from the seed.
+    private func droppedInput(_ x: UnsafePointer<Float>, tokens T: Int, saved: Saved, dropoutSeed: UInt64?) -> FloatBuffer? {
+        guard let seed = dropoutSeed, dropout > 0 else { return nil }
+        let d = saved.dropped(T * inFeatures)
+        Self.applyDropout(into: d.base, from: x, count: T * inFeatures, p: dropout, seed: seed)
+        return d
     }
 
     /// out[i] = x[i] / (1 − p) where the hash of (seed, i) keeps it, else 0 (torch's

@@ -30,7 +30,11 @@ public struct TokenBatch: Sendable {
     }
 
     /// Positions the loss scores.
-    public var scoredTokens: Int { shiftedTargets.reduce(0) { $1 == -100 ? $0 : $0 + 1 } }
+    public var scoredTokens: Int {
+        (0..<sequences).reduce(0) { n, b in
+            n + labels[(b * length + 1)..<((b + 1) * length)].reduce(0) { $1 == -100 ? $0 : $0 + 1 }
+        }
+    }
 }
 
 /// The summed cross-entropy of a batch and how many positions it covers.

@@ -268,9 +268,7 @@ public final class TrainingRun {
         let start = Date()
         lora.parameters.forEach { $0.zeroGrad() }
         let batches = (0..<config.gradAccum).map { _ in iterator.next() }
-        let tokens = batches.map { b in
-            TokenBatch(inputIds: b.inputIds, labels: b.labels, sequences: b.batchSize, length: b.sequenceLength)
-        }
+        let tokens = batches.map(TokenBatch.init)
         let scored = tokens.reduce(0) { $0 + $1.scoredTokens }
         let next = step + 1
         var loss = LossSum()
@@ -334,7 +332,7 @@ public final class TrainingRun {
         let probe = iterator   // a copy: the real order is untouched
         var p = probe
         let b = p.next()
-        let batch = TokenBatch(inputIds: b.inputIds, labels: b.labels, sequences: b.batchSize, length: b.sequenceLength)
+        let batch = TokenBatch(b)
         lora.parameters.forEach { $0.zeroGrad() }
         _ = try trainer.accumulateGradients(batch, gradScale: 1 / Float(max(1, batch.scoredTokens)), dropoutSeed: nil)
         let flowing = lora.parameters.contains { p in p.grad.buffer.contains { $0 != 0 && $0.isFinite } }
@@ -356,7 +354,7 @@ public final class TrainingRun {
         if kind == "quick" { batches = Array(batches.prefix(config.quickBatches)) }
         func measure() throws -> LossSum {
             try batches.reduce(LossSum()) { acc, b in
-                acc + (try trainer.loss(TokenBatch(inputIds: b.inputIds, labels: b.labels, sequences: b.batchSize, length: b.sequenceLength)))
+                acc + (try trainer.loss(TokenBatch(b)))
             }
         }
         let loss: LossSum
@@ -433,6 +431,13 @@ public final class TrainingRun {
             kept.append(0x0A)
         }
         try AtomicFile.write(to: path, bytes: kept)
+    }
+}
+
+extension TokenBatch {
+    /// The ids and labels of a data batch, as the trainer runs them.
+    init(_ b: Batch) {
+        self.init(inputIds: b.inputIds, labels: b.labels, sequences: b.batchSize, length: b.sequenceLength)
     }
 }
 
