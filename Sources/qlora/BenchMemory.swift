@@ -32,6 +32,10 @@ struct MemorySweep: ParsableCommand {
     @Option(help: "Untimed steps first.") var warmup = 1
     @Option(help: "Directory for memory.csv, memory.json and memory.svg.") var out = "runs/bench-memory"
 
+    func validate() throws {
+        guard batch > 0, steps > 0, warmup >= 0 else { throw ValidationError("--batch and --steps must be positive, --warmup ≥ 0") }
+    }
+
     func ints(_ s: String, _ flag: String) throws -> [Int] {
         try s.split(separator: ",").map {
             guard let v = Int($0.trimmingCharacters(in: .whitespaces)), v > 0 else { throw ValidationError("\(flag): '\($0)' is not a positive integer") }

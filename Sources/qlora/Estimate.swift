@@ -35,8 +35,8 @@ struct Estimate: ParsableCommand {
     func run() throws {
         let config: ModelConfig, frozen: Int
         if let shape {
-            config = { var c = shape.config; if let layers { c.numLayers = layers }; return c }()
-            frozen = shape.frozenBytes(layers: layers)
+            config = try shape.config(layers: layers)
+            frozen = try shape.frozenBytes(layers: layers)
         } else {
             let m = try LlamaModel(path: model)
             config = m.config

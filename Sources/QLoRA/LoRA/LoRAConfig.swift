@@ -27,6 +27,18 @@ public enum LlamaLinear: String, CaseIterable, Codable, Sendable {
         }
     }
 
+    /// [out, in] of this linear's weight in a model of shape `c`.
+    public func shape(in c: ModelConfig) -> (rows: Int, cols: Int) {
+        let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
+        return switch self {
+        case .q: (qDim, c.hiddenSize)
+        case .k, .v: (kvDim, c.hiddenSize)
+        case .o: (c.hiddenSize, qDim)
+        case .gate, .up: (c.intermediateSize, c.hiddenSize)
+        case .down: (c.hiddenSize, c.intermediateSize)
+        }
+    }
+
     /// The module's full name as PEFT matches it: `model.layers.3.self_attn.q_proj`.
     public func moduleName(layer: Int) -> String { "model.layers.\(layer).\(path)" }
 }

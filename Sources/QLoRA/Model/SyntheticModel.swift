@@ -29,18 +29,38 @@ public enum SyntheticShape: String, CaseIterable, Sendable {
 }
 
 extension SyntheticShape {
+    /// The shape cut to its first `layers` blocks (all when nil).
+    public func config(layers: Int?) throws(SyntheticModelError) -> ModelConfig {
+        var c = config
+        if let layers {
+            guard layers > 0, layers <= c.numLayers else { throw .badLayers(shape: rawValue, layers: layers, available: c.numLayers) }
+            c.numLayers = layers
+        }
+        return c
+    }
+
     /// Bytes `SyntheticModel.make` holds for this shape without building it: NF4 linears with
     /// double quantization (4 bits, one 8-bit code per 64, one fp32 per 256 codes), Q8_0 token
     /// matrices (34 bytes per 32), fp32 norms.
-    public func frozenBytes(layers: Int? = nil) -> Int {
-        let c = config, L = layers ?? c.numLayers
-        let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
+    public func frozenBytes(layers: Int? = nil) throws(SyntheticModelError) -> Int {
+        let c = try config(layers: layers)
         func nf4(_ n: Int) -> Int { n / 2 + (n + 63) / 64 + ((n + 63) / 64 + 255) / 256 * 4 + 256 * 4 + 16 }
-        let perLayer = [qDim * c.hiddenSize, kvDim * c.hiddenSize, kvDim * c.hiddenSize, c.hiddenSize * qDim,
-                        c.intermediateSize * c.hiddenSize, c.intermediateSize * c.hiddenSize, c.hiddenSize * c.intermediateSize]
-            .reduce(0) { $0 + nf4($1) } + 2 * c.hiddenSize * 4
+        let perLayer = LlamaLinear.allCases.reduce(0) { n, m in
+            let (rows, cols) = m.shape(in: c)
+            return n + nf4(rows * cols)
+        } + 2 * c.hiddenSize * 4
         let tokens = c.vocabSize * c.hiddenSize / 32 * 34
-        return L * perLayer + tokens * (c.tieWordEmbeddings ? 1 : 2) + c.hiddenSize * 4
+        return c.numLayers * perLayer + tokens * (c.tieWordEmbeddings ? 1 : 2) + c.hiddenSize * 4
+    }
+}
+
+public enum SyntheticModelError: Error, Equatable, CustomStringConvertible {
+    case badLayers(shape: String, layers: Int, available: Int)
+
+    public var description: String {
+        switch self {
+        case let .badLayers(shape, layers, available): "--layers \(layers): \(shape) has \(available) blocks (1…\(available))"
+        }
     }
 }
 
@@ -57,42 +77,31 @@ public enum SyntheticModel {
     /// norms one. Weights ~ uniform with standard deviation 0.02, from `seed`.
     public static func make(_ shape: SyntheticShape, layers: Int? = nil, format: QuantFormat = .nf4, seed: UInt64 = 1,
                             progress: (Progress) -> Void = { _ in }) throws -> LlamaModel {
-        var c = shape.config
-        if let layers {
-            guard layers > 0, layers <= c.numLayers else {
-                throw LlamaModelError.wrongShape("--layers", expected: [c.numLayers], found: [layers])
-            }
-            c.numLayers = layers
-        }
-        let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
+        let c = try shape.config(layers: layers)
         let total = c.numLayers * 7 + (c.tieWordEmbeddings ? 1 : 2)
         var done = 0
-        var index: UInt64 = 0
+        var index: UInt64 = 0   // tensor number: its values come from seed + index
+        /// Seeded values quantized to `f`: one fp32 tensor at a time per calling thread.
+        @Sendable func quantized(_ rows: Int, _ cols: Int, _ f: QuantFormat, _ index: UInt64) throws -> QuantizedMatrix {
+            let values = randomValues(rows * cols, seed: seed &+ index &* 0x9E37_79B9_7F4A_7C15)
+            return try QuantizedMatrix(quantizing: values, rows: rows, cols: cols, format: f, doubleQuant: f == .nf4 || f == .fp4)
+        }
         func matrix(_ name: String, _ rows: Int, _ cols: Int, _ f: QuantFormat) throws -> QuantizedMatrix {
             index += 1
-            let values = randomValues(rows * cols, seed: seed &+ index &* 0x9E37_79B9_7F4A_7C15)
-            let m = try QuantizedMatrix(quantizing: values, rows: rows, cols: cols, format: f,
-                                        doubleQuant: f == .nf4 || f == .fp4)
+            let m = try quantized(rows, cols, f, index)
             done += 1
             progress(Progress(tensor: name, done: done, total: total))
             return m
         }
         let ones = [Float](repeating: 1, count: c.hiddenSize)
         var layerWeights: [LlamaLayerWeights] = []
-        let shapes: [(String, Int, Int)] = [("self_attn.q_proj", qDim, c.hiddenSize), ("self_attn.k_proj", kvDim, c.hiddenSize),
-                                            ("self_attn.v_proj", kvDim, c.hiddenSize), ("self_attn.o_proj", c.hiddenSize, qDim),
-                                            ("mlp.gate_proj", c.intermediateSize, c.hiddenSize),
-                                            ("mlp.up_proj", c.intermediateSize, c.hiddenSize),
-                                            ("mlp.down_proj", c.hiddenSize, c.intermediateSize)]
+        let shapes = LlamaLinear.allCases.map { $0.shape(in: c) }   // q, k, v, o, gate, up, down
         for l in 0..<c.numLayers {
             // The layer's seven tensors two at a time (one per core): one fp32 tensor per core exists at once.
             let results = ConcurrentResults<QuantizedMatrix>(count: shapes.count)
             let base = index
             DispatchQueue.concurrentPerform(iterations: shapes.count) { i in
-                let (_, rows, cols) = shapes[i]
-                let values = randomValues(rows * cols, seed: seed &+ (base + UInt64(i) + 1) &* 0x9E37_79B9_7F4A_7C15)
-                results.set(i, Result { try QuantizedMatrix(quantizing: values, rows: rows, cols: cols, format: format,
-                                                              doubleQuant: format == .nf4 || format == .fp4) })
+                results.set(i, Result { try quantized(shapes[i].rows, shapes[i].cols, format, base + UInt64(i) + 1) })
             }
             index += UInt64(shapes.count)
             let m = try results.values()

@@ -41,13 +41,7 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
         var adapterFloats = 0, savedPerLayer: [Int] = Array(repeating: 0, count: c.numLayers)
         for l in layers {
             for m in LlamaLinear.allCases where lora.targets.matches(m, layer: l) {
-                let (rows, cols): (Int, Int) = switch m {
-                case .q: (qDim, C)
-                case .k, .v: (kvDim, C)
-                case .o: (C, qDim)
-                case .gate, .up: (F, C)
-                case .down: (C, F)
-                }
+                let (rows, cols) = m.shape(in: c)
                 adapterFloats += lora.rank * (rows + cols)
                 savedPerLayer[l] += N * lora.rank
             }

@@ -32,7 +32,7 @@ final class MemoryEstimateTests: XCTestCase {
     func testSyntheticFrozenBytesWithoutBuilding() throws {
         let model = try SyntheticModel.make(.llama1b, layers: 1)
         XCTAssertEqual(model.config.numLayers, 1)
-        XCTAssertEqual(Double(SyntheticShape.llama1b.frozenBytes(layers: 1)) / Double(model.frozenBytes), 1, accuracy: 0.002)
+        XCTAssertEqual(Double(try SyntheticShape.llama1b.frozenBytes(layers: 1)) / Double(model.frozenBytes), 1, accuracy: 0.002)
         let q = model.weights.layers[0].q
         XCTAssertEqual(q.format, .nf4)
         XCTAssertEqual(q.rows, 2048)
@@ -41,8 +41,16 @@ final class MemoryEstimateTests: XCTestCase {
         XCTAssertEqual(std, 0.02, accuracy: 0.003)
     }
 
-    func testRefusesWhatDoesNotFit() {
-        let e = MemoryEstimate(config: SyntheticShape.llama70b.config, frozenBytes: SyntheticShape.llama70b.frozenBytes(),
+    func testLayersOutsideTheShapeAreRefused() {
+        XCTAssertThrowsError(try SyntheticShape.llama7b.config(layers: 33)) {
+            XCTAssertEqual("\($0)", "--layers 33: llama-7b has 32 blocks (1…32)")
+        }
+        XCTAssertThrowsError(try SyntheticModel.make(.llama1b, layers: 0))
+        XCTAssertEqual(try SyntheticShape.llama7b.config(layers: 2).numLayers, 2)
+    }
+
+    func testRefusesWhatDoesNotFit() throws {
+        let e = MemoryEstimate(config: SyntheticShape.llama70b.config, frozenBytes: try SyntheticShape.llama70b.frozenBytes(),
                                lora: LoRAConfig(rank: 16), trainNorms: false, sequences: 1, length: 512,
                                gradientCheckpointing: true, ema: false)
         XCTAssertGreaterThan(e.frozenWeightsBytes, 30 << 30)
