@@ -40,7 +40,7 @@ struct Train: ParsableCommand {
     )
 
     @Option(help: "A GGUF file or a quantized model folder.") var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
-    @Option(help: "Training data: .jsonl, .csv or .txt.") var data = "data/demo-sft/train.jsonl"
+    @Option(help: "Training data: .jsonl, .csv or .txt.") var data = Train.demoData
     @Option(help: "Train a synthetic shape on seeded random ids instead (memory and speed): \(SyntheticShape.allCases.map(\.rawValue).joined(separator: ", ")).")
     var shape: SyntheticShape?
     @Option(help: "Blocks of the synthetic shape to keep (default: all).") var layers: Int?
@@ -111,7 +111,7 @@ struct Train: ParsableCommand {
         var c = TrainingConfig(model: model, data: data)
         c.shape = shape?.rawValue
         c.layers = layers
-        c.valFile = valFile ?? (data == "data/demo-sft/train.jsonl" ? "data/demo-sft/val.jsonl" : nil)
+        c.valFile = valFile ?? (data == Self.demoData ? "data/demo-sft/val.jsonl" : nil)
         c.valFraction = valFraction
         c.maxLen = maxLen
         c.packing = packing
@@ -163,10 +163,26 @@ struct Train: ParsableCommand {
         var lm: LanguageModel? = nil
         let model: LlamaModel
         var train: SFTDataSet, validation: SFTDataSet
+        var randomIDs = false
         if let name = config.shape {
             guard let shape = SyntheticShape(rawValue: name) else { throw ValidationError("--shape: unknown '\(name)'") }
             log.line("building \(name)\(config.layers.map { " (\($0) layers)" } ?? "") with seeded random NF4 weights")
             model = try SyntheticModel.make(shape, layers: config.layers, seed: config.seed)
+            randomIDs = true
+        } else if Self.lacksTokenizer(config.model) {
+            guard config.data == Self.demoData else {
+                throw ValidationError("\(config.model) has no tokenizer (tokenizer.json) to read --data with")
+            }
+            log.line("loading \(config.model): no tokenizer (a qlora quantize --shape folder?), so seeded random ids as with --shape")
+            model = try LlamaModel(path: config.model)
+            randomIDs = true
+        } else {
+            log.line("loading \(config.model)")
+            let loaded = try LanguageModel(path: config.model)
+            lm = loaded
+            model = loaded.model
+        }
+        if randomIDs {
             // Random ids, every position trained: for memory and speed, not for learning.
             func random(_ n: Int, _ seed: UInt64) -> SFTDataSet {
                 var rng = SplitMix64(seed: seed)
@@ -179,10 +195,7 @@ struct Train: ParsableCommand {
             train = random(max(64, config.batchSize * config.gradAccum * (config.maxSteps ?? 1)), config.seed)
             validation = random(config.batchSize, config.seed &+ 1)
         } else {
-            log.line("loading \(config.model)")
-            let loaded = try LanguageModel(path: config.model)
-            lm = loaded
-            model = loaded.model
+            let loaded = lm!
             let template = try? loaded.chatTemplate(config.chatTemplate.flatMap(ChatTemplate.Family.init(rawValue:)))
             func load(_ path: String) throws -> SFTDataSet {
                 try SFTDataSet.load(path: path, tokenizer: loaded.tokenizer, chatTemplate: template, maxLength: config.maxLen,
@@ -229,6 +242,15 @@ struct Train: ParsableCommand {
         if let sample, let lm {
             try Self.show(sample, lm: try lm.withAdapter(directory + "/lora_final"), label: "tuned (\(directory)/lora_final)", log: log)
         }
+    }
+
+    static let demoData = "data/demo-sft/train.jsonl"
+
+    /// A model folder with no tokenizer.json (what `qlora quantize --shape` writes).
+    static func lacksTokenizer(_ path: String) -> Bool {
+        var isDir: ObjCBool = false
+        return FileManager.default.fileExists(atPath: path, isDirectory: &isDir) && isDir.boolValue
+            && !FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent("tokenizer.json"))
     }
 
     static func show(_ message: String, lm: LanguageModel, label: String, log: TrainingLog) throws {

@@ -25,13 +25,27 @@ public enum AtomicFile {
     /// which must have `sizes[i]` bytes, zero-padded to `alignment` between chunks.
     static func writeChunks(to path: String, header: [UInt8], sizes: [(name: String, bytes: Int)], alignment: Int = 1,
                             data: (Int) throws -> [UInt8]) throws {
+        try writeChunks(to: path, header: header, sizes: sizes, alignment: alignment) { i, write in
+            try data(i).withUnsafeBytes { try write($0) }
+        }
+    }
+
+    /// The same, each chunk handed over in as many pieces as its producer likes (`write` may be
+    /// called any number of times; the pieces must add up to `sizes[i]` bytes): a chunk larger
+    /// than memory allows never exists whole.
+    static func writeChunks(to path: String, header: [UInt8], sizes: [(name: String, bytes: Int)], alignment: Int = 1,
+                            pieces: (Int, _ write: (UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws {
         try write(to: path) { handle in
             try handle.write(contentsOf: header)
             for (i, size) in sizes.enumerated() {
-                let bytes = try data(i)
-                precondition(bytes.count == size.bytes, "tensor \(size.name): \(bytes.count) bytes for \(size.bytes)")
-                try handle.write(contentsOf: bytes)
-                let pad = (alignment - bytes.count % alignment) % alignment
+                var written = 0
+                try pieces(i) { piece in
+                    written += piece.count
+                    precondition(written <= size.bytes, "tensor \(size.name): more than \(size.bytes) bytes")
+                    try handle.write(contentsOf: piece)
+                }
+                precondition(written == size.bytes, "tensor \(size.name): \(written) bytes for \(size.bytes)")
+                let pad = (alignment - written % alignment) % alignment
                 if pad > 0 && i < sizes.count - 1 { try handle.write(contentsOf: [UInt8](repeating: 0, count: pad)) }
             }
         }

@@ -129,7 +129,13 @@ public enum Quantizer {
     }
 
     static func writeConfig(_ source: ModelSource, output: String, options: Options, blockSize: Int, dtype: SafetensorsDType) throws {
-        var config = huggingFaceConfig(source)
+        try writeConfig(huggingFaceConfig(source), output: output, options: options, blockSize: blockSize, dtype: dtype)
+    }
+
+    /// config.json of a bitsandbytes folder: `config` (transformers' keys) with the dtype and
+    /// `quantization_config` added.
+    static func writeConfig(_ config: [String: Any], output: String, options: Options, blockSize: Int, dtype: SafetensorsDType) throws {
+        var config = config
         config["torch_dtype"] = dtype.torchName  // transformers < 5
         config["dtype"] = dtype.torchName        // transformers ≥ 5
         config["quantization_config"] = [
@@ -154,8 +160,13 @@ public enum Quantizer {
     /// the GGUF's metadata.
     static func huggingFaceConfig(_ source: ModelSource) -> [String: Any] {
         if let folder = source.folder { return folder.rawConfig }
+        return huggingFaceConfig(source.config, bos: source.gguf?.metadata["tokenizer.ggml.bos_token_id"]?.int,
+                                 eos: source.gguf?.metadata["tokenizer.ggml.eos_token_id"]?.int)
+    }
+
+    /// transformers' LlamaForCausalLM config.json keys for `c`.
+    static func huggingFaceConfig(_ c: ModelConfig, bos: Int?, eos: Int?) -> [String: Any] {
         // Floats by their shortest decimal (1e-05, not 9.99999974737875e-06 widened from fp32).
-        let c = source.config
         var config: [String: Any] = [
             "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
             "hidden_size": c.hiddenSize, "intermediate_size": c.intermediateSize, "num_hidden_layers": c.numLayers,
@@ -164,8 +175,8 @@ public enum Quantizer {
             "max_position_embeddings": c.maxPositionEmbeddings, "tie_word_embeddings": c.tieWordEmbeddings,
             "attention_bias": c.attentionBias, "mlp_bias": false,
         ]
-        if let bos = source.gguf?.metadata["tokenizer.ggml.bos_token_id"]?.int { config["bos_token_id"] = bos }
-        if let eos = source.gguf?.metadata["tokenizer.ggml.eos_token_id"]?.int { config["eos_token_id"] = eos }
+        if let bos { config["bos_token_id"] = bos }
+        if let eos { config["eos_token_id"] = eos }
         return config
     }
 

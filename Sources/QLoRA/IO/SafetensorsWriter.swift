@@ -48,6 +48,13 @@ public struct SafetensorsWriter {
         try AtomicFile.writeChunks(to: path, header: header(), sizes: tensors.map { ($0.name, $0.byteCount) }, data: data)
     }
 
+    /// Writes the file with each tensor's bytes handed over in pieces: `pieces(i, write)` calls
+    /// `write` as often as it likes with bytes adding up to `tensors[i].byteCount`, so no
+    /// tensor need exist whole in memory.
+    public func write(to path: String, pieces: (Int, _ write: (UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws {
+        try AtomicFile.writeChunks(to: path, header: header(), sizes: tensors.map { ($0.name, $0.byteCount) }, pieces: pieces)
+    }
+
     private func jsonString(_ s: String) -> String {
         let data = try! JSONSerialization.data(withJSONObject: [s], options: [.withoutEscapingSlashes])
         return String(decoding: data.dropFirst().dropLast(), as: UTF8.self)

@@ -77,18 +77,16 @@ public enum SyntheticModel {
     /// norms one. Weights ~ uniform with standard deviation 0.02, from `seed`.
     public static func make(_ shape: SyntheticShape, layers: Int? = nil, format: QuantFormat = .nf4, seed: UInt64 = 1,
                             progress: (Progress) -> Void = { _ in }) throws -> LlamaModel {
-        let c = try shape.config(layers: layers)
+        try make(config: shape.config(layers: layers), format: format, seed: seed, progress: progress)
+    }
+
+    /// The same for any Llama-layout `config` (tests use tiny ones).
+    public static func make(config c: ModelConfig, format: QuantFormat = .nf4, seed: UInt64 = 1,
+                            progress: (Progress) -> Void = { _ in }) throws -> LlamaModel {
         let total = c.numLayers * 7 + (c.tieWordEmbeddings ? 1 : 2)
         var done = 0
-        var index: UInt64 = 0   // tensor number: its values come from seed + index
-        /// Seeded values quantized to `f`: one fp32 tensor at a time per calling thread.
-        @Sendable func quantized(_ rows: Int, _ cols: Int, _ f: QuantFormat, _ index: UInt64) throws -> QuantizedMatrix {
-            let values = randomValues(rows * cols, seed: seed &+ index &* 0x9E37_79B9_7F4A_7C15)
-            return try QuantizedMatrix(quantizing: values, rows: rows, cols: cols, format: f, doubleQuant: f == .nf4 || f == .fp4)
-        }
-        func matrix(_ name: String, _ rows: Int, _ cols: Int, _ f: QuantFormat) throws -> QuantizedMatrix {
-            index += 1
-            let m = try quantized(rows, cols, f, index)
+        func matrix(_ name: String, _ rows: Int, _ cols: Int, _ f: QuantFormat, _ index: UInt64) throws -> QuantizedMatrix {
+            let m = try quantized(rows, cols, f, seed: seed, index: index)
             done += 1
             progress(Progress(tensor: name, done: done, total: total))
             return m
@@ -99,38 +97,64 @@ public enum SyntheticModel {
         for l in 0..<c.numLayers {
             // The layer's seven tensors two at a time (one per core): one fp32 tensor per core exists at once.
             let results = ConcurrentResults<QuantizedMatrix>(count: shapes.count)
-            let base = index
             DispatchQueue.concurrentPerform(iterations: shapes.count) { i in
-                results.set(i, Result { try quantized(shapes[i].rows, shapes[i].cols, format, base + UInt64(i) + 1) })
+                results.set(i, Result { try quantized(shapes[i].rows, shapes[i].cols, format, seed: seed, index: linearIndex(layer: l, i)) })
             }
-            index += UInt64(shapes.count)
             let m = try results.values()
             done += shapes.count
             progress(Progress(tensor: "model.layers.\(l)", done: done, total: total))
             layerWeights.append(LlamaLayerWeights(q: m[0], k: m[1], v: m[2], o: m[3], gate: m[4], up: m[5], down: m[6],
                                                   attentionNorm: ones, mlpNorm: ones, qBias: nil, kBias: nil, vBias: nil))
         }
-        let embedding = LlamaTokenMatrix.quantized(try matrix("model.embed_tokens", c.vocabSize, c.hiddenSize, .q8_0))
-        let head = c.tieWordEmbeddings ? embedding : .quantized(try matrix("lm_head", c.vocabSize, c.hiddenSize, .q8_0))
+        let embedding = LlamaTokenMatrix.quantized(try matrix("model.embed_tokens", c.vocabSize, c.hiddenSize, .q8_0,
+                                                              tokenIndex(c, head: false)))
+        let head = c.tieWordEmbeddings ? embedding
+            : .quantized(try matrix("lm_head", c.vocabSize, c.hiddenSize, .q8_0, tokenIndex(c, head: true)))
         let weights = LlamaWeights(embedding: embedding, layers: layerWeights, finalNorm: ones, lmHead: head)
         // The fp32 tensors were freed on the worker threads' malloc arenas: give the pages back.
         qk_release_free_memory()
         return try LlamaModel(config: c, weights: weights)
     }
 
+    /// Tensor numbers, from which each tensor's values are drawn (seed + number): layer l's
+    /// linears (q, k, v, o, gate, up, down) are 7·l + 1 … 7·l + 7, then the embedding, then the
+    /// LM head. `SyntheticFolderWriter` draws the same.
+    static func linearIndex(layer l: Int, _ i: Int) -> UInt64 { UInt64(7 * l + i + 1) }
+    static func tokenIndex(_ c: ModelConfig, head: Bool) -> UInt64 { UInt64(7 * c.numLayers + (head ? 2 : 1)) }
+
+    /// The seed tensor `index` draws its values from.
+    static func tensorSeed(_ seed: UInt64, index: UInt64) -> UInt64 { seed &+ index &* 0x9E37_79B9_7F4A_7C15 }
+
+    /// Tensor `index`'s seeded values quantized to `f` (NF4 and FP4 double-quantized): one fp32
+    /// tensor at a time per calling thread.
+    static func quantized(_ rows: Int, _ cols: Int, _ f: QuantFormat, seed: UInt64, index: UInt64) throws -> QuantizedMatrix {
+        let values = randomValues(rows * cols, seed: tensorSeed(seed, index: index))
+        return try QuantizedMatrix(quantizing: values, rows: rows, cols: cols, format: f, doubleQuant: f == .nf4 || f == .fp4)
+    }
+
     /// `count` values uniform in ±0.02·√3 (standard deviation 0.02), drawn in parallel
     /// chunks whose seeds derive from `seed`: the same for any thread count.
-    static func randomValues(_ count: Int, seed: UInt64) -> [Float] {
-        var out = [Float](repeating: 0, count: count)
-        let chunk = 1 << 20, chunks = (count + chunk - 1) / chunk
+    static func randomValues(_ count: Int, seed: UInt64) -> [Float] { randomValues(0..<count, seed: seed) }
+
+    /// Values `range` of the stream `randomValues(_:seed:)` draws, without drawing the rest
+    /// (a tensor written piece by piece).
+    static func randomValues(_ range: Range<Int>, seed: UInt64) -> [Float] {
+        var out = [Float](repeating: 0, count: range.count)
+        guard !range.isEmpty else { return out }
+        let chunk = 1 << 20
+        let chunks = (range.lowerBound / chunk)...((range.upperBound - 1) / chunk)
         let bound = 0.02 * 3.0.squareRoot()
         out.withUnsafeMutableBufferPointer { buf in
             let address = UInt(bitPattern: buf.baseAddress!)   // chunks write disjoint ranges
-            DispatchQueue.concurrentPerform(iterations: chunks) { i in
+            DispatchQueue.concurrentPerform(iterations: chunks.count) { n in
+                let i = chunks.lowerBound + n
                 let base = UnsafeMutablePointer<Float>(bitPattern: address)!
-                var rng = SplitMix64(seed: seed ^ (UInt64(i) &* 0xD1B5_4A32_D192_ED03))
-                for j in (i * chunk)..<min(count, (i + 1) * chunk) {
-                    base[j] = Float((rng.nextUnitDouble() * 2 - 1) * bound)
+                let first = max(range.lowerBound, i * chunk), end = min(range.upperBound, (i + 1) * chunk)
+                // SplitMix64 counts by a constant: skipping k draws is one multiply.
+                let skipped = UInt64(first - i * chunk) &* 0x9E37_79B9_7F4A_7C15
+                var rng = SplitMix64(seed: (seed ^ (UInt64(i) &* 0xD1B5_4A32_D192_ED03)) &+ skipped)
+                for j in first..<end {
+                    base[j - range.lowerBound] = Float((rng.nextUnitDouble() * 2 - 1) * bound)
                 }
             }
         }
