@@ -152,14 +152,18 @@ struct TrainSpeed: ParsableCommand {
         commandName: "train",
         abstract: "Tokens/s, peak RSS and where the time goes in one LoRA training configuration.",
         discussion: """
-            Runs --warmup + --steps training steps (forward, backward, clipping, AdamW) on --batch
-            sequences of --length random tokens, all trained; reports the median step, the share of
-            step time in the frozen 4-bit GEMMs, LoRA, attention, the LM head and loss, the optimizer
-            and everything else, and the frozen GEMMs' GFLOP/s inside the step beside dense sgemm
+            Runs --warmup + --steps training steps (forward, backward, clipping, AdamW, the EMA
+            with --ema) on --batch sequences of --length random tokens, all trained; reports the
+            median step and, per kind
+            of work, the seconds per step and share of the step: the frozen 4-bit GEMMs forward and
+            backward (dX), LoRA, attention, RMSNorms, element-wise work (RoPE, SwiGLU, residual
+            copies), the LM head and loss, the optimizer (clipping, AdamW), the EMA (--ema) and
+            everything else, and the frozen GEMMs' GFLOP/s inside the step beside dense sgemm
             on the same products. Peak RSS is the process's: one configuration per process
             (benches/train.sh runs the grid of the closing notes).
 
-            Example: qlora bench train --rank 16 --grad-checkpoint
+            Examples: qlora bench train --rank 16 --grad-checkpoint --ema 0.999
+                      qlora bench train --shape llama-7b --layers 2 --batch 1 --length 512 --grad-checkpoint
             """
     )
 
@@ -171,6 +175,7 @@ struct TrainSpeed: ParsableCommand {
     @Option(help: "Sequences per step.") var batch = 4
     @Option(help: "Tokens per sequence.") var length = 256
     @Flag(help: "Recompute each block in the backward (per-block gradient checkpointing).") var gradCheckpoint = false
+    @Option(help: "EMA decay of the adapters' shadows, updated every step (0: no EMA).") var ema = 0.0
     @Option(help: "Timed steps; the median is reported.") var steps = 5
     @Option(help: "Untimed steps first.") var warmup = 1
     @Flag(help: "Print JSON for scripts.") var json = false
@@ -179,6 +184,7 @@ struct TrainSpeed: ParsableCommand {
         guard rank > 0, batch > 0, length > 1, steps > 0, warmup >= 0 else {
             throw ValidationError("--rank, --batch, --steps must be positive, --length at least 2")
         }
+        guard (0..<1).contains(ema) else { throw ValidationError("--ema must be in [0, 1), got \(ema)") }
     }
 
     func run() throws {
@@ -190,6 +196,7 @@ struct TrainSpeed: ParsableCommand {
         c.batch = batch
         c.length = length
         c.gradientCheckpointing = gradCheckpoint
+        c.ema = ema
         c.steps = steps
         c.warmup = warmup
         let r = try TrainBench.run(c) { FileHandle.standardError.write(Data("\($0)\n".utf8)) }
@@ -200,11 +207,13 @@ struct TrainSpeed: ParsableCommand {
             return
         }
         try RuntimeReport.current().lines.forEach { print($0) }
-        print(String(format: "r %d, batch %d × %d, checkpointing %@: %.1f tokens/s (step %.2f s), peak RSS %.0f MiB, %d trainable",
-                     r.rank, r.batch, r.length, r.gradientCheckpointing ? "on" : "off", r.tokensPerSecond, r.stepSecondsMedian,
-                     Double(r.peakRSSBytes) / 1048576, r.trainableParameters))
-        let order = StepProfile.Kind.allCases.map(\.rawValue) + ["other"]
-        print(order.map { String(format: "%@ %.1f%%", $0, 100 * (r.shares[$0] ?? 0)) }.joined(separator: " | "))
+        print(String(format: "%@: r %d, batch %d × %d, checkpointing %@, EMA %@: %.1f tokens/s (step %.2f s), peak RSS %.0f MiB, %d trainable",
+                     r.model, r.rank, r.batch, r.length, r.gradientCheckpointing ? "on" : "off", r.ema > 0 ? "\(r.ema)" : "off",
+                     r.tokensPerSecond, r.stepSecondsMedian, Double(r.peakRSSBytes) / 1048576, r.trainableParameters))
+        print("kind          s/step   share")
+        for kind in StepProfile.Kind.allCases.map(\.rawValue) + ["other"] {
+            print(String(format: "%-12@ %7.3f  %5.1f%%", kind, r.seconds[kind] ?? 0, 100 * (r.shares[kind] ?? 0)))
+        }
         print(String(format: "frozen GEMMs in the step: %.0f GFLOP/s; dense sgemm, same products: %.0f GFLOP/s (%.2f×)",
                      r.frozenGFLOPS, r.denseGFLOPS, r.frozenGFLOPS / r.denseGFLOPS))
     }

@@ -5,7 +5,8 @@ import QuantKernels
 
 /// `qlora bench train`: one LoRA training configuration as `qlora train` runs it — B sequences
 /// of T random tokens, every position trained, forward + backward + clipping + AdamW per step —
-/// timed over several steps after a warm-up, with the share of step time per kind of work and
+/// (+ the EMA update with `ema`), timed over several steps after a warm-up, with the seconds
+/// and share of step time per kind of work (StepProfile.Kind) and
 /// the frozen GEMMs' throughput inside the step beside dense sgemm on the same shapes.
 /// Peak RSS is the process's: run one configuration per process (benches/train.sh does).
 public enum TrainBench {
@@ -18,6 +19,8 @@ public enum TrainBench {
         public var batch = 4
         public var length = 256
         public var gradientCheckpointing = false
+        /// EMA decay of the adapters' shadows, updated every step (0: no EMA).
+        public var ema = 0.0
         public var steps = 5
         public var warmup = 1
         public init() {}
@@ -29,6 +32,7 @@ public enum TrainBench {
         public var batch: Int
         public var length: Int
         public var gradientCheckpointing: Bool
+        public var ema: Double
         public var trainableParameters: Int
         public var steps: Int
         public var stepSecondsMedian: Double
@@ -36,6 +40,8 @@ public enum TrainBench {
         public var peakRSSBytes: Int
         /// Share of the step's wall time, by kind (StepProfile.Kind raw values, plus "other").
         public var shares: [String: Double]
+        /// Seconds per step, by kind (mean over the timed steps), "other" included.
+        public var seconds: [String: Double]
         /// GFLOP/s of the frozen GEMMs inside the step, and of dense sgemm on the same products.
         public var frozenGFLOPS: Double
         public var denseGFLOPS: Double
@@ -56,13 +62,14 @@ public enum TrainBench {
         let lora = try LlamaLoRA(model: model, config: LoRAConfig(rank: c.rank, alpha: Float(2 * c.rank)), seed: 1)
         let trainer = LlamaTrainer(model: model, lora: lora, gradientCheckpointing: c.gradientCheckpointing)
         let optimizer = AdamW(parameters: lora.parameters)
+        let ema = c.ema > 0 ? EMA(parameters: lora.parameters, beta: c.ema) : nil
         progress(String(format: "adapters and AdamW moments allocated: RSS %.2f GB", Double(Quantizer.currentRSS()) / 1e9))
         var rng = SplitMix64(seed: 256)
         let ids = (0..<(c.batch * c.length)).map { _ in Int32(rng.next() % UInt64(model.config.vocabSize)) }
         let batch = TokenBatch(inputIds: ids, labels: ids, sequences: c.batch, length: c.length)
         let scale = 1 / Float(batch.scoredTokens)
         var times: [Double] = []
-        var shares: [String: Double] = [:]
+        var shares: [String: Double] = [:], perStep: [String: Double] = [:]
         var frozenSeconds = 0.0, frozenFLOPs = 0.0
         for s in 0..<(c.warmup + c.steps) {
             let profile = StepProfile()
@@ -71,31 +78,30 @@ public enum TrainBench {
             let start = DispatchTime.now().uptimeNanoseconds
             lora.parameters.forEach { $0.zeroGrad() }
             let loss = try trainer.accumulateGradients(batch, gradScale: scale, dropoutSeed: nil)
-            StepProfile.measureOptimizer {
+            StepProfile.measure(.optimizer) {
                 clipGradNorm(lora.parameters, maxNorm: 1)
                 optimizer.update(lr: 1e-4)
             }
+            if let ema { StepProfile.measure(.ema) { ema.update() } }
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
             StepProfile.install(nil)
             progress(String(format: "step %d/%d: %.2f s, loss %.4f%@; RSS %.2f GB, peak %.2f GB", s + 1, c.warmup + c.steps, seconds,
                             loss.mean, timed ? "" : " (warm-up)", Double(Quantizer.currentRSS()) / 1e9, Double(Quantizer.peakRSS()) / 1e9))
             guard timed else { continue }
             times.append(seconds)
-            var accounted = 0.0
-            for (k, v) in profile.seconds {
-                shares[k.rawValue, default: 0] += v / seconds / Double(c.steps)
-                accounted += v
+            for (k, v) in profile.seconds.map({ ($0.rawValue, $1) }) + [("other", seconds - profile.measuredSeconds)] {
+                shares[k, default: 0] += v / seconds / Double(c.steps)
+                perStep[k, default: 0] += v / Double(c.steps)
             }
-            shares["other", default: 0] += (seconds - accounted) / seconds / Double(c.steps)
-            frozenSeconds += profile.seconds[.frozenGEMM] ?? 0
+            frozenSeconds += profile.frozenSeconds
             frozenFLOPs += profile.frozenFLOPs
         }
         let median = times.sorted()[times.count / 2]
         let peak = Quantizer.peakRSS()   // before the dense baseline, which dequantizes whole matrices
         return Result(model: c.shape.map { $0.rawValue + (c.layers.map { " (\($0) layers)" } ?? "") } ?? c.model, rank: c.rank, batch: c.batch, length: c.length, gradientCheckpointing: c.gradientCheckpointing,
-                      trainableParameters: lora.trainableCount, steps: c.steps, stepSecondsMedian: median,
+                      ema: c.ema, trainableParameters: lora.trainableCount, steps: c.steps, stepSecondsMedian: median,
                       tokensPerSecond: Double(c.batch * c.length) / median, peakRSSBytes: peak,
-                      shares: shares, frozenGFLOPS: frozenFLOPs / frozenSeconds / 1e9,
+                      shares: shares, seconds: perStep, frozenGFLOPS: frozenFLOPs / frozenSeconds / 1e9,
                       denseGFLOPS: try denseGFLOPS(model: model, tokens: c.batch * c.length))
     }
 

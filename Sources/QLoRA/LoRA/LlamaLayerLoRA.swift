@@ -41,7 +41,7 @@ struct LlamaLinearRun {
     }
 
     func forward(_ x: FloatBuffer, into y: UnsafeMutablePointer<Float>, tokens T: Int, accumulate: Bool = false) throws {
-        try StepProfile.measure(.frozenGEMM, flops: 2 * Double(T * weight.rows * weight.cols)) {
+        try StepProfile.measure(.gemmForward, flops: 2 * Double(T * weight.rows * weight.cols)) {
             try weight.forward(UnsafeBufferPointer(start: x.base, count: T * weight.cols),
                                into: UnsafeMutableBufferPointer(start: y, count: T * weight.rows), tokens: T, accumulate: accumulate)
         }
@@ -55,7 +55,7 @@ struct LlamaLinearRun {
     /// `x` is the forward's input (LoRA's dA needs it).
     func backward(_ dy: UnsafePointer<Float>, x: FloatBuffer, into dx: UnsafeMutablePointer<Float>, tokens T: Int,
                   accumulate: Bool) throws {
-        try StepProfile.measure(.frozenGEMM, flops: 2 * Double(T * weight.rows * weight.cols)) {
+        try StepProfile.measure(.gemmBackward, flops: 2 * Double(T * weight.rows * weight.cols)) {
             try weight.backward(UnsafeBufferPointer(start: dy, count: T * weight.rows),
                                 into: UnsafeMutableBufferPointer(start: dx, count: T * weight.cols), tokens: T, accumulate: accumulate)
         }

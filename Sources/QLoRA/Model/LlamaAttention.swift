@@ -35,9 +35,11 @@ func llamaAttentionForward(out: UnsafeMutableBufferPointer<Float>, acts: LlamaBl
         try run(m, role).forward(acts.attentionInput, into: y.base, tokens: rows)
         if let b { b.withUnsafeBufferPointer { qk_add_bias(y.base, $0.baseAddress, Int64(rows), Int64(heads * D)) } }
     }
-    for s in 0..<B {
-        rope.apply(acts.q.base + s * T * qDim, heads: H, headDim: D)
-        rope.apply(acts.k.base + s * T * kvDim, heads: Hkv, headDim: D)
+    StepProfile.measure(.elementwise) {
+        for s in 0..<B {
+            rope.apply(acts.q.base + s * T * qDim, heads: H, headDim: D)
+            rope.apply(acts.k.base + s * T * kvDim, heads: Hkv, headDim: D)
+        }
     }
 
     let kv: LlamaKeyValues
@@ -80,9 +82,11 @@ func llamaAttentionBackward(dxn: FloatBuffer, dOut: FloatBuffer, acts: LlamaBloc
                               acts.probabilities?.base, Int64(B), Int64(T), Int64(H), Int64(Hkv), Int64(D), 0)
     }
     guard rc == 0 else { throw LlamaModelError.outOfMemory("attention backward scratch for \(T) tokens") }
-    for s in 0..<B {
-        rope.applyBackward(g.dq.base + s * T * qDim, heads: H, headDim: D)
-        rope.applyBackward(g.dk.base + s * T * kvDim, heads: Hkv, headDim: D)
+    StepProfile.measure(.elementwise) {
+        for s in 0..<B {
+            rope.applyBackward(g.dq.base + s * T * qDim, heads: H, headDim: D)
+            rope.applyBackward(g.dk.base + s * T * kvDim, heads: Hkv, headDim: D)
+        }
     }
     try run(w.q, .q).backward(g.dq.base, x: acts.attentionInput, into: dxn.base, tokens: rows, accumulate: false)
     try run(w.k, .k).backward(g.dk.base, x: acts.attentionInput, into: dxn.base, tokens: rows, accumulate: true)

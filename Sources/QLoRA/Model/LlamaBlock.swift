@@ -15,12 +15,12 @@ func llamaBlockForward(y: FloatBuffer, x: FloatBuffer, acts: LlamaBlockActivatio
     precondition(x.count >= n && y.count >= n, "x and y must hold [\(T), \(c.hiddenSize)]")
     llamaRMSNormForward(y: acts.attentionInput.base, rstd: acts.attentionRstd.base, x: x.base, weight: w.attentionNorm,
                         trainable: lora?.attentionNorm, tokens: T, eps: c.rmsNormEps)
-    acts.residual.base.update(from: x.base, count: n)
+    StepProfile.measure(.elementwise) { acts.residual.base.update(from: x.base, count: n) }
     try llamaAttentionForward(out: acts.residual.rows(0, count: T, width: c.hiddenSize), acts: acts, layer: w, rope: rope,
                               cache: cache, config: c, lora: lora, dropoutSeed: dropoutSeed)
     llamaRMSNormForward(y: acts.mlpInput.base, rstd: acts.mlpRstd.base, x: acts.residual.base, weight: w.mlpNorm,
                         trainable: lora?.mlpNorm, tokens: T, eps: c.rmsNormEps)
-    y.base.update(from: acts.residual.base, count: n)
+    StepProfile.measure(.elementwise) { y.base.update(from: acts.residual.base, count: n) }
     try llamaMLPForward(out: y.rows(0, count: T, width: c.hiddenSize), acts: acts, layer: w, config: c, lora: lora,
                         dropoutSeed: dropoutSeed)
 }
@@ -37,12 +37,12 @@ func llamaBlockBackward(dx: FloatBuffer, dy: FloatBuffer, x: FloatBuffer, acts: 
     let T = acts.T, n = T * c.hiddenSize
     try llamaMLPBackward(dxn: g.dNormed, dOut: dy, acts: acts, layer: w, config: c, lora: lora, dropoutSeed: dropoutSeed,
                          grads: g)
-    g.dResidual.base.update(from: dy.base, count: n)
+    StepProfile.measure(.elementwise) { g.dResidual.base.update(from: dy.base, count: n) }
     llamaRMSNormBackward(dx: g.dResidual.base, dy: g.dNormed.base, x: acts.residual.base, rstd: acts.mlpRstd.base,
                          weight: w.mlpNorm, trainable: lora?.mlpNorm, tokens: T)
     try llamaAttentionBackward(dxn: g.dNormed, dOut: g.dResidual, acts: acts, layer: w, rope: rope, config: c, lora: lora,
                                dropoutSeed: dropoutSeed, grads: g)
-    dx.base.update(from: g.dResidual.base, count: n)
+    StepProfile.measure(.elementwise) { dx.base.update(from: g.dResidual.base, count: n) }
     llamaRMSNormBackward(dx: dx.base, dy: g.dNormed.base, x: x.base, rstd: acts.attentionRstd.base, weight: w.attentionNorm,
                          trainable: lora?.attentionNorm, tokens: T)
 }

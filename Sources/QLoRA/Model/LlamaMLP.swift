@@ -18,7 +18,7 @@ func llamaMLPForward(out: UnsafeMutableBufferPointer<Float>, acts: LlamaBlockAct
     }
     try run(w.gate, .gate).forward(acts.mlpInput, into: acts.gate.base, tokens: T)
     try run(w.up, .up).forward(acts.mlpInput, into: acts.up.base, tokens: T)
-    qk_swiglu_forward(acts.mlpHidden.base, acts.gate.base, acts.up.base, Int64(T * c.intermediateSize))
+    StepProfile.measure(.elementwise) { qk_swiglu_forward(acts.mlpHidden.base, acts.gate.base, acts.up.base, Int64(T * c.intermediateSize)) }
     try run(w.down, .down).forward(acts.mlpHidden, into: out.baseAddress!, tokens: T, accumulate: true)
 }
 
@@ -31,7 +31,9 @@ func llamaMLPBackward(dxn: FloatBuffer, dOut: FloatBuffer, acts: LlamaBlockActiv
         LlamaLinearRun(m, role, lora: lora, acts: acts, seed: dropoutSeed)
     }
     try run(w.down, .down).backward(dOut.base, x: acts.mlpHidden, into: g.dHidden.base, tokens: T, accumulate: false)
-    qk_swiglu_backward(g.dGate.base, g.dUp.base, g.dHidden.base, acts.gate.base, acts.up.base, Int64(T * c.intermediateSize))
+    StepProfile.measure(.elementwise) {
+        qk_swiglu_backward(g.dGate.base, g.dUp.base, g.dHidden.base, acts.gate.base, acts.up.base, Int64(T * c.intermediateSize))
+    }
     try run(w.gate, .gate).backward(g.dGate.base, x: acts.mlpInput, into: dxn.base, tokens: T, accumulate: false)
     try run(w.up, .up).backward(g.dUp.base, x: acts.mlpInput, into: dxn.base, tokens: T, accumulate: true)
 }

@@ -10,8 +10,10 @@ import QuantKernels
 /// weight (`--train-norms`) is read from its Parameter instead of the frozen array.
 func llamaRMSNormForward(y: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
                          weight: [Float], trainable: Parameter? = nil, tokens T: Int, eps: Float) {
-    withNormWeight(weight, trainable) { w in
-        qk_rmsnorm_forward(y, rstd, x, w, Int64(T), Int64(weight.count), eps)
+    StepProfile.measure(.norms) {
+        withNormWeight(weight, trainable) { w in
+            qk_rmsnorm_forward(y, rstd, x, w, Int64(T), Int64(weight.count), eps)
+        }
     }
 }
 
@@ -19,8 +21,10 @@ func llamaRMSNormForward(y: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePoin
 /// and dw += Σ_t dy⊙x̂ when the weight trains. dx must not alias dy or x.
 func llamaRMSNormBackward(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
                           rstd: UnsafePointer<Float>, weight: [Float], trainable: Parameter?, tokens T: Int) {
-    withNormWeight(weight, trainable) { w in
-        qk_rmsnorm_backward(dx, trainable?.grad.base, dy, x, w, rstd, Int64(T), Int64(weight.count), 1)
+    StepProfile.measure(.norms) {
+        withNormWeight(weight, trainable) { w in
+            qk_rmsnorm_backward(dx, trainable?.grad.base, dy, x, w, rstd, Int64(T), Int64(weight.count), 1)
+        }
     }
 }
 

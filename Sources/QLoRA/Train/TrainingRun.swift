@@ -278,7 +278,7 @@ public final class TrainingRun {
                 loss = loss + (try trainer.accumulateGradients(b, gradScale: 1 / Float(scored), dropoutSeed: seed))
             }
         }
-        let norm = StepProfile.measureOptimizer { Double(clipGradNorm(lora.parameters, maxNorm: config.maxGradNorm)) }
+        let norm = StepProfile.measure(.optimizer) { Double(clipGradNorm(lora.parameters, maxNorm: config.maxGradNorm)) }
         guard loss.mean.isFinite || scored == 0, norm.isFinite else {
             onEvent(.alert(String(format: "update %d: loss %@, grad norm %@ — update skipped", next, "\(loss.mean)", "\(norm)")))
             try append(with(MetricsRow(step: next)) { $0.event = "non-finite loss or gradient: update skipped" })
@@ -287,10 +287,8 @@ public final class TrainingRun {
             return nil
         }
         let lr = schedule.lr(at: step)
-        StepProfile.measureOptimizer {
-            optimizer.update(lr: lr)
-            if let ema, ema.isDue(afterUpdate: next) { ema.update() }
-        }
+        StepProfile.measure(.optimizer) { optimizer.update(lr: lr) }
+        if let ema, ema.isDue(afterUpdate: next) { StepProfile.measure(.ema) { ema.update() } }
         step = next
         let seconds = Date().timeIntervalSince(start)
         let processed = tokens.reduce(0) { $0 + $1.inputIds.count }
