@@ -212,7 +212,8 @@ struct TrainSpeed: ParsableCommand {
                      r.tokensPerSecond, r.stepSecondsMedian, Double(r.peakRSSBytes) / 1048576, r.trainableParameters))
         print("kind          s/step   share")
         for kind in StepProfile.Kind.allCases.map(\.rawValue) + ["other"] {
-            print(String(format: "%-12@ %7.3f  %5.1f%%", kind, r.seconds[kind] ?? 0, 100 * (r.shares[kind] ?? 0)))
+            print(kind.padding(toLength: 12, withPad: " ", startingAt: 0)
+                  + String(format: " %7.3f  %5.1f%%", r.seconds[kind] ?? 0, 100 * (r.shares[kind] ?? 0)))
         }
         print(String(format: "frozen GEMMs in the step: %.0f GFLOP/s; dense sgemm, same products: %.0f GFLOP/s (%.2f×)",
                      r.frozenGFLOPS, r.denseGFLOPS, r.frozenGFLOPS / r.denseGFLOPS))

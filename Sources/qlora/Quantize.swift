@@ -21,9 +21,10 @@ struct Quantize: ParsableCommand {
             --shape NAME (instead of a source) writes the synthetic model that `qlora train
             --shape NAME` builds — the same seeded weights: NF4 linears with double
             quantization, the Q8_0-rounded embeddings and LM head as F32, norms one — as a
-            bitsandbytes folder, streamed (a llama-7b folder within about 1 GB of memory).
-            It has no tokenizer: `qlora train --model` on it trains seeded random ids, as
-            --shape does; generate needs a tokenizer and refuses it.
+            bitsandbytes folder, streamed (a llama-7b folder, 4.4 GB, within 0.6 GB of memory).
+            --embeddings f16 or bf16 halves the token matrices but rounds them (losses then
+            differ slightly from --shape's). It has no tokenizer: `qlora train --model` on it
+            trains seeded random ids, as --shape does; generate needs a tokenizer and refuses it.
 
             Examples:
               qlora quantize models/SmolLM2-135M-Instruct.Q4_1.gguf --format nf4 -o smol-nf4

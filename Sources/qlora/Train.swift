@@ -39,7 +39,8 @@ struct Train: ParsableCommand {
             """
     )
 
-    @Option(help: "A GGUF file or a quantized model folder.") var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    @Option(help: "A GGUF file or a quantized model folder (one with no tokenizer, as quantize --shape writes, trains seeded random ids).")
+    var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
     @Option(help: "Training data: .jsonl, .csv or .txt.") var data = Train.demoData
     @Option(help: "Train a synthetic shape on seeded random ids instead (memory and speed): \(SyntheticShape.allCases.map(\.rawValue).joined(separator: ", ")).")
     var shape: SyntheticShape?
