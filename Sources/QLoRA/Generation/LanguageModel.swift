@@ -38,6 +38,12 @@ public final class LanguageModel: Sendable {
         return LanguageModel(model: LlamaModel(model, adapters: lora), tokenizer: tokenizer, chatTemplateText: chatTemplateText)
     }
 
+    /// The same tokenizer and template over another model (the base with another set of
+    /// adapters, from an AdapterSet).
+    public func with(model: LlamaModel) -> LanguageModel {
+        LanguageModel(model: model, tokenizer: tokenizer, chatTemplateText: chatTemplateText)
+    }
+
     /// Whether the tokenizer puts BOS before a text (`tokenizer.ggml.add_bos_token`, or the
     /// post-processor of tokenizer.json).
     public var addsBOS: Bool { tokenizer.bos.map { tokenizer.prefix == [$0] } ?? false }
