@@ -116,7 +116,7 @@ public final class LlamaLoRA: @unchecked Sendable {
             + String(format: "%.4f", 100 * Double(trainable) / Double(all))
     }
 
-    static func grouped(_ n: Int) -> String {
+    public static func grouped(_ n: Int) -> String {
         let digits = Array(String(n))
         var out = ""
         for (i, d) in digits.enumerated() {
