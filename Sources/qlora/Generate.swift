@@ -16,14 +16,23 @@ struct Generate: ParsableCommand {
             top-k, top-p, min-p, in that order, as transformers applies them. Tokens/s for the
             prompt and for generation go to stderr at the end.
 
+            Adapters (PEFT layout, e.g. a run's lora_best_ema): --adapter DIR or NAME=DIR, \
+            repeatable. Several are applied together, their deltas summed \
+            (y = W·x + Σ s_i·B_i·A_i·x, PEFT's several active adapters); with --each the prompt \
+            runs once per adapter, each swapped in over the same loaded base, under a header \
+            "=== NAME ===" (and first for the base with --include-base). Use --seed to compare \
+            samples, or --temperature 0.
+
             Examples:
               qlora generate --model models/SmolLM2-135M-Instruct.Q4_1.gguf --chat "What is the capital of France?" --temperature 0
               qlora generate --model smol-nf4 --prompt "Once upon a time" --max-tokens 64 --seed 7 --stop "\\n\\n"
+              qlora generate --adapter runs/chat/lora_final --adapter style=runs/style/lora_final --chat "Hi"
+              qlora generate --adapter runs/a/lora_final --adapter runs/b/lora_final --each --include-base --chat "Hi" --temperature 0
             """
     )
 
     @Option(help: "A GGUF file or a quantized model folder.") var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
-    @Option(help: "A LoRA adapter directory (PEFT layout, e.g. a run's lora_best_ema) applied to the model.") var adapter: String?
+    @OptionGroup var adapterOptions: AdapterOptions
     @Option(help: "Text to continue, as it is.") var prompt: String?
     @Option(help: "A user message, wrapped in the chat template.") var chat: String?
     @Option(help: "System prompt for --chat (default: the template's own, if it has one).") var system: String?
@@ -51,8 +60,15 @@ struct Generate: ParsableCommand {
     }
 
     func run() throws {
-        var lm = try LanguageModel(path: model)
-        if let adapter { lm = try lm.withAdapter(adapter) }
+        let runs = try adapterOptions.runs(try LanguageModel(path: model))
+        let seed = seed ?? UInt64(Date().timeIntervalSince1970 * 1e6)
+        for (label, lm) in runs {
+            if runs.count > 1 || adapterOptions.each { FileHandle.standardOutput.write(Data("=== \(label) ===\n".utf8)) }
+            try generate(lm, seed: seed)
+        }
+    }
+
+    func generate(_ lm: LanguageModel, seed: UInt64) throws {
         var template: ChatTemplate?
         let ids: [Int]
         if let chat {
@@ -66,7 +82,7 @@ struct Generate: ParsableCommand {
         let options = TextGenerator.Options(
             maxNewTokens: maxTokens,
             sampling: Sampler.Parameters(temperature: temperature, topK: topK, topP: topP, minP: minP, repetitionPenalty: repeatPenalty),
-            seed: seed ?? UInt64(Date().timeIntervalSince1970 * 1e6), stopTokens: lm.stopTokens(template: template), stopStrings: stop)
+            seed: seed, stopTokens: lm.stopTokens(template: template), stopStrings: stop)
         let report = try TextGenerator(model: lm).generate(prompt: ids, options: options) { text in
             FileHandle.standardOutput.write(Data(text.utf8))
         }

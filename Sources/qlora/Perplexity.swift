@@ -12,14 +12,21 @@ struct Perplexity: ParsableCommand {
             in the window. ± is the standard error of the mean NLL carried through exp, as
             llama.cpp prints it, so figures compare with llama.cpp's on the same file and --ctx.
 
-            Example:
+            Adapters: --adapter DIR or NAME=DIR, repeatable, applied together (deltas summed); \
+            with --each one perplexity per adapter, each swapped in over the same loaded base \
+            (and the base first with --include-base), and a table of them at the end.
+
+            Examples:
               qlora perplexity --model models/SmolLM2-135M-Instruct.Q4_1.gguf --text /usr/share/common-licenses/GPL-3 --ctx 256
+              qlora perplexity --model models/SmolLM2-135M-Instruct.Q4_1.gguf --text data.txt --adapter runs/a/lora_final --adapter runs/b/lora_final
+              qlora perplexity --model models/SmolLM2-135M-Instruct.Q4_1.gguf --text data.txt --adapter a=runs/a/lora_final --adapter b=runs/b/lora_final --each --include-base
             """
     )
 
     @Option(help: "A GGUF file or a quantized model folder.") var model: String
     @Option(help: "A UTF-8 text file.") var text: String
     @Option(help: "Tokens per window.") var ctx = 512
+    @OptionGroup var adapterOptions: AdapterOptions
 
     func validate() throws {
         guard ctx >= 4 else { throw ValidationError("--ctx must be at least 4, got \(ctx)") }
@@ -28,19 +35,33 @@ struct Perplexity: ParsableCommand {
     }
 
     func run() throws {
-        let lm = try LanguageModel(path: model)
-        guard ctx <= lm.model.config.maxPositionEmbeddings else {
-            throw ValidationError("--ctx \(ctx) is longer than the model's context, \(lm.model.config.maxPositionEmbeddings)")
+        let base = try LanguageModel(path: model)
+        guard ctx <= base.model.config.maxPositionEmbeddings else {
+            throw ValidationError("--ctx \(ctx) is longer than the model's context, \(base.model.config.maxPositionEmbeddings)")
         }
         guard let data = FileManager.default.contents(atPath: text) else { throw ValidationError("\(text): cannot read") }
-        let tokens = lm.tokenizer.encode(String(decoding: data, as: UTF8.self), addSpecialTokens: lm.addsBOS)
-        let evaluator = PerplexityEvaluator(model: lm.model, context: ctx, bos: lm.addsBOS ? lm.tokenizer.bos : nil)
-        print("\(tokens.count) tokens, \(evaluator.windows(of: tokens)) windows of \(ctx), BOS \(lm.addsBOS ? "first" : "not added")")
-        let last = try evaluator.run(tokens: tokens) { p in
-            print(String(format: "[%d/%d] PPL = %.4f ± %.5f", p.window, p.windows, p.estimate.perplexity, p.estimate.error))
+        let tokens = base.tokenizer.encode(String(decoding: data, as: UTF8.self), addSpecialTokens: base.addsBOS)
+        let runs = try adapterOptions.runs(base)
+        var table: [(label: String, estimate: PerplexityEvaluator.Estimate)] = []
+        for (label, lm) in runs {
+            let evaluator = PerplexityEvaluator(model: lm.model, context: ctx, bos: lm.addsBOS ? lm.tokenizer.bos : nil)
+            if runs.count > 1 || adapterOptions.each { print("=== \(label) ===") }
+            print("\(tokens.count) tokens, \(evaluator.windows(of: tokens)) windows of \(ctx), BOS \(lm.addsBOS ? "first" : "not added")")
+            let last = try evaluator.run(tokens: tokens) { p in
+                print(String(format: "[%d/%d] PPL = %.4f ± %.5f", p.window, p.windows, p.estimate.perplexity, p.estimate.error))
+            }
+            print(String(format: "PPL = %.4f ± %.5f over %d scored tokens", last.estimate.perplexity, last.estimate.error, last.estimate.count))
+            FileHandle.standardError.write(Data(String(format: "%d tokens in %.1f s, %.1f tokens/s\n", last.tokensRun, last.seconds,
+                                                       Double(last.tokensRun) / last.seconds).utf8))
+            table.append((label, last.estimate))
         }
-        print(String(format: "PPL = %.4f ± %.5f over %d scored tokens", last.estimate.perplexity, last.estimate.error, last.estimate.count))
-        FileHandle.standardError.write(Data(String(format: "%d tokens in %.1f s, %.1f tokens/s\n", last.tokensRun, last.seconds,
-                                                   Double(last.tokensRun) / last.seconds).utf8))
+        if table.count > 1 {
+            let width = max(7, table.map(\.label.count).max()!)
+            print("\n" + "adapter".padding(toLength: width, withPad: " ", startingAt: 0) + "  PPL")
+            for row in table {
+                print(row.label.padding(toLength: width, withPad: " ", startingAt: 0)
+                      + String(format: "  %.4f ± %.5f", row.estimate.perplexity, row.estimate.error))
+            }
+        }
     }
 }

@@ -31,11 +31,17 @@ struct Train: ParsableCommand {
             the adapters lora_best, lora_best_ema and lora_final in PEFT's layout \
             (qlora generate --adapter DIR).
 
+            Several --load-lora-from: the first adapter trains on; the others are stacked on it \
+            frozen (y = W·x + s·B·A·x + Σ s_i·B_i·A_i·x), so a new skill can be trained on top of \
+            adapters kept as they are; generate with all of them: qlora generate --adapter RUN/lora_final \
+            --adapter OTHER.
+
             Examples:
               qlora train --max-steps 100 --out runs/demo
                   SmolLM2-135M-Instruct on the demo SFT set
               qlora train --model smol-nf4 --data sft.jsonl --lora-r 16 --out runs/smol
               qlora train --resume runs/smol
+              qlora train --load-lora-from runs/a/lora_final --load-lora-from runs/b/lora_final --out runs/a-on-b
             """
     )
 
@@ -63,7 +69,10 @@ struct Train: ParsableCommand {
     @Option(help: "Adapt only the last N blocks.") var loraLayers: Int?
     @Flag(help: "rsLoRA: scale by alpha/√r.") var useRslora = false
     @Flag(help: "Train the RMSNorm weights too (fp32).") var trainNorms = false
-    @Option(help: "Start from the adapters of this directory (PEFT layout).") var loadLoraFrom: String?
+    @Option(parsing: .singleValue, help: ArgumentHelp(
+        "Start from the adapters of this directory (PEFT layout); repeated, the others are stacked frozen on it.",
+        discussion: "The first directory is trained further and saved; each further one adds its ΔW in every forward and backward, untrained and unsaved (recorded in config.json for --resume)."))
+    var loadLoraFrom: [String] = []
 
     @Option(help: "Peak learning rate.") var lr = 2e-4
     @Option(help: "LR schedule: constant, linear or cosine.") var schedule = LRSchedule.Kind.cosine
@@ -126,7 +135,8 @@ struct Train: ParsableCommand {
         c.loraLayers = loraLayers
         c.useRslora = useRslora
         c.trainNorms = trainNorms
-        c.loadLoraFrom = loadLoraFrom
+        c.loadLoraFrom = loadLoraFrom.first
+        c.frozenAdapters = loadLoraFrom.count > 1 ? Array(loadLoraFrom.dropFirst()) : nil
         c.lr = lr
         c.schedule = schedule
         c.warmupSteps = warmupSteps
@@ -241,7 +251,11 @@ struct Train: ParsableCommand {
         }
         log.line(String(format: "done: %d updates in %@; best val_loss %.4f", run.step, TrainingLog.duration(log.elapsed), run.bestValLoss))
         if let sample, let lm {
-            try Self.show(sample, lm: try lm.withAdapter(directory + "/lora_final"), label: "tuned (\(directory)/lora_final)", log: log)
+            let set = AdapterSet(base: lm.model)
+            let final = try set.load(directory + "/lora_final")
+            let tuned = LlamaModel(lm.model, adapters: try set.adapters(final).stacking(run.lora.stacked))
+            let stackedNote = run.lora.stacked.isEmpty ? "" : " + frozen " + run.lora.stacked.map(\.name).joined(separator: ", ")
+            try Self.show(sample, lm: lm.with(model: tuned), label: "tuned (\(directory)/lora_final\(stackedNote))", log: log)
         }
     }
 

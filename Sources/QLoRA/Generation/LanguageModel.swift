@@ -30,12 +30,10 @@ public final class LanguageModel: Sendable {
         }
     }
 
-    /// This model with the LoRA adapters of a PEFT-layout directory applied.
-    public func withAdapter(_ directory: String) throws -> LanguageModel {
-        let (config, norms) = try AdapterFiles.config(in: directory)
-        let lora = try LlamaLoRA(model: model, config: config, trainNorms: norms, seed: 0)
-        try AdapterFiles.load(into: lora, from: directory)
-        return LanguageModel(model: LlamaModel(model, adapters: lora), tokenizer: tokenizer, chatTemplateText: chatTemplateText)
+    /// The same tokenizer and template over another model: the base with adapters applied,
+    /// from an AdapterSet (which reads PEFT-layout directories over this model).
+    public func with(model: LlamaModel) -> LanguageModel {
+        LanguageModel(model: model, tokenizer: tokenizer, chatTemplateText: chatTemplateText)
     }
 
     /// Whether the tokenizer puts BOS before a text (`tokenizer.ggml.add_bos_token`, or the

@@ -2,16 +2,22 @@ import Foundation
 import Quant
 
 /// What trains in one decoder layer: LoRA adapters on some of its linears, and its two
-/// RMSNorm weights with `--train-norms`. An empty value trains nothing there.
+/// RMSNorm weights with `--train-norms`; and adapters stacked on them frozen (other adapters
+/// applied at once: their deltas add in the forward and pass the input gradient in the
+/// backward, without dropout or gradients of their own). An empty value changes nothing there.
 public struct LlamaLayerLoRA {
     public var adapters: [LlamaLinear: LoRAAdapter] = [:]
     public var attentionNorm: Parameter?
     public var mlpNorm: Parameter?
+    /// y += Σ s_i·B_i·A_i·x over these, after `adapters`' own delta.
+    public var frozen: [LlamaLinear: [LoRAAdapter]] = [:]
 
-    public init(adapters: [LlamaLinear: LoRAAdapter] = [:], attentionNorm: Parameter? = nil, mlpNorm: Parameter? = nil) {
+    public init(adapters: [LlamaLinear: LoRAAdapter] = [:], attentionNorm: Parameter? = nil, mlpNorm: Parameter? = nil,
+                frozen: [LlamaLinear: [LoRAAdapter]] = [:]) {
         self.adapters = adapters
         self.attentionNorm = attentionNorm
         self.mlpNorm = mlpNorm
+        self.frozen = frozen
     }
 
     /// The seed of linear `m`'s dropout mask within a layer whose step seed is `seed`.
@@ -23,18 +29,20 @@ public struct LlamaLayerLoRA {
     }
 }
 
-/// One frozen linear and its adapter, run together:
-///   forward   y[T, out] (+)= x·Wᵀ + scale·(drop(x)·Aᵀ)·Bᵀ
-///   backward  dx[T, in] (+)= dy·W + LoRA's share; dA, dB accumulated
+/// One frozen linear, its adapter and the adapters stacked frozen on it, run together:
+///   forward   y[T, out] (+)= x·Wᵀ + scale·(drop(x)·Aᵀ)·Bᵀ + Σ s_i·(x·A_iᵀ)·B_iᵀ
+///   backward  dx[T, in] (+)= dy·W + LoRA's share + Σ s_i·(dy·B_i)·A_i; dA, dB accumulated
 struct LlamaLinearRun {
     let weight: QuantizedMatrix
     let adapter: LoRAAdapter?
+    let frozen: [LoRAAdapter]
     let saved: LoRAAdapter.Saved?
     let dropoutSeed: UInt64?
 
     init(_ weight: QuantizedMatrix, _ m: LlamaLinear, lora: LlamaLayerLoRA?, acts: LlamaBlockActivations, seed: UInt64?) {
         self.weight = weight
         adapter = lora?.adapters[m]
+        frozen = lora?.frozen[m] ?? []
         saved = acts.lora[m]
         dropoutSeed = LlamaLayerLoRA.dropoutSeed(seed, m)
         precondition(adapter == nil || saved != nil, "activations were allocated without room for the \(m) adapter")
@@ -50,6 +58,11 @@ struct LlamaLinearRun {
                 try adapter.forward(x: x.base, y: y, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
             }
         }
+        if !frozen.isEmpty {
+            try StepProfile.measure(.lora) {
+                for f in frozen { try f.forwardFrozen(x: x.base, y: y, tokens: T) }
+            }
+        }
     }
 
     /// `x` is the forward's input (LoRA's dA needs it).
@@ -62,6 +75,11 @@ struct LlamaLinearRun {
         if let adapter, let saved {
             try StepProfile.measure(.lora) {
                 try adapter.backward(dy: dy, x: x.base, dx: dx, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
+            }
+        }
+        if !frozen.isEmpty {
+            try StepProfile.measure(.lora) {
+                for f in frozen { try f.backwardFrozen(dy: dy, dx: dx, tokens: T) }
             }
         }
     }

@@ -12,8 +12,10 @@ public final class LlamaLoRA: @unchecked Sendable {
     /// model.norm.weight with `trainNorms`.
     public let finalNorm: Parameter?
     /// Every trainable tensor, in a fixed order: per layer its adapters (q … down; A then B),
-    /// then its two norms; the final norm last.
+    /// then its two norms; the final norm last. Stacked adapters are not among them.
     public let parameters: [Parameter]
+    /// Adapters stacked frozen on these (`stacking`), by name, in the order they apply.
+    public let stacked: [(name: String, adapters: LlamaLoRA)]
 
     /// Adapters initialized as PEFT does (A Kaiming-uniform from one SplitMix64 seeded with
     /// `seed`, drawn layer by layer in the order of `parameters`; B zero).
@@ -52,6 +54,39 @@ public final class LlamaLoRA: @unchecked Sendable {
         if let finalNorm { parameters.append(finalNorm) }
         self.layers = layers
         self.parameters = parameters
+        stacked = []
+    }
+
+    /// These adapters with `others` stacked on them frozen, PEFT's several active adapters:
+    ///   y = W·x + s·B·A·x + Σ_i s_i·B_i·A_i·x
+    /// The result shares this value's parameters (training it trains them; saving it saves
+    /// only them); the others add their deltas in every forward and pass the input gradient in
+    /// the backward, without dropout or gradients. They must come from the same base; trained
+    /// norms replace the base's rather than add to it, so only this value may carry them.
+    public func stacking(_ others: [(name: String, adapters: LlamaLoRA)]) throws(AdapterStackError) -> LlamaLoRA {
+        var layers = self.layers
+        for (name, other) in others {
+            guard other.layers.count == layers.count else {
+                throw .differentBase(name: name, blocks: other.layers.count, expected: layers.count)
+            }
+            guard !other.trainsNorms else { throw .trainedNorms(name: name) }
+            for (l, layer) in other.layers.enumerated() {
+                for (m, a) in layer.adapters { layers[l].frozen[m, default: []].append(a) }
+                for (m, list) in layer.frozen { layers[l].frozen[m, default: []] += list }
+            }
+        }
+        return LlamaLoRA(config: config, trainsNorms: trainsNorms, layers: layers, finalNorm: finalNorm, parameters: parameters,
+                         stacked: stacked + others.flatMap { [$0] + $0.adapters.stacked })
+    }
+
+    private init(config: LoRAConfig, trainsNorms: Bool, layers: [LlamaLayerLoRA], finalNorm: Parameter?, parameters: [Parameter],
+                 stacked: [(name: String, adapters: LlamaLoRA)]) {
+        self.config = config
+        self.trainsNorms = trainsNorms
+        self.layers = layers
+        self.finalNorm = finalNorm
+        self.parameters = parameters
+        self.stacked = stacked
     }
 
     /// One adapter per linear that has one in any layer: room in shared activations.
@@ -81,7 +116,7 @@ public final class LlamaLoRA: @unchecked Sendable {
             + String(format: "%.4f", 100 * Double(trainable) / Double(all))
     }
 
-    static func grouped(_ n: Int) -> String {
+    public static func grouped(_ n: Int) -> String {
         let digits = Array(String(n))
         var out = ""
         for (i, d) in digits.enumerated() {
@@ -89,6 +124,26 @@ public final class LlamaLoRA: @unchecked Sendable {
             out.append(d)
         }
         return out
+    }
+}
+
+public enum AdapterStackError: Error, Equatable, CustomStringConvertible {
+    case differentBase(name: String, blocks: Int, expected: Int)
+    case trainedNorms(name: String)
+    case duplicateName(String, first: String, second: String)
+    case unknownName(String, loaded: [String])
+    case listedTwice(String)
+
+    public var description: String {
+        switch self {
+        case let .differentBase(name, blocks, expected): "adapter '\(name)' was built for a model of \(blocks) blocks, this one has \(expected)"
+        case let .trainedNorms(name): "adapter '\(name)' trains the RMSNorm weights (qlora_trains_norms), which replace the base's "
+            + "rather than add to it: only the first adapter of a stack may carry them; list it first"
+        case let .duplicateName(name, first, second): "two adapters are named '\(name)' (\(first) and \(second)); "
+            + "name them apart with NAME=DIR"
+        case let .listedTwice(name): "adapter '\(name)' is listed twice in one stack"
+        case let .unknownName(name, loaded): "no adapter named '\(name)' is loaded (loaded: \(loaded.joined(separator: ", ")))"
+        }
     }
 }
 

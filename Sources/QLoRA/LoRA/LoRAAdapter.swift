@@ -88,6 +88,27 @@ public final class LoRAAdapter {
         withExtendedLifetime(dropped) {}
     }
 
+    /// y[T, out] += scale · (x·Aᵀ)·Bᵀ for an adapter stacked frozen on another: no dropout,
+    /// nothing kept (u [T, r] lives for this call only).
+    func forwardFrozen(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, tokens T: Int) throws {
+        let r = rank, n = inFeatures, m = outFeatures
+        let u = FloatBuffer(count: T * r)
+        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: true, m: T, n: r, k: n, a: x, lda: n,
+                                         b: a.value.base, ldb: n, beta: 0, c: u.base, ldc: r)
+        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: true, m: T, n: m, k: r, alpha: scale, a: u.base,
+                                         lda: r, b: b.value.base, ldb: r, beta: 1, c: y, ldc: m)
+    }
+
+    /// dx[T, in] += scale · (dy·B)·A: a frozen adapter's share of the input gradient; no dA, dB.
+    func backwardFrozen(dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, tokens T: Int) throws {
+        let r = rank, n = inFeatures, m = outFeatures
+        let g = FloatBuffer(count: T * r)
+        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: false, m: T, n: r, k: m, alpha: scale, a: dy, lda: m,
+                                         b: b.value.base, ldb: r, beta: 0, c: g.base, ldc: r)
+        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: false, m: T, n: n, k: r, a: g.base, lda: r,
+                                         b: a.value.base, ldb: n, beta: 1, c: dx, ldc: n)
+    }
+
     /// drop(x) [T, in] in the saved scratch when dropout is on (a seed and p > 0), else nil:
     /// the forward and the backward regenerate the same mask from the seed.
     private func droppedInput(_ x: UnsafePointer<Float>, tokens T: Int, saved: Saved, dropoutSeed: UInt64?) -> FloatBuffer? {

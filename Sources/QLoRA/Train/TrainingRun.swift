@@ -24,6 +24,9 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     public var useRslora = false
     public var trainNorms = false
     public var loadLoraFrom: String?
+    /// Adapters stacked frozen on the trained ones (the 2nd, 3rd, … `--load-lora-from`): their
+    /// deltas apply in every forward and backward; they get no gradients and are not saved.
+    public var frozenAdapters: [String]?
 
     public var lr = 2e-4
     public var beta1 = 0.9
@@ -171,10 +174,18 @@ public final class TrainingRun {
         if let from = config.loadLoraFrom {
             (loraConfig, trainsNorms) = try AdapterFiles.config(in: from)
         }
-        lora = try LlamaLoRA(model: model, config: loraConfig, trainNorms: trainsNorms, seed: config.seed)
+        let trained = try LlamaLoRA(model: model, config: loraConfig, trainNorms: trainsNorms, seed: config.seed)
         if let from = config.loadLoraFrom {
-            try AdapterFiles.load(into: lora, from: from)
+            try AdapterFiles.load(into: trained, from: from)
             onEvent(.message("adapters loaded from \(from)"))
+        }
+        if let frozen = config.frozenAdapters, !frozen.isEmpty {
+            let set = AdapterSet(base: model)
+            for directory in frozen { try set.load(directory, name: directory) }
+            lora = try trained.stacking(set.names.map { (name: $0, adapters: try set.adapters($0)) })
+            onEvent(.message("stacked frozen on them: " + frozen.joined(separator: ", ")))
+        } else {
+            lora = trained
         }
         trainer = LlamaTrainer(model: model, lora: lora, gradientCheckpointing: config.gradCheckpoint)
         optimizer = AdamW(parameters: lora.parameters, .init(beta1: config.beta1, beta2: config.beta2, eps: config.eps,

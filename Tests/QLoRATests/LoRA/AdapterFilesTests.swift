@@ -27,7 +27,7 @@ final class AdapterFilesTests: XCTestCase {
     static let peftLayer0Adapter = fixture("tiny-llama-peft-adapter-layer0")
     static let qloraAdapter = fixture("tiny-llama-qlora-adapter")
 
-    /// The adapters of `directory` on the tiny model, as LanguageModel.withAdapter builds them.
+    /// The adapters of `directory` on the tiny model, as AdapterSet.load builds them.
     func loadAdapter(_ directory: String) throws -> LlamaLoRA {
         let (config, norms) = try AdapterFiles.config(in: directory)
         let lora = try LlamaLoRA(model: Self.model, config: config, trainNorms: norms, seed: 0)

@@ -120,6 +120,43 @@ final class TrainingRunTests: XCTestCase {
         XCTAssertEqual(try rows(a).filter { $0.loss != nil }.count, 10)
     }
 
+    /// With a second adapter stacked frozen (`--load-lora-from A --load-lora-from B`): config.json
+    /// records it, a run stopped and resumed from that config repeats the uninterrupted one, the
+    /// frozen adapter changes the losses but not its own values, and lora_final holds only the
+    /// trained adapter.
+    func testRunWithAFrozenStackedAdapterResumesExactly() throws {
+        let a = try temporaryDirectory(), b = try temporaryDirectory(), plain = try temporaryDirectory()
+        var c = config(8)
+        c.frozenAdapters = [AdapterSetTests.export]
+        func start(_ dir: String, _ c: TrainingConfig, resume: Bool = false) throws -> TrainingRun {
+            try TrainingRun(config: c, directory: dir, model: Self.model, train: data(count: 24, seed: 1),
+                            validation: data(count: 6, seed: 2).sortedLongestFirst(), resume: resume) { _ in }
+        }
+        let full = try start(a, c)
+        XCTAssertEqual(full.lora.stacked.map(\.name), [AdapterSetTests.export])
+        XCTAssertTrue(try full.run { _ in })
+        let first = try start(b, c)
+        XCTAssertFalse(try first.run(shouldStop: { first.step >= 3 }) { _ in })
+        let recorded = try TrainingRun.loadConfig(run: b)
+        XCTAssertEqual(recorded.frozenAdapters, [AdapterSetTests.export])
+        let second = try start(b, recorded, resume: true)
+        XCTAssertTrue(try second.run { _ in })
+        XCTAssertEqual(comparable(try rows(a)), comparable(try rows(b)))
+        for (x, y) in zip(full.lora.parameters, second.lora.parameters) { XCTAssertEqual(x.values, y.values, x.name) }
+
+        let without = try start(plain, config(8))
+        XCTAssertTrue(try without.run { _ in })
+        XCTAssertNotEqual(try rows(plain).compactMap(\.loss), try rows(a).compactMap(\.loss))
+        let fresh = AdapterSet(base: Self.model)
+        let name = try fresh.load(AdapterSetTests.export)
+        for (x, y) in zip(try fresh.adapters(name).parameters, full.lora.stacked[0].adapters.parameters) {
+            XCTAssertEqual(x.values, y.values, x.name)
+        }
+        let reloaded = try LlamaLoRA(model: Self.model, config: try c.lora, trainNorms: true, seed: 99)
+        try AdapterFiles.load(into: reloaded, from: a + "/lora_final")   // refuses any tensor it does not expect
+        for (x, y) in zip(reloaded.parameters, full.lora.parameters) { XCTAssertEqual(x.values, y.values, x.name) }
+    }
+
     /// A run killed after update 5, its newest checkpoint at 3 and metrics rows up to 5 on disk
     /// (and a half-written checkpoint beside it): the resume drops rows 4–5, redoes them, and
     /// ends with the uninterrupted run's metrics.
