@@ -14,10 +14,12 @@ struct Perplexity: ParsableCommand {
 
             Example:
               qlora perplexity --model models/SmolLM2-135M-Instruct.Q4_1.gguf --text /usr/share/common-licenses/GPL-3 --ctx 256
+              qlora perplexity --model smol-nf4 --adapter runs/smol/lora_final --text /usr/share/common-licenses/GPL-3 --ctx 256
             """
     )
 
     @Option(help: "A GGUF file or a quantized model folder.") var model: String
+    @Option(help: "A LoRA adapter directory (PEFT layout) applied to the model: the figure its merge should give.") var adapter: String?
     @Option(help: "A UTF-8 text file.") var text: String
     @Option(help: "Tokens per window.") var ctx = 512
 
@@ -28,7 +30,7 @@ struct Perplexity: ParsableCommand {
     }
 
     func run() throws {
-        let lm = try LanguageModel(path: model)
+        let lm = try adapter.map { try LanguageModel(path: model).withAdapter($0) } ?? LanguageModel(path: model)
         guard ctx <= lm.model.config.maxPositionEmbeddings else {
             throw ValidationError("--ctx \(ctx) is longer than the model's context, \(lm.model.config.maxPositionEmbeddings)")
         }

@@ -94,7 +94,7 @@ public enum GGUFExport {
     }
 
     /// Writes the file through `FILE.tmp-<pid>`, calling `starting(i)` before tensor i.
-    /// `encodeLinear(i, W')` may return a linear's bytes itself (Hugging Face row order; merge
+    /// `encodeLinear(i, W')` may return a non-F32 linear's bytes itself (Hugging Face row order; merge
     /// uses it to measure the rounding); nil encodes by the plan.
     static func write(_ plan: [PlannedTensor], model: QuantizedModel, adapter: AdapterTensors?, fileType: UInt32, output: String,
                       note: (String) -> Void, encodeLinear: (Int, [Float]) throws -> [UInt8]? = { _, _ in nil },
@@ -112,12 +112,16 @@ public enum GGUFExport {
                     defer { g.file.release(offset: kept.offset, count: kept.byteCount) }
                     return Array(g.data(of: kept))
                 }
-                let values = try MergedExport.fp32Values(of: t.hf, model: model, adapter: adapter)
                 var bytes: [UInt8]
-                if t.isLinear, let own = try encodeLinear(i, values) {
-                    bytes = own
+                if t.type == .f32 {  // straight into the output buffer: no second fp32 copy
+                    bytes = try MergedExport.fp32Bytes(of: t.hf, model: model, adapter: adapter)
                 } else {
-                    bytes = try encode(values, as: t.type, rows: t.rows, cols: t.cols)
+                    let values = try MergedExport.fp32Values(of: t.hf, model: model, adapter: adapter)
+                    if t.isLinear, let own = try encodeLinear(i, values) {
+                        bytes = own
+                    } else {
+                        bytes = try encode(values, as: t.type, rows: t.rows, cols: t.cols)
+                    }
                 }
                 if let heads = t.ropeHeads { bytes = ModelSource.permuteRows(bytes, rows: t.rows, heads: heads) }
                 return bytes
@@ -133,7 +137,13 @@ public enum GGUFExport {
     static func encode(_ values: [Float], as type: GGMLType, rows: Int, cols: Int) throws -> [UInt8] {
         switch type {
         case .f32: return values.withUnsafeBytes { Array($0) }
-        case .f16: return Quantizer.encode(values, as: .F16)
+        case .f16:
+            var out = [UInt8](repeating: 0, count: values.count * 2)
+            out.withUnsafeMutableBytes { raw in
+                let half = raw.bindMemory(to: UInt16.self)
+                for i in values.indices { half[i] = FP16.bits(from: values[i]).littleEndian }
+            }
+            return out
         case .bf16: return Quantizer.encode(values, as: .BF16)
         default:
             guard let format = QuantFormat(ggml: type) else { throw GGUFExportError.cannotWrite(type: type.name) }
