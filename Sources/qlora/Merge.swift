@@ -43,6 +43,9 @@ struct Merge: ParsableCommand {
         guard FileManager.default.fileExists(atPath: adapter + "/adapter_config.json") else {
             throw ValidationError("\(adapter): not an adapter directory (no adapter_config.json)")
         }
+        if requantize == .q4_0, blockSize != 64 || !doubleQuant {
+            throw ValidationError("--block-size and --no-double-quant apply to nf4; q4_0 has blocks of 32 with an fp16 scale")
+        }
         guard (32...4096).contains(blockSize), blockSize & (blockSize - 1) == 0 else {
             throw ValidationError("--block-size must be a power of two from 32 to 4096, got \(blockSize)")
         }
