@@ -2,9 +2,16 @@ import ArgumentParser
 import Foundation
 import QLoRA
 
+extension GGUFExport.OutputType: ExpressibleByArgument {}
+
+/// What `export` writes.
+enum ExportFormat: String, CaseIterable, ExpressibleByArgument {
+    case hf, gguf
+}
+
 struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Merge a LoRA adapter into its 4-bit base and write a plain fp32 Hugging Face folder.",
+        abstract: "Merge a LoRA adapter into its 4-bit base and write a plain fp32 Hugging Face folder or a GGUF file.",
         discussion: """
             Every linear becomes W' = dequant(W) + scale·B·A in fp32: the adapter is added to \
             the very 4-bit weights it was trained against, dequantized, so pass the --model you \
@@ -18,24 +25,35 @@ struct Export: ParsableCommand {
             written from the GGUF's metadata (a model without one gets a note, no tokenizer). \
             transformers loads it as it is: AutoModelForCausalLM.from_pretrained("smol-tuned").
 
+            --format gguf writes one GGUF file llama.cpp loads instead: linears and embeddings \
+            as --type (f32, f16, or q8_0 by ggml's own quantizer), norms f32, llama.cpp's tensor \
+            names and q/k row order. From a GGUF base every metadata key (tokenizer, chat \
+            template) is carried over; from a folder they are built from config.json and \
+            tokenizer.json (byte-level BPE; what GGUF cannot express is refused by name).
+
             fp32 takes 4 bytes a parameter (SmolLM2-135M: 538 MB). Tensors stream one at a time, \
-            so memory stays near the 4-bit model plus one fp32 tensor. The folder is written as \
-            DIR.tmp-<pid> and renamed when complete: an interrupted export leaves no DIR that \
-            looks finished (delete the DIR.tmp-<pid> it leaves). A non-empty DIR is refused \
-            unless --overwrite.
+            so memory stays near the 4-bit model plus one fp32 tensor. The output is written as \
+            OUT.tmp-<pid> and renamed when complete: Ctrl-C or SIGTERM removes it and exits 130 \
+            or 143, and one left by a killed run (its process gone) is removed by the next export \
+            to the same OUT. An existing OUT (a non-empty folder, or a file) is refused unless \
+            --overwrite.
 
             Examples:
               qlora export --model models/SmolLM2-135M-Instruct.Q4_1.gguf --adapter runs/smol/lora_best_ema -o smol-tuned
               qlora export --model smol-nf4 -o smol-fp32 --overwrite
               qlora export --model llama-nf4 --adapter runs/llama/lora_final -o llama-tuned --max-shard-size 2GB
+              qlora export --model smol-nf4 --adapter runs/smol/lora_final --format gguf --type q8_0 -o smol-tuned.Q8_0.gguf
             """
     )
 
     @Option(help: "The base the adapter was trained on: a GGUF file or a quantized model folder.") var model: String
     @Option(help: "A LoRA adapter directory (PEFT layout, e.g. a run's lora_best_ema); omit to export the dequantized base.")
     var adapter: String?
-    @Option(name: [.short, .customLong("output")], help: "Output folder.") var output: String
-    @Flag(help: "Replace the output folder if it exists and is not empty.") var overwrite = false
+    @Option(name: [.short, .customLong("output")], help: "Output folder (hf) or .gguf file (gguf).") var output: String
+    @Option(help: "What to write: hf (a Hugging Face fp32 folder) or gguf (one file for llama.cpp).") var format: ExportFormat = .hf
+    @Option(help: "Tensor type of a GGUF's linears and embeddings: f32, f16, q8_0 (norms stay f32).")
+    var type: GGUFExport.OutputType?
+    @Flag(help: "Replace the output if it exists (a folder that is not empty, or a file).") var overwrite = false
     @Option(help: "Largest safetensors shard: bytes, or a number with KB, MB, GB (10³ steps) or KiB, MiB, GiB (2¹⁰ steps), as transformers' max_shard_size.")
     var maxShardSize = "5GB"
 
@@ -44,6 +62,7 @@ struct Export: ParsableCommand {
         if let adapter, !FileManager.default.fileExists(atPath: adapter + "/adapter_config.json") {
             throw ValidationError("\(adapter): not an adapter directory (no adapter_config.json)")
         }
+        if type != nil, format != .gguf { throw ValidationError("--type applies to --format gguf only") }
         guard (Self.byteCount(maxShardSize) ?? 0) > 0 else {
             throw ValidationError("--max-shard-size must be a positive size such as 5GB, 500MB or 1000000, got \(maxShardSize)")
         }
@@ -61,18 +80,22 @@ struct Export: ParsableCommand {
 
     func run() throws {
         let options = MergedExport.Options(adapter: adapter, overwrite: overwrite, maxShardBytes: Self.byteCount(maxShardSize)!)
-        let report = try MergedExport.run(model: model, output: output, options: options) { progress in
+        InterruptCleanup.install(removing: StagedOutput.paths(for: output))
+        let show: (MergedExport.Progress) -> Void = { progress in
             switch progress {
-            case let .tensor(index, count, name, storage, merged, elapsed):
+            case let .tensor(index, count, name, storage, merged, to, elapsed):
                 let eta = index > 0 ? String(format: " ETA %.0f s", elapsed / Double(index) * Double(count - index)) : ""
-                FileHandle.standardError.write(Data("[\(index + 1)/\(count)] \(name) \(storage)\(merged ? " + adapter" : "") → F32\(eta)\n".utf8))
+                FileHandle.standardError.write(Data("[\(index + 1)/\(count)] \(name) \(storage)\(merged ? " + adapter" : "") → \(to)\(eta)\n".utf8))
             case let .note(text):
                 FileHandle.standardError.write(Data("note: \(text)\n".utf8))
             }
         }
+        let report = format == .gguf
+            ? try GGUFExport.run(model: model, output: output, type: type ?? .f32, options: options, progress: show)
+            : try MergedExport.run(model: model, output: output, options: options, progress: show)
         let merged = adapter == nil ? "no adapter" : "\(report.merged) merged"
-        print(String(format: "wrote %@: %d tensors (%@), %d shard%@, %.1f MB in %.1f s, peak RSS %.0f MB", report.output, report.tensors,
-                     merged, report.shards, report.shards == 1 ? "" : "s", Double(report.outputBytes) / 1e6, report.seconds,
-                     Double(report.peakRSSBytes) / 1e6))
+        let files = format == .gguf ? "" : String(format: ", %d shard%@", report.shards, report.shards == 1 ? "" : "s")
+        print(String(format: "wrote %@: %d tensors (%@)%@, %.1f MB in %.1f s, peak RSS %.0f MB", report.output, report.tensors,
+                     merged, files, Double(report.outputBytes) / 1e6, report.seconds, Double(report.peakRSSBytes) / 1e6))
     }
 }

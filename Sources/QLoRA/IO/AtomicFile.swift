@@ -4,8 +4,10 @@ import Foundation
 /// flushed to disk, then renamed over the path. A run killed mid-write leaves the old file
 /// (or none) and a `.partial` that the next write replaces.
 public enum AtomicFile {
+    static let partialSuffix = ".partial"
+
     public static func write(to path: String, _ body: (FileHandle) throws -> Void) throws {
-        let tmp = path + ".partial"
+        let tmp = path + partialSuffix
         guard FileManager.default.createFile(atPath: tmp, contents: nil), let handle = FileHandle(forWritingAtPath: tmp) else {
             throw FileError.cannotOpen(path: tmp, reason: "cannot create (does the folder exist and is it writable?)")
         }

@@ -38,8 +38,8 @@ public enum MergedExport {
 
     public enum Progress: Sendable {
         /// Tensor `index` of `count` is being computed: `storage` is how the base stores it,
-        /// `merged` whether an adapter's B·A (or trained norm) goes into it.
-        case tensor(index: Int, count: Int, name: String, storage: String, merged: Bool, elapsed: Double)
+        /// `merged` whether an adapter's B·A (or trained norm) goes into it, `to` the type written.
+        case tensor(index: Int, count: Int, name: String, storage: String, merged: Bool, to: String, elapsed: Double)
         /// Something the user should know that does not stop the export.
         case note(String)
     }
@@ -64,11 +64,12 @@ public enum MergedExport {
                            progress: (Progress) -> Void) throws -> Report {
         let start = Date()
         if !options.overwrite, !isEmptyOrAbsent(output) { throw MergedExportError.outputExists(path: output) }
+        StagedOutput.removeStale(for: output).forEach { progress(.note($0)) }
         let model = try QuantizedModel(path: path)
         let adapter = try options.adapter.map { try AdapterTensors(directory: $0, model: model) }
         let plan = tensorPlan(model)
         let fm = FileManager.default
-        let tmp = output + ".tmp-\(getpid())"
+        let tmp = StagedOutput.path(for: output)
         try? fm.removeItem(atPath: tmp)
         try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
         do {
@@ -121,7 +122,7 @@ public enum MergedExport {
             try writer.write(to: (dir as NSString).appendingPathComponent(names[shard])) { i in
                 let t = plan[range.lowerBound + i]
                 progress(.tensor(index: range.lowerBound + i, count: plan.count, name: t.name, storage: t.storage,
-                                 merged: adapter?.touches(t.name) ?? false, elapsed: Date().timeIntervalSince(start)))
+                                 merged: adapter?.touches(t.name) ?? false, to: "F32", elapsed: Date().timeIntervalSince(start)))
                 return try fp32Bytes(of: t, model: model, adapter: adapter)
             }
         }
@@ -156,35 +157,57 @@ public enum MergedExport {
 
     /// One tensor of the export as little-endian fp32 bytes, the only full-size buffer made.
     static func fp32Bytes(of t: PlannedTensor, model: QuantizedModel, adapter: AdapterTensors?) throws -> [UInt8] {
+        if model.linears[t.name] != nil || model.tokenMatrices[t.name] != nil {
+            var out = [UInt8](repeating: 0, count: t.count * MemoryLayout<Float>.size)
+            try out.withUnsafeMutableBytes { try fillMatrix(t, model: model, adapter: adapter, into: $0.bindMemory(to: Float.self)) }
+            return out
+        }
+        return try vectorValues(of: t, model: model, adapter: adapter).withUnsafeBytes { Array($0) }
+    }
+
+    /// One tensor of the export in fp32, Hugging Face layout: W' = dequant(W) + s·B·A for a
+    /// linear, the same values `fp32Bytes` writes.
+    static func fp32Values(of t: PlannedTensor, model: QuantizedModel, adapter: AdapterTensors?) throws -> [Float] {
+        if model.linears[t.name] != nil || model.tokenMatrices[t.name] != nil {
+            var out = [Float](repeating: 0, count: t.count)
+            try out.withUnsafeMutableBufferPointer { try fillMatrix(t, model: model, adapter: adapter, into: $0) }
+            return out
+        }
+        return try vectorValues(of: t, model: model, adapter: adapter)
+    }
+
+    /// A linear (merged) or a block-stored token matrix, dequantized a band of rows at a time.
+    private static func fillMatrix(_ t: PlannedTensor, model: QuantizedModel, adapter: AdapterTensors?,
+                                   into out: UnsafeMutableBufferPointer<Float>) throws {
         if let w = model.linears[t.name] {
-            return try fp32Rows(rows: w.rows, cols: w.cols) { rows, out in
-                w.dequantize(rows: rows, into: &out)
-                if let f = adapter?.factors[t.name] { try f.addProduct(rows: rows, into: &out, cols: w.cols) }
+            try fillRows(rows: w.rows, cols: w.cols, into: out) { rows, band in
+                w.dequantize(rows: rows, into: &band)
+                if let f = adapter?.factors[t.name] { try f.addProduct(rows: rows, into: &band, cols: w.cols) }
             }
+        } else if let m = model.tokenMatrices[t.name] {
+            fillRows(rows: m.rows, cols: m.cols, into: out) { rows, band in m.dequantize(rows: rows, into: &band) }
         }
-        if let m = model.tokenMatrices[t.name] {
-            return fp32Rows(rows: m.rows, cols: m.cols) { rows, out in m.dequantize(rows: rows, into: &out) }
-        }
+    }
+
+    /// Norms, biases and fp32 embeddings: the adapter's trained values or the base's.
+    private static func vectorValues(of t: PlannedTensor, model: QuantizedModel, adapter: AdapterTensors?) throws -> [Float] {
         guard let values = adapter?.norms[t.name] ?? model.dense[t.name] else { throw ModelSourceError.unknownTensor(path: model.path, name: t.name) }
-        return values.withUnsafeBytes { Array($0) }
+        return values
     }
 
     /// Fills an [rows, cols] fp32 tensor a band of rows at a time through a small scratch.
-    static func fp32Rows(rows: Int, cols: Int, fill: (Range<Int>, inout [Float]) throws -> Void) rethrows -> [UInt8] {
+    static func fillRows(rows: Int, cols: Int, into out: UnsafeMutableBufferPointer<Float>,
+                         fill: (Range<Int>, inout [Float]) throws -> Void) rethrows {
+        precondition(out.count == rows * cols)
         let band = max(1, (1 << 20) / cols)
         var scratch = [Float](repeating: 0, count: min(band, rows) * cols)
-        var out = [UInt8](repeating: 0, count: rows * cols * MemoryLayout<Float>.size)
         for first in stride(from: 0, to: rows, by: band) {
             let range = first..<min(first + band, rows)
             try fill(range, &scratch)
-            scratch.withUnsafeBytes { src in
-                out.withUnsafeMutableBytes { dst in
-                    let n = range.count * cols * MemoryLayout<Float>.size
-                    dst.baseAddress!.advanced(by: first * cols * MemoryLayout<Float>.size).copyMemory(from: src.baseAddress!, byteCount: n)
-                }
+            scratch.withUnsafeBufferPointer { src in
+                (out.baseAddress! + first * cols).update(from: src.baseAddress!, count: range.count * cols)
             }
         }
-        return out
     }
 
     // MARK: config, generation config, tokenizer

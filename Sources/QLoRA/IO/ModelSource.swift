@@ -71,10 +71,27 @@ public final class ModelSource: @unchecked Sendable {
     /// rotary layout; the heads to undo it with, or nil when `name` was not permuted.
     func ropeHeads(of name: String) -> Int? {
         guard gguf != nil else { return nil }
-        guard config.architecture == "llama" || config.architecture == "mistral" || config.architecture == "smollm" else { return nil }
+        return Self.ropeHeads(of: name, architecture: config.architecture, config: config)
+    }
+
+    /// The heads a GGUF of `architecture` permutes `name`'s rows by (Hugging Face name), or nil.
+    static func ropeHeads(of name: String, architecture: String, config: ModelConfig) -> Int? {
+        guard architecture == "llama" || architecture == "mistral" || architecture == "smollm" else { return nil }
         if name.hasSuffix("self_attn.q_proj.weight") || name.hasSuffix("self_attn.q_proj.bias") { return config.numHeads }
         if name.hasSuffix("self_attn.k_proj.weight") || name.hasSuffix("self_attn.k_proj.bias") { return config.numKVHeads }
         return nil
+    }
+
+    /// Rows of a Hugging Face q/k tensor in GGUF order (the inverse of `unpermuteRows`): fp32
+    /// values, or the raw bytes of whole-row blocks.
+    static func permuteRows<T: BitwiseCopyable & Numeric>(_ values: [T], rows: Int, heads: Int) -> [T] {
+        let cols = values.count / rows
+        let perm = TensorNames.ropePermutation(rows: rows, heads: heads)
+        var out = [T](repeating: 0, count: values.count)
+        for (ggufRow, hfRow) in perm.enumerated() {
+            out.replaceSubrange((ggufRow * cols)..<((ggufRow + 1) * cols), with: values[(hfRow * cols)..<((hfRow + 1) * cols)])
+        }
+        return out
     }
 
     /// Rows of a GGUF q/k tensor back in Hugging Face order: fp32 values, or the raw bytes of

@@ -66,14 +66,19 @@ public enum Quantizer {
 
     // MARK: bitsandbytes folder
 
-    static func writeBitsandbytesFolder(_ source: ModelSource, output: String, options: Options, start: Date,
+    /// `tensors` (the source's by default) with values from `load` (the source's); `quantized`
+    /// sees each linear's values and what they became.
+    static func writeBitsandbytesFolder(_ source: ModelSource, tensors: [ModelSource.Tensor]? = nil, output: String, options: Options,
+                                        start: Date, load: ((ModelSource.Tensor) throws -> [Float])? = nil,
+                                        quantized: (ModelSource.Tensor, [Float], QuantizedMatrix) throws -> Void = { _, _, _ in },
                                         progress: (Progress) -> Void) throws -> Int {
         let blockSize = options.blockSize ?? options.format.defaultBlockSize
+        let load = load ?? source.load
         try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
         // Plan every tensor's entries first: the safetensors header needs all sizes up front.
         let plain = plainDType(source, options: options)
         var plan: [(tensor: ModelSource.Tensor, specs: [SafetensorsWriter.TensorSpec], to: String)] = []
-        for t in source.tensors {
+        for t in tensors ?? source.tensors {
             if t.role.isLinear, t.shape.count == 2 {
                 try options.format.validate(blockSize: blockSize, cols: t.shape[1])
                 plan.append((t, BitsandbytesWeights.specs(name: t.name, rows: t.shape[0], cols: t.shape[1], format: options.format,
@@ -91,10 +96,11 @@ public enum Quantizer {
             if pending.isEmpty {
                 let (t, _, to) = plan[next]
                 progress(.tensor(index: next, count: plan.count, name: t.name, from: t.storage, to: to, elapsed: Date().timeIntervalSince(start)))
-                let values = try source.load(t)
+                let values = try load(t)
                 if t.role.isLinear, t.shape.count == 2 {
                     let m = try QuantizedMatrix(quantizing: values, rows: t.shape[0], cols: t.shape[1], format: options.format,
                                                 blockSize: blockSize, doubleQuant: options.doubleQuant)
+                    try quantized(t, values, m)
                     pending = BitsandbytesWeights.entries(name: t.name, matrix: m, dtype: plain.torchName).map(\.1)
                 } else {
                     pending = [encode(values, as: plan[next].specs[0].dtype)]

@@ -1,9 +1,14 @@
 import Foundation
 
-/// Hugging Face tokenizer files (tokenizer.json, tokenizer_config.json) from a GGUF file's
-/// tokenizer metadata, so a folder quantized from GGUF carries its tokenizer and chat
-/// template. Byte-level BPE (`tokenizer.ggml.model = gpt2`) only, the kind Llama-3, Qwen2 and
-/// SmolLM use; other kinds throw.
+/// Tokenizers carried between the two containers, byte-level BPE (`tokenizer.ggml.model =
+/// gpt2`, the kind Llama-3, Qwen2 and SmolLM use) only; other kinds throw.
+///
+///   GGUF → folder   tokenizer.json and tokenizer_config.json from the `tokenizer.ggml.*` keys,
+///                   so a folder quantized from GGUF carries its tokenizer and chat template.
+///   folder → GGUF   the `tokenizer.ggml.*` keys and `tokenizer.chat_template` from
+///                   tokenizer.json, tokenizer_config.json and config.json, as llama.cpp's
+///                   convert_hf_to_gguf writes them (ids padded to the model's vocab with
+///                   unused "[PADi]" tokens).
 public enum TokenizerExport {
     public static func huggingFaceFiles(from g: GGUFFile) throws -> [(name: String, bytes: [UInt8])] {
         let source = g.file.path
@@ -54,15 +59,112 @@ public enum TokenizerExport {
     }
 }
 
+extension TokenizerExport {
+    /// The GGUF pre-tokenizer name llama.cpp gives each family qlora recognizes in tokenizer.json.
+    static func ggufPreName(_ pre: PreTokenizer, ignoresMerges: Bool) -> String {
+        switch pre {
+        case .gpt2: "gpt-2"
+        case .llama3: ignoresMerges ? "llama-bpe" : "dbrx"
+        case .qwen2: "qwen2"
+        case .digitsThenGPT2: "smollm"
+        }
+    }
+
+    /// GGUF tokenizer metadata from a Hugging Face folder's tokenizer files; `vocabSize` is the
+    /// model's (embedding rows), which the token list is padded to.
+    public static func ggufMetadata(from folder: HuggingFaceFolder, vocabSize: Int) throws -> [(key: String, value: GGUFValue)] {
+        guard let path = folder.tokenizerJSON else { throw TokenizerExportError.missing(source: folder.path, key: "tokenizer.json") }
+        // Loading it checks everything qlora's tokenizer (and so llama.cpp's gpt2 one) can express.
+        let tokenizer = try Tokenizer(tokenizerJSON: path)
+        guard let data = FileManager.default.contents(atPath: path),
+              let root = try JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let model = root["model"] as? [String: Any], let vocab = model["vocab"] as? [String: Int] else {
+            throw TokenizerExportError.missing(source: path, key: "model.vocab")
+        }
+        var tokens: [String?] = []
+        var types: [Int32] = []
+        func set(_ id: Int, _ token: String, _ type: Int32) {
+            if id >= tokens.count {
+                tokens += [String?](repeating: nil, count: id + 1 - tokens.count)
+                types += [Int32](repeating: 5, count: id + 1 - types.count)
+            }
+            tokens[id] = token
+            types[id] = type
+        }
+        for (token, id) in vocab { set(id, token, 1) }
+        // Added tokens: special ones are control tokens (3), the others user-defined (4).
+        for entry in root["added_tokens"] as? [[String: Any]] ?? [] {
+            if let id = entry["id"] as? Int, let content = entry["content"] as? String {
+                set(id, content, entry["special"] as? Bool == true ? 3 : 4)
+            }
+        }
+        guard tokens.count <= vocabSize else {
+            throw TokenizerExportError.vocabularyTooLarge(source: path, tokens: tokens.count, modelVocab: vocabSize)
+        }
+        if tokens.count < vocabSize {
+            tokens += [String?](repeating: nil, count: vocabSize - tokens.count)
+            types += [Int32](repeating: 5, count: vocabSize - types.count)
+        }
+        let names = tokens.enumerated().map { $1 ?? "[PAD\($0)]" }
+        let merges = try (model["merges"] as? [Any] ?? []).enumerated().map { i, m -> String in
+            if let s = m as? String { return s }
+            guard let pair = m as? [String], pair.count == 2, !pair.contains(where: { $0.contains(" ") }) else {
+                throw TokenizerExportError.inexpressible(source: path, what: "merge \(i) \(m): GGUF merges are \"left right\" strings")
+            }
+            return pair[0] + " " + pair[1]
+        }
+
+        // Special tokens: tokenizer_config.json, then config.json's ids (as convert_hf_to_gguf).
+        var config: [String: Any] = [:]
+        if let p = folder.tokenizerConfigJSON, let d = FileManager.default.contents(atPath: p),
+           let c = try JSONSerialization.jsonObject(with: d) as? [String: Any] { config = c }
+        func id(_ key: String, configKey: String) -> Int? {
+            let value = config[key]
+            if let content = value as? String ?? (value as? [String: Any])?["content"] as? String,
+               let i = names.firstIndex(where: { $0.utf8.elementsEqual(content.utf8) }) { return i }
+            return folder.rawConfig[configKey] as? Int
+        }
+        let bos = tokenizer.bos ?? id("bos_token", configKey: "bos_token_id")
+        let eos = tokenizer.eos ?? id("eos_token", configKey: "eos_token_id")
+        // GGUF can put BOS before and EOS after a text, nothing else.
+        guard tokenizer.prefix.isEmpty || tokenizer.prefix == bos.map({ [$0] }) else {
+            throw TokenizerExportError.inexpressible(source: path, what: "post_processor puts \(tokenizer.prefix) before a text (GGUF can add only BOS)")
+        }
+        guard tokenizer.suffix.isEmpty || tokenizer.suffix == eos.map({ [$0] }) else {
+            throw TokenizerExportError.inexpressible(source: path, what: "post_processor puts \(tokenizer.suffix) after a text (GGUF can add only EOS)")
+        }
+        var meta: [(key: String, value: GGUFValue)] = [
+            ("tokenizer.ggml.model", .string("gpt2")),
+            ("tokenizer.ggml.pre", .string(ggufPreName(tokenizer.preTokenizer, ignoresMerges: tokenizer.ignoresMerges))),
+            ("tokenizer.ggml.tokens", .array(names.map { .string($0) })),
+            ("tokenizer.ggml.token_type", .array(types.map { .int32($0) })),
+            ("tokenizer.ggml.merges", .array(merges.map { .string($0) })),
+        ]
+        if let bos { meta.append(("tokenizer.ggml.bos_token_id", .uint32(UInt32(bos)))) }
+        if let eos { meta.append(("tokenizer.ggml.eos_token_id", .uint32(UInt32(eos)))) }
+        if let unk = id("unk_token", configKey: "unk_token_id") { meta.append(("tokenizer.ggml.unknown_token_id", .uint32(UInt32(unk)))) }
+        if let pad = id("pad_token", configKey: "pad_token_id") { meta.append(("tokenizer.ggml.padding_token_id", .uint32(UInt32(pad)))) }
+        meta.append(("tokenizer.ggml.add_bos_token", .bool(!tokenizer.prefix.isEmpty)))
+        if !tokenizer.suffix.isEmpty { meta.append(("tokenizer.ggml.add_eos_token", .bool(true))) }
+        if let template = LanguageModel.folderTemplate(folder) { meta.append(("tokenizer.chat_template", .string(template))) }
+        return meta
+    }
+}
+
 public enum TokenizerExportError: Error, Equatable, CustomStringConvertible {
     case unsupported(source: String, model: String)
     case missing(source: String, key: String)
+    case inexpressible(source: String, what: String)
+    case vocabularyTooLarge(source: String, tokens: Int, modelVocab: Int)
 
     public var description: String {
         switch self {
         case let .unsupported(source, model):
             "\(source): tokenizer kind '\(model)' cannot be written as tokenizer.json yet (byte-level BPE, 'gpt2', can)"
         case let .missing(source, key): "\(source): \(key) is missing"
+        case let .inexpressible(source, what): "\(source): cannot be written as GGUF tokenizer metadata: \(what)"
+        case let .vocabularyTooLarge(source, tokens, modelVocab):
+            "\(source): the tokenizer has \(tokens) token ids, more than the model's vocab_size \(modelVocab)"
         }
     }
 }
