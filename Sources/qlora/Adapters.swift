@@ -34,10 +34,11 @@ struct AdaptersInfo: ParsableCommand {
         let c = lora.config
         print("\(directory): LoRA r \(c.rank), alpha \(c.alpha), scale \(c.scale)\(c.useRSLoRA ? " (rsLoRA: alpha/√r)" : " (alpha/r)"), "
               + "dropout \(c.dropout)")
+        let saved = try AdapterFiles.savedNorms(of: lora, in: directory)
+        let count = lora.parameters.filter { $0.name.contains(".lora_") }.reduce(0) { $0 + $1.count } + saved.reduce(0) { $0 + $1.count }
         print("targets \(c.targets)\(c.layerIndices.map { " in blocks \($0)" } ?? ""); \(lora.adapters.count) linears adapted; "
-              + "\(LlamaLoRA.grouped(lora.trainableCount)) parameters\(lora.trainsNorms ? " (with trained norms)" : "")")
-        if lora.trainsNorms {
-            let saved = try AdapterFiles.savedNorms(of: lora, in: directory)
+              + "\(LlamaLoRA.grouped(count)) parameters\(saved.isEmpty ? "" : " (with trained norms)")")
+        if !saved.isEmpty {
             print("trained RMSNorms (modules_to_save), replacing the base's: \(saved.count) of \(2 * lora.layers.count + 1)")
         }
         let modules = AdapterCombination.deltaNorms(of: lora)
