@@ -47,8 +47,9 @@ Checks on every run:
           --gguf models/SmolLM2-135M-Instruct.Q4_1.gguf
 --check-export DIR --gguf FILE --adapter ADAPTER
     The same for an export of FILE with a qlora adapter: the reference is transformers on FILE
-    with the adapter applied by PeftModel.from_pretrained (unmerged), and the trained norms
-    qlora saves beside the LoRA tensors (qlora_trains_norms) copied into the model first.
+    with the adapter applied by PeftModel.from_pretrained (unmerged); trained norms (PEFT's
+    modules_to_save, which from_pretrained loads itself) are also copied into the model first,
+    so adapters of the older qlora layout (qlora_trains_norms, ignored by PEFT) check the same.
 Check modes write nothing and exit non-zero when a difference passes its tolerance.
 
 Environment used for the committed fixtures (CPU only, x86_64, Python 3.11):

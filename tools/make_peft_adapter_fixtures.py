@@ -15,10 +15,22 @@ Writes into Tests/QLoRATests/Fixtures/ (and nowhere else; each folder is deleted
                                     input_ids [2, 6] and the logits [2, 6, 256] of every position
                                     for three cases: the two adapters above, and the committed
                                     qlora-written adapter below loaded by PeftModel.from_pretrained
+  tiny-llama-peft-adapter-norms/    trained norms through PEFT's modules_to_save: r=4, lora_alpha=8,
+                                    target_modules=q/k/v/o_proj, modules_to_save=["norm"] (PEFT's
+                                    plain suffix match: every input_layernorm, post_attention_layernorm
+                                    and model.norm), each wrapped norm's weight perturbed
+  tiny-llama-peft-adapter-norms-subset/
+                                    r=2, lora_alpha=4, target_modules=q_proj,v_proj,
+                                    modules_to_save=["post_attention_layernorm", "model.norm"]: the
+                                    input_layernorms stay the base's
+  tiny-llama-peft-norms-expected.json
+                                    the same input_ids and layout, for the two norm adapters above
+                                    and the committed qlora-written tiny-llama-qlora-adapter-norms
 
-Read, not written: Tests/QLoRATests/Fixtures/tiny-llama-qlora-adapter/, an adapter that qlora's
-AdapterFiles.save wrote (AdapterFilesTests.testQLoRAWrittenAdapterMatchesCommittedFolder; run it
-with QLORA_WRITE_ADAPTER_FIXTURE=1 to rewrite the folder, then run this script again).
+Read, not written: Tests/QLoRATests/Fixtures/tiny-llama-qlora-adapter/ and
+tiny-llama-qlora-adapter-norms/ (trained norms written as modules_to_save), adapters that qlora's
+AdapterFiles.save wrote (AdapterFilesTests.testQLoRAWritten…MatchesCommittedFolder; run them
+with QLORA_WRITE_ADAPTER_FIXTURE=1 to rewrite the folders, then run this script again).
 
 Base model: the committed Tests/QLoRATests/Fixtures/tiny-llama-bnb-nf4 (tools/make_model_fixtures.py:
 2 layers, hidden 64, intermediate 320, 4 heads / 2 KV heads, vocab 256, NF4 + double quant),
@@ -29,9 +41,9 @@ with scaling = lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora.  The scr
 the logits equal, within 1e-6 of the largest, those of the same adapter on a plain float32
 LlamaForCausalLM holding the dequantized NF4 weights: i.e. what qlora computes.
 
-Adapter values: every lora_A ~ N(0, 0.1), lora_B ~ N(0, 0.02), both non-zero, from one
-torch.Generator seeded with SEED, in sorted parameter-name order over the case's own LoRA
-parameters.  PEFT's README.md model card is deleted from the adapter folders (qlora ignores
+Adapter values: every lora_A ~ N(0, 0.1), lora_B ~ N(0, 0.02), both non-zero, and every
+modules_to_save norm weight w·(1 + N(0, 0.2)), from one torch.Generator seeded with SEED, in
+sorted parameter-name order over the case's own LoRA and modules_to_save parameters.  PEFT's README.md model card is deleted from the adapter folders (qlora ignores
 it); base_model_name_or_path is set to "tiny-llama-bnb-nf4" so no local path is written.
 
 JSON layout: "input_ids" [[int]]; "cases" [{name, adapter (folder name), written_by, scaling,
@@ -82,10 +94,13 @@ FIX = ROOT / "Tests" / "QLoRATests" / "Fixtures"
 MODEL_DIR = FIX / "tiny-llama-bnb-nf4"
 QLORA_ADAPTER = FIX / "tiny-llama-qlora-adapter"
 OUT_JSON = FIX / "tiny-llama-peft-adapter-expected.json"
+QLORA_NORMS_ADAPTER = FIX / "tiny-llama-qlora-adapter-norms"
+OUT_NORMS_JSON = FIX / "tiny-llama-peft-norms-expected.json"
 
 SEED = 20240917
 BATCH, SEQ = 2, 6
 A_STD, B_STD = 0.1, 0.02
+NORM_STD = 0.2
 ALL_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 PEFT_CASES = [
@@ -94,6 +109,15 @@ PEFT_CASES = [
     dict(name="peft_layer0_qv_rslora", folder="tiny-llama-peft-adapter-layer0",
          lora=dict(r=2, lora_alpha=3.5, lora_dropout=0.0, bias="none", target_modules=["q_proj", "v_proj"],
                    use_rslora=True, layers_to_transform=[0])),
+]
+
+PEFT_NORM_CASES = [
+    dict(name="peft_norms", folder="tiny-llama-peft-adapter-norms", norms=5,
+         lora=dict(r=4, lora_alpha=8, lora_dropout=0.0, bias="none", target_modules=ALL_LINEARS[:4],
+                   modules_to_save=["norm"])),
+    dict(name="peft_norms_subset", folder="tiny-llama-peft-adapter-norms-subset", norms=3,
+         lora=dict(r=2, lora_alpha=4, lora_dropout=0.0, bias="none", target_modules=["q_proj", "v_proj"],
+                   modules_to_save=["post_attention_layernorm", "model.norm"])),
 ]
 
 
@@ -171,6 +195,8 @@ def seeded_peft(model, lora):
                 p.copy_(A_STD * torch.randn(p.shape, generator=gen, dtype=torch.float32))
             elif ".lora_B." in name:
                 p.copy_(B_STD * torch.randn(p.shape, generator=gen, dtype=torch.float32))
+            elif ".modules_to_save.default." in name:
+                p.mul_(1 + NORM_STD * torch.randn(p.shape, generator=gen, dtype=torch.float32))
     pm.peft_config["default"].base_model_name_or_path = MODEL_DIR.name
     return pm
 
@@ -194,31 +220,35 @@ def peft_case(case, ids, out_dir: Path):
     pm.save_pretrained(folder)
     (folder / "README.md").unlink(missing_ok=True)
     saved = load_file(folder / "adapter_model.safetensors")
-    assert saved and all(".lora_A.weight" in k or ".lora_B.weight" in k for k in saved), sorted(saved)
+    norms = [k for k in saved if k.endswith("norm.weight")]
+    assert len(norms) == case.get("norms", 0), sorted(saved)
+    assert saved and all(".lora_A.weight" in k or ".lora_B.weight" in k or k in norms for k in saved), sorted(saved)
     rec = {"name": case["name"], "adapter": case["folder"], "written_by": f"peft {peft.__version__} save_pretrained",
            "scaling": scaling_of(pm), "logits": {"shape": list(logits.shape), "f32": f32hex(logits)}}
     return rec, f"{case['name']}: {len(saved)} tensors, scaling {rec['scaling']}, max rel vs dequantized fp32 {err:.1e}"
 
 
-def qlora_case(ids):
-    """PEFT's logits with the adapter qlora wrote, after checking PEFT loaded every tensor of it."""
-    assert (QLORA_ADAPTER / "adapter_model.safetensors").exists(), (
-        f"{QLORA_ADAPTER} is missing: run QLORA_WRITE_ADAPTER_FIXTURE=1 swift test --filter "
-        "AdapterFilesTests/testQLoRAWrittenAdapterMatchesCommittedFolder first")
-    saved = load_file(QLORA_ADAPTER / "adapter_model.safetensors")
+def qlora_case(ids, adapter=QLORA_ADAPTER, name="qlora_written"):
+    """PEFT's logits with the adapter qlora wrote, after checking PEFT loaded every tensor of it
+    (trained norms into the modules_to_save copies that the forward uses)."""
+    assert (adapter / "adapter_model.safetensors").exists(), (
+        f"{adapter} is missing: run QLORA_WRITE_ADAPTER_FIXTURE=1 swift test --filter "
+        "'AdapterFilesTests/testQLoRAWritten' first")
+    saved = load_file(adapter / "adapter_model.safetensors")
     logits = []
     for make in (lambda: load_nf4()[0], lambda: load_dequantized_fp32(*load_nf4())):
-        pm = PeftModel.from_pretrained(make(), QLORA_ADAPTER)
-        params = {n.replace(".default.", "."): p for n, p in pm.named_parameters() if ".lora_" in n}
+        pm = PeftModel.from_pretrained(make(), adapter)
+        params = {n.replace(".modules_to_save.default.", ".").replace(".default.", "."): p
+                  for n, p in pm.named_parameters() if ".lora_" in n or ".modules_to_save." in n}
         assert params.keys() == saved.keys(), (sorted(params.keys() ^ saved.keys()))
         for k, t in saved.items():
             assert torch.equal(params[k], t), k
         logits.append(logits_of(pm, ids))
         scaling = scaling_of(pm)
-    err = assert_matches_dequantized(logits[0], logits[1], "qlora adapter")
-    rec = {"name": "qlora_written", "adapter": QLORA_ADAPTER.name, "written_by": "qlora AdapterFiles.save",
+    err = assert_matches_dequantized(logits[0], logits[1], name)
+    rec = {"name": name, "adapter": adapter.name, "written_by": "qlora AdapterFiles.save",
            "scaling": scaling, "logits": {"shape": list(logits[0].shape), "f32": f32hex(logits[0])}}
-    return rec, f"qlora_written: {len(saved)} tensors loaded by PEFT, scaling {scaling}, max rel vs dequantized fp32 {err:.1e}"
+    return rec, f"{name}: {len(saved)} tensors loaded by PEFT, scaling {scaling}, max rel vs dequantized fp32 {err:.1e}"
 
 
 def build(out_dir: Path):
@@ -244,6 +274,17 @@ def build(out_dir: Path):
     doc["cases"].append(rec)
     summaries.append(s)
     (out_dir / OUT_JSON.name).write_text(json.dumps(doc, indent=1) + "\n")
+    doc["note"] += (" Trained norms through modules_to_save: PEFT's forward uses the wrapped copies, "
+                    "qlora's the norm weights it loads from the same tensors.")
+    doc["cases"] = []
+    for case in PEFT_NORM_CASES:
+        rec, s = peft_case(case, ids, out_dir)
+        doc["cases"].append(rec)
+        summaries.append(s)
+    rec, s = qlora_case(ids, QLORA_NORMS_ADAPTER, "qlora_written_norms")
+    doc["cases"].append(rec)
+    summaries.append(s)
+    (out_dir / OUT_NORMS_JSON.name).write_text(json.dumps(doc, indent=1) + "\n")
     return summaries
 
 
@@ -262,14 +303,15 @@ def main():
         summaries = build(Path(a))
         build(Path(b))
         assert tree_bytes(Path(a)) == tree_bytes(Path(b)), "two builds differ"
-        for case in PEFT_CASES:
+        for case in PEFT_CASES + PEFT_NORM_CASES:
             dst = FIX / case["folder"]
             shutil.rmtree(dst, ignore_errors=True)
             shutil.copytree(Path(a) / case["folder"], dst)
         shutil.copyfile(Path(a) / OUT_JSON.name, OUT_JSON)
+        shutil.copyfile(Path(a) / OUT_NORMS_JSON.name, OUT_NORMS_JSON)
     for s in summaries:
         print(s)
-    written = [OUT_JSON] + [p for c in PEFT_CASES for p in sorted((FIX / c["folder"]).iterdir())]
+    written = [OUT_JSON, OUT_NORMS_JSON] + [p for c in PEFT_CASES + PEFT_NORM_CASES for p in sorted((FIX / c["folder"]).iterdir())]
     for p in written:
         os.chmod(p, 0o644)
         data = p.read_bytes()

@@ -16,7 +16,7 @@ struct AdaptersInfo: ParsableCommand {
         discussion: """
             The adapter is read and checked against --model as generate reads it (names, targets, \
             ranks, finite values). ‖ΔW‖ comes from the small QR core of B and Aᵀ, without \
-            forming ΔW; one line per block.
+            forming ΔW; one line per block. Trained RMSNorms (modules_to_save) are counted.
 
             Example:
               qlora adapters info runs/smol/lora_final
@@ -34,11 +34,16 @@ struct AdaptersInfo: ParsableCommand {
         let c = lora.config
         print("\(directory): LoRA r \(c.rank), alpha \(c.alpha), scale \(c.scale)\(c.useRSLoRA ? " (rsLoRA: alpha/√r)" : " (alpha/r)"), "
               + "dropout \(c.dropout)")
+        let saved = try AdapterFiles.savedNorms(of: lora, in: directory)
+        let count = lora.parameters.filter { $0.name.contains(".lora_") }.reduce(0) { $0 + $1.count } + saved.reduce(0) { $0 + $1.count }
         print("targets \(c.targets)\(c.layerIndices.map { " in blocks \($0)" } ?? ""); \(lora.adapters.count) linears adapted; "
-              + "\(LlamaLoRA.grouped(lora.trainableCount)) parameters\(lora.trainsNorms ? " (with trained norms)" : "")")
-        let norms = try AdapterCombination.combine([(name, lora, 1)], base: set.base, method: .concat)
-        AdaptersCombine.printPerBlock(norms.modules) { $0.norm }
-        let total = norms.modules.reduce(0) { $0 + $1.norm * $1.norm }.squareRoot()
+              + "\(LlamaLoRA.grouped(count)) parameters\(saved.isEmpty ? "" : " (with trained norms)")")
+        if !saved.isEmpty {
+            print("trained RMSNorms (modules_to_save), replacing the base's: \(saved.count) of \(2 * lora.layers.count + 1)")
+        }
+        let modules = AdapterCombination.deltaNorms(of: lora)
+        AdaptersCombine.printPerBlock(modules) { $0.norm }
+        let total = modules.reduce(0) { $0 + $1.norm * $1.norm }.squareRoot()
         print(String(format: "‖ΔW‖ over all linears: %.6g", total))
     }
 }

@@ -78,6 +78,15 @@ public enum AdapterCombination {
         return Result(adapters: out, modules: reports)
     }
 
+    /// ‖ΔW‖_F = ‖s·B·A‖_F of every adapted linear of `lora`, what `adapters info` prints;
+    /// trained norms, which combine refuses, are left aside.
+    public static func deltaNorms(of lora: LlamaLoRA) -> [Module] {
+        lora.adapters.map { l, m, a in
+            let norm = concatenated([(a, 1)], out: a.outFeatures, in: a.inFeatures, inputs: [lora], layer: l, linear: m).2
+            return Module(layer: l, linear: m, norm: norm, droppedNorm: 0)
+        }
+    }
+
     struct ModuleKey: Hashable { let layer: Int; let linear: LlamaLinear }
 
     /// Bs [out, R] = [w_i·s_i·B_i | …] and As [R, in] = [A_i; …] over `parts`, in Float64.
@@ -150,7 +159,7 @@ public enum AdapterCombinationError: Error, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case let .trainedNorms(name): "adapter '\(name)' trains the RMSNorm weights (qlora_trains_norms): norms replace the base's "
+        case let .trainedNorms(name): "adapter '\(name)' trains RMSNorm weights (modules_to_save): norms replace the base's "
             + "rather than add to it, so they have no weighted sum; combine adapters without trained norms"
         case let .badRank(r): "--rank must be positive, got \(r)"
         }

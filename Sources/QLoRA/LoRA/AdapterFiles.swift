@@ -4,20 +4,33 @@ import Foundation
 /// `save_pretrained` writes:
 ///
 ///   adapter_config.json          LoraConfig: peft_type LORA, r, lora_alpha (int or float),
-///                                lora_dropout, target_modules, use_rslora, layers_to_transform, …
+///                                lora_dropout, target_modules, use_rslora, layers_to_transform,
+///                                modules_to_save, …
 ///   adapter_model.safetensors    `base_model.model.model.layers.N.<path>.lora_A.weight` [r, in]
 ///                                and `….lora_B.weight` [out, r] (F32, F16, BF16 or F64); with
-///                                trainable norms (qlora only) also
-///                                `base_model.model.model.layers.N.input_layernorm.weight` [C] etc.
+///                                trained norms also the full RMSNorm weights [C] of the modules
+///                                modules_to_save selects, under the base module's name:
+///                                `base_model.model.model.layers.N.input_layernorm.weight`,
+///                                `….post_attention_layernorm.weight`, `base_model.model.model.norm.weight`
+///
+/// Trained norms are PEFT's modules_to_save (ModulesToSaveWrapper): PEFT wraps every module
+/// whose full name (`base_model.model.model.layers.0.input_layernorm`) ends with an entry, as
+/// plain strings ("norm" selects input_layernorm too), and saves the wrapped copy's weight
+/// under the module's own name. qlora writes `["input_layernorm", "post_attention_layernorm",
+/// "model.norm"]` (every RMSNorm, each entry one kind); it reads any entries that select only
+/// RMSNorms, and a norm no entry selects keeps the base's weight. An entry that selects any
+/// other module (lm_head, embed_tokens, a block, a linear, …) or no RMSNorm is refused.
+/// Adapters qlora wrote before it used modules_to_save (`"qlora_trains_norms": true`, the same
+/// tensor names, every norm) are read as trained norms too.
 ///
 /// Reading accepts what PEFT and tools around it write: tensor names with or without the
 /// `base_model.model.` prefix, and with the adapter name kept (`.lora_A.default.weight`);
 /// target_modules as a list of module names (suffix match: `q_proj`, `self_attn.q_proj`, or a
 /// full `model.layers.0.self_attn.q_proj`), a regular expression string, or "all-linear";
 /// layers_to_transform as null, an int or a list of block indices. A configuration that turns
-/// on anything but plain LoRA (DoRA, biases, per-module ranks, extra trained modules, …) is
-/// refused by key, and so is every tensor that does not fit the base model, before any value
-/// is overwritten.
+/// on anything but plain LoRA and trained norms (DoRA, biases, per-module ranks, other trained
+/// modules, …) is refused by key, and so is every tensor that does not fit the base model,
+/// before any value is overwritten.
 ///
 /// Written atomically file by file; a directory being replaced is swapped in by rename. What is
 /// written always loads in PEFT: a layer subset with a pattern or "all-linear" target (which
@@ -56,15 +69,13 @@ public enum AdapterFiles {
         case .allLinear, .regex:
             (targets, layers) = (lora.adapters.map { $0.linear.moduleName(layer: $0.layer) }, NSNull())
         }
-        var config: [String: Any] = [
+        let config: [String: Any] = [
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": baseModel,
             "r": c.rank, "lora_alpha": Double("\(c.alpha)")!, "lora_dropout": Double("\(c.dropout)")!, "target_modules": targets,
             "use_rslora": c.useRSLoRA, "bias": "none", "fan_in_fan_out": false, "inference_mode": true,
-            "init_lora_weights": true, "modules_to_save": NSNull(), "rank_pattern": [String: Any](), "alpha_pattern": [String: Any](),
-            "layers_to_transform": layers,
+            "init_lora_weights": true, "modules_to_save": lora.trainsNorms ? normModules : NSNull(),
+            "rank_pattern": [String: Any](), "alpha_pattern": [String: Any](), "layers_to_transform": layers,
         ]
-        // Only when true: PEFT warns about keys it does not know (and cannot load norms anyway).
-        if lora.trainsNorms { config["qlora_trains_norms"] = true }
         let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         try AtomicFile.write(to: tmp + "/" + configFile, bytes: [UInt8](json))
         let old = directory + ".old-\(getpid())"
@@ -73,14 +84,13 @@ public enum AdapterFiles {
         try? fm.removeItem(atPath: old)
     }
 
-    /// The LoRA configuration an adapter directory declares, and whether it trains the norms
-    /// (qlora's own `qlora_trains_norms`).
+    /// What qlora writes as modules_to_save when the norms train: every RMSNorm of a Llama.
+    static let normModules = ["input_layernorm", "post_attention_layernorm", "model.norm"]
+
+    /// The LoRA configuration an adapter directory declares, and whether it trains norms
+    /// (modules_to_save selecting RMSNorms, or the older `qlora_trains_norms`).
     public static func config(in directory: String) throws -> (config: LoRAConfig, trainsNorms: Bool) {
-        let path = directory + "/" + configFile
-        guard let data = FileManager.default.contents(atPath: path) else { throw AdapterError.missing(path) }
-        guard let j = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
-            throw AdapterError.bad(path, "not a JSON object")
-        }
+        let (j, path) = try configJSON(in: directory)
         let peftType = j["peft_type"].map(jsonText) ?? "\"LORA\""
         guard peftType == "\"LORA\"" else { throw AdapterError.unsupported(path, key: "peft_type", value: peftType, feature: "an adapter other than LoRA") }
         for (key, feature) in plainLoRADefaults {
@@ -109,14 +119,73 @@ public enum AdapterFiles {
         guard let rsLoRA else { throw AdapterError.badValue(path, key: "use_rslora", value: j["use_rslora"].map(jsonText), expected: "true or false") }
         let cfg = LoRAConfig(rank: r, alpha: alpha, dropout: dropout, targets: try targets(j["target_modules"], path: path),
                              layerIndices: try layerIndices(j["layers_to_transform"], path: path), useRSLoRA: rsLoRA)
-        return (cfg, boolean(j["qlora_trains_norms"]) ?? false)
+        return (cfg, !(try savedNormEntries(j, path: path)).isEmpty)
+    }
+
+    static func configJSON(in directory: String) throws -> (json: [String: Any], path: String) {
+        let path = directory + "/" + configFile
+        guard let data = FileManager.default.contents(atPath: path) else { throw AdapterError.missing(path) }
+        guard let j = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+            throw AdapterError.bad(path, "not a JSON object")
+        }
+        return (j, path)
+    }
+
+    /// modules_to_save, each entry checked to select RMSNorms and nothing else (PEFT's suffix
+    /// match on the full names of a Llama under PeftModel); `normModules` for the older
+    /// `qlora_trains_norms`; [] when no norm trains.
+    static func savedNormEntries(_ j: [String: Any], path: String) throws -> [String] {
+        let value = j["modules_to_save"] ?? NSNull()
+        if isEmptyJSON(value) { return boolean(j["qlora_trains_norms"]) == true ? normModules : [] }
+        guard let entries = value as? [String] else {
+            throw AdapterError.badValue(path, key: "modules_to_save", value: jsonText(value), expected: "null or a list of module names")
+        }
+        for entry in entries {
+            // Names of the blocks the entry could be about: 0 and every number in it.
+            let layers = [0] + entry.matches(of: /\d+/).compactMap { Int($0.output) }
+            let names = layers.map(peftModuleNames(layer:))
+            if let other = names.lazy.flatMap(\.others).first(where: { $0.hasSuffix(entry) }) {
+                throw AdapterError.unsupported(path, key: "modules_to_save", value: jsonText(entry),
+                                               feature: "a fully trained copy of \(other.hasPrefix(prefix) ? String(other.dropFirst(prefix.count)) : other) (only the RMSNorms "
+                                                   + normModules.joined(separator: ", ") + " may train in full)")
+            }
+            guard names.contains(where: { $0.norms.contains { $0.hasSuffix(entry) } }) else {
+                throw AdapterError.unsupported(path, key: "modules_to_save", value: jsonText(entry),
+                                               feature: "an entry that selects no RMSNorm of a Llama (only "
+                                                   + normModules.joined(separator: ", ") + " may train in full)")
+            }
+        }
+        return entries
+    }
+
+    /// The full names PEFT matches modules_to_save against, for block `l` of a Llama inside a
+    /// PeftModel: its RMSNorms and the final one, and every other module (lora submodules aside).
+    static func peftModuleNames(layer l: Int) -> (norms: [String], others: [String]) {
+        let model = prefix + "model", block = model + ".layers.\(l)"
+        let norms = [block + ".input_layernorm", block + ".post_attention_layernorm", model + ".norm"]
+        let others = ["base_model", String(prefix.dropLast()), model, model + ".embed_tokens", model + ".layers", block,
+                      block + ".self_attn", block + ".mlp", block + ".mlp.act_fn", model + ".rotary_emb", prefix + "lm_head"]
+            + LlamaLinear.allCases.map { prefix + $0.moduleName(layer: l) }
+        return (norms, others)
+    }
+
+    /// The norm parameters of `lora` whose full weights `directory` holds: those its
+    /// modules_to_save selects. The others keep their values (the base's, in a LlamaLoRA just built).
+    public static func savedNorms(of lora: LlamaLoRA, in directory: String) throws -> [Parameter] {
+        guard lora.trainsNorms else { return [] }
+        let (j, path) = try configJSON(in: directory)
+        let entries = try savedNormEntries(j, path: path)
+        return lora.parameters.filter { p in
+            guard !p.name.contains(".lora_") else { return false }
+            let module = prefix + p.name.dropLast(".weight".count)
+            return entries.contains { module.hasSuffix($0) }
+        }
     }
 
     /// Keys of LoraConfig whose non-empty values turn on something other than plain LoRA.
     static let plainLoRADefaults: KeyValuePairs<String, String> = [
         "use_dora": "DoRA (weight-decomposed LoRA)",
         "fan_in_fan_out": "fan_in_fan_out (weights stored [in, out], GPT-2's Conv1D)",
-        "modules_to_save": "modules_to_save (fully trained copies of base modules)",
         "rank_pattern": "per-module ranks (rank_pattern)",
         "alpha_pattern": "per-module alphas (alpha_pattern)",
         "exclude_modules": "exclude_modules",
@@ -173,9 +242,9 @@ public enum AdapterFiles {
         return Array(Set(list)).sorted()
     }
 
-    /// Overwrites `lora`'s parameters with the tensors of `directory`. Every parameter must be
-    /// there with its shape and finite values, and every tensor of the file must be a parameter;
-    /// nothing is overwritten unless all are.
+    /// Overwrites `lora`'s parameters with the tensors of `directory`. Every LoRA parameter, and
+    /// every norm modules_to_save selects, must be there with its shape and finite values, and
+    /// every tensor of the file must be one of them; nothing is overwritten unless all are.
     public static func load(into lora: LlamaLoRA, from directory: String) throws {
         let path = directory + "/" + weightsFile
         guard FileManager.default.fileExists(atPath: path) else { throw AdapterError.missing(path) }
@@ -187,8 +256,9 @@ public enum AdapterFiles {
             byParameter[name] = t
         }
         let adapters = Dictionary(uniqueKeysWithValues: lora.adapters.flatMap { [($0.adapter.a.name, $0.adapter), ($0.adapter.b.name, $0.adapter)] })
-        var values: [[Float]] = []
-        for p in lora.parameters {
+        let norms = Set(try savedNorms(of: lora, in: directory).map(\.name))
+        var values: [(Parameter, [Float])] = []
+        for p in lora.parameters where p.name.contains(".lora_") || norms.contains(p.name) {
             guard let t = byParameter.removeValue(forKey: p.name) else { throw AdapterError.missingTensor(path, prefix + p.name) }
             if t.shape != p.shape {
                 let isA = p.name.hasSuffix(".lora_A.weight"), r = lora.config.rank
@@ -200,12 +270,12 @@ public enum AdapterFiles {
             }
             let v = try file.floats(t)
             if let i = v.firstIndex(where: { !$0.isFinite }) { throw AdapterError.nonFinite(path, t.name, index: i, value: v[i]) }
-            values.append(v)
+            values.append((p, v))
         }
         if let extra = byParameter.values.map(\.name).sorted().first {
             throw AdapterError.unexpectedTensor(path, extra, byParameter.count, why: unmatchedReason(parameterName(extra), lora: lora))
         }
-        for (p, v) in zip(lora.parameters, values) { p.setValues(v) }
+        for (p, v) in values { p.setValues(v) }
     }
 
     /// The parameter name of a tensor name: without `base_model.model.`, and without an
@@ -218,8 +288,8 @@ public enum AdapterFiles {
     /// Why a tensor has no parameter: its block, linear or kind is not adapted.
     static func unmatchedReason(_ name: String, lora: LlamaLoRA) -> String {
         guard let m = name.firstMatch(of: /^model\.layers\.(\d+)\.(.+)\.lora_[AB]\.weight$/), let layer = Int(m.1) else {
-            return lora.trainsNorms || !name.hasSuffix("norm.weight") ? "it is no LoRA tensor of a Llama block's linears"
-                : "it is a trained norm, and adapter_config.json does not set qlora_trains_norms"
+            return !name.hasSuffix("norm.weight") ? "it is no LoRA tensor of a Llama block's linears"
+                : "it is a full RMSNorm weight, and adapter_config.json's modules_to_save does not select it"
         }
         guard layer < lora.layers.count else { return "the model has \(lora.layers.count) blocks" }
         guard let linear = LlamaLinear.allCases.first(where: { $0.path == m.2 }) else { return "'\(m.2)' is not a linear of a Llama block" }
@@ -275,7 +345,7 @@ public enum AdapterError: Error, Equatable, CustomStringConvertible {
         switch self {
         case let .missing(p): "\(p): no such file (an adapter directory holds adapter_config.json and adapter_model.safetensors)"
         case let .bad(p, why): "\(p): \(why)"
-        case let .unsupported(p, key, value, feature): "\(p): \(key) \(value): \(feature) is not supported; qlora applies plain LoRA only"
+        case let .unsupported(p, key, value, feature): "\(p): \(key) \(value): \(feature) is not supported; qlora applies plain LoRA (and trained RMSNorms) only"
         case let .badValue(p, key, value, expected): "\(p): \(key) is \(value ?? "missing"); expected \(expected)"
         case let .missingTensor(p, n): "\(p): tensor '\(n)' is missing"
         case let .duplicateTensor(p, n, other): "\(p): tensors '\(other)' and '\(n)' are the same parameter"

@@ -5,7 +5,8 @@ import Quant
 /// tensor checked against the base it merges into and keyed by the base's Hugging Face name:
 ///
 ///   model.layers.N.<path>.weight   A [r, in], B [out, r] from `….lora_A.weight`, `….lora_B.weight`
-///   model.layers.N.*_layernorm.weight, model.norm.weight   trained norms [C] (qlora --train-norms)
+///   model.layers.N.*_layernorm.weight, model.norm.weight   trained norms [C] that replace the base's:
+///                                  those modules_to_save selects (qlora --train-norms: all)
 ///
 /// Read through LlamaLoRA and AdapterFiles, so that an adapter merges exactly when it loads.
 struct AdapterTensors {
@@ -49,6 +50,6 @@ struct AdapterTensors {
         factors = Dictionary(uniqueKeysWithValues: lora.adapters.map { l, m, a in
             (m.moduleName(layer: l) + ".weight", Factors(a: a.a.values, b: a.b.values, rank: a.rank, scale: a.scale))
         })
-        norms = Dictionary(uniqueKeysWithValues: lora.parameters.filter { !$0.name.contains(".lora_") }.map { ($0.name, $0.values) })
+        norms = Dictionary(uniqueKeysWithValues: try AdapterFiles.savedNorms(of: lora, in: directory).map { ($0.name, $0.values) })
     }
 }

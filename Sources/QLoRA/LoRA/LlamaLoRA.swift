@@ -137,7 +137,7 @@ public enum AdapterStackError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .differentBase(name, blocks, expected): "adapter '\(name)' was built for a model of \(blocks) blocks, this one has \(expected)"
-        case let .trainedNorms(name): "adapter '\(name)' trains the RMSNorm weights (qlora_trains_norms), which replace the base's "
+        case let .trainedNorms(name): "adapter '\(name)' trains RMSNorm weights (modules_to_save), which replace the base's "
             + "rather than add to it: only the first adapter of a stack may carry them; list it first"
         case let .duplicateName(name, first, second): "two adapters are named '\(name)' (\(first) and \(second)); "
             + "name them apart with NAME=DIR"

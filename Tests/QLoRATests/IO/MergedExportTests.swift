@@ -168,6 +168,26 @@ final class MergedExportTests: XCTestCase {
         for (name, w) in base.linears { XCTAssertEqual(written[name]?.values, w.dequantize(), "\(name): B = 0") }
     }
 
+    /// A PEFT adapter whose modules_to_save selects only some norms (post_attention_layernorm,
+    /// model.norm): those replace the base's, the input_layernorms stay the base's and are not
+    /// counted as merged.
+    func testPEFTNormSubsetReplacesOnlyTheSelectedNorms() throws {
+        let dir = TempDir()
+        let adapter = AdapterFilesTests.peftNormsSubsetAdapter
+        let (out, _, report) = try export(dir, adapter: adapter)
+        XCTAssertEqual(report.merged, 4 + 3)  // q_proj, v_proj of 2 layers; 2 post-attention norms and the final one
+        let written = try tensors(out)
+        let saved = try SafetensorsFile(path: adapter + "/" + AdapterFiles.weightsFile)
+        for t in saved.tensors where t.name.hasSuffix("norm.weight") {
+            XCTAssertEqual(written[String(t.name.dropFirst("base_model.model.".count))]?.values, try saved.floats(t), t.name)
+        }
+        let base = try QuantizedModel(path: Self.model)
+        for l in 0..<2 {
+            let name = "model.layers.\(l).input_layernorm.weight"
+            XCTAssertEqual(written[name]?.values, base.dense[name], name)
+        }
+    }
+
     func testRefusesANonEmptyFolderUnlessOverwrite() throws {
         let dir = TempDir()
         try FileManager.default.createDirectory(atPath: dir.path + "/out", withIntermediateDirectories: true)

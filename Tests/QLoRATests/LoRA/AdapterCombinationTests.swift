@@ -124,6 +124,27 @@ final class AdapterCombinationTests: XCTestCase {
             XCTAssertEqual($0 as? AdapterCombinationError, .trainedNorms(name: "norms"))
         }
     }
+
+    /// `adapters info`'s ‖ΔW‖ per linear: those of combine --concat of the adapter alone, and
+    /// also for an adapter with trained norms (PEFT's modules_to_save), which combine refuses.
+    func testDeltaNormsOfOneAdapterAreThoseOfItsConcatAlone() throws {
+        let (s, inputs) = try inputs()
+        for input in inputs {
+            let alone = try AdapterCombination.combine([(input.name, input.adapters, 1)], base: s.base, method: .concat).modules
+            let norms = AdapterCombination.deltaNorms(of: input.adapters)
+            XCTAssertEqual(norms.map { "\($0.layer) \($0.linear)" }, alone.map { "\($0.layer) \($0.linear)" })
+            for (a, b) in zip(norms, alone) { XCTAssertEqual(a.norm, b.norm, accuracy: 1e-12 * b.norm, "\(a.layer) \(a.linear)") }
+        }
+        let name = try s.load(AdapterFilesTests.peftNormsAdapter)
+        let withNorms = try s.adapters(name)
+        let norms = AdapterCombination.deltaNorms(of: withNorms)
+        XCTAssertEqual(norms.count, 8)
+        for (module, (l, m, a)) in zip(norms, withNorms.adapters) {
+            var d = [Double](repeating: 0, count: a.outFeatures * a.inFeatures)
+            Self.add(a, weight: 1, into: &d)
+            XCTAssertEqual(module.norm, Self.norm(d), accuracy: 1e-6 * Self.norm(d), "\(l) \(m)")
+        }
+    }
 }
 
 /// Householder QR and one-sided Jacobi SVD in Float64: reconstruction, orthogonality, order.

@@ -3,12 +3,13 @@ import Foundation
 import XCTest
 
 /// PEFT-layout adapters both ways on the tiny NF4 model (tools/make_peft_adapter_fixtures.py):
-/// adapters PEFT wrote give PEFT's logits in qlora; the adapter qlora writes (committed as
-/// Fixtures/tiny-llama-qlora-adapter) gives qlora's logits in PEFT. Then every way a PEFT
+/// adapters PEFT wrote give PEFT's logits in qlora; the adapters qlora writes (committed as
+/// Fixtures/tiny-llama-qlora-adapter and, with trained norms in modules_to_save,
+/// Fixtures/tiny-llama-qlora-adapter-norms) give qlora's logits in PEFT. Then every way a PEFT
 /// directory may differ, and every way it may be broken, on copies in temporary directories.
 ///
-/// To rewrite Fixtures/tiny-llama-qlora-adapter after a deliberate change of AdapterFiles.save:
-///   QLORA_WRITE_ADAPTER_FIXTURE=1 swift test --filter AdapterFilesTests/testQLoRAWrittenAdapterMatchesCommittedFolder
+/// To rewrite the qlora-written folders after a deliberate change of AdapterFiles.save:
+///   QLORA_WRITE_ADAPTER_FIXTURE=1 swift test --filter 'AdapterFilesTests/testQLoRAWritten'
 ///   /work/venv-fixtures/bin/python tools/make_peft_adapter_fixtures.py
 final class AdapterFilesTests: XCTestCase {
     struct Expected: Decodable {
@@ -22,10 +23,16 @@ final class AdapterFilesTests: XCTestCase {
     static var model: LlamaModel { LlamaTrainerTests.tiny }
     static let expected = try! JSONDecoder().decode(
         Expected.self, from: Data(contentsOf: fixtures.appendingPathComponent("tiny-llama-peft-adapter-expected.json")))
+    /// The cases with trained norms (modules_to_save), same input_ids.
+    static let expectedNorms = try! JSONDecoder().decode(
+        Expected.self, from: Data(contentsOf: fixtures.appendingPathComponent("tiny-llama-peft-norms-expected.json")))
     static func fixture(_ name: String) -> String { fixtures.appendingPathComponent(name).path }
     static let peftAdapter = fixture("tiny-llama-peft-adapter")
     static let peftLayer0Adapter = fixture("tiny-llama-peft-adapter-layer0")
     static let qloraAdapter = fixture("tiny-llama-qlora-adapter")
+    static let peftNormsAdapter = fixture("tiny-llama-peft-adapter-norms")
+    static let peftNormsSubsetAdapter = fixture("tiny-llama-peft-adapter-norms-subset")
+    static let qloraNormsAdapter = fixture("tiny-llama-qlora-adapter-norms")
 
     /// The adapters of `directory` on the tiny model, as AdapterSet.load builds them.
     func loadAdapter(_ directory: String) throws -> LlamaLoRA {
@@ -44,8 +51,8 @@ final class AdapterFilesTests: XCTestCase {
     /// max |got − expected| / max |expected| over the case's logits, checked below `tolerance`;
     /// the adapter must move the logits far more than that from the base model's.
     @discardableResult
-    func checkLogits(_ lora: LlamaLoRA, case name: String, tolerance: Double = 1e-5) throws -> Double {
-        let c = try XCTUnwrap(Self.expected.cases.first { $0.name == name })
+    func checkLogits(_ lora: LlamaLoRA, case name: String, tolerance: Double = 1e-5, in expected: Expected = expected) throws -> Double {
+        let c = try XCTUnwrap(expected.cases.first { $0.name == name })
         let want = LoRAGradientFixtureTests.floats(c.logits.f32)
         XCTAssertEqual(want.count, c.logits.shape.reduce(1, *))
         let got = try logits(lora), base = try logits(nil)
@@ -80,6 +87,95 @@ final class AdapterFilesTests: XCTestCase {
         try checkLogits(lora, case: "peft_layer0_qv_rslora")
     }
 
+    /// modules_to_save ["norm"] (PEFT's suffix match: every RMSNorm) and LoRA on q/k/v/o.
+    func testPEFTWrittenNormsGivePEFTLogits() throws {
+        let lora = try loadAdapter(Self.peftNormsAdapter)
+        XCTAssertTrue(lora.trainsNorms)
+        XCTAssertEqual(lora.adapters.count, 8)
+        XCTAssertEqual(try AdapterFiles.savedNorms(of: lora, in: Self.peftNormsAdapter).count, 5)
+        XCTAssertNotEqual(lora.finalNorm?.values, Self.model.weights.finalNorm)
+        try checkLogits(lora, case: "peft_norms", in: Self.expectedNorms)
+    }
+
+    /// modules_to_save ["post_attention_layernorm", "model.norm"]: the input_layernorms PEFT
+    /// leaves alone keep the base's weights.
+    func testPEFTWrittenNormSubsetGivesPEFTLogits() throws {
+        let lora = try loadAdapter(Self.peftNormsSubsetAdapter)
+        XCTAssertEqual(try AdapterFiles.savedNorms(of: lora, in: Self.peftNormsSubsetAdapter).map(\.name),
+                       ["model.layers.0.post_attention_layernorm.weight", "model.layers.1.post_attention_layernorm.weight",
+                        "model.norm.weight"])
+        for (layer, w) in zip(lora.layers, Self.model.weights.layers) {
+            XCTAssertEqual(layer.attentionNorm?.values, w.attentionNorm)
+            XCTAssertNotEqual(layer.mlpNorm?.values, w.mlpNorm)
+        }
+        try checkLogits(lora, case: "peft_norms_subset", in: Self.expectedNorms)
+    }
+
+    /// Other spellings of "every norm", and the layout qlora wrote before modules_to_save
+    /// (`qlora_trains_norms`, no modules_to_save), read the same values.
+    func testNormsAsOtherModulesToSaveOrOlderQLoRALayoutLoadTheSameValues() throws {
+        let reference = try loadAdapter(Self.qloraNormsAdapter)
+        let forms: [(inout [String: Any]) -> Void] = [
+            { $0["modules_to_save"] = ["norm"] },
+            { $0["modules_to_save"] = ["layernorm", "model.norm"] },
+            { $0["modules_to_save"] = ["input_layernorm", "post_attention_layernorm", "base_model.model.model.norm"] },
+            { $0["modules_to_save"] = NSNull(); $0["qlora_trains_norms"] = true },
+        ]
+        for form in forms {
+            let (tmp, dir) = try copy(Self.qloraNormsAdapter, config: form)
+            let lora = try loadAdapter(dir)
+            XCTAssertTrue(lora.trainsNorms)
+            XCTAssertEqual(lora.parameters.map(\.name), reference.parameters.map(\.name))
+            for (a, b) in zip(lora.parameters, reference.parameters) { XCTAssertEqual(a.values, b.values, a.name) }
+            withExtendedLifetime(tmp) {}
+        }
+        try checkLogits(reference, case: "qlora_written_norms", in: Self.expectedNorms)
+    }
+
+    /// A norm tensor modules_to_save does not select is refused by name, and so is a selected
+    /// norm the file lacks.
+    func testNormTensorsMustMatchModulesToSave() throws {
+        let (tmp, dir) = try copy(Self.qloraNormsAdapter, config: { $0["modules_to_save"] = ["post_attention_layernorm"] })
+        XCTAssertThrowsError(try loadAdapter(dir)) { e in
+            guard case let .unexpectedTensor(_, name, count, why)? = e as? AdapterError else { return XCTFail("\(e)") }
+            XCTAssertEqual(name, "base_model.model.model.layers.0.input_layernorm.weight")
+            XCTAssertEqual(count, 3)
+            XCTAssertTrue(why.contains("modules_to_save"), why)
+        }
+        let final = "base_model.model.model.norm.weight"
+        let (tmp2, dir2) = try copy(Self.qloraNormsAdapter, tensors: { $0.removeAll { $0.name == final } })
+        XCTAssertThrowsError(try loadAdapter(dir2)) { XCTAssertEqual($0 as? AdapterError, .missingTensor(dir2 + "/" + AdapterFiles.weightsFile, final)) }
+        withExtendedLifetime((tmp, tmp2)) {}
+    }
+
+    /// modules_to_save may select RMSNorms only: an entry that selects any other module (PEFT's
+    /// suffix match) or none is refused, and the message names the entry.
+    func testModulesToSaveOtherThanNormsAreRefusedNamingTheEntry() throws {
+        let refused: [([String], String, String)] = [
+            (["lm_head"], "lm_head", "lm_head"), (["embed_tokens"], "embed_tokens", "model.embed_tokens"),
+            (["norm", "lm_head"], "lm_head", "lm_head"), (["input_layernorm", "model.embed_tokens"], "model.embed_tokens", "model.embed_tokens"),
+            (["layers.1"], "layers.1", "model.layers.1"), (["q_proj"], "q_proj", "model.layers.0.self_attn.q_proj"),
+            (["mlp"], "mlp", "model.layers.0.mlp"), (["self_attn"], "self_attn", "model.layers.0.self_attn"),
+            (["model"], "model", "copy of base_model "), ([""], "", "copy of base_model "), (["score"], "score", "no RMSNorm"),
+        ]
+        for (entries, entry, what) in refused {
+            let (tmp, dir) = try copy(Self.qloraNormsAdapter, config: { $0["modules_to_save"] = entries })
+            XCTAssertThrowsError(try AdapterFiles.config(in: dir), "\(entries)") { e in
+                guard case let .unsupported(_, key, value, _)? = e as? AdapterError else { return XCTFail("\(entries): \(e)") }
+                XCTAssertEqual(key, "modules_to_save")
+                XCTAssertEqual(value, "\"\(entry)\"")
+                XCTAssertTrue("\(e)".contains("modules_to_save \"\(entry)\"") && "\(e)".contains(what), "\(e)")
+            }
+            withExtendedLifetime(tmp) {}
+        }
+        let (tmp, dir) = try copy(Self.qloraNormsAdapter, config: { $0["modules_to_save"] = "norm" })
+        XCTAssertThrowsError(try AdapterFiles.config(in: dir)) { e in
+            guard case let .badValue(_, key, _, _)? = e as? AdapterError else { return XCTFail("\(e)") }
+            XCTAssertEqual(key, "modules_to_save")
+        }
+        withExtendedLifetime(tmp) {}
+    }
+
     /// The committed qlora adapter: rank 2, alpha 6, rsLoRA, every linear, A and B from SplitMix64.
     func seededQLoRAAdapter() throws -> LlamaLoRA {
         let config = LoRAConfig(rank: 2, alpha: 6, dropout: 0.05, targets: .attentionAndMLP, useRSLoRA: true)
@@ -92,11 +188,45 @@ final class AdapterFilesTests: XCTestCase {
         return lora
     }
 
+    /// The committed qlora adapter with trained norms: rank 2, alpha 4, q/v/down of every block,
+    /// A and B as above, every RMSNorm weight the base's times 1 + U(−0.3, 0.3).
+    func seededQLoRANormsAdapter() throws -> LlamaLoRA {
+        let config = LoRAConfig(rank: 2, alpha: 4, targets: .names([.q, .v, .down]))
+        let lora = try LlamaLoRA(model: Self.model, config: config, trainNorms: true, seed: 1)
+        var rng = SplitMix64(seed: 20_240_918)
+        for p in lora.parameters {
+            let bound = p.name.hasSuffix(".lora_A.weight") ? 0.2 : 0.05
+            if p.name.contains(".lora_") {
+                p.setValues((0..<p.count).map { _ in Float((rng.nextUnitDouble() * 2 - 1) * bound) })
+            } else {
+                p.setValues(p.values.map { $0 * Float(1 + (rng.nextUnitDouble() * 2 - 1) * 0.3) })
+            }
+        }
+        return lora
+    }
+
     func testQLoRAWrittenAdapterMatchesCommittedFolder() throws {
-        let lora = try seededQLoRAAdapter()
+        try checkCommittedFolder(try seededQLoRAAdapter(), folder: "tiny-llama-qlora-adapter", case: "qlora_written", in: Self.expected)
+    }
+
+    /// PEFT loads the norms qlora writes (modules_to_save) and uses them: its logits are qlora's.
+    func testQLoRAWrittenNormsAdapterMatchesCommittedFolder() throws {
+        let lora = try seededQLoRANormsAdapter()
+        let tmp = TempDir()
+        try AdapterFiles.save(lora, to: tmp.path + "/a", baseModel: "tiny")
+        let j = try XCTUnwrap(JSONSerialization.jsonObject(
+            with: Data(contentsOf: URL(fileURLWithPath: tmp.path + "/a/" + AdapterFiles.configFile))) as? [String: Any])
+        XCTAssertEqual(j["modules_to_save"] as? [String], ["input_layernorm", "post_attention_layernorm", "model.norm"])
+        XCTAssertNil(j["qlora_trains_norms"])
+        try checkCommittedFolder(lora, folder: "tiny-llama-qlora-adapter-norms", case: "qlora_written_norms", in: Self.expectedNorms)
+    }
+
+    /// `lora` saved now gives the committed folder (tensors bit for bit, config as JSON), and
+    /// the folder loaded gives PEFT's logits of `name`.
+    func checkCommittedFolder(_ lora: LlamaLoRA, folder: String, case name: String, in expected: @autoclosure () -> Expected) throws {
         if ProcessInfo.processInfo.environment["QLORA_WRITE_ADAPTER_FIXTURE"] == "1" {
             let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-                .appendingPathComponent("Fixtures/tiny-llama-qlora-adapter").path
+                .appendingPathComponent("Fixtures/" + folder).path
             try AdapterFiles.save(lora, to: source, baseModel: "tiny-llama-bnb-nf4")
             throw XCTSkip("wrote \(source); now run tools/make_peft_adapter_fixtures.py")
         }
@@ -104,7 +234,7 @@ final class AdapterFilesTests: XCTestCase {
         try AdapterFiles.save(lora, to: tmp.path + "/a", baseModel: "tiny-llama-bnb-nf4")
         // (i) the same values still give the committed files: tensors bit for bit, config as JSON.
         let written = try SafetensorsFile(path: tmp.path + "/a/" + AdapterFiles.weightsFile)
-        let committed = try SafetensorsFile(path: Self.qloraAdapter + "/" + AdapterFiles.weightsFile)
+        let committed = try SafetensorsFile(path: Self.fixture(folder) + "/" + AdapterFiles.weightsFile)
         XCTAssertEqual(written.tensors.map(\.name), committed.tensors.map(\.name))
         for (w, c) in zip(written.tensors, committed.tensors) {
             XCTAssertEqual(w.shape, c.shape, w.name)
@@ -115,12 +245,13 @@ final class AdapterFilesTests: XCTestCase {
             try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/" + AdapterFiles.configFile)))
                 as? NSDictionary)
         }
-        XCTAssertEqual(try json(tmp.path + "/a"), try json(Self.qloraAdapter))
+        XCTAssertEqual(try json(tmp.path + "/a"), try json(Self.fixture(folder)))
         // (ii) qlora's logits with the committed folder are PEFT's with it.
-        let loaded = try loadAdapter(Self.qloraAdapter)
+        let loaded = try loadAdapter(Self.fixture(folder))
+        XCTAssertEqual(loaded.parameters.map(\.name), lora.parameters.map(\.name))
         for (a, b) in zip(loaded.parameters, lora.parameters) { XCTAssertEqual(a.values, b.values, a.name) }
-        XCTAssertEqual(Double(loaded.config.scale), Self.expected.cases.first { $0.name == "qlora_written" }!.scaling, accuracy: 1e-6)
-        try checkLogits(loaded, case: "qlora_written")
+        XCTAssertEqual(Double(loaded.config.scale), expected().cases.first { $0.name == name }!.scaling, accuracy: 1e-6)
+        try checkLogits(loaded, case: name, in: expected())
     }
 
     // MARK: - What PEFT and others may write

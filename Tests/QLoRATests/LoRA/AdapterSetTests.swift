@@ -186,6 +186,14 @@ final class AdapterSetTests: XCTestCase {
         let plain = try LlamaLoRA(model: Self.base, config: LoRAConfig(rank: 2), seed: 2)
         XCTAssertNoThrow(try norms.stacking([("plain", plain)]))
         XCTAssertThrowsError(try plain.stacking([("norms", norms)])) { XCTAssertEqual($0 as? AdapterStackError, .trainedNorms(name: "norms")) }
+        // The same for a PEFT adapter with norms in modules_to_save, loaded by name.
+        let stack = try set()
+        try stack.load(AdapterFilesTests.peftNormsAdapter, name: "peft-norms")
+        XCTAssertNoThrow(try stack.model(active: ["peft-norms", "layer0"]))
+        XCTAssertThrowsError(try stack.model(active: ["layer0", "peft-norms"])) {
+            XCTAssertEqual($0 as? AdapterStackError, .trainedNorms(name: "peft-norms"))
+            XCTAssertTrue("\($0)".contains("modules_to_save"), "\($0)")
+        }
     }
 
     // MARK: - Training on a stack

@@ -94,6 +94,8 @@ final class TrainingRunTests: XCTestCase {
             let (cfg, norms) = try AdapterFiles.config(in: dir + "/" + name)
             XCTAssertEqual(cfg.rank, 4)
             XCTAssertTrue(norms)
+            let j = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/" + name + "/adapter_config.json")))
+            XCTAssertEqual((j as? [String: Any])?["modules_to_save"] as? [String], ["input_layernorm", "post_attention_layernorm", "model.norm"])
         }
         // lora_final holds the final weights: loaded into a fresh model they give its loss.
         let reloaded = try LlamaLoRA(model: Self.model, config: try c.lora, trainNorms: true, seed: 99)
