@@ -58,14 +58,14 @@ struct Merge: ParsableCommand {
         let report = try MergedRequantize.run(model: model, output: output, options: options) { progress in
             switch progress {
             case let .tensor(index, count, name, from, to, merged, rounding, _):
-                let measured = rounding.map { String(format: "  rounding %.4f, adapter %.4f", $0.relativeError, $0.relativeDelta) } ?? ""
+                let measured = rounding.map { String(format: "  rounding %.3g, adapter %.3g", $0.relativeError, $0.relativeDelta) } ?? ""
                 FileHandle.standardError.write(Data("[\(index + 1)/\(count)] \(name) \(from)\(merged ? " + adapter" : "") → \(to)\(measured)\n".utf8))
             case let .note(text):
                 FileHandle.standardError.write(Data("note: \(text)\n".utf8))
             }
         }
         let r = report.rounding
-        print(String(format: "rounding ‖Q(W')−W'‖/‖W'‖ = %.5f over %d linears; adapter ‖scale·BA‖/‖W'‖ = %.5f (%@)", r.relativeError,
+        print(String(format: "rounding ‖Q(W')−W'‖/‖W'‖ = %.3g over %d linears; adapter ‖scale·BA‖/‖W'‖ = %.3g (%@)", r.relativeError,
                      report.perTensor.count, r.relativeDelta, r.relativeError >= r.relativeDelta ? "rounding is as large as the adapter's change or larger" : "the adapter's change is larger"))
         print(String(format: "wrote %@: %d tensors (%d merged), %.1f MB in %.1f s, peak RSS %.0f MB", report.output, report.tensors,
                      report.merged, Double(report.outputBytes) / 1e6, report.seconds, Double(report.peakRSSBytes) / 1e6))
