@@ -85,24 +85,22 @@ public final class ModelSource: @unchecked Sendable {
     /// Rows of a Hugging Face q/k tensor in GGUF order (the inverse of `unpermuteRows`): fp32
     /// values, or the raw bytes of whole-row blocks.
     static func permuteRows<T: BitwiseCopyable & Numeric>(_ values: [T], rows: Int, heads: Int) -> [T] {
-        let cols = values.count / rows
-        let perm = TensorNames.ropePermutation(rows: rows, heads: heads)
-        var out = [T](repeating: 0, count: values.count)
-        for (ggufRow, hfRow) in perm.enumerated() {
-            out.replaceSubrange((ggufRow * cols)..<((ggufRow + 1) * cols), with: values[(hfRow * cols)..<((hfRow + 1) * cols)])
-        }
-        return out
+        reorderRows(values, rows: rows, heads: heads, toGGUF: true)
     }
 
     /// Rows of a GGUF q/k tensor back in Hugging Face order: fp32 values, or the raw bytes of
     /// whole-row ggml blocks.
     static func unpermuteRows<T: BitwiseCopyable & Numeric>(_ values: some RandomAccessCollection<T>, rows: Int, heads: Int) -> [T] {
-        let values = Array(values)
+        reorderRows(Array(values), rows: rows, heads: heads, toGGUF: false)
+    }
+
+    /// GGUF row g holds Hugging Face row `ropePermutation[g]`; moves whole rows one way or the other.
+    private static func reorderRows<T: BitwiseCopyable & Numeric>(_ values: [T], rows: Int, heads: Int, toGGUF: Bool) -> [T] {
         let cols = values.count / rows
-        let perm = TensorNames.ropePermutation(rows: rows, heads: heads)
         var out = [T](repeating: 0, count: values.count)
-        for (ggufRow, hfRow) in perm.enumerated() {
-            out.replaceSubrange((hfRow * cols)..<((hfRow + 1) * cols), with: values[(ggufRow * cols)..<((ggufRow + 1) * cols)])
+        for (ggufRow, hfRow) in TensorNames.ropePermutation(rows: rows, heads: heads).enumerated() {
+            let (to, from) = toGGUF ? (ggufRow, hfRow) : (hfRow, ggufRow)
+            out.replaceSubrange((to * cols)..<((to + 1) * cols), with: values[(from * cols)..<((from + 1) * cols)])
         }
         return out
     }
