@@ -44,6 +44,13 @@ void qk_quantize_row_q4_1_ref(const float *x, uint8_t *blocks, int64_t k) {
     }
 }
 
+/* roundf (half away from zero) without the libm call, so the loop below vectorizes: v − trunc(v)
+ * is exact for every float, so the comparison with 0.5 decides exactly as roundf does. */
+static inline float round_half_away(float v) {
+    const float t = truncf(v);
+    return fabsf(v - t) >= 0.5f ? t + copysignf(1.0f, v) : t;
+}
+
 void qk_quantize_row_q8_0_ref(const float *x, uint8_t *blocks, int64_t k) {
     block_q8_0 *y = (block_q8_0 *)blocks;
     for (int64_t i = 0; i < k / QK_GGML_BLOCK; i++, x += QK_GGML_BLOCK) {
@@ -52,6 +59,6 @@ void qk_quantize_row_q8_0_ref(const float *x, uint8_t *blocks, int64_t k) {
         const float d = amax / 127;
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = qk_fp32_to_fp16(d);
-        for (int j = 0; j < QK_GGML_BLOCK; j++) y[i].qs[j] = (int8_t)roundf(x[j] * id);
+        for (int j = 0; j < QK_GGML_BLOCK; j++) y[i].qs[j] = (int8_t)round_half_away(x[j] * id);
     }
 }

@@ -115,6 +115,27 @@ final class GGMLTypeTests: XCTestCase {
         XCTAssertEqual(qk_ggml_dequantize_row(GGMLType.q8_0.rawValue, [UInt8](repeating: 0, count: 34), &y, -32), -1)
     }
 
+    /// Q8_0 rounds x/d half away from zero, as ggml's roundf: ties (x/d = k + 0.5 exactly), the
+    /// float just below a tie, and random values, against Swift's own rounding rule.
+    func testQ8_0RoundsHalfAwayFromZeroLikeRoundf() {
+        var values: [Float] = [127, -127, 2.5, -2.5, 0.5, -0.5, 1.5, -1.5, 126.5, -126.5,
+                               Float(0.5).nextDown, -Float(0.5).nextDown, Float(2.5).nextDown, Float(2.5).nextUp,
+                               0, -0, 1e-30, 3.4999998, -3.4999998, 64.5, -64.5, 100.49999, 7, -7, 0.25, 99.5,
+                               -99.5, 12.5, 13.5, -13.5]
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<(32 * 63 + 2) { values.append(Float.random(in: -3...3, using: &rng)) }
+        var blocks = [UInt8](repeating: 0, count: values.count / 32 * 34)
+        qk_quantize_row_q8_0_ref(values, &blocks, Int64(values.count))
+        for b in 0..<(values.count / 32) {
+            let x = values[(b * 32)..<(b * 32 + 32)]
+            let d = x.map(abs).max()! / 127, id = d != 0 ? 1 / d : 0
+            for (j, v) in x.enumerated() {
+                let expected = Int8((v * id).rounded(.toNearestOrAwayFromZero))
+                XCTAssertEqual(Int8(bitPattern: blocks[b * 34 + 2 + j]), expected, "block \(b) value \(j): \(v) × \(id)")
+            }
+        }
+    }
+
     private func dequantize(_ type: GGMLType, _ raw: [UInt8], columns: Int) throws -> [Float] {
         try raw.withUnsafeBytes { try dequantize(type, $0, columns: columns) }
     }
