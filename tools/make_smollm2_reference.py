@@ -88,6 +88,8 @@ from gguf.quants import dequantize
 from tokenizers import pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import fixture_common as fc
+
 PINNED = {
     "python": "3.11",
     "torch": "2.15.0",
@@ -146,10 +148,6 @@ PERPLEXITY_TEXT = (
     "from 1887 to 1889. Locally nicknamed the Iron Lady, it was constructed as the centerpiece "
     "of the 1889 World's Fair, and to crown the centennial anniversary of the French Revolution."
 )
-
-
-def hex_f32(row):
-    return np.ascontiguousarray(row, dtype="<f4").tobytes().hex()
 
 
 def f32(x):
@@ -229,7 +227,7 @@ def main():
         w_raw = dequantize(t.data, t.tensor_type).astype(np.float32)
         assert w_raw.shape == w_hf.shape, (w_raw.shape, w_hf.shape)
         hf_rows[hf_name] = {"rows": ROWS, "cols": int(w_hf.shape[1]), "shape": list(w_hf.shape),
-                            "f32": [hex_f32(w_hf[r]) for r in ROWS]}
+                            "f32": [fc.f32_hex(w_hf[r]) for r in ROWS]}
         if n_head is None:
             same = bool(np.array_equal(w_raw.view(np.uint32), w_hf.view(np.uint32)))
             assert same, f"{gguf_name} differs from {hf_name}"
@@ -242,7 +240,7 @@ def main():
             assert not np.array_equal(w_raw, w_hf)
             raw_rows[gguf_name] = {"rows": ROWS, "cols": int(w_raw.shape[1]),
                                    "shape": list(w_raw.shape), "ggml_type": t.tensor_type.name,
-                                   "f32": [hex_f32(w_raw[r]) for r in ROWS]}
+                                   "f32": [fc.f32_hex(w_raw[r]) for r in ROWS]}
             checks[gguf_name] = {"ggml_type": t.tensor_type.name, "transformers_name": hf_name,
                                  "n_head": n_head,
                                  "raw_equals_permute_of_transformers_bitwise": same,
