@@ -33,16 +33,22 @@ F32_HEX_ENCODING = "float32 arrays are lowercase hex of little-endian bytes, row
 
 
 # ---------------------------------------------------------------- versions, encoding, files
-def warn_unpinned(pins: dict):
-    """Warns on stderr for every package whose installed version (local tag such as +cpu
-    dropped) is not its pin: the fixtures may then differ."""
+def check_versions(pins: dict) -> dict:
+    """The installed version of each pinned name ("python": major.minor; a package's local tag
+    such as +cpu dropped), with a warning on stderr for each that is not its pin: the fixtures
+    may then differ."""
+    got = {}
     for name, pinned in pins.items():
-        try:
-            got = importlib.metadata.version(name).split("+")[0]
-        except importlib.metadata.PackageNotFoundError:
-            got = "not installed"
-        if got != pinned:
-            print(f"warning: {name} {got} != pinned {pinned}; output may differ", file=sys.stderr)
+        if name == "python":
+            got[name] = f"{sys.version_info.major}.{sys.version_info.minor}"
+        else:
+            try:
+                got[name] = importlib.metadata.version(name).split("+")[0]
+            except importlib.metadata.PackageNotFoundError:
+                got[name] = "not installed"
+        if got[name] != pinned:
+            print(f"warning: {name} {got[name]} != pinned {pinned}; output may differ", file=sys.stderr)
+    return got
 
 
 def f32_hex(a) -> str:

@@ -246,7 +246,7 @@ def main():
     ap.add_argument("--gguf", metavar="FILE", help="with --check-export: the GGUF file DIR was exported from")
     ap.add_argument("--adapter", metavar="DIR", help="with --gguf: the qlora adapter DIR was exported with")
     args = ap.parse_args()
-    fc.warn_unpinned(PINS)
+    fc.check_versions(PINS)
     fc.deterministic_torch()
     if args.check_export is None:
         if args.gguf or args.adapter:

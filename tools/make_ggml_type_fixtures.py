@@ -135,7 +135,7 @@ def make(qtype: T) -> tuple[str, dict]:
 
 
 def main() -> int:
-    fc.warn_unpinned(PINNED)
+    fc.check_versions(PINNED)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     for qtype in TYPES:
         name, obj = make(qtype)

@@ -229,7 +229,7 @@ def build():
 
 
 def main():
-    fc.warn_unpinned(PINS)
+    fc.check_versions(PINS)
     fc.deterministic_torch()
     text, summaries = build()
     again, _ = build()

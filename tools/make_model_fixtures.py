@@ -137,7 +137,7 @@ def last_logits(model) -> torch.Tensor:
 
 
 def main():
-    fc.warn_unpinned(PINS)
+    fc.check_versions(PINS)
     fc.deterministic_torch()
     FIX.mkdir(parents=True, exist_ok=True)
 

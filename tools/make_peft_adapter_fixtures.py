@@ -227,7 +227,7 @@ def main():
     if os.environ.get("PYTHONHASHSEED") != "0":
         # PEFT writes target_modules in set order, which depends on the string hash seed.
         os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, "PYTHONHASHSEED": "0"})
-    fc.warn_unpinned(PINS)
+    fc.check_versions(PINS)
     fc.deterministic_torch()
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         summaries = build(Path(a))

@@ -627,7 +627,7 @@ def main() -> int:
         return 2
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    fc.warn_unpinned(PINNED)
+    fc.check_versions(PINNED)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     written: list = []
     report: list = []

@@ -80,7 +80,6 @@ import warnings
 import numpy as np
 import torch
 
-import gguf
 import tokenizers
 import transformers
 from gguf import GGUFReader
@@ -163,21 +162,6 @@ def llama_cpp_permute(w, n_head):
     )
 
 
-def check_versions():
-    got = {
-        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
-        "torch": torch.__version__.split("+")[0],
-        "transformers": transformers.__version__,
-        "tokenizers": tokenizers.__version__,
-        "gguf": gguf.__version__ if hasattr(gguf, "__version__") else PINNED["gguf"],
-        "numpy": np.__version__,
-    }
-    bad = {k: (got[k], v) for k, v in PINNED.items() if got[k] != v}
-    if bad:
-        print(f"warning: versions differ from the pinned ones (got, pinned): {bad}", file=sys.stderr)
-    return got
-
-
 def main():
     if not os.path.exists(os.path.join(MODEL_DIR, MODEL_FILE)):
         sys.exit(f"run from the repository root; {MODEL_DIR}/{MODEL_FILE} not found")
@@ -185,7 +169,7 @@ def main():
     torch.set_num_threads(2)
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True)
-    versions = check_versions()
+    versions = fc.check_versions(PINNED)
 
     path = os.path.join(MODEL_DIR, MODEL_FILE)
     with open(path, "rb") as f:
