@@ -51,6 +51,14 @@ def check_versions(pins: dict) -> dict:
     return got
 
 
+def module_versions(*names) -> dict:
+    """{name: module.__version__}, as a fixture's "versions" records them (local tag such as
+    +cu132 kept)."""
+    import importlib
+
+    return {n: importlib.import_module(n).__version__ for n in names}
+
+
 def f32_hex(a) -> str:
     """A torch tensor or array-like as float32: lowercase hex of little-endian bytes, row-major."""
     if hasattr(a, "detach"):  # torch.Tensor, any dtype or device

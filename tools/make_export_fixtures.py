@@ -69,9 +69,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import bitsandbytes as bnb
-import peft
-import transformers
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -145,12 +142,7 @@ def build():
 
     doc = {
         "generator": "tools/make_export_fixtures.py",
-        "versions": {
-            "torch": torch.__version__,
-            "bitsandbytes": bnb.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-        },
+        "versions": fc.module_versions("torch", "bitsandbytes", "transformers", "peft"),
         "model": "tiny-llama-bnb-nf4",
         "adapter": "tiny-llama-export-adapter",
         "encoding": fc.F32_HEX_ENCODING,

@@ -59,10 +59,6 @@ Checks made on every run:
 
 import torch
 
-import bitsandbytes as bnb
-import peft
-import transformers
-
 import fixture_common as fc
 
 PINS = {
@@ -200,12 +196,7 @@ def build():
     n_counted = int((labels[:, 1:] != -100).sum().item())
     doc = {
         "generator": "tools/make_lora_fixtures.py",
-        "versions": {
-            "torch": torch.__version__,
-            "bitsandbytes": bnb.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-        },
+        "versions": fc.module_versions("torch", "bitsandbytes", "transformers", "peft"),
         "model": "tiny-llama-bnb-nf4",
         "encoding": fc.F32_HEX_ENCODING,
         "note": (

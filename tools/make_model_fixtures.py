@@ -58,10 +58,7 @@ from pathlib import Path
 
 import torch
 
-import bitsandbytes as bnb
 import bitsandbytes.functional as bnbf
-import safetensors
-import transformers
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
 
@@ -176,12 +173,7 @@ def main():
 
     expected = {
         "generator": "tools/make_model_fixtures.py",
-        "versions": {
-            "torch": torch.__version__,
-            "bitsandbytes": bnb.__version__,
-            "transformers": transformers.__version__,
-            "safetensors": safetensors.__version__,
-        },
+        "versions": fc.module_versions("torch", "bitsandbytes", "transformers", "safetensors"),
         "encoding": "float32 arrays are lowercase hex of little-endian bytes",
         "input_ids": INPUT_IDS,
         "logits_note": (

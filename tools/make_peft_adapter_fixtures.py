@@ -70,9 +70,7 @@ from pathlib import Path
 
 import torch
 
-import bitsandbytes as bnb
 import peft
-import transformers
 from peft import PeftModel
 from safetensors.torch import load_file
 
@@ -186,8 +184,7 @@ def build(out_dir: Path):
     ids = make_ids()
     doc = {
         "generator": "tools/make_peft_adapter_fixtures.py",
-        "versions": {"torch": torch.__version__, "bitsandbytes": bnb.__version__,
-                     "transformers": transformers.__version__, "peft": peft.__version__},
+        "versions": fc.module_versions("torch", "bitsandbytes", "transformers", "peft"),
         "model": fc.TINY_NF4_DIR.name,
         "encoding": fc.F32_HEX_ENCODING,
         "note": ("PEFT LoRA on the bitsandbytes NF4 model, float32, eager attention, bnb's CPU bf16 path off "
