@@ -2,7 +2,7 @@
 encoding, JSON text, torch determinism, the tiny bitsandbytes NF4 model loaded the careful way,
 seeded PEFT LoRA, the size/sha256 listing of written files, and the benches' RSS/CPU probes.
 
-Scripts import it as `import fixture_common as fc`: Python puts the running script's own folder
+Scripts import it (`import fixture_common as fc`, or names from it): Python puts the running script's own folder
 (tools/) first on sys.path, so `/work/venv-fixtures/bin/python tools/X.py` finds it from any
 working directory, and so does a script re-run by another venv's Python (bench_peers_*.py).
 Only the standard library and numpy are imported here; torch, bitsandbytes, transformers and

@@ -166,9 +166,8 @@ def main():
     if not os.path.exists(os.path.join(MODEL_DIR, MODEL_FILE)):
         sys.exit(f"run from the repository root; {MODEL_DIR}/{MODEL_FILE} not found")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(2)
+    fc.deterministic_torch(threads=2)
     torch.manual_seed(0)
-    torch.use_deterministic_algorithms(True)
     versions = fc.check_versions(PINNED)
 
     path = os.path.join(MODEL_DIR, MODEL_FILE)
