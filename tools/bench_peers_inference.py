@@ -34,21 +34,16 @@ Run (from the repo root, on a quiet machine):
 import argparse
 import json
 import os
-import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from fixture_common import SMOLLM2_GGUF, cpu_name, log, peak_rss_mib
+
 PEERS = ("llamacpp", "pytorch")
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def current_rss_mib() -> float:
@@ -56,20 +51,6 @@ def current_rss_mib() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024.0  # kB
     return float("nan")
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def log(msg: str):
-    print(msg, file=sys.stderr, flush=True)
 
 
 def timed(fn, repeats: int):
@@ -166,7 +147,7 @@ def run_pytorch(args):
 # ---------------------------------------------------------------- driver
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, default=ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf",
+    p.add_argument("--model", type=Path, default=SMOLLM2_GGUF,
                    help="GGUF file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)")
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, of {', '.join(PEERS)}")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per test (median reported)")

@@ -39,8 +39,6 @@ bitsandbytes 0.50.2, Python 3.11.
 import argparse
 import json
 import os
-import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -49,27 +47,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from fixture_common import SMOLLM2_GGUF, cpu_name, log, peak_rss_mib
+
 MODES = ("fp32", "fp32-ckpt", "nf4-ckpt")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def log(msg: str):
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- subprocess: GGUF -> fp32 folder
@@ -195,7 +176,7 @@ def run_one(args, model_dir: Path):
 # ---------------------------------------------------------------- driver
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, default=ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf",
+    p.add_argument("--model", type=Path, default=SMOLLM2_GGUF,
                    help="GGUF file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)")
     p.add_argument("--ranks", default="8,16,64", help="comma-separated LoRA ranks r (alpha = 2r)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")

@@ -10,10 +10,11 @@ The templates are written out here: SmolLM2-135M-Instruct's (as in its GGUF), Me
 8B Instruct's and Llama 2 chat's, as their tokenizer_config.json hold them.
 """
 import json
-import pathlib
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+import fixture_common as fc
 
 TEMPLATES = {
     "smollm2": {
@@ -60,7 +61,7 @@ def main():
                 cases.append({"template": name, "conversation": conv_name, "add_generation_prompt": gen, "text": text})
     out = {"generator": {"script": "tools/make_chat_template_fixtures.py", "jinja2": jinja2.__version__},
            "templates": TEMPLATES, "conversations": CONVERSATIONS, "cases": cases}
-    path = pathlib.Path(__file__).resolve().parent.parent / "Tests/QLoRATests/Fixtures/chat-templates.json"
+    path = fc.QLORA_FIXTURES / "chat-templates.json"
     path.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {path}: {len(cases)} renderings")
 

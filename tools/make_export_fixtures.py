@@ -61,9 +61,7 @@ Environment used for the committed fixtures (CPU only, x86_64, Python 3.11):
 """
 
 import argparse
-import hashlib
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -71,12 +69,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import bitsandbytes as bnb
-import bitsandbytes.functional as bnbf
-import peft
-import transformers
-from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import fixture_common as fc
 
 PINS = {
     "torch": "2.15.0",
@@ -86,11 +82,8 @@ PINS = {
     "numpy": "2.4.6",
 }
 
-ROOT = Path(__file__).resolve().parent.parent
-FIX = ROOT / "Tests" / "QLoRATests" / "Fixtures"
-MODEL_DIR = FIX / "tiny-llama-bnb-nf4"
-ADAPTER_DIR = FIX / "tiny-llama-export-adapter"
-OUT = FIX / "tiny-llama-export-expected.json"
+ADAPTER_DIR = fc.QLORA_FIXTURES / "tiny-llama-export-adapter"
+OUT = fc.QLORA_FIXTURES / "tiny-llama-export-expected.json"
 
 SEED = 20240603
 INPUT_IDS = [1, 17, 42, 99, 128, 200, 255, 3, 64, 77, 150, 31]
@@ -103,24 +96,6 @@ GGUF_TOL = 1e-4         # of the largest |logit|: qlora's fp32 export vs transfo
 CHAT = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
 
-def check_versions():
-    got = {
-        "torch": torch.__version__.split("+")[0],
-        "bitsandbytes": bnb.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "numpy": np.__version__,
-    }
-    for k, v in PINS.items():
-        if got[k] != v:
-            print(f"warning: {k} {got[k]} != pinned {v}; output may differ", file=sys.stderr)
-
-
-def f32hex(t) -> str:
-    a = t.detach().cpu().to(torch.float32).contiguous().numpy()
-    return np.ascontiguousarray(a, dtype="<f4").tobytes().hex()
-
-
 def from_hex(s: str, shape) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(bytes.fromhex(s), dtype="<f4").copy()).reshape(shape)
 
@@ -131,52 +106,17 @@ def all_logits(model, ids) -> torch.Tensor:
     return out.logits[0].to(torch.float32).clone()
 
 
-def load_nf4():
-    model = AutoModelForCausalLM.from_pretrained(
-        MODEL_DIR, device_map="cpu", dtype=torch.float32, attn_implementation="eager"
-    ).eval()
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
-    assert len(linears) == 14, linears
-    for _, m in linears:
-        m.support_avx512bf16_for_cpu = False
-    return model, linears
-
-
-def load_dequantized_fp32():
-    """A plain float32 Llama holding the NF4 model's weights, its linears dequantized."""
-    nf4, linears = load_nf4()
-    cfg = LlamaConfig.from_dict({k: v for k, v in nf4.config.to_dict().items() if k != "quantization_config"})
-    cfg._attn_implementation = "eager"
-    ref = LlamaForCausalLM(cfg).to(torch.float32).eval()
-    sd = ref.state_dict()
-    with torch.no_grad():
-        for name, p in nf4.named_parameters():
-            if not isinstance(p, bnb.nn.Params4bit):
-                sd[name].copy_(p)
-        for mod_name, m in linears:
-            sd[mod_name + ".weight"].copy_(bnbf.dequantize_4bit(m.weight.data, m.weight.quant_state).to(torch.float32))
-    return ref
-
-
 def rel_diff(a, b) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def build():
-    nf4, _ = load_nf4()
-    pm = get_peft_model(nf4, LoraConfig(task_type="CAUSAL_LM", **LORA))
-    gen = torch.Generator().manual_seed(SEED)
-    with torch.no_grad():
-        for name, p in sorted(pm.named_parameters()):
-            if ".lora_A." in name:
-                p.copy_(A_STD * torch.randn(p.shape, generator=gen, dtype=torch.float32))
-            elif ".lora_B." in name:
-                p.copy_(B_STD * torch.randn(p.shape, generator=gen, dtype=torch.float32))
+    nf4, _ = fc.load_tiny_nf4()
+    pm = fc.seeded_lora(nf4.eval(), LORA, SEED, A_STD, B_STD)
     pm.eval()
     logits = all_logits(pm, INPUT_IDS)
-    scaling = {float(m.scaling["default"]) for m in pm.modules()
-               if isinstance(getattr(m, "scaling", None), dict) and "default" in m.scaling}
-    assert scaling == {4.0}, scaling
+    scaling = fc.lora_scaling(pm)
+    assert scaling == 4.0, scaling
 
     if ADAPTER_DIR.exists():
         shutil.rmtree(ADAPTER_DIR)
@@ -186,31 +126,26 @@ def build():
     # and target_modules in set order, which varies with PYTHONHASHSEED (keep it reproducible)
     cfg_path = ADAPTER_DIR / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg["base_model_name_or_path"] = MODEL_DIR.name
+    cfg["base_model_name_or_path"] = fc.TINY_NF4_DIR.name
     cfg["target_modules"] = sorted(cfg["target_modules"])
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    for f in ADAPTER_DIR.iterdir():
-        os.chmod(f, 0o644)
+    fc.make_readable(ADAPTER_DIR.iterdir())
 
-    fresh, _ = load_nf4()
-    reloaded = PeftModel.from_pretrained(fresh, ADAPTER_DIR).eval()
+    fresh, _ = fc.load_tiny_nf4()
+    reloaded = PeftModel.from_pretrained(fresh.eval(), ADAPTER_DIR).eval()
     assert torch.equal(all_logits(reloaded, INPUT_IDS), logits), "saved adapter gives other logits"
 
-    merged = PeftModel.from_pretrained(load_dequantized_fp32(), ADAPTER_DIR).merge_and_unload().eval()
+    dequantized = fc.dequantized_fp32_copy(*fc.load_tiny_nf4()).eval()
+    merged = PeftModel.from_pretrained(dequantized, ADAPTER_DIR).merge_and_unload().eval()
     merge_diff = rel_diff(all_logits(merged, INPUT_IDS), logits)
     assert merge_diff < MERGE_TOL, merge_diff
 
     doc = {
         "generator": "tools/make_export_fixtures.py",
-        "versions": {
-            "torch": torch.__version__,
-            "bitsandbytes": bnb.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-        },
+        "versions": fc.module_versions("torch", "bitsandbytes", "transformers", "peft"),
         "model": "tiny-llama-bnb-nf4",
         "adapter": "tiny-llama-export-adapter",
-        "encoding": "float32 arrays are lowercase hex of little-endian bytes, row-major",
+        "encoding": fc.F32_HEX_ENCODING,
         "note": (
             "PEFT LoRA (lora_config) on the bitsandbytes NF4 model, float32, eager attention, bnb's "
             "CPU bf16 path off. logits [T, V] at every position of input_ids. "
@@ -218,12 +153,12 @@ def build():
             "logits| / max |logits|."
         ),
         "lora_config": dict(LORA, use_rslora=False),
-        "scaling": scaling.pop(),
+        "scaling": scaling,
         "input_ids": INPUT_IDS,
-        "logits": {"shape": list(logits.shape), "f32": f32hex(logits)},
+        "logits": {"shape": list(logits.shape), "f32": fc.f32_hex(logits)},
         "merged_fp32_rel_diff": merge_diff,
     }
-    return json.dumps(doc, indent=1) + "\n", merge_diff
+    return fc.fixture_json(doc), merge_diff
 
 
 def make_fixtures():
@@ -231,11 +166,9 @@ def make_fixtures():
     again, _ = build()
     assert text == again, "two runs gave different JSON"
     OUT.write_text(text)
-    os.chmod(OUT, 0o644)
+    fc.make_readable([OUT])
     print(f"merge_and_unload on the dequantized fp32 base vs PEFT on NF4: {merge_diff:.2e} of max |logit|")
-    for f in [*sorted(ADAPTER_DIR.iterdir()), OUT]:
-        data = f.read_bytes()
-        print(f"{len(data):9d}  {hashlib.sha256(data).hexdigest()[:16]}  {f.relative_to(ROOT)}")
+    fc.list_files([*sorted(ADAPTER_DIR.iterdir()), OUT])
 
 
 def load_export(directory):
@@ -305,9 +238,8 @@ def main():
     ap.add_argument("--gguf", metavar="FILE", help="with --check-export: the GGUF file DIR was exported from")
     ap.add_argument("--adapter", metavar="DIR", help="with --gguf: the qlora adapter DIR was exported with")
     args = ap.parse_args()
-    check_versions()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    fc.check_versions(PINS)
+    fc.deterministic_torch()
     if args.check_export is None:
         if args.gguf or args.adapter:
             ap.error("--gguf and --adapter go with --check-export")

@@ -45,20 +45,18 @@ gives identical files.
 
 from __future__ import annotations
 
-import json
 import sys
 import zlib
-from importlib.metadata import version
-from pathlib import Path
 
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
 from gguf.quants import dequantize
 
+import fixture_common as fc
+
 PINNED = {"gguf": "0.19.0", "numpy": "2.4.6"}
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT_DIR = ROOT / "Tests" / "QuantTests" / "Fixtures"
+OUT_DIR = fc.QUANT_FIXTURES
 GENERATOR = "tools/make_ggml_type_fixtures.py (" + ", ".join(f"{k} {v}" for k, v in PINNED.items()) + ")"
 
 # Byte offsets of the fp16 scale fields in each block (ggml-common.h; gguf-py's
@@ -77,10 +75,6 @@ SCALE_OFFSETS: dict[T, tuple[int, ...]] = {
 }
 PLAIN = (T.F32, T.F16, T.BF16)
 TYPES = PLAIN + tuple(SCALE_OFFSETS)
-
-
-def hex_bytes(a: np.ndarray) -> str:
-    return np.ascontiguousarray(a).tobytes().hex()
 
 
 def sane_fp16(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -135,20 +129,17 @@ def make(qtype: T) -> tuple[str, dict]:
         "type": qtype.name,
         "type_id": int(qtype),
         "shape": [rows, cols],
-        "raw_u8": hex_bytes(raw),
-        "dequantized_f32": hex_bytes(y.astype("<f4")),
+        "raw_u8": fc.u8_hex(raw),
+        "dequantized_f32": fc.f32_hex(y),
     }
 
 
 def main() -> int:
-    for pkg, want in PINNED.items():
-        have = version(pkg)
-        if have.split("+")[0] != want:
-            print(f"warning: {pkg} {have} installed, fixtures were pinned to {want}", file=sys.stderr)
+    fc.check_versions(PINNED)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     for qtype in TYPES:
         name, obj = make(qtype)
-        text = json.dumps(obj, indent=1) + "\n"
+        text = fc.fixture_json(obj)
         (OUT_DIR / name).write_text(text, encoding="utf-8")
         print(f"{name}: {len(text.encode())} bytes")
     return 0

@@ -57,21 +57,9 @@ Checks made on every run:
     float32 LoRA on the dequantized base gives, which is what qlora computes.
 """
 
-import hashlib
-import json
-import os
-import sys
-from pathlib import Path
-
-import numpy as np
 import torch
 
-import bitsandbytes as bnb
-import bitsandbytes.functional as bnbf
-import peft
-import transformers
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+import fixture_common as fc
 
 PINS = {
     "torch": "2.15.0",
@@ -81,10 +69,7 @@ PINS = {
     "numpy": "2.4.6",
 }
 
-ROOT = Path(__file__).resolve().parent.parent
-FIX = ROOT / "Tests" / "QLoRATests" / "Fixtures"
-MODEL_DIR = FIX / "tiny-llama-bnb-nf4"
-OUT = FIX / "tiny-llama-lora-grads.json"
+OUT = fc.QLORA_FIXTURES / "tiny-llama-lora-grads.json"
 
 SEED = 20240602
 BATCH, SEQ = 2, 12
@@ -117,24 +102,6 @@ CASES = [
 ]
 
 
-def check_versions():
-    got = {
-        "torch": torch.__version__.split("+")[0],
-        "bitsandbytes": bnb.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "numpy": np.__version__,
-    }
-    for k, v in PINS.items():
-        if got[k] != v:
-            print(f"warning: {k} {got[k]} != pinned {v}; output may differ", file=sys.stderr)
-
-
-def f32hex(t) -> str:
-    a = t.detach().cpu().to(torch.float32).contiguous().numpy()
-    return np.ascontiguousarray(a, dtype="<f4").tobytes().hex()
-
-
 def make_batch():
     gen = torch.Generator().manual_seed(SEED)
     ids = torch.randint(3, 256, (BATCH, SEQ), generator=gen, dtype=torch.long)
@@ -153,46 +120,8 @@ def is_norm(name: str) -> bool:
     return name.endswith("norm.weight")
 
 
-def load_nf4():
-    model = AutoModelForCausalLM.from_pretrained(
-        MODEL_DIR, device_map="cpu", dtype=torch.float32, attn_implementation="eager"
-    )
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
-    assert len(linears) == 14, linears
-    for _, m in linears:
-        m.support_avx512bf16_for_cpu = False
-    return model, linears
-
-
-def load_dequantized_fp32(nf4_model, linears):
-    """A plain float32 Llama holding the NF4 model's weights, its linears dequantized."""
-    cfg = LlamaConfig.from_dict({k: v for k, v in nf4_model.config.to_dict().items()
-                                 if k != "quantization_config"})
-    cfg._attn_implementation = "eager"
-    ref = LlamaForCausalLM(cfg).to(torch.float32)
-    sd = ref.state_dict()
-    with torch.no_grad():
-        for name, p in nf4_model.named_parameters():
-            if not isinstance(p, bnb.nn.Params4bit):
-                sd[name].copy_(p)
-        for mod_name, m in linears:
-            qs = m.weight.quant_state
-            assert not getattr(qs, "packing_format_for_cpu", False)
-            sd[mod_name + ".weight"].copy_(bnbf.dequantize_4bit(m.weight.data, qs).to(torch.float32))
-    return ref
-
-
 def wrap(model, case):
-    lora = dict(case["lora"])
-    cfg = LoraConfig(task_type="CAUSAL_LM", **lora)
-    pm = get_peft_model(model, cfg)
-    gen = torch.Generator().manual_seed(SEED)
-    with torch.no_grad():
-        for name, p in sorted(pm.named_parameters()):
-            if ".lora_A." in name:
-                p.copy_(A_STD * torch.randn(p.shape, generator=gen, dtype=torch.float32))
-            elif ".lora_B." in name:
-                p.copy_(B_STD * torch.randn(p.shape, generator=gen, dtype=torch.float32))
+    pm = fc.seeded_lora(model, case["lora"], SEED, A_STD, B_STD)
     if case["train_norms"]:
         for name, p in pm.named_parameters():
             if is_norm(name):
@@ -210,13 +139,12 @@ def loss_and_grads(pm, ids, labels):
 
 
 def run_case(case, ids, labels):
-    nf4, linears = load_nf4()
-    ref = load_dequantized_fp32(nf4, linears)
+    nf4, linears = fc.load_tiny_nf4()
+    ref = fc.dequantized_fp32_copy(nf4, linears)
 
     pm = wrap(nf4, case)
     out, params = loss_and_grads(pm, ids, labels)
-    for _, m in linears:
-        assert not getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+    fc.assert_not_repacked(linears)
 
     pref = wrap(ref, case)
     out_ref, params_ref = loss_and_grads(pref, ids, labels)
@@ -234,9 +162,6 @@ def run_case(case, ids, labels):
     n_lora = sum(".lora_" in k for k in params)
     n_norm = sum(is_norm(k) for k in params)
     lcfg = pm.peft_config["default"]
-    scaling = {float(m.scaling["default"]) for m in pm.modules()
-               if isinstance(getattr(m, "scaling", None), dict) and "default" in m.scaling}
-    assert len(scaling) == 1, scaling
 
     rec = {
         "name": case["name"],
@@ -249,18 +174,18 @@ def run_case(case, ids, labels):
             "use_rslora": lcfg.use_rslora,
             "layers_to_transform": lcfg.layers_to_transform,
         },
-        "scaling": scaling.pop(),
+        "scaling": fc.lora_scaling(pm),
         "trainable_norms": case["train_norms"],
         "loss": float(out.loss.detach().to(torch.float32).item()),
-        "loss_f32": f32hex(out.loss.reshape(1)),
+        "loss_f32": fc.f32_hex(out.loss.reshape(1)),
         "params": {
-            k: {"shape": list(p.shape), "value_f32": f32hex(p), "grad_f32": f32hex(p.grad)}
+            k: {"shape": list(p.shape), "value_f32": fc.f32_hex(p), "grad_f32": fc.f32_hex(p.grad)}
             for k, p in params.items()
         },
     }
     if case["record_logits"]:
         last = out.logits[:, -1, :]
-        rec["logits_last"] = {"shape": list(last.shape), "f32": f32hex(last)}
+        rec["logits_last"] = {"shape": list(last.shape), "f32": fc.f32_hex(last)}
     summary = (f"{case['name']}: loss {rec['loss']:.9f}, {n_lora} LoRA + {n_norm} norm tensors, "
                f"scaling {rec['scaling']}, max rel |grad - dequantized fp32 grad| {worst:.2e}")
     return rec, summary
@@ -271,14 +196,9 @@ def build():
     n_counted = int((labels[:, 1:] != -100).sum().item())
     doc = {
         "generator": "tools/make_lora_fixtures.py",
-        "versions": {
-            "torch": torch.__version__,
-            "bitsandbytes": bnb.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-        },
+        "versions": fc.module_versions("torch", "bitsandbytes", "transformers", "peft"),
         "model": "tiny-llama-bnb-nf4",
-        "encoding": "float32 arrays are lowercase hex of little-endian bytes, row-major",
+        "encoding": fc.F32_HEX_ENCODING,
         "note": (
             "PEFT LoRA on the bitsandbytes NF4 model, float32, eager attention, bnb's CPU bf16 "
             "path off (base forward = dequantize_4bit fp32 + F.linear). loss = mean cross-entropy "
@@ -296,23 +216,20 @@ def build():
         rec, s = run_case(case, ids, labels)
         doc["cases"].append(rec)
         summaries.append(s)
-    return json.dumps(doc, indent=1) + "\n", summaries
+    return fc.fixture_json(doc), summaries
 
 
 def main():
-    check_versions()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    fc.check_versions(PINS)
+    fc.deterministic_torch()
     text, summaries = build()
     again, _ = build()
     assert text == again, "two runs gave different JSON"
     OUT.write_text(text)
-    os.chmod(OUT, 0o644)
+    fc.make_readable([OUT])
     for s in summaries:
         print(s)
-    data = OUT.read_bytes()
-    print(f"{len(data):9d}  {hashlib.sha256(data).hexdigest()[:16]}  {OUT.relative_to(ROOT)}")
-    assert len(data) < 1 << 20
+    assert fc.list_files([OUT]) < 1 << 20
 
 
 if __name__ == "__main__":

@@ -53,22 +53,16 @@ Caveats found while making these (bitsandbytes 0.50.2 on a CPU with AVX512-BF16)
     bitsandbytes.functional.dequantize_4bit of the saved tensors.
 """
 
-import hashlib
-import json
-import os
 import shutil
-import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-import bitsandbytes as bnb
 import bitsandbytes.functional as bnbf
-import safetensors
-import transformers
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+
+import fixture_common as fc
 
 PINS = {
     "torch": "2.15.0",
@@ -78,8 +72,7 @@ PINS = {
     "numpy": "2.4.6",
 }
 
-ROOT = Path(__file__).resolve().parent.parent
-FIX = ROOT / "Tests" / "QLoRATests" / "Fixtures"
+FIX = fc.QLORA_FIXTURES
 
 SEED = 20240601
 INPUT_IDS = [1, 17, 42, 99, 128, 200, 255, 3, 64, 77, 150, 31]
@@ -90,24 +83,6 @@ BNB = {
     "tiny-llama-bnb-nf4": dict(quant_type="nf4", double_quant=True),
     "tiny-llama-bnb-fp4": dict(quant_type="fp4", double_quant=False),
 }
-
-
-def check_versions():
-    got = {
-        "torch": torch.__version__.split("+")[0],
-        "bitsandbytes": bnb.__version__,
-        "transformers": transformers.__version__,
-        "safetensors": safetensors.__version__,
-        "numpy": np.__version__,
-    }
-    for k, v in PINS.items():
-        if got[k] != v:
-            print(f"warning: {k} {got[k]} != pinned {v}; output may differ", file=sys.stderr)
-
-
-def f32hex(t) -> str:
-    a = t.detach().cpu().to(torch.float32).contiguous().numpy()
-    return np.ascontiguousarray(a, dtype="<f4").tobytes().hex()
 
 
 def make_config() -> LlamaConfig:
@@ -151,12 +126,6 @@ def reset_dir(name: str) -> Path:
     return d
 
 
-def finish_dir(d: Path):
-    # transformers writes model.safetensors with mode 0600 (it goes through a temp file)
-    for f in d.iterdir():
-        os.chmod(f, 0o644)
-
-
 def last_logits(model) -> torch.Tensor:
     ids = torch.tensor([INPUT_IDS], dtype=torch.long)
     with torch.no_grad():
@@ -164,36 +133,26 @@ def last_logits(model) -> torch.Tensor:
     return out.logits[0, -1].to(torch.float32).clone()
 
 
-def bnb_linears(model):
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
-
-
-def disable_cpu_repack(model):
-    for _, m in bnb_linears(model):
-        m.support_avx512bf16_for_cpu = False
-
-
 def main():
-    check_versions()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    fc.check_versions(PINS)
+    fc.deterministic_torch()
     FIX.mkdir(parents=True, exist_ok=True)
 
     # 1. float32, bfloat16, sharded float32
     model = make_model()
     d = reset_dir("tiny-llama")
     model.save_pretrained(d, safe_serialization=True)
-    finish_dir(d)
+    fc.make_readable(d.iterdir())
 
     d = reset_dir("tiny-llama-sharded")
     model.save_pretrained(d, safe_serialization=True, max_shard_size=SHARD_SIZE)
-    finish_dir(d)
+    fc.make_readable(d.iterdir())
     shards = sorted(p.name for p in d.glob("model-*.safetensors"))
     assert 2 <= len(shards) <= 3 and (d / "model.safetensors.index.json").exists(), shards
 
     d = reset_dir("tiny-llama-bf16")
     make_model().to(torch.bfloat16).save_pretrained(d, safe_serialization=True)
-    finish_dir(d)
+    fc.make_readable(d.iterdir())
 
     # reference logits: the fp32 folder as transformers loads it
     fp32 = AutoModelForCausalLM.from_pretrained(
@@ -214,12 +173,7 @@ def main():
 
     expected = {
         "generator": "tools/make_model_fixtures.py",
-        "versions": {
-            "torch": torch.__version__,
-            "bitsandbytes": bnb.__version__,
-            "transformers": transformers.__version__,
-            "safetensors": safetensors.__version__,
-        },
+        "versions": fc.module_versions("torch", "bitsandbytes", "transformers", "safetensors"),
         "encoding": "float32 arrays are lowercase hex of little-endian bytes",
         "input_ids": INPUT_IDS,
         "logits_note": (
@@ -230,8 +184,8 @@ def main():
             "to a float32 forward of tiny-llama with the quantized linears replaced by "
             "bitsandbytes.functional.dequantize_4bit."
         ),
-        "logits_fp32_f32": f32hex(logits_fp32),
-        "logits_bf16_f32": f32hex(logits_bf16),
+        "logits_fp32_f32": fc.f32_hex(logits_fp32),
+        "logits_bf16_f32": fc.f32_hex(logits_bf16),
     }
 
     # 2. bitsandbytes folders
@@ -251,17 +205,17 @@ def main():
             dtype=torch.float32,
             attn_implementation="eager",
         ).eval()
-        assert len(bnb_linears(q)) == 14, bnb_linears(q)
+        assert len(fc.bnb_linears(q)) == 14, fc.bnb_linears(q)
         d = reset_dir(name)
         q.save_pretrained(d, safe_serialization=True)  # before any forward (see caveats)
-        finish_dir(d)
+        fc.make_readable(d.iterdir())
         del q
 
         # reload the saved folder, as a user of a "bnb-4bit" checkpoint would
         q = AutoModelForCausalLM.from_pretrained(
             d, device_map="cpu", dtype=torch.float32, attn_implementation="eager"
         ).eval()
-        disable_cpu_repack(q)
+        fc.use_fp32_dequant_path(fc.bnb_linears(q))
         saved = load_file(d / "model.safetensors")
 
         # reference: fp32 model with every quantized linear dequantized from the saved tensors
@@ -269,7 +223,7 @@ def main():
         ref.config._attn_implementation = "eager"
         sd = ref.state_dict()
         with torch.no_grad():
-            for mod_name, m in bnb_linears(q):
+            for mod_name, m in fc.bnb_linears(q):
                 key = mod_name + ".weight"
                 qs = m.weight.quant_state
                 assert not getattr(qs, "packing_format_for_cpu", False)
@@ -279,7 +233,7 @@ def main():
                 sd[key].copy_(w)
                 if key == DEQUANT_TENSOR:
                     assert list(w.shape) == dequantized["shape"]
-                    dequantized[name.replace("tiny-llama-", "").replace("-", "_") + "_f32"] = f32hex(w)
+                    dequantized[name.replace("tiny-llama-", "").replace("-", "_") + "_f32"] = fc.f32_hex(w)
                 if spec["double_quant"]:
                     # nested_offset is torch.mean of the float32 per-block absmax of the
                     # original weight; the 8-bit absmax codes store absmax - offset
@@ -291,29 +245,19 @@ def main():
         logits_q = last_logits(q)
         logits_ref = last_logits(ref)
         assert torch.equal(logits_q, logits_ref), (logits_q - logits_ref).abs().max()
-        for _, m in bnb_linears(q):
-            assert not getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+        fc.assert_not_repacked(fc.bnb_linears(q))
         key = "logits_" + name.replace("tiny-llama-", "").replace("-", "_") + "_f32"
-        expected[key] = f32hex(logits_q)
+        expected[key] = fc.f32_hex(logits_q)
         print(f"{name}: max |logits - fp32| = {(logits_q - logits_fp32).abs().max().item():.6f}")
 
     expected["dequantized"] = dequantized
-    with open(FIX / "tiny-llama-expected.json", "w") as f:
-        json.dump(expected, f, indent=1)
-        f.write("\n")
-    os.chmod(FIX / "tiny-llama-expected.json", 0o644)
+    (FIX / "tiny-llama-expected.json").write_text(fc.fixture_json(expected))
+    fc.make_readable([FIX / "tiny-llama-expected.json"])
 
     # summary
-    total = 0
     names = ["tiny-llama", "tiny-llama-bf16", "tiny-llama-sharded", *BNB, "tiny-llama-expected.json"]
-    for n in names:
-        p = FIX / n
-        files = sorted(p.iterdir()) if p.is_dir() else [p]
-        for f in files:
-            data = f.read_bytes()
-            total += len(data)
-            print(f"{len(data):9d}  {hashlib.sha256(data).hexdigest()[:16]}  {f.relative_to(ROOT)}")
-    print(f"{total:9d}  total")
+    paths = [f for n in names for f in (sorted((FIX / n).iterdir()) if (FIX / n).is_dir() else [FIX / n])]
+    print(f"{fc.list_files(paths):9d}  total")
 
 
 if __name__ == "__main__":

@@ -23,13 +23,12 @@ Environment (CPU only, x86_64 with AVX-512, Python 3.11):
 Inputs come from numpy.random.default_rng(20240611); torch runs single-threaded; running
 the script twice gives identical files.
 """
-import json
-import pathlib
-
 import numpy as np
 import torch
 
-OUT = pathlib.Path(__file__).resolve().parent.parent / "Tests" / "QLoRATests" / "Fixtures" / "optim-adamw.json"
+import fixture_common as fc
+
+OUT = fc.QLORA_FIXTURES / "optim-adamw.json"
 SHAPES = {"a": [3, 5], "b": [4, 16]}
 STEPS = 5
 LRS = [1e-2, 8e-3, 6e-3, 4e-3, 2e-3]
@@ -39,10 +38,6 @@ WEIGHT_DECAY = 0.1
 MAX_NORM = 1.0
 # Gradient scale per step in the clipped scenario: total norms around 0.3 .. 30.
 CLIP_SCALES = [3.0, 0.05, 1.0, 0.02, 0.5]
-
-
-def hexf(a):
-    return np.ascontiguousarray(a, dtype="<f4").tobytes().hex()
 
 
 def run(clip, rng):
@@ -59,17 +54,17 @@ def run(clip, rng):
         for n, p in params.items():
             p.grad = torch.tensor(grads[k][n])
         if clip:
-            norms.append(hexf(torch.nn.utils.clip_grad_norm_(list(params.values()), MAX_NORM).detach().numpy().reshape(1)))
+            norms.append(fc.f32_hex(torch.nn.utils.clip_grad_norm_(list(params.values()), MAX_NORM).detach().numpy().reshape(1)))
         for group in opt.param_groups:
             group["lr"] = LRS[k]
         opt.step()
-        after.append({n: hexf(p.detach().numpy()) for n, p in params.items()})
+        after.append({n: fc.f32_hex(p.detach().numpy()) for n, p in params.items()})
     out = {
-        "params": [{"name": n, "shape": SHAPES[n], "init": hexf(inits[n])} for n in SHAPES],
-        "grads": [{n: hexf(g[n]) for n in SHAPES} for g in grads],
+        "params": [{"name": n, "shape": SHAPES[n], "init": fc.f32_hex(inits[n])} for n in SHAPES],
+        "grads": [{n: fc.f32_hex(g[n]) for n in SHAPES} for g in grads],
         "after": after,
-        "exp_avg": {n: hexf(opt.state[p]["exp_avg"].numpy()) for n, p in params.items()},
-        "exp_avg_sq": {n: hexf(opt.state[p]["exp_avg_sq"].numpy()) for n, p in params.items()},
+        "exp_avg": {n: fc.f32_hex(opt.state[p]["exp_avg"].numpy()) for n, p in params.items()},
+        "exp_avg_sq": {n: fc.f32_hex(opt.state[p]["exp_avg_sq"].numpy()) for n, p in params.items()},
     }
     if clip:
         out["max_norm"] = MAX_NORM
@@ -89,7 +84,7 @@ def main():
         "weight_decay": WEIGHT_DECAY,
         "scenarios": {"adamw": run(False, rng), "adamw_clipped": run(True, rng)},
     }
-    OUT.write_text(json.dumps(doc, indent=1) + "\n")
+    OUT.write_text(fc.fixture_json(doc))
     print("wrote", OUT)
 
 

@@ -62,24 +62,19 @@ in set order), one torch thread, deterministic algorithms, explicit generator; t
 everything twice from fresh loads and asserts the two builds are byte-identical.
 """
 
-import hashlib
-import json
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
-import bitsandbytes as bnb
-import bitsandbytes.functional as bnbf
 import peft
-import transformers
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+import fixture_common as fc
 
 PINS = {
     "torch": "2.15.0",
@@ -89,9 +84,7 @@ PINS = {
     "numpy": "2.4.6",
 }
 
-ROOT = Path(__file__).resolve().parent.parent
-FIX = ROOT / "Tests" / "QLoRATests" / "Fixtures"
-MODEL_DIR = FIX / "tiny-llama-bnb-nf4"
+FIX = fc.QLORA_FIXTURES
 QLORA_ADAPTER = FIX / "tiny-llama-qlora-adapter"
 OUT_JSON = FIX / "tiny-llama-peft-adapter-expected.json"
 QLORA_NORMS_ADAPTER = FIX / "tiny-llama-qlora-adapter-norms"
@@ -121,63 +114,9 @@ PEFT_NORM_CASES = [
 ]
 
 
-def check_versions():
-    got = {
-        "torch": torch.__version__.split("+")[0],
-        "bitsandbytes": bnb.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "numpy": np.__version__,
-    }
-    for k, v in PINS.items():
-        if got[k] != v:
-            print(f"warning: {k} {got[k]} != pinned {v}; output may differ", file=sys.stderr)
-
-
-def f32hex(t) -> str:
-    a = t.detach().cpu().to(torch.float32).contiguous().numpy()
-    return np.ascontiguousarray(a, dtype="<f4").tobytes().hex()
-
-
 def make_ids():
     gen = torch.Generator().manual_seed(SEED)
     return torch.randint(3, 256, (BATCH, SEQ), generator=gen, dtype=torch.long)
-
-
-def load_nf4():
-    model = AutoModelForCausalLM.from_pretrained(
-        MODEL_DIR, device_map="cpu", dtype=torch.float32, attn_implementation="eager"
-    )
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
-    assert len(linears) == 14, linears
-    for _, m in linears:
-        m.support_avx512bf16_for_cpu = False
-    return model, linears
-
-
-def load_dequantized_fp32(nf4_model, linears):
-    """A plain float32 Llama holding the NF4 model's weights, its linears dequantized."""
-    cfg = LlamaConfig.from_dict({k: v for k, v in nf4_model.config.to_dict().items()
-                                 if k != "quantization_config"})
-    cfg._attn_implementation = "eager"
-    ref = LlamaForCausalLM(cfg).to(torch.float32)
-    sd = ref.state_dict()
-    with torch.no_grad():
-        for name, p in nf4_model.named_parameters():
-            if not isinstance(p, bnb.nn.Params4bit):
-                sd[name].copy_(p)
-        for mod_name, m in linears:
-            qs = m.weight.quant_state
-            assert not getattr(qs, "packing_format_for_cpu", False)
-            sd[mod_name + ".weight"].copy_(bnbf.dequantize_4bit(m.weight.data, qs).to(torch.float32))
-    return ref
-
-
-def scaling_of(pm) -> float:
-    s = {float(m.scaling["default"]) for m in pm.modules()
-         if isinstance(getattr(m, "scaling", None), dict) and "default" in m.scaling}
-    assert len(s) == 1, s
-    return s.pop()
 
 
 def logits_of(pm, ids):
@@ -187,17 +126,8 @@ def logits_of(pm, ids):
 
 
 def seeded_peft(model, lora):
-    pm = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
-    gen = torch.Generator().manual_seed(SEED)
-    with torch.no_grad():
-        for name, p in sorted(pm.named_parameters()):
-            if ".lora_A." in name:
-                p.copy_(A_STD * torch.randn(p.shape, generator=gen, dtype=torch.float32))
-            elif ".lora_B." in name:
-                p.copy_(B_STD * torch.randn(p.shape, generator=gen, dtype=torch.float32))
-            elif ".modules_to_save.default." in name:
-                p.mul_(1 + NORM_STD * torch.randn(p.shape, generator=gen, dtype=torch.float32))
-    pm.peft_config["default"].base_model_name_or_path = MODEL_DIR.name
+    pm = fc.seeded_lora(model, lora, SEED, A_STD, B_STD, NORM_STD)
+    pm.peft_config["default"].base_model_name_or_path = fc.TINY_NF4_DIR.name
     return pm
 
 
@@ -209,12 +139,11 @@ def assert_matches_dequantized(logits, ref_logits, what):
 
 def peft_case(case, ids, out_dir: Path):
     """Saves a seeded PEFT adapter into out_dir / folder; returns the case record."""
-    nf4, linears = load_nf4()
-    ref = load_dequantized_fp32(nf4, linears)
+    nf4, linears = fc.load_tiny_nf4()
+    ref = fc.dequantized_fp32_copy(nf4, linears)
     pm = seeded_peft(nf4, case["lora"])
     logits = logits_of(pm, ids)
-    for _, m in linears:
-        assert not getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+    fc.assert_not_repacked(linears)
     err = assert_matches_dequantized(logits, logits_of(seeded_peft(ref, case["lora"]), ids), case["name"])
     folder = out_dir / case["folder"]
     pm.save_pretrained(folder)
@@ -224,7 +153,7 @@ def peft_case(case, ids, out_dir: Path):
     assert len(norms) == case.get("norms", 0), sorted(saved)
     assert saved and all(".lora_A.weight" in k or ".lora_B.weight" in k or k in norms for k in saved), sorted(saved)
     rec = {"name": case["name"], "adapter": case["folder"], "written_by": f"peft {peft.__version__} save_pretrained",
-           "scaling": scaling_of(pm), "logits": {"shape": list(logits.shape), "f32": f32hex(logits)}}
+           "scaling": fc.lora_scaling(pm), "logits": {"shape": list(logits.shape), "f32": fc.f32_hex(logits)}}
     return rec, f"{case['name']}: {len(saved)} tensors, scaling {rec['scaling']}, max rel vs dequantized fp32 {err:.1e}"
 
 
@@ -236,7 +165,7 @@ def qlora_case(ids, adapter=QLORA_ADAPTER, name="qlora_written"):
         "'AdapterFilesTests/testQLoRAWritten' first")
     saved = load_file(adapter / "adapter_model.safetensors")
     logits = []
-    for make in (lambda: load_nf4()[0], lambda: load_dequantized_fp32(*load_nf4())):
+    for make in (lambda: fc.load_tiny_nf4()[0], lambda: fc.dequantized_fp32_copy(*fc.load_tiny_nf4())):
         pm = PeftModel.from_pretrained(make(), adapter)
         params = {n.replace(".modules_to_save.default.", ".").replace(".default.", "."): p
                   for n, p in pm.named_parameters() if ".lora_" in n or ".modules_to_save." in n}
@@ -244,10 +173,10 @@ def qlora_case(ids, adapter=QLORA_ADAPTER, name="qlora_written"):
         for k, t in saved.items():
             assert torch.equal(params[k], t), k
         logits.append(logits_of(pm, ids))
-        scaling = scaling_of(pm)
+        scaling = fc.lora_scaling(pm)
     err = assert_matches_dequantized(logits[0], logits[1], name)
     rec = {"name": name, "adapter": adapter.name, "written_by": "qlora AdapterFiles.save",
-           "scaling": scaling, "logits": {"shape": list(logits[0].shape), "f32": f32hex(logits[0])}}
+           "scaling": scaling, "logits": {"shape": list(logits[0].shape), "f32": fc.f32_hex(logits[0])}}
     return rec, f"{name}: {len(saved)} tensors loaded by PEFT, scaling {scaling}, max rel vs dequantized fp32 {err:.1e}"
 
 
@@ -255,10 +184,9 @@ def build(out_dir: Path):
     ids = make_ids()
     doc = {
         "generator": "tools/make_peft_adapter_fixtures.py",
-        "versions": {"torch": torch.__version__, "bitsandbytes": bnb.__version__,
-                     "transformers": transformers.__version__, "peft": peft.__version__},
-        "model": MODEL_DIR.name,
-        "encoding": "float32 arrays are lowercase hex of little-endian bytes, row-major",
+        "versions": fc.module_versions("torch", "bitsandbytes", "transformers", "peft"),
+        "model": fc.TINY_NF4_DIR.name,
+        "encoding": fc.F32_HEX_ENCODING,
         "note": ("PEFT LoRA on the bitsandbytes NF4 model, float32, eager attention, bnb's CPU bf16 path off "
                  "(base forward = dequantize_4bit fp32 + F.linear). logits [batch, position, vocab] of every "
                  "position, no attention mask, no cache."),
@@ -273,7 +201,7 @@ def build(out_dir: Path):
     rec, s = qlora_case(ids)
     doc["cases"].append(rec)
     summaries.append(s)
-    (out_dir / OUT_JSON.name).write_text(json.dumps(doc, indent=1) + "\n")
+    (out_dir / OUT_JSON.name).write_text(fc.fixture_json(doc))
     doc["note"] += (" Trained norms through modules_to_save: PEFT's forward uses the wrapped copies, "
                     "qlora's the norm weights it loads from the same tensors.")
     doc["cases"] = []
@@ -284,7 +212,7 @@ def build(out_dir: Path):
     rec, s = qlora_case(ids, QLORA_NORMS_ADAPTER, "qlora_written_norms")
     doc["cases"].append(rec)
     summaries.append(s)
-    (out_dir / OUT_NORMS_JSON.name).write_text(json.dumps(doc, indent=1) + "\n")
+    (out_dir / OUT_NORMS_JSON.name).write_text(fc.fixture_json(doc))
     return summaries
 
 
@@ -296,9 +224,8 @@ def main():
     if os.environ.get("PYTHONHASHSEED") != "0":
         # PEFT writes target_modules in set order, which depends on the string hash seed.
         os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, "PYTHONHASHSEED": "0"})
-    check_versions()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    fc.check_versions(PINS)
+    fc.deterministic_torch()
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         summaries = build(Path(a))
         build(Path(b))
@@ -312,11 +239,8 @@ def main():
     for s in summaries:
         print(s)
     written = [OUT_JSON, OUT_NORMS_JSON] + [p for c in PEFT_CASES + PEFT_NORM_CASES for p in sorted((FIX / c["folder"]).iterdir())]
-    for p in written:
-        os.chmod(p, 0o644)
-        data = p.read_bytes()
-        print(f"{len(data):9d}  {hashlib.sha256(data).hexdigest()[:16]}  {p.relative_to(ROOT)}")
-    assert sum(p.stat().st_size for p in written) < 1 << 20
+    fc.make_readable(written)
+    assert fc.list_files(written) < 1 << 20
 
 
 if __name__ == "__main__":

@@ -46,17 +46,16 @@ dequantized output, or regenerate on a machine with the same path.
 
 from __future__ import annotations
 
-import json
 import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 
+import fixture_common as fc
+
 PINNED = {"torch": "2.15.0", "bitsandbytes": "0.50.2", "gguf": "0.19.0", "numpy": "2.4.6"}
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT_DIR = ROOT / "Tests" / "QuantTests" / "Fixtures"
+OUT_DIR = fc.QUANT_FIXTURES
 
 F32 = np.float32
 
@@ -64,14 +63,6 @@ F32 = np.float32
 # ----------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------
-
-def hex_f32(a) -> str:
-    return np.ascontiguousarray(np.asarray(a, dtype=np.float32).reshape(-1)).astype("<f4").tobytes().hex()
-
-
-def hex_u8(a) -> str:
-    return np.ascontiguousarray(np.asarray(a, dtype=np.uint8).reshape(-1)).tobytes().hex()
-
 
 def seed_for(name: str) -> int:
     return zlib.crc32(name.encode("utf-8"))
@@ -96,7 +87,7 @@ def same_value(a, b) -> bool:
 
 def write_json(name: str, obj: dict, written: list) -> None:
     path = OUT_DIR / name
-    text = json.dumps(obj, indent=1) + "\n"
+    text = fc.fixture_json(obj)
     path.write_text(text, encoding="utf-8")
     written.append((name, len(text.encode("utf-8"))))
 
@@ -437,14 +428,14 @@ def bnb_fixtures(written: list, report: list) -> None:
             "blocksize": bs,
             "double_quant": dq,
             "shape": [rows, cols],
-            "input_f32": hex_f32(x),
-            "packed_u8": hex_u8(packed_np),
-            "code_f32": hex_f32(code_np),
+            "input_f32": fc.f32_hex(x),
+            "packed_u8": fc.u8_hex(packed_np),
+            "code_f32": fc.f32_hex(code_np),
         }
         if not dq:
             absmax = qs.absmax.numpy().astype(np.float32)
             assert same_bits(absmax, p_absmax), f"{name}: absmax mismatch vs port"
-            obj["absmax_f32"] = hex_f32(absmax)
+            obj["absmax_f32"] = fc.f32_hex(absmax)
             absmax_used = absmax
         else:
             assert qs.nested
@@ -476,20 +467,20 @@ def bnb_fixtures(written: list, report: list) -> None:
             recon = ((dyn[q8] * nabs[np.arange(q8.size) // st2.blocksize]).astype(np.float32) + offset).astype(np.float32)
             assert same_bits(recon, absmax_dq), f"{name}: absmax reconstruction mismatch"
 
-            obj["absmax_u8"] = hex_u8(absmax_u8)
+            obj["absmax_u8"] = fc.u8_hex(absmax_u8)
             obj["offset"] = float(offset)
-            obj["offset_f32"] = hex_f32(np.array([offset], dtype=np.float32))
-            obj["nested_absmax_f32"] = hex_f32(nested_absmax)
+            obj["offset_f32"] = fc.f32_hex(np.array([offset], dtype=np.float32))
+            obj["nested_absmax_f32"] = fc.f32_hex(nested_absmax)
             obj["nested_blocksize"] = int(st2.blocksize)
-            obj["nested_code_f32"] = hex_f32(nested_code)
-            obj["absmax_dequantized_f32"] = hex_f32(absmax_dq)
+            obj["nested_code_f32"] = fc.f32_hex(nested_code)
+            obj["absmax_dequantized_f32"] = fc.f32_hex(absmax_dq)
             absmax_used = absmax_dq
 
         # ---- cross-check dequantization -----------------------------------------
         p_deq = port_dequantize_4bit(packed_np, absmax_used, bs, n, lut)
         assert same_bits(p_deq, deq_np), f"{name}: dequantized mismatch vs port ({path})"
 
-        obj["dequantized_f32"] = hex_f32(deq_np)
+        obj["dequantized_f32"] = fc.f32_hex(deq_np)
         obj["bnb_cpu_dequant_path"] = path
         write_json(name, obj, written)
 
@@ -538,11 +529,11 @@ def bnb_fixtures(written: list, report: list) -> None:
         "code": "dynamic (create_dynamic_map(signed=True))",
         "blocksize": bs,
         "shape": [n],
-        "code_f32": hex_f32(st.code.numpy()),
-        "input_f32": hex_f32(x),
-        "quantized_u8": hex_u8(out_np),
-        "absmax_f32": hex_f32(st.absmax.numpy()),
-        "dequantized_f32": hex_f32(deq),
+        "code_f32": fc.f32_hex(st.code.numpy()),
+        "input_f32": fc.f32_hex(x),
+        "quantized_u8": fc.u8_hex(out_np),
+        "absmax_f32": fc.f32_hex(st.absmax.numpy()),
+        "dequantized_f32": fc.f32_hex(deq),
     }, written)
 
 
@@ -615,9 +606,9 @@ def ggml_fixtures(written: list, report: list) -> None:
             "generator": gen,
             "type": kind,
             "shape": [rows, cols],
-            "input_f32": hex_f32(x),
-            "blocks_u8": hex_u8(q),
-            "dequantized_f32": hex_f32(dq),
+            "input_f32": fc.f32_hex(x),
+            "blocks_u8": fc.u8_hex(q),
+            "dequantized_f32": fc.f32_hex(dq),
         }, written)
 
 
@@ -636,14 +627,7 @@ def main() -> int:
         return 2
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    try:
-        from importlib.metadata import version
-        for pkg, want in PINNED.items():
-            have = version(pkg)
-            if have.split("+")[0] != want:
-                print(f"warning: {pkg} {have} installed, fixtures were pinned to {want}", file=sys.stderr)
-    except Exception:
-        pass
+    fc.check_versions(PINNED)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     written: list = []
     report: list = []
@@ -652,7 +636,7 @@ def main() -> int:
     total = 0
     for name, size in written:
         total += size
-        print(f"{size:8d}  {OUT_DIR.relative_to(ROOT) / name}")
+        print(f"{size:8d}  {OUT_DIR.relative_to(fc.ROOT) / name}")
     print(f"{total:8d}  total ({len(written)} files)")
     if verbose:
         print("\n".join(report))

@@ -80,13 +80,14 @@ import warnings
 import numpy as np
 import torch
 
-import gguf
 import tokenizers
 import transformers
 from gguf import GGUFReader
 from gguf.quants import dequantize
 from tokenizers import pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import fixture_common as fc
 
 PINNED = {
     "python": "3.11",
@@ -148,10 +149,6 @@ PERPLEXITY_TEXT = (
 )
 
 
-def hex_f32(row):
-    return np.ascontiguousarray(row, dtype="<f4").tobytes().hex()
-
-
 def f32(x):
     return float(np.float32(x))
 
@@ -165,29 +162,13 @@ def llama_cpp_permute(w, n_head):
     )
 
 
-def check_versions():
-    got = {
-        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
-        "torch": torch.__version__.split("+")[0],
-        "transformers": transformers.__version__,
-        "tokenizers": tokenizers.__version__,
-        "gguf": gguf.__version__ if hasattr(gguf, "__version__") else PINNED["gguf"],
-        "numpy": np.__version__,
-    }
-    bad = {k: (got[k], v) for k, v in PINNED.items() if got[k] != v}
-    if bad:
-        print(f"warning: versions differ from the pinned ones (got, pinned): {bad}", file=sys.stderr)
-    return got
-
-
 def main():
     if not os.path.exists(os.path.join(MODEL_DIR, MODEL_FILE)):
         sys.exit(f"run from the repository root; {MODEL_DIR}/{MODEL_FILE} not found")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(2)
+    fc.deterministic_torch(threads=2)
     torch.manual_seed(0)
-    torch.use_deterministic_algorithms(True)
-    versions = check_versions()
+    versions = fc.check_versions(PINNED)
 
     path = os.path.join(MODEL_DIR, MODEL_FILE)
     with open(path, "rb") as f:
@@ -229,7 +210,7 @@ def main():
         w_raw = dequantize(t.data, t.tensor_type).astype(np.float32)
         assert w_raw.shape == w_hf.shape, (w_raw.shape, w_hf.shape)
         hf_rows[hf_name] = {"rows": ROWS, "cols": int(w_hf.shape[1]), "shape": list(w_hf.shape),
-                            "f32": [hex_f32(w_hf[r]) for r in ROWS]}
+                            "f32": [fc.f32_hex(w_hf[r]) for r in ROWS]}
         if n_head is None:
             same = bool(np.array_equal(w_raw.view(np.uint32), w_hf.view(np.uint32)))
             assert same, f"{gguf_name} differs from {hf_name}"
@@ -242,7 +223,7 @@ def main():
             assert not np.array_equal(w_raw, w_hf)
             raw_rows[gguf_name] = {"rows": ROWS, "cols": int(w_raw.shape[1]),
                                    "shape": list(w_raw.shape), "ggml_type": t.tensor_type.name,
-                                   "f32": [hex_f32(w_raw[r]) for r in ROWS]}
+                                   "f32": [fc.f32_hex(w_raw[r]) for r in ROWS]}
             checks[gguf_name] = {"ggml_type": t.tensor_type.name, "transformers_name": hf_name,
                                  "n_head": n_head,
                                  "raw_equals_permute_of_transformers_bitwise": same,

@@ -58,10 +58,11 @@ import shutil
 import sys
 import tempfile
 
-import tokenizers
 import transformers
 from tokenizers import Regex, Tokenizer, pre_tokenizers
 from transformers import AutoTokenizer
+
+import fixture_common as fc
 
 PINNED = {"python": "3.11", "transformers": "5.23.0", "tokenizers": "0.23.3"}
 
@@ -179,15 +180,6 @@ CORPUS = [
 ]
 
 
-def check_versions():
-    got = {"python": f"{sys.version_info.major}.{sys.version_info.minor}",
-           "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
-    bad = {k: (got[k], v) for k, v in PINNED.items() if got[k] != v}
-    if bad:
-        print(f"warning: versions differ from the pinned ones (got, pinned): {bad}", file=sys.stderr)
-    return got
-
-
 def variant(base_json, pre_tokenizer, ignore_merges):
     spec = json.loads(base_json)
     spec["pre_tokenizer"] = json.loads(pre_tokenizer.__getstate__())  # the tokenizer.json object
@@ -207,7 +199,7 @@ def main():
     if not os.path.exists(path):
         sys.exit(f"run from the repository root; {path} not found")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    versions = check_versions()
+    versions = fc.check_versions(PINNED)
     with open(path, "rb") as f:
         sha = hashlib.sha256(f.read()).hexdigest()
 
