@@ -31,10 +31,12 @@ static bucket_table make_buckets(const float *code) {
     return t;
 }
 
-/* The code of the bucket holding v: the number of bounds strictly below it. */
-static uint8_t bucket(const bucket_table *t, float v) {
+/* The code of the bucket holding v: the number of bounds strictly below it. The bounds are
+ * sorted, so counting every comparison gives what stopping at the first bound ≥ v gives (a NaN is
+ * below none), without a branch per bound: the block loop below then vectorizes. */
+static inline uint8_t bucket(const bucket_table *t, float v) {
     int i = 0;
-    while (i < 15 && t->bounds[i] < v) i++;
+    for (int k = 0; k < 15; k++) i += t->bounds[k] < v;
     return t->order[i];
 }
 
@@ -52,11 +54,14 @@ void qk_quantize_4bit_ref(const float *x, int64_t n, int64_t block_size, const f
         for (int64_t e = e0; e < e1; e++) a = fmaxf(a, fabsf(x[e]));
         const float clamped = fmaxf(a, tiny), inv = 1.0f / clamped;
         absmax[b] = partial ? clamped : a;
-        for (int64_t e = e0; e < e1; e++) {
-            const uint8_t q = bucket(&t, clamp1(partial ? x[e] / clamped : x[e] * inv));
-            if (e & 1) packed[e >> 1] |= q;
-            else packed[e >> 1] = (uint8_t)(q << 4);
-        }
+        /* Two values a byte, the first in the high nibble, written a whole byte at a time (the
+         * loop vectorizes); a block starting or ending mid-byte finishes or starts its byte. */
+#define CODE(i) bucket(&t, clamp1(partial ? x[i] / clamped : x[i] * inv))
+        int64_t e = e0;
+        if (e & 1) { packed[e >> 1] |= CODE(e); e++; }
+        for (; e + 1 < e1; e += 2) packed[e >> 1] = (uint8_t)(CODE(e) << 4 | CODE(e + 1));
+        if (e < e1) packed[e >> 1] = (uint8_t)(CODE(e) << 4);
+#undef CODE
     }
     if (n & 1) packed[n >> 1] |= bucket(&t, 0.0f); /* padding: the code of zero */
 }
