@@ -4,6 +4,16 @@ import QuantKernels
 public enum FP16 {
     public static func float(fromBits h: UInt16) -> Float { qk_fp16_to_fp32(h) }
     public static func bits(from f: Float) -> UInt16 { qk_fp32_to_fp16(f) }
+
+    /// Every value converted as `bits(from:)` does, in one C loop (a call per value is most of
+    /// the cost of an f16 export otherwise).
+    public static func bits(from values: [Float]) -> [UInt16] {
+        guard !values.isEmpty else { return [] }
+        return [UInt16](unsafeUninitializedCapacity: values.count) { out, count in
+            qk_fp32_to_fp16_row(values, out.baseAddress!, Int64(values.count))
+            count = values.count
+        }
+    }
 }
 
 /// bfloat16 conversions: the top 16 bits of a float, rounded to nearest even as torch's

@@ -9,7 +9,7 @@ static inline float float_of(uint32_t u) { float f; memcpy(&f, &u, 4); return f;
 
 float qk_fp16_to_fp32(uint16_t h) { return fp16_to_fp32(h); }
 
-uint16_t qk_fp32_to_fp16(float f) {
+static inline uint16_t fp32_to_fp16(float f) {
     uint32_t u = bits_of(f);
     uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
     uint32_t a = u & 0x7fffffff;
@@ -24,4 +24,10 @@ uint16_t qk_fp32_to_fp16(float f) {
     uint32_t odd = (a >> 13) & 1;
     a += 0xc8000fffu + odd; /* rebias the exponent by (15 - 127) and round to nearest even */
     return sign | (uint16_t)(a >> 13);
+}
+
+uint16_t qk_fp32_to_fp16(float f) { return fp32_to_fp16(f); }
+
+void qk_fp32_to_fp16_row(const float *x, uint16_t *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = fp32_to_fp16(x[i]);
 }

@@ -78,5 +78,9 @@ final class CodebookTests: XCTestCase {
         for x in samples {
             XCTAssertEqual(FP16.bits(from: x), Float16(x).bitPattern, "float \(x)")
         }
+        // The row conversion (one C loop, vectorized) gives the same bits, NaN payloads included.
+        let row = samples + [-.infinity, .nan, -Float.nan, Float(bitPattern: 0x7F80_0001), .leastNonzeroMagnitude]
+        XCTAssertEqual(FP16.bits(from: row), row.map { FP16.bits(from: $0) })
+        XCTAssertEqual(FP16.bits(from: [Float]()), [])
     }
 }

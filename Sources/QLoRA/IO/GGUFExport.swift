@@ -138,12 +138,7 @@ public enum GGUFExport {
         switch type {
         case .f32: return values.withUnsafeBytes { Array($0) }
         case .f16:
-            var out = [UInt8](repeating: 0, count: values.count * 2)
-            out.withUnsafeMutableBytes { raw in
-                let half = raw.bindMemory(to: UInt16.self)
-                for i in values.indices { half[i] = FP16.bits(from: values[i]).littleEndian }
-            }
-            return out
+            return FP16.bits(from: values).withUnsafeBytes { Array($0) }  // little-endian host
         case .bf16: return Quantizer.encode(values, as: .BF16)
         default:
             guard let format = QuantFormat(ggml: type) else { throw GGUFExportError.cannotWrite(type: type.name) }

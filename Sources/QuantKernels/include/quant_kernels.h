@@ -84,6 +84,7 @@ int qk_isa_set(qk_isa isa);
 /* ---- fp16 -------------------------------------------------------------------------- */
 float qk_fp16_to_fp32(uint16_t h);
 uint16_t qk_fp32_to_fp16(float f); /* round to nearest even */
+void qk_fp32_to_fp16_row(const float *x, uint16_t *y, int64_t n); /* n values, as qk_fp32_to_fp16 each */
 
 /* ---- quantizers (reference implementations; deterministic) -------------------------- */
 /* bitsandbytes 4-bit: n elements, blocks of block_size. Writes (n+1)/2 bytes of codes and
