@@ -8,10 +8,19 @@ public enum FP16 {
     /// Every value converted as `bits(from:)` does, in one C loop (a call per value is most of
     /// the cost of an f16 export otherwise).
     public static func bits(from values: [Float]) -> [UInt16] {
-        guard !values.isEmpty else { return [] }
-        return [UInt16](unsafeUninitializedCapacity: values.count) { out, count in
-            qk_fp32_to_fp16_row(values, out.baseAddress!, Int64(values.count))
+        [UInt16](unsafeUninitializedCapacity: values.count) { out, count in
+            if let base = out.baseAddress { qk_fp32_to_fp16_row(values, base, Int64(values.count)) }
             count = values.count
+        }
+    }
+
+    /// The same halves as little-endian bytes (safetensors' and GGUF's F16), made in place.
+    public static func bytes(from values: [Float]) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: values.count * 2) { out, count in
+            if let base = out.baseAddress {
+                base.withMemoryRebound(to: UInt16.self, capacity: values.count) { qk_fp32_to_fp16_row(values, $0, Int64(values.count)) }
+            }
+            count = values.count * 2
         }
     }
 }

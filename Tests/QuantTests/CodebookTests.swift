@@ -82,5 +82,6 @@ final class CodebookTests: XCTestCase {
         let row = samples + [-.infinity, .nan, -Float.nan, Float(bitPattern: 0x7F80_0001), .leastNonzeroMagnitude]
         XCTAssertEqual(FP16.bits(from: row), row.map { FP16.bits(from: $0) })
         XCTAssertEqual(FP16.bits(from: [Float]()), [])
+        XCTAssertEqual(FP16.bytes(from: row), row.flatMap { x in withUnsafeBytes(of: FP16.bits(from: x).littleEndian) { Array($0) } })
     }
 }

@@ -138,7 +138,7 @@ public enum GGUFExport {
         switch type {
         case .f32: return values.withUnsafeBytes { Array($0) }
         case .f16:
-            return FP16.bits(from: values).withUnsafeBytes { Array($0) }  // little-endian host
+            return FP16.bytes(from: values)
         case .bf16: return Quantizer.encode(values, as: .BF16)
         default:
             guard let format = QuantFormat(ggml: type) else { throw GGUFExportError.cannotWrite(type: type.name) }

@@ -128,7 +128,7 @@ public enum Quantizer {
 
     static func encode(_ values: [Float], as dtype: SafetensorsDType) -> [UInt8] {
         switch dtype {
-        case .F16: return FP16.bits(from: values).withUnsafeBytes { Array($0) }
+        case .F16: return FP16.bytes(from: values)
         case .BF16: return values.map { BF16.bits(from: $0) }.withUnsafeBytes { Array($0) }
         default: return values.withUnsafeBytes { Array($0) }
         }
