@@ -17,7 +17,9 @@ struct Export: ParsableCommand {
             the very 4-bit weights it was trained against, dequantized, so pass the --model you \
             trained with. Trained norms (--train-norms) replace the base's; embeddings and the \
             LM head are dequantized to fp32 (a tied model writes the embedding once). Without \
-            --adapter the dequantized base is written.
+            --adapter the dequantized base is written. --adapter takes an adapter directory or a \
+            run's directory (its lora_final); --ema takes the EMA weights instead (lora_final_ema, \
+            or lora_best_ema beside lora_best), which a run trained with --ema also evaluates with.
 
             The folder holds config.json (LlamaForCausalLM, float32), generation_config.json, \
             model.safetensors (sharded with model.safetensors.index.json above \
@@ -40,6 +42,7 @@ struct Export: ParsableCommand {
 
             Examples:
               qlora export --model models/SmolLM2-135M-Instruct.Q4_1.gguf --adapter runs/smol/lora_best_ema -o smol-tuned
+              qlora export --model models/SmolLM2-135M-Instruct.Q4_1.gguf --adapter runs/smol --ema -o smol-tuned   # lora_final_ema
               qlora export --model smol-nf4 -o smol-fp32 --overwrite
               qlora export --model llama-nf4 --adapter runs/llama/lora_final -o llama-tuned --max-shard-size 2GB
               qlora export --model smol-nf4 --adapter runs/smol/lora_final --format gguf --type q8_0 -o smol-tuned.Q8_0.gguf
@@ -47,8 +50,10 @@ struct Export: ParsableCommand {
     )
 
     @Option(help: "The base the adapter was trained on: a GGUF file or a quantized model folder.") var model: String
-    @Option(help: "A LoRA adapter directory (PEFT layout, e.g. a run's lora_best_ema); omit to export the dequantized base.")
+    @Option(help: "A LoRA adapter directory (PEFT layout, e.g. a run's lora_best_ema) or a training run's directory (its lora_final); omit to export the dequantized base.")
     var adapter: String?
+    @Flag(help: "Merge the EMA weights: a run directory's lora_final_ema, or the _ema sibling of lora_final / lora_best.")
+    var ema = false
     @Option(name: [.short, .customLong("output")], help: "Output folder (hf) or .gguf file (gguf).") var output: String
     @Option(help: "What to write: hf (a Hugging Face fp32 folder) or gguf (one file for llama.cpp).") var format: ExportFormat = .hf
     @Option(help: "Tensor type of a GGUF's linears and embeddings: f32, f16, q8_0 (norms stay f32).")
@@ -59,8 +64,10 @@ struct Export: ParsableCommand {
 
     func validate() throws {
         guard FileManager.default.fileExists(atPath: model) else { throw ValidationError("\(model): no such file or folder") }
-        if let adapter, !FileManager.default.fileExists(atPath: adapter + "/adapter_config.json") {
-            throw ValidationError("\(adapter): not an adapter directory (no adapter_config.json)")
+        if let adapter {
+            do { _ = try AdapterFiles.resolve(adapter, ema: ema) } catch { throw ValidationError(error.description) }
+        } else if ema {
+            throw ValidationError("--ema picks an adapter's EMA weights: it needs --adapter")
         }
         if type != nil, format != .gguf { throw ValidationError("--type applies to --format gguf only") }
         guard (Self.byteCount(maxShardSize) ?? 0) > 0 else {
@@ -79,6 +86,8 @@ struct Export: ParsableCommand {
     }
 
     func run() throws {
+        let adapter = try adapter.map { try AdapterFiles.resolve($0, ema: ema) }
+        if let adapter { FileHandle.standardError.write(Data("adapter: \(adapter)\n".utf8)) }
         let options = MergedExport.Options(adapter: adapter, overwrite: overwrite, maxShardBytes: Self.byteCount(maxShardSize)!)
         InterruptCleanup.install(removing: StagedOutput.paths(for: output))
         let show: (MergedExport.Progress) -> Void = { progress in

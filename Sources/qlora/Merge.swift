@@ -29,7 +29,9 @@ struct Merge: ParsableCommand {
     )
 
     @Option(help: "The base the adapter was trained on: a GGUF file or a quantized model folder.") var model: String
-    @Option(help: "The LoRA adapter directory (PEFT layout, e.g. a run's lora_final).") var adapter: String
+    @Option(help: "The LoRA adapter directory (PEFT layout, e.g. a run's lora_final) or a training run's directory (its lora_final).") var adapter: String
+    @Flag(help: "Fold in the EMA weights: a run directory's lora_final_ema, or the _ema sibling of lora_final / lora_best.")
+    var ema = false
     @Option(help: "The new base's format: nf4 (a bitsandbytes folder) or q4_0 (a GGUF file).") var requantize: MergedRequantize.Target
     @Option(name: [.short, .customLong("output")], help: "Output folder (nf4) or .gguf file (q4_0).") var output: String
     @Option(help: "Block size for nf4 (a power of two, 32...4096).") var blockSize = 64
@@ -40,9 +42,7 @@ struct Merge: ParsableCommand {
 
     func validate() throws {
         guard FileManager.default.fileExists(atPath: model) else { throw ValidationError("\(model): no such file or folder") }
-        guard FileManager.default.fileExists(atPath: adapter + "/adapter_config.json") else {
-            throw ValidationError("\(adapter): not an adapter directory (no adapter_config.json)")
-        }
+        do { _ = try AdapterFiles.resolve(adapter, ema: ema) } catch { throw ValidationError(error.description) }
         if requantize == .q4_0, blockSize != 64 || !doubleQuant {
             throw ValidationError("--block-size and --no-double-quant apply to nf4; q4_0 has blocks of 32 with an fp16 scale")
         }
@@ -52,6 +52,8 @@ struct Merge: ParsableCommand {
     }
 
     func run() throws {
+        let adapter = try AdapterFiles.resolve(adapter, ema: ema)
+        FileHandle.standardError.write(Data("adapter: \(adapter)\n".utf8))
         let options = MergedRequantize.Options(adapter: adapter, target: requantize, blockSize: blockSize, doubleQuant: doubleQuant,
                                                embeddings: embeddings, overwrite: overwrite)
         InterruptCleanup.install(removing: StagedOutput.paths(for: output))

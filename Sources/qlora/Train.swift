@@ -28,8 +28,9 @@ struct Train: ParsableCommand {
             The run directory holds config.json, metrics.jsonl (one JSON object per line: \
             training rows with step, loss, lr, grad_norm, tokens_per_s, rss_mb; evaluation \
             rows with step, val_loss, val_ppl), checkpoint-N/ (the newest --keep-last), and \
-            the adapters lora_best, lora_best_ema and lora_final in PEFT's layout \
-            (qlora generate --adapter DIR).
+            the adapters lora_best, lora_best_ema, lora_final and lora_final_ema (the EMA \
+            weights at the end) in PEFT's layout (qlora generate --adapter DIR; qlora export \
+            --adapter RUN --ema merges lora_final_ema).
 
             Several --load-lora-from: the first adapter trains on; the others are stacked on it \
             frozen (y = W·x + s·B·A·x + Σ s_i·B_i·A_i·x), so a new skill can be trained on top of \

@@ -87,6 +87,30 @@ public enum AdapterFiles {
     /// What qlora writes as modules_to_save when the norms train: every RMSNorm of a Llama.
     static let normModules = ["input_layernorm", "post_attention_layernorm", "model.norm"]
 
+    /// The adapter directory `--adapter PATH [--ema]` means: an adapter directory as it is, or
+    /// with `ema` its `_ema` sibling (a run's lora_final → lora_final_ema, lora_best →
+    /// lora_best_ema); a training run's directory means its lora_final (lora_final_ema with
+    /// `ema`). Anything else is refused with what was looked for.
+    public static func resolve(_ path: String, ema: Bool) throws(AdapterError) -> String {
+        let fm = FileManager.default
+        func isAdapter(_ dir: String) -> Bool { fm.fileExists(atPath: dir + "/" + configFile) }
+        let trimmed = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
+        if isAdapter(trimmed) {
+            guard ema, !trimmed.hasSuffix("_ema") else { return trimmed }
+            let sibling = trimmed + "_ema"
+            guard isAdapter(sibling) else {
+                throw .bad(trimmed, "--ema: no EMA version beside it (\(sibling)); a run trained with --ema saves lora_best_ema and lora_final_ema")
+            }
+            return sibling
+        }
+        if isAdapter(trimmed + "/lora_final") {
+            let chosen = trimmed + (ema ? "/lora_final_ema" : "/lora_final")
+            guard isAdapter(chosen) else { throw .bad(trimmed, "--ema: the run has no lora_final_ema (written at the end of a run trained with --ema); its best EMA weights are lora_best_ema") }
+            return chosen
+        }
+        throw .bad(trimmed, "not an adapter directory (no \(configFile)) nor a training run's (no lora_final/\(configFile))")
+    }
+
     /// The LoRA configuration an adapter directory declares, and whether it trains norms
     /// (modules_to_save selecting RMSNorms, or the older `qlora_trains_norms`).
     public static func config(in directory: String) throws -> (config: LoRAConfig, trainsNorms: Bool) {

@@ -128,7 +128,7 @@ public enum TrainingError: Error, CustomStringConvertible {
 
 /// A fine-tuning run: the model with its adapters, the data in order, AdamW, the LR schedule,
 /// the EMA, and the run directory (config.json, metrics.jsonl, checkpoint-N/, lora_best/,
-/// lora_best_ema/, lora_final/).
+/// lora_best_ema/, lora_final/, lora_final_ema/).
 ///
 /// Determinism: the batch order is a pure function of (seed, epoch); dropout masks of (seed,
 /// update, micro-batch, layer, linear); every kernel's summation order is fixed for a thread
@@ -270,6 +270,10 @@ public final class TrainingRun {
         }
         try AdapterFiles.save(lora, to: directory + "/lora_final", baseModel: config.model)
         onEvent(.adapterSaved(path: directory + "/lora_final", why: "final"))
+        if let ema {
+            try ema.withAveragedWeights { try AdapterFiles.save(lora, to: directory + "/lora_final_ema", baseModel: config.model) }
+            onEvent(.adapterSaved(path: directory + "/lora_final_ema", why: "final, EMA weights"))
+        }
         return true
     }
 

@@ -56,7 +56,7 @@ final class StepProfileTests: XCTestCase {
         let start = DispatchTime.now().uptimeNanoseconds
         StepProfile.measure(.head) {
             usleep(20_000)
-            StepProfile.measure(.norms) { usleep(20_000) }
+            _ = StepProfile.measure(.norms) { usleep(20_000) }
         }
         let wall = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
         XCTAssertGreaterThanOrEqual(profile.seconds[.head]!, 0.019)

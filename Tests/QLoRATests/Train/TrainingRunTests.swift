@@ -120,6 +120,32 @@ final class TrainingRunTests: XCTestCase {
         for (x, y) in zip(full.lora.parameters, second.lora.parameters) { XCTAssertEqual(x.values, y.values, x.name) }
         for (x, y) in zip(full.ema!.shadows, second.ema!.shadows) { XCTAssertEqual(x.array, y.array) }
         XCTAssertEqual(try rows(a).filter { $0.loss != nil }.count, 10)
+        // lora_final_ema holds the EMA shadows of the end, in both runs.
+        for dir in [a, b] {
+            let reloaded = try LlamaLoRA(model: Self.model, config: try config(10).lora, trainNorms: true, seed: 99)
+            try AdapterFiles.load(into: reloaded, from: dir + "/lora_final_ema")
+            for (p, s) in zip(reloaded.parameters, full.ema!.shadows) { XCTAssertEqual(p.values, s.array, p.name) }
+        }
+    }
+
+    /// `--adapter PATH [--ema]` (export, merge): a run's directory means its lora_final, --ema the
+    /// _ema sibling; what is missing is refused with what was looked for.
+    func testAdapterPathsResolveToARunsDirectories() throws {
+        let a = try temporaryDirectory()
+        XCTAssertTrue(try start(a).run { _ in })
+        XCTAssertEqual(try AdapterFiles.resolve(a, ema: false), a + "/lora_final")
+        XCTAssertEqual(try AdapterFiles.resolve(a + "/", ema: true), a + "/lora_final_ema")
+        XCTAssertEqual(try AdapterFiles.resolve(a + "/lora_best", ema: false), a + "/lora_best")
+        XCTAssertEqual(try AdapterFiles.resolve(a + "/lora_best", ema: true), a + "/lora_best_ema")
+        XCTAssertEqual(try AdapterFiles.resolve(a + "/lora_best_ema", ema: true), a + "/lora_best_ema")
+        try FileManager.default.removeItem(atPath: a + "/lora_final_ema")
+        XCTAssertThrowsError(try AdapterFiles.resolve(a + "/lora_final", ema: true)) {
+            XCTAssertTrue("\($0)".contains("lora_final_ema"), "\($0)")
+        }
+        XCTAssertThrowsError(try AdapterFiles.resolve(a, ema: true)) { XCTAssertTrue("\($0)".contains("--ema"), "\($0)") }
+        XCTAssertThrowsError(try AdapterFiles.resolve(a + "/nothing-here", ema: false)) {
+            XCTAssertTrue("\($0)".contains("not an adapter directory"), "\($0)")
+        }
     }
 
     /// With a second adapter stacked frozen (`--load-lora-from A --load-lora-from B`): config.json
