@@ -49,13 +49,9 @@ public final class LoRAAdapter {
     /// (evaluation, generation).
     func forward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, tokens T: Int, saved: Saved,
                  dropoutSeed: UInt64?) throws {
-        let r = rank, n = inFeatures, m = outFeatures
         let dropped = droppedInput(x, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
         let input = dropped.map { UnsafePointer($0.base) } ?? x
-        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: true, m: T, n: r, k: n, a: input, lda: n,
-                                 b: a.value.base, ldb: n, beta: 0, c: saved.u.base, ldc: r)
-        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: true, m: T, n: m, k: r, alpha: scale, a: saved.u.base,
-                                 lda: r, b: b.value.base, ldb: r, beta: 1, c: y, ldc: m)
+        try addDelta(x: input, into: y, tokens: T, u: saved.u.base)
         withExtendedLifetime(dropped) {}
     }
 
@@ -68,21 +64,18 @@ public final class LoRAAdapter {
         let g = FloatBuffer(count: T * r)
         try ComputeRuntime.parallelSgemm(transposeA: true, transposeB: false, m: m, n: r, k: T, alpha: scale, a: dy, lda: m,
                                  b: saved.u.base, ldb: r, beta: 1, c: b.grad.base, ldc: r)
-        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: false, m: T, n: r, k: m, alpha: scale, a: dy, lda: m,
-                                 b: b.value.base, ldb: r, beta: 0, c: g.base, ldc: r)
+        try scaledDyB(dy, tokens: T, into: g.base)
         let dropped = droppedInput(x, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
         let input = dropped.map { UnsafePointer($0.base) } ?? x
         try ComputeRuntime.parallelSgemm(transposeA: true, transposeB: false, m: r, n: n, k: T, a: g.base, lda: r,
                                  b: input, ldb: n, beta: 1, c: a.grad.base, ldc: n)
         if let dx {
             if let seed = dropoutSeed, let t = dropped {   // reuse its buffer for the product
-                try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: false, m: T, n: n, k: r, a: g.base, lda: r,
-                                         b: a.value.base, ldb: n, beta: 0, c: t.base, ldc: n)
+                try productGA(g.base, tokens: T, into: t.base, accumulate: false)
                 Self.applyDropout(into: t.base, from: t.base, count: T * n, p: dropout, seed: seed)
                 for i in 0..<(T * n) { dx[i] += t.base[i] }
             } else {
-                try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: false, m: T, n: n, k: r, a: g.base, lda: r,
-                                         b: a.value.base, ldb: n, beta: 1, c: dx, ldc: n)
+                try productGA(g.base, tokens: T, into: dx, accumulate: true)
             }
         }
         withExtendedLifetime(dropped) {}
@@ -91,22 +84,39 @@ public final class LoRAAdapter {
     /// y[T, out] += scale · (x·Aᵀ)·Bᵀ for an adapter stacked frozen on another: no dropout,
     /// nothing kept (u [T, r] lives for this call only).
     func forwardFrozen(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, tokens T: Int) throws {
-        let r = rank, n = inFeatures, m = outFeatures
-        let u = FloatBuffer(count: T * r)
-        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: true, m: T, n: r, k: n, a: x, lda: n,
-                                         b: a.value.base, ldb: n, beta: 0, c: u.base, ldc: r)
-        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: true, m: T, n: m, k: r, alpha: scale, a: u.base,
-                                         lda: r, b: b.value.base, ldb: r, beta: 1, c: y, ldc: m)
+        let u = FloatBuffer(count: T * rank)
+        try withExtendedLifetime(u) { try addDelta(x: x, into: y, tokens: T, u: u.base) }
     }
 
     /// dx[T, in] += scale · (dy·B)·A: a frozen adapter's share of the input gradient; no dA, dB.
     func backwardFrozen(dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, tokens T: Int) throws {
+        let g = FloatBuffer(count: T * rank)
+        try withExtendedLifetime(g) {
+            try scaledDyB(dy, tokens: T, into: g.base)
+            try productGA(g.base, tokens: T, into: dx, accumulate: true)
+        }
+    }
+
+    /// y[T, out] += scale · (x·Aᵀ)·Bᵀ, leaving x·Aᵀ in u [T, r].
+    private func addDelta(x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, tokens T: Int,
+                          u: UnsafeMutablePointer<Float>) throws {
         let r = rank, n = inFeatures, m = outFeatures
-        let g = FloatBuffer(count: T * r)
-        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: false, m: T, n: r, k: m, alpha: scale, a: dy, lda: m,
-                                         b: b.value.base, ldb: r, beta: 0, c: g.base, ldc: r)
-        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: false, m: T, n: n, k: r, a: g.base, lda: r,
-                                         b: a.value.base, ldb: n, beta: 1, c: dx, ldc: n)
+        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: true, m: T, n: r, k: n, a: x, lda: n,
+                                         b: a.value.base, ldb: n, beta: 0, c: u, ldc: r)
+        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: true, m: T, n: m, k: r, alpha: scale, a: u,
+                                         lda: r, b: b.value.base, ldb: r, beta: 1, c: y, ldc: m)
+    }
+
+    /// g [T, r] = scale · dy·B.
+    private func scaledDyB(_ dy: UnsafePointer<Float>, tokens T: Int, into g: UnsafeMutablePointer<Float>) throws {
+        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: false, m: T, n: rank, k: outFeatures, alpha: scale, a: dy,
+                                         lda: outFeatures, b: b.value.base, ldb: rank, beta: 0, c: g, ldc: rank)
+    }
+
+    /// out [T, in] (+)= g·A.
+    private func productGA(_ g: UnsafePointer<Float>, tokens T: Int, into out: UnsafeMutablePointer<Float>, accumulate: Bool) throws {
+        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: false, m: T, n: inFeatures, k: rank, a: g, lda: rank,
+                                         b: a.value.base, ldb: inFeatures, beta: accumulate ? 1 : 0, c: out, ldc: inFeatures)
     }
 
     /// drop(x) [T, in] in the saved scratch when dropout is on (a seed and p > 0), else nil:
