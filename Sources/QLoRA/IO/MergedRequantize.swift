@@ -58,11 +58,28 @@ public enum MergedRequantize {
 
         /// `merged` W', `requantized` Q(W') dequantized, `base` dequant(W), all in one order.
         public init(merged: [Float], requantized: [Float], base: [Float]) {
-            for i in merged.indices {
+            add(merged[...], requantized[...], base[...])
+        }
+
+        /// The same for W' [rows, cols] against the matrices themselves, dequantized a band of
+        /// rows at a time (the sums run in the same order): no full-size copy of Q(W') or W.
+        init(merged: [Float], requantized: QuantizedMatrix, base: QuantizedMatrix) {
+            let cols = base.cols, band = max(1, (1 << 20) / cols)
+            var q = [Float](repeating: 0, count: min(band, base.rows) * cols), w = q
+            for first in stride(from: 0, to: base.rows, by: band) {
+                let rows = first..<min(first + band, base.rows), n = rows.count * cols
+                requantized.dequantize(rows: rows, into: &q)
+                base.dequantize(rows: rows, into: &w)
+                add(merged[(first * cols)..<(first * cols + n)], q[..<n], w[..<n])
+            }
+        }
+
+        private mutating func add(_ merged: ArraySlice<Float>, _ requantized: ArraySlice<Float>, _ base: ArraySlice<Float>) {
+            for (i, (j, k)) in zip(merged.indices, zip(requantized.indices, base.indices)) {
                 let w = Double(merged[i])
                 weightSquares += w * w
-                errorSquares += (Double(requantized[i]) - w) * (Double(requantized[i]) - w)
-                deltaSquares += (w - Double(base[i])) * (w - Double(base[i]))
+                errorSquares += (Double(requantized[j]) - w) * (Double(requantized[j]) - w)
+                deltaSquares += (w - Double(base[k])) * (w - Double(base[k]))
             }
         }
 
@@ -101,7 +118,7 @@ public enum MergedRequantize {
         var perTensor: [String: Rounding] = [:]
         /// Measures one linear: W' against Q(W') and dequant(W).
         func measure(_ name: String, merged: [Float], requantized: QuantizedMatrix) -> Rounding {
-            let r = Rounding(merged: merged, requantized: requantized.dequantize(), base: model.linears[name]!.dequantize())
+            let r = Rounding(merged: merged, requantized: requantized, base: model.linears[name]!)
             perTensor[name] = r
             return r
         }
