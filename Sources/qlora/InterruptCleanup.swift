@@ -2,7 +2,7 @@ import Dispatch
 import Foundation
 import QLoRA
 
-/// SIGINT (Ctrl-C) and SIGTERM during `export` and `merge`: remove the `OUT.tmp-<pid>` being
+/// SIGINT (Ctrl-C) and SIGTERM during `export`, `merge` and `quantize --shape`: remove the `OUT.tmp-<pid>` being
 /// written (StagedOutput), say so, and exit 130 or 143 (128 + the signal) as a shell expects.
 /// The signals are taken from the default action and read on a dispatch queue, so removal
 /// runs as ordinary code, not inside a signal handler.

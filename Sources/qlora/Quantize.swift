@@ -74,6 +74,8 @@ struct Quantize: ParsableCommand {
             case .f16: .F16
             case .bf16: .BF16
             }
+            for line in StagedOutput.removeStale(for: output) { FileHandle.standardError.write(Data("note: \(line)\n".utf8)) }
+            InterruptCleanup.install(removing: StagedOutput.paths(for: output))
             report = try SyntheticFolderWriter.write(config: shape.config(layers: layers), seed: seed, output: output, dtype: dtype,
                                                      progress: Self.show)
             print("note: \(output) has no tokenizer; qlora train --model \(output) trains seeded random ids, as --shape \(shape.rawValue) does")

@@ -16,7 +16,8 @@ import QuantKernels
 ///
 /// No tokenizer is written: the folder has none to give. Memory stays near two fp32 linears,
 /// one layer's 4-bit bytes and a 16 MB piece of a token matrix. The folder is written as
-/// `<output>.tmp-<pid>` and renamed into place when complete.
+/// `<output>.tmp-<pid>` (StagedOutput: the CLI removes it on Ctrl-C, a later run after a kill)
+/// and renamed into place when complete.
 public enum SyntheticFolderWriter {
     /// Rows of a token matrix drawn, rounded through Q8_0 and written at once: about 4 M values.
     static let pieceValues = 1 << 22
@@ -27,7 +28,7 @@ public enum SyntheticFolderWriter {
         let fm = FileManager.default
         guard !fm.fileExists(atPath: output) else { throw SyntheticFolderError.outputExists(path: output) }
         guard [.F32, .F16, .BF16].contains(dtype) else { throw SyntheticFolderError.unsupportedDType(dtype.rawValue) }
-        let tmp = output + ".tmp-\(getpid())"
+        let tmp = StagedOutput.path(for: output)
         try? fm.removeItem(atPath: tmp)
         try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
         do {
