@@ -78,8 +78,8 @@ static void transpose_rows(float *restrict panel, int64_t ldp, const float *rest
  * (kw apart). Shared by the forward and the backward's recomputation. */
 static void probabilities_block(float *p, int64_t ld, int64_t zero_to, const float *qh, int64_t qw, const float *kt,
                                 int64_t ldkt, const float *kg, int64_t kw, int64_t i0, int64_t m, int64_t P, int64_t D,
-                                int simd) {
-    const float scale = 1.0f / sqrtf((float)D);
+                                qk_attention_options o, int simd) {
+    const float scale = o.scale;
     for (int64_t r0 = 0; r0 < m; r0 += TR) {
         const int64_t mr = min64(TR, m - r0), keys = P + i0 + r0 + mr;
         if (kt) {
@@ -95,8 +95,9 @@ static void probabilities_block(float *p, int64_t ld, int64_t zero_to, const flo
     }
     for (int64_t r = 0; r < m; r++) {
         float *x = p + r * ld;
-        const int64_t n = P + i0 + r + 1;
+        const int64_t n = P + i0 + r + 1, lo = o.window > 0 && n > o.window ? n - o.window : 0;
         for (int64_t j = 0; j < n; j++) x[j] *= scale;
+        for (int64_t j = 0; j < lo; j++) x[j] = -INFINITY;   /* outside the sliding window */
         qk_softmax_row(x, n);
         for (int64_t j = n; j < zero_to; j++) x[j] = 0;
     }
@@ -105,21 +106,32 @@ static void probabilities_block(float *p, int64_t ld, int64_t zero_to, const flo
 /* out rows i0 ..< i0+m of head h: probabilities (into probs or the scratch rows), then p·v. */
 static void forward_block(float *out, float *probs, float *scratch, const float *q, const float *kt, int64_t ldkt,
                           const float *k, const float *v, int64_t h, int64_t qb, int64_t T, int64_t P, int64_t H,
-                          int64_t Hkv, int64_t D, int simd) {
+                          int64_t Hkv, int64_t D, qk_attention_options o, int simd) {
     const int64_t S = P + T, g = h / (H / Hkv), qw = H * D, kw = Hkv * D;
     const int64_t i0 = qb * QB, m = min64(QB, T - i0);
     float *p = probs ? probs + (h * T + i0) * S : scratch;
     const int64_t ld = probs ? S : ldkt, zero_to = probs ? S : P + i0 + m;
     probabilities_block(p, ld, zero_to, q + h * D, qw, kt ? kt + g * D * ldkt : NULL, ldkt, k + g * D, kw, i0, m, P,
-                        D, simd);
+                        D, o, simd);
     for (int64_t r0 = 0; r0 < m; r0 += TR) {
         const int64_t mr = min64(TR, m - r0);
         gemm(simd, out + (i0 + r0) * qw + h * D, qw, p + r0 * ld, ld, 1, v + g * D, kw, mr, D, P + i0 + r0 + mr, 0);
     }
 }
 
+qk_attention_options qk_attention_defaults(int64_t D) {
+    const qk_attention_options o = {1.0f / sqrtf((float)D), 0};
+    return o;
+}
+
 int qk_attention_forward(float *out, float *probs, const float *q, const float *k, const float *v,
                          int64_t T, int64_t P, int64_t H, int64_t Hkv, int64_t D, int threads) {
+    return qk_attention_forward_with(out, probs, q, k, v, T, P, H, Hkv, D, qk_attention_defaults(D), threads);
+}
+
+int qk_attention_forward_with(float *out, float *probs, const float *q, const float *k, const float *v,
+                              int64_t T, int64_t P, int64_t H, int64_t Hkv, int64_t D, qk_attention_options o,
+                              int threads) {
     if (T <= 0 || H <= 0) return 0;
     const int64_t S = P + T, Sp = round16(S), kw = Hkv * D;
     const int simd = qk_isa_get() == QK_ISA_AVX512;
@@ -145,8 +157,8 @@ int qk_attention_forward(float *out, float *probs, const float *q, const float *
 #pragma omp for schedule(static, 1)
         for (int64_t i = 0; i < items; i++) {
             const int64_t h = i / pairs, first = i % pairs, last = blocks - 1 - first;
-            forward_block(out, probs, rows, q, kt, Sp, k, v, h, first, T, P, H, Hkv, D, simd);
-            if (last != first) forward_block(out, probs, rows, q, kt, Sp, k, v, h, last, T, P, H, Hkv, D, simd);
+            forward_block(out, probs, rows, q, kt, Sp, k, v, h, first, T, P, H, Hkv, D, o, simd);
+            if (last != first) forward_block(out, probs, rows, q, kt, Sp, k, v, h, last, T, P, H, Hkv, D, o, simd);
         }
     }
     free(kt);
@@ -162,9 +174,9 @@ typedef struct { float *vt, *kt, *p, *ds; } backward_scratch;
  * order and query blocks in order, so each dk and dv row is summed in a fixed order. */
 static void backward_pair(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                           const float *v, const float *probs, int64_t b, int64_t g, int64_t T, int64_t H, int64_t Hkv,
-                          int64_t D, backward_scratch s, int simd) {
+                          int64_t D, qk_attention_options o, backward_scratch s, int simd) {
     const int64_t rep = H / Hkv, qw = H * D, kw = Hkv * D, Tp = round16(T), base = b * T;
-    const float scale = 1.0f / sqrtf((float)D);
+    const float scale = o.scale;
     const float *kg = k + base * kw + g * D, *vg = v + base * kw + g * D;
     float *dkg = dk + base * kw + g * D, *dvg = dv + base * kw + g * D;
     for (int64_t j = 0; j < T; j++) {
@@ -187,7 +199,7 @@ static void backward_pair(float *dq, float *dk, float *dv, const float *dout, co
                     memset(s.p + r * Tp + i0 + r + 1, 0, (size_t)(m - r - 1) * sizeof(float));
                 }
             } else {
-                probabilities_block(s.p, Tp, i1, qh, qw, packed ? s.kt : NULL, Tp, kg, kw, i0, m, 0, D, simd);
+                probabilities_block(s.p, Tp, i1, qh, qw, packed ? s.kt : NULL, Tp, kg, kw, i0, m, 0, D, o, simd);
             }
             /* dp = dout·vᵀ, then ds in place. */
             for (int64_t r0 = 0; r0 < m; r0 += TR) {
@@ -221,6 +233,13 @@ static void backward_pair(float *dq, float *dk, float *dv, const float *dout, co
 int qk_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                           const float *v, const float *probs, int64_t B, int64_t T, int64_t H, int64_t Hkv,
                           int64_t D, int threads) {
+    return qk_attention_backward_with(dq, dk, dv, dout, q, k, v, probs, B, T, H, Hkv, D, qk_attention_defaults(D),
+                                      threads);
+}
+
+int qk_attention_backward_with(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                               const float *v, const float *probs, int64_t B, int64_t T, int64_t H, int64_t Hkv,
+                               int64_t D, qk_attention_options o, int threads) {
     if (B <= 0 || T <= 0 || H <= 0 || Hkv <= 0) return 0;
     const int64_t pairs = B * Hkv, Tp = round16(T), per_thread = 2 * D * Tp + 2 * min64(QB, T) * Tp;
     const int simd = qk_isa_get() == QK_ISA_AVX512;
@@ -233,7 +252,7 @@ int qk_attention_backward(float *dq, float *dk, float *dv, const float *dout, co
     for (int64_t i = 0; i < pairs; i++) {
         float *mine = scratch + (int64_t)omp_get_thread_num() * per_thread;
         const backward_scratch s = {mine, mine + D * Tp, mine + 2 * D * Tp, mine + 2 * D * Tp + min64(QB, T) * Tp};
-        backward_pair(dq, dk, dv, dout, q, k, v, probs, i / Hkv, i % Hkv, T, H, Hkv, D, s, simd);
+        backward_pair(dq, dk, dv, dout, q, k, v, probs, i / Hkv, i % Hkv, T, H, Hkv, D, o, s, simd);
     }
     free(scratch);
     return 0;

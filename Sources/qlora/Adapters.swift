@@ -112,7 +112,7 @@ struct AdaptersCombine: ParsableCommand {
             Self.printPerBlock(result.modules) { $0.relativeError }
             let worst = result.modules.max { $0.relativeError < $1.relativeError }!
             print(String(format: "relative error over all linears: %.6f (worst %.6f at block %d %@)", result.relativeError,
-                         worst.relativeError, worst.layer, worst.linear.rawValue))
+                         worst.relativeError, worst.layer, worst.linear.name))
         }
         try AdapterFiles.save(result.adapters, to: output, baseModel: model)
         print("wrote \(output)")
@@ -120,10 +120,12 @@ struct AdaptersCombine: ParsableCommand {
 
     /// One line per block: each adapted linear with `value` of it.
     static func printPerBlock(_ modules: [AdapterCombination.Module], _ value: (AdapterCombination.Module) -> Double) {
+        let known = ModelFamily.all.flatMap(\.linears)
+        func order(_ m: AdapterCombination.Module) -> Int { known.firstIndex(of: m.linear) ?? known.count }
         for layer in Array(Set(modules.map(\.layer))).sorted() {
             let entries = modules.filter { $0.layer == layer }
-                .sorted { LlamaLinear.allCases.firstIndex(of: $0.linear)! < LlamaLinear.allCases.firstIndex(of: $1.linear)! }
-                .map { "\($0.linear.rawValue) " + String(format: "%.4g", value($0)) }
+                .sorted { order($0) < order($1) }
+                .map { "\($0.linear.name) " + String(format: "%.4g", value($0)) }
             print("  block \(layer): " + entries.joined(separator: "  "))
         }
     }

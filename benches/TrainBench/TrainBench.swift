@@ -113,8 +113,8 @@ public enum TrainBench {
         var flops = 0.0, seconds = 0.0
         ComputeRuntime.setBLASThreads(ComputeRuntime.defaultThreads)
         defer { ComputeRuntime.setBLASThreads(1) }
-        for m in LlamaLinear.allCases {
-            let w = layer.linear(m), W = w.dequantize()
+        for m in model.config.family.linears {
+            let w = layer.matrix(m), W = w.dequantize()
             let x = FloatBuffer(count: T * max(w.rows, w.cols)), y = FloatBuffer(count: T * max(w.rows, w.cols))
             try W.withUnsafeBufferPointer { (wp) throws in
                 for backward in [false, true] {

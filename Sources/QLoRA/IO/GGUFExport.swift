@@ -64,16 +64,19 @@ public enum GGUFExport {
         var storage: String { hf.storage }
         var rows: Int { hf.shape.count == 2 ? hf.shape[0] : hf.count }
         var cols: Int { hf.shape.count == 2 ? hf.shape[1] : 1 }
-        var isLinear: Bool { TensorNames.role(of: hf.name).isLinear && hf.shape.count == 2 }
+        let role: TensorRole
+        var isLinear: Bool { role.isLinear && hf.shape.count == 2 }
     }
 
     /// The output's tensors: linears as `linearType`, embedding and LM head as `tokenType`
     /// (nil: as the source stores them, where GGUF can), everything else F32.
     static func tensorPlan(_ model: QuantizedModel, linearType: GGMLType, tokenType: GGMLType?) throws -> [PlannedTensor] {
-        let arch = architecture(model.source)
+        let family = model.config.family
         return try MergedExport.tensorPlan(model).map { t in
-            guard let name = TensorNames.gguf(fromHuggingFace: t.name) else { throw ModelSourceError.unknownTensor(path: model.path, name: t.name) }
-            let role = TensorNames.role(of: t.name)
+            guard let name = TensorNames.gguf(fromHuggingFace: t.name, family: family) else {
+                throw ModelSourceError.unknownTensor(path: model.path, name: t.name, family: family.name)
+            }
+            let role = TensorNames.role(of: t.name, family: family)
             let source = model.source.tensors.first { $0.name == t.name }?.gguf
             let type: GGMLType
             if role.isLinear, t.shape.count == 2 {
@@ -88,8 +91,8 @@ public enum GGUFExport {
                 throw GGUFExportError.columnsNotMultipleOfBlock(tensor: name, columns: ne[0], type: type.name, blockSize: type.blockSize)
             }
             return PlannedTensor(hf: t, gguf: name, ne: ne, type: type,
-                                 ropeHeads: ModelSource.ropeHeads(of: t.name, architecture: arch, config: model.config),
-                                 kept: source?.type == type ? source : nil)
+                                 ropeHeads: ModelSource.ropeHeads(of: t.name, config: model.config),
+                                 kept: source?.type == type ? source : nil, role: role)
         }
     }
 
@@ -159,10 +162,10 @@ public enum GGUFExport {
         }
     }
 
-    /// The architecture the file declares: the source GGUF's, or llama for a Llama-layout folder.
+    /// The architecture the file declares: the source GGUF's, or the family's for a folder.
     static func architecture(_ source: ModelSource) -> String {
         if let arch = source.gguf?.metadata["general.architecture"]?.string { return arch }
-        return source.config.architecture == "qwen2" ? "qwen2" : "llama"
+        return source.config.family.ggufArchitecture
     }
 
     // MARK: metadata

@@ -191,7 +191,7 @@ public enum MergedExport {
 
     /// Norms, biases and fp32 embeddings: the adapter's trained values or the base's.
     private static func vectorValues(of t: PlannedTensor, model: QuantizedModel, adapter: AdapterTensors?) throws -> [Float] {
-        guard let values = adapter?.norms[t.name] ?? model.dense[t.name] else { throw ModelSourceError.unknownTensor(path: model.path, name: t.name) }
+        guard let values = adapter?.norms[t.name] ?? model.dense[t.name] else { throw ModelSourceError.unknownTensor(path: model.path, name: t.name, family: model.config.family.name) }
         return values
     }
 
@@ -216,7 +216,7 @@ public enum MergedExport {
         var config = Quantizer.huggingFaceConfig(source)
         config["quantization_config"] = nil
         config["qlora_block_size"] = nil
-        config["architectures"] = ["LlamaForCausalLM"]
+        config["architectures"] = [source.config.family.huggingFaceArchitecture]
         config["torch_dtype"] = "float32"  // transformers < 5
         config["dtype"] = "float32"        // transformers ≥ 5
         try writeJSON(config, to: (dir as NSString).appendingPathComponent("config.json"))

@@ -168,7 +168,7 @@ public enum MergedRequantize {
     static func writeBitsandbytes(_ plan: [MergedExport.PlannedTensor], model: QuantizedModel, adapter: AdapterTensors, output: String,
                                   options: Options, start: Date, measure: (String, [Float], QuantizedMatrix) -> Rounding,
                                   progress: (Progress) -> Void) throws {
-        let tensors = plan.map { ModelSource.Tensor(name: $0.name, shape: $0.shape, role: TensorNames.role(of: $0.name), storage: $0.storage, gguf: nil) }
+        let tensors = plan.map { ModelSource.Tensor(name: $0.name, shape: $0.shape, role: TensorNames.role(of: $0.name, family: model.config.family), storage: $0.storage, gguf: nil) }
         let byName = Dictionary(uniqueKeysWithValues: plan.map { ($0.name, $0) })
         let quantizer = Quantizer.Options(format: .nf4, blockSize: options.blockSize, doubleQuant: options.doubleQuant, embeddings: options.embeddings)
         let tmp = StagedOutput.path(for: output)
@@ -185,7 +185,7 @@ public enum MergedRequantize {
                 progress: { p in
                     guard case let .tensor(index, count, name, from, to, elapsed) = p else { return }
                     current = (index, count, from, to)
-                    if !TensorNames.role(of: name).isLinear {
+                    if !TensorNames.role(of: name, family: model.config.family).isLinear {
                         progress(.tensor(index: index, count: count, name: name, from: from, to: to, merged: adapter.touches(name),
                                          rounding: nil, elapsed: elapsed))
                     }

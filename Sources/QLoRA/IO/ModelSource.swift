@@ -36,18 +36,20 @@ public final class ModelSource: @unchecked Sendable {
             gguf = nil
             config = f.config
             tensors = f.tensors.filter { !$0.tensor.name.contains(".weight.") }.map { _, t in
-                Tensor(name: t.name, shape: t.shape, role: TensorNames.role(of: t.name), storage: t.dtype.rawValue, gguf: nil)
+                Tensor(name: t.name, shape: t.shape, role: TensorNames.role(of: t.name, family: f.config.family), storage: t.dtype.rawValue, gguf: nil)
             }
         } else {
             let g = try GGUFFile(path: path)
             gguf = g
             folder = nil
-            config = try ModelConfig(gguf: g)
+            let config = try ModelConfig(gguf: g)
+            self.config = config
             tensors = try g.tensors.map { t in
-                guard let name = TensorNames.huggingFace(fromGGUF: t.name) else {
-                    throw ModelSourceError.unknownTensor(path: path, name: t.name)
+                guard let name = TensorNames.huggingFace(fromGGUF: t.name, family: config.family) else {
+                    throw ModelSourceError.unknownTensor(path: path, name: t.name, family: config.family.name)
                 }
-                return Tensor(name: name, shape: t.shape, role: TensorNames.role(of: name), storage: t.type.name, gguf: t)
+                return Tensor(name: name, shape: t.shape, role: TensorNames.role(of: name, family: config.family), storage: t.type.name,
+                              gguf: t)
             }
         }
     }
@@ -60,23 +62,23 @@ public final class ModelSource: @unchecked Sendable {
             if let heads = ropeHeads(of: t.name) { return Self.unpermuteRows(values, rows: t.shape[0], heads: heads) }
             return values
         }
-        guard let folder, let (file, st) = folder.tensor(t.name) else { throw ModelSourceError.unknownTensor(path: path, name: t.name) }
+        guard let folder, let (file, st) = folder.tensor(t.name) else { throw ModelSourceError.unknownTensor(path: path, name: t.name, family: config.family.name) }
         if let m = try BitsandbytesWeights.read(folder, name: t.name) { return m.dequantize() }
         let values = try file.floats(st)
         file.file.release(offset: st.offset, count: st.byteCount)
         return values
     }
 
-    /// llama.cpp's converter permutes q and k rows of Llama-family models (not Qwen2) for its
+    /// llama.cpp's converter permutes q and k rows of some families (Llama, Mistral) for its
     /// rotary layout; the heads to undo it with, or nil when `name` was not permuted.
     func ropeHeads(of name: String) -> Int? {
         guard gguf != nil else { return nil }
-        return Self.ropeHeads(of: name, architecture: config.architecture, config: config)
+        return Self.ropeHeads(of: name, config: config)
     }
 
-    /// The heads a GGUF of `architecture` permutes `name`'s rows by (Hugging Face name), or nil.
-    static func ropeHeads(of name: String, architecture: String, config: ModelConfig) -> Int? {
-        guard architecture == "llama" || architecture == "mistral" || architecture == "smollm" else { return nil }
+    /// The heads a GGUF of `config`'s family permutes `name`'s rows by (Hugging Face name), or nil.
+    static func ropeHeads(of name: String, config: ModelConfig) -> Int? {
+        guard config.family.ggufPermutesQK else { return nil }
         if name.hasSuffix("self_attn.q_proj.weight") || name.hasSuffix("self_attn.q_proj.bias") { return config.numHeads }
         if name.hasSuffix("self_attn.k_proj.weight") || name.hasSuffix("self_attn.k_proj.bias") { return config.numKVHeads }
         return nil
@@ -107,11 +109,11 @@ public final class ModelSource: @unchecked Sendable {
 }
 
 public enum ModelSourceError: Error, Equatable, CustomStringConvertible {
-    case unknownTensor(path: String, name: String)
+    case unknownTensor(path: String, name: String, family: String)
 
     public var description: String {
         switch self {
-        case let .unknownTensor(path, name): "\(path): tensor '\(name)' is not part of the Llama layout qlora knows"
+        case let .unknownTensor(path, name, family): "\(path): tensor '\(name)' is not part of the \(family) layout qlora knows"
         }
     }
 }

@@ -50,7 +50,7 @@ public struct ModelSummary: Codable, Sendable {
                              parameterCount: g.tensors.reduce(0) { $0 + $1.count }, fileBytes: g.file.count,
                              components: sorted(groups), tokenizer: tokenizer,
                              chatTemplate: g.metadata["tokenizer.chat_template"] != nil, loadSeconds: 0)
-        let linearTypes = Set(g.tensors.filter { TensorNames.role(of: $0.name).isLinear }.map(\.type))
+        let linearTypes = Set(g.tensors.filter { TensorNames.role(of: $0.name, family: config.family).isLinear }.map(\.type))
         s.requantizedAtLoad = linearTypes.sorted { $0.rawValue < $1.rawValue }.compactMap { type in
             let (format, requantized) = QuantizedModel.loadFormat(for: type)
             return requantized ? "\(type.name) → \(format.rawValue)" : nil

@@ -174,13 +174,14 @@ public enum Quantizer {
     static func huggingFaceConfig(_ c: ModelConfig, bos: Int?, eos: Int?) -> [String: Any] {
         // Floats by their shortest decimal (1e-05, not 9.99999974737875e-06 widened from fp32).
         var config: [String: Any] = [
-            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+            "architectures": [c.family.huggingFaceArchitecture], "model_type": c.family.huggingFaceModelType, "hidden_act": "silu",
             "hidden_size": c.hiddenSize, "intermediate_size": c.intermediateSize, "num_hidden_layers": c.numLayers,
             "num_attention_heads": c.numHeads, "num_key_value_heads": c.numKVHeads, "head_dim": c.headDim,
             "vocab_size": c.vocabSize, "rms_norm_eps": Double("\(c.rmsNormEps)")!, "rope_theta": Double("\(c.ropeTheta)")!,
             "max_position_embeddings": c.maxPositionEmbeddings, "tie_word_embeddings": c.tieWordEmbeddings,
             "attention_bias": c.attentionBias, "mlp_bias": false,
         ]
+        config.merge(c.family.huggingFaceKeys(c)) { _, new in new }
         if let bos { config["bos_token_id"] = bos }
         if let eos { config["eos_token_id"] = eos }
         return config
@@ -210,7 +211,7 @@ public enum Quantizer {
         writer.metadata = gguf.metadataKeys.map { ($0, gguf.metadata[$0]!) }
         var types: [GGMLType] = []
         for t in gguf.tensors {
-            let role = TensorNames.role(of: t.name)
+            let role = TensorNames.role(of: t.name, family: source.config.family)
             var type = t.type
             if role.isLinear, t.ne.count == 2 {
                 type = target

@@ -55,18 +55,18 @@ public enum SyntheticFolderWriter {
 
     private static func writeTensors(config c: ModelConfig, seed: UInt64, folder: String, dtype: SafetensorsDType, start: Date,
                                      progress: (Quantizer.Progress) -> Void) throws -> Int {
-        let shapes = LlamaLinear.allCases.map { $0.shape(in: c) }
+        let shapes = c.family.linears.map { $0.shape(in: c) }
         var specs: [SafetensorsWriter.TensorSpec] = [], entries: [Entry] = []
         for l in 0..<c.numLayers {
-            for (i, m) in LlamaLinear.allCases.enumerated() {
+            for (i, m) in c.family.linears.enumerated() {
                 let parts = BitsandbytesWeights.specs(name: LlamaWeights.Name.layer(l, m.path + ".weight"), rows: shapes[i].rows,
                                                       cols: shapes[i].cols, format: .nf4, blockSize: 64, doubleQuant: true,
                                                       dtype: dtype.torchName)
                 specs += parts
                 entries += parts.indices.map { Entry.linear(layer: l, i: i, part: $0) }
             }
-            for norm in [LlamaWeights.Name.attentionNorm, LlamaWeights.Name.mlpNorm] {
-                specs.append(.init(name: LlamaWeights.Name.layer(l, norm), dtype: dtype, shape: [c.hiddenSize]))
+            for norm in c.family.norms {
+                specs.append(.init(name: LlamaWeights.Name.layer(l, norm.path + ".weight"), dtype: dtype, shape: [norm.size.size(in: c)]))
                 entries.append(.norm)
             }
         }

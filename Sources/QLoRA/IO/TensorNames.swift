@@ -1,7 +1,7 @@
 import Foundation
 
-/// Checkpoint names of the Llama layout, in one place: Hugging Face (`model.layers.3.self_attn.q_proj.weight`)
-/// and GGUF (`blk.3.attn_q.weight`), and what each tensor is.
+/// Checkpoint names, Hugging Face (`model.layers.3.self_attn.q_proj.weight`) ↔ GGUF
+/// (`blk.3.attn_q.weight`), from each family's table (`ModelFamily.blockTensors`), and what each tensor is.
 public enum TensorRole: String, Codable, Sendable {
     case embedding, lmHead, norm, attentionProjection, mlpProjection, bias, other
 
@@ -10,48 +10,28 @@ public enum TensorRole: String, Codable, Sendable {
 }
 
 public enum TensorNames {
-    /// (GGUF suffix, Hugging Face suffix) inside block N.
-    static let blockPairs: [(gguf: String, hf: String, role: TensorRole)] = [
-        ("attn_norm.weight", "input_layernorm.weight", .norm),
-        ("ffn_norm.weight", "post_attention_layernorm.weight", .norm),
-        ("attn_q.weight", "self_attn.q_proj.weight", .attentionProjection),
-        ("attn_k.weight", "self_attn.k_proj.weight", .attentionProjection),
-        ("attn_v.weight", "self_attn.v_proj.weight", .attentionProjection),
-        ("attn_output.weight", "self_attn.o_proj.weight", .attentionProjection),
-        ("attn_q.bias", "self_attn.q_proj.bias", .bias),
-        ("attn_k.bias", "self_attn.k_proj.bias", .bias),
-        ("attn_v.bias", "self_attn.v_proj.bias", .bias),
-        ("ffn_gate.weight", "mlp.gate_proj.weight", .mlpProjection),
-        ("ffn_up.weight", "mlp.up_proj.weight", .mlpProjection),
-        ("ffn_down.weight", "mlp.down_proj.weight", .mlpProjection),
-    ]
-    static let globalPairs: [(gguf: String, hf: String, role: TensorRole)] = [
-        ("token_embd.weight", "model.embed_tokens.weight", .embedding),
-        ("output_norm.weight", "model.norm.weight", .norm),
-        ("output.weight", "lm_head.weight", .lmHead),
-    ]
-
-    /// The Hugging Face name of a GGUF tensor, or nil for names outside the Llama layout.
-    public static func huggingFace(fromGGUF name: String) -> String? {
-        if let g = globalPairs.first(where: { $0.gguf == name }) { return g.hf }
+    /// The Hugging Face name of a GGUF tensor of a `family` model, or nil for names outside its layout.
+    public static func huggingFace(fromGGUF name: String, family: ModelFamily) -> String? {
+        if let g = globalTensors.first(where: { $0.gguf == name }) { return g.hf }
         guard let (layer, rest) = splitBlock(name, prefix: "blk."),
-              let pair = blockPairs.first(where: { $0.gguf == rest }) else { return nil }
+              let pair = family.blockTensors.first(where: { $0.gguf == rest }) else { return nil }
         return "model.layers.\(layer).\(pair.hf)"
     }
 
-    /// The GGUF name of a Hugging Face tensor, or nil.
-    public static func gguf(fromHuggingFace name: String) -> String? {
-        if let g = globalPairs.first(where: { $0.hf == name }) { return g.gguf }
+    /// The GGUF name of a Hugging Face tensor of a `family` model, or nil.
+    public static func gguf(fromHuggingFace name: String, family: ModelFamily) -> String? {
+        if let g = globalTensors.first(where: { $0.hf == name }) { return g.gguf }
         guard let (layer, rest) = splitBlock(name, prefix: "model.layers."),
-              let pair = blockPairs.first(where: { $0.hf == rest }) else { return nil }
+              let pair = family.blockTensors.first(where: { $0.hf == rest }) else { return nil }
         return "blk.\(layer).\(pair.gguf)"
     }
 
-    /// What a tensor (either naming) is.
-    public static func role(of name: String) -> TensorRole {
-        if let g = globalPairs.first(where: { $0.gguf == name || $0.hf == name }) { return g.role }
+    /// What a tensor (either naming) of a `family` model is.
+    public static func role(of name: String, family: ModelFamily) -> TensorRole {
+        if let g = globalTensors.first(where: { $0.gguf == name || $0.hf == name }) { return g.role }
         for prefix in ["blk.", "model.layers."] {
-            if let (_, rest) = splitBlock(name, prefix: prefix), let pair = blockPairs.first(where: { $0.gguf == rest || $0.hf == rest }) {
+            if let (_, rest) = splitBlock(name, prefix: prefix),
+               let pair = family.blockTensors.first(where: { $0.gguf == rest || $0.hf == rest }) {
                 return pair.role
             }
         }

@@ -25,7 +25,7 @@ public enum AdapterCombination {
     /// One linear of the output: ‖ΔW‖_F and ‖ΔW − B'·A'‖_F / ‖ΔW‖_F (0 where ΔW = 0).
     public struct Module: Sendable {
         public let layer: Int
-        public let linear: LlamaLinear
+        public let linear: LinearSpec
         public let norm: Double
         public let droppedNorm: Double
         public var relativeError: Double { norm > 0 ? droppedNorm / norm : 0 }
@@ -59,7 +59,7 @@ public enum AdapterCombination {
             rank = r
         }
         let modules = Set(inputs.flatMap { $0.adapters.adapters.map { ModuleKey(layer: $0.layer, linear: $0.linear) } })
-        let union = targets(of: modules, layers: base.config.numLayers)
+        let union = targets(of: modules, layers: base.config.numLayers, order: base.config.family.linears)
         let config = LoRAConfig(rank: rank, alpha: Float(rank), dropout: inputs[0].adapters.config.dropout,
                                 targets: union.targets, layerIndices: union.layers)
         let out = try LlamaLoRA(model: base, config: config, seed: 0)
@@ -87,7 +87,7 @@ public enum AdapterCombination {
         }
     }
 
-    struct ModuleKey: Hashable { let layer: Int; let linear: LlamaLinear }
+    struct ModuleKey: Hashable { let layer: Int; let linear: LinearSpec }
 
     /// Bs [out, R] = [w_i·s_i·B_i | …] and As [R, in] = [A_i; …] over `parts`, in Float64.
     static func stacked(_ parts: [(adapter: LoRAAdapter, weight: Double)], out: Int, in n: Int) -> (b: Matrix64, a: Matrix64) {
@@ -106,7 +106,7 @@ public enum AdapterCombination {
     /// Every input's block in input order (zero for inputs without this linear): the output's
     /// layout is the same in every linear. ‖ΔW‖ from the QR core; nothing is dropped.
     static func concatenated(_ parts: [(adapter: LoRAAdapter, weight: Double)], out: Int, in n: Int, inputs: [LlamaLoRA],
-                             layer l: Int, linear m: LlamaLinear) -> (Matrix64, Matrix64, Double, Double) {
+                             layer l: Int, linear m: LinearSpec) -> (Matrix64, Matrix64, Double, Double) {
         let R = inputs.reduce(0) { $0 + $1.config.rank }
         var b = Matrix64(rows: out, cols: R), a = Matrix64(rows: R, cols: n)
         var c0 = 0
@@ -144,10 +144,10 @@ public enum AdapterCombination {
     /// The output's targets for a set of linears: plain names when every block has the same
     /// linears, else a pattern of the full module names restricted to their blocks (written as
     /// the list of module names, which PEFT loads).
-    static func targets(of modules: Set<ModuleKey>, layers: Int) -> (targets: LoRATargets, layers: [Int]?) {
-        let linears = LlamaLinear.allCases.filter { m in modules.contains { $0.linear == m } }
-        if modules.count == linears.count * layers { return (.names(linears), nil) }
-        let sorted = modules.sorted { ($0.layer, LlamaLinear.allCases.firstIndex(of: $0.linear)!) < ($1.layer, LlamaLinear.allCases.firstIndex(of: $1.linear)!) }
+    static func targets(of modules: Set<ModuleKey>, layers: Int, order: [LinearSpec]) -> (targets: LoRATargets, layers: [Int]?) {
+        let linears = order.filter { m in modules.contains { $0.linear == m } }
+        if modules.count == linears.count * layers { return (.names(linears.map(\.name)), nil) }
+        let sorted = modules.sorted { ($0.layer, order.firstIndex(of: $0.linear)!) < ($1.layer, order.firstIndex(of: $1.linear)!) }
         let pattern = sorted.map { NSRegularExpression.escapedPattern(for: $0.linear.moduleName(layer: $0.layer)) }.joined(separator: "|")
         return (.regex(pattern), Array(Set(modules.map(\.layer))).sorted())
     }

@@ -61,7 +61,7 @@ public enum AdapterFiles {
         let targets: Any, layers: Any
         switch c.targets {
         case let .names(list):
-            (targets, layers) = (list.map(\.rawValue), subset ? adapted : NSNull())
+            (targets, layers) = (list, subset ? adapted : NSNull())
         case .allLinear where !subset:
             (targets, layers) = ("all-linear", NSNull())
         case let .regex(p) where !subset:
@@ -73,7 +73,7 @@ public enum AdapterFiles {
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": baseModel,
             "r": c.rank, "lora_alpha": Double("\(c.alpha)")!, "lora_dropout": Double("\(c.dropout)")!, "target_modules": targets,
             "use_rslora": c.useRSLoRA, "bias": "none", "fan_in_fan_out": false, "inference_mode": true,
-            "init_lora_weights": true, "modules_to_save": lora.trainsNorms ? normModules : NSNull(),
+            "init_lora_weights": true, "modules_to_save": lora.trainsNorms ? normModules(lora.family) : NSNull(),
             "rank_pattern": [String: Any](), "alpha_pattern": [String: Any](), "layers_to_transform": layers,
         ]
         let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
@@ -84,8 +84,15 @@ public enum AdapterFiles {
         try? fm.removeItem(atPath: old)
     }
 
-    /// What qlora writes as modules_to_save when the norms train: every RMSNorm of a Llama.
-    static let normModules = ["input_layernorm", "post_attention_layernorm", "model.norm"]
+    /// What qlora writes as modules_to_save when the norms train: every RMSNorm of the family,
+    /// one entry a kind (`input_layernorm`, …, `q_norm`), and the final `model.norm`.
+    static func normModules(_ family: ModelFamily) -> [String] { family.norms.map(\.name) + ["model.norm"] }
+
+    /// The Llama entries, which the older `qlora_trains_norms` meant.
+    static let normModules = normModules(.llama)
+
+    /// Every kind of RMSNorm of any family, for error messages.
+    static var anyNormModules: [String] { Array(Set(ModelFamily.all.flatMap { normModules($0) })).sorted() }
 
     /// The adapter directory `--adapter PATH [--ema]` means: an adapter directory as it is, or
     /// with `ema` its `_ema` sibling (a run's lora_final → lora_final_ema, lora_best →
@@ -171,12 +178,12 @@ public enum AdapterFiles {
             if let other = names.lazy.flatMap(\.others).first(where: { $0.hasSuffix(entry) }) {
                 throw AdapterError.unsupported(path, key: "modules_to_save", value: jsonText(entry),
                                                feature: "a fully trained copy of \(other.hasPrefix(prefix) ? String(other.dropFirst(prefix.count)) : other) (only the RMSNorms "
-                                                   + normModules.joined(separator: ", ") + " may train in full)")
+                                                   + anyNormModules.joined(separator: ", ") + " may train in full)")
             }
             guard names.contains(where: { $0.norms.contains { $0.hasSuffix(entry) } }) else {
                 throw AdapterError.unsupported(path, key: "modules_to_save", value: jsonText(entry),
-                                               feature: "an entry that selects no RMSNorm of a Llama (only "
-                                                   + normModules.joined(separator: ", ") + " may train in full)")
+                                               feature: "an entry that selects no RMSNorm (only "
+                                                   + anyNormModules.joined(separator: ", ") + " may train in full)")
             }
         }
         return entries
@@ -186,10 +193,10 @@ public enum AdapterFiles {
     /// PeftModel: its RMSNorms and the final one, and every other module (lora submodules aside).
     static func peftModuleNames(layer l: Int) -> (norms: [String], others: [String]) {
         let model = prefix + "model", block = model + ".layers.\(l)"
-        let norms = [block + ".input_layernorm", block + ".post_attention_layernorm", model + ".norm"]
+        let norms = Array(Set(ModelFamily.all.flatMap(\.norms).map { block + "." + $0.path })).sorted() + [model + ".norm"]
         let others = ["base_model", String(prefix.dropLast()), model, model + ".embed_tokens", model + ".layers", block,
                       block + ".self_attn", block + ".mlp", block + ".mlp.act_fn", model + ".rotary_emb", prefix + "lm_head"]
-            + LlamaLinear.allCases.map { prefix + $0.moduleName(layer: l) }
+            + Array(Set(ModelFamily.all.flatMap(\.linears))).map { prefix + $0.moduleName(layer: l) }
         return (norms, others)
     }
 
@@ -243,12 +250,12 @@ public enum AdapterFiles {
         if let names = try? LoRATargets(parsing: list.joined(separator: ",")) { return names }
         for entry in list {
             let layer = entry.firstMatch(of: /layers\.(\d+)\./).flatMap { Int($0.1) } ?? 0
-            guard LlamaLinear.allCases.contains(where: { m in
+            guard ModelFamily.all.flatMap(\.linears).contains(where: { m in
                 let name = m.moduleName(layer: layer)
                 return name == entry || name.hasSuffix("." + entry)
             }) else {
                 throw AdapterError.unsupported(path, key: "target_modules", value: jsonText(entry),
-                                               feature: "a target other than a Llama block's linears q_proj … down_proj")
+                                               feature: "a target other than a block's linears (" + LoRAConfigError.linearNames + ")")
             }
         }
         let escaped = list.map(NSRegularExpression.escapedPattern(for:)).joined(separator: "|")
@@ -312,11 +319,11 @@ public enum AdapterFiles {
     /// Why a tensor has no parameter: its block, linear or kind is not adapted.
     static func unmatchedReason(_ name: String, lora: LlamaLoRA) -> String {
         guard let m = name.firstMatch(of: /^model\.layers\.(\d+)\.(.+)\.lora_[AB]\.weight$/), let layer = Int(m.1) else {
-            return !name.hasSuffix("norm.weight") ? "it is no LoRA tensor of a Llama block's linears"
+            return !name.hasSuffix("norm.weight") ? "it is no LoRA tensor of a \(lora.family.name) block's linears"
                 : "it is a full RMSNorm weight, and adapter_config.json's modules_to_save does not select it"
         }
         guard layer < lora.layers.count else { return "the model has \(lora.layers.count) blocks" }
-        guard let linear = LlamaLinear.allCases.first(where: { $0.path == m.2 }) else { return "'\(m.2)' is not a linear of a Llama block" }
+        guard let linear = lora.order.first(where: { $0.path == m.2 }) else { return "'\(m.2)' is not a linear of a \(lora.family.name) block" }
         return "adapter_config.json's target_modules / layers_to_transform do not adapt \(linear.moduleName(layer: layer))"
     }
 

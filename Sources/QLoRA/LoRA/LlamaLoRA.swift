@@ -1,18 +1,18 @@
 import Foundation
 import Quant
 
-/// The trainable part of a Llama model: LoRA adapters on the target linears of the adapted
-/// layers, and with `trainNorms` every RMSNorm weight (fp32 copies of the frozen values).
+/// The trainable part of a model: LoRA adapters on the target linears of the adapted layers,
+/// and with `trainNorms` every RMSNorm weight of its family (fp32 copies of the frozen values).
 /// Embeddings and base linears stay frozen and have no gradient buffers.
 public final class LlamaLoRA: @unchecked Sendable {
     public let config: LoRAConfig
     public let trainsNorms: Bool
     /// One per decoder layer (empty where nothing trains).
-    public let layers: [LlamaLayerLoRA]
+    public let layers: [LayerAdapters]
     /// model.norm.weight with `trainNorms`.
     public let finalNorm: Parameter?
-    /// Every trainable tensor, in a fixed order: per layer its adapters (q … down; A then B),
-    /// then its two norms; the final norm last. Stacked adapters are not among them.
+    /// Every trainable tensor, in a fixed order: per layer its adapters (in the family's order
+    /// of linears; A then B), then its norms (the family's order); the final norm last. Stacked adapters are not among them.
     public let parameters: [Parameter]
     /// Adapters stacked frozen on these (`stacking`), by name, in the order they apply.
     public let stacked: [(name: String, adapters: LlamaLoRA)]
@@ -24,26 +24,28 @@ public final class LlamaLoRA: @unchecked Sendable {
         try config.validate(layers: c.numLayers)
         self.config = config
         trainsNorms = trainNorms
+        family = c.family
         var rng = SplitMix64(seed: seed)
         let adapted = config.adaptedLayers(of: c.numLayers)
-        var layers: [LlamaLayerLoRA] = []
+        var layers: [LayerAdapters] = []
         var parameters: [Parameter] = []
+        let family = c.family
         for (l, w) in model.weights.layers.enumerated() {
-            var layer = LlamaLayerLoRA()
+            var layer = LayerAdapters()
             if adapted.contains(l) {
-                for m in LlamaLinear.allCases where config.targets.matches(m, layer: l) {
-                    let base = w.linear(m)
+                for m in family.linears where config.targets.matches(m, layer: l) {
+                    let base = w.matrix(m)
                     let adapter = LoRAAdapter(name: m.moduleName(layer: l), rows: base.rows, cols: base.cols, config: config, rng: &rng)
                     layer.adapters[m] = adapter
                     parameters += [adapter.a, adapter.b]
                 }
             }
             if trainNorms {
-                layer.attentionNorm = Parameter(name: "model.layers.\(l).input_layernorm.weight", shape: [c.hiddenSize],
-                                                values: w.attentionNorm)
-                layer.mlpNorm = Parameter(name: "model.layers.\(l).post_attention_layernorm.weight", shape: [c.hiddenSize],
-                                          values: w.mlpNorm)
-                parameters += [layer.attentionNorm!, layer.mlpNorm!]
+                for s in family.norms {
+                    let p = Parameter(name: "model.layers.\(l).\(s.path).weight", shape: [s.size.size(in: c)], values: w[s].weight)
+                    layer.norms[s.path] = p
+                    parameters.append(p)
+                }
             }
             layers.append(layer)
         }
@@ -76,11 +78,12 @@ public final class LlamaLoRA: @unchecked Sendable {
             }
         }
         return LlamaLoRA(config: config, trainsNorms: trainsNorms, layers: layers, finalNorm: finalNorm, parameters: parameters,
-                         stacked: stacked + others.flatMap { [$0] + $0.adapters.stacked })
+                         stacked: stacked + others.flatMap { [$0] + $0.adapters.stacked }, family: family)
     }
 
-    private init(config: LoRAConfig, trainsNorms: Bool, layers: [LlamaLayerLoRA], finalNorm: Parameter?, parameters: [Parameter],
-                 stacked: [(name: String, adapters: LlamaLoRA)]) {
+    private init(config: LoRAConfig, trainsNorms: Bool, layers: [LayerAdapters], finalNorm: Parameter?, parameters: [Parameter],
+                 stacked: [(name: String, adapters: LlamaLoRA)], family: ModelFamily) {
+        self.family = family
         self.config = config
         self.trainsNorms = trainsNorms
         self.layers = layers
@@ -90,8 +93,8 @@ public final class LlamaLoRA: @unchecked Sendable {
     }
 
     /// One adapter per linear that has one in any layer: room in shared activations.
-    var everyAdaptedLinear: LlamaLayerLoRA {
-        var all = LlamaLayerLoRA()
+    var everyAdaptedLinear: LayerAdapters {
+        var all = LayerAdapters()
         for layer in layers { all.adapters.merge(layer.adapters) { a, _ in a } }
         return all
     }
@@ -100,11 +103,16 @@ public final class LlamaLoRA: @unchecked Sendable {
     public var trainableCount: Int { parameters.reduce(0) { $0 + $1.count } }
 
     /// Every adapter with its layer and linear.
-    public var adapters: [(layer: Int, linear: LlamaLinear, adapter: LoRAAdapter)] {
+    public var adapters: [(layer: Int, linear: LinearSpec, adapter: LoRAAdapter)] {
         layers.enumerated().flatMap { l, layer in
-            LlamaLinear.allCases.compactMap { m in layer.adapters[m].map { (l, m, $0) } }
+            order.compactMap { m in layer.adapters[m].map { (l, m, $0) } }
         }
     }
+
+    /// The linears adapters may sit on, in the family's order.
+    public var order: [LinearSpec] { family.linears }
+    /// The family of the model these adapters were made for.
+    public let family: ModelFamily
 
     /// PEFT's `print_trainable_parameters` line. `baseCount`: the frozen model's elements
     /// (every linear, embedding, head and norm, counted once when tied).
@@ -147,28 +155,14 @@ public enum AdapterStackError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-extension LlamaLayerWeights {
-    /// The frozen weight of linear `m`.
-    public func linear(_ m: LlamaLinear) -> QuantizedMatrix {
-        switch m {
-        case .q: q
-        case .k: k
-        case .v: v
-        case .o: o
-        case .gate: gate
-        case .up: up
-        case .down: down
-        }
-    }
-}
-
 extension LlamaModel {
     /// Bytes of the frozen weights as held: 4-bit linears, token matrices, norms.
     public var frozenBytes: Int {
         var n = weights.embedding.byteCount + weights.finalNorm.count * 4
         if !config.tieWordEmbeddings { n += weights.lmHead.byteCount }
         for w in weights.layers {
-            n += LlamaLinear.allCases.reduce(0) { $0 + w.linear($1).byteCount } + (w.attentionNorm.count + w.mlpNorm.count) * 4
+            n += w.linears.values.reduce(0) { $0 + $1.weight.byteCount + ($1.bias?.count ?? 0) * 4 }
+            n += w.norms.values.reduce(0) { $0 + $1.weight.count * 4 }
         }
         return n
     }
@@ -178,9 +172,8 @@ extension LlamaModel {
         let c = config
         var n = c.vocabSize * c.hiddenSize * (c.tieWordEmbeddings ? 1 : 2) + c.hiddenSize
         for w in weights.layers {
-            n += LlamaLinear.allCases.reduce(0) { $0 + w.linear($1).count }
-            n += w.attentionNorm.count + w.mlpNorm.count
-            n += (w.qBias?.count ?? 0) + (w.kBias?.count ?? 0) + (w.vBias?.count ?? 0)
+            n += w.linears.values.reduce(0) { $0 + $1.weight.count + ($1.bias?.count ?? 0) }
+            n += w.norms.values.reduce(0) { $0 + $1.weight.count }
         }
         return n
     }

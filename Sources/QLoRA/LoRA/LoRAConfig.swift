@@ -1,53 +1,11 @@
 import Foundation
 
-/// The seven linears of a Llama decoder layer, by PEFT's module name (its key in
-/// `target_modules`) and GGUF's.
-public enum LlamaLinear: String, CaseIterable, Codable, Sendable {
-    case q = "q_proj", k = "k_proj", v = "v_proj", o = "o_proj"
-    case gate = "gate_proj", up = "up_proj", down = "down_proj"
-
-    /// transformers' path below `model.layers.N.`: `self_attn.q_proj`, `mlp.gate_proj`, …
-    public var path: String {
-        switch self {
-        case .q, .k, .v, .o: "self_attn.\(rawValue)"
-        case .gate, .up, .down: "mlp.\(rawValue)"
-        }
-    }
-
-    /// GGUF's name of the same weight: `attn_q`, …, `ffn_down`.
-    public var ggufName: String {
-        switch self {
-        case .q: "attn_q"
-        case .k: "attn_k"
-        case .v: "attn_v"
-        case .o: "attn_output"
-        case .gate: "ffn_gate"
-        case .up: "ffn_up"
-        case .down: "ffn_down"
-        }
-    }
-
-    /// [out, in] of this linear's weight in a model of shape `c`.
-    public func shape(in c: ModelConfig) -> (rows: Int, cols: Int) {
-        let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
-        return switch self {
-        case .q: (qDim, c.hiddenSize)
-        case .k, .v: (kvDim, c.hiddenSize)
-        case .o: (c.hiddenSize, qDim)
-        case .gate, .up: (c.intermediateSize, c.hiddenSize)
-        case .down: (c.hiddenSize, c.intermediateSize)
-        }
-    }
-
-    /// The module's full name as PEFT matches it: `model.layers.3.self_attn.q_proj`.
-    public func moduleName(layer: Int) -> String { "model.layers.\(layer).\(path)" }
-}
-
 /// Which linears get adapters, as PEFT's `target_modules` reads.
 public enum LoRATargets: Equatable, Sendable, CustomStringConvertible {
     /// Module names: PEFT's suffix match (`q_proj` matches `model.layers.0.self_attn.q_proj`),
-    /// GGUF names (`attn_q`) accepted too.
-    case names([LlamaLinear])
+    /// GGUF names (`attn_q`) accepted too. Each must be a linear of some family; which of them
+    /// a model has is its family's business (a name it lacks adapts nothing there).
+    case names([String])
     /// Every linear of every block (PEFT's `all-linear`, which leaves out the LM head).
     case allLinear
     /// A regular expression that must match the whole module name (PEFT's `re.fullmatch`).
@@ -63,23 +21,23 @@ public enum LoRATargets: Equatable, Sendable, CustomStringConvertible {
             self = .regex(pattern)
             return
         }
-        var found: [LlamaLinear] = []
+        var found: [String] = []
         for part in t.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !part.isEmpty {
-            guard let m = LlamaLinear(rawValue: part) ?? LlamaLinear.allCases.first(where: { $0.ggufName == part }) else {
-                throw .unknownTarget(part)
-            }
-            if !found.contains(m) { found.append(m) }
+            guard let m = ModelFamily.all.lazy.compactMap({ $0.linear(named: part) }).first else { throw .unknownTarget(part) }
+            if !found.contains(m.name) { found.append(m.name) }
         }
         guard !found.isEmpty else { throw .noTargets(text) }
         self = .names(found)
     }
 
-    public static let attentionAndMLP = LoRATargets.names(LlamaLinear.allCases)
+    /// q, k, v, o, gate, up and down of a Llama-style block (Phi-3's fused qkv_proj and
+    /// gate_up_proj take their own names).
+    public static let attentionAndMLP = LoRATargets.names(LinearSpec.llamaBlock.map(\.name))
 
-    public func matches(_ m: LlamaLinear, layer: Int) -> Bool {
+    public func matches(_ m: LinearSpec, layer: Int) -> Bool {
         switch self {
         case .allLinear: return true
-        case let .names(list): return list.contains(m)
+        case let .names(list): return list.contains(m.name)
         case let .regex(pattern):
             let name = m.moduleName(layer: layer)
             guard let re = try? NSRegularExpression(pattern: "^(?:\(pattern))$") else { return false }
@@ -91,7 +49,7 @@ public enum LoRATargets: Equatable, Sendable, CustomStringConvertible {
     public var peftValue: String {
         switch self {
         case .allLinear: "all-linear"
-        case let .names(list): list.map(\.rawValue).joined(separator: ",")
+        case let .names(list): list.joined(separator: ",")
         case let .regex(p): p
         }
     }
@@ -99,7 +57,7 @@ public enum LoRATargets: Equatable, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .allLinear: "all-linear"
-        case let .names(list): list.map(\.rawValue).joined(separator: ",")
+        case let .names(list): list.joined(separator: ",")
         case let .regex(p): "re:\(p)"
         }
     }
@@ -160,6 +118,9 @@ public struct LoRAConfig: Equatable, Sendable {
 }
 
 public enum LoRAConfigError: Error, Equatable, CustomStringConvertible {
+    /// Every family's linear names, sorted.
+    static var linearNames: String { Array(Set(ModelFamily.all.flatMap { $0.linears.map(\.name) })).sorted().joined(separator: ", ") }
+
     case badRank(Int), badAlpha(Float), badDropout(Float), badLayers(Int, Int)
     case badLayerIndex(Int, Int), unsortedLayerIndices([Int]), noLayerIndices, lastLayersAndIndices
     case unknownTarget(String), noTargets(String), badRegex(String)
@@ -175,8 +136,8 @@ public enum LoRAConfigError: Error, Equatable, CustomStringConvertible {
         case let .unsortedLayerIndices(list): "layers_to_transform \(list) must be increasing, without repeats"
         case .noLayerIndices: "layers_to_transform is an empty list: no block would be adapted"
         case .lastLayersAndIndices: "a LoRA configuration takes the last N blocks or a list of blocks, not both"
-        case let .unknownTarget(t): "unknown LoRA target '\(t)': use q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
-            + "down_proj (or attn_q … ffn_down), all-linear, or re:PATTERN"
+        case let .unknownTarget(t): "unknown LoRA target '\(t)': use a linear's name (" + Self.linearNames
+            + ", or llama.cpp's attn_q … ffn_down), all-linear, or re:PATTERN"
         case let .noTargets(t): "no LoRA targets in '\(t)'"
         case let .badRegex(p): "LoRA target pattern '\(p)' is not a valid regular expression"
         case let .nothingAdapted(t): "LoRA targets '\(t)' match no linear of the model"

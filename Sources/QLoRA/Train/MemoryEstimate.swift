@@ -40,13 +40,13 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
         let layers = lora.adaptedLayers(of: c.numLayers)
         var adapterFloats = 0, savedPerLayer: [Int] = Array(repeating: 0, count: c.numLayers)
         for l in layers {
-            for m in LlamaLinear.allCases where lora.targets.matches(m, layer: l) {
+            for m in c.family.linears where lora.targets.matches(m, layer: l) {
                 let (rows, cols) = m.shape(in: c)
                 adapterFloats += lora.rank * (rows + cols)
                 savedPerLayer[l] += N * lora.rank
             }
         }
-        if trainNorms { adapterFloats += (2 * c.numLayers + 1) * C }
+        if trainNorms { adapterFloats += c.numLayers * c.family.norms.reduce(0) { $0 + $1.size.size(in: c) } + C }
         let block = N * (4 * C + 2 * qDim + 2 * kvDim + 3 * F + 2) + B * c.numHeads * T * T
         let kept = gradientCheckpointing ? block + (savedPerLayer.max() ?? 0) : c.numLayers * block + savedPerLayer.reduce(0, +)
         let inputs = (c.numLayers + 1) * N * C

@@ -10,6 +10,7 @@
 #define MODEL_OPS_BACKWARD_H
 
 #include <stdint.h>
+#include "model_ops.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -44,6 +45,11 @@ void qk_swiglu_backward(float *dgate, float *dup, const float *dh, const float *
 int qk_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                           const float *v, const float *probs, int64_t B, int64_t T, int64_t H, int64_t Hkv,
                           int64_t D, int threads);
+
+/* qk_attention_backward of qk_attention_forward_with(…, o, …): the same scale and window. */
+int qk_attention_backward_with(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                               const float *v, const float *probs, int64_t B, int64_t T, int64_t H, int64_t Hkv,
+                               int64_t D, qk_attention_options o, int threads);
 
 /* Softmax cross-entropy over rows of logits [rows, V] with integer labels; rows whose label
  * is −100 are ignored. In place: logits become dlogits = grad_scale · (softmax − onehot(label))

@@ -155,7 +155,7 @@ final class MergedExportTests: XCTestCase {
     func testTrainedNormsReplaceTheBaseNorms() throws {
         let dir = TempDir()
         let model = try LlamaModel(path: Self.model)
-        let lora = try LlamaLoRA(model: model, config: LoRAConfig(rank: 2, alpha: 4, targets: .names([.q])), trainNorms: true, seed: 3)
+        let lora = try LlamaLoRA(model: model, config: LoRAConfig(rank: 2, alpha: 4, targets: .names(["q_proj"])), trainNorms: true, seed: 3)
         for (i, p) in lora.parameters.enumerated() where p.name.hasSuffix("norm.weight") {
             p.setValues((0..<p.count).map { Float(i) + Float($0) / 64 })
         }

@@ -27,12 +27,12 @@ final class SyntheticFolderTests: XCTestCase {
 
         let made = try SyntheticModel.make(config: Self.tiny, seed: 7), loaded = try LlamaModel(path: out)
         for l in 0..<2 {
-            for m in LlamaLinear.allCases {
-                let a = made.weights.layers[l].linear(m), b = loaded.weights.layers[l].linear(m)
+            for m in LinearSpec.llamaBlock {
+                let a = made.weights.layers[l].matrix(m), b = loaded.weights.layers[l].matrix(m)
                 XCTAssertEqual(b.format, .nf4)
                 XCTAssertEqual(a.dequantize(), b.dequantize(), "layer \(l) \(m)")
             }
-            XCTAssertEqual(loaded.weights.layers[l].mlpNorm, [Float](repeating: 1, count: 64))
+            XCTAssertEqual(loaded.weights.layers[l][.postAttention].weight, [Float](repeating: 1, count: 64))
         }
         for (a, b) in [(made.weights.embedding, loaded.weights.embedding), (made.weights.lmHead, loaded.weights.lmHead)] {
             guard case let .quantized(q) = a, case let .dense(d) = b else { return XCTFail("embedding Q8_0 in make, F32 in the folder") }

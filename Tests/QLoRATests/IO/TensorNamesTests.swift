@@ -9,15 +9,15 @@ final class TensorNamesTests: XCTestCase {
                      ("token_embd.weight", "model.embed_tokens.weight"), ("output.weight", "lm_head.weight"),
                      ("output_norm.weight", "model.norm.weight")]
         for (g, h) in pairs {
-            XCTAssertEqual(TensorNames.huggingFace(fromGGUF: g), h)
-            XCTAssertEqual(TensorNames.gguf(fromHuggingFace: h), g)
+            XCTAssertEqual(TensorNames.huggingFace(fromGGUF: g, family: .llama), h)
+            XCTAssertEqual(TensorNames.gguf(fromHuggingFace: h, family: .llama), g)
         }
-        XCTAssertNil(TensorNames.huggingFace(fromGGUF: "blk.x.attn_q.weight"))
-        XCTAssertNil(TensorNames.huggingFace(fromGGUF: "rope_freqs.weight"))
-        XCTAssertEqual(TensorNames.role(of: "blk.1.attn_output.weight"), .attentionProjection)
-        XCTAssertEqual(TensorNames.role(of: "model.layers.1.mlp.gate_proj.weight"), .mlpProjection)
-        XCTAssertEqual(TensorNames.role(of: "model.embed_tokens.weight"), .embedding)
-        XCTAssertEqual(TensorNames.role(of: "blk.1.attn_norm.weight"), .norm)
+        XCTAssertNil(TensorNames.huggingFace(fromGGUF: "blk.x.attn_q.weight", family: .llama))
+        XCTAssertNil(TensorNames.huggingFace(fromGGUF: "rope_freqs.weight", family: .llama))
+        XCTAssertEqual(TensorNames.role(of: "blk.1.attn_output.weight", family: .llama), .attentionProjection)
+        XCTAssertEqual(TensorNames.role(of: "model.layers.1.mlp.gate_proj.weight", family: .llama), .mlpProjection)
+        XCTAssertEqual(TensorNames.role(of: "model.embed_tokens.weight", family: .llama), .embedding)
+        XCTAssertEqual(TensorNames.role(of: "blk.1.attn_norm.weight", family: .llama), .norm)
     }
 
     /// llama.cpp's permute(): reshape(heads, 2, D/2, ...).swapaxes(1, 2): GGUF row h·D + 2i + j

@@ -18,7 +18,7 @@ final class AdapterCombinationTests: XCTestCase {
     }
 
     /// ΔW [out, in] of one linear: Σ w_i·s_i·B_i·A_i over the inputs that have it, Float64.
-    static func delta(_ inputs: [(name: String, adapters: LlamaLoRA, weight: Double)], layer l: Int, linear m: LlamaLinear,
+    static func delta(_ inputs: [(name: String, adapters: LlamaLoRA, weight: Double)], layer l: Int, linear m: LinearSpec,
                       rows: Int, cols: Int) -> [Double] {
         var d = [Double](repeating: 0, count: rows * cols)
         for i in inputs { if let a = i.adapters.layers[l].adapters[m] { add(a, weight: i.weight, into: &d) } }
@@ -59,8 +59,8 @@ final class AdapterCombinationTests: XCTestCase {
         }
         // Without peft the union is block 0's q/v (layer0) and export's six: not every linear of every block.
         let partial = try AdapterCombination.combine(Array(inputs.dropFirst()), base: s.base, method: .concat)
-        XCTAssertEqual(Set(partial.adapters.adapters.map { "\($0.layer).\($0.linear.rawValue)" }),
-                       Set(["0.q_proj", "0.v_proj"]).union(inputs[2].adapters.adapters.map { "\($0.layer).\($0.linear.rawValue)" }))
+        XCTAssertEqual(Set(partial.adapters.adapters.map { "\($0.layer).\($0.linear.name)" }),
+                       Set(["0.q_proj", "0.v_proj"]).union(inputs[2].adapters.adapters.map { "\($0.layer).\($0.linear.name)" }))
         for (module, got, want) in compare(partial, Array(inputs.dropFirst())) {
             XCTAssertLessThan(AdapterSetTests.relativeMaxDiff(got, want), 1e-6, "\(module.layer) \(module.linear)")
         }

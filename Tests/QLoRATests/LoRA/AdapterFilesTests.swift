@@ -83,7 +83,7 @@ final class AdapterFilesTests: XCTestCase {
         XCTAssertTrue(lora.config.useRSLoRA)
         XCTAssertEqual(Double(lora.config.scale), Self.expected.cases.first { $0.name == "peft_layer0_qv_rslora" }!.scaling,
                        accuracy: 1e-6)
-        XCTAssertEqual(lora.adapters.map { "\($0.layer) \($0.linear)" }, ["0 q", "0 v"])
+        XCTAssertEqual(lora.adapters.map { "\($0.layer) \($0.linear)" }, ["0 q_proj", "0 v_proj"])
         try checkLogits(lora, case: "peft_layer0_qv_rslora")
     }
 
@@ -105,8 +105,8 @@ final class AdapterFilesTests: XCTestCase {
                        ["model.layers.0.post_attention_layernorm.weight", "model.layers.1.post_attention_layernorm.weight",
                         "model.norm.weight"])
         for (layer, w) in zip(lora.layers, Self.model.weights.layers) {
-            XCTAssertEqual(layer.attentionNorm?.values, w.attentionNorm)
-            XCTAssertNotEqual(layer.mlpNorm?.values, w.mlpNorm)
+            XCTAssertEqual(layer.norms["input_layernorm"]?.values, w[.input].weight)
+            XCTAssertNotEqual(layer.norms["post_attention_layernorm"]?.values, w[.postAttention].weight)
         }
         try checkLogits(lora, case: "peft_norms_subset", in: Self.expectedNorms)
     }
@@ -191,7 +191,7 @@ final class AdapterFilesTests: XCTestCase {
     /// The committed qlora adapter with trained norms: rank 2, alpha 4, q/v/down of every block,
     /// A and B as above, every RMSNorm weight the base's times 1 + U(−0.3, 0.3).
     func seededQLoRANormsAdapter() throws -> LlamaLoRA {
-        let config = LoRAConfig(rank: 2, alpha: 4, targets: .names([.q, .v, .down]))
+        let config = LoRAConfig(rank: 2, alpha: 4, targets: .names(["q_proj", "v_proj", "down_proj"]))
         let lora = try LlamaLoRA(model: Self.model, config: config, trainNorms: true, seed: 1)
         var rng = SplitMix64(seed: 20_240_918)
         for p in lora.parameters {
@@ -300,11 +300,11 @@ final class AdapterFilesTests: XCTestCase {
     }
 
     func testTargetModulesAsListPatternOrAllLinearAdaptTheSameLinears() throws {
-        let all = LlamaLinear.allCases.map(\.rawValue)
+        let all = LinearSpec.llamaBlock.map(\.name)
         let forms: [Any] = [
-            "all-linear", all, Array(all.reversed()), LlamaLinear.allCases.map(\.ggufName), LlamaLinear.allCases.map(\.path),
+            "all-linear", all, Array(all.reversed()), LinearSpec.llamaBlock.map(\.gguf), LinearSpec.llamaBlock.map(\.path),
             #"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj"#,
-            (0..<2).flatMap { l in LlamaLinear.allCases.map { $0.moduleName(layer: l) } },
+            (0..<2).flatMap { l in LinearSpec.llamaBlock.map { $0.moduleName(layer: l) } },
         ]
         let reference = try loadAdapter(Self.peftAdapter)
         for form in forms {
@@ -350,10 +350,10 @@ final class AdapterFilesTests: XCTestCase {
 
     func testSavedLayerSubsetsAreConfigsPEFTAccepts() throws {
         let cases: [(LoRAConfig, [String])] = [
-            (LoRAConfig(rank: 2, targets: .regex(#".*\.(q|v)_proj"#), lastLayers: 1), ["1 q", "1 v"]),
-            (LoRAConfig(rank: 2, targets: .allLinear, layerIndices: [0]), LlamaLinear.allCases.map { "0 \($0)" }),
-            (LoRAConfig(rank: 2, targets: .names([.k, .down]), layerIndices: [0]), ["0 k", "0 down"]),
-            (LoRAConfig(rank: 2, targets: .regex(#".*\.(q|v)_proj"#)), ["0 q", "0 v", "1 q", "1 v"]),
+            (LoRAConfig(rank: 2, targets: .regex(#".*\.(q|v)_proj"#), lastLayers: 1), ["1 q_proj", "1 v_proj"]),
+            (LoRAConfig(rank: 2, targets: .allLinear, layerIndices: [0]), LinearSpec.llamaBlock.map { "0 \($0)" }),
+            (LoRAConfig(rank: 2, targets: .names(["k_proj", "down_proj"]), layerIndices: [0]), ["0 k_proj", "0 down_proj"]),
+            (LoRAConfig(rank: 2, targets: .regex(#".*\.(q|v)_proj"#)), ["0 q_proj", "0 v_proj", "1 q_proj", "1 v_proj"]),
         ]
         for (config, adapted) in cases {
             let lora = try LlamaLoRA(model: Self.model, config: config, seed: 3)
@@ -454,7 +454,7 @@ final class AdapterFilesTests: XCTestCase {
             ({ $0.append(("base_model.model.model.layers.2.self_attn.q_proj.lora_A.weight", [4, 64], [Float](repeating: 0, count: 256))) },
              { .unexpectedTensor($0, "base_model.model.model.layers.2.self_attn.q_proj.lora_A.weight", 1, why: "the model has 2 blocks") }),
             ({ $0.append(("base_model.model.lm_head.lora_A.weight", [4, 64], [Float](repeating: 0, count: 256))) },
-             { .unexpectedTensor($0, "base_model.model.lm_head.lora_A.weight", 1, why: "it is no LoRA tensor of a Llama block's linears") }),
+             { .unexpectedTensor($0, "base_model.model.lm_head.lora_A.weight", 1, why: "it is no LoRA tensor of a llama block's linears") }),
         ]
         for (edit, expected) in cases {
             let (tmp, dir) = try copy(Self.peftAdapter, tensors: edit)

@@ -39,14 +39,14 @@ final class AdapterSetTests: XCTestCase {
         let s = try set()
         let trained = try s.adapters("peft"), frozen = [try s.adapters("layer0"), try s.adapters("export")]
         let stack = try trained.stacking([("layer0", frozen[0]), ("export", frozen[1])])
-        let c = Self.base.config, T = 5, w = Self.base.weights.layers[0].q
+        let c = Self.base.config, T = 5, w = Self.base.weights.layers[0].matrix(.q)
         let (n, m) = (w.cols, w.rows)
         var rng = SplitMix64(seed: 3)
         let x = FloatBuffer(count: T * n), dy = FloatBuffer(count: T * m)
         for i in 0..<(T * n) { x.base[i] = Float(rng.nextUnitDouble() * 2 - 1) }
         for i in 0..<(T * m) { dy.base[i] = Float(rng.nextUnitDouble() * 2 - 1) }
         let acts = LlamaBlockActivations(config: c, tokens: T, keys: T, keepsProbabilities: false, adapters: stack.layers[0])
-        let run = LlamaLinearRun(w, .q, lora: stack.layers[0], acts: acts, seed: nil)
+        let run = LinearRun(w, .q, context: LayerContext(adapters: stack.layers[0], acts: acts, dropoutSeed: nil, order: LinearSpec.llamaBlock))
         XCTAssertEqual(run.frozen.count, 2)
         let y = FloatBuffer(count: T * m), dx = FloatBuffer(count: T * n)
         stack.parameters.forEach { $0.zeroGrad() }
@@ -139,8 +139,8 @@ final class AdapterSetTests: XCTestCase {
             XCTAssertEqual(try logits(m), try logits(fresh(dirs)), "\(names)")
             seen.append(try logits(m))
             for (l, layer) in m.weights.layers.enumerated() {
-                for linear in LlamaLinear.allCases {
-                    XCTAssertTrue(layer.linear(linear) === s.base.weights.layers[l].linear(linear), "\(names): block \(l) \(linear) copied")
+                for linear in LinearSpec.llamaBlock {
+                    XCTAssertTrue(layer.matrix(linear) === s.base.weights.layers[l].matrix(linear), "\(names): block \(l) \(linear) copied")
                 }
             }
         }

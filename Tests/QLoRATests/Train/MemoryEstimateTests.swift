@@ -33,7 +33,7 @@ final class MemoryEstimateTests: XCTestCase {
         let model = try SyntheticModel.make(.llama1b, layers: 1)
         XCTAssertEqual(model.config.numLayers, 1)
         XCTAssertEqual(Double(try SyntheticShape.llama1b.frozenBytes(layers: 1)) / Double(model.frozenBytes), 1, accuracy: 0.002)
-        let q = model.weights.layers[0].q
+        let q = model.weights.layers[0].matrix(.q)
         XCTAssertEqual(q.format, .nf4)
         XCTAssertEqual(q.rows, 2048)
         let values = q.dequantize(rows: 0..<4)

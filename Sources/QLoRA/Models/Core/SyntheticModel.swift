@@ -45,7 +45,7 @@ extension SyntheticShape {
     public func frozenBytes(layers: Int? = nil) throws(SyntheticModelError) -> Int {
         let c = try config(layers: layers)
         func nf4(_ n: Int) -> Int { n / 2 + (n + 63) / 64 + ((n + 63) / 64 + 255) / 256 * 4 + 256 * 4 + 16 }
-        let perLayer = LlamaLinear.allCases.reduce(0) { n, m in
+        let perLayer = c.family.linears.reduce(0) { n, m in
             let (rows, cols) = m.shape(in: c)
             return n + nf4(rows * cols)
         } + 2 * c.hiddenSize * 4
@@ -92,8 +92,8 @@ public enum SyntheticModel {
             return m
         }
         let ones = [Float](repeating: 1, count: c.hiddenSize)
-        var layerWeights: [LlamaLayerWeights] = []
-        let shapes = LlamaLinear.allCases.map { $0.shape(in: c) }   // q, k, v, o, gate, up, down
+        var layerWeights: [LayerWeights] = []
+        let linears = c.family.linears, shapes = linears.map { $0.shape(in: c) }   // q, k, v, o, gate, up, down
         for l in 0..<c.numLayers {
             // The layer's seven tensors two at a time (one per core): one fp32 tensor per core exists at once.
             let results = ConcurrentResults<QuantizedMatrix>(count: shapes.count)
@@ -103,8 +103,8 @@ public enum SyntheticModel {
             let m = try results.values()
             done += shapes.count
             progress(Progress(tensor: "model.layers.\(l)", done: done, total: total))
-            layerWeights.append(LlamaLayerWeights(q: m[0], k: m[1], v: m[2], o: m[3], gate: m[4], up: m[5], down: m[6],
-                                                  attentionNorm: ones, mlpNorm: ones, qBias: nil, kBias: nil, vBias: nil))
+            layerWeights.append(LayerWeights(linears: zip(linears, m).map { Linear($0, weight: $1) },
+                                             norms: c.family.norms.map { Norm(spec: $0, weight: [Float](repeating: 1, count: $0.size.size(in: c))) }))
         }
         let embedding = LlamaTokenMatrix.quantized(try matrix("model.embed_tokens", c.vocabSize, c.hiddenSize, .q8_0,
                                                               tokenIndex(c, head: false)))

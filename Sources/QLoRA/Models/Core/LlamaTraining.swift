@@ -102,6 +102,10 @@ public final class LlamaTrainer {
             throw LlamaModelError.labelOutOfRange(label: Int(batch.labels[bad]), position: bad, vocab: c.vocabSize)
         }
         let tables = model.rope.tables(from: 0, count: T)
+        let family = c.family
+        func context(_ l: Int, _ acts: LlamaBlockActivations, _ seed: UInt64?) -> LayerContext {
+            LayerContext(adapters: lora.layers[l], acts: acts, dropoutSeed: seed, order: family.linears)
+        }
         arena.reset()
         let widest = max(C, c.intermediateSize, c.numHeads * c.headDim)
         let scratch = lora.config.dropout > 0 && dropoutSeed != nil ? arena.take(N * widest) : nil
@@ -117,8 +121,8 @@ public final class LlamaTrainer {
         for l in 0..<L {
             let acts = shared ?? activations(l)
             let y = (!backward ? spare : nil) ?? arena.take(N * C)
-            try llamaBlockForward(y: y, x: inputs[inputs.count - 1], acts: acts, layer: model.weights.layers[l], rope: tables, cache: nil,
-                                  config: c, lora: lora.layers[l], dropoutSeed: layerSeed(dropoutSeed, l))
+            try family.block.forward(y: y, x: inputs[inputs.count - 1], acts: acts, layer: model.weights.layers[l], rope: tables,
+                                     cache: nil, config: c, layerIndex: l, context: context(l, acts, layerSeed(dropoutSeed, l)))
             if backward {
                 inputs.append(y)
                 if shared == nil { kept.append(acts) }
@@ -143,13 +147,13 @@ public final class LlamaTrainer {
             if let shared {
                 acts = shared
                 let scratch = dIn   // recompute into a buffer the backward overwrites next
-                try llamaBlockForward(y: scratch, x: inputs[l], acts: acts, layer: model.weights.layers[l], rope: tables,
-                                      cache: nil, config: c, lora: lora.layers[l], dropoutSeed: seed)
+                try family.block.forward(y: scratch, x: inputs[l], acts: acts, layer: model.weights.layers[l], rope: tables,
+                                         cache: nil, config: c, layerIndex: l, context: context(l, acts, seed))
             } else {
                 acts = kept[l]
             }
-            try llamaBlockBackward(dx: dIn, dy: d, x: inputs[l], acts: acts, layer: model.weights.layers[l], rope: tables,
-                                   config: c, lora: lora.layers[l], dropoutSeed: seed, grads: grads)
+            try family.block.backward(dx: dIn, dy: d, x: inputs[l], acts: acts, layer: model.weights.layers[l], rope: tables,
+                                      config: c, layerIndex: l, context: context(l, acts, seed), grads: grads)
             swap(&d, &dIn)
             if shared == nil { kept.removeLast() }
             inputs.removeLast()

@@ -124,8 +124,14 @@ public final class LlamaBlockActivations {
     public let up: FloatBuffer
     /// silu(gate) ⊙ up, [T, F]: the input of down_proj.
     public let mlpHidden: FloatBuffer
+    /// q and k before their per-head norms, [T, H·D] and [T, Hkv·D], and 1 / rms of each
+    /// head's row, [T·H] and [T·Hkv]: families with q/k norms (Qwen3) only.
+    public let qRaw: FloatBuffer?
+    public let kRaw: FloatBuffer?
+    public let qRstd: FloatBuffer?
+    public let kRstd: FloatBuffer?
     /// What each LoRA adapter of the layer keeps (u = drop(x)·Aᵀ, [T, r]).
-    let lora: [LlamaLinear: LoRAAdapter.Saved]
+    let lora: [LinearSpec: LoRAAdapter.Saved]
 
     /// Tokens per sequence.
     public var sequenceLength: Int { T / sequences }
@@ -137,7 +143,7 @@ public final class LlamaBlockActivations {
     ///   - sequences: B.
     ///   - adapters: the layer's LoRA adapters, for which room is made.
     public init(config c: ModelConfig, tokens T: Int, keys S: Int, keepsProbabilities: Bool, sequences B: Int = 1,
-                adapters: LlamaLayerLoRA? = nil, arena: FloatArena? = nil, dropoutScratch: QLoRA.FloatBuffer? = nil) {
+                adapters: LayerAdapters? = nil, arena: FloatArena? = nil, dropoutScratch: QLoRA.FloatBuffer? = nil) {
         func FloatBuffer(count: Int) -> QLoRA.FloatBuffer { arena?.take(count) ?? QLoRA.FloatBuffer(count: count) }
         precondition(B >= 1 && T % B == 0, "\(T) rows do not split into \(B) sequences")
         self.T = T
@@ -157,5 +163,10 @@ public final class LlamaBlockActivations {
         gate = FloatBuffer(count: T * c.intermediateSize)
         up = FloatBuffer(count: T * c.intermediateSize)
         mlpHidden = FloatBuffer(count: T * c.intermediateSize)
+        let qkNorm = c.family.norm(NormSpec.qNorm.path) != nil
+        qRaw = qkNorm ? FloatBuffer(count: T * qDim) : nil
+        kRaw = qkNorm ? FloatBuffer(count: T * kvDim) : nil
+        qRstd = qkNorm ? FloatBuffer(count: T * c.numHeads) : nil
+        kRstd = qkNorm ? FloatBuffer(count: T * c.numKVHeads) : nil
     }
 }

@@ -1,7 +1,8 @@
 import Foundation
+import QuantKernels
 
-/// The shape of a Llama-family decoder (Llama, Mistral, Qwen2 and SmolLM use this layout).
-/// Legend: C hidden, F intermediate, H heads, Hkv KV heads, D head dim, V vocab, L layers.
+/// The shape of a decoder of one of the families `ModelFamily.all` lists (`architecture` names
+/// it). Legend: C hidden, F intermediate, H heads, Hkv KV heads, D head dim, V vocab, L layers.
 public struct ModelConfig: Codable, Equatable, Sendable {
     public var architecture: String
     public var hiddenSize: Int            // C
@@ -17,6 +18,21 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     public var maxPositionEmbeddings: Int
     public var tieWordEmbeddings: Bool
     public var attentionBias: Bool
+    /// Keys a query sees at most, itself included (Mistral's sliding_window); nil: all.
+    public var slidingWindow: Int?
+
+    /// The family `architecture` names (validated when the config was read).
+    public var family: ModelFamily {
+        guard let f = ModelFamily.named(architecture) else { preconditionFailure("architecture '\(architecture)' has no family") }
+        return f
+    }
+
+    /// Score scale and window of layer `l`'s attention.
+    func attentionOptions(layer l: Int) -> qk_attention_options {
+        var o = qk_attention_defaults(Int64(headDim))
+        o.window = Int64(slidingWindow ?? 0)
+        return o
+    }
 
     /// rope_scaling as transformers writes it; `llama3` uses all four factors.
     public struct RopeScaling: Codable, Equatable, Sendable {
@@ -61,16 +77,19 @@ public enum ModelConfigError: Error, Equatable, CustomStringConvertible {
         case let .invalid(source, field, detail): "\(source): \(field): \(detail)"
         case let .missing(source, field): "\(source): \(field) is missing"
         case let .unsupportedArchitecture(source, architecture):
-            "\(source): architecture '\(architecture)' is not supported (llama, mistral, qwen2 and smollm, which use the Llama layout, are)"
+            "\(source): architecture '\(architecture)' is not supported; qlora runs these families: \(ModelFamily.supportedNames)"
         }
     }
 }
 
 extension ModelConfig {
-    static let llamaLayout: Set<String> = ["llama", "mistral", "qwen2", "smollm"]
-
     /// From a Hugging Face config.json.
     public init(huggingFaceConfig data: Data, source: String) throws {
+        try self.init(huggingFaceJSON: data, source: source)
+        try validate(source: source)
+    }
+
+    private init(huggingFaceJSON data: Data, source: String) throws {
         let any = try JSONSerialization.jsonObject(with: data)
         guard let j = any as? [String: Any] else { throw ModelConfigError.invalid(source: source, field: "(root)", detail: "not a JSON object") }
         func int(_ key: String) throws -> Int? {
@@ -88,7 +107,9 @@ extension ModelConfig {
             return v
         }
         let modelType = (j["model_type"] as? String) ?? "llama"
-        guard Self.llamaLayout.contains(modelType) else { throw ModelConfigError.unsupportedArchitecture(source: source, architecture: modelType) }
+        guard let family = ModelFamily.named(modelType) else {
+            throw ModelConfigError.unsupportedArchitecture(source: source, architecture: modelType)
+        }
         let hidden = try required("hidden_size"), heads = try required("num_attention_heads")
         // transformers ≥ 5 nests rope_theta and the scaling under rope_parameters; older
         // configs have rope_theta and rope_scaling at the top level.
@@ -111,7 +132,7 @@ extension ModelConfig {
                   ropeTheta: ropeTheta, ropeScaling: scaling,
                   maxPositionEmbeddings: try int("max_position_embeddings") ?? 2048,
                   tieWordEmbeddings: (j["tie_word_embeddings"] as? Bool) ?? false, attentionBias: (j["attention_bias"] as? Bool) ?? false)
-        try validate(source: source)
+        try family.readHuggingFaceConfig(&self, j, source)
     }
 
     /// From GGUF metadata (`general.architecture` and its `<arch>.*` keys), as llama.cpp writes them.
@@ -120,7 +141,7 @@ extension ModelConfig {
         guard let arch = gguf.metadata["general.architecture"]?.string else {
             throw ModelConfigError.missing(source: source, field: "general.architecture")
         }
-        guard Self.llamaLayout.contains(arch) else { throw ModelConfigError.unsupportedArchitecture(source: source, architecture: arch) }
+        guard let family = ModelFamily.named(arch) else { throw ModelConfigError.unsupportedArchitecture(source: source, architecture: arch) }
         func int(_ key: String) -> Int? { gguf.metadata["\(arch).\(key)"]?.int }
         func required(_ key: String) throws -> Int {
             guard let v = int(key) else { throw ModelConfigError.missing(source: source, field: "\(arch).\(key)") }
@@ -143,6 +164,8 @@ extension ModelConfig {
                   ropeScaling: scaling, maxPositionEmbeddings: int("context_length") ?? 2048,
                   tieWordEmbeddings: gguf.tensor("output.weight") == nil,
                   attentionBias: gguf.tensor("blk.0.attn_q.bias") != nil)
+        architecture = family.modelTypes[0]
+        try family.readGGUF(&self, gguf, arch, source)
         try validate(source: source)
     }
 }

@@ -1,49 +1,25 @@
 import Foundation
 import Quant
 
-/// The weights of one decoder layer, by role. Linears are 4-bit (or 8-bit) in Hugging Face
-/// layout [out, in]; norms and biases fp32. Legend: C hidden, F intermediate, H/Hkv heads,
-/// D head dim.
-public struct LlamaLayerWeights: Sendable {
-    public let q: QuantizedMatrix          // [H·D, C]
-    public let k: QuantizedMatrix          // [Hkv·D, C]
-    public let v: QuantizedMatrix          // [Hkv·D, C]
-    public let o: QuantizedMatrix          // [C, H·D]
-    public let gate: QuantizedMatrix       // [F, C]
-    public let up: QuantizedMatrix         // [F, C]
-    public let down: QuantizedMatrix       // [C, F]
-    public let attentionNorm: [Float]      // [C] input_layernorm
-    public let mlpNorm: [Float]            // [C] post_attention_layernorm
-    /// q/k/v biases (Qwen2): [H·D], [Hkv·D], [Hkv·D]; nil when the model has none.
-    public let qBias: [Float]?
-    public let kBias: [Float]?
-    public let vBias: [Float]?
-}
-
-/// A Llama-layout decoder's weights taken from a `QuantizedModel` (no copies: the arrays and
-/// matrices are shared with it). Legend: V vocab, C hidden.
+/// A decoder's weights taken from a `QuantizedModel` (no copies: the arrays and matrices are
+/// shared with it), each block's by its family's table. Legend: V vocab, C hidden.
 public struct LlamaWeights: Sendable {
     public let embedding: LlamaTokenMatrix // [V, C] embed_tokens
-    public let layers: [LlamaLayerWeights]
+    public let layers: [LayerWeights]
     public let finalNorm: [Float]          // [C]
     /// [V, C]: lm_head, or the embedding when the model ties them.
     public let lmHead: LlamaTokenMatrix
 
-    /// Hugging Face checkpoint names, in one place.
+    /// Hugging Face names of the tensors outside the blocks, and of a block's.
     enum Name {
         static let embedding = "model.embed_tokens.weight"
         static let finalNorm = "model.norm.weight"
         static let lmHead = "lm_head.weight"
         static func layer(_ l: Int, _ suffix: String) -> String { "model.layers.\(l).\(suffix)" }
-        static let q = "self_attn.q_proj.weight", k = "self_attn.k_proj.weight", v = "self_attn.v_proj.weight"
-        static let o = "self_attn.o_proj.weight"
-        static let gate = "mlp.gate_proj.weight", up = "mlp.up_proj.weight", down = "mlp.down_proj.weight"
-        static let attentionNorm = "input_layernorm.weight", mlpNorm = "post_attention_layernorm.weight"
-        static let qBias = "self_attn.q_proj.bias", kBias = "self_attn.k_proj.bias", vBias = "self_attn.v_proj.bias"
     }
 
     /// Weights made elsewhere (synthetic shapes).
-    public init(embedding: LlamaTokenMatrix, layers: [LlamaLayerWeights], finalNorm: [Float], lmHead: LlamaTokenMatrix) {
+    public init(embedding: LlamaTokenMatrix, layers: [LayerWeights], finalNorm: [Float], lmHead: LlamaTokenMatrix) {
         self.embedding = embedding
         self.layers = layers
         self.finalNorm = finalNorm
@@ -51,8 +27,7 @@ public struct LlamaWeights: Sendable {
     }
 
     public init(_ model: QuantizedModel) throws(LlamaModelError) {
-        let c = model.config
-        let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
+        let c = model.config, family = c.family
         func linear(_ name: String, rows: Int, cols: Int) throws(LlamaModelError) -> QuantizedMatrix {
             guard let m = model.linears[name] else { throw .missingTensor(name) }
             guard m.rows == rows, m.cols == cols else { throw .wrongShape(name, expected: [rows, cols], found: [m.rows, m.cols]) }
@@ -63,25 +38,19 @@ public struct LlamaWeights: Sendable {
             guard d.count == count else { throw .wrongShape(name, expected: [count], found: [d.count]) }
             return d
         }
-        func bias(_ name: String, count: Int) throws(LlamaModelError) -> [Float]? {
-            model.dense[name] == nil ? nil : try dense(name, count: count)
-        }
-        var layers: [LlamaLayerWeights] = []
+        var layers: [LayerWeights] = []
         for l in 0..<c.numLayers {
             func n(_ suffix: String) -> String { Name.layer(l, suffix) }
-            layers.append(LlamaLayerWeights(
-                q: try linear(n(Name.q), rows: qDim, cols: c.hiddenSize),
-                k: try linear(n(Name.k), rows: kvDim, cols: c.hiddenSize),
-                v: try linear(n(Name.v), rows: kvDim, cols: c.hiddenSize),
-                o: try linear(n(Name.o), rows: c.hiddenSize, cols: qDim),
-                gate: try linear(n(Name.gate), rows: c.intermediateSize, cols: c.hiddenSize),
-                up: try linear(n(Name.up), rows: c.intermediateSize, cols: c.hiddenSize),
-                down: try linear(n(Name.down), rows: c.hiddenSize, cols: c.intermediateSize),
-                attentionNorm: try dense(n(Name.attentionNorm), count: c.hiddenSize),
-                mlpNorm: try dense(n(Name.mlpNorm), count: c.hiddenSize),
-                qBias: try bias(n(Name.qBias), count: qDim),
-                kBias: try bias(n(Name.kBias), count: kvDim),
-                vBias: try bias(n(Name.vBias), count: kvDim)))
+            let linears = try family.linears.map { (s) throws(LlamaModelError) -> Linear in
+                let (rows, cols) = s.shape(in: c)
+                let biasName = n(s.path + ".bias")
+                let bias = model.dense[biasName] == nil ? nil : try dense(biasName, count: rows)
+                return Linear(s, weight: try linear(n(s.path + ".weight"), rows: rows, cols: cols), bias: bias)
+            }
+            let norms = try family.norms.map { (s) throws(LlamaModelError) -> Norm in
+                Norm(spec: s, weight: try dense(n(s.path + ".weight"), count: s.size.size(in: c)))
+            }
+            layers.append(LayerWeights(linears: linears, norms: norms))
         }
         self.layers = layers
         func tokens(_ name: String) throws(LlamaModelError) -> LlamaTokenMatrix {

@@ -1,11 +1,11 @@
 import Foundation
 import Quant
 
-/// The Llama-layout decoder's forward (Llama, Mistral, Qwen2, SmolLM), Hugging Face semantics in
-/// fp32 over 4-bit linears. Legend: T tokens, P cached positions, C hidden, V vocab, L layers.
+/// A decoder's forward (any family of `ModelFamily.all`), Hugging Face semantics in fp32 over
+/// 4-bit linears. Legend: T tokens, P cached positions, C hidden, V vocab, L layers.
 ///
 ///   x[T, C] = embed_tokens[tokens]
-///   x ← llamaBlockForward(x) for each of the L layers         (LlamaBlock.swift)
+///   x ← block(x) for each of the L layers                      (the family's DecoderBlock)
 ///   logits[T', V] = rmsnorm(x[rows]) · lm_headᵀ              (T' = 1 for the last row, or T)
 ///
 /// The model is immutable: a forward keeps its state in buffers of its own and in the cache it is given.
@@ -60,9 +60,11 @@ public final class LlamaModel: @unchecked Sendable {
         let acts = LlamaBlockActivations(config: c, tokens: T, keys: P + T, keepsProbabilities: false,
                                          adapters: adapters?.everyAdaptedLinear)
         let tables = rope.tables(from: P, count: T)
+        let family = c.family
         for (l, layer) in weights.layers.enumerated() {
-            try llamaBlockForward(y: y, x: x, acts: acts, layer: layer, rope: tables, cache: cache?.layer(l), config: c,
-                                  lora: adapters?.layers[l])
+            let context = LayerContext(adapters: adapters?.layers[l], acts: acts, dropoutSeed: nil, order: family.linears)
+            try family.block.forward(y: y, x: x, acts: acts, layer: layer, rope: tables, cache: cache?.layer(l), config: c,
+                                     layerIndex: l, context: context)
             swap(&x, &y)
         }
         cache?.advance(by: T)

@@ -1,0 +1,118 @@
+import Foundation
+import Quant
+import QuantKernels
+
+/// Where one layer's attention reads its keys and values: S = P + T rows of [Hkv·D] each,
+/// the P cached ones first. Without a cache these are the layer's own k and v (P = 0).
+struct LlamaKeyValues {
+    let keys: UnsafeMutablePointer<Float>      // [S, Hkv·D]
+    let values: UnsafeMutablePointer<Float>    // [S, Hkv·D]
+    let past: Int                              // P
+}
+
+/// The tensors of a layer's attention: four linears (q/k/v with their biases when the model
+/// has them), and per-head RMSNorms on q and k when the family has them (Qwen3).
+struct AttentionWeights {
+    let q: Linear, k: Linear, v: Linear, o: Linear
+    let qNorm: Norm?, kNorm: Norm?
+
+    init(_ w: LayerWeights, config c: ModelConfig) {
+        q = w[.q]
+        k = w[.k]
+        v = w[.v]
+        o = w[.o]
+        qNorm = w.norms[NormSpec.qNorm.path]
+        kNorm = w.norms[NormSpec.kNorm.path]
+    }
+}
+
+/// Causal grouped-query self-attention of one layer, transformers' LlamaAttention (eager).
+/// Legend: B sequences of T tokens (rows B·T), P cached positions (B = 1 then), S = P + T,
+/// C hidden, H/Hkv heads, D head dim.
+///
+///   q[BT, H·D] = xn·Wqᵀ (+ bq),  k, v[BT, Hkv·D] likewise
+///   q, k ← rmsnorm per head ⊙ w_q_norm, w_k_norm              (Qwen3; D values a row)
+///   q, k ← RoPE at positions P ..< P + T of each sequence;  k, v copied into `cache` if given
+///   attn[BT, H·D] = softmax(q·kᵀ · scale, causal, window) · v  per sequence, over its S keys
+///   out[BT, C] += attn·Woᵀ                                     (out holds the residual x)
+///
+/// Writes acts.q, k, v (and qRaw, kRaw, their rstd with q/k norms), attentionOutput (and
+/// probabilities when kept); reads acts.attentionInput (xn).
+func attentionForward(out: UnsafeMutableBufferPointer<Float>, acts: LlamaBlockActivations, weights w: AttentionWeights,
+                      rope: LlamaRoPETables, cache: LlamaKeyValues?, config c: ModelConfig, options: qk_attention_options,
+                      context ctx: LayerContext) throws {
+    let rows = acts.T, B = acts.sequences, T = acts.sequenceLength
+    let H = c.numHeads, Hkv = c.numKVHeads, D = c.headDim, qDim = H * D, kvDim = Hkv * D
+    precondition(cache == nil || B == 1, "a KV cache serves one sequence")
+    precondition(rope.count == T, "RoPE tables for \(rope.count) positions, \(T) needed")
+    try ctx.forward(w.q, acts.attentionInput, into: (acts.qRaw ?? acts.q).base, tokens: rows)
+    try ctx.forward(w.k, acts.attentionInput, into: (acts.kRaw ?? acts.k).base, tokens: rows)
+    try ctx.forward(w.v, acts.attentionInput, into: acts.v.base, tokens: rows)
+    if let qNorm = w.qNorm, let kNorm = w.kNorm, let qRaw = acts.qRaw, let kRaw = acts.kRaw,
+       let qRstd = acts.qRstd, let kRstd = acts.kRstd {
+        rmsNormForward(y: acts.q.base, rstd: qRstd.base, x: qRaw.base, norm: qNorm, context: ctx, tokens: rows * H, eps: c.rmsNormEps)
+        rmsNormForward(y: acts.k.base, rstd: kRstd.base, x: kRaw.base, norm: kNorm, context: ctx, tokens: rows * Hkv, eps: c.rmsNormEps)
+    }
+    StepProfile.measure(.elementwise) {
+        for s in 0..<B {
+            rope.apply(acts.q.base + s * T * qDim, heads: H, headDim: D)
+            rope.apply(acts.k.base + s * T * kvDim, heads: Hkv, headDim: D)
+        }
+    }
+
+    let kv: LlamaKeyValues
+    if let cache {
+        (cache.keys + cache.past * kvDim).update(from: acts.k.base, count: T * kvDim)
+        (cache.values + cache.past * kvDim).update(from: acts.v.base, count: T * kvDim)
+        kv = cache
+    } else {
+        kv = LlamaKeyValues(keys: acts.k.base, values: acts.v.base, past: 0)
+    }
+    let S = kv.past + T
+    if let p = acts.probabilities {
+        precondition(p.count == B * H * T * S, "probabilities hold \(p.count) floats, [\(B), \(H), \(T), \(S)] needed")
+    }
+    try StepProfile.measure(.attention) { () throws in
+    for s in 0..<B {
+        let rc = qk_attention_forward_with(acts.attentionOutput.base + s * T * qDim, acts.probabilities.map { $0.base + s * H * T * S },
+                                           acts.q.base + s * T * qDim, kv.keys + s * T * kvDim, kv.values + s * T * kvDim,
+                                           Int64(T), Int64(kv.past), Int64(H), Int64(Hkv), Int64(D), options, 0)
+        guard rc == 0 else { throw LlamaModelError.outOfMemory("attention score rows for \(S) keys") }
+    }
+    }
+    try ctx.forward(w.o, acts.attentionOutput, into: out.baseAddress!, tokens: rows, accumulate: true)
+}
+
+/// The backward of `attentionForward` without a cache. Given dOut [BT, C], the gradient of
+/// the layer's residual stream, writes the attention's share of the gradient of xn into dxn
+/// [BT, C] (overwritten) and accumulates the adapters' gradients. `grads` holds the scratch.
+func attentionBackward(dxn: FloatBuffer, dOut: FloatBuffer, acts: LlamaBlockActivations, weights w: AttentionWeights,
+                       rope: LlamaRoPETables, config c: ModelConfig, options: qk_attention_options, context ctx: LayerContext,
+                       grads g: LlamaBlockGradients) throws {
+    let rows = acts.T, B = acts.sequences, T = acts.sequenceLength
+    let H = c.numHeads, Hkv = c.numKVHeads, D = c.headDim, qDim = H * D, kvDim = Hkv * D
+    try ctx.backward(w.o, dOut.base, x: acts.attentionOutput, into: g.dAttention.base, tokens: rows, accumulate: false)
+    let rc = StepProfile.measure(.attention) {
+        qk_attention_backward_with(g.dq.base, g.dk.base, g.dv.base, g.dAttention.base, acts.q.base, acts.k.base, acts.v.base,
+                                   acts.probabilities?.base, Int64(B), Int64(T), Int64(H), Int64(Hkv), Int64(D), options, 0)
+    }
+    guard rc == 0 else { throw LlamaModelError.outOfMemory("attention backward scratch for \(T) tokens") }
+    StepProfile.measure(.elementwise) {
+        for s in 0..<B {
+            rope.applyBackward(g.dq.base + s * T * qDim, heads: H, headDim: D)
+            rope.applyBackward(g.dk.base + s * T * kvDim, heads: Hkv, headDim: D)
+        }
+    }
+    var dq = g.dq, dk = g.dk
+    if let qNorm = w.qNorm, let kNorm = w.kNorm, let qRaw = acts.qRaw, let kRaw = acts.kRaw, let qRstd = acts.qRstd,
+       let kRstd = acts.kRstd, let dqRaw = g.dqRaw, let dkRaw = g.dkRaw {
+        rmsNormBackward(dx: dqRaw.base, dy: g.dq.base, x: qRaw.base, rstd: qRstd.base, norm: qNorm, context: ctx,
+                        tokens: rows * H, accumulate: false)
+        rmsNormBackward(dx: dkRaw.base, dy: g.dk.base, x: kRaw.base, rstd: kRstd.base, norm: kNorm, context: ctx,
+                        tokens: rows * Hkv, accumulate: false)
+        (dq, dk) = (dqRaw, dkRaw)
+    }
+    try ctx.backward(w.q, dq.base, x: acts.attentionInput, into: dxn.base, tokens: rows, accumulate: false)
+    try ctx.backward(w.k, dk.base, x: acts.attentionInput, into: dxn.base, tokens: rows, accumulate: true)
+    try ctx.backward(w.v, g.dv.base, x: acts.attentionInput, into: dxn.base, tokens: rows, accumulate: true)
+}

@@ -1,0 +1,153 @@
+import Foundation
+import Quant
+import QuantKernels
+
+/// A frozen linear of a block: W [out, in] 4-bit (or 8-bit) in Hugging Face layout, and an
+/// optional fp32 bias [out]. Its adapters are not here: they sit in the slot the block's
+/// `LayerContext` gives it, so one base serves any number of adapter sets.
+public struct Linear: Sendable {
+    public let spec: LinearSpec
+    public let weight: QuantizedMatrix
+    public let bias: [Float]?
+
+    public init(_ spec: LinearSpec, weight: QuantizedMatrix, bias: [Float]? = nil) {
+        self.spec = spec
+        self.weight = weight
+        self.bias = bias
+    }
+}
+
+/// A frozen RMSNorm weight of a block.
+public struct Norm: Sendable {
+    public let spec: NormSpec
+    public let weight: [Float]
+}
+
+/// One decoder layer's frozen weights, by name. Legend: C hidden.
+public struct LayerWeights: Sendable {
+    public let linears: [LinearSpec: Linear]
+    public let norms: [String: Norm]
+
+    public init(linears: [Linear], norms: [Norm]) {
+        self.linears = Dictionary(uniqueKeysWithValues: linears.map { ($0.spec, $0) })
+        self.norms = Dictionary(uniqueKeysWithValues: norms.map { ($0.spec.path, $0) })
+    }
+
+    /// The linear `s` (the family guarantees every one of its linears is there).
+    public subscript(_ s: LinearSpec) -> Linear {
+        guard let l = linears[s] else { preconditionFailure("layer has no \(s.path)") }
+        return l
+    }
+
+    /// The norm `s`.
+    public subscript(_ s: NormSpec) -> Norm {
+        guard let n = norms[s.path] else { preconditionFailure("layer has no \(s.path)") }
+        return n
+    }
+
+    /// The frozen weight of linear `s`.
+    public func matrix(_ s: LinearSpec) -> QuantizedMatrix { self[s].weight }
+}
+
+/// What a block's forward and backward run their linears and norms through: the adapter
+/// slots of one layer (LoRA adapters, adapters stacked frozen on them, trained norms), what
+/// the adapters keep for the backward, and the dropout stream. Model code calls `forward`,
+/// `backward` and `norm` and never sees which adapters there are, if any.
+public struct LayerContext {
+    let adapters: LayerAdapters?
+    let saved: [LinearSpec: LoRAAdapter.Saved]
+    let dropoutSeed: UInt64?
+    /// The family's linears, whose order numbers the dropout streams.
+    let order: [LinearSpec]
+
+    init(adapters: LayerAdapters?, acts: LlamaBlockActivations, dropoutSeed: UInt64?, order: [LinearSpec]) {
+        self.init(adapters: adapters, saved: acts.lora, dropoutSeed: dropoutSeed, order: order)
+    }
+
+    init(adapters: LayerAdapters?, saved: [LinearSpec: LoRAAdapter.Saved], dropoutSeed: UInt64?, order: [LinearSpec]) {
+        self.adapters = adapters
+        self.saved = saved
+        self.dropoutSeed = dropoutSeed
+        self.order = order
+    }
+
+    /// The weight a norm computes with: its trained copy, or the frozen one.
+    func norm(_ n: Norm) -> Parameter? { adapters?.norms[n.spec.path] }
+
+    /// y[T, out] (+)= x·Wᵀ + adapters' deltas + bias.
+    func forward(_ l: Linear, _ x: FloatBuffer, into y: UnsafeMutablePointer<Float>, tokens T: Int,
+                 accumulate: Bool = false) throws {
+        try LinearRun(l.weight, l.spec, context: self).forward(x, into: y, tokens: T, accumulate: accumulate)
+        if let b = l.bias { b.withUnsafeBufferPointer { qk_add_bias(y, $0.baseAddress, Int64(T), Int64(l.weight.rows)) } }
+    }
+
+    /// dx[T, in] (+)= dy·W + adapters' shares; their gradients accumulated. `x`: the forward's input.
+    func backward(_ l: Linear, _ dy: UnsafePointer<Float>, x: FloatBuffer, into dx: UnsafeMutablePointer<Float>, tokens T: Int,
+                  accumulate: Bool) throws {
+        try LinearRun(l.weight, l.spec, context: self).backward(dy, x: x, into: dx, tokens: T, accumulate: accumulate)
+    }
+
+    /// The seed of linear `m`'s dropout mask within a layer whose step seed is `seed`.
+    static func dropoutSeed(_ seed: UInt64?, index: Int) -> UInt64? {
+        guard let seed else { return nil }
+        var z = seed ^ (UInt64(index + 1) &* 0xD1B5_4A32_D192_ED03)
+        z = (z ^ (z >> 29)) &* 0xBF58_476D_1CE4_E5B9
+        return z ^ (z >> 32)
+    }
+}
+
+/// One frozen linear, its adapter and the adapters stacked frozen on it, run together:
+///   forward   y[T, out] (+)= x·Wᵀ + scale·(drop(x)·Aᵀ)·Bᵀ + Σ s_i·(x·A_iᵀ)·B_iᵀ
+///   backward  dx[T, in] (+)= dy·W + LoRA's share + Σ s_i·(dy·B_i)·A_i; dA, dB accumulated
+struct LinearRun {
+    let weight: QuantizedMatrix
+    let adapter: LoRAAdapter?
+    let frozen: [LoRAAdapter]
+    let saved: LoRAAdapter.Saved?
+    let dropoutSeed: UInt64?
+
+    init(_ weight: QuantizedMatrix, _ m: LinearSpec, context ctx: LayerContext) {
+        self.weight = weight
+        adapter = ctx.adapters?.adapters[m]
+        frozen = ctx.adapters?.frozen[m] ?? []
+        saved = ctx.saved[m]
+        dropoutSeed = adapter == nil ? nil : LayerContext.dropoutSeed(ctx.dropoutSeed, index: ctx.order.firstIndex(of: m) ?? 0)
+        precondition(adapter == nil || saved != nil, "activations were allocated without room for the \(m) adapter")
+    }
+
+    func forward(_ x: FloatBuffer, into y: UnsafeMutablePointer<Float>, tokens T: Int, accumulate: Bool = false) throws {
+        try StepProfile.measure(.gemmForward, flops: 2 * Double(T * weight.rows * weight.cols)) {
+            try weight.forward(UnsafeBufferPointer(start: x.base, count: T * weight.cols),
+                               into: UnsafeMutableBufferPointer(start: y, count: T * weight.rows), tokens: T, accumulate: accumulate)
+        }
+        if let adapter, let saved {
+            try StepProfile.measure(.lora) {
+                try adapter.forward(x: x.base, y: y, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
+            }
+        }
+        if !frozen.isEmpty {
+            try StepProfile.measure(.lora) {
+                for f in frozen { try f.forwardFrozen(x: x.base, y: y, tokens: T) }
+            }
+        }
+    }
+
+    /// `x` is the forward's input (LoRA's dA needs it).
+    func backward(_ dy: UnsafePointer<Float>, x: FloatBuffer, into dx: UnsafeMutablePointer<Float>, tokens T: Int,
+                  accumulate: Bool) throws {
+        try StepProfile.measure(.gemmBackward, flops: 2 * Double(T * weight.rows * weight.cols)) {
+            try weight.backward(UnsafeBufferPointer(start: dy, count: T * weight.rows),
+                                into: UnsafeMutableBufferPointer(start: dx, count: T * weight.cols), tokens: T, accumulate: accumulate)
+        }
+        if let adapter, let saved {
+            try StepProfile.measure(.lora) {
+                try adapter.backward(dy: dy, x: x.base, dx: dx, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
+            }
+        }
+        if !frozen.isEmpty {
+            try StepProfile.measure(.lora) {
+                for f in frozen { try f.backwardFrozen(dy: dy, dx: dx, tokens: T) }
+            }
+        }
+    }
+}
