@@ -136,17 +136,17 @@ def load_tiny_nf4():
 
 
 def dequantized_fp32_copy(nf4_model, linears):
-    """A plain float32 Llama holding the NF4 model's weights, its linears dequantized by
-    bitsandbytes.functional.dequantize_4bit."""
+    """A plain float32 model of the NF4 model's own class (LlamaForCausalLM, MistralForCausalLM,
+    ...) holding its weights, its linears dequantized by bitsandbytes.functional.dequantize_4bit.
+    A tied lm_head follows embed_tokens (one tensor)."""
     import bitsandbytes as bnb
     import bitsandbytes.functional as bnbf
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig.from_dict({k: v for k, v in nf4_model.config.to_dict().items()
-                                 if k != "quantization_config"})
+    cfg = type(nf4_model.config).from_dict({k: v for k, v in nf4_model.config.to_dict().items()
+                                            if k != "quantization_config"})
     cfg._attn_implementation = "eager"
-    ref = LlamaForCausalLM(cfg).to(torch.float32)
+    ref = type(nf4_model)(cfg).to(torch.float32)
     sd = ref.state_dict()
     assert_not_repacked(linears)
     with torch.no_grad():
