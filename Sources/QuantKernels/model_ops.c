@@ -58,6 +58,16 @@ void qk_swiglu_forward(float *h, const float *gate, const float *up, int64_t n) 
     for (int64_t i = 0; i < n; i++) h[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
+/* gelu_pytorch_tanh(g) = ½g(1 + tanh(√(2/π)(g + 0.044715g³))), as torch computes it in fp32. */
+static inline float gelu_tanh(float g) {
+    const float k = 0.7978845608028654f, c = 0.044715f;
+    return 0.5f * g * (1.0f + tanhf(k * (g + c * g * g * g)));
+}
+
+void qk_geglu_forward(float *h, const float *gate, const float *up, int64_t n) {
+    for (int64_t i = 0; i < n; i++) h[i] = gelu_tanh(gate[i]) * up[i];
+}
+
 void qk_add_bias(float *y, const float *b, int64_t T, int64_t N) {
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < N; i++) y[t * N + i] += b[i];

@@ -64,6 +64,15 @@ void qk_swiglu_backward(float *dgate, float *dup, const float *dh, const float *
     }
 }
 
+void qk_geglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, int64_t n) {
+    const float k = 0.7978845608028654f, c = 0.044715f;
+    for (int64_t i = 0; i < n; i++) {
+        const float g = gate[i], t = tanhf(k * (g + c * g * g * g));
+        dup[i] = dh[i] * (0.5f * g * (1.0f + t));
+        dgate[i] = dh[i] * up[i] * (0.5f * (1.0f + t) + 0.5f * g * (1.0f - t * t) * k * (1.0f + 3.0f * c * g * g));
+    }
+}
+
 /* One row of cross-entropy, in place: logits → dlogits; returns the row's loss, 0 for an
  * ignored row (label −100) and NAN for a label outside 0 ..< V (both rows are zeroed). */
 static double cross_entropy_row(float *x, int32_t label, int64_t V, float grad_scale) {

@@ -43,13 +43,20 @@ public struct ModelFamily: Sendable {
     /// config.json keys of the family that a merged export writes beside the common ones.
     let huggingFaceKeys: @Sendable (_ config: ModelConfig) -> [String: Any]
 
+    /// What Hugging Face files store of every RMSNorm weight w when the model computes with
+    /// x̂·(offset + w): Gemma stores w and computes x̂·(1 + w); GGUF files store 1 + w. qlora
+    /// computes with the effective weight (the file's plus this offset for Hugging Face files).
+    var huggingFaceNormOffset: Float = 0
+    /// The gated MLP's activation: SwiGLU (silu) or GeGLU (tanh-GELU, Gemma).
+    var activation: GatedActivation = .silu
+
     /// Nothing to read or write beyond the common keys.
     static let noExtraHuggingFaceKeys: @Sendable (inout ModelConfig, [String: Any], String) throws -> Void = { _, _, _ in }
     static let noExtraGGUFKeys: @Sendable (inout ModelConfig, GGUFFile, String, String) throws -> Void = { _, _, _, _ in }
     static let noHuggingFaceKeys: @Sendable (ModelConfig) -> [String: Any] = { _ in [:] }
 
     /// Every family qlora runs. A new family is one more line here.
-    public static let all: [ModelFamily] = [.llama, .mistral, .qwen2, .qwen3]
+    public static let all: [ModelFamily] = [.llama, .mistral, .qwen2, .qwen3, .gemma3]
 
     /// The family of a `model_type` or GGUF architecture, or nil.
     public static func named(_ name: String) -> ModelFamily? {
@@ -77,6 +84,11 @@ public struct ModelFamily: Sendable {
 
     /// The norm at `path` below the block (`input_layernorm`).
     public func norm(_ path: String) -> NormSpec? { norms.first { $0.path == path } }
+}
+
+/// The activation of a gated MLP, act(gate) ⊙ up.
+public enum GatedActivation: String, Sendable {
+    case silu, geluTanh
 }
 
 /// The shared tensors of every family: embedding, final norm, LM head.
@@ -188,4 +200,8 @@ extension NormSpec {
     /// Per-head RMSNorms of q and k (Qwen3, Gemma 3), D values each.
     public static let qNorm = NormSpec("self_attn.q_norm", gguf: "attn_q_norm", size: .headDim)
     public static let kNorm = NormSpec("self_attn.k_norm", gguf: "attn_k_norm", size: .headDim)
+    /// Gemma's sandwich norms: after attention, and before and after the MLP.
+    public static let preFeedforward = NormSpec("pre_feedforward_layernorm", gguf: "ffn_norm")
+    public static let postFeedforward = NormSpec("post_feedforward_layernorm", gguf: "post_ffw_norm")
+    public static let gemmaPostAttention = NormSpec("post_attention_layernorm", gguf: "post_attention_norm")
 }

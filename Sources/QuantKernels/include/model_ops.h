@@ -36,6 +36,9 @@ void qk_softmax_forward(float *x, int64_t rows, int64_t N);
 /* h[n] = silu(gate[n]) · up[n],  silu(g) = g / (1 + exp(−g)). */
 void qk_swiglu_forward(float *h, const float *gate, const float *up, int64_t n);
 
+/* GeGLU (Gemma): h[i] = gelu_tanh(gate[i]) · up[i], gelu_tanh(g) = ½g(1 + tanh(√(2/π)(g + 0.044715g³))). */
+void qk_geglu_forward(float *h, const float *gate, const float *up, int64_t n);
+
 /* y[T, N] += b[N] on every row. */
 void qk_add_bias(float *y, const float *b, int64_t T, int64_t N);
 

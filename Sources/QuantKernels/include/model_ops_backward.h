@@ -31,6 +31,9 @@ void qk_rope_backward(float *dx, const float *cos_t, const float *sin_t, int64_t
  *   dgate = dh ⊙ up ⊙ σ(g)(1 + g(1 − σ(g))),  dup = dh ⊙ silu(g).   Overwrites both. */
 void qk_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, int64_t n);
 
+/* GeGLU's backward: dup = dh ⊙ gelu_tanh(g), dgate = dh ⊙ up ⊙ gelu_tanh'(g). Overwrites both. */
+void qk_geglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, int64_t n);
+
 /* Causal grouped-query attention without a cache, B sequences of T tokens, rows of sequence b
  * at b·T ..< (b+1)·T of q [B·T, H·D], k, v [B·T, Hkv·D], dout [B·T, H·D]:
  *   out = softmax(q·kᵀ/√D, causal) · v          (qk_attention_forward per sequence)

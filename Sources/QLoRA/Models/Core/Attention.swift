@@ -40,7 +40,7 @@ struct AttentionWeights {
 /// probabilities when kept); reads acts.attentionInput (xn).
 func attentionForward(out: UnsafeMutableBufferPointer<Float>, acts: LlamaBlockActivations, weights w: AttentionWeights,
                       rope: LlamaRoPETables, cache: LlamaKeyValues?, config c: ModelConfig, options: qk_attention_options,
-                      context ctx: LayerContext) throws {
+                      context ctx: LayerContext, accumulate: Bool = true) throws {
     let rows = acts.T, B = acts.sequences, T = acts.sequenceLength
     let H = c.numHeads, Hkv = c.numKVHeads, D = c.headDim, qDim = H * D, kvDim = Hkv * D
     precondition(cache == nil || B == 1, "a KV cache serves one sequence")
@@ -80,7 +80,7 @@ func attentionForward(out: UnsafeMutableBufferPointer<Float>, acts: LlamaBlockAc
         guard rc == 0 else { throw LlamaModelError.outOfMemory("attention score rows for \(S) keys") }
     }
     }
-    try ctx.forward(w.o, acts.attentionOutput, into: out.baseAddress!, tokens: rows, accumulate: true)
+    try ctx.forward(w.o, acts.attentionOutput, into: out.baseAddress!, tokens: rows, accumulate: accumulate)
 }
 
 /// The backward of `attentionForward` without a cache. Given dOut [BT, C], the gradient of

@@ -77,6 +77,8 @@ final class LlamaBlockGradients {
     /// Gradients of q and k before their per-head norms (Qwen3), [T, H·D] and [T, Hkv·D].
     let dqRaw: FloatBuffer?
     let dkRaw: FloatBuffer?
+    /// Gradient of a sublayer's output before its post-norm (Gemma), [T, C].
+    let dProjection: FloatBuffer?
 
     init(config c: ModelConfig, tokens T: Int, arena: FloatArena? = nil) {
         func FloatBuffer(count: Int) -> QLoRA.FloatBuffer { arena?.take(count) ?? QLoRA.FloatBuffer(count: count) }
@@ -93,5 +95,6 @@ final class LlamaBlockGradients {
         let qkNorm = c.family.norm(NormSpec.qNorm.path) != nil
         dqRaw = qkNorm ? FloatBuffer(count: T * qDim) : nil
         dkRaw = qkNorm ? FloatBuffer(count: T * kvDim) : nil
+        dProjection = c.family.norm(NormSpec.postFeedforward.path) != nil ? FloatBuffer(count: T * c.hiddenSize) : nil
     }
 }

@@ -130,6 +130,12 @@ public final class LlamaBlockActivations {
     public let kRaw: FloatBuffer?
     public let qRstd: FloatBuffer?
     public let kRstd: FloatBuffer?
+    /// Sandwich-norm blocks (Gemma): o_proj's and down_proj's outputs before their norms,
+    /// [T, C], and 1 / rms of each row, [T].
+    public let attentionProjection: FloatBuffer?
+    public let attentionProjectionRstd: FloatBuffer?
+    public let mlpOutput: FloatBuffer?
+    public let mlpOutputRstd: FloatBuffer?
     /// What each LoRA adapter of the layer keeps (u = drop(x)·Aᵀ, [T, r]).
     let lora: [LinearSpec: LoRAAdapter.Saved]
 
@@ -168,5 +174,10 @@ public final class LlamaBlockActivations {
         kRaw = qkNorm ? FloatBuffer(count: T * kvDim) : nil
         qRstd = qkNorm ? FloatBuffer(count: T * c.numHeads) : nil
         kRstd = qkNorm ? FloatBuffer(count: T * c.numKVHeads) : nil
+        let sandwich = c.family.norm(NormSpec.postFeedforward.path) != nil
+        attentionProjection = sandwich ? FloatBuffer(count: T * c.hiddenSize) : nil
+        attentionProjectionRstd = sandwich ? FloatBuffer(count: T) : nil
+        mlpOutput = sandwich ? FloatBuffer(count: T * c.hiddenSize) : nil
+        mlpOutputRstd = sandwich ? FloatBuffer(count: T) : nil
     }
 }

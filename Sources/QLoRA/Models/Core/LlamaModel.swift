@@ -63,7 +63,7 @@ public final class LlamaModel: @unchecked Sendable {
         let family = c.family
         for (l, layer) in weights.layers.enumerated() {
             let context = LayerContext(adapters: adapters?.layers[l], acts: acts, dropoutSeed: nil, order: family.linears)
-            try family.block.forward(y: y, x: x, acts: acts, layer: layer, rope: tables, cache: cache?.layer(l), config: c,
+            try family.block.forward(y: y, x: x, acts: acts, layer: layer, rope: tables.layer(l, config: c), cache: cache?.layer(l), config: c,
                                      layerIndex: l, context: context)
             swap(&x, &y)
         }
@@ -79,6 +79,9 @@ public final class LlamaModel: @unchecked Sendable {
         for (t, id) in tokens.enumerated() {
             guard (0..<V).contains(id) else { throw .tokenOutOfRange(token: id, position: t, vocab: V) }
             weights.embedding.row(id, width: C, into: x.base + t * C)
+        }
+        if let scale = config.embeddingScale {
+            for i in 0..<(tokens.count * C) { x.base[i] *= scale }
         }
         return x
     }

@@ -8,16 +8,25 @@ import QuantKernels
 public struct LlamaRoPE: Sendable {
     /// [D/2]
     public let inverseFrequencies: [Float]
+    /// [D/2] of the sliding layers when their base differs (Gemma 3's local layers; unscaled).
+    public let localInverseFrequencies: [Float]?
 
     public init(config c: ModelConfig) throws(LlamaModelError) {
         let half = c.headDim / 2
-        let base = (0..<half).map { i in 1 / Foundation.pow(c.ropeTheta, Float(2 * i) / Float(c.headDim)) }
+        func frequencies(_ theta: Float) -> [Float] { (0..<half).map { i in 1 / Foundation.pow(theta, Float(2 * i) / Float(c.headDim)) } }
+        localInverseFrequencies = c.localRopeTheta.map(frequencies)
+        let base = frequencies(c.ropeTheta)
         guard let scaling = c.ropeScaling, scaling.type != "default" else {
             inverseFrequencies = base
             return
         }
+        if scaling.type == "linear" {   // transformers' _compute_linear_scaling_rope_parameters
+            guard scaling.factor > 0 else { throw .unsupportedRopeScaling(type: "linear", detail: "factor \(scaling.factor)") }
+            inverseFrequencies = base.map { $0 / scaling.factor }
+            return
+        }
         guard scaling.type == "llama3" else {
-            throw .unsupportedRopeScaling(type: scaling.type, detail: "only llama3 frequency scaling is implemented")
+            throw .unsupportedRopeScaling(type: scaling.type, detail: "only linear and llama3 frequency scaling are implemented")
         }
         guard let low = scaling.lowFreqFactor, let high = scaling.highFreqFactor,
               let original = scaling.originalMaxPositionEmbeddings, high != low, scaling.factor > 0 else {
@@ -43,11 +52,18 @@ public struct LlamaRoPE: Sendable {
         }
     }
 
-    /// cos and sin of the angles of positions P ..< P + T: [T, D/2] each.
+    /// cos and sin of the angles of positions P ..< P + T: [T, D/2] each (and the sliding
+    /// layers' own in `local`).
     public func tables(from P: Int, count T: Int) -> LlamaRoPETables {
-        let half = inverseFrequencies.count
+        let t = Self.tables(inverseFrequencies, from: P, count: T)
+        t.local = localInverseFrequencies.map { Self.tables($0, from: P, count: T) }
+        return t
+    }
+
+    private static func tables(_ frequencies: [Float], from P: Int, count T: Int) -> LlamaRoPETables {
+        let half = frequencies.count
         let t = LlamaRoPETables(first: P, count: T, half: half)
-        inverseFrequencies.withUnsafeBufferPointer { f in
+        frequencies.withUnsafeBufferPointer { f in
             qk_rope_tables(t.cos.base, t.sin.base, f.baseAddress, Int64(half), Int64(P), Int64(T))
         }
         return t
@@ -60,6 +76,14 @@ public final class LlamaRoPETables {
     public let count: Int
     public let cos: FloatBuffer
     public let sin: FloatBuffer
+    /// The sliding layers' tables when their base differs.
+    public fileprivate(set) var local: LlamaRoPETables?
+
+    /// The tables layer `l` of a `c` model rotates with.
+    func layer(_ l: Int, config c: ModelConfig) -> LlamaRoPETables {
+        guard let local, c.isSliding(layer: l) else { return self }
+        return local
+    }
 
     init(first: Int, count: Int, half: Int) {
         self.first = first

@@ -121,7 +121,7 @@ public final class LlamaTrainer {
         for l in 0..<L {
             let acts = shared ?? activations(l)
             let y = (!backward ? spare : nil) ?? arena.take(N * C)
-            try family.block.forward(y: y, x: inputs[inputs.count - 1], acts: acts, layer: model.weights.layers[l], rope: tables,
+            try family.block.forward(y: y, x: inputs[inputs.count - 1], acts: acts, layer: model.weights.layers[l], rope: tables.layer(l, config: c),
                                      cache: nil, config: c, layerIndex: l, context: context(l, acts, layerSeed(dropoutSeed, l)))
             if backward {
                 inputs.append(y)
@@ -147,12 +147,12 @@ public final class LlamaTrainer {
             if let shared {
                 acts = shared
                 let scratch = dIn   // recompute into a buffer the backward overwrites next
-                try family.block.forward(y: scratch, x: inputs[l], acts: acts, layer: model.weights.layers[l], rope: tables,
+                try family.block.forward(y: scratch, x: inputs[l], acts: acts, layer: model.weights.layers[l], rope: tables.layer(l, config: c),
                                          cache: nil, config: c, layerIndex: l, context: context(l, acts, seed))
             } else {
                 acts = kept[l]
             }
-            try family.block.backward(dx: dIn, dy: d, x: inputs[l], acts: acts, layer: model.weights.layers[l], rope: tables,
+            try family.block.backward(dx: dIn, dy: d, x: inputs[l], acts: acts, layer: model.weights.layers[l], rope: tables.layer(l, config: c),
                                       config: c, layerIndex: l, context: context(l, acts, seed), grads: grads)
             swap(&d, &dIn)
             if shared == nil { kept.removeLast() }

@@ -38,6 +38,12 @@ public struct LlamaWeights: Sendable {
             guard d.count == count else { throw .wrongShape(name, expected: [count], found: [d.count]) }
             return d
         }
+        // Norms as the model computes with them: Gemma's Hugging Face files store w of x̂·(1 + w).
+        let offset = model.source.gguf == nil ? family.huggingFaceNormOffset : 0
+        func norm(_ name: String, count: Int) throws(LlamaModelError) -> [Float] {
+            let w = try dense(name, count: count)
+            return offset == 0 ? w : w.map { $0 + offset }
+        }
         var layers: [LayerWeights] = []
         for l in 0..<c.numLayers {
             func n(_ suffix: String) -> String { Name.layer(l, suffix) }
@@ -48,7 +54,7 @@ public struct LlamaWeights: Sendable {
                 return Linear(s, weight: try linear(n(s.path + ".weight"), rows: rows, cols: cols), bias: bias)
             }
             let norms = try family.norms.map { (s) throws(LlamaModelError) -> Norm in
-                Norm(spec: s, weight: try dense(n(s.path + ".weight"), count: s.size.size(in: c)))
+                Norm(spec: s, weight: try norm(n(s.path + ".weight"), count: s.size.size(in: c)))
             }
             layers.append(LayerWeights(linears: linears, norms: norms))
         }
@@ -63,7 +69,7 @@ public struct LlamaWeights: Sendable {
             return .dense(try dense(name, count: c.vocabSize * c.hiddenSize))
         }
         embedding = try tokens(Name.embedding)
-        finalNorm = try dense(Name.finalNorm, count: c.hiddenSize)
+        finalNorm = try norm(Name.finalNorm, count: c.hiddenSize)
         lmHead = try c.tieWordEmbeddings ? embedding : tokens(Name.lmHead)
     }
 }

@@ -20,6 +20,21 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     public var attentionBias: Bool
     /// Keys a query sees at most, itself included (Mistral's sliding_window); nil: all.
     public var slidingWindow: Int?
+    /// Which layers the window applies to (Gemma's local layers, true); nil: every layer.
+    public var slidingLayers: [Bool]?
+    /// RoPE base of the sliding layers when it differs from `ropeTheta` (Gemma 3: 10,000).
+    public var localRopeTheta: Float?
+    /// Attention scores' scale when it is not 1/√D (Gemma: query_pre_attn_scalar^−½).
+    public var attentionScale: Float?
+    /// What the embedding rows are multiplied by (Gemma: √hidden, rounded to fp32).
+    public var embeddingScale: Float?
+
+    /// Whether layer `l` attends through the sliding window.
+    public func isSliding(layer l: Int) -> Bool {
+        guard slidingWindow != nil else { return false }
+        guard let slidingLayers else { return true }
+        return l < slidingLayers.count && slidingLayers[l]
+    }
 
     /// The family `architecture` names (validated when the config was read).
     public var family: ModelFamily {
@@ -30,7 +45,8 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     /// Score scale and window of layer `l`'s attention.
     func attentionOptions(layer l: Int) -> qk_attention_options {
         var o = qk_attention_defaults(Int64(headDim))
-        o.window = Int64(slidingWindow ?? 0)
+        if let attentionScale { o.scale = attentionScale }
+        o.window = isSliding(layer: l) ? Int64(slidingWindow ?? 0) : 0
         return o
     }
 
