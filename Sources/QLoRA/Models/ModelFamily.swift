@@ -56,7 +56,7 @@ public struct ModelFamily: Sendable {
     static let noHuggingFaceKeys: @Sendable (ModelConfig) -> [String: Any] = { _ in [:] }
 
     /// Every family qlora runs. A new family is one more line here.
-    public static let all: [ModelFamily] = [.llama, .mistral, .qwen2, .qwen3, .gemma3]
+    public static let all: [ModelFamily] = [.llama, .mistral, .qwen2, .qwen3, .gemma3, .phi3]
 
     /// The family of a `model_type` or GGUF architecture, or nil.
     public static func named(_ name: String) -> ModelFamily? {
@@ -80,6 +80,12 @@ public struct ModelFamily: Sendable {
     /// or GGUF name (`attn_q`).
     public func linear(named name: String) -> LinearSpec? {
         linears.first { $0.name == name || $0.path == name || $0.gguf == name }
+    }
+
+    /// The widest output of the family's fused linears, whose outputs are split after the
+    /// product (Phi-3's qkv_proj and gate_up_proj); nil when it has none.
+    func fusedWidth(_ c: ModelConfig) -> Int? {
+        linears.filter { $0.rows == .fusedQKV || $0.rows == .fusedGateUp }.map { $0.rows.size(in: c) }.max()
     }
 
     /// The norm at `path` below the block (`input_layernorm`).
@@ -191,7 +197,10 @@ extension LinearSpec {
     public static let gate = LinearSpec("mlp.gate_proj", gguf: "ffn_gate", rows: .intermediate, cols: .hidden, role: .mlpProjection)
     public static let up = LinearSpec("mlp.up_proj", gguf: "ffn_up", rows: .intermediate, cols: .hidden, role: .mlpProjection)
     public static let down = LinearSpec("mlp.down_proj", gguf: "ffn_down", rows: .hidden, cols: .intermediate, role: .mlpProjection)
-    static let llamaBlock: [LinearSpec] = [.q, .k, .v, .o, .gate, .up, .down]
+    public static let llamaBlock: [LinearSpec] = [.q, .k, .v, .o, .gate, .up, .down]
+    /// Phi-3's fused projections: rows [q; k; v] and [gate; up].
+    public static let qkv = LinearSpec("self_attn.qkv_proj", gguf: "attn_qkv", rows: .fusedQKV, cols: .hidden, role: .attentionProjection)
+    public static let gateUp = LinearSpec("mlp.gate_up_proj", gguf: "ffn_up", rows: .fusedGateUp, cols: .hidden, role: .mlpProjection)
 }
 
 extension NormSpec {

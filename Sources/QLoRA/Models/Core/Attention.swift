@@ -10,16 +10,24 @@ struct LlamaKeyValues {
     let past: Int                              // P
 }
 
-/// The tensors of a layer's attention: four linears (q/k/v with their biases when the model
-/// has them), and per-head RMSNorms on q and k when the family has them (Qwen3).
+/// The tensors of a layer's attention: q/k/v as three linears (with their biases when the model
+/// has them) or one fused [q; k; v] (Phi-3's qkv_proj), o; and per-head RMSNorms on q and k when
+/// the family has them (Qwen3, Gemma 3).
 struct AttentionWeights {
-    let q: Linear, k: Linear, v: Linear, o: Linear
+    enum Projections {
+        case separate(q: Linear, k: Linear, v: Linear)
+        case fused(Linear)
+    }
+    let projections: Projections
+    let o: Linear
     let qNorm: Norm?, kNorm: Norm?
 
     init(_ w: LayerWeights, config c: ModelConfig) {
-        q = w[.q]
-        k = w[.k]
-        v = w[.v]
+        if let qkv = w.linears[.qkv] {
+            projections = .fused(qkv)
+        } else {
+            projections = .separate(q: w[.q], k: w[.k], v: w[.v])
+        }
         o = w[.o]
         qNorm = w.norms[NormSpec.qNorm.path]
         kNorm = w.norms[NormSpec.kNorm.path]
@@ -45,9 +53,19 @@ func attentionForward(out: UnsafeMutableBufferPointer<Float>, acts: LlamaBlockAc
     let H = c.numHeads, Hkv = c.numKVHeads, D = c.headDim, qDim = H * D, kvDim = Hkv * D
     precondition(cache == nil || B == 1, "a KV cache serves one sequence")
     precondition(rope.count == T, "RoPE tables for \(rope.count) positions, \(T) needed")
-    try ctx.forward(w.q, acts.attentionInput, into: (acts.qRaw ?? acts.q).base, tokens: rows)
-    try ctx.forward(w.k, acts.attentionInput, into: (acts.kRaw ?? acts.k).base, tokens: rows)
-    try ctx.forward(w.v, acts.attentionInput, into: acts.v.base, tokens: rows)
+    switch w.projections {
+    case let .separate(q, k, v):
+        try ctx.forward(q, acts.attentionInput, into: (acts.qRaw ?? acts.q).base, tokens: rows)
+        try ctx.forward(k, acts.attentionInput, into: (acts.kRaw ?? acts.k).base, tokens: rows)
+        try ctx.forward(v, acts.attentionInput, into: acts.v.base, tokens: rows)
+    case let .fused(qkv):
+        guard let fused = acts.fused else { preconditionFailure("activations without room for \(qkv.spec)") }
+        try ctx.forward(qkv, acts.attentionInput, into: fused.base, tokens: rows)
+        StepProfile.measure(.elementwise) {
+            splitColumns(fused.base, rows: rows, into: [((acts.qRaw ?? acts.q).base, qDim), ((acts.kRaw ?? acts.k).base, kvDim),
+                                                         (acts.v.base, kvDim)])
+        }
+    }
     if let qNorm = w.qNorm, let kNorm = w.kNorm, let qRaw = acts.qRaw, let kRaw = acts.kRaw,
        let qRstd = acts.qRstd, let kRstd = acts.kRstd {
         rmsNormForward(y: acts.q.base, rstd: qRstd.base, x: qRaw.base, norm: qNorm, context: ctx, tokens: rows * H, eps: c.rmsNormEps)
@@ -112,7 +130,41 @@ func attentionBackward(dxn: FloatBuffer, dOut: FloatBuffer, acts: LlamaBlockActi
                         tokens: rows * Hkv, accumulate: false)
         (dq, dk) = (dqRaw, dkRaw)
     }
-    try ctx.backward(w.q, dq.base, x: acts.attentionInput, into: dxn.base, tokens: rows, accumulate: false)
-    try ctx.backward(w.k, dk.base, x: acts.attentionInput, into: dxn.base, tokens: rows, accumulate: true)
-    try ctx.backward(w.v, g.dv.base, x: acts.attentionInput, into: dxn.base, tokens: rows, accumulate: true)
+    switch w.projections {
+    case let .separate(q, k, v):
+        try ctx.backward(q, dq.base, x: acts.attentionInput, into: dxn.base, tokens: rows, accumulate: false)
+        try ctx.backward(k, dk.base, x: acts.attentionInput, into: dxn.base, tokens: rows, accumulate: true)
+        try ctx.backward(v, g.dv.base, x: acts.attentionInput, into: dxn.base, tokens: rows, accumulate: true)
+    case let .fused(qkv):
+        guard let dFused = g.dFused else { preconditionFailure("gradients without room for \(qkv.spec)") }
+        StepProfile.measure(.elementwise) {
+            joinColumns([(UnsafePointer(dq.base), qDim), (UnsafePointer(dk.base), kvDim), (UnsafePointer(g.dv.base), kvDim)],
+                        rows: rows, into: dFused.base)
+        }
+        try ctx.backward(qkv, dFused.base, x: acts.attentionInput, into: dxn.base, tokens: rows, accumulate: false)
+    }
+}
+
+/// Copies the column blocks of x [rows, Σ widths] into separate [rows, width] matrices.
+func splitColumns(_ x: UnsafePointer<Float>, rows: Int, into parts: [(UnsafeMutablePointer<Float>, Int)]) {
+    let width = parts.reduce(0) { $0 + $1.1 }
+    for r in 0..<rows {
+        var c0 = 0
+        for (p, w) in parts {
+            (p + r * w).update(from: x + r * width + c0, count: w)
+            c0 += w
+        }
+    }
+}
+
+/// The inverse of `splitColumns`: [rows, width] matrices side by side into out [rows, Σ widths].
+func joinColumns(_ parts: [(UnsafePointer<Float>, Int)], rows: Int, into out: UnsafeMutablePointer<Float>) {
+    let width = parts.reduce(0) { $0 + $1.1 }
+    for r in 0..<rows {
+        var c0 = 0
+        for (p, w) in parts {
+            (out + r * width + c0).update(from: p + r * w, count: w)
+            c0 += w
+        }
+    }
 }

@@ -79,6 +79,8 @@ final class LlamaBlockGradients {
     let dkRaw: FloatBuffer?
     /// Gradient of a sublayer's output before its post-norm (Gemma), [T, C].
     let dProjection: FloatBuffer?
+    /// Gradient of a fused linear's output (Phi-3), [T, widest].
+    let dFused: FloatBuffer?
 
     init(config c: ModelConfig, tokens T: Int, arena: FloatArena? = nil) {
         func FloatBuffer(count: Int) -> QLoRA.FloatBuffer { arena?.take(count) ?? QLoRA.FloatBuffer(count: count) }
@@ -96,5 +98,6 @@ final class LlamaBlockGradients {
         dqRaw = qkNorm ? FloatBuffer(count: T * qDim) : nil
         dkRaw = qkNorm ? FloatBuffer(count: T * kvDim) : nil
         dProjection = c.family.norm(NormSpec.postFeedforward.path) != nil ? FloatBuffer(count: T * c.hiddenSize) : nil
+        dFused = c.family.fusedWidth(c).map { FloatBuffer(count: T * $0) }
     }
 }

@@ -2,13 +2,14 @@ import Foundation
 import Quant
 import QuantKernels
 
-/// The linears of a gated MLP: gate, up, down.
+/// The linears of a gated MLP: gate and up (or one fused [gate; up], Phi-3's gate_up_proj), down.
 struct GatedMLPWeights {
-    let gate: Linear, up: Linear, down: Linear
+    let gate: Linear?, up: Linear?, gateUp: Linear?, down: Linear
 
     init(_ w: LayerWeights) {
-        gate = w[.gate]
-        up = w[.up]
+        gateUp = w.linears[.gateUp]
+        gate = gateUp == nil ? w[.gate] : nil
+        up = gateUp == nil ? w[.up] : nil
         down = w[.down]
     }
 }
@@ -23,8 +24,16 @@ struct GatedMLPWeights {
 func gatedMLPForward(out: UnsafeMutableBufferPointer<Float>, acts: LlamaBlockActivations, weights w: GatedMLPWeights,
                      config c: ModelConfig, context ctx: LayerContext, accumulate: Bool = true) throws {
     let T = acts.T
-    try ctx.forward(w.gate, acts.mlpInput, into: acts.gate.base, tokens: T)
-    try ctx.forward(w.up, acts.mlpInput, into: acts.up.base, tokens: T)
+    if let gateUp = w.gateUp {
+        guard let fused = acts.fused else { preconditionFailure("activations without room for \(gateUp.spec)") }
+        try ctx.forward(gateUp, acts.mlpInput, into: fused.base, tokens: T)
+        StepProfile.measure(.elementwise) {
+            splitColumns(fused.base, rows: T, into: [(acts.gate.base, c.intermediateSize), (acts.up.base, c.intermediateSize)])
+        }
+    } else if let gate = w.gate, let up = w.up {
+        try ctx.forward(gate, acts.mlpInput, into: acts.gate.base, tokens: T)
+        try ctx.forward(up, acts.mlpInput, into: acts.up.base, tokens: T)
+    }
     StepProfile.measure(.elementwise) {
         switch c.family.activation {
         case .silu: qk_swiglu_forward(acts.mlpHidden.base, acts.gate.base, acts.up.base, Int64(T * c.intermediateSize))
@@ -46,6 +55,15 @@ func gatedMLPBackward(dxn: FloatBuffer, dOut: FloatBuffer, acts: LlamaBlockActiv
         case .geluTanh: qk_geglu_backward(g.dGate.base, g.dUp.base, g.dHidden.base, acts.gate.base, acts.up.base, Int64(T * c.intermediateSize))
         }
     }
-    try ctx.backward(w.gate, g.dGate.base, x: acts.mlpInput, into: dxn.base, tokens: T, accumulate: false)
-    try ctx.backward(w.up, g.dUp.base, x: acts.mlpInput, into: dxn.base, tokens: T, accumulate: true)
+    if let gateUp = w.gateUp {
+        guard let dFused = g.dFused else { preconditionFailure("gradients without room for \(gateUp.spec)") }
+        StepProfile.measure(.elementwise) {
+            joinColumns([(UnsafePointer(g.dGate.base), c.intermediateSize), (UnsafePointer(g.dUp.base), c.intermediateSize)],
+                        rows: T, into: dFused.base)
+        }
+        try ctx.backward(gateUp, dFused.base, x: acts.mlpInput, into: dxn.base, tokens: T, accumulate: false)
+    } else if let gate = w.gate, let up = w.up {
+        try ctx.backward(gate, g.dGate.base, x: acts.mlpInput, into: dxn.base, tokens: T, accumulate: false)
+        try ctx.backward(up, g.dUp.base, x: acts.mlpInput, into: dxn.base, tokens: T, accumulate: true)
+    }
 }

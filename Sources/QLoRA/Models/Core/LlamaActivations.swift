@@ -136,6 +136,8 @@ public final class LlamaBlockActivations {
     public let attentionProjectionRstd: FloatBuffer?
     public let mlpOutput: FloatBuffer?
     public let mlpOutputRstd: FloatBuffer?
+    /// A fused linear's output before it is split (Phi-3's qkv_proj, gate_up_proj), [T, widest].
+    public let fused: FloatBuffer?
     /// What each LoRA adapter of the layer keeps (u = drop(x)·Aᵀ, [T, r]).
     let lora: [LinearSpec: LoRAAdapter.Saved]
 
@@ -179,5 +181,6 @@ public final class LlamaBlockActivations {
         attentionProjectionRstd = sandwich ? FloatBuffer(count: T) : nil
         mlpOutput = sandwich ? FloatBuffer(count: T * c.hiddenSize) : nil
         mlpOutputRstd = sandwich ? FloatBuffer(count: T) : nil
+        fused = c.family.fusedWidth(c).map { FloatBuffer(count: T * $0) }
     }
 }
