@@ -116,7 +116,11 @@ public enum GGUFExport {
                     return Array(g.data(of: kept))
                 }
                 var bytes: [UInt8]
-                if t.type == .f32 {  // straight into the output buffer: no second fp32 copy
+                let offset = model.config.family.huggingFaceNormOffset
+                if t.role == .norm, offset != 0 {  // GGUF stores Gemma's norms as 1 + w
+                    bytes = try MergedExport.fp32Values(of: t.hf, model: model, adapter: adapter).map { $0 + offset }
+                        .withUnsafeBytes { Array($0) }
+                } else if t.type == .f32 {  // straight into the output buffer: no second fp32 copy
                     bytes = try MergedExport.fp32Bytes(of: t.hf, model: model, adapter: adapter)
                 } else {
                     let values = try MergedExport.fp32Values(of: t.hf, model: model, adapter: adapter)

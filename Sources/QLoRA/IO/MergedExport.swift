@@ -189,10 +189,15 @@ public enum MergedExport {
         }
     }
 
-    /// Norms, biases and fp32 embeddings: the adapter's trained values or the base's.
+    /// Norms, biases and fp32 embeddings: the adapter's trained values or the base's, as
+    /// Hugging Face files hold them (a Gemma norm's w of x̂·(1 + w): a GGUF source's 1 + w less one).
     private static func vectorValues(of t: PlannedTensor, model: QuantizedModel, adapter: AdapterTensors?) throws -> [Float] {
-        guard let values = adapter?.norms[t.name] ?? model.dense[t.name] else { throw ModelSourceError.unknownTensor(path: model.path, name: t.name, family: model.config.family.name) }
-        return values
+        let family = model.config.family
+        if let trained = adapter?.norms[t.name] { return trained }
+        guard let values = model.dense[t.name] else { throw ModelSourceError.unknownTensor(path: model.path, name: t.name, family: family.name) }
+        let offset = family.huggingFaceNormOffset
+        guard offset != 0, model.source.gguf != nil, TensorNames.role(of: t.name, family: family) == .norm else { return values }
+        return values.map { $0 - offset }
     }
 
     /// Fills an [rows, cols] fp32 tensor a band of rows at a time through a small scratch.

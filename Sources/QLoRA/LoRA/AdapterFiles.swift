@@ -50,10 +50,12 @@ public enum AdapterFiles {
         try? fm.removeItem(atPath: tmp)
         try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
         var writer = SafetensorsWriter()
-        let params = lora.parameters
+        let params = lora.parameters, offset = lora.family.huggingFaceNormOffset
         writer.tensors = params.map { .init(name: prefix + $0.name, dtype: .F32, shape: $0.shape) }
         try writer.write(to: tmp + "/" + weightsFile) { i in
-            [UInt8](UnsafeRawBufferPointer(start: params[i].value.base, count: params[i].count * MemoryLayout<Float>.size))
+            // Norms as the Hugging Face model holds them (Gemma's w of x̂·(1 + w)).
+            if offset != 0, !params[i].name.contains(".lora_") { return params[i].values.map { $0 - offset }.withUnsafeBytes { Array($0) } }
+            return [UInt8](UnsafeRawBufferPointer(start: params[i].value.base, count: params[i].count * MemoryLayout<Float>.size))
         }
         let c = lora.config
         let adapted = lora.layers.indices.filter { !lora.layers[$0].adapters.isEmpty }
@@ -306,7 +308,8 @@ public enum AdapterFiles {
         if let extra = byParameter.values.map(\.name).sorted().first {
             throw AdapterError.unexpectedTensor(path, extra, byParameter.count, why: unmatchedReason(parameterName(extra), lora: lora))
         }
-        for (p, v) in values { p.setValues(v) }
+        let offset = lora.family.huggingFaceNormOffset
+        for (p, v) in values { p.setValues(offset != 0 && !p.name.contains(".lora_") ? v.map { $0 + offset } : v) }
     }
 
     /// The parameter name of a tensor name: without `base_model.model.`, and without an

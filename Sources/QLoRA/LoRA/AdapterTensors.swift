@@ -50,6 +50,10 @@ struct AdapterTensors {
         factors = Dictionary(uniqueKeysWithValues: lora.adapters.map { l, m, a in
             (m.moduleName(layer: l) + ".weight", Factors(a: a.a.values, b: a.b.values, rank: a.rank, scale: a.scale))
         })
-        norms = Dictionary(uniqueKeysWithValues: try AdapterFiles.savedNorms(of: lora, in: directory).map { ($0.name, $0.values) })
+        // As the Hugging Face model holds them (the parameters hold what the model computes with).
+        let offset = lora.family.huggingFaceNormOffset
+        norms = Dictionary(uniqueKeysWithValues: try AdapterFiles.savedNorms(of: lora, in: directory).map { p in
+            (p.name, p.values.map { $0 - offset })
+        })
     }
 }
