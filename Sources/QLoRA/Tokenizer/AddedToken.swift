@@ -74,3 +74,10 @@ struct AddedTokenMatcher: Sendable {
         return best
     }
 }
+
+/// GGUF `tokenizer.ggml.token_type`, llama.cpp's llama_token_type. Control, unknown and
+/// user-defined tokens are matched whole in the text (the first two special); byte tokens
+/// `<0xXX>` decode to their byte, unused ones to nothing.
+public enum GGUFTokenType: Int, Sendable {
+    case undefined = 0, normal, unknown, control, userDefined, unused, byte
+}

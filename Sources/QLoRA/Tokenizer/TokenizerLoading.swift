@@ -4,13 +4,17 @@ import Foundation
 ///
 /// GGUF (llama.cpp's keys):
 /// ```
-/// tokenizer.ggml.model        "gpt2" (byte-level BPE); "llama" (SentencePiece) and others throw
-/// tokenizer.ggml.pre          pre-tokenizer name → `PreTokenizer` (table below)
-/// tokenizer.ggml.tokens       [V] strings, byte-level spelling
-/// tokenizer.ggml.merges       "left right", highest priority first
-/// tokenizer.ggml.token_type   [V]: 1 normal, 2 unknown, 3 control (special added token),
-///                             4 user-defined (added token), 5 unused, 6 byte
-/// tokenizer.ggml.{bos,eos}_token_id, add_bos_token / add_eos_token (encode's prefix/suffix)
+/// tokenizer.ggml.model        "gpt2" (byte-level BPE), "llama" (SentencePiece); others throw
+/// tokenizer.ggml.pre          pre-tokenizer name → `PreTokenizer` (table below); gpt2 only
+/// tokenizer.ggml.tokens       [V] strings, byte-level spelling (gpt2), "▁" for space (llama)
+/// tokenizer.ggml.merges       "left right", highest priority first; gpt2 only
+/// tokenizer.ggml.scores       [V] float32, merge priority; llama only (0 when absent)
+/// tokenizer.ggml.token_type   [V] `GGUFTokenType`: 1 normal, 2 unknown (special added token in
+///                             llama), 3 control (special added token), 4 user-defined (added
+///                             token), 5 unused, 6 byte (`<0xXX>`, llama); others: undefined
+/// tokenizer.ggml.add_space_prefix   llama: a space before the text (default true)
+/// tokenizer.ggml.{bos,eos}_token_id, add_bos_token / add_eos_token (encode's prefix/suffix;
+///                             add_bos_token defaults to true for llama, as in llama.cpp)
 /// ```
 /// tokenizer.json (Hugging Face): model {type "BPE", vocab {token: id}, merges as "a b" or
 /// ["a", "b"], ignore_merges}, added_tokens [{id, content, special, normalized}],
@@ -39,7 +43,7 @@ extension Tokenizer {
     public convenience init(gguf g: GGUFFile) throws {
         let source = g.file.path
         let kind = g.metadata["tokenizer.ggml.model"]?.string ?? "none"
-        guard kind == "gpt2" else { throw TokenizerError.unsupportedTokenizer(source: source, kind: kind) }
+        guard kind == "gpt2" || kind == "llama" else { throw TokenizerError.unsupportedTokenizer(source: source, kind: kind) }
         guard let tokenValues = g.metadata["tokenizer.ggml.tokens"]?.array else {
             throw TokenizerError.missing(source: source, key: "tokenizer.ggml.tokens")
         }
@@ -47,22 +51,12 @@ extension Tokenizer {
             guard let s = $0.string else { throw TokenizerError.badValue(source: source, key: "tokenizer.ggml.tokens", detail: "holds a \($0), not a string") }
             return s
         }
-        let merges = try (g.metadata["tokenizer.ggml.merges"]?.array ?? []).enumerated().map { i, v in
-            guard let s = v.string else { throw TokenizerError.badMerge(source: source, index: i, merge: "\(v)", detail: "not a string") }
-            return try Self.mergePair(s, index: i, source: source)
-        }
-        let preName = g.metadata["tokenizer.ggml.pre"]?.string ?? "default"
-        guard let (pre, ignoreMerges) = Self.ggufPreTokenizers[preName] else {
-            throw TokenizerError.unsupportedPreTokenizer(source: source, description: "'\(preName)' (tokenizer.ggml.pre)")
-        }
-        var added: [AddedToken] = []
-        if let types = g.metadata["tokenizer.ggml.token_type"]?.array {
-            guard types.count == tokens.count else {
-                throw TokenizerError.badValue(source: source, key: "tokenizer.ggml.token_type", detail: "\(types.count) entries for \(tokens.count) tokens")
+        var types: [GGUFTokenType]?
+        if let values = g.metadata["tokenizer.ggml.token_type"]?.array {
+            guard values.count == tokens.count else {
+                throw TokenizerError.badValue(source: source, key: "tokenizer.ggml.token_type", detail: "\(values.count) entries for \(tokens.count) tokens")
             }
-            for (i, t) in types.enumerated() where t.int == 3 || t.int == 4 {
-                added.append(AddedToken(id: i, content: tokens[i], special: t.int == 3))
-            }
+            types = values.map { $0.int.flatMap(GGUFTokenType.init(rawValue:)) ?? .undefined }  // llama.cpp: any other value is undefined
         }
         func tokenID(_ key: String) throws -> Int? {
             guard let v = g.metadata[key] else { return nil }
@@ -72,11 +66,42 @@ extension Tokenizer {
             return id
         }
         let bos = try tokenID("tokenizer.ggml.bos_token_id"), eos = try tokenID("tokenizer.ggml.eos_token_id")
-        let addBOS = g.metadata["tokenizer.ggml.add_bos_token"]?.bool ?? false
+        // llama.cpp adds BOS to SentencePiece text unless told not to.
+        let addBOS = g.metadata["tokenizer.ggml.add_bos_token"]?.bool ?? (kind == "llama")
         let addEOS = g.metadata["tokenizer.ggml.add_eos_token"]?.bool ?? false
+        let prefix = addBOS ? bos.map { [$0] } ?? [] : [], suffix = addEOS ? eos.map { [$0] } ?? [] : []
+
+        if kind == "llama" {
+            var scores = [Float](repeating: 0, count: tokens.count)
+            if let values = g.metadata["tokenizer.ggml.scores"]?.array {
+                guard values.count == tokens.count else {
+                    throw TokenizerError.badValue(source: source, key: "tokenizer.ggml.scores", detail: "\(values.count) entries for \(tokens.count) tokens")
+                }
+                scores = try values.map {
+                    if case let .float32(f) = $0 { return f }
+                    guard let d = $0.double else { throw TokenizerError.badValue(source: source, key: "tokenizer.ggml.scores", detail: "holds a \($0), not a number") }
+                    return Float(d)
+                }
+            }
+            try self.init(sentencePieceTokens: tokens, scores: scores, types: types ?? Array(repeating: .normal, count: tokens.count),
+                          addsSpacePrefix: g.metadata["tokenizer.ggml.add_space_prefix"]?.bool ?? true,
+                          bos: bos, eos: eos, prefix: prefix, suffix: suffix, source: source)
+            return
+        }
+        let merges = try (g.metadata["tokenizer.ggml.merges"]?.array ?? []).enumerated().map { i, v in
+            guard let s = v.string else { throw TokenizerError.badMerge(source: source, index: i, merge: "\(v)", detail: "not a string") }
+            return try Self.mergePair(s, index: i, source: source)
+        }
+        let preName = g.metadata["tokenizer.ggml.pre"]?.string ?? "default"
+        guard let (pre, ignoreMerges) = Self.ggufPreTokenizers[preName] else {
+            throw TokenizerError.unsupportedPreTokenizer(source: source, description: "'\(preName)' (tokenizer.ggml.pre)")
+        }
+        let added = types.map { types in
+            types.enumerated().filter { $0.element == .control || $0.element == .userDefined }
+                .map { AddedToken(id: $0.offset, content: tokens[$0.offset], special: $0.element == .control) }
+        } ?? []
         try self.init(tokens: tokens, merges: merges, addedTokens: added, preTokenizer: pre, ignoreMerges: ignoreMerges,
-                      bos: bos, eos: eos, prefix: addBOS ? bos.map { [$0] } ?? [] : [], suffix: addEOS ? eos.map { [$0] } ?? [] : [],
-                      source: source)
+                      bos: bos, eos: eos, prefix: prefix, suffix: suffix, source: source)
     }
 
     /// Reads tokenizer.json at `path`, and tokenizer_config.json beside it for bos and eos.
