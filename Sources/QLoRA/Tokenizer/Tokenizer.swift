@@ -111,17 +111,17 @@ public final class Tokenizer: @unchecked Sendable {
     /// - Parameters:
     ///   - tokens: the vocabulary, id → token, "▁" for space, `<0xXX>` byte tokens.
     ///   - scores: each token's merge priority, [V].
-    ///   - types: each token's type, [V]; control, unknown and user-defined tokens become added tokens.
-    public convenience init(sentencePieceTokens tokens: [String], scores: [Float], types: [GGUFTokenType], addsSpacePrefix: Bool = true,
-                            bos: Int? = nil, eos: Int? = nil, prefix: [Int] = [], suffix: [Int] = [], source: String = "(in memory)") throws {
+    ///   - types: each token's type, [V].
+    ///   - addedTokens: the tokens matched whole in the text; by default the control, unknown
+    ///     and user-defined ones (`addedTokens(_:types:)`).
+    public convenience init(sentencePieceTokens tokens: [String], scores: [Float], types: [GGUFTokenType], addedTokens: [AddedToken]? = nil,
+                            addsSpacePrefix: Bool = true, bos: Int? = nil, eos: Int? = nil, prefix: [Int] = [], suffix: [Int] = [],
+                            source: String = "(in memory)") throws {
         guard !tokens.isEmpty else { throw TokenizerError.missing(source: source, key: "vocabulary") }
         for (key, count) in [("scores", scores.count), ("token types", types.count)] where count != tokens.count {
             throw TokenizerError.badValue(source: source, key: key, detail: "\(count) entries for \(tokens.count) tokens")
         }
-        var added: [AddedToken] = []
-        for (i, t) in types.enumerated() where t == .control || t == .unknown || t == .userDefined {
-            added.append(AddedToken(id: i, content: tokens[i], special: t != .userDefined))
-        }
+        let added = addedTokens ?? Self.addedTokens(tokens, types: types)
         let decoded = zip(tokens, types).map { token, type -> [UInt8] in
             switch type {
             case .normal: Array(token.replacingOccurrences(of: "\u{2581}", with: " ").utf8)
@@ -174,6 +174,13 @@ public final class Tokenizer: @unchecked Sendable {
         self.prefix = prefix
         self.suffix = suffix
         self.source = source
+    }
+
+    /// The tokens llama.cpp cuts out of the text before SentencePiece (its special tokens cache):
+    /// control and unknown ones special, user-defined ones not.
+    public static func addedTokens(_ tokens: [String], types: [GGUFTokenType], rstrip: (Int) -> Bool = { _ in false }) -> [AddedToken] {
+        zip(tokens.indices, types).filter { [.control, .unknown, .userDefined].contains($0.1) }
+            .map { i, type in AddedToken(id: i, content: tokens[i], special: type != .userDefined, rstrip: rstrip(i)) }
     }
 
     /// Token → id; a repeated token keeps its last id.

@@ -13,6 +13,8 @@ import Foundation
 ///                             llama), 3 control (special added token), 4 user-defined (added
 ///                             token), 5 unused, 6 byte (`<0xXX>`, llama); others: undefined
 /// tokenizer.ggml.add_space_prefix   llama: a space before the text (default true)
+/// general.name                "phi-3" or "phi3" in it: ASCII whitespace after an added token is
+///                             dropped, but for <unk>, <s>, <|endoftext|> (llama.cpp's RSTRIP)
 /// tokenizer.ggml.{bos,eos}_token_id, add_bos_token / add_eos_token (encode's prefix/suffix;
 ///                             add_bos_token defaults to true for llama, as in llama.cpp)
 /// ```
@@ -70,6 +72,10 @@ extension Tokenizer {
         let addBOS = g.metadata["tokenizer.ggml.add_bos_token"]?.bool ?? (kind == "llama")
         let addEOS = g.metadata["tokenizer.ggml.add_eos_token"]?.bool ?? false
         let prefix = addBOS ? bos.map { [$0] } ?? [] : [], suffix = addEOS ? eos.map { [$0] } ?? [] : []
+        // llama.cpp drops the whitespace after Phi-3's added tokens, but for <unk>, <s> and
+        // <|endoftext|>, where general.name says Phi-3 (as Phi-3's tokenizer.json sets rstrip).
+        let name = (g.metadata["general.name"]?.string ?? "").lowercased()
+        let phi3 = name.contains("phi-3") || name.contains("phi3")
 
         if kind == "llama" {
             var scores = [Float](repeating: 0, count: tokens.count)
@@ -83,7 +89,9 @@ extension Tokenizer {
                     return Float(d)
                 }
             }
-            try self.init(sentencePieceTokens: tokens, scores: scores, types: types ?? Array(repeating: .normal, count: tokens.count),
+            let types = types ?? Array(repeating: .normal, count: tokens.count)
+            let added = Self.addedTokens(tokens, types: types, rstrip: { phi3 && !["<unk>", "<s>", "<|endoftext|>"].contains(tokens[$0]) })
+            try self.init(sentencePieceTokens: tokens, scores: scores, types: types, addedTokens: added,
                           addsSpacePrefix: g.metadata["tokenizer.ggml.add_space_prefix"]?.bool ?? true,
                           bos: bos, eos: eos, prefix: prefix, suffix: suffix, source: source)
             return
@@ -98,7 +106,8 @@ extension Tokenizer {
         }
         let added = types.map { types in
             types.enumerated().filter { $0.element == .control || $0.element == .userDefined }
-                .map { AddedToken(id: $0.offset, content: tokens[$0.offset], special: $0.element == .control) }
+                .map { AddedToken(id: $0.offset, content: tokens[$0.offset], special: $0.element == .control,
+                                  rstrip: phi3 && !["<unk>", "<s>", "<|endoftext|>"].contains(tokens[$0.offset])) }
         } ?? []
         try self.init(tokens: tokens, merges: merges, addedTokens: added, preTokenizer: pre, ignoreMerges: ignoreMerges,
                       bos: bos, eos: eos, prefix: prefix, suffix: suffix, source: source)

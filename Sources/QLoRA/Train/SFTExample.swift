@@ -130,12 +130,14 @@ public enum SFTRow: Sendable, Equatable {
 
     /// The byte offset in `text` where each token of `ids` (= tokenizer.encode(text)) starts:
     /// each token's bytes are matched in turn, past bytes the vocabulary lacks (which encode
-    /// drops) and the space a SentencePiece tokenizer puts before text. nil when the tokens do
-    /// not spell the text.
+    /// drops, and whitespace after an rstrip added token) and the space a SentencePiece tokenizer
+    /// puts before text. nil when the tokens do not spell the text.
     static func tokenStarts(_ ids: [Int], of text: String, _ tokenizer: Tokenizer) -> [Int]? {
         let bytes = Array(text.utf8)
         var missing = [Bool](repeating: false, count: 256)
         for b in tokenizer.missingBytes { missing[Int(b)] = true }
+        // The whitespace an rstrip added token drops (Phi-3's GGUFs) is in no token either.
+        if tokenizer.addedTokens.contains(where: \.rstrip) { for b in [0x20, 0x09, 0x0A, 0x0B, 0x0C, 0x0D] { missing[b] = true } }
         var starts: [Int] = [], at = 0
         starts.reserveCapacity(ids.count)
         for id in ids {
@@ -143,6 +145,7 @@ public enum SFTRow: Sendable, Equatable {
             var spelled = tokenizer.bytes(of: id)
             // SentencePiece's add_space_prefix: a space the text lacks, before a piece of text.
             if tokenizer.addsSpacePrefix, spelled.first == 0x20, !bytes[at...].starts(with: spelled) { spelled = spelled.dropFirst() }
+            while spelled.isEmpty, at < bytes.count, missing[Int(bytes[at])] { at += 1 }  // a lone prefix starts where its text does
             while at < bytes.count, missing[Int(bytes[at])], !bytes[at...].starts(with: spelled) { at += 1 }
             guard bytes[at...].starts(with: spelled) else { return nil }
             starts.append(at)
