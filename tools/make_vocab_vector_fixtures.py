@@ -43,7 +43,10 @@ def main(argv):
             out = {"generator": {"script": "tools/make_vocab_vector_fixtures.py",
                                  "source": f"{fetch.PACKAGE}=={fetch.VERSION} {fetch.MODELS}ggml-vocab-NAME.gguf.inp/.out"},
                    "vocabs": {name: vectors(tar, name) for name in fetch.VOCABS}}
-    OUT.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+    # One case a line: the ids stay next to their text in a diff.
+    vocabs = ",\n".join(f" {json.dumps(name)}: [\n" + ",\n".join("  " + json.dumps(c, ensure_ascii=False) for c in cases) + "\n ]"
+                         for name, cases in out["vocabs"].items())
+    OUT.write_text('{\n "generator": ' + json.dumps(out["generator"]) + ',\n "vocabs": {\n' + vocabs + "\n }\n}\n")
     print(f"wrote {OUT}: " + ", ".join(f"{n} {len(v)}" for n, v in out["vocabs"].items()))
 
 
