@@ -76,6 +76,7 @@ extension Tokenizer {
         // <|endoftext|>, where general.name says Phi-3 (as Phi-3's tokenizer.json sets rstrip).
         let name = (g.metadata["general.name"]?.string ?? "").lowercased()
         let phi3 = name.contains("phi-3") || name.contains("phi3")
+        let rstrip = { (id: Int) in phi3 && !["<unk>", "<s>", "<|endoftext|>"].contains(tokens[id]) }
 
         if kind == "llama" {
             var scores = [Float](repeating: 0, count: tokens.count)
@@ -90,7 +91,7 @@ extension Tokenizer {
                 }
             }
             let types = types ?? Array(repeating: .normal, count: tokens.count)
-            let added = Self.addedTokens(tokens, types: types, rstrip: { phi3 && !["<unk>", "<s>", "<|endoftext|>"].contains(tokens[$0]) })
+            let added = Self.addedTokens(tokens, types: types, rstrip: rstrip)
             try self.init(sentencePieceTokens: tokens, scores: scores, types: types, addedTokens: added,
                           addsSpacePrefix: g.metadata["tokenizer.ggml.add_space_prefix"]?.bool ?? true,
                           bos: bos, eos: eos, prefix: prefix, suffix: suffix, source: source)
@@ -106,8 +107,7 @@ extension Tokenizer {
         }
         let added = types.map { types in
             types.enumerated().filter { $0.element == .control || $0.element == .userDefined }
-                .map { AddedToken(id: $0.offset, content: tokens[$0.offset], special: $0.element == .control,
-                                  rstrip: phi3 && !["<unk>", "<s>", "<|endoftext|>"].contains(tokens[$0.offset])) }
+                .map { AddedToken(id: $0.offset, content: tokens[$0.offset], special: $0.element == .control, rstrip: rstrip($0.offset)) }
         } ?? []
         try self.init(tokens: tokens, merges: merges, addedTokens: added, preTokenizer: pre, ignoreMerges: ignoreMerges,
                       bos: bos, eos: eos, prefix: prefix, suffix: suffix, source: source)
