@@ -16,7 +16,8 @@ import Foundation
 /// general.name                "phi-3" or "phi3" in it: ASCII whitespace after an added token is
 ///                             dropped, but for <unk>, <s>, <|endoftext|> (llama.cpp's RSTRIP)
 /// tokenizer.ggml.{bos,eos}_token_id, add_bos_token / add_eos_token (encode's prefix/suffix;
-///                             add_bos_token defaults to true for llama, as in llama.cpp)
+///                             for llama, as in llama.cpp, BOS 1, EOS 2 and add_bos_token true
+///                             when absent)
 /// ```
 /// tokenizer.json (Hugging Face): model {type "BPE", vocab {token: id}, merges as "a b" or
 /// ["a", "b"], ignore_merges}, added_tokens [{id, content, special, normalized}],
@@ -67,8 +68,10 @@ extension Tokenizer {
             }
             return id
         }
-        let bos = try tokenID("tokenizer.ggml.bos_token_id"), eos = try tokenID("tokenizer.ggml.eos_token_id")
-        // llama.cpp adds BOS to SentencePiece text unless told not to.
+        // Without the keys llama.cpp takes SentencePiece's own ids: BOS 1, EOS 2; and adds BOS
+        // to SentencePiece text unless told not to.
+        let spmDefault = { (id: Int) in kind == "llama" && tokens.indices.contains(id) ? id : nil }
+        let bos = try tokenID("tokenizer.ggml.bos_token_id") ?? spmDefault(1), eos = try tokenID("tokenizer.ggml.eos_token_id") ?? spmDefault(2)
         let addBOS = g.metadata["tokenizer.ggml.add_bos_token"]?.bool ?? (kind == "llama")
         let addEOS = g.metadata["tokenizer.ggml.add_eos_token"]?.bool ?? false
         let prefix = addBOS ? bos.map { [$0] } ?? [] : [], suffix = addEOS ? eos.map { [$0] } ?? [] : []

@@ -65,20 +65,20 @@ final class SentencePieceTests: XCTestCase {
             ("tokenizer.ggml.tokens", .array(Self.tokens.map { .string($0) })),
             ("tokenizer.ggml.scores", .array(Self.scores.map { .float32($0) })),
             ("tokenizer.ggml.token_type", .array(Self.types.map { .int32(Int32($0.rawValue)) })),
-            ("tokenizer.ggml.bos_token_id", .uint32(1)), ("tokenizer.ggml.eos_token_id", .uint32(2)),
         ]
         w.metadata = metadata
         let defaults = try Tokenizer(gguf: GGUFFile(path: dir.write("defaults.gguf", w.serialize { _ in [] })))
         XCTAssertEqual(defaults.model, .sentencePiece)
         XCTAssertTrue(defaults.addsSpacePrefix, "add_space_prefix defaults to true")
+        XCTAssertEqual([defaults.bos, defaults.eos], [1, 2], "SentencePiece's own BOS and EOS")
         XCTAssertEqual([defaults.prefix, defaults.suffix], [[1], []], "add_bos_token defaults to true")
         XCTAssertEqual(names(defaults, "ab"), ["▁", "ab"])
 
         w.metadata = metadata + [("tokenizer.ggml.add_space_prefix", .bool(false)), ("tokenizer.ggml.add_bos_token", .bool(false)),
-                                 ("tokenizer.ggml.add_eos_token", .bool(true))]
+                                 ("tokenizer.ggml.add_eos_token", .bool(true)), ("tokenizer.ggml.eos_token_id", .uint32(0))]
         let gemma = try Tokenizer(gguf: GGUFFile(path: dir.write("gemma.gguf", w.serialize { _ in [] })))
         XCTAssertFalse(gemma.addsSpacePrefix)
-        XCTAssertEqual(gemma.encode("ab", addSpecialTokens: true), [262, 2])
+        XCTAssertEqual(gemma.encode("ab", addSpecialTokens: true), [262, 0])
 
         w.metadata = metadata.filter { $0.key != "tokenizer.ggml.scores" } + [("tokenizer.ggml.scores", .array([.float32(0)]))]
         let bad = dir.write("bad.gguf", w.serialize { _ in [] })
