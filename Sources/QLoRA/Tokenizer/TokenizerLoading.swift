@@ -4,13 +4,20 @@ import Foundation
 ///
 /// GGUF (llama.cpp's keys):
 /// ```
-/// tokenizer.ggml.model        "gpt2" (byte-level BPE); "llama" (SentencePiece) and others throw
-/// tokenizer.ggml.pre          pre-tokenizer name → `PreTokenizer` (table below)
-/// tokenizer.ggml.tokens       [V] strings, byte-level spelling
-/// tokenizer.ggml.merges       "left right", highest priority first
-/// tokenizer.ggml.token_type   [V]: 1 normal, 2 unknown, 3 control (special added token),
-///                             4 user-defined (added token), 5 unused, 6 byte
-/// tokenizer.ggml.{bos,eos}_token_id, add_bos_token / add_eos_token (encode's prefix/suffix)
+/// tokenizer.ggml.model        "gpt2" (byte-level BPE), "llama" (SentencePiece); others throw
+/// tokenizer.ggml.pre          pre-tokenizer name → `PreTokenizer` (table below); gpt2 only
+/// tokenizer.ggml.tokens       [V] strings, byte-level spelling (gpt2), "▁" for space (llama)
+/// tokenizer.ggml.merges       "left right", highest priority first; gpt2 only
+/// tokenizer.ggml.scores       [V] float32, merge priority; llama only (0 when absent)
+/// tokenizer.ggml.token_type   [V] `GGUFTokenType`: 1 normal, 2 unknown (special added token in
+///                             llama), 3 control (special added token), 4 user-defined (added
+///                             token), 5 unused, 6 byte (`<0xXX>`, llama); others: undefined
+/// tokenizer.ggml.add_space_prefix   llama: a space before the text (default true)
+/// general.name                "phi-3" or "phi3" in it: ASCII whitespace after an added token is
+///                             dropped, but for <unk>, <s>, <|endoftext|> (llama.cpp's RSTRIP)
+/// tokenizer.ggml.{bos,eos}_token_id, add_bos_token / add_eos_token (encode's prefix/suffix;
+///                             for llama, as in llama.cpp, BOS 1, EOS 2 and add_bos_token true
+///                             when absent)
 /// ```
 /// tokenizer.json (Hugging Face): model {type "BPE", vocab {token: id}, merges as "a b" or
 /// ["a", "b"], ignore_merges}, added_tokens [{id, content, special, normalized}],
@@ -39,13 +46,59 @@ extension Tokenizer {
     public convenience init(gguf g: GGUFFile) throws {
         let source = g.file.path
         let kind = g.metadata["tokenizer.ggml.model"]?.string ?? "none"
-        guard kind == "gpt2" else { throw TokenizerError.unsupportedTokenizer(source: source, kind: kind) }
+        guard kind == "gpt2" || kind == "llama" else { throw TokenizerError.unsupportedTokenizer(source: source, kind: kind) }
         guard let tokenValues = g.metadata["tokenizer.ggml.tokens"]?.array else {
             throw TokenizerError.missing(source: source, key: "tokenizer.ggml.tokens")
         }
         let tokens = try tokenValues.map {
             guard let s = $0.string else { throw TokenizerError.badValue(source: source, key: "tokenizer.ggml.tokens", detail: "holds a \($0), not a string") }
             return s
+        }
+        var types: [GGUFTokenType]?
+        if let values = g.metadata["tokenizer.ggml.token_type"]?.array {
+            guard values.count == tokens.count else {
+                throw TokenizerError.badValue(source: source, key: "tokenizer.ggml.token_type", detail: "\(values.count) entries for \(tokens.count) tokens")
+            }
+            types = values.map { $0.int.flatMap(GGUFTokenType.init(rawValue:)) ?? .undefined }  // llama.cpp: any other value is undefined
+        }
+        func tokenID(_ key: String) throws -> Int? {
+            guard let v = g.metadata[key] else { return nil }
+            guard let id = v.int, tokens.indices.contains(id) else {
+                throw TokenizerError.badValue(source: source, key: key, detail: "\(v) is not a token id below \(tokens.count)")
+            }
+            return id
+        }
+        // Without the keys llama.cpp takes SentencePiece's own ids: BOS 1, EOS 2; and adds BOS
+        // to SentencePiece text unless told not to.
+        let spmDefault = { (id: Int) in kind == "llama" && tokens.indices.contains(id) ? id : nil }
+        let bos = try tokenID("tokenizer.ggml.bos_token_id") ?? spmDefault(1), eos = try tokenID("tokenizer.ggml.eos_token_id") ?? spmDefault(2)
+        let addBOS = g.metadata["tokenizer.ggml.add_bos_token"]?.bool ?? (kind == "llama")
+        let addEOS = g.metadata["tokenizer.ggml.add_eos_token"]?.bool ?? false
+        let prefix = addBOS ? bos.map { [$0] } ?? [] : [], suffix = addEOS ? eos.map { [$0] } ?? [] : []
+        // llama.cpp drops the whitespace after Phi-3's added tokens, but for <unk>, <s> and
+        // <|endoftext|>, where general.name says Phi-3 (as Phi-3's tokenizer.json sets rstrip).
+        let name = (g.metadata["general.name"]?.string ?? "").lowercased()
+        let phi3 = name.contains("phi-3") || name.contains("phi3")
+        let rstrip = { (id: Int) in phi3 && !["<unk>", "<s>", "<|endoftext|>"].contains(tokens[id]) }
+
+        if kind == "llama" {
+            var scores = [Float](repeating: 0, count: tokens.count)
+            if let values = g.metadata["tokenizer.ggml.scores"]?.array {
+                guard values.count == tokens.count else {
+                    throw TokenizerError.badValue(source: source, key: "tokenizer.ggml.scores", detail: "\(values.count) entries for \(tokens.count) tokens")
+                }
+                scores = try values.map {
+                    if case let .float32(f) = $0 { return f }
+                    guard let d = $0.double else { throw TokenizerError.badValue(source: source, key: "tokenizer.ggml.scores", detail: "holds a \($0), not a number") }
+                    return Float(d)
+                }
+            }
+            let types = types ?? Array(repeating: .normal, count: tokens.count)
+            let added = Self.addedTokens(tokens, types: types, rstrip: rstrip)
+            try self.init(sentencePieceTokens: tokens, scores: scores, types: types, addedTokens: added,
+                          addsSpacePrefix: g.metadata["tokenizer.ggml.add_space_prefix"]?.bool ?? true,
+                          bos: bos, eos: eos, prefix: prefix, suffix: suffix, source: source)
+            return
         }
         let merges = try (g.metadata["tokenizer.ggml.merges"]?.array ?? []).enumerated().map { i, v in
             guard let s = v.string else { throw TokenizerError.badMerge(source: source, index: i, merge: "\(v)", detail: "not a string") }
@@ -55,28 +108,12 @@ extension Tokenizer {
         guard let (pre, ignoreMerges) = Self.ggufPreTokenizers[preName] else {
             throw TokenizerError.unsupportedPreTokenizer(source: source, description: "'\(preName)' (tokenizer.ggml.pre)")
         }
-        var added: [AddedToken] = []
-        if let types = g.metadata["tokenizer.ggml.token_type"]?.array {
-            guard types.count == tokens.count else {
-                throw TokenizerError.badValue(source: source, key: "tokenizer.ggml.token_type", detail: "\(types.count) entries for \(tokens.count) tokens")
-            }
-            for (i, t) in types.enumerated() where t.int == 3 || t.int == 4 {
-                added.append(AddedToken(id: i, content: tokens[i], special: t.int == 3))
-            }
-        }
-        func tokenID(_ key: String) throws -> Int? {
-            guard let v = g.metadata[key] else { return nil }
-            guard let id = v.int, tokens.indices.contains(id) else {
-                throw TokenizerError.badValue(source: source, key: key, detail: "\(v) is not a token id below \(tokens.count)")
-            }
-            return id
-        }
-        let bos = try tokenID("tokenizer.ggml.bos_token_id"), eos = try tokenID("tokenizer.ggml.eos_token_id")
-        let addBOS = g.metadata["tokenizer.ggml.add_bos_token"]?.bool ?? false
-        let addEOS = g.metadata["tokenizer.ggml.add_eos_token"]?.bool ?? false
+        let added = types.map { types in
+            types.enumerated().filter { $0.element == .control || $0.element == .userDefined }
+                .map { AddedToken(id: $0.offset, content: tokens[$0.offset], special: $0.element == .control, rstrip: rstrip($0.offset)) }
+        } ?? []
         try self.init(tokens: tokens, merges: merges, addedTokens: added, preTokenizer: pre, ignoreMerges: ignoreMerges,
-                      bos: bos, eos: eos, prefix: addBOS ? bos.map { [$0] } ?? [] : [], suffix: addEOS ? eos.map { [$0] } ?? [] : [],
-                      source: source)
+                      bos: bos, eos: eos, prefix: prefix, suffix: suffix, source: source)
     }
 
     /// Reads tokenizer.json at `path`, and tokenizer_config.json beside it for bos and eos.

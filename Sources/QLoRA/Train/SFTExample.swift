@@ -94,7 +94,8 @@ public enum SFTRow: Sendable, Equatable {
     ///   render(messages[...i], addGenerationPrompt: false)  adds the turn: trained up to and
     ///                                                       including its last end-of-turn, masked after
     /// and render(messages) after the last assistant message, masked. The pieces concatenate to
-    /// render(messages, addGenerationPrompt: false).
+    /// render(messages, addGenerationPrompt: false). A turn's render is taken less the
+    /// template's `closing` (phi3 ends a conversation with EOS, not each turn).
     ///
     /// The pieces are not tokenized one by one: a cut that is not at a special token can fall
     /// inside a token of the whole text. Llama 3's header ends in "\n\n", which the GPT-2
@@ -107,7 +108,11 @@ public enum SFTRow: Sendable, Equatable {
         var done = ""
         for i in messages.indices where messages[i].role == .assistant {
             let head = try render(messages[..<i], true)
-            let full = try render(messages[...i], false)
+            var full = try render(messages[...i], false)
+            // What the template writes once after the last message (phi3's EOS) is not part of a turn.
+            if !template.closing.isEmpty, full.utf8.reversed().starts(with: template.closing.utf8.reversed()) {
+                full = String(decoding: full.utf8.dropLast(template.closing.utf8.count), as: UTF8.self)
+            }
             guard let masked = Self.remainder(of: head, after: done), let turn = Self.remainder(of: full, after: head) else {
                 throw .templateNotIncremental(message: i)
             }
@@ -125,16 +130,22 @@ public enum SFTRow: Sendable, Equatable {
 
     /// The byte offset in `text` where each token of `ids` (= tokenizer.encode(text)) starts:
     /// each token's bytes are matched in turn, past bytes the vocabulary lacks (which encode
-    /// drops). nil when the tokens do not spell the text.
+    /// drops, and whitespace after an rstrip added token) and the space a SentencePiece tokenizer
+    /// puts before text. nil when the tokens do not spell the text.
     static func tokenStarts(_ ids: [Int], of text: String, _ tokenizer: Tokenizer) -> [Int]? {
         let bytes = Array(text.utf8)
         var missing = [Bool](repeating: false, count: 256)
         for b in tokenizer.missingBytes { missing[Int(b)] = true }
+        // The whitespace an rstrip added token drops (Phi-3's GGUFs) is in no token either.
+        if tokenizer.addedTokens.contains(where: \.rstrip) { for b in [0x20, 0x09, 0x0A, 0x0B, 0x0C, 0x0D] { missing[b] = true } }
         var starts: [Int] = [], at = 0
         starts.reserveCapacity(ids.count)
         for id in ids {
-            guard let token = tokenizer.token(of: id) else { return nil }
-            let spelled = ByteLevelAlphabet.bytes(of: token)
+            guard tokenizer.token(of: id) != nil else { return nil }
+            var spelled = tokenizer.bytes(of: id)
+            // SentencePiece's add_space_prefix: a space the text lacks, before a piece of text.
+            if tokenizer.addsSpacePrefix, spelled.first == 0x20, !bytes[at...].starts(with: spelled) { spelled = spelled.dropFirst() }
+            while spelled.isEmpty, at < bytes.count, missing[Int(bytes[at])] { at += 1 }  // a lone prefix starts where its text does
             while at < bytes.count, missing[Int(bytes[at])], !bytes[at...].starts(with: spelled) { at += 1 }
             guard bytes[at...].starts(with: spelled) else { return nil }
             starts.append(at)

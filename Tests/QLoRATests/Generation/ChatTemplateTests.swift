@@ -2,8 +2,10 @@ import Foundation
 import QLoRA
 import XCTest
 
-/// Renderings against jinja2 running each family's real template (tools/make_chat_template_fixtures.py),
-/// and SmolLM2's own template from its GGUF against transformers (tools/make_smollm2_reference.py).
+/// Renderings against jinja2 running each family's real template (tools/make_chat_template_fixtures.py):
+/// the templates of models qlora's families cover are recognized and render byte for byte, the
+/// others (reasoning, tools, dated headers) are refused; SmolLM2's own template from its GGUF
+/// against transformers (tools/make_smollm2_reference.py); assistant-only loss on Gemma and Phi-3.
 final class ChatTemplateTests: XCTestCase {
     static let fixtures = Bundle.module.url(forResource: "Fixtures", withExtension: nil)!
     static let modelPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
@@ -14,12 +16,17 @@ final class ChatTemplateTests: XCTestCase {
             let bos: String
             let eos: String
             let template: String
+            /// Real templates only: where it comes from, and the family that must recognize it (nil: refused).
+            let source: String?
+            let family: String?
         }
         struct Case: Decodable {
             let template: String
             let conversation: String
             let add_generation_prompt: Bool
-            let text: String
+            /// The rendering, or what the template raised.
+            let text: String?
+            let error: String?
         }
         let templates: [String: Template]
         let conversations: [String: [ChatMessage]]
@@ -35,14 +42,45 @@ final class ChatTemplateTests: XCTestCase {
         let chat: Chat
     }
 
+    static let fixture: Fixture = try! JSONDecoder().decode(Fixture.self, from: Data(contentsOf: fixtures.appendingPathComponent("chat-templates.json")))
+
     func testFamiliesRenderAsJinja() throws {
-        let f = try JSONDecoder().decode(Fixture.self, from: Data(contentsOf: Self.fixtures.appendingPathComponent("chat-templates.json")))
-        XCTAssertEqual(f.cases.count, 24)
+        let f = Self.fixture
+        XCTAssertEqual(f.cases.count, 180)
+        var rendered: [String: Int] = [:]
         for c in f.cases {
             let t = try XCTUnwrap(f.templates[c.template])
+            let what = "\(c.template) \(c.conversation) add_generation_prompt=\(c.add_generation_prompt)"
+            guard t.source == nil || t.family != nil else {
+                XCTAssertThrowsError(try ChatTemplate(template: t.template, bos: t.bos, eos: t.eos), "\(c.template) must be refused")
+                continue
+            }
             let template = try ChatTemplate(template: t.template, bos: t.bos, eos: t.eos)
-            let text = try template.render(try XCTUnwrap(f.conversations[c.conversation]), addGenerationPrompt: c.add_generation_prompt)
-            XCTAssertEqual(text, c.text, "\(c.template) \(c.conversation) add_generation_prompt=\(c.add_generation_prompt)")
+            if let family = t.family { XCTAssertEqual(template.family.rawValue, family, c.template) }
+            let messages = try XCTUnwrap(f.conversations[c.conversation])
+            if let error = c.error {
+                XCTAssertThrowsError(try template.render(messages, addGenerationPrompt: c.add_generation_prompt), "\(what) raises \(error)")
+            } else {
+                XCTAssertEqual(try template.render(messages, addGenerationPrompt: c.add_generation_prompt), c.text, what)
+                rendered[c.template, default: 0] += 1
+            }
+        }
+        XCTAssertEqual(rendered, ["smollm2": 12, "llama3": 12, "llama2": 12, "gemma3": 12, "phi3-gguf": 12, "gemma2": 4, "phi3.5": 12, "qwen2.5": 12])
+    }
+
+    func testGemmaSystemSeparatorIsReadFromTheTemplate() throws {
+        let gemma3 = try XCTUnwrap(Self.fixture.templates["gemma3"]).template
+        XCTAssertEqual(try ChatTemplate(template: gemma3).systemSeparator, "\n\n")
+        let oneNewline = gemma3.replacingOccurrences(of: #"['content'] + '\n\n'"#, with: #"['content'] + '\n'"#)
+        XCTAssertNotEqual(oneNewline, gemma3)
+        XCTAssertEqual(try ChatTemplate(template: oneNewline).systemSeparator, "\n")
+        let gemma2 = try ChatTemplate(template: try XCTUnwrap(Self.fixture.templates["gemma2"]).template, bos: "<bos>")
+        XCTAssertNil(gemma2.systemSeparator)
+        XCTAssertThrowsError(try gemma2.render([ChatMessage(.system, "s"), ChatMessage(.user, "u")], addGenerationPrompt: true)) { e in
+            XCTAssertEqual(e as? ChatTemplateError, .systemNotSupported(family: .gemma))
+        }
+        XCTAssertThrowsError(try gemma2.render([ChatMessage(.assistant, "a")], addGenerationPrompt: true)) { e in
+            XCTAssertEqual(e as? ChatTemplateError, .rolesMustAlternate(family: .gemma))
         }
     }
 
@@ -62,12 +100,61 @@ final class ChatTemplateTests: XCTestCase {
 
     func testUnknownTemplateSaysWhichNamesToPass() {
         XCTAssertThrowsError(try ChatTemplate(template: "{{ messages[0]['content'] }}<end_of_turn>")) { error in
-            XCTAssertTrue("\(error)".contains("--chat-template chatml|llama3|llama2"), "\(error)")
+            XCTAssertTrue("\(error)".contains("--chat-template chatml|llama3|llama2|gemma|phi3|phi3-legacy"), "\(error)")
         }
     }
 
     func testLlama2RolesMustAlternate() {
         let t = ChatTemplate(family: .llama2, bos: "<s>", eos: "</s>")
         XCTAssertThrowsError(try t.render([ChatMessage(.user, "a"), ChatMessage(.user, "b")], addGenerationPrompt: true))
+    }
+
+    // MARK: assistant-only loss
+
+    /// The ids of each run of trained labels, decoded.
+    func trainedSpans(_ e: SFTExample, _ t: Tokenizer) -> [String] {
+        var spans: [[Int]] = [], last = -2
+        for (i, label) in e.labels.enumerated() where label != SFTExample.ignoreIndex {
+            if i != last + 1 { spans.append([]) }
+            spans[spans.count - 1].append(e.inputIds[i])
+            last = i
+        }
+        return spans.map { t.decode($0) }
+    }
+
+    static let sftConversation = [ChatMessage(.system, "Be brief."), ChatMessage(.user, "Hi!"), ChatMessage(.assistant, "Hello.\n"),
+                                  ChatMessage(.user, "2+2?"), ChatMessage(.assistant, " 4")]
+
+    /// Phi-3's vocabulary (SentencePiece with add_space_prefix: a space the text lacks before
+    /// the text after each control token, whose whitespace after is dropped) under Phi-3.5's
+    /// template and Phi-3's first one.
+    func testPhi3AssistantSpansAreTrained() throws {
+        let t = try VocabVectorTests.tokenizer("phi-3")
+        let m = Self.sftConversation
+        for name in ["phi3.5", "phi3-gguf"] {
+            let spec = try XCTUnwrap(Self.fixture.templates[name])
+            let template = try ChatTemplate(template: spec.template, bos: "<s>", eos: "<|endoftext|>")
+            let e = try SFTRow.messages(m).tokenize(tokenizer: t, chatTemplate: template, maxLength: 256)
+            XCTAssertEqual(e.inputIds, t.encode(try template.render(m, addGenerationPrompt: false)), name)
+            // Phi-3's added tokens drop the "\n" after them; the text after them gets "▁".
+            XCTAssertEqual(trainedSpans(e, t), [" Hello.\n<|end|>", " 4<|end|>"], name)
+            XCTAssertEqual(t.id(of: template.endOfTurn), 32007)
+        }
+    }
+
+    /// Gemma 3's shape: Phi-3's vocabulary with Gemma's control tokens added and no space prefix.
+    func testGemmaAssistantSpansAreTrained() throws {
+        let phi3 = try VocabVectorTests.tokenizer("phi-3")
+        let tokens = (0..<phi3.vocabSize).map { phi3.token(of: $0)! } + ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"]
+        let types = (0..<phi3.vocabSize).map { id -> GGUFTokenType in
+            let token = phi3.token(of: id)!
+            if phi3.isSpecial(id) { return id == 0 ? .unknown : .control }
+            return token.utf8.count == 6 && token.hasPrefix("<0x") ? .byte : .normal
+        } + [GGUFTokenType](repeating: .control, count: 4)
+        let t = try Tokenizer(sentencePieceTokens: tokens, scores: [Float](repeating: 0, count: tokens.count), types: types, addsSpacePrefix: false)
+        let template = try ChatTemplate(template: try XCTUnwrap(Self.fixture.templates["gemma3"]).template, bos: "<bos>", eos: "<eos>")
+        let e = try SFTRow.messages(Self.sftConversation).tokenize(tokenizer: t, chatTemplate: template, maxLength: 256)
+        XCTAssertEqual(e.inputIds.first, t.id(of: "<bos>"), "the template writes BOS")
+        XCTAssertEqual(trainedSpans(e, t), ["Hello.<end_of_turn>", "4<end_of_turn>"])
     }
 }

@@ -152,12 +152,12 @@ final class TokenizerTests: XCTestCase {
     func testUnsupportedKindsThrow() throws {
         let dir = TempDir()
         var w = GGUFWriter()
-        w.metadata = [("general.architecture", .string("llama")), ("tokenizer.ggml.model", .string("llama")),
-                      ("tokenizer.ggml.tokens", .array([.string("<unk>"), .string("▁a")]))]
-        let sp = dir.write("sp.gguf", w.serialize { _ in [] })
-        XCTAssertThrowsError(try Tokenizer(gguf: GGUFFile(path: sp))) { e in
-            XCTAssertEqual(e as? TokenizerError, .unsupportedTokenizer(source: sp, kind: "llama"))
-            XCTAssertTrue("\(e)".hasPrefix("unsupported tokenizer 'llama' in \(sp)"), "\(e)")
+        w.metadata = [("general.architecture", .string("bert")), ("tokenizer.ggml.model", .string("bert")),
+                      ("tokenizer.ggml.tokens", .array([.string("[UNK]"), .string("a")]))]
+        let wordPiece = dir.write("wpm.gguf", w.serialize { _ in [] })
+        XCTAssertThrowsError(try Tokenizer(gguf: GGUFFile(path: wordPiece))) { e in
+            XCTAssertEqual(e as? TokenizerError, .unsupportedTokenizer(source: wordPiece, kind: "bert"))
+            XCTAssertTrue("\(e)".hasPrefix("unsupported tokenizer 'bert' in \(wordPiece): only byte-level BPE"), "\(e)")
         }
         w.metadata = [("tokenizer.ggml.model", .string("gpt2")), ("tokenizer.ggml.pre", .string("tekken")),
                       ("tokenizer.ggml.tokens", .array(Self.byteTokens.map { .string($0) }))]
