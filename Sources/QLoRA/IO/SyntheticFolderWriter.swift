@@ -49,7 +49,7 @@ public enum SyntheticFolderWriter {
     private enum Entry {
         /// Spec `part` of linear `i` (q…down) of layer `layer`.
         case linear(layer: Int, i: Int, part: Int)
-        case norm
+        case norm(size: Int)
         case tokens(rows: Int, index: UInt64)
     }
 
@@ -67,7 +67,7 @@ public enum SyntheticFolderWriter {
             }
             for norm in c.family.norms {
                 specs.append(.init(name: LlamaWeights.Name.layer(l, norm.path + ".weight"), dtype: dtype, shape: [norm.size.size(in: c)]))
-                entries.append(.norm)
+                entries.append(.norm(size: norm.size.size(in: c)))
             }
         }
         specs.append(.init(name: LlamaWeights.Name.embedding, dtype: dtype, shape: [c.vocabSize, c.hiddenSize]))
@@ -77,7 +77,7 @@ public enum SyntheticFolderWriter {
             entries.append(.tokens(rows: c.vocabSize, index: SyntheticModel.tokenIndex(c, head: true)))
         }
         specs.append(.init(name: LlamaWeights.Name.finalNorm, dtype: dtype, shape: [c.hiddenSize]))
-        entries.append(.norm)
+        entries.append(.norm(size: c.hiddenSize))
 
         let steps = c.numLayers + (c.tieWordEmbeddings ? 1 : 2)
         var step = 0
@@ -86,7 +86,8 @@ public enum SyntheticFolderWriter {
             step += 1
         }
         var layer: (index: Int, parts: [[[UInt8]]])? = nil   // the current layer's linears, as their specs' bytes
-        let ones = Quantizer.encode([Float](repeating: 1, count: c.hiddenSize), as: dtype)
+        // Norms that compute with weight one (Gemma's files store w of x̂·(1 + w): zero).
+        func ones(_ n: Int) -> [UInt8] { Quantizer.encode([Float](repeating: 1 - c.family.huggingFaceNormOffset, count: n), as: dtype) }
         var writer = SafetensorsWriter()
         writer.tensors = specs
         let path = (folder as NSString).appendingPathComponent("model.safetensors")
@@ -99,8 +100,8 @@ public enum SyntheticFolderWriter {
                     layer = (l, try quantizeLayer(l, shapes: shapes, seed: seed, dtype: dtype))
                 }
                 try layer!.parts[i][part].withUnsafeBytes { try write($0) }
-            case .norm:
-                try ones.withUnsafeBytes { try write($0) }
+            case let .norm(size):
+                try ones(size).withUnsafeBytes { try write($0) }
             case let .tokens(rows, index):
                 layer = nil
                 report(specs[n].name, "q8_0 values as \(dtype.rawValue)")

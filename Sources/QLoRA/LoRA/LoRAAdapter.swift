@@ -133,12 +133,6 @@ public final class LoRAAdapter {
     static func applyDropout(into out: UnsafeMutablePointer<Float>, from x: UnsafePointer<Float>, count: Int, p: Float,
                              seed: UInt64) {
         let keep = 1 / (1 - p), threshold = UInt64(Double(p) * 0x1p53)
-        for i in 0..<count {
-            var z = seed &+ UInt64(i) &* 0x9E37_79B9_7F4A_7C15
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            z ^= z >> 31
-            out[i] = (z >> 11) < threshold ? 0 : x[i] * keep
-        }
+        for i in 0..<count { out[i] = DropoutStream.drops(seed, i, threshold: threshold) ? 0 : x[i] * keep }
     }
 }

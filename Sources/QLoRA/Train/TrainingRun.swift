@@ -320,9 +320,7 @@ public final class TrainingRun {
 
     private func dropoutSeed(update: Int, micro: Int) -> UInt64? {
         guard lora.config.dropout > 0 else { return nil }
-        var z = config.seed &+ UInt64(update) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(micro) &* 0xC2B2_AE3D_27D4_EB4F
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        return z ^ (z >> 31)
+        return DropoutStream.step(seed: config.seed, update: update, micro: micro)
     }
 
     /// A loss spike (above 2× the median of the last 20 and above it by 1) or a collapse of

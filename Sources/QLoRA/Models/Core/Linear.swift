@@ -88,12 +88,7 @@ public struct LayerContext {
     }
 
     /// The seed of linear `m`'s dropout mask within a layer whose step seed is `seed`.
-    static func dropoutSeed(_ seed: UInt64?, index: Int) -> UInt64? {
-        guard let seed else { return nil }
-        var z = seed ^ (UInt64(index + 1) &* 0xD1B5_4A32_D192_ED03)
-        z = (z ^ (z >> 29)) &* 0xBF58_476D_1CE4_E5B9
-        return z ^ (z >> 32)
-    }
+    static func dropoutSeed(_ seed: UInt64?, index: Int) -> UInt64? { seed.map { DropoutStream.linear($0, index: index) } }
 }
 
 /// One frozen linear, its adapter and the adapters stacked frozen on it, run together:

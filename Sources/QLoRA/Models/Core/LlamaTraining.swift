@@ -92,7 +92,7 @@ public final class LlamaTrainer {
     }
 
     private func layerSeed(_ seed: UInt64?, _ l: Int) -> UInt64? {
-        seed.map { $0 ^ (UInt64(l + 1) &* 0x9E37_79B9_7F4A_7C15) }
+        seed.map { DropoutStream.layer($0, l) }
     }
 
     private func run(_ batch: TokenBatch, backward: Bool, gradScale: Float, dropoutSeed: UInt64?) throws -> LossSum {

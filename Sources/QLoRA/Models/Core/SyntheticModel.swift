@@ -2,29 +2,49 @@ import Foundation
 import Quant
 import QuantKernels
 
-/// Models with the public layer dimensions of the Llama family and seeded random weights,
-/// written straight into the 4-bit format tensor by tensor (one fp32 tensor exists at a time,
-/// never the whole model): what memory and speed of bigger models are measured on, on a
-/// machine that could not hold their fp32 (or even fp16) weights.
+/// Models with the public layer dimensions of the families qlora runs and seeded random
+/// weights, written straight into the 4-bit format tensor by tensor (one fp32 tensor exists at
+/// a time, never the whole model): what memory and speed of bigger models are measured on, on
+/// a machine that could not hold their fp32 (or even fp16) weights.
 public enum SyntheticShape: String, CaseIterable, Sendable {
     case llama1b = "llama-1b", llama3b = "llama-3b", llama7b = "llama-7b", llama8b = "llama-8b"
     case llama13b = "llama-13b", llama33b = "llama-33b", llama70b = "llama-70b"
+    case mistral7b = "mistral-7b", qwen25_7b = "qwen2.5-7b", qwen3_8b = "qwen3-8b"
+    case gemma3_4b = "gemma3-4b", gemma3_12b = "gemma3-12b", gemma3_27b = "gemma3-27b", phi3mini = "phi3-mini"
 
-    /// Hidden, intermediate, layers, heads, KV heads, vocab, tied — from the models' config.json:
-    /// Llama 3.2 1B/3B, Llama 2 7B/13B/70B, Llama 3.1 8B, LLaMA 33B.
+    /// Hidden, intermediate, layers, heads, KV heads, head dim, vocab, tied — from the models'
+    /// config.json: Llama 3.2 1B/3B, Llama 2 7B/13B/70B, Llama 3.1 8B, LLaMA 33B, Mistral 7B v0.3,
+    /// Qwen2.5 7B, Qwen3 8B, Gemma 3 4B/12B/27B (text), Phi-3-mini-4k.
     public var config: ModelConfig {
-        let (C, F, L, H, Hkv, V, tied): (Int, Int, Int, Int, Int, Int, Bool) = switch self {
-        case .llama1b: (2048, 8192, 16, 32, 8, 128_256, true)
-        case .llama3b: (3072, 8192, 28, 24, 8, 128_256, true)
-        case .llama7b: (4096, 11008, 32, 32, 32, 32000, false)
-        case .llama8b: (4096, 14336, 32, 32, 8, 128_256, false)
-        case .llama13b: (5120, 13824, 40, 40, 40, 32000, false)
-        case .llama33b: (6656, 17920, 60, 52, 52, 32000, false)
-        case .llama70b: (8192, 28672, 80, 64, 8, 32000, false)
+        let (arch, C, F, L, H, Hkv, D, V, tied): (String, Int, Int, Int, Int, Int, Int?, Int, Bool) = switch self {
+        case .llama1b: ("llama", 2048, 8192, 16, 32, 8, nil, 128_256, true)
+        case .llama3b: ("llama", 3072, 8192, 28, 24, 8, nil, 128_256, true)
+        case .llama7b: ("llama", 4096, 11008, 32, 32, 32, nil, 32000, false)
+        case .llama8b: ("llama", 4096, 14336, 32, 32, 8, nil, 128_256, false)
+        case .llama13b: ("llama", 5120, 13824, 40, 40, 40, nil, 32000, false)
+        case .llama33b: ("llama", 6656, 17920, 60, 52, 52, nil, 32000, false)
+        case .llama70b: ("llama", 8192, 28672, 80, 64, 8, nil, 32000, false)
+        case .mistral7b: ("mistral", 4096, 14336, 32, 32, 8, nil, 32768, false)
+        case .qwen25_7b: ("qwen2", 3584, 18944, 28, 28, 4, nil, 152_064, false)
+        case .qwen3_8b: ("qwen3", 4096, 12288, 36, 32, 8, 128, 151_936, false)
+        case .gemma3_4b: ("gemma3_text", 2560, 10240, 34, 8, 4, 256, 262_208, true)
+        case .gemma3_12b: ("gemma3_text", 3840, 15360, 48, 16, 8, 256, 262_208, true)
+        case .gemma3_27b: ("gemma3_text", 5376, 21504, 62, 32, 16, 128, 262_208, true)
+        case .phi3mini: ("phi3", 3072, 8192, 32, 32, 32, nil, 32064, false)
         }
-        return ModelConfig(architecture: "llama", hiddenSize: C, intermediateSize: F, numLayers: L, numHeads: H, numKVHeads: Hkv,
-                           headDim: C / H, vocabSize: V, rmsNormEps: 1e-5, ropeTheta: 10000, ropeScaling: nil,
-                           maxPositionEmbeddings: 4096, tieWordEmbeddings: tied, attentionBias: false)
+        var c = ModelConfig(architecture: arch, hiddenSize: C, intermediateSize: F, numLayers: L, numHeads: H, numKVHeads: Hkv,
+                            headDim: D ?? C / H, vocabSize: V, rmsNormEps: 1e-5, ropeTheta: 10000, ropeScaling: nil,
+                            maxPositionEmbeddings: 4096, tieWordEmbeddings: tied, attentionBias: false)
+        if arch == "gemma3_text" {   // 5 local layers (window 1024, base 10,000) : 1 global; Gemma 3 27B scales by 168^−½
+            c.slidingWindow = 1024
+            c.slidingLayers = ModelFamily.gemmaPattern(layers: L, every: 6)
+            c.localRopeTheta = 10000
+            c.ropeTheta = 1_000_000
+            c.attentionScale = Float(1 / (self == .gemma3_27b ? 168.0 : 256.0).squareRoot())
+            c.embeddingScale = Float(Double(C).squareRoot())
+        }
+        if self == .phi3mini { c.slidingWindow = 2047 }
+        return c
     }
 }
 
@@ -48,7 +68,7 @@ extension SyntheticShape {
         let perLayer = c.family.linears.reduce(0) { n, m in
             let (rows, cols) = m.shape(in: c)
             return n + nf4(rows * cols)
-        } + 2 * c.hiddenSize * 4
+        } + c.family.norms.reduce(0) { $0 + $1.size.size(in: c) * 4 }
         let tokens = c.vocabSize * c.hiddenSize / 32 * 34
         return c.numLayers * perLayer + tokens * (c.tieWordEmbeddings ? 1 : 2) + c.hiddenSize * 4
     }
@@ -83,7 +103,7 @@ public enum SyntheticModel {
     /// The same for any Llama-layout `config` (tests use tiny ones).
     public static func make(config c: ModelConfig, format: QuantFormat = .nf4, seed: UInt64 = 1,
                             progress: (Progress) -> Void = { _ in }) throws -> LlamaModel {
-        let total = c.numLayers * 7 + (c.tieWordEmbeddings ? 1 : 2)
+        let total = c.numLayers * c.family.linears.count + (c.tieWordEmbeddings ? 1 : 2)
         var done = 0
         func matrix(_ name: String, _ rows: Int, _ cols: Int, _ f: QuantFormat, _ index: UInt64) throws -> QuantizedMatrix {
             let m = try quantized(rows, cols, f, seed: seed, index: index)
