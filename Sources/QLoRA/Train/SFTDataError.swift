@@ -34,7 +34,7 @@ public enum SFTRowProblem: Error, Equatable, Sendable, CustomStringConvertible {
         case let .unknownRole(message, role):
             "messages[\(message)] has unknown role '\(role)' (known: \(ChatMessage.Role.allNames))"
         case let .emptyContent(key): "'\(key)' is empty"
-        case .noChatTemplate: "a messages row needs a chat template, and none was given\n---> HINT: pass --chat-template chatml|llama3|llama2"
+        case .noChatTemplate: "a messages row needs a chat template, and none was given\n---> HINT: pass --chat-template " + ChatTemplate.Family.allCases.map(\.rawValue).joined(separator: "|")
         case let .template(error): error.description
         case let .templateNotIncremental(message):
             "the chat template renders messages[...\(message)] with a different start than messages[..<\(message)], so turns cannot be masked"
