@@ -16,6 +16,7 @@ struct Bench: ParsableCommand {
 }
 
 extension QuantFormat: ExpressibleByArgument {}
+extension QuantizedModel.KQuantTarget: ExpressibleByArgument {}
 
 extension GEMMOptions.Path: ExpressibleByArgument {
     public init?(argument: String) {

@@ -33,6 +33,8 @@ struct Generate: ParsableCommand {
 
     @Option(help: "A GGUF file or a quantized model folder.") var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
     @OptionGroup var adapterOptions: AdapterOptions
+    @Option(help: "What a GGUF's K-quants (Q2_K…Q4_K) become at load: q4_1 (same memory) or q8_0 (closest to the file).")
+    var kQuants: QuantizedModel.KQuantTarget = .q4_1
     @Option(help: "Text to continue, as it is.") var prompt: String?
     @Option(help: "A user message, wrapped in the chat template.") var chat: String?
     @Option(help: "System prompt for --chat (default: the template's own, if it has one).") var system: String?
@@ -60,7 +62,7 @@ struct Generate: ParsableCommand {
     }
 
     func run() throws {
-        let runs = try adapterOptions.runs(try LanguageModel(path: model))
+        let runs = try adapterOptions.runs(try LanguageModel(path: model, kQuants: kQuants))
         let seed = seed ?? UInt64(Date().timeIntervalSince1970 * 1e6)
         for (label, lm) in runs {
             if runs.count > 1 || adapterOptions.each { FileHandle.standardOutput.write(Data("=== \(label) ===\n".utf8)) }

@@ -18,8 +18,8 @@ public final class LanguageModel: Sendable {
         self.chatTemplateText = chatTemplateText
     }
 
-    public convenience init(path: String) throws {
-        let quantized = try QuantizedModel(path: path)
+    public convenience init(path: String, kQuants: QuantizedModel.KQuantTarget = .q4_1) throws {
+        let quantized = try QuantizedModel(path: path, kQuants: kQuants)
         let model = try LlamaModel(quantized)
         if let folder = quantized.source.folder {
             guard let json = folder.tokenizerJSON else { throw TokenizerError.missing(source: path, key: "tokenizer.json") }

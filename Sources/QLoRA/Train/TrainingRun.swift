@@ -15,6 +15,8 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     public var textColumn = "text"
     public var skipBad = false
     public var chatTemplate: String?
+    /// What a GGUF's K-quants are requantized to at load (nil: q4_1).
+    public var kQuants: QuantizedModel.KQuantTarget?
 
     public var loraR = 16
     public var loraAlpha: Float = 32

@@ -40,8 +40,8 @@ public final class LlamaModel: @unchecked Sendable {
         self.adapters = adapters
     }
 
-    public convenience init(path: String) throws {
-        try self.init(QuantizedModel(path: path))
+    public convenience init(path: String, kQuants: QuantizedModel.KQuantTarget = .q4_1) throws {
+        try self.init(QuantizedModel(path: path, kQuants: kQuants))
     }
 
     /// Which positions get logits.

@@ -24,7 +24,20 @@ public final class QuantizedModel: @unchecked Sendable {
     /// The opened file or folder (its tokenizer metadata, and the mapping the weights borrow).
     public let source: ModelSource
 
-    public init(path: String) throws {
+    /// What the K-quants of a GGUF (Q2_K … Q4_K) are requantized to at load.
+    public enum KQuantTarget: String, Codable, Sendable, CaseIterable {
+        /// Q4_1: the same memory (4.5–5 bits), one more rounding (Gemma 3 270M: GPL-3
+        /// perplexity 2.0% above transformers on the exact weights).
+        case q4_1
+        /// Q8_0: about twice the memory of those tensors, closest to the file (0.2% there).
+        case q8_0
+    }
+
+    /// The K-quant target this model was loaded with.
+    public let kQuants: KQuantTarget
+
+    public init(path: String, kQuants: KQuantTarget = .q4_1) throws {
+        self.kQuants = kQuants
         self.path = path
         let source = try ModelSource(path: path)
         config = source.config
@@ -33,7 +46,7 @@ public final class QuantizedModel: @unchecked Sendable {
         var tokenMatrices: [String: QuantizedMatrix] = [:]
         for t in source.tensors {
             if t.role.isLinear, t.shape.count == 2 {
-                linears[t.name] = try Self.linear(t, source: source)
+                linears[t.name] = try Self.linear(t, source: source, kQuants: kQuants)
             } else if t.role == .embedding || t.role == .lmHead, let g = source.gguf, let gt = t.gguf,
                       let format = QuantFormat(ggml: gt.type), gt.columns % 32 == 0 {
                 tokenMatrices[t.name] = try QuantizedMatrix(rows: gt.rows, cols: gt.columns, format: format,
@@ -49,7 +62,7 @@ public final class QuantizedModel: @unchecked Sendable {
         self.source = source
     }
 
-    private static func linear(_ t: ModelSource.Tensor, source: ModelSource) throws -> QuantizedMatrix {
+    private static func linear(_ t: ModelSource.Tensor, source: ModelSource, kQuants: KQuantTarget) throws -> QuantizedMatrix {
         if let folder = source.folder {
             guard let m = try BitsandbytesWeights.read(folder, name: t.name) else {
                 throw QuantizedModelError.notQuantized(path: source.path, tensor: t.name, storage: t.storage)
@@ -59,7 +72,7 @@ public final class QuantizedModel: @unchecked Sendable {
         guard let g = source.gguf, let gt = t.gguf else {
             throw QuantizedModelError.notQuantized(path: source.path, tensor: t.name, storage: t.storage)
         }
-        let (format, requantized) = loadFormat(for: gt.type)
+        let (format, requantized) = loadFormat(for: gt.type, kQuants: kQuants)
         if requantized {
             return try QuantizedMatrix(quantizing: try source.load(t), rows: gt.rows, cols: gt.columns, format: format)
         }
@@ -74,13 +87,13 @@ public final class QuantizedModel: @unchecked Sendable {
     }
 
     /// The format a GGUF linear weight of `type` is trained on, and whether it is requantized
-    /// at load: types of up to 4.5 bits (Q2_K, Q3_K, Q4_K) become Q4_1, whose per-block minimum
-    /// they share; wider ones (Q5_*, Q6_K, 16- and 32-bit floats) become Q8_0, which loses less
-    /// than they hold.
-    public static func loadFormat(for type: GGMLType) -> (format: QuantFormat, requantized: Bool) {
+    /// at load: types of up to 4.5 bits (Q2_K, Q3_K, Q4_K) become `kQuants` (Q4_1 by default,
+    /// whose per-block minimum they share); wider ones (Q5_*, Q6_K, 16- and 32-bit floats)
+    /// become Q8_0, which loses less than they hold.
+    public static func loadFormat(for type: GGMLType, kQuants: KQuantTarget = .q4_1) -> (format: QuantFormat, requantized: Bool) {
         if let kept = QuantFormat(ggml: type) { return (kept, false) }
         switch type {
-        case .q2_K, .q3_K, .q4_K: return (.q4_1, true)
+        case .q2_K, .q3_K, .q4_K: return (kQuants == .q8_0 ? .q8_0 : .q4_1, true)
         default: return (.q8_0, true)
         }
     }
