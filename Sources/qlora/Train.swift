@@ -89,7 +89,6 @@ struct Train: ParsableCommand {
 
     @Option(help: "EMA decay β of the trainable weights (0 turns the EMA off).") var ema = 0.999
     @Option(help: "Update the EMA every K updates (with β^K).") var emaEvery = 1
-    @Flag(help: "EMA of the trainable parameters only (the only kind: the base is frozen).") var emaTrainableOnly = false
     @Option(help: "Full evaluation and checkpoint every N updates (besides the plan's boundaries).") var evalEvery: Int?
     @Option(help: "Quick evaluation on --quick-batches batches every N updates.") var quickEvery: Int?
     @Option(help: "Batches of a quick evaluation.") var quickBatches = 4

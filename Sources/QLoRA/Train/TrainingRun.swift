@@ -1,7 +1,9 @@
 import Foundation
 
 /// Everything a run is configured with, written to `<run>/config.json` and read back by
-/// `--resume`. Field names are the CLI's flags in snake case.
+/// `--resume`. Field names are the CLI's flags in snake case. Keys no field reads are ignored,
+/// so configs of older runs still load (`ema_trainable_only`, a flag that did nothing: the EMA
+/// only ever shadows the trainable parameters).
 public struct TrainingConfig: Codable, Sendable, Equatable {
     public var model: String
     public var data: String
@@ -45,7 +47,6 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
 
     public var ema = 0.999
     public var emaEvery = 1
-    public var emaTrainableOnly = true
     public var evalEvery: Int?
     public var quickEvery: Int?
     public var quickBatches = 4

@@ -233,6 +233,20 @@ final class TrainingRunTests: XCTestCase {
         XCTAssertTrue(run.lora.parameters.allSatisfy { $0.values.allSatisfy(\.isFinite) })
     }
 
+    /// config.json round-trips, and one written by an older qlora with a key no field reads
+    /// any more (`ema_trainable_only`) still loads for --resume.
+    func testConfigOfAnOlderRunStillLoads() throws {
+        let dir = try temporaryDirectory()
+        _ = try start(dir, steps: 3)
+        let path = dir + "/" + TrainingRun.configFile
+        XCTAssertEqual(try TrainingRun.loadConfig(run: dir), config(3))
+        var json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
+        XCTAssertNil(json["ema_trainable_only"])
+        json["ema_trainable_only"] = true
+        try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: path))
+        XCTAssertEqual(try TrainingRun.loadConfig(run: dir), config(3))
+    }
+
     func testRefusesEmptyOrFullyMaskedDataAndAnExistingRun() throws {
         let dir = try temporaryDirectory()
         let empty = SFTDataSet(examples: [], source: "empty.jsonl", padID: 0)
