@@ -226,8 +226,9 @@ struct Train: ParsableCommand {
         }
         log.line("data: \(train.examples.count) training examples (\(train.trainedTokenCount) trained tokens), "
                  + "\(validation.examples.count) validation examples")
-        let estimate = MemoryEstimate(config: model.config, frozenBytes: model.frozenBytes, lora: try config.lora,
-                                      trainNorms: config.trainNorms, sequences: config.batchSize, length: config.maxLen,
+        let (trainedLoRA, trainsNorms) = try config.trainedLoRA
+        let estimate = MemoryEstimate(config: model.config, frozenBytes: model.frozenBytes, lora: trainedLoRA,
+                                      trainNorms: trainsNorms, sequences: config.batchSize, length: config.maxLen,
                                       gradientCheckpointing: config.gradCheckpoint, ema: config.ema > 0)
         log.line(String(format: "memory estimate: %.0f MiB at batch %d × %d%@ (%.1f GiB installed)", Double(estimate.totalBytes) / 1_048_576,
                         config.batchSize, config.maxLen, config.gradCheckpoint ? ", checkpointing" : "",

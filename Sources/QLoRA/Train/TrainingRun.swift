@@ -70,6 +70,16 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
                        lastLayers: loraLayers, useRSLoRA: useRslora)
         }
     }
+
+    /// The adapters the run trains: with `loadLoraFrom`, that directory's own configuration
+    /// (rank, alpha, targets, layers, trained norms), which replaces the lora_* flags; else the
+    /// flags. The run builds these, and the memory estimate counts them.
+    public var trainedLoRA: (config: LoRAConfig, trainsNorms: Bool) {
+        get throws {
+            if let from = loadLoraFrom { return try AdapterFiles.config(in: from) }
+            return (try lora, trainNorms)
+        }
+    }
 }
 
 /// One row of metrics.jsonl: a training update (`loss`, `tokens_per_s`, …) or an evaluation
@@ -170,11 +180,7 @@ public final class TrainingRun {
         guard train.trainedTokenCount > 0 else { throw TrainingError.nothingToTrain("\(train.source): every label is masked") }
         self.train = train
         self.validation = validation
-        var loraConfig = try config.lora
-        var trainsNorms = config.trainNorms
-        if let from = config.loadLoraFrom {
-            (loraConfig, trainsNorms) = try AdapterFiles.config(in: from)
-        }
+        let (loraConfig, trainsNorms) = try config.trainedLoRA
         let trained = try LlamaLoRA(model: model, config: loraConfig, trainNorms: trainsNorms, seed: config.seed)
         if let from = config.loadLoraFrom {
             try AdapterFiles.load(into: trained, from: from)
