@@ -32,7 +32,8 @@ import Foundation
 /// modules, …) is refused by key, and so is every tensor that does not fit the base model,
 /// before any value is overwritten.
 ///
-/// Written atomically file by file; a directory being replaced is swapped in by rename. What is
+/// Written into a staged directory (StagedOutput.Directory: fsynced, then renamed over the
+/// old one, leftovers of killed runs removed). What is
 /// written always loads in PEFT: a layer subset with a pattern or "all-linear" target (which
 /// PEFT's LoraConfig refuses) is written as the list of the adapted modules' full names. Read
 /// back, such older qlora configs are still accepted: the layers then narrow the pattern.
@@ -43,12 +44,8 @@ public enum AdapterFiles {
 
     /// Writes the current values of `lora`'s parameters into `directory` (replaced whole).
     public static func save(_ lora: LlamaLoRA, to directory: String, baseModel: String) throws {
-        let fm = FileManager.default
-        let parent = (directory as NSString).deletingLastPathComponent
-        if !parent.isEmpty { try fm.createDirectory(atPath: parent, withIntermediateDirectories: true) }
-        let tmp = directory + ".tmp-\(getpid())"
-        try? fm.removeItem(atPath: tmp)
-        try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+        let staged = try StagedOutput.Directory(for: directory)
+        let tmp = staged.path
         var writer = SafetensorsWriter()
         let params = lora.parameters, offset = lora.family.huggingFaceNormOffset
         writer.tensors = params.map { .init(name: prefix + $0.name, dtype: .F32, shape: $0.shape) }
@@ -80,10 +77,7 @@ public enum AdapterFiles {
         ]
         let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         try AtomicFile.write(to: tmp + "/" + configFile, bytes: [UInt8](json))
-        let old = directory + ".old-\(getpid())"
-        if fm.fileExists(atPath: directory) { try fm.moveItem(atPath: directory, toPath: old) }
-        try fm.moveItem(atPath: tmp, toPath: directory)
-        try? fm.removeItem(atPath: old)
+        try staged.commit()
     }
 
     /// What qlora writes as modules_to_save when the norms train: every RMSNorm of the family,

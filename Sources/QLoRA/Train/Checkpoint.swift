@@ -1,8 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Foundation
 
 /// Training checkpoints in a run directory, one directory per save:
@@ -16,10 +11,11 @@ import Foundation
 ///                                  RNG states, hyperparameters, and {bytes, crc32} of every file above
 ///
 /// Saving writes everything into `<run>/.checkpoint-<step>.tmp-<pid>`, fsyncs each file and
-/// that directory, renames it to `checkpoint-<step>` and fsyncs the run directory; only then
-/// are older checkpoints beyond `keepLast` deleted. A kill at any moment therefore leaves the
-/// previous checkpoints untouched and the new one either absent (a dot-named directory,
-/// ignored, removed by the next save) or complete.
+/// that directory, renames it to `checkpoint-<step>` and fsyncs the run directory
+/// (StagedOutput.Directory); only then are older checkpoints beyond `keepLast` deleted. A kill
+/// at any moment therefore leaves the previous checkpoints untouched and the new one either
+/// absent (a dot-named directory, ignored, removed by a later save once its process is gone)
+/// or complete.
 ///
 /// A checkpoint counts only when `state.json` decodes and every file it lists has its recorded
 /// size and CRC-32 (`verify`), so a directory damaged after the fact is skipped by `latest(in:)`,
@@ -76,14 +72,9 @@ public enum Checkpoint {
         }
         removeTemporaries(in: runDirectory)
 
-        let name = directoryName(step: state.step)
-        let tmp = join(runDirectory, ".\(name).tmp-\(getpid())")
-        try? fm.removeItem(atPath: tmp)
-        do {
-            try fm.createDirectory(atPath: tmp, withIntermediateDirectories: false)
-        } catch {
-            throw CheckpointError.cannotWrite(path: tmp, reason: "\(error)")
-        }
+        let final = join(runDirectory, directoryName(step: state.step))
+        let staged = try cannotWrite { try StagedOutput.Directory(for: final, hidden: true) }
+        let tmp = staged.path
 
         var files: [String: FileDigest] = [:]
         let params = optimizer.parameters
@@ -106,19 +97,7 @@ public enum Checkpoint {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
         try AtomicFile.write(to: join(tmp, manifestFile), bytes: [UInt8](try encoder.encode(manifest)))
-        try syncDirectory(tmp)
-
-        let final = join(runDirectory, name)
-        var aside: String?
-        if fm.fileExists(atPath: final) {
-            let old = join(runDirectory, ".\(name).old-\(getpid())")
-            try? fm.removeItem(atPath: old)
-            try renameOrThrow(final, old)
-            aside = old
-        }
-        try renameOrThrow(tmp, final)
-        try syncDirectory(runDirectory)
-        if let aside { try? fm.removeItem(atPath: aside) }
+        try cannotWrite { try staged.commit() }
 
         prune(runDirectory, keeping: state.step, keepLast: keepLast)
         return final
@@ -137,12 +116,15 @@ public enum Checkpoint {
         return FileDigest(bytes: file.count, crc32: CRC32.checksum(file.bytes))
     }
 
-    /// Removes what interrupted saves left: `.checkpoint-*.tmp-*` and `.checkpoint-*.old-*`.
+    /// Removes what interrupted saves of processes now gone left, for any step:
+    /// `.checkpoint-<n>.tmp-<pid>` and `.checkpoint-<n>.old-<pid>` (StagedOutput.removeStale).
     static func removeTemporaries(in runDirectory: String) {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: runDirectory)) ?? []
-        for e in entries where e.hasPrefix(".checkpoint-") && (e.contains(".tmp-") || e.contains(".old-")) {
-            try? FileManager.default.removeItem(atPath: join(runDirectory, e))
-        }
+        let steps = Set(entries.compactMap { e -> Int? in
+            guard e.hasPrefix(".checkpoint-") else { return nil }
+            return Int(e.dropFirst(".checkpoint-".count).prefix { $0.isASCII && $0.isNumber })
+        })
+        for step in steps.sorted() { StagedOutput.removeStale(for: join(runDirectory, directoryName(step: step)), hidden: true) }
     }
 
     /// Keeps the checkpoint of `step` and the `keepLast − 1` newest other complete ones;
@@ -267,18 +249,13 @@ public enum Checkpoint {
 
     private static func hex(_ v: UInt32) -> String { "0x" + String(v, radix: 16) }
 
-    private static func renameOrThrow(_ from: String, _ to: String) throws {
-        guard rename(from, to) == 0 else {
-            throw CheckpointError.cannotWrite(path: to, reason: "rename from \(from): \(String(cString: strerror(errno)))")
+    /// Staging, renaming and syncing failures as the checkpoint's own error.
+    private static func cannotWrite<T>(_ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let FileError.cannotWrite(path, reason) {
+            throw CheckpointError.cannotWrite(path: path, reason: reason)
         }
-    }
-
-    /// fsync of a directory, so that the names created or renamed in it are on disk.
-    static func syncDirectory(_ path: String) throws {
-        let fd = open(path, O_RDONLY | O_DIRECTORY)
-        guard fd >= 0 else { throw CheckpointError.cannotWrite(path: path, reason: "open: \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        guard fsync(fd) == 0 else { throw CheckpointError.cannotWrite(path: path, reason: "fsync: \(String(cString: strerror(errno)))") }
     }
 }
 
