@@ -164,7 +164,7 @@ struct Train: ParsableCommand {
     func run() throws {
         let directory = resume ?? out!
         if overwrite, resume == nil, FileManager.default.fileExists(atPath: directory) {
-            guard FileManager.default.fileExists(atPath: directory + "/" + TrainingRun.configFile) else {
+            guard FileManager.default.fileExists(atPath: directory + "/" + RunLayout.configFile) else {
                 throw ValidationError("--overwrite: \(directory) is not a qlora run directory (no config.json); not deleting it")
             }
             try FileManager.default.removeItem(atPath: directory)
@@ -253,10 +253,11 @@ struct Train: ParsableCommand {
         log.line(String(format: "done: %d updates in %@; best val_loss %.4f", run.step, TrainingLog.duration(log.elapsed), run.bestValLoss))
         if let sample, let lm {
             let set = AdapterSet(base: lm.model)
-            let final = try set.load(directory + "/lora_final")
+            let finalPath = directory + "/" + RunLayout.adapter(.final)
+            let final = try set.load(finalPath)
             let tuned = LlamaModel(lm.model, adapters: try set.adapters(final).stacking(run.lora.stacked))
             let stackedNote = run.lora.stacked.isEmpty ? "" : " + frozen " + run.lora.stacked.map(\.name).joined(separator: ", ")
-            try Self.show(sample, lm: lm.with(model: tuned), label: "tuned (\(directory)/lora_final\(stackedNote))", log: log)
+            try Self.show(sample, lm: lm.with(model: tuned), label: "tuned (\(finalPath)\(stackedNote))", log: log)
         }
     }
 

@@ -99,19 +99,24 @@ public enum AdapterFiles {
         func isAdapter(_ dir: String) -> Bool { fm.fileExists(atPath: dir + "/" + configFile) }
         let trimmed = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
         if isAdapter(trimmed) {
-            guard ema, !trimmed.hasSuffix("_ema") else { return trimmed }
-            let sibling = trimmed + "_ema"
+            guard ema, !trimmed.hasSuffix(RunLayout.emaSuffix) else { return trimmed }
+            let sibling = trimmed + RunLayout.emaSuffix
             guard isAdapter(sibling) else {
-                throw .bad(trimmed, "--ema: no EMA version beside it (\(sibling)); a run trained with --ema saves lora_best_ema and lora_final_ema")
+                throw .bad(trimmed, "--ema: no EMA version beside it (\(sibling)); a run trained with --ema saves "
+                           + "\(RunLayout.adapter(.best, ema: true)) and \(RunLayout.adapter(.final, ema: true))")
             }
             return sibling
         }
-        if isAdapter(trimmed + "/lora_final") {
-            let chosen = trimmed + (ema ? "/lora_final_ema" : "/lora_final")
-            guard isAdapter(chosen) else { throw .bad(trimmed, "--ema: the run has no lora_final_ema (written at the end of a run trained with --ema); its best EMA weights are lora_best_ema") }
+        let final = RunLayout.adapter(.final)
+        if isAdapter(trimmed + "/" + final) {
+            let chosen = trimmed + "/" + RunLayout.adapter(.final, ema: ema)
+            guard isAdapter(chosen) else {
+                throw .bad(trimmed, "--ema: the run has no \(RunLayout.adapter(.final, ema: true)) (written at the end of a run trained "
+                           + "with --ema); its best EMA weights are \(RunLayout.adapter(.best, ema: true))")
+            }
             return chosen
         }
-        throw .bad(trimmed, "not an adapter directory (no \(configFile)) nor a training run's (no lora_final/\(configFile))")
+        throw .bad(trimmed, "not an adapter directory (no \(configFile)) nor a training run's (no \(final)/\(configFile))")
     }
 
     /// The LoRA configuration an adapter directory declares, and whether it trains norms

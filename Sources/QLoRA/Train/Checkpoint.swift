@@ -52,8 +52,6 @@ public enum Checkpoint {
         }
     }
 
-    public static func directoryName(step: Int) -> String { "checkpoint-\(step)" }
-
     // MARK: Saving
 
     /// Writes `checkpoint-<state.step>` into `runDirectory` (created if needed) from the
@@ -72,7 +70,7 @@ public enum Checkpoint {
         }
         removeTemporaries(in: runDirectory)
 
-        let final = join(runDirectory, directoryName(step: state.step))
+        let final = join(runDirectory, RunLayout.checkpoint(step: state.step))
         let staged = try cannotWrite { try StagedOutput.Directory(for: final, hidden: true) }
         let tmp = staged.path
 
@@ -121,10 +119,11 @@ public enum Checkpoint {
     static func removeTemporaries(in runDirectory: String) {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: runDirectory)) ?? []
         let steps = Set(entries.compactMap { e -> Int? in
-            guard e.hasPrefix(".checkpoint-") else { return nil }
-            return Int(e.dropFirst(".checkpoint-".count).prefix { $0.isASCII && $0.isNumber })
+            let hidden = "." + RunLayout.checkpointPrefix
+            guard e.hasPrefix(hidden) else { return nil }
+            return Int(e.dropFirst(hidden.count).prefix { $0.isASCII && $0.isNumber })
         })
-        for step in steps.sorted() { StagedOutput.removeStale(for: join(runDirectory, directoryName(step: step)), hidden: true) }
+        for step in steps.sorted() { StagedOutput.removeStale(for: join(runDirectory, RunLayout.checkpoint(step: step)), hidden: true) }
     }
 
     /// Keeps the checkpoint of `step` and the `keepLast − 1` newest other complete ones;
@@ -143,8 +142,7 @@ public enum Checkpoint {
     public static func checkpoints(in runDirectory: String) -> [(step: Int, path: String)] {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: runDirectory)) ?? []
         return entries.compactMap { e -> (step: Int, path: String)? in
-            guard e.hasPrefix("checkpoint-"), let n = Int(e.dropFirst("checkpoint-".count)), n >= 0, e == directoryName(step: n) else { return nil }
-            return (n, join(runDirectory, e))
+            RunLayout.checkpointStep(e).map { ($0, join(runDirectory, e)) }
         }.sorted { $0.step > $1.step }
     }
 
@@ -170,7 +168,7 @@ public enum Checkpoint {
         guard manifest.formatVersion == formatVersion else {
             throw CheckpointError.unsupportedFormat(path: path, version: manifest.formatVersion, supported: formatVersion)
         }
-        guard (path as NSString).lastPathComponent == directoryName(step: manifest.step) else {
+        guard (path as NSString).lastPathComponent == RunLayout.checkpoint(step: manifest.step) else {
             throw CheckpointError.incomplete(path: path, reason: "\(manifestFile) is for step \(manifest.step)")
         }
         for required in [parametersFile, optimizerFile, dataStateFile] where manifest.files[required] == nil {

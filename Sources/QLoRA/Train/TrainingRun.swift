@@ -138,8 +138,8 @@ public enum TrainingError: Error, CustomStringConvertible {
 }
 
 /// A fine-tuning run: the model with its adapters, the data in order, AdamW, the LR schedule,
-/// the EMA, and the run directory (config.json, metrics.jsonl, checkpoint-N/, lora_best/,
-/// lora_best_ema/, lora_final/, lora_final_ema/).
+/// the EMA, and the run directory (RunLayout: config.json, metrics.jsonl, checkpoint-N/,
+/// lora_best/, lora_best_ema/, lora_final/, lora_final_ema/).
 ///
 /// Determinism: the batch order is a pure function of (seed, epoch); dropout masks of (seed,
 /// update, micro-batch, layer, linear); every kernel's summation order is fixed for a thread
@@ -165,9 +165,6 @@ public final class TrainingRun {
     private let started = Date()
     private var recentLosses: [Double] = []
     private var recentSpeeds: [Double] = []
-
-    public static let configFile = "config.json"
-    public static let metricsFile = "metrics.jsonl"
 
     /// A new run (`resume` false: the directory must not hold a checkpoint) or the continuation of
     /// the one in `directory` from its newest complete checkpoint.
@@ -225,13 +222,13 @@ public final class TrainingRun {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             encoder.keyEncodingStrategy = .convertToSnakeCase
-            try AtomicFile.write(to: directory + "/" + Self.configFile, bytes: [UInt8](try encoder.encode(config)))
-            try? fm.removeItem(atPath: directory + "/" + Self.metricsFile)
+            try AtomicFile.write(to: directory + "/" + RunLayout.configFile, bytes: [UInt8](try encoder.encode(config)))
+            try? fm.removeItem(atPath: directory + "/" + RunLayout.metricsFile)
         }
     }
 
     public static func loadConfig(run directory: String) throws -> TrainingConfig {
-        guard let data = FileManager.default.contents(atPath: directory + "/" + configFile) else { throw TrainingError.noRun(directory) }
+        guard let data = FileManager.default.contents(atPath: directory + "/" + RunLayout.configFile) else { throw TrainingError.noRun(directory) }
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         return try decoder.decode(TrainingConfig.self, from: data)
@@ -275,11 +272,12 @@ public final class TrainingRun {
                 return false
             }
         }
-        try AdapterFiles.save(lora, to: directory + "/lora_final", baseModel: config.model)
-        onEvent(.adapterSaved(path: directory + "/lora_final", why: "final"))
+        let final = directory + "/" + RunLayout.adapter(.final), finalEMA = directory + "/" + RunLayout.adapter(.final, ema: true)
+        try AdapterFiles.save(lora, to: final, baseModel: config.model)
+        onEvent(.adapterSaved(path: final, why: "final"))
         if let ema {
-            try ema.withAveragedWeights { try AdapterFiles.save(lora, to: directory + "/lora_final_ema", baseModel: config.model) }
-            onEvent(.adapterSaved(path: directory + "/lora_final_ema", why: "final, EMA weights"))
+            try ema.withAveragedWeights { try AdapterFiles.save(lora, to: finalEMA, baseModel: config.model) }
+            onEvent(.adapterSaved(path: finalEMA, why: "final, EMA weights"))
         }
         return true
     }
@@ -396,11 +394,12 @@ public final class TrainingRun {
         try append(row)
         if kind != "quick", step > 0, loss.mean < bestValLoss {
             bestValLoss = loss.mean
-            try AdapterFiles.save(lora, to: directory + "/lora_best", baseModel: config.model)
+            let best = directory + "/" + RunLayout.adapter(.best), bestEMA = directory + "/" + RunLayout.adapter(.best, ema: true)
+            try AdapterFiles.save(lora, to: best, baseModel: config.model)
             if let ema {
-                try ema.withAveragedWeights { try AdapterFiles.save(lora, to: directory + "/lora_best_ema", baseModel: config.model) }
+                try ema.withAveragedWeights { try AdapterFiles.save(lora, to: bestEMA, baseModel: config.model) }
             }
-            onEvent(.adapterSaved(path: directory + (ema == nil ? "/lora_best" : "/lora_best_ema"),
+            onEvent(.adapterSaved(path: ema == nil ? best : bestEMA,
                                   why: String(format: "best val_loss %.4f", loss.mean)))
         }
     }
@@ -431,7 +430,7 @@ public final class TrainingRun {
         encoder.outputFormatting = [.sortedKeys]
         var line = try encoder.encode(row)
         line.append(0x0A)
-        let path = directory + "/" + Self.metricsFile
+        let path = directory + "/" + RunLayout.metricsFile
         if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
         let h = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         defer { try? h.close() }
@@ -441,7 +440,7 @@ public final class TrainingRun {
 
     /// Rows past `step` belong to updates a resumed run makes again: dropped (atomically).
     static func dropMetrics(after step: Int, in directory: String) throws {
-        let path = directory + "/" + metricsFile
+        let path = directory + "/" + RunLayout.metricsFile
         guard let data = FileManager.default.contents(atPath: path) else { return }
         let decoder = JSONDecoder()
         var kept: [UInt8] = []
