@@ -318,7 +318,7 @@ public final class TrainingRun {
         row.gradNorm = norm
         row.tokensPerS = Double(processed) / seconds
         row.trainedTokens = scored
-        row.rssMb = Double(Quantizer.currentRSS()) / 1_048_576
+        row.rssMb = Double(RuntimeMemory.currentRSS()) / 1_048_576
         row.elapsedS = Date().timeIntervalSince(started)
         return row
     }
