@@ -344,8 +344,9 @@ public final class TrainingRun {
         return nil
     }
 
-    /// LoRA grads flowing: one micro-batch's gradient is non-zero for some adapter (printed at
-    /// the start and after a resume, as the seed script does). Leaves no trace in the state.
+    /// "LoRA grads flowing": whether one micro-batch's gradient is non-zero for some adapter,
+    /// printed at the start and after a resume (a run where none flows stops here with
+    /// `nothingToTrain`). Leaves no trace in the state.
     private func checkGradientsFlow(_ onEvent: (TrainingEvent) -> Void) throws {
         let probe = iterator   // a copy: the real order is untouched
         var p = probe
@@ -364,8 +365,8 @@ public final class TrainingRun {
     /// Mean validation loss with the EMA weights swapped in (when there is an EMA), on the whole
     /// validation set (`full`, `alert`) or its first `quickBatches` batches (`quick`); full
     /// evaluations with an EMA score the live weights too (`val_loss_live`). A new best
-    /// (EMA) validation loss saves lora_best_ema (the EMA weights) and lora_best (the live
-    /// ones), as the seed script does.
+    /// validation loss of a full or alert evaluation after update 0 (the EMA weights' loss,
+    /// when there is an EMA) saves lora_best (the live weights) and, with an EMA, lora_best_ema.
     private func evaluate(kind: String, _ onEvent: (TrainingEvent) -> Void) throws {
         guard !validation.examples.isEmpty else { return }
         var batches = validation.batches(size: config.evalBatchSize ?? 4 * config.batchSize)
