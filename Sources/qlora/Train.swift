@@ -91,7 +91,6 @@ struct Train: ParsableCommand {
 
     @Option(help: "EMA decay β of the trainable weights (0 turns the EMA off).") var ema = 0.999
     @Option(help: "Update the EMA every K updates (with β^K).") var emaEvery = 1
-    @Flag(help: "EMA of the trainable parameters only (the only kind: the base is frozen).") var emaTrainableOnly = false
     @Option(help: "Full evaluation and checkpoint every N updates (besides the plan's boundaries).") var evalEvery: Int?
     @Option(help: "Quick evaluation on --quick-batches batches every N updates.") var quickEvery: Int?
     @Option(help: "Batches of a quick evaluation.") var quickBatches = 4
@@ -168,7 +167,7 @@ struct Train: ParsableCommand {
     func run() throws {
         let directory = resume ?? out!
         if overwrite, resume == nil, FileManager.default.fileExists(atPath: directory) {
-            guard FileManager.default.fileExists(atPath: directory + "/" + TrainingRun.configFile) else {
+            guard FileManager.default.fileExists(atPath: directory + "/" + RunLayout.configFile) else {
                 throw ValidationError("--overwrite: \(directory) is not a qlora run directory (no config.json); not deleting it")
             }
             try FileManager.default.removeItem(atPath: directory)
@@ -230,8 +229,9 @@ struct Train: ParsableCommand {
         }
         log.line("data: \(train.examples.count) training examples (\(train.trainedTokenCount) trained tokens), "
                  + "\(validation.examples.count) validation examples")
-        let estimate = MemoryEstimate(config: model.config, frozenBytes: model.frozenBytes, lora: try config.lora,
-                                      trainNorms: config.trainNorms, sequences: config.batchSize, length: config.maxLen,
+        let (trainedLoRA, trainsNorms) = try config.trainedLoRA
+        let estimate = MemoryEstimate(config: model.config, frozenBytes: model.frozenBytes, lora: trainedLoRA,
+                                      trainNorms: trainsNorms, sequences: config.batchSize, length: config.maxLen,
                                       gradientCheckpointing: config.gradCheckpoint, ema: config.ema > 0)
         log.line(String(format: "memory estimate: %.0f MiB at batch %d × %d%@ (%.1f GiB installed)", Double(estimate.totalBytes) / 1_048_576,
                         config.batchSize, config.maxLen, config.gradCheckpoint ? ", checkpointing" : "",
@@ -256,10 +256,11 @@ struct Train: ParsableCommand {
         log.line(String(format: "done: %d updates in %@; best val_loss %.4f", run.step, TrainingLog.duration(log.elapsed), run.bestValLoss))
         if let sample, let lm {
             let set = AdapterSet(base: lm.model)
-            let final = try set.load(directory + "/lora_final")
+            let finalPath = directory + "/" + RunLayout.adapter(.final)
+            let final = try set.load(finalPath)
             let tuned = LlamaModel(lm.model, adapters: try set.adapters(final).stacking(run.lora.stacked))
             let stackedNote = run.lora.stacked.isEmpty ? "" : " + frozen " + run.lora.stacked.map(\.name).joined(separator: ", ")
-            try Self.show(sample, lm: lm.with(model: tuned), label: "tuned (\(directory)/lora_final\(stackedNote))", log: log)
+            try Self.show(sample, lm: lm.with(model: tuned), label: "tuned (\(finalPath)\(stackedNote))", log: log)
         }
     }
 

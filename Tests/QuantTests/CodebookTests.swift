@@ -26,7 +26,7 @@ final class CodebookTests: XCTestCase {
 
     func testCodebooksMatchBitsandbytesFixtures() throws {
         let fixtures = try Fixture.all(prefix: "bnb_").filter { $0.has("quant_type") }
-        if fixtures.isEmpty { throw XCTSkip("no bitsandbytes fixtures") }
+        if fixtures.isEmpty { throw Fixture.missing("bitsandbytes fixtures (bnb_*.json with a quant_type)") }
         for f in fixtures {
             let format = QuantFormat(rawValue: f.string("quant_type"))!
             XCTAssertNil(firstBitDifference(format.codebook!, f.floats("code_f32")), f.name)

@@ -7,21 +7,33 @@ struct Fixture {
     let name: String
     let json: [String: Any]
 
-    static func load(_ name: String) throws -> Fixture {
+    static func load(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws -> Fixture {
         guard let url = Bundle.module.url(forResource: name, withExtension: "json", subdirectory: "Fixtures") else {
-            throw XCTSkip("fixture \(name).json missing: run tools/make_quant_fixtures.py")
+            throw missing("fixture \(name).json", file: file, line: line)
         }
         let object = try JSONSerialization.jsonObject(with: Data(contentsOf: url))
         return Fixture(name: name, json: object as! [String: Any])
     }
 
     /// Every fixture whose name starts with `prefix`.
-    static func all(prefix: String) throws -> [Fixture] {
-        guard let dir = Bundle.module.url(forResource: "Fixtures", withExtension: nil) else { return [] }
+    static func all(prefix: String, file: StaticString = #filePath, line: UInt = #line) throws -> [Fixture] {
+        guard let dir = Bundle.module.url(forResource: "Fixtures", withExtension: nil) else {
+            throw missing("Tests/QuantTests/Fixtures", file: file, line: line)
+        }
         return try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted()
             .filter { $0.hasPrefix(prefix) && $0.hasSuffix(".json") }
             .map { try load(String($0.dropLast(5))) }
     }
+
+    /// The fixtures are committed, so one missing is a failure, not a skip: records it with the
+    /// command that writes them again and returns the error that stops the test.
+    static func missing(_ what: String, file: StaticString = #filePath, line: UInt = #line) -> Error {
+        let message = "\(what) missing: run tools/make_quant_fixtures.py and commit what it writes"
+        XCTFail(message, file: file, line: line)
+        return Missing(description: message)
+    }
+
+    struct Missing: Error, CustomStringConvertible { let description: String }
 
     func int(_ key: String) -> Int { json[key] as! Int }
     func string(_ key: String) -> String { json[key] as! String }

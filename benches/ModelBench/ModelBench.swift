@@ -36,7 +36,7 @@ public enum ModelBench {
             tg.append(Double(generatedTokens) / Date().timeIntervalSince(t))
         }
         return Result(model: path, loadSeconds: load, promptTokens: promptTokens, promptTokensPerSecond: median(pp),
-                      generatedTokens: generatedTokens, generationTokensPerSecond: median(tg), peakRSSBytes: Quantizer.peakRSS())
+                      generatedTokens: generatedTokens, generationTokensPerSecond: median(tg), peakRSSBytes: RuntimeMemory.peakRSS())
     }
 
     static func median(_ v: [Double]) -> Double {

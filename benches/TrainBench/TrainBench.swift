@@ -55,7 +55,7 @@ public enum TrainBench {
                 if p.done % 16 == 0 || p.done == p.total { progress("\(shape.rawValue): \(p.done)/\(p.total) tensors quantized") }
             }
             progress(String(format: "\(shape.rawValue): built in %.1f s, %.2f GB of frozen weights, RSS %.2f GB", Date().timeIntervalSince(start),
-                            Double(model.frozenBytes) / 1e9, Double(Quantizer.currentRSS()) / 1e9))
+                            Double(model.frozenBytes) / 1e9, Double(RuntimeMemory.currentRSS()) / 1e9))
         } else {
             model = try LlamaModel(path: c.model)
         }
@@ -63,7 +63,7 @@ public enum TrainBench {
         let trainer = LlamaTrainer(model: model, lora: lora, gradientCheckpointing: c.gradientCheckpointing)
         let optimizer = AdamW(parameters: lora.parameters)
         let ema = c.ema > 0 ? EMA(parameters: lora.parameters, beta: c.ema) : nil
-        progress(String(format: "adapters and AdamW moments allocated: RSS %.2f GB", Double(Quantizer.currentRSS()) / 1e9))
+        progress(String(format: "adapters and AdamW moments allocated: RSS %.2f GB", Double(RuntimeMemory.currentRSS()) / 1e9))
         var rng = SplitMix64(seed: 256)
         let ids = (0..<(c.batch * c.length)).map { _ in Int32(rng.next() % UInt64(model.config.vocabSize)) }
         let batch = TokenBatch(inputIds: ids, labels: ids, sequences: c.batch, length: c.length)
@@ -86,7 +86,7 @@ public enum TrainBench {
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
             StepProfile.install(nil)
             progress(String(format: "step %d/%d: %.2f s, loss %.4f%@; RSS %.2f GB, peak %.2f GB", s + 1, c.warmup + c.steps, seconds,
-                            loss.mean, timed ? "" : " (warm-up)", Double(Quantizer.currentRSS()) / 1e9, Double(Quantizer.peakRSS()) / 1e9))
+                            loss.mean, timed ? "" : " (warm-up)", Double(RuntimeMemory.currentRSS()) / 1e9, Double(RuntimeMemory.peakRSS()) / 1e9))
             guard timed else { continue }
             times.append(seconds)
             for (k, v) in profile.seconds.map({ ($0.rawValue, $1) }) + [("other", seconds - profile.measuredSeconds)] {
@@ -97,7 +97,7 @@ public enum TrainBench {
             frozenFLOPs += profile.frozenFLOPs
         }
         let median = times.sorted()[times.count / 2]
-        let peak = Quantizer.peakRSS()   // before the dense baseline, which dequantizes whole matrices
+        let peak = RuntimeMemory.peakRSS()   // before the dense baseline, which dequantizes whole matrices
         return Result(model: c.shape.map { $0.rawValue + (c.layers.map { " (\($0) layers)" } ?? "") } ?? c.model, rank: c.rank, batch: c.batch, length: c.length, gradientCheckpointing: c.gradientCheckpointing,
                       ema: c.ema, trainableParameters: lora.trainableCount, steps: c.steps, stepSecondsMedian: median,
                       tokensPerSecond: Double(c.batch * c.length) / median, peakRSSBytes: peak,

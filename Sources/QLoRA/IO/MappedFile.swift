@@ -72,12 +72,15 @@ public final class MappedFile: @unchecked Sendable {
 public enum FileError: Error, Equatable, CustomStringConvertible {
     case cannotOpen(path: String, reason: String)
     case outOfBounds(path: String, what: String, offset: Int, count: Int, fileSize: Int)
+    /// Creating, renaming or syncing an output failed.
+    case cannotWrite(path: String, reason: String)
 
     public var description: String {
         switch self {
         case let .cannotOpen(path, reason): "\(path): cannot open: \(reason)"
         case let .outOfBounds(path, what, offset, count, fileSize):
             "\(path): \(what) needs bytes \(offset)..<\(offset &+ count) but the file has \(fileSize) (truncated or corrupt)"
+        case let .cannotWrite(path, reason): "\(path): cannot write: \(reason)"
         }
     }
 }

@@ -61,7 +61,7 @@ public enum Quantizer {
             bytes = try writeBitsandbytesFolder(source, output: output, options: options, start: start, progress: progress)
         }
         return Report(output: output, tensors: source.tensors.count, outputBytes: bytes,
-                      seconds: Date().timeIntervalSince(start), peakRSSBytes: peakRSS())
+                      seconds: Date().timeIntervalSince(start), peakRSSBytes: RuntimeMemory.peakRSS())
     }
 
     // MARK: bitsandbytes folder
@@ -246,21 +246,6 @@ public enum Quantizer {
             }
         }
         return try FileManager.default.attributesOfItem(atPath: output)[.size] as? Int ?? 0
-    }
-
-    /// Peak resident memory of this process (getrusage's ru_maxrss, KiB on Linux).
-    public static func peakRSS() -> Int {
-        var usage = rusage()
-        getrusage(RUSAGE_SELF.rawValue, &usage)
-        return Int(usage.ru_maxrss) * 1024
-    }
-
-    /// Resident bytes now (/proc/self/statm), 0 where that is unavailable.
-    public static func currentRSS() -> Int {
-        guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
-        let fields = text.split(separator: " ")
-        guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
-        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
     }
 }
 

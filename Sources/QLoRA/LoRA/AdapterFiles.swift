@@ -32,7 +32,8 @@ import Foundation
 /// modules, …) is refused by key, and so is every tensor that does not fit the base model,
 /// before any value is overwritten.
 ///
-/// Written atomically file by file; a directory being replaced is swapped in by rename. What is
+/// Written into a staged directory (StagedOutput.Directory: fsynced, then renamed over the
+/// old one, leftovers of killed runs removed). What is
 /// written always loads in PEFT: a layer subset with a pattern or "all-linear" target (which
 /// PEFT's LoraConfig refuses) is written as the list of the adapted modules' full names. Read
 /// back, such older qlora configs are still accepted: the layers then narrow the pattern.
@@ -43,12 +44,8 @@ public enum AdapterFiles {
 
     /// Writes the current values of `lora`'s parameters into `directory` (replaced whole).
     public static func save(_ lora: LlamaLoRA, to directory: String, baseModel: String) throws {
-        let fm = FileManager.default
-        let parent = (directory as NSString).deletingLastPathComponent
-        if !parent.isEmpty { try fm.createDirectory(atPath: parent, withIntermediateDirectories: true) }
-        let tmp = directory + ".tmp-\(getpid())"
-        try? fm.removeItem(atPath: tmp)
-        try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+        let staged = try StagedOutput.Directory(for: directory)
+        let tmp = staged.path
         var writer = SafetensorsWriter()
         let params = lora.parameters, offset = lora.family.huggingFaceNormOffset
         writer.tensors = params.map { .init(name: prefix + $0.name, dtype: .F32, shape: $0.shape) }
@@ -80,10 +77,7 @@ public enum AdapterFiles {
         ]
         let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         try AtomicFile.write(to: tmp + "/" + configFile, bytes: [UInt8](json))
-        let old = directory + ".old-\(getpid())"
-        if fm.fileExists(atPath: directory) { try fm.moveItem(atPath: directory, toPath: old) }
-        try fm.moveItem(atPath: tmp, toPath: directory)
-        try? fm.removeItem(atPath: old)
+        try staged.commit()
     }
 
     /// What qlora writes as modules_to_save when the norms train: every RMSNorm of the family,
@@ -105,19 +99,24 @@ public enum AdapterFiles {
         func isAdapter(_ dir: String) -> Bool { fm.fileExists(atPath: dir + "/" + configFile) }
         let trimmed = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
         if isAdapter(trimmed) {
-            guard ema, !trimmed.hasSuffix("_ema") else { return trimmed }
-            let sibling = trimmed + "_ema"
+            guard ema, !trimmed.hasSuffix(RunLayout.emaSuffix) else { return trimmed }
+            let sibling = trimmed + RunLayout.emaSuffix
             guard isAdapter(sibling) else {
-                throw .bad(trimmed, "--ema: no EMA version beside it (\(sibling)); a run trained with --ema saves lora_best_ema and lora_final_ema")
+                throw .bad(trimmed, "--ema: no EMA version beside it (\(sibling)); a run trained with --ema saves "
+                           + "\(RunLayout.adapter(.best, ema: true)) and \(RunLayout.adapter(.final, ema: true))")
             }
             return sibling
         }
-        if isAdapter(trimmed + "/lora_final") {
-            let chosen = trimmed + (ema ? "/lora_final_ema" : "/lora_final")
-            guard isAdapter(chosen) else { throw .bad(trimmed, "--ema: the run has no lora_final_ema (written at the end of a run trained with --ema); its best EMA weights are lora_best_ema") }
+        let final = RunLayout.adapter(.final)
+        if isAdapter(trimmed + "/" + final) {
+            let chosen = trimmed + "/" + RunLayout.adapter(.final, ema: ema)
+            guard isAdapter(chosen) else {
+                throw .bad(trimmed, "--ema: the run has no \(RunLayout.adapter(.final, ema: true)) (written at the end of a run trained "
+                           + "with --ema); its best EMA weights are \(RunLayout.adapter(.best, ema: true))")
+            }
             return chosen
         }
-        throw .bad(trimmed, "not an adapter directory (no \(configFile)) nor a training run's (no lora_final/\(configFile))")
+        throw .bad(trimmed, "not an adapter directory (no \(configFile)) nor a training run's (no \(final)/\(configFile))")
     }
 
     /// The LoRA configuration an adapter directory declares, and whether it trains norms

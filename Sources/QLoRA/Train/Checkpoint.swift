@@ -1,8 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Foundation
 
 /// Training checkpoints in a run directory, one directory per save:
@@ -16,10 +11,11 @@ import Foundation
 ///                                  RNG states, hyperparameters, and {bytes, crc32} of every file above
 ///
 /// Saving writes everything into `<run>/.checkpoint-<step>.tmp-<pid>`, fsyncs each file and
-/// that directory, renames it to `checkpoint-<step>` and fsyncs the run directory; only then
-/// are older checkpoints beyond `keepLast` deleted. A kill at any moment therefore leaves the
-/// previous checkpoints untouched and the new one either absent (a dot-named directory,
-/// ignored, removed by the next save) or complete.
+/// that directory, renames it to `checkpoint-<step>` and fsyncs the run directory
+/// (StagedOutput.Directory); only then are older checkpoints beyond `keepLast` deleted. A kill
+/// at any moment therefore leaves the previous checkpoints untouched and the new one either
+/// absent (a dot-named directory, ignored, removed by a later save once its process is gone)
+/// or complete.
 ///
 /// A checkpoint counts only when `state.json` decodes and every file it lists has its recorded
 /// size and CRC-32 (`verify`), so a directory damaged after the fact is skipped by `latest(in:)`,
@@ -56,8 +52,6 @@ public enum Checkpoint {
         }
     }
 
-    public static func directoryName(step: Int) -> String { "checkpoint-\(step)" }
-
     // MARK: Saving
 
     /// Writes `checkpoint-<state.step>` into `runDirectory` (created if needed) from the
@@ -76,14 +70,9 @@ public enum Checkpoint {
         }
         removeTemporaries(in: runDirectory)
 
-        let name = directoryName(step: state.step)
-        let tmp = join(runDirectory, ".\(name).tmp-\(getpid())")
-        try? fm.removeItem(atPath: tmp)
-        do {
-            try fm.createDirectory(atPath: tmp, withIntermediateDirectories: false)
-        } catch {
-            throw CheckpointError.cannotWrite(path: tmp, reason: "\(error)")
-        }
+        let final = join(runDirectory, RunLayout.checkpoint(step: state.step))
+        let staged = try cannotWrite { try StagedOutput.Directory(for: final, hidden: true) }
+        let tmp = staged.path
 
         var files: [String: FileDigest] = [:]
         let params = optimizer.parameters
@@ -106,19 +95,7 @@ public enum Checkpoint {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
         try AtomicFile.write(to: join(tmp, manifestFile), bytes: [UInt8](try encoder.encode(manifest)))
-        try syncDirectory(tmp)
-
-        let final = join(runDirectory, name)
-        var aside: String?
-        if fm.fileExists(atPath: final) {
-            let old = join(runDirectory, ".\(name).old-\(getpid())")
-            try? fm.removeItem(atPath: old)
-            try renameOrThrow(final, old)
-            aside = old
-        }
-        try renameOrThrow(tmp, final)
-        try syncDirectory(runDirectory)
-        if let aside { try? fm.removeItem(atPath: aside) }
+        try cannotWrite { try staged.commit() }
 
         prune(runDirectory, keeping: state.step, keepLast: keepLast)
         return final
@@ -137,12 +114,16 @@ public enum Checkpoint {
         return FileDigest(bytes: file.count, crc32: CRC32.checksum(file.bytes))
     }
 
-    /// Removes what interrupted saves left: `.checkpoint-*.tmp-*` and `.checkpoint-*.old-*`.
+    /// Removes what interrupted saves of processes now gone left, for any step:
+    /// `.checkpoint-<n>.tmp-<pid>` and `.checkpoint-<n>.old-<pid>` (StagedOutput.removeStale).
     static func removeTemporaries(in runDirectory: String) {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: runDirectory)) ?? []
-        for e in entries where e.hasPrefix(".checkpoint-") && (e.contains(".tmp-") || e.contains(".old-")) {
-            try? FileManager.default.removeItem(atPath: join(runDirectory, e))
-        }
+        let steps = Set(entries.compactMap { e -> Int? in
+            let hidden = "." + RunLayout.checkpointPrefix
+            guard e.hasPrefix(hidden) else { return nil }
+            return Int(e.dropFirst(hidden.count).prefix { $0.isASCII && $0.isNumber })
+        })
+        for step in steps.sorted() { StagedOutput.removeStale(for: join(runDirectory, RunLayout.checkpoint(step: step)), hidden: true) }
     }
 
     /// Keeps the checkpoint of `step` and the `keepLast − 1` newest other complete ones;
@@ -161,8 +142,7 @@ public enum Checkpoint {
     public static func checkpoints(in runDirectory: String) -> [(step: Int, path: String)] {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: runDirectory)) ?? []
         return entries.compactMap { e -> (step: Int, path: String)? in
-            guard e.hasPrefix("checkpoint-"), let n = Int(e.dropFirst("checkpoint-".count)), n >= 0, e == directoryName(step: n) else { return nil }
-            return (n, join(runDirectory, e))
+            RunLayout.checkpointStep(e).map { ($0, join(runDirectory, e)) }
         }.sorted { $0.step > $1.step }
     }
 
@@ -188,7 +168,7 @@ public enum Checkpoint {
         guard manifest.formatVersion == formatVersion else {
             throw CheckpointError.unsupportedFormat(path: path, version: manifest.formatVersion, supported: formatVersion)
         }
-        guard (path as NSString).lastPathComponent == directoryName(step: manifest.step) else {
+        guard (path as NSString).lastPathComponent == RunLayout.checkpoint(step: manifest.step) else {
             throw CheckpointError.incomplete(path: path, reason: "\(manifestFile) is for step \(manifest.step)")
         }
         for required in [parametersFile, optimizerFile, dataStateFile] where manifest.files[required] == nil {
@@ -267,18 +247,13 @@ public enum Checkpoint {
 
     private static func hex(_ v: UInt32) -> String { "0x" + String(v, radix: 16) }
 
-    private static func renameOrThrow(_ from: String, _ to: String) throws {
-        guard rename(from, to) == 0 else {
-            throw CheckpointError.cannotWrite(path: to, reason: "rename from \(from): \(String(cString: strerror(errno)))")
+    /// Staging, renaming and syncing failures as the checkpoint's own error.
+    private static func cannotWrite<T>(_ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let FileError.cannotWrite(path, reason) {
+            throw CheckpointError.cannotWrite(path: path, reason: reason)
         }
-    }
-
-    /// fsync of a directory, so that the names created or renamed in it are on disk.
-    static func syncDirectory(_ path: String) throws {
-        let fd = open(path, O_RDONLY | O_DIRECTORY)
-        guard fd >= 0 else { throw CheckpointError.cannotWrite(path: path, reason: "open: \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        guard fsync(fd) == 0 else { throw CheckpointError.cannotWrite(path: path, reason: "fsync: \(String(cString: strerror(errno)))") }
     }
 }
 

@@ -5,8 +5,9 @@ import Foundation
 ///
 ///     θ_ema ← θ_ema · β' + θ · (1 − β')      β' = β^k when `update()` runs every k updates
 ///
-/// as the seed script's EMA does with `beta = ema ** ema_every` and torch's
-/// `shadow.mul_(β').add_(p, alpha=1 − β')` (whose float kernel fuses the second product).
+/// so the decay compounds over the k updates between two EMA steps (β' computed in Double,
+/// applied in fp32), each step computed as torch's `shadow.mul_(β').add_(p, alpha=1 − β')`
+/// (whose float kernel fuses the second product).
 ///
 /// `swapIn()` exchanges the contents of shadows and live values element by element and
 /// `swapOut()` exchanges them back, so the live weights return bit for bit, with no copy kept

@@ -20,7 +20,7 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
     /// Per-thread tile buffers of the GEMMs, the runtime, libraries and the tokenizer.
     public var bufferBytes: Int
     public var totalBytes: Int
-    /// Physical memory of the machine.
+    /// Physical memory of the machine (or what the caller passed in).
     public var availableBytes: Int
 
     enum CodingKeys: String, CodingKey {
@@ -34,7 +34,8 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
     public static let runtimeBytes = 40 << 20
 
     public init(config c: ModelConfig, frozenBytes: Int, lora: LoRAConfig, trainNorms: Bool, sequences B: Int, length T: Int,
-                gradientCheckpointing: Bool, ema: Bool, headChunkRows: Int = 128, threads: Int = 2) {
+                gradientCheckpointing: Bool, ema: Bool, headChunkRows: Int = 128, threads: Int = 2,
+                availableBytes: Int = Int(ProcessInfo.processInfo.physicalMemory)) {
         let N = B * T, C = c.hiddenSize, F = c.intermediateSize
         let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
         let layers = lora.adaptedLayers(of: c.numLayers)
@@ -62,7 +63,7 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
         bufferBytes = Self.runtimeBytes + threads * (4 << 20)
         totalBytes = frozenWeightsBytes + adapterBytes + gradientBytes + optimizerBytes + emaBytes + activationBytes
             + logitsBytes + bufferBytes
-        availableBytes = Int(ProcessInfo.processInfo.physicalMemory)
+        self.availableBytes = availableBytes
     }
 
     /// Whether it fits in 90% of the machine's memory.

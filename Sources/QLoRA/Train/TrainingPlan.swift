@@ -1,7 +1,7 @@
 import Foundation
 
-/// How a run of N optimizer updates is split, as the seed SFT script does:
-/// a pilot, then 8 equal chunks, then a tail of what is left.
+/// How a run of N optimizer updates is split: a pilot of 5%, then 8 equal chunks, then a
+/// tail of what is left (integer arithmetic, so the tail is the remainder of the division).
 ///
 ///     pilot = int(N · 0.05)              15,000 → 750
 ///     chunk = (N − pilot) // 8           15,000 → 1,781

@@ -1,7 +1,9 @@
 import Foundation
 
 /// Everything a run is configured with, written to `<run>/config.json` and read back by
-/// `--resume`. Field names are the CLI's flags in snake case.
+/// `--resume`. Field names are the CLI's flags in snake case. Keys no field reads are ignored,
+/// so configs of older runs still load (`ema_trainable_only`, a flag that did nothing: the EMA
+/// only ever shadows the trainable parameters).
 public struct TrainingConfig: Codable, Sendable, Equatable {
     public var model: String
     public var data: String
@@ -47,7 +49,6 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
 
     public var ema = 0.999
     public var emaEvery = 1
-    public var emaTrainableOnly = true
     public var evalEvery: Int?
     public var quickEvery: Int?
     public var quickBatches = 4
@@ -69,6 +70,16 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
         get throws {
             LoRAConfig(rank: loraR, alpha: loraAlpha, dropout: loraDropout, targets: try LoRATargets(parsing: loraTargets),
                        lastLayers: loraLayers, useRSLoRA: useRslora)
+        }
+    }
+
+    /// The adapters the run trains: with `loadLoraFrom`, that directory's own configuration
+    /// (rank, alpha, targets, layers, trained norms), which replaces the lora_* flags; else the
+    /// flags. The run builds these, and the memory estimate counts them.
+    public var trainedLoRA: (config: LoRAConfig, trainsNorms: Bool) {
+        get throws {
+            if let from = loadLoraFrom { return try AdapterFiles.config(in: from) }
+            return (try lora, trainNorms)
         }
     }
 }
@@ -129,8 +140,8 @@ public enum TrainingError: Error, CustomStringConvertible {
 }
 
 /// A fine-tuning run: the model with its adapters, the data in order, AdamW, the LR schedule,
-/// the EMA, and the run directory (config.json, metrics.jsonl, checkpoint-N/, lora_best/,
-/// lora_best_ema/, lora_final/, lora_final_ema/).
+/// the EMA, and the run directory (RunLayout: config.json, metrics.jsonl, checkpoint-N/,
+/// lora_best/, lora_best_ema/, lora_final/, lora_final_ema/).
 ///
 /// Determinism: the batch order is a pure function of (seed, epoch); dropout masks of (seed,
 /// update, micro-batch, layer, linear); every kernel's summation order is fixed for a thread
@@ -157,9 +168,6 @@ public final class TrainingRun {
     private var recentLosses: [Double] = []
     private var recentSpeeds: [Double] = []
 
-    public static let configFile = "config.json"
-    public static let metricsFile = "metrics.jsonl"
-
     /// A new run (`resume` false: the directory must not hold a checkpoint) or the continuation of
     /// the one in `directory` from its newest complete checkpoint.
     public init(config: TrainingConfig, directory: String, model: LlamaModel, train: SFTDataSet, validation: SFTDataSet,
@@ -171,11 +179,7 @@ public final class TrainingRun {
         guard train.trainedTokenCount > 0 else { throw TrainingError.nothingToTrain("\(train.source): every label is masked") }
         self.train = train
         self.validation = validation
-        var loraConfig = try config.lora
-        var trainsNorms = config.trainNorms
-        if let from = config.loadLoraFrom {
-            (loraConfig, trainsNorms) = try AdapterFiles.config(in: from)
-        }
+        let (loraConfig, trainsNorms) = try config.trainedLoRA
         let trained = try LlamaLoRA(model: model, config: loraConfig, trainNorms: trainsNorms, seed: config.seed)
         if let from = config.loadLoraFrom {
             try AdapterFiles.load(into: trained, from: from)
@@ -220,13 +224,13 @@ public final class TrainingRun {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             encoder.keyEncodingStrategy = .convertToSnakeCase
-            try AtomicFile.write(to: directory + "/" + Self.configFile, bytes: [UInt8](try encoder.encode(config)))
-            try? fm.removeItem(atPath: directory + "/" + Self.metricsFile)
+            try AtomicFile.write(to: directory + "/" + RunLayout.configFile, bytes: [UInt8](try encoder.encode(config)))
+            try? fm.removeItem(atPath: directory + "/" + RunLayout.metricsFile)
         }
     }
 
     public static func loadConfig(run directory: String) throws -> TrainingConfig {
-        guard let data = FileManager.default.contents(atPath: directory + "/" + configFile) else { throw TrainingError.noRun(directory) }
+        guard let data = FileManager.default.contents(atPath: directory + "/" + RunLayout.configFile) else { throw TrainingError.noRun(directory) }
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         return try decoder.decode(TrainingConfig.self, from: data)
@@ -270,11 +274,12 @@ public final class TrainingRun {
                 return false
             }
         }
-        try AdapterFiles.save(lora, to: directory + "/lora_final", baseModel: config.model)
-        onEvent(.adapterSaved(path: directory + "/lora_final", why: "final"))
+        let final = directory + "/" + RunLayout.adapter(.final), finalEMA = directory + "/" + RunLayout.adapter(.final, ema: true)
+        try AdapterFiles.save(lora, to: final, baseModel: config.model)
+        onEvent(.adapterSaved(path: final, why: "final"))
         if let ema {
-            try ema.withAveragedWeights { try AdapterFiles.save(lora, to: directory + "/lora_final_ema", baseModel: config.model) }
-            onEvent(.adapterSaved(path: directory + "/lora_final_ema", why: "final, EMA weights"))
+            try ema.withAveragedWeights { try AdapterFiles.save(lora, to: finalEMA, baseModel: config.model) }
+            onEvent(.adapterSaved(path: finalEMA, why: "final, EMA weights"))
         }
         return true
     }
@@ -315,7 +320,7 @@ public final class TrainingRun {
         row.gradNorm = norm
         row.tokensPerS = Double(processed) / seconds
         row.trainedTokens = scored
-        row.rssMb = Double(Quantizer.currentRSS()) / 1_048_576
+        row.rssMb = Double(RuntimeMemory.currentRSS()) / 1_048_576
         row.elapsedS = Date().timeIntervalSince(started)
         return row
     }
@@ -339,8 +344,9 @@ public final class TrainingRun {
         return nil
     }
 
-    /// LoRA grads flowing: one micro-batch's gradient is non-zero for some adapter (printed at
-    /// the start and after a resume, as the seed script does). Leaves no trace in the state.
+    /// "LoRA grads flowing": whether one micro-batch's gradient is non-zero for some adapter,
+    /// printed at the start and after a resume (a run where none flows stops here with
+    /// `nothingToTrain`). Leaves no trace in the state.
     private func checkGradientsFlow(_ onEvent: (TrainingEvent) -> Void) throws {
         let probe = iterator   // a copy: the real order is untouched
         var p = probe
@@ -359,8 +365,8 @@ public final class TrainingRun {
     /// Mean validation loss with the EMA weights swapped in (when there is an EMA), on the whole
     /// validation set (`full`, `alert`) or its first `quickBatches` batches (`quick`); full
     /// evaluations with an EMA score the live weights too (`val_loss_live`). A new best
-    /// (EMA) validation loss saves lora_best_ema (the EMA weights) and lora_best (the live
-    /// ones), as the seed script does.
+    /// validation loss of a full or alert evaluation after update 0 (the EMA weights' loss,
+    /// when there is an EMA) saves lora_best (the live weights) and, with an EMA, lora_best_ema.
     private func evaluate(kind: String, _ onEvent: (TrainingEvent) -> Void) throws {
         guard !validation.examples.isEmpty else { return }
         var batches = validation.batches(size: config.evalBatchSize ?? 4 * config.batchSize)
@@ -389,11 +395,12 @@ public final class TrainingRun {
         try append(row)
         if kind != "quick", step > 0, loss.mean < bestValLoss {
             bestValLoss = loss.mean
-            try AdapterFiles.save(lora, to: directory + "/lora_best", baseModel: config.model)
+            let best = directory + "/" + RunLayout.adapter(.best), bestEMA = directory + "/" + RunLayout.adapter(.best, ema: true)
+            try AdapterFiles.save(lora, to: best, baseModel: config.model)
             if let ema {
-                try ema.withAveragedWeights { try AdapterFiles.save(lora, to: directory + "/lora_best_ema", baseModel: config.model) }
+                try ema.withAveragedWeights { try AdapterFiles.save(lora, to: bestEMA, baseModel: config.model) }
             }
-            onEvent(.adapterSaved(path: directory + (ema == nil ? "/lora_best" : "/lora_best_ema"),
+            onEvent(.adapterSaved(path: ema == nil ? best : bestEMA,
                                   why: String(format: "best val_loss %.4f", loss.mean)))
         }
     }
@@ -424,7 +431,7 @@ public final class TrainingRun {
         encoder.outputFormatting = [.sortedKeys]
         var line = try encoder.encode(row)
         line.append(0x0A)
-        let path = directory + "/" + Self.metricsFile
+        let path = directory + "/" + RunLayout.metricsFile
         if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
         let h = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         defer { try? h.close() }
@@ -434,7 +441,7 @@ public final class TrainingRun {
 
     /// Rows past `step` belong to updates a resumed run makes again: dropped (atomically).
     static func dropMetrics(after step: Int, in directory: String) throws {
-        let path = directory + "/" + metricsFile
+        let path = directory + "/" + RunLayout.metricsFile
         guard let data = FileManager.default.contents(atPath: path) else { return }
         let decoder = JSONDecoder()
         var kept: [UInt8] = []

@@ -102,9 +102,11 @@ final class CheckpointTests: XCTestCase {
         let newer = try Checkpoint.save(try run.state(), optimizer: run.optimizer, ema: run.ema, in: dir.path, keepLast: 5)
         let fm = FileManager.default
 
-        // A save killed before its rename: a dot-named temporary directory, ignored.
-        try fm.createDirectory(atPath: dir.path + "/.checkpoint-9.tmp-12345", withIntermediateDirectories: false)
-        _ = fm.createFile(atPath: dir.path + "/.checkpoint-9.tmp-12345/parameters.safetensors", contents: Data([1, 2, 3]))
+        // A save killed before its rename: a dot-named temporary directory, ignored. (A pid above
+        // the kernel's pid_max, at most 2²², names no process.)
+        let killed = dir.path + "/.checkpoint-9.tmp-\(1 << 23)"
+        try fm.createDirectory(atPath: killed, withIntermediateDirectories: false)
+        _ = fm.createFile(atPath: killed + "/parameters.safetensors", contents: Data([1, 2, 3]))
         XCTAssertEqual(Checkpoint.latest(in: dir.path), newer)
 
         // A truncated tensor file inside the newest checkpoint.
@@ -133,10 +135,14 @@ final class CheckpointTests: XCTestCase {
         XCTAssertEqual(fresh.bits, goodBits)
         XCTAssertEqual(fresh.optimizer.step, 3)
 
-        // The next save clears the leftovers and the broken checkpoint (not among the newest complete).
+        // The next save clears the leftovers of gone processes and the broken checkpoint (not
+        // among the newest complete); a live process's (pid 1) is another trainer's, left alone.
+        let live = dir.path + "/.checkpoint-9.old-1"
+        try fm.createDirectory(atPath: live, withIntermediateDirectories: false)
+        try fm.createDirectory(atPath: dir.path + "/.checkpoint-12.old-\(1 << 23)", withIntermediateDirectories: false)
         run.train(1)
         try Checkpoint.save(try run.state(), optimizer: run.optimizer, ema: run.ema, in: dir.path, keepLast: 2)
-        XCTAssertEqual(try fm.contentsOfDirectory(atPath: dir.path).sorted(), ["checkpoint-3", "checkpoint-7"])
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: dir.path).sorted(), [".checkpoint-9.old-1", "checkpoint-3", "checkpoint-7"])
     }
 
     /// A checkpoint of other parameters is refused before anything is overwritten.

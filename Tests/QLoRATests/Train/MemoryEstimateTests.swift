@@ -28,6 +28,28 @@ final class MemoryEstimateTests: XCTestCase {
         }
     }
 
+    /// A run that starts from `--load-lora-from` trains that directory's adapters: the estimate
+    /// counts its rank, targets, layers and norms, not the lora_* flags it ignores.
+    func testEstimateOfALoadedAdapterCountsItsOwnConfiguration() throws {
+        let model = LlamaTrainerTests.tiny
+        let dir = TempDir()
+        let saved = LoRAConfig(rank: 2, alpha: 4, targets: .names(["q_proj", "v_proj"]), lastLayers: 1)
+        let lora = try LlamaLoRA(model: model, config: saved, trainNorms: true, seed: 1)
+        try AdapterFiles.save(lora, to: dir.path + "/adapter", baseModel: "tiny")
+        var config = TrainingConfig(model: "tiny", data: "synthetic")
+        config.loraR = 16
+        config.loadLoraFrom = dir.path + "/adapter"
+        let (trained, trainsNorms) = try config.trainedLoRA
+        XCTAssertEqual(trained.rank, 2)
+        XCTAssertTrue(trainsNorms)
+        let e = MemoryEstimate(config: model.config, frozenBytes: model.frozenBytes, lora: trained, trainNorms: trainsNorms,
+                               sequences: 2, length: 16, gradientCheckpointing: false, ema: true)
+        XCTAssertEqual(e.adapterBytes, lora.trainableCount * 4)
+        config.loadLoraFrom = nil
+        XCTAssertEqual(try config.trainedLoRA.config, try config.lora)
+        XCTAssertEqual(try config.trainedLoRA.config.rank, 16)
+    }
+
     /// Synthetic shapes: the frozen bytes computed without building equal what is built.
     func testSyntheticFrozenBytesWithoutBuilding() throws {
         let model = try SyntheticModel.make(.llama1b, layers: 1)
@@ -49,12 +71,21 @@ final class MemoryEstimateTests: XCTestCase {
         XCTAssertEqual(try SyntheticShape.llama7b.config(layers: 2).numLayers, 2)
     }
 
+    /// A 70B-shaped run on a 32 GiB machine does not fit (its 4-bit weights alone take more),
+    /// and on a 1 TiB one it does, whatever memory the machine running the test has.
     func testRefusesWhatDoesNotFit() throws {
-        let e = MemoryEstimate(config: SyntheticShape.llama70b.config, frozenBytes: try SyntheticShape.llama70b.frozenBytes(),
-                               lora: LoRAConfig(rank: 16), trainNorms: false, sequences: 1, length: 512,
-                               gradientCheckpointing: true, ema: false)
-        XCTAssertGreaterThan(e.frozenWeightsBytes, 30 << 30)
-        XCTAssertFalse(e.fits || e.availableBytes > 64 << 30)
-        XCTAssertTrue(e.advice(gradientCheckpointing: true).contains("smaller model"))
+        func estimate(available: Int) throws -> MemoryEstimate {
+            MemoryEstimate(config: SyntheticShape.llama70b.config, frozenBytes: try SyntheticShape.llama70b.frozenBytes(),
+                           lora: LoRAConfig(rank: 16), trainNorms: false, sequences: 1, length: 512,
+                           gradientCheckpointing: true, ema: false, availableBytes: available)
+        }
+        let small = try estimate(available: 32 << 30)
+        XCTAssertGreaterThan(small.frozenWeightsBytes, 30 << 30)
+        XCTAssertEqual(small.availableBytes, 32 << 30)
+        XCTAssertFalse(small.fits)
+        XCTAssertTrue(small.advice(gradientCheckpointing: true).contains("smaller model"))
+        let large = try estimate(available: 1 << 40)
+        XCTAssertTrue(large.fits)
+        XCTAssertFalse(large.advice(gradientCheckpointing: true).contains("smaller model"))
     }
 }

@@ -1,9 +1,9 @@
 import QLoRA
 import XCTest
 
-/// The seed script's pilot → 8 chunks → tail split.
+/// The pilot → 8 chunks → tail split of a run's updates.
 final class TrainingPlanTests: XCTestCase {
-    /// The seed's own example: 15,000 updates → 750 + 8 × 1,781 + 2.
+    /// 15,000 updates → 750 + 8 × 1,781 + 2.
     func testFifteenThousand() {
         let plan = TrainingPlan(totalUpdates: 15000)
         XCTAssertEqual([plan.pilotUpdates, plan.chunkUpdates, plan.tailUpdates], [750, 1781, 2])

@@ -52,7 +52,7 @@ final class TrainingRunTests: XCTestCase {
     }
 
     func rows(_ dir: String) throws -> [MetricsRow] {
-        let text = try String(contentsOfFile: dir + "/" + TrainingRun.metricsFile, encoding: .utf8)
+        let text = try String(contentsOfFile: dir + "/" + RunLayout.metricsFile, encoding: .utf8)
         return try text.split(separator: "\n").map { try JSONDecoder().decode(MetricsRow.self, from: Data($0.utf8)) }
     }
 
@@ -194,14 +194,14 @@ final class TrainingRunTests: XCTestCase {
         XCTAssertTrue(try full.run { _ in })
         let fm = FileManager.default
         try fm.createDirectory(atPath: b, withIntermediateDirectories: true)
-        try fm.copyItem(atPath: a + "/" + TrainingRun.configFile, toPath: b + "/" + TrainingRun.configFile)
+        try fm.copyItem(atPath: a + "/" + RunLayout.configFile, toPath: b + "/" + RunLayout.configFile)
         try fm.copyItem(atPath: a + "/checkpoint-3", toPath: b + "/checkpoint-3")
         // The killed run's metrics: everything up to update 5.
         let killed = try rows(a).filter { $0.step <= 5 }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         try killed.map { String(decoding: try encoder.encode($0), as: UTF8.self) + "\n" }.joined()
-            .write(toFile: b + "/" + TrainingRun.metricsFile, atomically: true, encoding: .utf8)
+            .write(toFile: b + "/" + RunLayout.metricsFile, atomically: true, encoding: .utf8)
         // A checkpoint-6 torn mid-write (its manifest missing) and a temporary directory.
         try fm.copyItem(atPath: a + "/checkpoint-6", toPath: b + "/checkpoint-6")
         try fm.removeItem(atPath: b + "/checkpoint-6/state.json")
@@ -231,6 +231,20 @@ final class TrainingRunTests: XCTestCase {
         XCTAssertEqual(r.compactMap(\.loss).count, 7)
         XCTAssertTrue(r.compactMap(\.loss).allSatisfy(\.isFinite))
         XCTAssertTrue(run.lora.parameters.allSatisfy { $0.values.allSatisfy(\.isFinite) })
+    }
+
+    /// config.json round-trips, and one written by an older qlora with a key no field reads
+    /// any more (`ema_trainable_only`) still loads for --resume.
+    func testConfigOfAnOlderRunStillLoads() throws {
+        let dir = try temporaryDirectory()
+        _ = try start(dir, steps: 3)
+        let path = dir + "/" + RunLayout.configFile
+        XCTAssertEqual(try TrainingRun.loadConfig(run: dir), config(3))
+        var json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
+        XCTAssertNil(json["ema_trainable_only"])
+        json["ema_trainable_only"] = true
+        try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: path))
+        XCTAssertEqual(try TrainingRun.loadConfig(run: dir), config(3))
     }
 
     func testRefusesEmptyOrFullyMaskedDataAndAnExistingRun() throws {
