@@ -20,7 +20,13 @@ tools/make_family_fixtures.py). Prints one table row per family:
                in gguf.MODEL_TENSORS[arch] (so phi3's qkv_proj is attn_qkv and gate_up_proj ffn_up,
                2·F rows); the values equal the HF export's: q/k rows permuted as
                convert_hf_to_gguf.py's LlamaModel.permute for llama/mistral only, gemma3's norms
-               stored as 1 + w (every *norm.weight, q/k norms included), all others as they are.
+               stored as 1 + w (every *norm.weight, q/k norms included), all others as they are;
+               the <arch>.* hyperparameters are config.json's (hparams_as_gguf) and gemma3/phi3
+               carry the sliding window. Then qlora reads the GGUF back (no adapter): its logits
+               within READBACK_TOL of PEFT's (qlora requantizes F32 GGUF linears to Q8_0), over the
+               positions GGUF can express (mistral: the first 4, its window being lost in llama.cpp's
+               llama architecture; gemma3: against transformers with llama.cpp's gemma3
+               assumptions, gemma3_as_gguf).
 
 qlora's logits come from `qlora perplexity --logits-out FILE` (hidden option: --text holds token
 ids, one forward over all of them, fp32 logits [T, V]). Numbers are max |Δlogit| / max |logit| of
@@ -134,6 +140,18 @@ def peft_with(nf4: Path, adapter: Path):
     return pm, len(saved), norms
 
 
+def norms_moved(nf4: Path, adapter: Path) -> float:
+    """Largest change of a norm weight the adapter holds against the base's (both in the HF file
+    convention): that --train-norms trained them."""
+    from safetensors.torch import load_file
+    base = load_file(nf4 / "model.safetensors")
+    saved = load_file(adapter / "adapter_model.safetensors")
+    prefix = "base_model.model."
+    diffs = [(v - base[k[len(prefix):]]).abs().max().item() for k, v in saved.items() if k.endswith("norm.weight")]
+    assert diffs, "no trained norms in the adapter"
+    return max(diffs)
+
+
 # ---------------------------------------------------------------- the four checks
 def check_qlora_to_peft(fam, nf4, work):
     run = work / "run"
@@ -145,7 +163,8 @@ def check_qlora_to_peft(fam, nf4, work):
     with pm.disable_adapter():
         base = logits_of(pm)
     r = rel(got, want)
-    note = f"{n} tensors ({norms} norms), adapter moves logits {rel(want, base):.1e}"
+    moved = norms_moved(nf4, adapter)
+    note = f"{n} tensors ({norms} norms, trained: max |Δw| {moved:.1e}), adapter moves logits {rel(want, base):.1e}"
     return r <= UNMERGED_TOL, r, note, adapter, want
 
 
@@ -181,6 +200,23 @@ def check_hf_export(fam, nf4, adapters, work):
         worst = max(worst, r)
         notes.append(type(m).__name__)
     return worst <= EXPORT_TOL, worst, sorted(set(notes))[0], None, None
+
+
+def hparams_as_gguf(cfg) -> dict:
+    """The <arch>.* keys convert_hf_to_gguf.py writes from config.json, which llama.cpp reads."""
+    heads = cfg["num_attention_heads"]
+    rope = cfg.get("rope_parameters") or {}
+    theta = (rope.get("full_attention") or rope).get("rope_theta", cfg.get("rope_theta"))
+    keys = {"context_length": cfg["max_position_embeddings"], "embedding_length": cfg["hidden_size"],
+            "feed_forward_length": cfg["intermediate_size"], "block_count": cfg["num_hidden_layers"],
+            "attention.head_count": heads, "attention.head_count_kv": cfg.get("num_key_value_heads") or heads,
+            "attention.layer_norm_rms_epsilon": np.float32(cfg["rms_norm_eps"]), "rope.freq_base": theta,
+            "vocab_size": cfg["vocab_size"]}
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    if head_dim * heads != cfg["hidden_size"]:
+        keys["attention.key_length"] = keys["attention.value_length"] = head_dim
+    keys["rope.dimension_count"] = head_dim
+    return keys
 
 
 def gemma3_as_gguf(cfg) -> dict:
@@ -219,6 +255,10 @@ def check_gguf_export(fam, nf4, adapters, work):
         assert got_arch == gguf.MODEL_ARCH_NAMES[arch], f"general.architecture {got_arch!r}"
         blocks = reader.fields[f"{got_arch}.block_count"].contents()
         assert blocks == n_layers, f"{got_arch}.block_count {blocks}"
+        for key, want in hparams_as_gguf(cfg).items():
+            got = reader.fields[f"{got_arch}.{key}"].contents() if f"{got_arch}.{key}" in reader.fields else None
+            assert got is not None and np.isclose(got, want, rtol=1e-7, atol=0), f"{got_arch}.{key}: {got}, want {want}"
+        checked.add("hparams")
         window = cfg.get("sliding_window")
         if got_arch in SLIDING_WINDOW_KEY and window:
             key = f"{got_arch}.attention.sliding_window"
