@@ -30,7 +30,8 @@ tools/make_family_fixtures.py). Prints one table row per family:
 
 qlora's logits come from `qlora perplexity --logits-out FILE` (hidden option: --text holds token
 ids, one forward over all of them, fp32 logits [T, V]). Numbers are max |Δlogit| / max |logit| of
-the reference; GGUF: max |Δ| over all tensor values (f32, exact expected). Tolerances: 2e-5
+the reference; GGUF: max |Δ| over all tensor values (f32, exact expected). Also `qlora merge --requantize nf4` of the trained adapter ("merge nf4"): qlora's logits on
+the new bitsandbytes folder vs transformers' on it. Tolerances: 2e-5
 (unmerged qlora vs PEFT: the same fp32 math in another order; FamilyModelTests' 2e-5), 1e-5 for
 a merged export (make_export_fixtures.py's EXPORT_TOL), 0 for GGUF values.
 
@@ -316,6 +317,19 @@ def check_gguf_export(fam, nf4, adapters, work):
     return worst == 0.0, worst, note, None, None
 
 
+def check_merge_requantize(fam, nf4, adapters, work):
+    """`qlora merge --requantize nf4` of the trained adapter: a bitsandbytes folder that
+    transformers loads (every linear Linear4bit) and computes what qlora computes on it."""
+    adapter, want = adapters["qlora"]
+    out = work / "merged-nf4"
+    qlora("merge", "--model", nf4, "--adapter", adapter, "--requantize", "nf4", "-o", out, "--overwrite")
+    m = load_nf4(out)
+    ref = logits_of(m)
+    r = rel(qlora_logits(out, None, work, tag="merged-nf4"), ref)
+    note = f"{len(fc.bnb_linears(m))} Linear4bit; requantizing moved the logits {rel(ref, want):.1e} from PEFT's unmerged"
+    return r <= UNMERGED_TOL, r, note, None, None
+
+
 def family_row(fam, work: Path):
     nf4 = fc.QLORA_FIXTURES / f"tiny-{fam}-bnb-nf4"
     row, adapters = {}, {}
@@ -327,7 +341,7 @@ def family_row(fam, work: Path):
         except Exception as e:  # a failing check is a table cell, the others still run
             traceback.print_exc()
             row[key] = (False, None, f"{type(e).__name__}: {e}"[:200])
-    for key, fn in (("HF export", check_hf_export), ("GGUF f32", check_gguf_export)):
+    for key, fn in (("HF export", check_hf_export), ("GGUF f32", check_gguf_export), ("merge nf4", check_merge_requantize)):
         if not adapters:
             row[key] = (False, None, "no adapter")
             continue
@@ -367,9 +381,9 @@ def main():
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    keys = ["qlora→PEFT", "PEFT→qlora", "HF export", "GGUF f32"]
+    keys = ["qlora→PEFT", "PEFT→qlora", "HF export", "GGUF f32", "merge nf4"]
     print(f"\nmax |Δlogit| / max |logit| (GGUF: max |Δ| of tensor values vs the HF export); tolerances "
-          f"{UNMERGED_TOL:g} unmerged, {EXPORT_TOL:g} merged, 0 GGUF")
+          f"{UNMERGED_TOL:g} unmerged and merge nf4, {EXPORT_TOL:g} HF export, 0 GGUF")
     print("| family | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")
     failed = False
