@@ -174,7 +174,8 @@ public enum Quantizer {
     static func huggingFaceConfig(_ c: ModelConfig, bos: Int?, eos: Int?) -> [String: Any] {
         // Floats by their shortest decimal (1e-05, not 9.99999974737875e-06 widened from fp32).
         var config: [String: Any] = [
-            "architectures": [c.family.huggingFaceArchitecture], "model_type": c.family.huggingFaceModelType, "hidden_act": "silu",
+            "architectures": [c.family.huggingFaceArchitecture], "model_type": c.family.huggingFaceModelType,
+            "hidden_act": c.family.activation == .geluTanh ? "gelu_pytorch_tanh" : "silu",  // Gemma reads hidden_activation: both say the same
             "hidden_size": c.hiddenSize, "intermediate_size": c.intermediateSize, "num_hidden_layers": c.numLayers,
             "num_attention_heads": c.numHeads, "num_key_value_heads": c.numKVHeads, "head_dim": c.headDim,
             "vocab_size": c.vocabSize, "rms_norm_eps": Double("\(c.rmsNormEps)")!, "rope_theta": Double("\(c.ropeTheta)")!,

@@ -145,6 +145,26 @@ final class FamilyExportTests: XCTestCase {
         }
     }
 
+    /// Gemma 3 through a GGUF and back to a Hugging Face folder: the norms are the fixture's w
+    /// again (1 + w less one: within half an ulp of 1), and config.json names one activation.
+    func testGemma3GGUFSourceExportsHuggingFaceNorms() throws {
+        let dir = TempDir()
+        _ = try GGUFExport.run(model: Self.nf4("gemma3"), output: dir.path + "/g.gguf", type: .f32, options: .init()) { _ in }
+        _ = try MergedExport.run(model: dir.path + "/g.gguf", output: dir.path + "/hf", options: .init()) { _ in }
+        let raw = try Self.rawTensors("gemma3"), back = try Self.tensors(inFolder: dir.path + "/hf")
+        var checked = 0
+        for (name, want) in raw where name.hasSuffix("norm.weight") {
+            let got = try XCTUnwrap(back[name], name)
+            XCTAssertLessThanOrEqual(zip(got, want).map { abs($0 - $1) }.max()!, 0x1p-24, name)
+            checked += 1
+        }
+        XCTAssertEqual(checked, 13)
+        let config = try XCTUnwrap(HuggingFaceFolder(path: dir.path + "/hf").rawConfig)
+        XCTAssertEqual(config["hidden_activation"] as? String, "gelu_pytorch_tanh")
+        XCTAssertEqual(config["hidden_act"] as? String, "gelu_pytorch_tanh")
+        XCTAssertEqual(config["sliding_window"] as? Int, 4)
+    }
+
     /// The sliding window travels in the keys llama.cpp reads for gemma3 and phi3
     /// (convert_hf_to_gguf's), and qlora reads it back; Mistral's has no key in the llama
     /// architecture, and export says so.
