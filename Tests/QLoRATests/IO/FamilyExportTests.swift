@@ -165,6 +165,23 @@ final class FamilyExportTests: XCTestCase {
         XCTAssertEqual(config["sliding_window"] as? Int, 4)
     }
 
+    /// A folder exported from a GGUF names its family's class (the GGUF architecture's), and pad_token_id (null when the
+    /// GGUF has none) so that no class default stands in: Phi3Config's 32000 lies outside a
+    /// 256-token vocabulary and transformers refused to build the model.
+    func testGGUFSourceConfigPerFamily() throws {
+        for family in Self.families {
+            let dir = TempDir()
+            _ = try GGUFExport.run(model: Self.nf4(family), output: dir.path + "/g.gguf", type: .q8_0, options: .init()) { _ in }
+            _ = try MergedExport.run(model: dir.path + "/g.gguf", output: dir.path + "/hf", options: .init()) { _ in }
+            let config = try HuggingFaceFolder(path: dir.path + "/hf").rawConfig
+            // Mistral's GGUF is llama.cpp's llama architecture, so it comes back as Llama
+            let f = try XCTUnwrap(ModelFamily.named(XCTUnwrap(ModelFamily.named(family)).ggufArchitecture))
+            XCTAssertEqual(config["architectures"] as? [String], [f.huggingFaceArchitecture], family)
+            XCTAssertEqual(config["model_type"] as? String, f.huggingFaceModelType, family)
+            XCTAssertTrue(config["pad_token_id"] is NSNull, "\(family): \(String(describing: config["pad_token_id"]))")
+        }
+    }
+
     /// The sliding window travels in the keys llama.cpp reads for gemma3 and phi3
     /// (convert_hf_to_gguf's), and qlora reads it back; Mistral's has no key in the llama
     /// architecture, and export says so.
