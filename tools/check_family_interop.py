@@ -31,7 +31,9 @@ tools/make_family_fixtures.py). Prints one table row per family:
 qlora's logits come from `qlora perplexity --logits-out FILE` (hidden option: --text holds token
 ids, one forward over all of them, fp32 logits [T, V]). Numbers are max |Δlogit| / max |logit| of
 the reference; GGUF: max |Δ| over all tensor values (f32, exact expected). Also `qlora merge --requantize nf4` of the trained adapter ("merge nf4"): qlora's logits on
-the new bitsandbytes folder vs transformers' on it. Tolerances: 2e-5
+the new bitsandbytes folder vs transformers' on it; and a GGUF base ("GGUF base",
+check_gguf_source): train on the model exported as Q8_0 GGUF, PEFT on its HF export as the
+reference. Tolerances: 2e-5
 (unmerged qlora vs PEFT: the same fp32 math in another order; FamilyModelTests' 2e-5), 1e-5 for
 a merged export (make_export_fixtures.py's EXPORT_TOL), 0 for GGUF values.
 
@@ -330,6 +332,31 @@ def check_merge_requantize(fam, nf4, adapters, work):
     return r <= UNMERGED_TOL, r, note, None, None
 
 
+def check_gguf_source(fam, nf4, adapters, work):
+    """A GGUF base: the NF4 model exported as a Q8_0 GGUF (no tokenizer, so train runs random
+    ids), trained on with --train-norms; reference: PEFT with that adapter on transformers
+    loading qlora's HF export of the GGUF (the same Q8_0 values in fp32, and the hyperparameters
+    qlora reads from the GGUF). Checks qlora's logits on GGUF + adapter and the merged export
+    of GGUF + adapter; the worse of the two."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    src = work / "gguf-source"
+    src.mkdir(exist_ok=True)
+    g = src / "base.Q8_0.gguf"
+    qlora("export", "--model", nf4, "--format", "gguf", "--type", "q8_0", "-o", g, "--overwrite")
+    qlora("export", "--model", g, "-o", src / "base-hf", "--overwrite")
+    qlora("train", "--model", g, *TRAIN, "--out", src / "run", "--overwrite")
+    adapter = src / "run" / "lora_final"
+    base = AutoModelForCausalLM.from_pretrained(src / "base-hf", dtype=torch.float32, attn_implementation="eager")
+    want = logits_of(PeftModel.from_pretrained(base, adapter))
+    unmerged = rel(qlora_logits(g, adapter, src, tag="gguf-source"), want)
+    qlora("export", "--model", g, "--adapter", adapter, "-o", src / "merged-hf", "--overwrite")
+    merged = rel(logits_of(AutoModelForCausalLM.from_pretrained(src / "merged-hf", dtype=torch.float32,
+                                                                attn_implementation="eager")), want)
+    note = f"{type(base).__name__}; qlora on GGUF + adapter {unmerged:.1e}, merged export {merged:.1e}"
+    return unmerged <= UNMERGED_TOL and merged <= EXPORT_TOL, max(unmerged, merged), note, None, None
+
+
 def family_row(fam, work: Path):
     nf4 = fc.QLORA_FIXTURES / f"tiny-{fam}-bnb-nf4"
     row, adapters = {}, {}
@@ -341,7 +368,8 @@ def family_row(fam, work: Path):
         except Exception as e:  # a failing check is a table cell, the others still run
             traceback.print_exc()
             row[key] = (False, None, f"{type(e).__name__}: {e}"[:200])
-    for key, fn in (("HF export", check_hf_export), ("GGUF f32", check_gguf_export), ("merge nf4", check_merge_requantize)):
+    for key, fn in (("HF export", check_hf_export), ("GGUF f32", check_gguf_export), ("merge nf4", check_merge_requantize),
+                    ("GGUF base", check_gguf_source)):
         if not adapters:
             row[key] = (False, None, "no adapter")
             continue
@@ -381,7 +409,7 @@ def main():
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    keys = ["qlora→PEFT", "PEFT→qlora", "HF export", "GGUF f32", "merge nf4"]
+    keys = ["qlora→PEFT", "PEFT→qlora", "HF export", "GGUF f32", "merge nf4", "GGUF base"]
     print(f"\nmax |Δlogit| / max |logit| (GGUF: max |Δ| of tensor values vs the HF export); tolerances "
           f"{UNMERGED_TOL:g} unmerged and merge nf4, {EXPORT_TOL:g} HF export, 0 GGUF")
     print("| family | " + " | ".join(keys) + " |")
