@@ -155,7 +155,7 @@ def norms_moved(nf4: Path, adapter: Path) -> float:
     return max(diffs)
 
 
-# ---------------------------------------------------------------- the four checks
+# ---------------------------------------------------------------- the checks
 def check_qlora_to_peft(fam, nf4, work):
     run = work / "run"
     qlora("train", "--model", nf4, *TRAIN, "--out", run, "--overwrite")
@@ -197,6 +197,8 @@ def check_hf_export(fam, nf4, adapters, work):
         out = work / f"hf-{name}"
         qlora("export", "--model", nf4, "--adapter", adapter, "-o", out, "--overwrite")
         m = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
+        want_class = json.loads((nf4 / "config.json").read_text())["architectures"][0]
+        assert type(m).__name__ == want_class, f"{type(m).__name__}, not {want_class}"
         assert getattr(m.config, "quantization_config", None) is None
         assert all(p.dtype == torch.float32 for p in m.parameters())
         r = rel(logits_of(m), want)
