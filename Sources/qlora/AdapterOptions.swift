@@ -37,10 +37,15 @@ struct AdapterOptions: ParsableArguments {
     /// stacked, or with --each one per adapter (the base first with --include-base). Every
     /// adapter is read once; the runs share the base's weights.
     func runs(_ lm: LanguageModel) throws -> [(label: String, model: LanguageModel)] {
-        guard !adapters.isEmpty else { return [("base", lm)] }
-        let set = AdapterSet(base: lm.model)
+        try models(lm.model).map { ($0.label, $0.model === lm.model ? lm : lm.with(model: $0.model)) }
+    }
+
+    /// The same runs over a bare base without a tokenizer.
+    func models(_ base: LlamaModel) throws -> [(label: String, model: LlamaModel)] {
+        guard !adapters.isEmpty else { return [("base", base)] }
+        let set = AdapterSet(base: base)
         let names = try specs.map { try set.load($0.directory, name: $0.name) }
-        if !each { return [(names.joined(separator: " + "), lm.with(model: try set.model(active: names)))] }
-        return (includeBase ? [("base", lm)] : []) + (try names.map { ($0, lm.with(model: try set.model(active: [$0]))) })
+        if !each { return [(names.joined(separator: " + "), try set.model(active: names))] }
+        return (includeBase ? [("base", base)] : []) + (try names.map { ($0, try set.model(active: [$0])) })
     }
 }

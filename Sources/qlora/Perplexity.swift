@@ -31,6 +31,7 @@ struct Perplexity: ParsableCommand {
     @OptionGroup var adapterOptions: AdapterOptions
     @Option(help: "What a GGUF's K-quants (Q2_K…Q4_K) become at load: q4_1 (same memory) or q8_0 (about twice their memory, closest to the file: Gemma 3 270M's GPL-3 perplexity 0.2% above transformers' on the exact weights instead of 2.0%).")
     var kQuants: QuantizedModel.KQuantTarget = .q4_1
+    @Option(help: .hidden) var logitsOut: String?  // --text holds token ids: see writeLogits
 
     func validate() throws {
         guard ctx >= 4 else { throw ValidationError("--ctx must be at least 4, got \(ctx)") }
@@ -40,6 +41,7 @@ struct Perplexity: ParsableCommand {
     }
 
     func run() throws {
+        if let logitsOut { return try writeLogits(to: logitsOut) }
         let base = try LanguageModel(path: model, kQuants: kQuants)
         guard ctx <= base.model.config.maxPositionEmbeddings else {
             throw ValidationError("--ctx \(ctx) is longer than the model's context, \(base.model.config.maxPositionEmbeddings)")
@@ -69,5 +71,27 @@ struct Perplexity: ParsableCommand {
                       + String(format: "  %.4f ± %.5f", row.estimate.perplexity, row.estimate.error))
             }
         }
+    }
+
+    /// Hidden, for checks against transformers/PEFT (tools/check_family_interop.py): --text
+    /// holds token ids (decimal, separated by spaces, commas or newlines), so no tokenizer is
+    /// needed; one forward over all of them (the base with --adapter's stacked, no --each)
+    /// writes the logits of every position, [T, V] little-endian fp32, row-major, to FILE.
+    func writeLogits(to file: String) throws {
+        guard !adapterOptions.each else { throw ValidationError("--logits-out takes one run: no --each") }
+        guard let data = FileManager.default.contents(atPath: text) else { throw ValidationError("\(text): cannot read") }
+        let fields = String(decoding: data, as: UTF8.self).split(whereSeparator: { $0 == "," || $0.isWhitespace })
+        let ids = try fields.map { f in
+            guard let id = Int(f), id >= 0 else { throw ValidationError("\(text): \(f) is not a token id") }
+            return id
+        }
+        let base = try LlamaModel(QuantizedModel(path: model, kQuants: kQuants))
+        guard !ids.isEmpty, ids.count <= base.config.maxPositionEmbeddings, ids.allSatisfy({ $0 < base.config.vocabSize }) else {
+            throw ValidationError("\(text): need 1 to \(base.config.maxPositionEmbeddings) ids below \(base.config.vocabSize)")
+        }
+        let (label, lm) = try adapterOptions.models(base)[0]
+        let logits = try lm.forward(tokens: ids, logits: .all)
+        try logits.withUnsafeBytes { Data($0) }.write(to: URL(fileURLWithPath: file))
+        print("\(label): logits [\(ids.count), \(logits.count / ids.count)] written to \(file)")
     }
 }

@@ -185,9 +185,9 @@ struct Train: ParsableCommand {
             randomIDs = true
         } else if Self.lacksTokenizer(config.model) {
             guard config.data == Self.demoData else {
-                throw ValidationError("\(config.model) has no tokenizer (tokenizer.json) to read --data with")
+                throw ValidationError("\(config.model) has no tokenizer (tokenizer.json, or a GGUF's tokenizer.ggml.*) to read --data with")
             }
-            log.line("loading \(config.model): no tokenizer (a qlora quantize --shape folder?), so seeded random ids as with --shape")
+            log.line("loading \(config.model): no tokenizer (a qlora quantize --shape model?), so seeded random ids as with --shape")
             model = try LlamaModel(path: config.model, kQuants: config.kQuants ?? .q4_1)
             randomIDs = true
         } else {
@@ -267,10 +267,14 @@ struct Train: ParsableCommand {
     static let demoData = "data/demo-sft/train.jsonl"
 
     /// A model folder with no tokenizer.json (what `qlora quantize --shape` writes).
+    /// A folder without tokenizer.json, or a GGUF without tokenizer metadata (what `export
+    /// --format gguf` writes from such a folder).
     static func lacksTokenizer(_ path: String) -> Bool {
         var isDir: ObjCBool = false
-        return FileManager.default.fileExists(atPath: path, isDirectory: &isDir) && isDir.boolValue
-            && !FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent("tokenizer.json"))
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { return false }
+        if isDir.boolValue { return !FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent("tokenizer.json")) }
+        guard let gguf = try? GGUFFile(path: path) else { return false }
+        return gguf.metadata["tokenizer.ggml.model"] == nil
     }
 
     static func show(_ message: String, lm: LanguageModel, label: String, log: TrainingLog) throws {

@@ -167,14 +167,18 @@ public enum Quantizer {
     static func huggingFaceConfig(_ source: ModelSource) -> [String: Any] {
         if let folder = source.folder { return folder.rawConfig }
         return huggingFaceConfig(source.config, bos: source.gguf?.metadata["tokenizer.ggml.bos_token_id"]?.int,
-                                 eos: source.gguf?.metadata["tokenizer.ggml.eos_token_id"]?.int)
+                                 eos: source.gguf?.metadata["tokenizer.ggml.eos_token_id"]?.int,
+                                 pad: source.gguf?.metadata["tokenizer.ggml.padding_token_id"]?.int)
     }
 
     /// transformers' LlamaForCausalLM config.json keys for `c`.
-    static func huggingFaceConfig(_ c: ModelConfig, bos: Int?, eos: Int?) -> [String: Any] {
+    /// pad_token_id is always written (null without one): a class's default can lie outside
+    /// the vocabulary (Phi3Config's 32000), which transformers then refuses to build.
+    static func huggingFaceConfig(_ c: ModelConfig, bos: Int?, eos: Int?, pad: Int? = nil) -> [String: Any] {
         // Floats by their shortest decimal (1e-05, not 9.99999974737875e-06 widened from fp32).
         var config: [String: Any] = [
-            "architectures": [c.family.huggingFaceArchitecture], "model_type": c.family.huggingFaceModelType, "hidden_act": "silu",
+            "architectures": [c.family.huggingFaceArchitecture], "model_type": c.family.huggingFaceModelType,
+            "hidden_act": c.family.activation == .geluTanh ? "gelu_pytorch_tanh" : "silu",  // Gemma reads hidden_activation: both say the same
             "hidden_size": c.hiddenSize, "intermediate_size": c.intermediateSize, "num_hidden_layers": c.numLayers,
             "num_attention_heads": c.numHeads, "num_key_value_heads": c.numKVHeads, "head_dim": c.headDim,
             "vocab_size": c.vocabSize, "rms_norm_eps": Double("\(c.rmsNormEps)")!, "rope_theta": Double("\(c.ropeTheta)")!,
@@ -184,6 +188,7 @@ public enum Quantizer {
         config.merge(c.family.huggingFaceKeys(c)) { _, new in new }
         if let bos { config["bos_token_id"] = bos }
         if let eos { config["eos_token_id"] = eos }
+        config["pad_token_id"] = pad.map { $0 as Any } ?? NSNull()
         return config
     }
 
