@@ -99,6 +99,25 @@ final class LlamaTrainerTests: XCTestCase {
         XCTAssertTrue(a.contains { g in g.contains { $0 != 0 } })
     }
 
+    /// Adapters only in the last block (--lora-layers 1), so block 0 has none: evaluation and
+    /// checkpointed training share one set of activations sized for every adapted linear, and
+    /// give the gradients of the unshared path.
+    func testAdaptersOutsideBlockZeroWithSharedActivations() throws {
+        let l = try LlamaLoRA(model: Self.tiny, config: LoRAConfig(rank: 4, alpha: 8, targets: .names(["q_proj", "down_proj"]), lastLayers: 1),
+                              seed: 3)
+        var rng = SplitMix64(seed: 5)
+        for p in l.parameters where p.name.hasSuffix("lora_B.weight") {
+            p.setValues((0..<p.count).map { _ in Float(rng.nextUnitDouble() - 0.5) * 0.2 })
+        }
+        XCTAssertTrue(l.layers[0].adapters.isEmpty)
+        let (lossA, a) = try gradients(l, checkpointing: false)
+        let (lossB, b) = try gradients(l, checkpointing: true)
+        XCTAssertEqual(lossA, lossB)
+        XCTAssertEqual(a, b)
+        let b0 = batch()
+        XCTAssertEqual(try LlamaTrainer(model: Self.tiny, lora: l, headChunkRows: 5).loss(b0).sum, lossA.sum, accuracy: 1e-9 * lossA.sum)
+    }
+
     /// The batched training loss equals cross-entropy recomputed in float64 from the inference
     /// forward's logits, sequence by sequence, and zero-initialized B leaves it unchanged.
     func testBatchedLossMatchesInferenceForward() throws {

@@ -109,14 +109,16 @@ public final class LlamaTrainer {
         arena.reset()
         let widest = max(C, c.intermediateSize, c.numHeads * c.headDim)
         let scratch = lora.config.dropout > 0 && dropoutSeed != nil ? arena.take(N * widest) : nil
-        func activations(_ l: Int) -> LlamaBlockActivations {
+        /// Block l's own activations, or (nil) one set every block shares: room for every
+        /// linear that has an adapter in any block, since block 0 may have none (--lora-layers).
+        func activations(_ l: Int?) -> LlamaBlockActivations {
             LlamaBlockActivations(config: c, tokens: N, keys: T, keepsProbabilities: backward, sequences: B,
-                                  adapters: lora.layers[l], arena: arena, dropoutScratch: scratch)
+                                  adapters: l.map { lora.layers[$0] } ?? lora.everyAdaptedLinear, arena: arena, dropoutScratch: scratch)
         }
         // Forward. inputs[l] is block l's input; the last is the head's.
         var inputs: [FloatBuffer] = [try model.embed(batch.inputIds.map(Int.init))]
         var kept: [LlamaBlockActivations] = []
-        let shared = (!backward || gradientCheckpointing) ? activations(0) : nil
+        let shared = (!backward || gradientCheckpointing) ? activations(nil) : nil
         var spare: FloatBuffer? = nil
         for l in 0..<L {
             let acts = shared ?? activations(l)
