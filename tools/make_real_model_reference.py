@@ -9,7 +9,7 @@ missing is skipped with a note (fetch it with tools/fetch_real_models.sh). trans
 each GGUF by dequantizing every tensor to float32 (K-quants included); the model then runs in
 float32 on the CPU with eager attention, one torch thread.
 
-Each model is run twice, and both are recorded:
+Each model is run three times, and all are recorded:
   "gguf_fp32"         the GGUF's own weights, dequantized exactly (what llama.cpp computes with,
                       up to its 8-bit activations)
   "qlora_load_requant" the same, except each linear weight (q/k/v/o, gate/up/down) whose GGML
@@ -20,6 +20,9 @@ Each model is run twice, and both are recorded:
                       + 0.5)); Q4_0/Q4_1/Q8_0 weights and the embeddings / LM head are left as
                       they are (qlora keeps them too). This is what `qlora perplexity` and
                       `qlora generate` on the GGUF should match, to float32 summation order.
+  "k_quants_q8_0"     the same, but Q2_K/Q3_K/Q4_K linears too become Q8_0 (every linear
+                      requantized to Q8_0 unless Q4_0/Q4_1/Q8_0): what keeping the K-quants at
+                      8 bits instead of 4 would give.
 
 Keys of each model's entry:
   "file", "size", "sha256", "architecture"
@@ -54,7 +57,7 @@ Environment (CPU only, Python 3.11), as for tools/make_smollm2_reference.py:
     tools/fetch_real_models.sh all
     nice /work/venv-fixtures/bin/python tools/make_real_model_reference.py [qwen25] [gemma3]
 
-About 4 minutes for both on 2 shared cores (one torch thread); peak RSS ≈ 5 GB (Qwen2.5's
+About 6 minutes for both on 2 shared cores (one torch thread); peak RSS ≈ 5 GB (Qwen2.5's
 151936 × 896 embedding and LM head in fp32, twice while converting).
 """
 
@@ -114,12 +117,13 @@ def f32(x):
     return float(np.float32(x))
 
 
-def qlora_load_type(name):
-    """QuantizedModel.loadFormat(for:): (format name, requantized)."""
+def qlora_load_type(name, low_bit="Q4_1"):
+    """QuantizedModel.loadFormat(for:): (format name, requantized). low_bit is what Q2_K/Q3_K/
+    Q4_K become (Q4_1 today; Q8_0 for the "k_quants_q8_0" variant)."""
     if name in ("Q4_0", "Q4_1", "Q8_0"):
         return name, False
     if name in ("Q2_K", "Q3_K", "Q4_K"):
-        return "Q4_1", True
+        return low_bit, True
     return "Q8_0", True
 
 
@@ -200,7 +204,7 @@ def run_variant(model, tok, prompt_ids, ppl_tokens, bos, eos_ids):
     }
 
 
-def requantize_linears(model, reader):
+def requantize_linears(model, reader, low_bit="Q4_1", check=True):
     """Rounds each linear weight as qlora's load does; checks first that the GGUF tensor,
     dequantized by gguf-py, is transformers' weight bit for bit (no row permutation for these
     architectures). Returns {ggml type: {"count", "qlora_load"}}."""
@@ -218,10 +222,12 @@ def requantize_linears(model, reader):
         p = params[hf]
         raw = dequantize(t.data, t.tensor_type).astype(np.float32)
         assert raw.shape == tuple(p.shape), (t.name, raw.shape, p.shape)
-        assert np.array_equal(raw.view(np.uint32), p.detach().numpy().view(np.uint32)), \
+        # rounding starts from the GGUF's weight, not from p, which a previous call may have
+        # rounded (kept types are never changed); the check holds on the first call only
+        assert not check or np.array_equal(raw.view(np.uint32), p.detach().numpy().view(np.uint32)), \
             f"{t.name} dequantized is not {hf} bit for bit"
         name = t.tensor_type.name
-        target, requant = qlora_load_type(name)
+        target, requant = qlora_load_type(name, low_bit)
         e = types.setdefault(name, {"count": 0, "qlora_load": target + (" (requantized)" if requant else " (kept)")})
         e["count"] += 1
         if requant:
@@ -323,6 +329,9 @@ def reference(key, spec):
     entry["ggml_types"] = requantize_linears(model, reader)
     fc.log(f"  qlora_load_requant ({entry['ggml_types']}):")
     entry["qlora_load_requant"] = run_variant(model, tok, prompt_ids, tokens, bos, eos)
+    requantize_linears(model, reader, low_bit="Q8_0", check=False)
+    fc.log("  k_quants_q8_0:")
+    entry["k_quants_q8_0"] = run_variant(model, tok, prompt_ids, tokens, bos, eos)
     del model
     return entry
 
