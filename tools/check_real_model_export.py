@@ -8,7 +8,7 @@ its logits at every position with qlora's own on the unmerged base + adapter.
     /work/venv-fixtures/bin/python tools/check_real_model_export.py gemma-merged ids.txt qlora-logits.bin
 
 Prints the model class transformers built, max |Δ| / max |logit| and whether the arg max of
-every position agrees; exits 1 when the relative difference passes --tolerance (1e-5).
+every position agrees; exits 1 when the relative difference passes --tolerance (5e-5: fp32 sums in another order over 24 blocks give ~1e-5).
 Environment: tools/fixture_common.py's pins (torch, transformers); CPU, fp32, eager attention.
 """
 import argparse
@@ -24,7 +24,7 @@ def main() -> int:
     p.add_argument("folder")
     p.add_argument("ids")
     p.add_argument("logits")
-    p.add_argument("--tolerance", type=float, default=1e-5)
+    p.add_argument("--tolerance", type=float, default=5e-5)
     a = p.parse_args()
     torch.set_num_threads(1)
     ids = [int(x) for x in open(a.ids).read().replace(",", " ").split()]
