@@ -75,10 +75,11 @@ static void transpose_rows(float *restrict panel, int64_t ldp, const float *rest
 /* Probabilities of the m query rows i0 ..< i0+m of one head into p[m, ld]: row r sees the
  * keys 0 ..< P + i0 + r + 1 and is zero from there to `zero_to`. qh: the head's query rows
  * (qw apart); the keys are kt [D, ldkt] (a transposed panel) or, when kt is NULL, kg's rows
- * (kw apart). Shared by the forward and the backward's recomputation. */
+ * (kw apart). With soft-capping and `t`, t[r, j] (ld apart) receives tanh(s·scale / softcap),
+ * which the backward's chain rule needs. Shared by the forward and the backward's recomputation. */
 static void probabilities_block(float *p, int64_t ld, int64_t zero_to, const float *qh, int64_t qw, const float *kt,
                                 int64_t ldkt, const float *kg, int64_t kw, int64_t i0, int64_t m, int64_t P, int64_t D,
-                                qk_attention_options o, int simd) {
+                                qk_attention_options o, float *t, int simd) {
     const float scale = o.scale;
     for (int64_t r0 = 0; r0 < m; r0 += TR) {
         const int64_t mr = min64(TR, m - r0), keys = P + i0 + r0 + mr;
@@ -97,6 +98,14 @@ static void probabilities_block(float *p, int64_t ld, int64_t zero_to, const flo
         float *x = p + r * ld;
         const int64_t n = P + i0 + r + 1, lo = o.window > 0 && n > o.window ? n - o.window : 0;
         for (int64_t j = 0; j < n; j++) x[j] *= scale;
+        if (o.softcap > 0) {
+            const float cap = o.softcap, inv = 1.0f / o.softcap;
+            for (int64_t j = 0; j < n; j++) {
+                const float th = tanhf(x[j] * inv);
+                if (t) t[r * ld + j] = th;
+                x[j] = cap * th;
+            }
+        }
         for (int64_t j = 0; j < lo; j++) x[j] = -INFINITY;   /* outside the sliding window */
         qk_softmax_row(x, n);
         for (int64_t j = n; j < zero_to; j++) x[j] = 0;
@@ -112,7 +121,7 @@ static void forward_block(float *out, float *probs, float *scratch, const float 
     float *p = probs ? probs + (h * T + i0) * S : scratch;
     const int64_t ld = probs ? S : ldkt, zero_to = probs ? S : P + i0 + m;
     probabilities_block(p, ld, zero_to, q + h * D, qw, kt ? kt + g * D * ldkt : NULL, ldkt, k + g * D, kw, i0, m, P,
-                        D, o, simd);
+                        D, o, NULL, simd);
     for (int64_t r0 = 0; r0 < m; r0 += TR) {
         const int64_t mr = min64(TR, m - r0);
         gemm(simd, out + (i0 + r0) * qw + h * D, qw, p + r0 * ld, ld, 1, v + g * D, kw, mr, D, P + i0 + r0 + mr, 0);
@@ -120,7 +129,7 @@ static void forward_block(float *out, float *probs, float *scratch, const float 
 }
 
 qk_attention_options qk_attention_defaults(int64_t D) {
-    const qk_attention_options o = {1.0f / sqrtf((float)D), 0};
+    const qk_attention_options o = {1.0f / sqrtf((float)D), 0, 0.0f};
     return o;
 }
 
@@ -167,8 +176,8 @@ int qk_attention_forward_with(float *out, float *probs, const float *q, const fl
 }
 
 /* Per-thread scratch of the backward: v's panel, k's panel (for recomputed probabilities),
- * a block of probabilities and one of dp, then ds. */
-typedef struct { float *vt, *kt, *p, *ds; } backward_scratch;
+ * a block of probabilities and one of dp, then ds; with soft-capping a block of tanh values. */
+typedef struct { float *vt, *kt, *p, *ds, *t; } backward_scratch;
 
 /* One (sequence, KV group) pair: dk, dv of the group's T rows, dq of its rep heads, heads in
  * order and query blocks in order, so each dk and dv row is summed in a fixed order. */
@@ -185,21 +194,23 @@ static void backward_pair(float *dq, float *dk, float *dv, const float *dout, co
     }
     transpose_rows(s.vt, Tp, vg, kw, T, D);
     const int packed = T >= PACK_MIN_T;
-    if (!probs && packed) transpose_rows(s.kt, Tp, kg, kw, T, D);
+    /* Soft-capping's chain rule needs tanh of every score: recompute them, as the forward did. */
+    const int recompute = !probs || o.softcap > 0;
+    if (recompute && packed) transpose_rows(s.kt, Tp, kg, kw, T, D);
     for (int64_t h = g * rep; h < (g + 1) * rep; h++) {
         const float *qh = q + base * qw + h * D, *doh = dout + base * qw + h * D;
         float *dqh = dq + base * qw + h * D;
         for (int64_t i0 = 0; i0 < T; i0 += QB) {
             const int64_t m = min64(QB, T - i0), i1 = i0 + m;
             /* p rows i0 ..< i1, zero past the diagonal up to i1. */
-            if (probs) {
+            if (!recompute) {
                 const float *ph = probs + ((b * H + h) * T + i0) * T;
                 for (int64_t r = 0; r < m; r++) {
                     memcpy(s.p + r * Tp, ph + r * T, (size_t)(i0 + r + 1) * sizeof(float));
                     memset(s.p + r * Tp + i0 + r + 1, 0, (size_t)(m - r - 1) * sizeof(float));
                 }
             } else {
-                probabilities_block(s.p, Tp, i1, qh, qw, packed ? s.kt : NULL, Tp, kg, kw, i0, m, 0, D, o, simd);
+                probabilities_block(s.p, Tp, i1, qh, qw, packed ? s.kt : NULL, Tp, kg, kw, i0, m, 0, D, o, s.t, simd);
             }
             /* dp = dout·vᵀ, then ds in place. */
             for (int64_t r0 = 0; r0 < m; r0 += TR) {
@@ -211,7 +222,12 @@ static void backward_pair(float *dq, float *dk, float *dv, const float *dout, co
                 const float *p = s.p + r * Tp;
                 const int64_t n = i0 + r + 1;
                 const float c = qk_dot(ds, p, n);
-                for (int64_t j = 0; j < n; j++) ds[j] = p[j] * (ds[j] - c) * scale;
+                if (o.softcap > 0) {
+                    const float *th = s.t + r * Tp;
+                    for (int64_t j = 0; j < n; j++) ds[j] = p[j] * (ds[j] - c) * scale * (1.0f - th[j] * th[j]);
+                } else {
+                    for (int64_t j = 0; j < n; j++) ds[j] = p[j] * (ds[j] - c) * scale;
+                }
                 for (int64_t j = n; j < i1; j++) ds[j] = 0;
             }
             /* dq = ds·k, row tiles stopping at their causal limit. */
@@ -241,7 +257,7 @@ int qk_attention_backward_with(float *dq, float *dk, float *dv, const float *dou
                                const float *v, const float *probs, int64_t B, int64_t T, int64_t H, int64_t Hkv,
                                int64_t D, qk_attention_options o, int threads) {
     if (B <= 0 || T <= 0 || H <= 0 || Hkv <= 0) return 0;
-    const int64_t pairs = B * Hkv, Tp = round16(T), per_thread = 2 * D * Tp + 2 * min64(QB, T) * Tp;
+    const int64_t pairs = B * Hkv, Tp = round16(T), per_thread = 2 * D * Tp + (o.softcap > 0 ? 3 : 2) * min64(QB, T) * Tp;
     const int simd = qk_isa_get() == QK_ISA_AVX512;
     int nt = threads > 0 ? threads : omp_get_max_threads();
     if (nt > pairs) nt = (int)pairs;
@@ -251,7 +267,8 @@ int qk_attention_backward_with(float *dq, float *dk, float *dv, const float *dou
 #pragma omp parallel for schedule(static, 1) num_threads(nt)
     for (int64_t i = 0; i < pairs; i++) {
         float *mine = scratch + (int64_t)omp_get_thread_num() * per_thread;
-        const backward_scratch s = {mine, mine + D * Tp, mine + 2 * D * Tp, mine + 2 * D * Tp + min64(QB, T) * Tp};
+        const backward_scratch s = {mine, mine + D * Tp, mine + 2 * D * Tp, mine + 2 * D * Tp + min64(QB, T) * Tp,
+                                    o.softcap > 0 ? mine + 2 * D * Tp + 2 * min64(QB, T) * Tp : NULL};
         backward_pair(dq, dk, dv, dout, q, k, v, probs, i / Hkv, i % Hkv, T, H, Hkv, D, o, s, simd);
     }
     free(scratch);

@@ -55,14 +55,16 @@ int qk_attention_forward(float *out, float *probs, const float *q, const float *
                          int64_t T, int64_t P, int64_t H, int64_t Hkv, int64_t D, int threads);
 
 /* What varies between the families' attention: the score scale (1/√D for most; Gemma's
- * query_pre_attn_scalar^−½) and a sliding window (Mistral, Gemma's local layers): query at
- * absolute position i sees keys j with i − window < j ≤ i; 0 is no window. */
+ * query_pre_attn_scalar^−½), a sliding window (Mistral, Gemma's local layers): query at
+ * absolute position i sees keys j with i − window < j ≤ i, 0 is no window; and soft-capping
+ * (Gemma 2): scores s·scale become softcap·tanh(s·scale / softcap) before the mask, 0 is none. */
 typedef struct {
     float scale;
     int64_t window;
+    float softcap;
 } qk_attention_options;
 
-/* {1/√D, no window}: what qk_attention_forward and qk_attention_backward use. */
+/* {1/√D, no window, no cap}: what qk_attention_forward and qk_attention_backward use. */
 qk_attention_options qk_attention_defaults(int64_t D);
 
 /* qk_attention_forward with `o`: scores q·kᵀ·o.scale, keys outside the window masked (p = 0). */
