@@ -56,7 +56,7 @@ public struct ModelFamily: Sendable {
     static let noHuggingFaceKeys: @Sendable (ModelConfig) -> [String: Any] = { _ in [:] }
 
     /// Every family qlora runs. A new family is one more line here.
-    public static let all: [ModelFamily] = [.llama, .mistral, .qwen2, .qwen3, .gemma3, .phi3]
+    public static let all: [ModelFamily] = [.llama, .mistral, .qwen2, .qwen3, .gemma2, .gemma3, .phi3]
 
     /// The family of a `model_type` or GGUF architecture, or nil.
     public static func named(_ name: String) -> ModelFamily? {

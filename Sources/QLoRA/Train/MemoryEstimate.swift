@@ -59,7 +59,7 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
         optimizerBytes = 8 * adapterFloats
         emaBytes = ema ? 4 * adapterFloats : 0
         activationBytes = 4 * (kept + inputs + scratch + dropout)
-        logitsBytes = 4 * (min(headChunkRows, N) * c.vocabSize + 2 * N * C + N)
+        logitsBytes = 4 * ((c.finalLogitSoftcap == nil ? 1 : 2) * min(headChunkRows, N) * c.vocabSize + 2 * N * C + N)   // + tanh of a soft-capped chunk
         bufferBytes = Self.runtimeBytes + threads * (4 << 20)
         totalBytes = frozenWeightsBytes + adapterBytes + gradientBytes + optimizerBytes + emaBytes + activationBytes
             + logitsBytes + bufferBytes

@@ -175,6 +175,7 @@ public final class LlamaTrainer {
         let dxn = dx == nil ? nil : arena.take(N * C)
         let chunk = max(1, headChunkRows)
         let logits = arena.take(min(chunk, N) * V)
+        let tanhs = c.finalLogitSoftcap == nil ? nil : arena.take(min(chunk, N) * V)
         var total = LossSum()
         var first = 0
         while first < N {
@@ -186,12 +187,21 @@ public final class LlamaTrainer {
                 continue
             }
             try model.weights.lmHead.forward(xn.base + first * C, rows: n, width: C, vocab: V, into: logits.base)
+            // Gemma 2's final soft-capping: logits ← cap·tanh(logits / cap), keeping tanh for the backward.
+            if let cap = c.finalLogitSoftcap, let tanhs {
+                for i in 0..<(n * V) {
+                    let t = tanhf(logits.base[i] / cap)
+                    tanhs.base[i] = t
+                    logits.base[i] = cap * t
+                }
+            }
             var counted: Int64 = 0
             let sum = labels.withUnsafeBufferPointer {
                 qk_cross_entropy(logits.base, $0.baseAddress, Int64(n), Int64(V), gradScale, &counted, 0)
             }
             total = total + LossSum(sum: sum, tokens: Int(counted))
             if let dxn {
+                if let tanhs { for i in 0..<(n * V) { logits.base[i] *= 1 - tanhs.base[i] * tanhs.base[i] } }
                 try model.weights.lmHead.backward(logits.base, rows: n, width: C, vocab: V, into: dxn.base + first * C,
                                                   accumulate: false)
             }

@@ -96,6 +96,9 @@ public final class LlamaModel: @unchecked Sendable {
         try logits.withUnsafeMutableBufferPointer { (out) throws in
             try weights.lmHead.forward(xn.base, rows: n, width: C, vocab: V, into: out.baseAddress!)
         }
+        if let cap = config.finalLogitSoftcap {
+            for i in logits.indices { logits[i] = cap * tanhf(logits[i] / cap) }
+        }
         return logits
     }
 }

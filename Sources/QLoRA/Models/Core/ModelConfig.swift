@@ -28,6 +28,9 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     public var attentionScale: Float?
     /// What the embedding rows are multiplied by (Gemma: √hidden, rounded to fp32).
     public var embeddingScale: Float?
+    /// Gemma 2's soft-capping: attention scores and final logits become cap·tanh(x / cap).
+    public var attentionSoftcap: Float?
+    public var finalLogitSoftcap: Float?
 
     /// Whether layer `l` attends through the sliding window.
     public func isSliding(layer l: Int) -> Bool {
@@ -46,6 +49,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     func attentionOptions(layer l: Int) -> qk_attention_options {
         var o = qk_attention_defaults(Int64(headDim))
         if let attentionScale { o.scale = attentionScale }
+        o.softcap = attentionSoftcap ?? 0
         o.window = isSliding(layer: l) ? Int64(slidingWindow ?? 0) : 0
         return o
     }
