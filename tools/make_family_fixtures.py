@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Generate tiny reference fixtures for the model families beyond Llama: Mistral, Qwen2, Qwen3,
-Gemma3 (text) and Phi3, the same kinds of files the tiny-llama ones are.
+Gemma3 (text), Phi3 and Gemma2, the same kinds of files the tiny-llama ones are.
 
 Writes into Tests/QLoRATests/Fixtures/ (and nowhere else; each file or folder below is deleted
-and rewritten on every run), for each FAMILY in mistral, qwen2, qwen3, gemma3, phi3:
+and rewritten on every run), for each FAMILY in mistral, qwen2, qwen3, gemma3, phi3, gemma2:
 
   tiny-FAMILY/                 the HF folder: config.json, generation_config.json and one float32
                                model.safetensors, random weights
@@ -12,7 +12,8 @@ and rewritten on every run), for each FAMILY in mistral, qwen2, qwen3, gemma3, p
                                on the CPU and saved with save_pretrained (as tiny-llama-bnb-nf4)
   tiny-FAMILY-expected.json    input ids [T = 12]; logits at ALL positions [T, vocab] of the
                                fp32 folder and of the nf4 folder; one dequantized linear
-                               (mistral: the same logits again with sliding_window 4096)
+                               (mistral: the same logits again with sliding_window 4096;
+                               gemma2: again with both soft-cappings None)
   tiny-FAMILY-lora-grads.json  PEFT LoRA on the nf4 folder over every linear of the family:
                                loss, every lora_A/lora_B value and gradient (tiny-llama-lora-
                                grads.json's layout, one case "all_linears")
@@ -38,17 +39,30 @@ make_model_fixtures.py explains):
   phi3     Phi3ForCausalLM, 2 KV heads, head_dim 16, fused qkv_proj [q; k; v rows] and
            gate_up_proj [gate; up rows], rope_theta 10000 (no scaling), rms_norm_eps 1e-5,
            pad_token_id 0, untied lm_head
+  gemma2   Gemma2ForCausalLM (model_type gemma2), 2 KV heads, head_dim 32, query_pre_attn_scalar 24,
+           layer_types [sliding_attention, full_attention] (set explicitly; Gemma2Config's default
+           alternates the same way, sliding on even layer indices), sliding_window 4, one RoPE theta
+           10000 for both, attn_logit_softcapping 50 and final_logit_softcapping 30 (Gemma 2's
+           defaults), gelu_pytorch_tanh, rms_norm_eps 1e-6, four norms per layer (no q_norm/k_norm),
+           embeddings * sqrt(64) = 8, tied lm_head, eager attention (soft-capping needs it)
 Weights: every Linear weight and bias and the embedding ~ N(0, 0.05); every norm weight
-~ 1 + N(0, 0.1), except Gemma3's, stored as offsets (the norm multiplies by 1 + w), ~ N(0, 0.1);
-drawn from one torch.Generator in sorted parameter-name order (a tied lm_head is not a
-parameter of its own), seeded per family.
+~ 1 + N(0, 0.1), except Gemma3's and Gemma2's, stored as offsets (the norm multiplies by 1 + w),
+~ N(0, 0.1); drawn from one torch.Generator in sorted parameter-name order (a tied lm_head is not
+a parameter of its own), seeded per family (SEED + its index in FAMILIES; gemma2 is last so the
+others keep theirs).  Gemma2's q_proj and k_proj ~ N(0, 0.6) and embedding ~ N(0, 0.3) instead,
+so that the attention scores (|q.k| * 24^-0.5 up to ~90, median ~17) and the logits (up to ~17)
+are large enough for both soft-cappings to matter: each alone is asserted to change the logits by
+more than 1e-3 of max |logit| (about 0.04 attention, 0.10 final), and the final cap is asserted
+to be exactly 30 * tanh(logits / 30) of the same model with final_logit_softcapping None.
 
 expected.json: logits of the fp32 folder as transformers loads it and of the nf4 folder on
 bitsandbytes' default CPU path (dequantize_4bit to float32 + F.linear, the bf16 path off: see
 make_model_fixtures.py's caveats); the nf4 logits are asserted equal, bit for bit, to a float32
 forward of the same class whose linears hold dequantize_4bit of the saved tensors.  Mistral: the
 first 4 rows of the window-4096 logits equal the window-4 ones, later rows differ (asserted);
-Gemma3: its sliding layer's window is asserted to change the logits too.
+Gemma3 and Gemma2: the sliding layer's window is asserted to change the logits too.  Gemma2:
+logits_fp32_nocap_f32 / logits_bnb_nf4_nocap_f32, the same folders loaded with
+attn_logit_softcapping = final_logit_softcapping = None, for diagnostics.
 
 lora-grads.json: LoraConfig(r=4, lora_alpha=8, lora_dropout=0, bias="none", target_modules =
 the family's linears: q/k/v/o_proj + gate/up/down_proj, or for phi3 qkv_proj, o_proj,
@@ -78,9 +92,9 @@ import transformers
 
 import bitsandbytes.functional as bnbf
 from safetensors.torch import load_file
-from transformers import (AutoModelForCausalLM, BitsAndBytesConfig, Gemma3ForCausalLM, Gemma3TextConfig,
-                          MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+from transformers import (AutoModelForCausalLM, BitsAndBytesConfig, Gemma2Config, Gemma2ForCausalLM,
+                          Gemma3ForCausalLM, Gemma3TextConfig, MistralConfig, MistralForCausalLM, Phi3Config,
+                          Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 import fixture_common as fc
 
@@ -104,6 +118,7 @@ MASKED_PREFIX = [4, 6]  # labels[b, :MASKED_PREFIX[b]] = -100
 A_STD, B_STD = 0.1, 0.02
 SPLIT_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FUSED_LINEARS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+STD_QK, STD_EMBED = 0.6, 0.3  # gemma2's q/k_proj and embedding (every other weight: 0.05)
 
 COMMON = dict(
     hidden_size=64,
@@ -154,6 +169,18 @@ FAMILIES = {
                     sliding_window=None, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
                     pad_token_id=0),
     ),
+    # last, so that the families above keep their seeds (SEED + index) and their bytes
+    "gemma2": dict(
+        config=Gemma2Config, model=Gemma2ForCausalLM, targets=SPLIT_LINEARS, offset_norms=True,
+        kwargs=dict(num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=24, rms_norm_eps=1e-6,
+                    hidden_activation="gelu_pytorch_tanh", sliding_window=4,
+                    layer_types=["sliding_attention", "full_attention"],
+                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                    attn_logit_softcapping=50.0, final_logit_softcapping=30.0, attention_bias=False,
+                    tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, bos_token_id=2),
+        # large enough that both soft-cappings change the logits (asserted)
+        std={"q_proj.weight": STD_QK, "k_proj.weight": STD_QK, "embed_tokens.weight": STD_EMBED},
+    ),
 }
 
 NF4 = BitsAndBytesConfig(
@@ -179,8 +206,11 @@ def make_model(fam: str):
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            std = [v for k, v in spec.get("std", {}).items() if name.endswith(k)]
             if name.endswith("norm.weight"):
                 p.copy_(0.1 * noise if spec["offset_norms"] else 1.0 + 0.1 * noise)
+            elif std:
+                p.copy_(std[0] * noise)
             else:
                 p.copy_(0.05 * noise)
     return model
@@ -311,9 +341,60 @@ def make_folders_and_logits(fam: str) -> list:
             doc[f"logits_fp32_window{WIDE_WINDOW}_f32"] = fc.f32_hex(wide_fp32)
             doc[f"logits_bnb_nf4_window{WIDE_WINDOW}_f32"] = fc.f32_hex(wide_nf4)
 
+    if getattr(fp32.config, "attn_logit_softcapping", None) is not None:
+        notes += softcapping(fam, d, dq, fp32.config, logits_fp32, logits_nf4, doc)
+
     doc["dequantized"] = {"tensor": first_name + ".weight", "shape": list(w.shape), "bnb_nf4_f32": fc.f32_hex(w)}
     write_json(base + "-expected.json", doc)
     return notes
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|"""
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def softcapping(fam: str, d: Path, dq: Path, cfg, logits_fp32, logits_nf4, doc: dict) -> list:
+    """Gemma2: the logits without soft-capping (diagnostics), and asserts that each soft-capping,
+    attention and final, changes the logits by more than 1e-3 relative."""
+    attn_cap, final_cap = cfg.attn_logit_softcapping, cfg.final_logit_softcapping
+    assert attn_cap is not None and final_cap is not None, fam
+
+    def loaded(path, nf4=False, **caps):
+        m = load_nf4(path, **caps)[0] if nf4 else load(path, **caps)
+        for k, v in caps.items():
+            assert getattr(m.config, k) == v, (k, getattr(m.config, k))
+        return all_logits(m)
+
+    nocap = dict(attn_logit_softcapping=None, final_logit_softcapping=None)
+    nocap_fp32 = loaded(d, **nocap)
+    nocap_nf4 = loaded(dq, nf4=True, **nocap)
+    no_attn_cap = loaded(d, attn_logit_softcapping=None)
+    no_final_cap = loaded(d, final_logit_softcapping=None)
+    # the final cap is final_cap * tanh(logits / final_cap) of the uncapped lm_head output
+    assert torch.equal(logits_fp32, torch.tanh(no_final_cap / final_cap) * final_cap), fam
+    effects = {
+        "both (fp32)": rel_diff(logits_fp32, nocap_fp32),
+        "both (nf4)": rel_diff(logits_nf4, nocap_nf4),
+        "attention only (fp32)": rel_diff(logits_fp32, no_attn_cap),
+        "final only (fp32)": rel_diff(logits_fp32, no_final_cap),
+    }
+    for what, e in effects.items():
+        assert e > 1e-3, (fam, what, e)
+
+    doc["softcapping"] = {"attn_logit_softcapping": attn_cap, "final_logit_softcapping": final_cap}
+    doc["softcapping_note"] = (
+        "logits_*_nocap_f32: the same folders loaded with attn_logit_softcapping = "
+        "final_logit_softcapping = None (diagnostics). With soft-capping, eager attention computes "
+        "scores = (q . k) * query_pre_attn_scalar^-0.5, then scores = cap * tanh(scores / cap), "
+        "then adds the mask, then softmax; the logits are final_cap * tanh(lm_head(h) / final_cap). "
+        "max |capped - uncapped| / max |uncapped| over the logits: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in effects.items()) + "."
+    )
+    doc["logits_fp32_nocap_f32"] = fc.f32_hex(nocap_fp32)
+    doc["logits_bnb_nf4_nocap_f32"] = fc.f32_hex(nocap_nf4)
+    return [f"{fam}: soft-capping effect on the logits, max |capped - uncapped| / max |uncapped|: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in effects.items())]
 
 
 # ---------------------------------------------------------------- lora-grads.json
