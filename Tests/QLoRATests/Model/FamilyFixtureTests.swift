@@ -8,13 +8,14 @@ import XCTest
 /// tiny-llama-lora-grads.json does. Reads only JSON and safetensors headers, no model code.
 final class FamilyFixtureTests: XCTestCase {
     static let fixtures = Bundle.module.url(forResource: "Fixtures", withExtension: nil)!
-    static let families = ["mistral", "qwen2", "qwen3", "gemma3", "phi3"]
+    static let families = ["mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"]
 
     /// The target linears of each family, as PEFT names them (make_family_fixtures.py).
     static let targets = [
         "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "gemma2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         "gemma3": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
     ]
