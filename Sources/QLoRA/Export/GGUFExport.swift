@@ -211,25 +211,8 @@ public enum GGUFExport {
             guard s.type == "linear" else { throw GGUFExportError.inexpressible(source: folder.path, what: "rope_scaling '\(s.type)'") }
             meta += [("\(arch).rope.scaling.type", .string("linear")), ("\(arch).rope.scaling.factor", .float32(s.factor))]
         }
-        // The window, as convert_hf_to_gguf writes it for the architectures llama.cpp runs one
-        // for: gemma3 needs the key (llama.cpp refuses a file without it, and qlora would read
-        // 4096), phi3 has it optional. llama.cpp's llama architecture has no window (Mistral).
-        switch (arch, c.slidingWindow) {
-        case ("gemma3", let w?), ("phi3", let w?):
-            meta.append(("\(arch).attention.sliding_window", .uint32(UInt32(w))))
-        case ("llama", let w?):
-            note("sliding_window \(w) has no GGUF key in llama.cpp's llama architecture: llama.cpp attends to every earlier position, as for convert_hf_to_gguf's files")
-        default: break
-        }
-        if arch == "gemma3" {
-            // llama.cpp fixes what GGUF does not store: every 6th layer global, scores × head_dim^−½
-            if let layers = c.slidingLayers, layers != ModelFamily.gemmaPattern(layers: c.numLayers, every: 6) {
-                note("the local/global layer pattern is not every 6th layer global, the one llama.cpp (and qlora) assume for a gemma3 GGUF")
-            }
-            if let s = c.attentionScale, abs(s * Float(c.headDim).squareRoot() - 1) > 1e-6 {
-                note("query_pre_attn_scalar is not head_dim (\(c.headDim)): llama.cpp (and qlora) scale a gemma3 GGUF's scores by head_dim^−½")
-            }
-        }
+        // The family's own keys (its window, soft-capping, …), and notes on what GGUF cannot hold.
+        meta += c.family.ggufKeys(c, arch, note)
         meta.append(("general.file_type", .uint32(fileType)))
         meta.append(("general.quantization_version", .uint32(2)))
         if folder.tokenizerJSON == nil {

@@ -56,5 +56,18 @@ extension ModelFamily {
             if let s = c.attentionScale { keys["query_pre_attn_scalar"] = Double(1 / (s * s)).rounded() }
             return keys
         },
-        huggingFaceNormOffset: 1, activation: .geluTanh)
+        huggingFaceNormOffset: 1, activation: .geluTanh,
+        ggufKeys: { c, arch, note in
+            if let layers = c.slidingLayers, layers != gemmaPattern(layers: c.numLayers, every: 2) {
+                note("the local/global layers do not alternate, as llama.cpp (and qlora) assume for a gemma2 GGUF")
+            }
+            if let s = c.attentionScale, abs(s * Float(c.headDim).squareRoot() - 1) > 1e-6 {
+                note("query_pre_attn_scalar is not head_dim (\(c.headDim)): llama.cpp (and qlora) scale a gemma2 GGUF's scores by head_dim^−½")
+            }
+            var keys: [(key: String, value: GGUFValue)] = []
+            if let w = c.slidingWindow { keys.append(("\(arch).attention.sliding_window", .uint32(UInt32(w)))) }
+            if let cap = c.attentionSoftcap { keys.append(("\(arch).attn_logit_softcapping", .float32(cap))) }
+            if let cap = c.finalLogitSoftcap { keys.append(("\(arch).final_logit_softcapping", .float32(cap))) }
+            return keys
+        })
 }

@@ -81,7 +81,18 @@ extension ModelFamily {
             if let s = c.attentionScale { keys["query_pre_attn_scalar"] = Double(1 / (s * s)).rounded() }
             return keys
         },
-        huggingFaceNormOffset: 1, activation: .geluTanh)
+        huggingFaceNormOffset: 1, activation: .geluTanh,
+        ggufKeys: { c, arch, note in
+            // llama.cpp refuses a gemma3 file without the window, and fixes what GGUF does not
+            // store: every 6th layer global, scores × head_dim^−½.
+            if let layers = c.slidingLayers, layers != gemmaPattern(layers: c.numLayers, every: 6) {
+                note("the local/global layer pattern is not every 6th layer global, the one llama.cpp (and qlora) assume for a gemma3 GGUF")
+            }
+            if let s = c.attentionScale, abs(s * Float(c.headDim).squareRoot() - 1) > 1e-6 {
+                note("query_pre_attn_scalar is not head_dim (\(c.headDim)): llama.cpp (and qlora) scale a gemma3 GGUF's scores by head_dim^−½")
+            }
+            return c.slidingWindow.map { [("\(arch).attention.sliding_window", .uint32(UInt32($0)))] } ?? []
+        })
 
     /// Every `every`-th layer global (false), the others sliding.
     static func gemmaPattern(layers: Int, every: Int) -> [Bool] {

@@ -19,5 +19,11 @@ extension ModelFamily {
             c.slidingWindow = n
         },
         readGGUF: { c, g, arch, _ in c.slidingWindow = g.metadata["\(arch).attention.sliding_window"]?.int },
-        huggingFaceKeys: { c in ["sliding_window": c.slidingWindow.map { $0 as Any } ?? NSNull()] })
+        huggingFaceKeys: { c in ["sliding_window": c.slidingWindow.map { $0 as Any } ?? NSNull()] },
+        ggufKeys: { c, _, note in
+            if let w = c.slidingWindow {
+                note("sliding_window \(w) has no GGUF key in llama.cpp's llama architecture: llama.cpp attends to every earlier position, as for convert_hf_to_gguf's files")
+            }
+            return []
+        })
 }

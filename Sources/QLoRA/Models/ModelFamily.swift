@@ -50,6 +50,10 @@ public struct ModelFamily: Sendable {
     /// The gated MLP's activation: SwiGLU (silu) or GeGLU (tanh-GELU, Gemma).
     var activation: GatedActivation = .silu
 
+    /// The `<arch>.*` GGUF keys beyond the common ones that a GGUF export built from a folder
+    /// writes, as convert_hf_to_gguf writes them; notes what llama.cpp's architecture cannot hold.
+    var ggufKeys: @Sendable (_ config: ModelConfig, _ arch: String, _ note: (String) -> Void) -> [(key: String, value: GGUFValue)] = { _, _, _ in [] }
+
     /// Nothing to read or write beyond the common keys.
     static let noExtraHuggingFaceKeys: @Sendable (inout ModelConfig, [String: Any], String) throws -> Void = { _, _, _ in }
     static let noExtraGGUFKeys: @Sendable (inout ModelConfig, GGUFFile, String, String) throws -> Void = { _, _, _, _ in }

@@ -22,5 +22,6 @@ extension ModelFamily {
             }
         },
         readGGUF: { c, g, arch, _ in c.slidingWindow = g.metadata["\(arch).attention.sliding_window"]?.int },
-        huggingFaceKeys: { c in ["sliding_window": c.slidingWindow.map { $0 as Any } ?? NSNull()] })
+        huggingFaceKeys: { c in ["sliding_window": c.slidingWindow.map { $0 as Any } ?? NSNull()] },
+        ggufKeys: { c, arch, _ in c.slidingWindow.map { [("\(arch).attention.sliding_window", .uint32(UInt32($0)))] } ?? [] })
 }

@@ -9,7 +9,7 @@ import XCTest
 /// transformers and gguf-py agree is tools/check_family_interop.py.
 final class FamilyExportTests: XCTestCase {
     static let fixtures = MergedExportTests.fixtures
-    static let families = ["llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3"]
+    static let families = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"]
 
     static func nf4(_ family: String) -> String { fixtures + "/tiny-\(family)-bnb-nf4" }
 
@@ -56,9 +56,9 @@ final class FamilyExportTests: XCTestCase {
             for (a, b) in zip(lora.parameters, back.parameters) { XCTAssertEqual(b.values, a.values, "\(family) \(a.name)") }
 
             let file = try SafetensorsFile(path: dir.path + "/a/" + AdapterFiles.weightsFile)
-            let offset: Float = family == "gemma3" ? 1 : 0
+            let offset: Float = family.hasPrefix("gemma") ? 1 : 0
             let norms = lora.parameters.filter { !$0.name.contains(".lora_") }
-            let perBlock = family == "gemma3" ? 6 : family == "qwen3" ? 4 : 2
+            let perBlock = family == "gemma3" ? 6 : family == "qwen3" || family == "gemma2" ? 4 : 2
             XCTAssertEqual(norms.count, perBlock * model.config.numLayers + 1, family)
             for p in norms {
                 let saved = try file.floats(XCTUnwrap(file.tensor("base_model.model." + p.name), "\(family) \(p.name)"))
@@ -77,7 +77,7 @@ final class FamilyExportTests: XCTestCase {
             let normNames = raw.keys.filter { $0.hasSuffix("norm.weight") }
             XCTAssertFalse(normNames.isEmpty, family)
             for name in normNames { XCTAssertEqual(exported[name], raw[name], "\(family) \(name)") }
-            if family == "gemma3" {
+            if family.hasPrefix("gemma") {
                 XCTAssertLessThan(abs(raw["model.norm.weight"]!.reduce(0, +) / 64), 0.2, "Gemma's fixture norms are offsets near 0")
             }
 
@@ -107,7 +107,7 @@ final class FamilyExportTests: XCTestCase {
             let hf = try Self.tensors(inFolder: dir.path + "/hf")
             let g = try GGUFFile(path: dir.path + "/m.gguf")
             let family_ = try XCTUnwrap(ModelFamily.named(family))
-            let offset: Float = family == "gemma3" ? 1 : 0
+            let offset: Float = family.hasPrefix("gemma") ? 1 : 0
             var checked = 0
             for (gguf, path, role) in family_.blockTensors where role == .norm {
                 for l in 0..<2 {
