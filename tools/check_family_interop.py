@@ -64,10 +64,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched: every model 
 PINS = {"torch": "2.15.0", "bitsandbytes": "0.50.2", "transformers": "5.23.0", "peft": "0.21.2",
         "gguf": "0.19.0", "numpy": "2.4.6"}
 QLORA = fc.ROOT / ".build" / "debug" / "qlora"
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3"]
-GGUF_ARCH = {"llama": "LLAMA", "mistral": "LLAMA", "qwen2": "QWEN2", "qwen3": "QWEN3", "gemma3": "GEMMA3", "phi3": "PHI3"}
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"]
+GGUF_ARCH = {"llama": "LLAMA", "mistral": "LLAMA", "qwen2": "QWEN2", "qwen3": "QWEN3", "gemma2": "GEMMA2", "gemma3": "GEMMA3", "phi3": "PHI3"}
 PERMUTES_QK = {"llama", "mistral"}
-NORM_OFFSET = {"gemma3": 1.0}
+NORM_OFFSET = {"gemma2": 1.0, "gemma3": 1.0}
 SPLIT = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FUSED = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 # 12 ids < 256 (every tiny vocab); longer than mistral's and gemma3's sliding window 4
@@ -77,7 +77,7 @@ A_STD, B_STD, NORM_STD = 0.1, 0.02, 0.2
 UNMERGED_TOL, EXPORT_TOL = 2e-5, 1e-5
 # GGUF keys llama.cpp reads the window from (convert_hf_to_gguf writes them); its llama
 # architecture, Mistral's, has none
-SLIDING_WINDOW_KEY = {"gemma3", "phi3"}
+SLIDING_WINDOW_KEY = {"gemma2", "gemma3", "phi3"}
 # Reading a GGUF back, positions that can match: the tiny Mistral's window (4) is lost in the
 # llama architecture, so only the rows it does not cut yet. Gemma 3: see gemma3_as_gguf.
 READBACK_ROWS = {"mistral": 4}
@@ -233,6 +233,12 @@ def gemma3_as_gguf(cfg) -> dict:
                 layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n)])
 
 
+def gemma2_as_gguf(cfg) -> dict:
+    """The same for gemma2: llama.cpp scales a gemma2 GGUF's scores by head_dim^-1/2 (the tiny
+    Gemma 2 has query_pre_attn_scalar 24); its layers alternate, as the tiny one's do."""
+    return dict(query_pre_attn_scalar=cfg["head_dim"])
+
+
 def llama_permute(w: np.ndarray, heads: int) -> np.ndarray:
     """convert_hf_to_gguf.py's LlamaModel.permute (rows of each head: halves interleaved)."""
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
@@ -304,9 +310,10 @@ def check_gguf_export(fam, nf4, adapters, work):
         # qlora reads the file back (as llama.cpp's conventions say): PEFT's logits where GGUF can
         # hold the model; see READBACK_ROWS
         got = qlora_logits(out, None, work, tag=f"{name}-gguf")
-        if fam == "gemma3":
+        if fam in ("gemma2", "gemma3"):
+            as_gguf = gemma3_as_gguf(cfg) if fam == "gemma3" else gemma2_as_gguf(cfg)
             want_logits = logits_of(AutoModelForCausalLM.from_pretrained(
-                hf, dtype=torch.float32, attn_implementation="eager", **gemma3_as_gguf(cfg)))
+                hf, dtype=torch.float32, attn_implementation="eager", **as_gguf))
         else:
             want_logits = adapters[name][1]
         rows = READBACK_ROWS.get(fam, len(INPUT_IDS))
@@ -316,8 +323,8 @@ def check_gguf_export(fam, nf4, adapters, work):
     note = f"{got_arch}, {len(tensors)} tensors" + (", " + ", ".join(sorted(checked)) if checked else "")
     rows = READBACK_ROWS.get(fam, len(INPUT_IDS))
     note += f"; qlora reads it back: {max(readback):.1e} vs PEFT over {rows} positions"
-    if fam == "gemma3":
-        note += " (transformers on the HF export with llama.cpp's gemma3 assumptions: gemma3_as_gguf)"
+    if fam in ("gemma2", "gemma3"):
+        note += f" (transformers on the HF export with llama.cpp's {fam} assumptions: {fam}_as_gguf)"
     return worst == 0.0, worst, note, None, None
 
 

@@ -264,8 +264,7 @@ public enum MergedExport {
     }
 
     static func writeJSON(_ object: Any, to path: String) throws {
-        let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
-        try AtomicFile.write(to: path, bytes: Array(data) + [0x0A])
+        try AtomicFile.write(to: path, bytes: Array(try ConfigJSON.data(object)) + [0x0A])
     }
 
     // MARK: the folder as a whole

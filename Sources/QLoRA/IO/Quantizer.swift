@@ -153,13 +153,8 @@ public enum Quantizer {
             "llm_int8_skip_modules": NSNull(), "llm_int8_threshold": 6.0,
         ] as [String: Any]
         if blockSize != 64 { config["qlora_block_size"] = blockSize }
-        var text = String(decoding: try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]),
-                          as: UTF8.self)
-        // transformers insists llm_int8_threshold is a float; JSONSerialization writes 6.0 as 6.
-        for end in [",", "\n"] {
-            text = text.replacingOccurrences(of: "\"llm_int8_threshold\" : 6" + end, with: "\"llm_int8_threshold\" : 6.0" + end)
-        }
-        try AtomicFile.write(to: (output as NSString).appendingPathComponent("config.json"), bytes: Array(text.utf8))
+        // transformers insists that float fields (llm_int8_threshold, …) hold floats: 6.0, not 6.
+        try AtomicFile.write(to: (output as NSString).appendingPathComponent("config.json"), bytes: Array(try ConfigJSON.data(config)))
     }
 
     /// The source's config.json as transformers reads it: a folder's own, or one built from

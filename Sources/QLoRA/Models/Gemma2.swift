@@ -53,7 +53,7 @@ extension ModelFamily {
                 "final_logit_softcapping": c.finalLogitSoftcap.map { Double($0) as Any } ?? NSNull(),
             ]
             if let layers = c.slidingLayers { keys["layer_types"] = layers.map { $0 ? "sliding_attention" : "full_attention" } }
-            if let s = c.attentionScale { keys["query_pre_attn_scalar"] = Double(1 / (s * s)).rounded() }
+            if let s = c.attentionScale { keys["query_pre_attn_scalar"] = Int((1 / Double(s * s)).rounded()) }
             return keys
         },
         huggingFaceNormOffset: 1, activation: .geluTanh,

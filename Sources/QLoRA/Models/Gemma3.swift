@@ -73,12 +73,12 @@ extension ModelFamily {
         },
         huggingFaceKeys: { c in
             var keys: [String: Any] = [
-                "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": Double(c.headDim),
+                "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": c.headDim,
                 "rope_local_base_freq": Double(c.localRopeTheta ?? 10_000), "sliding_window": c.slidingWindow ?? 4096,
                 "final_logit_softcapping": NSNull(), "attn_logit_softcapping": NSNull(),
             ]
             if let layers = c.slidingLayers { keys["layer_types"] = layers.map { $0 ? "sliding_attention" : "full_attention" } }
-            if let s = c.attentionScale { keys["query_pre_attn_scalar"] = Double(1 / (s * s)).rounded() }
+            if let s = c.attentionScale { keys["query_pre_attn_scalar"] = Int((1 / Double(s * s)).rounded()) }
             return keys
         },
         huggingFaceNormOffset: 1, activation: .geluTanh,
