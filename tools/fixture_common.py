@@ -206,3 +206,22 @@ def cpu_name() -> str:
 def log(msg: str):
     """Progress on stderr; stdout carries the results."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def lora_config_record(pm) -> dict:
+    """The LoraConfig of a PeftModel's default adapter, as the lora-grads fixtures record it."""
+    lcfg = pm.peft_config["default"]
+    return {
+        "r": lcfg.r,
+        "lora_alpha": lcfg.lora_alpha,
+        "lora_dropout": lcfg.lora_dropout,
+        "bias": lcfg.bias,
+        "target_modules": sorted(lcfg.target_modules),
+        "use_rslora": lcfg.use_rslora,
+        "layers_to_transform": lcfg.layers_to_transform,
+    }
+
+
+def lora_params_record(params: dict) -> dict:
+    """{name: shape, value and gradient as f32 hex} of trained tensors, as the fixtures record them."""
+    return {k: {"shape": list(p.shape), "value_f32": f32_hex(p), "grad_f32": f32_hex(p.grad)} for k, p in params.items()}

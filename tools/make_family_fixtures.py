@@ -443,27 +443,15 @@ def lora_doc(fam: str):
         worst = max(worst, rel)
         assert rel < 1e-6, (k, rel)
 
-    lcfg = pm.peft_config["default"]
     last = out.logits[:, -1, :]
     case = {
         "name": "all_linears",
-        "lora_config": {
-            "r": lcfg.r,
-            "lora_alpha": lcfg.lora_alpha,
-            "lora_dropout": lcfg.lora_dropout,
-            "bias": lcfg.bias,
-            "target_modules": sorted(lcfg.target_modules),
-            "use_rslora": lcfg.use_rslora,
-            "layers_to_transform": lcfg.layers_to_transform,
-        },
+        "lora_config": fc.lora_config_record(pm),
         "scaling": fc.lora_scaling(pm),
         "trainable_norms": False,
         "loss": float(out.loss.detach().to(torch.float32).item()),
         "loss_f32": fc.f32_hex(out.loss.reshape(1)),
-        "params": {
-            k: {"shape": list(p.shape), "value_f32": fc.f32_hex(p), "grad_f32": fc.f32_hex(p.grad)}
-            for k, p in params.items()
-        },
+        "params": fc.lora_params_record(params),
         "logits_last": {"shape": list(last.shape), "f32": fc.f32_hex(last)},
     }
     doc = {

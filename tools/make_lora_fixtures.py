@@ -161,27 +161,15 @@ def run_case(case, ids, labels):
 
     n_lora = sum(".lora_" in k for k in params)
     n_norm = sum(is_norm(k) for k in params)
-    lcfg = pm.peft_config["default"]
 
     rec = {
         "name": case["name"],
-        "lora_config": {
-            "r": lcfg.r,
-            "lora_alpha": lcfg.lora_alpha,
-            "lora_dropout": lcfg.lora_dropout,
-            "bias": lcfg.bias,
-            "target_modules": sorted(lcfg.target_modules),
-            "use_rslora": lcfg.use_rslora,
-            "layers_to_transform": lcfg.layers_to_transform,
-        },
+        "lora_config": fc.lora_config_record(pm),
         "scaling": fc.lora_scaling(pm),
         "trainable_norms": case["train_norms"],
         "loss": float(out.loss.detach().to(torch.float32).item()),
         "loss_f32": fc.f32_hex(out.loss.reshape(1)),
-        "params": {
-            k: {"shape": list(p.shape), "value_f32": fc.f32_hex(p), "grad_f32": fc.f32_hex(p.grad)}
-            for k, p in params.items()
-        },
+        "params": fc.lora_params_record(params),
     }
     if case["record_logits"]:
         last = out.logits[:, -1, :]
