@@ -41,7 +41,7 @@ struct AdapterOptions: ParsableArguments {
     }
 
     /// The same runs over a bare base without a tokenizer.
-    func models(_ base: LlamaModel) throws -> [(label: String, model: LlamaModel)] {
+    func models(_ base: DecoderModel) throws -> [(label: String, model: DecoderModel)] {
         guard !adapters.isEmpty else { return [("base", base)] }
         let set = AdapterSet(base: base)
         let names = try specs.map { try set.load($0.directory, name: $0.name) }

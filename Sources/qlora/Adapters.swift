@@ -28,7 +28,7 @@ struct AdaptersInfo: ParsableCommand {
     @Argument(help: "An adapter directory (PEFT layout).") var directory: String
 
     func run() throws {
-        let set = AdapterSet(base: try LlamaModel(path: model))
+        let set = AdapterSet(base: try DecoderModel(path: model))
         let name = try set.load(directory)
         let lora = try set.adapters(name)
         let c = lora.config
@@ -37,7 +37,7 @@ struct AdaptersInfo: ParsableCommand {
         let saved = try AdapterFiles.savedNorms(of: lora, in: directory)
         let count = lora.parameters.filter { $0.name.contains(".lora_") }.reduce(0) { $0 + $1.count } + saved.reduce(0) { $0 + $1.count }
         print("targets \(c.targets)\(c.layerIndices.map { " in blocks \($0)" } ?? ""); \(lora.adapters.count) linears adapted; "
-              + "\(LlamaLoRA.grouped(count)) parameters\(saved.isEmpty ? "" : " (with trained norms)")")
+              + "\(ModelAdapters.grouped(count)) parameters\(saved.isEmpty ? "" : " (with trained norms)")")
         if !saved.isEmpty {
             print("trained RMSNorms (modules_to_save), replacing the base's: \(saved.count) of \(2 * lora.layers.count + 1)")
         }
@@ -98,7 +98,7 @@ struct AdaptersCombine: ParsableCommand {
     }
 
     func run() throws {
-        let set = AdapterSet(base: try LlamaModel(path: model))
+        let set = AdapterSet(base: try DecoderModel(path: model))
         let names = try inputs.map { try set.load($0, name: $0) }
         let weights = self.weights.isEmpty ? [Double](repeating: 1, count: inputs.count) : self.weights
         let list = try zip(names, weights).map { (name: $0, adapters: try set.adapters($0), weight: $1) }

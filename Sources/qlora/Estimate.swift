@@ -38,7 +38,7 @@ struct Estimate: ParsableCommand {
             config = try shape.config(layers: layers)
             frozen = try shape.frozenBytes(layers: layers)
         } else {
-            let m = try LlamaModel(path: model)
+            let m = try DecoderModel(path: model)
             config = m.config
             frozen = m.frozenBytes
         }

@@ -85,7 +85,7 @@ struct Perplexity: ParsableCommand {
             guard let id = Int(f), id >= 0 else { throw ValidationError("\(text): \(f) is not a token id") }
             return id
         }
-        let base = try LlamaModel(QuantizedModel(path: model, kQuants: kQuants))
+        let base = try DecoderModel(QuantizedModel(path: model, kQuants: kQuants))
         guard !ids.isEmpty, ids.count <= base.config.maxPositionEmbeddings, ids.allSatisfy({ $0 < base.config.vocabSize }) else {
             throw ValidationError("\(text): need 1 to \(base.config.maxPositionEmbeddings) ids below \(base.config.vocabSize)")
         }

@@ -175,7 +175,7 @@ struct Train: ParsableCommand {
         let config = resume != nil ? try TrainingRun.loadConfig(run: directory) : newConfig
         let log = TrainingLog()
         var lm: LanguageModel? = nil
-        let model: LlamaModel
+        let model: DecoderModel
         var train: SFTDataSet, validation: SFTDataSet
         var randomIDs = false
         if let name = config.shape {
@@ -188,7 +188,7 @@ struct Train: ParsableCommand {
                 throw ValidationError("\(config.model) has no tokenizer (tokenizer.json, or a GGUF's tokenizer.ggml.*) to read --data with")
             }
             log.line("loading \(config.model): no tokenizer (a qlora quantize --shape model?), so seeded random ids as with --shape")
-            model = try LlamaModel(path: config.model, kQuants: config.kQuants ?? .q4_1)
+            model = try DecoderModel(path: config.model, kQuants: config.kQuants ?? .q4_1)
             randomIDs = true
         } else {
             log.line("loading \(config.model)")
@@ -258,7 +258,7 @@ struct Train: ParsableCommand {
             let set = AdapterSet(base: lm.model)
             let finalPath = directory + "/" + RunLayout.adapter(.final)
             let final = try set.load(finalPath)
-            let tuned = LlamaModel(lm.model, adapters: try set.adapters(final).stacking(run.lora.stacked))
+            let tuned = DecoderModel(lm.model, adapters: try set.adapters(final).stacking(run.lora.stacked))
             let stackedNote = run.lora.stacked.isEmpty ? "" : " + frozen " + run.lora.stacked.map(\.name).joined(separator: ", ")
             try Self.show(sample, lm: lm.with(model: tuned), label: "tuned (\(finalPath)\(stackedNote))", log: log)
         }

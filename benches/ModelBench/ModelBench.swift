@@ -19,7 +19,7 @@ public enum ModelBench {
     public static func run(path: String, promptTokens: Int, generatedTokens: Int, runs: Int,
                            progress: (String) -> Void) throws -> Result {
         let start = Date()
-        let model = try LlamaModel(path: path)
+        let model = try DecoderModel(path: path)
         let load = Date().timeIntervalSince(start)
         var rng = SplitMix64(seed: 512)
         let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(model.config.vocabSize)) }
@@ -30,7 +30,7 @@ public enum ModelBench {
             _ = try model.forward(tokens: prompt)
             pp.append(Double(promptTokens) / Date().timeIntervalSince(t))
             progress("run \(r + 1)/\(runs): tg\(generatedTokens)")
-            let cache = LlamaKVCache(config: model.config, capacity: generatedTokens)
+            let cache = KVCache(config: model.config, capacity: generatedTokens)
             t = Date()
             for i in 0..<generatedTokens { _ = try model.forward(tokens: [prompt[i % promptTokens]], cache: cache) }
             tg.append(Double(generatedTokens) / Date().timeIntervalSince(t))

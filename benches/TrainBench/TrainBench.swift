@@ -48,7 +48,7 @@ public enum TrainBench {
     }
 
     public static func run(_ c: Config, progress: (String) -> Void) throws -> Result {
-        let model: LlamaModel
+        let model: DecoderModel
         if let shape = c.shape {
             let start = Date()
             model = try SyntheticModel.make(shape, layers: c.layers) { p in
@@ -57,10 +57,10 @@ public enum TrainBench {
             progress(String(format: "\(shape.rawValue): built in %.1f s, %.2f GB of frozen weights, RSS %.2f GB", Date().timeIntervalSince(start),
                             Double(model.frozenBytes) / 1e9, Double(RuntimeMemory.currentRSS()) / 1e9))
         } else {
-            model = try LlamaModel(path: c.model)
+            model = try DecoderModel(path: c.model)
         }
-        let lora = try LlamaLoRA(model: model, config: LoRAConfig(rank: c.rank, alpha: Float(2 * c.rank)), seed: 1)
-        let trainer = LlamaTrainer(model: model, lora: lora, gradientCheckpointing: c.gradientCheckpointing)
+        let lora = try ModelAdapters(model: model, config: LoRAConfig(rank: c.rank, alpha: Float(2 * c.rank)), seed: 1)
+        let trainer = Trainer(model: model, lora: lora, gradientCheckpointing: c.gradientCheckpointing)
         let optimizer = AdamW(parameters: lora.parameters)
         let ema = c.ema > 0 ? EMA(parameters: lora.parameters, beta: c.ema) : nil
         progress(String(format: "adapters and AdamW moments allocated: RSS %.2f GB", Double(RuntimeMemory.currentRSS()) / 1e9))
@@ -108,7 +108,7 @@ public enum TrainBench {
     /// Dense sgemm (OpenBLAS, all threads) on one layer's seven products, forward (X·Wᵀ) and
     /// backward (dY·W), at the step's T: the throughput the frozen path is compared with. Each
     /// product's median of 7 runs after a warm-up, so one preempted run does not count.
-    static func denseGFLOPS(model: LlamaModel, tokens T: Int) throws -> Double {
+    static func denseGFLOPS(model: DecoderModel, tokens T: Int) throws -> Double {
         let layer = model.weights.layers[0]
         var flops = 0.0, seconds = 0.0
         ComputeRuntime.setBLASThreads(ComputeRuntime.defaultThreads)

@@ -1,12 +1,12 @@
 import Foundation
 
-extension LlamaModel {
+extension DecoderModel {
     /// Greedy decoding with a KV cache: the prompt runs once, then one token per step, each the
     /// arg max of the last logits (the lowest id on ties, as torch.argmax). Stops after
     /// `maxNewTokens` or at a token of `stopAt`, which is included. Returns the new ids.
     public func generate(prompt: [Int], maxNewTokens: Int, stopAt: Set<Int> = []) throws -> [Int] {
         guard maxNewTokens > 0 else { return [] }
-        let cache = LlamaKVCache(config: config, capacity: prompt.count + maxNewTokens)
+        let cache = KVCache(config: config, capacity: prompt.count + maxNewTokens)
         var logits = try forward(tokens: prompt, cache: cache)
         var generated: [Int] = []
         while true {

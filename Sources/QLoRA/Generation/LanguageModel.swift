@@ -7,12 +7,12 @@ import Foundation
 ///   model folder   tokenizer.json (+ tokenizer_config.json), template from tokenizer_config.json's
 ///                  `chat_template` (a string, or a list of {name, template}: "default") or chat_template.jinja
 public final class LanguageModel: Sendable {
-    public let model: LlamaModel
+    public let model: DecoderModel
     public let tokenizer: Tokenizer
     /// The Jinja template text, when the model has one.
     public let chatTemplateText: String?
 
-    public init(model: LlamaModel, tokenizer: Tokenizer, chatTemplateText: String?) {
+    public init(model: DecoderModel, tokenizer: Tokenizer, chatTemplateText: String?) {
         self.model = model
         self.tokenizer = tokenizer
         self.chatTemplateText = chatTemplateText
@@ -20,7 +20,7 @@ public final class LanguageModel: Sendable {
 
     public convenience init(path: String, kQuants: QuantizedModel.KQuantTarget = .q4_1) throws {
         let quantized = try QuantizedModel(path: path, kQuants: kQuants)
-        let model = try LlamaModel(quantized)
+        let model = try DecoderModel(quantized)
         if let folder = quantized.source.folder {
             guard let json = folder.tokenizerJSON else { throw TokenizerError.missing(source: path, key: "tokenizer.json") }
             try self.init(model: model, tokenizer: Tokenizer(tokenizerJSON: json), chatTemplateText: Self.folderTemplate(folder))
@@ -32,7 +32,7 @@ public final class LanguageModel: Sendable {
 
     /// The same tokenizer and template over another model: the base with adapters applied,
     /// from an AdapterSet (which reads PEFT-layout directories over this model).
-    public func with(model: LlamaModel) -> LanguageModel {
+    public func with(model: DecoderModel) -> LanguageModel {
         LanguageModel(model: model, tokenizer: tokenizer, chatTemplateText: chatTemplateText)
     }
 

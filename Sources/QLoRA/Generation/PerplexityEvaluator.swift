@@ -12,12 +12,12 @@ import Foundation
 ///   PPL = exp(mean NLL);  ± = PPL · sqrt((mean NLL² − mean NLL²) / (count − 1)),
 ///         the standard error of the mean NLL carried through exp
 public struct PerplexityEvaluator {
-    public let model: LlamaModel
+    public let model: DecoderModel
     public let context: Int
     /// The id put first in each window, when the tokenizer adds BOS.
     public let bos: Int?
 
-    public init(model: LlamaModel, context: Int, bos: Int?) {
+    public init(model: DecoderModel, context: Int, bos: Int?) {
         precondition(context >= 4, "perplexity context \(context)")
         self.model = model
         self.context = context

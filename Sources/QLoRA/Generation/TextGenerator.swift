@@ -47,7 +47,7 @@ public struct TextGenerator {
         let m = model.model
         let capacity = min(prompt.count + o.maxNewTokens, m.config.maxPositionEmbeddings)
         guard prompt.count < capacity else { throw GenerationError.promptTooLong(tokens: prompt.count, context: m.config.maxPositionEmbeddings) }
-        let cache = LlamaKVCache(config: m.config, capacity: capacity)
+        let cache = KVCache(config: m.config, capacity: capacity)
         var sampler = Sampler(o.sampling, seed: o.seed)
         var stream = TokenTextStream(tokenizer: model.tokenizer, stopStrings: o.stopStrings)
         var history = prompt, generated: [Int] = []

@@ -59,24 +59,24 @@ public enum SyntheticFolderWriter {
         var specs: [SafetensorsWriter.TensorSpec] = [], entries: [Entry] = []
         for l in 0..<c.numLayers {
             for (i, m) in c.family.linears.enumerated() {
-                let parts = BitsandbytesWeights.specs(name: LlamaWeights.Name.layer(l, m.path + ".weight"), rows: shapes[i].rows,
+                let parts = BitsandbytesWeights.specs(name: ModelWeights.Name.layer(l, m.path + ".weight"), rows: shapes[i].rows,
                                                       cols: shapes[i].cols, format: .nf4, blockSize: 64, doubleQuant: true,
                                                       dtype: dtype.torchName)
                 specs += parts
                 entries += parts.indices.map { Entry.linear(layer: l, i: i, part: $0) }
             }
             for norm in c.family.norms {
-                specs.append(.init(name: LlamaWeights.Name.layer(l, norm.path + ".weight"), dtype: dtype, shape: [norm.size.size(in: c)]))
+                specs.append(.init(name: ModelWeights.Name.layer(l, norm.path + ".weight"), dtype: dtype, shape: [norm.size.size(in: c)]))
                 entries.append(.norm(size: norm.size.size(in: c)))
             }
         }
-        specs.append(.init(name: LlamaWeights.Name.embedding, dtype: dtype, shape: [c.vocabSize, c.hiddenSize]))
+        specs.append(.init(name: ModelWeights.Name.embedding, dtype: dtype, shape: [c.vocabSize, c.hiddenSize]))
         entries.append(.tokens(rows: c.vocabSize, index: SyntheticModel.tokenIndex(c, head: false)))
         if !c.tieWordEmbeddings {
-            specs.append(.init(name: LlamaWeights.Name.lmHead, dtype: dtype, shape: [c.vocabSize, c.hiddenSize]))
+            specs.append(.init(name: ModelWeights.Name.lmHead, dtype: dtype, shape: [c.vocabSize, c.hiddenSize]))
             entries.append(.tokens(rows: c.vocabSize, index: SyntheticModel.tokenIndex(c, head: true)))
         }
-        specs.append(.init(name: LlamaWeights.Name.finalNorm, dtype: dtype, shape: [c.hiddenSize]))
+        specs.append(.init(name: ModelWeights.Name.finalNorm, dtype: dtype, shape: [c.hiddenSize]))
         entries.append(.norm(size: c.hiddenSize))
 
         let steps = c.numLayers + (c.tieWordEmbeddings ? 1 : 2)

@@ -32,7 +32,7 @@ public enum AdapterCombination {
     }
 
     public struct Result {
-        public let adapters: LlamaLoRA
+        public let adapters: ModelAdapters
         public let modules: [Module]
         /// Over every module together: √(Σ dropped²) / √(Σ ‖ΔW‖²).
         public var relativeError: Double {
@@ -42,7 +42,7 @@ public enum AdapterCombination {
     }
 
     /// Combines `inputs` (named, for messages; all loaded over `base`) with their weights.
-    public static func combine(_ inputs: [(name: String, adapters: LlamaLoRA, weight: Double)], base: LlamaModel,
+    public static func combine(_ inputs: [(name: String, adapters: ModelAdapters, weight: Double)], base: DecoderModel,
                                method: Method) throws -> Result {
         precondition(!inputs.isEmpty, "nothing to combine")
         for input in inputs {
@@ -62,7 +62,7 @@ public enum AdapterCombination {
         let union = targets(of: modules, layers: base.config.numLayers, order: base.config.family.linears)
         let config = LoRAConfig(rank: rank, alpha: Float(rank), dropout: inputs[0].adapters.config.dropout,
                                 targets: union.targets, layerIndices: union.layers)
-        let out = try LlamaLoRA(model: base, config: config, seed: 0)
+        let out = try ModelAdapters(model: base, config: config, seed: 0)
         precondition(out.adapters.count == modules.count, "the union of targets selects \(out.adapters.count) linears, not \(modules.count)")
         var reports: [Module] = []
         for (l, m, target) in out.adapters {
@@ -80,7 +80,7 @@ public enum AdapterCombination {
 
     /// ‖ΔW‖_F = ‖s·B·A‖_F of every adapted linear of `lora`, what `adapters info` prints;
     /// trained norms, which combine refuses, are left aside.
-    public static func deltaNorms(of lora: LlamaLoRA) -> [Module] {
+    public static func deltaNorms(of lora: ModelAdapters) -> [Module] {
         lora.adapters.map { l, m, a in
             let norm = concatenated([(a, 1)], out: a.outFeatures, in: a.inFeatures, inputs: [lora], layer: l, linear: m).2
             return Module(layer: l, linear: m, norm: norm, droppedNorm: 0)
@@ -105,7 +105,7 @@ public enum AdapterCombination {
 
     /// Every input's block in input order (zero for inputs without this linear): the output's
     /// layout is the same in every linear. ‖ΔW‖ from the QR core; nothing is dropped.
-    static func concatenated(_ parts: [(adapter: LoRAAdapter, weight: Double)], out: Int, in n: Int, inputs: [LlamaLoRA],
+    static func concatenated(_ parts: [(adapter: LoRAAdapter, weight: Double)], out: Int, in n: Int, inputs: [ModelAdapters],
                              layer l: Int, linear m: LinearSpec) -> (Matrix64, Matrix64, Double, Double) {
         let R = inputs.reduce(0) { $0 + $1.config.rank }
         var b = Matrix64(rows: out, cols: R), a = Matrix64(rows: R, cols: n)

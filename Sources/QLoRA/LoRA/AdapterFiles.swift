@@ -43,7 +43,7 @@ public enum AdapterFiles {
     static let prefix = "base_model.model."
 
     /// Writes the current values of `lora`'s parameters into `directory` (replaced whole).
-    public static func save(_ lora: LlamaLoRA, to directory: String, baseModel: String) throws {
+    public static func save(_ lora: ModelAdapters, to directory: String, baseModel: String) throws {
         let staged = try StagedOutput.Directory(for: directory)
         let tmp = staged.path
         var writer = SafetensorsWriter()
@@ -202,8 +202,8 @@ public enum AdapterFiles {
     }
 
     /// The norm parameters of `lora` whose full weights `directory` holds: those its
-    /// modules_to_save selects. The others keep their values (the base's, in a LlamaLoRA just built).
-    public static func savedNorms(of lora: LlamaLoRA, in directory: String) throws -> [Parameter] {
+    /// modules_to_save selects. The others keep their values (the base's, in a ModelAdapters just built).
+    public static func savedNorms(of lora: ModelAdapters, in directory: String) throws -> [Parameter] {
         guard lora.trainsNorms else { return [] }
         let (j, path) = try configJSON(in: directory)
         let entries = try savedNormEntries(j, path: path)
@@ -277,7 +277,7 @@ public enum AdapterFiles {
     /// Overwrites `lora`'s parameters with the tensors of `directory`. Every LoRA parameter, and
     /// every norm modules_to_save selects, must be there with its shape and finite values, and
     /// every tensor of the file must be one of them; nothing is overwritten unless all are.
-    public static func load(into lora: LlamaLoRA, from directory: String) throws {
+    public static func load(into lora: ModelAdapters, from directory: String) throws {
         let path = directory + "/" + weightsFile
         guard FileManager.default.fileExists(atPath: path) else { throw AdapterError.missing(path) }
         let file = try SafetensorsFile(path: path)
@@ -319,7 +319,7 @@ public enum AdapterFiles {
     }
 
     /// Why a tensor has no parameter: its block, linear or kind is not adapted.
-    static func unmatchedReason(_ name: String, lora: LlamaLoRA) -> String {
+    static func unmatchedReason(_ name: String, lora: ModelAdapters) -> String {
         guard let m = name.firstMatch(of: /^model\.layers\.(\d+)\.(.+)\.lora_[AB]\.weight$/), let layer = Int(m.1) else {
             return !name.hasSuffix("norm.weight") ? "it is no LoRA tensor of a \(lora.family.name) block's linears"
                 : "it is a full RMSNorm weight, and adapter_config.json's modules_to_save does not select it"

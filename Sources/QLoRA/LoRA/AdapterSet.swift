@@ -10,12 +10,12 @@ import Foundation
 /// Loading never reads or copies the base again, and every model handed out shares its 4-bit
 /// weights: switching the active set costs a few pointers.
 public final class AdapterSet {
-    public let base: LlamaModel
+    public let base: DecoderModel
     /// The loaded adapters' names, in load order.
     public private(set) var names: [String] = []
-    private var loaded: [String: (directory: String, adapters: LlamaLoRA)] = [:]
+    private var loaded: [String: (directory: String, adapters: ModelAdapters)] = [:]
 
-    public init(base: LlamaModel) {
+    public init(base: DecoderModel) {
         precondition(base.adapters == nil, "an AdapterSet's base is the frozen model, without adapters")
         self.base = base
     }
@@ -33,9 +33,9 @@ public final class AdapterSet {
         let name = name ?? Self.defaultName(of: directory)
         if let other = loaded[name] { throw AdapterStackError.duplicateName(name, first: other.directory, second: directory) }
         let (config, norms) = try AdapterFiles.config(in: directory)
-        let lora: LlamaLoRA
+        let lora: ModelAdapters
         do {
-            lora = try LlamaLoRA(model: base, config: config, trainNorms: norms, seed: 0)
+            lora = try ModelAdapters(model: base, config: config, trainNorms: norms, seed: 0)
         } catch {
             throw AdapterError.bad(directory + "/" + AdapterFiles.configFile, error.description)
         }
@@ -46,7 +46,7 @@ public final class AdapterSet {
     }
 
     /// The adapters loaded as `name`.
-    public func adapters(_ name: String) throws(AdapterStackError) -> LlamaLoRA {
+    public func adapters(_ name: String) throws(AdapterStackError) -> ModelAdapters {
         guard let a = loaded[name] else { throw .unknownName(name, loaded: names) }
         return a.adapters
     }
@@ -56,12 +56,12 @@ public final class AdapterSet {
 
     /// The base with the adapters `active` applied together, in that order (the first may
     /// carry trained norms); [] is the base. Shares the base's weights and the adapters' values.
-    public func model(active: [String]) throws(AdapterStackError) -> LlamaModel {
+    public func model(active: [String]) throws(AdapterStackError) -> DecoderModel {
         guard let first = active.first else { return base }
         var seen = Set<String>()
         for n in active where !seen.insert(n).inserted { throw .listedTwice(n) }
         let rest = try active.dropFirst().map { n throws(AdapterStackError) in (name: n, adapters: try adapters(n)) }
         let lora = try adapters(first)
-        return LlamaModel(base, adapters: rest.isEmpty ? lora : try lora.stacking(rest))
+        return DecoderModel(base, adapters: rest.isEmpty ? lora : try lora.stacking(rest))
     }
 }

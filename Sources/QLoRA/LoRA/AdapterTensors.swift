@@ -8,7 +8,7 @@ import Quant
 ///   model.layers.N.*_layernorm.weight, model.norm.weight   trained norms [C] that replace the base's:
 ///                                  those modules_to_save selects (qlora --train-norms: all)
 ///
-/// Read through LlamaLoRA and AdapterFiles, so that an adapter merges exactly when it loads.
+/// Read through ModelAdapters and AdapterFiles, so that an adapter merges exactly when it loads.
 struct AdapterTensors {
     /// One adapted linear: ΔW[out, in] = s·B·A.
     struct Factors {
@@ -45,7 +45,7 @@ struct AdapterTensors {
     /// only what the merge needs.
     init(directory: String, model: QuantizedModel) throws {
         let (config, trainsNorms) = try AdapterFiles.config(in: directory)
-        let lora = try LlamaLoRA(model: try LlamaModel(model), config: config, trainNorms: trainsNorms, seed: 0)
+        let lora = try ModelAdapters(model: try DecoderModel(model), config: config, trainNorms: trainsNorms, seed: 0)
         try AdapterFiles.load(into: lora, from: directory)
         factors = Dictionary(uniqueKeysWithValues: lora.adapters.map { l, m, a in
             (m.moduleName(layer: l) + ".weight", Factors(a: a.a.values, b: a.b.values, rank: a.rank, scale: a.scale))

@@ -80,8 +80,8 @@ extension ModelFamily {
 ///   h[T, C] = x + rmsnorm(attention(rmsnorm(x) ⊙ w_input)) ⊙ w_post_attention
 ///   y[T, C] = h + rmsnorm(mlp(rmsnorm(h) ⊙ w_pre_ff)) ⊙ w_post_ff
 enum SandwichNormBlock: DecoderBlock {
-    static func forward(y: FloatBuffer, x: FloatBuffer, acts: LlamaBlockActivations, layer w: LayerWeights,
-                        rope: LlamaRoPETables, cache: LlamaKeyValues?, config c: ModelConfig, layerIndex: Int,
+    static func forward(y: FloatBuffer, x: FloatBuffer, acts: BlockActivations, layer w: LayerWeights,
+                        rope: RotaryTables, cache: KeyValues?, config c: ModelConfig, layerIndex: Int,
                         context ctx: LayerContext) throws {
         let T = acts.T, C = c.hiddenSize, n = T * C
         guard let proj = acts.attentionProjection, let projRstd = acts.attentionProjectionRstd, let mlpOut = acts.mlpOutput,
@@ -105,9 +105,9 @@ enum SandwichNormBlock: DecoderBlock {
 
     ///   dmlp = rmsnorm'(dy) through w_post_ff;   dh = dy + rmsnorm'(mlp'(dmlp)) through w_pre_ff
     ///   dproj = rmsnorm'(dh) through w_post_attention;   dx = dh + rmsnorm'(attention'(dproj)) through w_input
-    static func backward(dx: FloatBuffer, dy: FloatBuffer, x: FloatBuffer, acts: LlamaBlockActivations, layer w: LayerWeights,
-                         rope: LlamaRoPETables, config c: ModelConfig, layerIndex: Int, context ctx: LayerContext,
-                         grads g: LlamaBlockGradients) throws {
+    static func backward(dx: FloatBuffer, dy: FloatBuffer, x: FloatBuffer, acts: BlockActivations, layer w: LayerWeights,
+                         rope: RotaryTables, config c: ModelConfig, layerIndex: Int, context ctx: LayerContext,
+                         grads g: BlockGradients) throws {
         let T = acts.T, n = T * c.hiddenSize
         guard let proj = acts.attentionProjection, let projRstd = acts.attentionProjectionRstd, let mlpOut = acts.mlpOutput,
               let mlpRstd = acts.mlpOutputRstd, let dProj = g.dProjection else {

@@ -1,7 +1,7 @@
 import Foundation
 
 /// What a training run will hold, by part, before it starts — the arithmetic mirrors what
-/// LlamaTrainer allocates (one arena per step) and what the model and optimizer keep.
+/// Trainer allocates (one arena per step) and what the model and optimizer keep.
 /// Legend: B sequences, T tokens each, N = B·T, C hidden, F intermediate, H/Hkv heads, D head
 /// dim, V vocab, L layers, r rank.
 public struct MemoryEstimate: Codable, Sendable, Equatable {

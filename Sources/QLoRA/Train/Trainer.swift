@@ -57,9 +57,9 @@ public struct LossSum: Sendable, Equatable {
 ///   loss = Σ CE(rmsnorm(x_L)·lm_headᵀ, targets)            (the head in chunks of rows: no [N, V])
 ///   backward from the loss through the head, the final norm and every block in reverse,
 ///   accumulating into the trainable Parameters' grads (multiplied by `gradScale`).
-public final class LlamaTrainer {
-    public let model: LlamaModel
-    public let lora: LlamaLoRA
+public final class Trainer {
+    public let model: DecoderModel
+    public let lora: ModelAdapters
     /// Recompute each block's activations in the backward from its input (per-block
     /// checkpointing): activation memory is one block's worth plus the L + 1 block inputs.
     public var gradientCheckpointing: Bool
@@ -72,7 +72,7 @@ public final class LlamaTrainer {
     /// Bytes the step buffers hold (the largest step so far).
     public var stepBufferBytes: Int { arena.capacity * MemoryLayout<Float>.stride }
 
-    public init(model: LlamaModel, lora: LlamaLoRA, gradientCheckpointing: Bool = false, headChunkRows: Int = 128) {
+    public init(model: DecoderModel, lora: ModelAdapters, gradientCheckpointing: Bool = false, headChunkRows: Int = 128) {
         self.model = model
         self.lora = lora
         self.gradientCheckpointing = gradientCheckpointing
@@ -99,11 +99,11 @@ public final class LlamaTrainer {
         let c = model.config, B = batch.sequences, T = batch.length, N = B * T, C = c.hiddenSize
         let L = c.numLayers
         if let bad = batch.labels.firstIndex(where: { $0 != -100 && !(0..<Int32(c.vocabSize)).contains($0) }) {
-            throw LlamaModelError.labelOutOfRange(label: Int(batch.labels[bad]), position: bad, vocab: c.vocabSize)
+            throw ModelError.labelOutOfRange(label: Int(batch.labels[bad]), position: bad, vocab: c.vocabSize)
         }
         let tables = model.rope.tables(from: 0, count: T)
         let family = c.family
-        func context(_ l: Int, _ acts: LlamaBlockActivations, _ seed: UInt64?) -> LayerContext {
+        func context(_ l: Int, _ acts: BlockActivations, _ seed: UInt64?) -> LayerContext {
             LayerContext(adapters: lora.layers[l], acts: acts, dropoutSeed: seed, order: family.linears)
         }
         arena.reset()
@@ -111,13 +111,13 @@ public final class LlamaTrainer {
         let scratch = lora.config.dropout > 0 && dropoutSeed != nil ? arena.take(N * widest) : nil
         /// Block l's own activations, or (nil) one set every block shares: room for every
         /// linear that has an adapter in any block, since block 0 may have none (--lora-layers).
-        func activations(_ l: Int?) -> LlamaBlockActivations {
-            LlamaBlockActivations(config: c, tokens: N, keys: T, keepsProbabilities: backward, sequences: B,
+        func activations(_ l: Int?) -> BlockActivations {
+            BlockActivations(config: c, tokens: N, keys: T, keepsProbabilities: backward, sequences: B,
                                   adapters: l.map { lora.layers[$0] } ?? lora.everyAdaptedLinear, arena: arena, dropoutScratch: scratch)
         }
         // Forward. inputs[l] is block l's input; the last is the head's.
         var inputs: [FloatBuffer] = [try model.embed(batch.inputIds.map(Int.init))]
-        var kept: [LlamaBlockActivations] = []
+        var kept: [BlockActivations] = []
         let shared = (!backward || gradientCheckpointing) ? activations(nil) : nil
         var spare: FloatBuffer? = nil
         for l in 0..<L {
@@ -141,10 +141,10 @@ public final class LlamaTrainer {
         guard backward, var d = dx else { return loss }
 
         // Backward through the blocks.
-        let grads = LlamaBlockGradients(config: c, tokens: N, arena: arena)
+        let grads = BlockGradients(config: c, tokens: N, arena: arena)
         var dIn = arena.take(N * C)
         for l in stride(from: L - 1, through: 0, by: -1) {
-            let acts: LlamaBlockActivations
+            let acts: BlockActivations
             let seed = layerSeed(dropoutSeed, l)
             if let shared {
                 acts = shared
@@ -170,7 +170,7 @@ public final class LlamaTrainer {
     private func head(_ x: FloatBuffer, targets: [Int32], gradScale: Float, dx: FloatBuffer?) throws -> LossSum {
         let c = model.config, C = c.hiddenSize, V = c.vocabSize, N = targets.count
         let xn = arena.take(N * C), rstd = arena.take(N)
-        llamaRMSNormForward(y: xn.base, rstd: rstd.base, x: x.base, weight: model.weights.finalNorm, trainable: lora.finalNorm,
+        rmsNormForward(y: xn.base, rstd: rstd.base, x: x.base, weight: model.weights.finalNorm, trainable: lora.finalNorm,
                             tokens: N, eps: c.rmsNormEps)
         let dxn = dx == nil ? nil : arena.take(N * C)
         let chunk = max(1, headChunkRows)
@@ -208,7 +208,7 @@ public final class LlamaTrainer {
             first += n
         }
         if let dx, let dxn {
-            llamaRMSNormBackward(dx: dx.base, dy: dxn.base, x: x.base, rstd: rstd.base, weight: model.weights.finalNorm,
+            rmsNormBackward(dx: dx.base, dy: dxn.base, x: x.base, rstd: rstd.base, weight: model.weights.finalNorm,
                                  trainable: lora.finalNorm, tokens: N)
         }
         return total

@@ -150,9 +150,9 @@ public enum TrainingError: Error, CustomStringConvertible {
 public final class TrainingRun {
     public let config: TrainingConfig
     public let directory: String
-    public let model: LlamaModel
-    public let lora: LlamaLoRA
-    public let trainer: LlamaTrainer
+    public let model: DecoderModel
+    public let lora: ModelAdapters
+    public let trainer: Trainer
     public let optimizer: AdamW
     public let schedule: LRSchedule
     public let ema: EMA?
@@ -170,7 +170,7 @@ public final class TrainingRun {
 
     /// A new run (`resume` false: the directory must not hold a checkpoint) or the continuation of
     /// the one in `directory` from its newest complete checkpoint.
-    public init(config: TrainingConfig, directory: String, model: LlamaModel, train: SFTDataSet, validation: SFTDataSet,
+    public init(config: TrainingConfig, directory: String, model: DecoderModel, train: SFTDataSet, validation: SFTDataSet,
                 resume: Bool, onEvent: (TrainingEvent) -> Void) throws {
         self.config = config
         self.directory = directory
@@ -180,7 +180,7 @@ public final class TrainingRun {
         self.train = train
         self.validation = validation
         let (loraConfig, trainsNorms) = try config.trainedLoRA
-        let trained = try LlamaLoRA(model: model, config: loraConfig, trainNorms: trainsNorms, seed: config.seed)
+        let trained = try ModelAdapters(model: model, config: loraConfig, trainNorms: trainsNorms, seed: config.seed)
         if let from = config.loadLoraFrom {
             try AdapterFiles.load(into: trained, from: from)
             onEvent(.message("adapters loaded from \(from)"))
@@ -193,7 +193,7 @@ public final class TrainingRun {
         } else {
             lora = trained
         }
-        trainer = LlamaTrainer(model: model, lora: lora, gradientCheckpointing: config.gradCheckpoint)
+        trainer = Trainer(model: model, lora: lora, gradientCheckpointing: config.gradCheckpoint)
         optimizer = AdamW(parameters: lora.parameters, .init(beta1: config.beta1, beta2: config.beta2, eps: config.eps,
                                                              weightDecay: config.weightDecay))
         let perEpoch = (train.examples.count + config.batchSize - 1) / config.batchSize

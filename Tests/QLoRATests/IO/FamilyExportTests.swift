@@ -26,8 +26,8 @@ final class FamilyExportTests: XCTestCase {
 
     /// Rank 2 on every linear with trained norms: A, B uniform, every norm's effective weight
     /// (Gemma: 1 + w) times 1 + U(−0.3, 0.3), so it stays in [0.5, 2] and w = it − 1 is exact.
-    static func seededAdapter(_ model: LlamaModel, seed: UInt64) throws -> LlamaLoRA {
-        let lora = try LlamaLoRA(model: model, config: LoRAConfig(rank: 2, alpha: 4, targets: .allLinear), trainNorms: true, seed: 1)
+    static func seededAdapter(_ model: DecoderModel, seed: UInt64) throws -> ModelAdapters {
+        let lora = try ModelAdapters(model: model, config: LoRAConfig(rank: 2, alpha: 4, targets: .allLinear), trainNorms: true, seed: 1)
         var rng = SplitMix64(seed: seed)
         for p in lora.parameters {
             if p.name.contains(".lora_") {
@@ -40,17 +40,17 @@ final class FamilyExportTests: XCTestCase {
         return lora
     }
 
-    /// Saved and loaded into a fresh LlamaLoRA, every parameter comes back bit for bit; the file
+    /// Saved and loaded into a fresh ModelAdapters, every parameter comes back bit for bit; the file
     /// holds the norms as Hugging Face files do (Gemma: the effective weight less one).
     func testAdapterRoundTripWithTrainedNorms() throws {
         for family in Self.families {
-            let model = try LlamaModel(path: Self.nf4(family))
+            let model = try DecoderModel(path: Self.nf4(family))
             let lora = try Self.seededAdapter(model, seed: 7)
             let dir = TempDir()
             try AdapterFiles.save(lora, to: dir.path + "/a", baseModel: "tiny-\(family)-bnb-nf4")
             let (config, trainsNorms) = try AdapterFiles.config(in: dir.path + "/a")
             XCTAssertTrue(trainsNorms, family)
-            let back = try LlamaLoRA(model: model, config: config, trainNorms: trainsNorms, seed: 99)
+            let back = try ModelAdapters(model: model, config: config, trainNorms: trainsNorms, seed: 99)
             try AdapterFiles.load(into: back, from: dir.path + "/a")
             XCTAssertEqual(back.parameters.map(\.name), lora.parameters.map(\.name), family)
             for (a, b) in zip(lora.parameters, back.parameters) { XCTAssertEqual(b.values, a.values, "\(family) \(a.name)") }
@@ -81,7 +81,7 @@ final class FamilyExportTests: XCTestCase {
                 XCTAssertLessThan(abs(raw["model.norm.weight"]!.reduce(0, +) / 64), 0.2, "Gemma's fixture norms are offsets near 0")
             }
 
-            let lora = try Self.seededAdapter(try LlamaModel(path: Self.nf4(family)), seed: 8)
+            let lora = try Self.seededAdapter(try DecoderModel(path: Self.nf4(family)), seed: 8)
             try AdapterFiles.save(lora, to: dir.path + "/a", baseModel: "tiny")
             _ = try MergedExport.run(model: Self.nf4(family), output: dir.path + "/tuned", options: .init(adapter: dir.path + "/a")) { _ in }
             let file = try SafetensorsFile(path: dir.path + "/a/" + AdapterFiles.weightsFile)
@@ -99,7 +99,7 @@ final class FamilyExportTests: XCTestCase {
     func testGGUFNormsAreOnePlusWForGemma3Only() throws {
         for family in Self.families {
             let dir = TempDir()
-            let lora = try Self.seededAdapter(try LlamaModel(path: Self.nf4(family)), seed: 9)
+            let lora = try Self.seededAdapter(try DecoderModel(path: Self.nf4(family)), seed: 9)
             try AdapterFiles.save(lora, to: dir.path + "/a", baseModel: "tiny")
             let options = MergedExport.Options(adapter: dir.path + "/a")
             _ = try MergedExport.run(model: Self.nf4(family), output: dir.path + "/hf", options: options) { _ in }

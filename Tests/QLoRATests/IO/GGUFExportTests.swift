@@ -105,15 +105,15 @@ final class GGUFExportTests: XCTestCase {
             XCTAssertEqual(values[t.name], want.dequantize(), t.name)
         }
         let tokens = [1, 17, 99, 3, 250, 42, 7, 128, 64, 5]
-        let base = try LlamaModel(path: Self.model)
+        let base = try DecoderModel(path: Self.model)
         let (config, norms) = try AdapterFiles.config(in: Self.adapter)
-        let lora = try LlamaLoRA(model: base, config: config, trainNorms: norms, seed: 0)
+        let lora = try ModelAdapters(model: base, config: config, trainNorms: norms, seed: 0)
         try AdapterFiles.load(into: lora, from: Self.adapter)
-        let ref = try LlamaModel(base, adapters: lora).forward(tokens: tokens, logits: .all)
+        let ref = try DecoderModel(base, adapters: lora).forward(tokens: tokens, logits: .all)
         let scale = Double(ref.map(abs).max()!)
         for type in GGUFExport.OutputType.allCases {
             let file = type == .q8_0 ? path : try export(dir, type: type).path
-            let logits = try LlamaModel(path: file).forward(tokens: tokens, logits: .all)
+            let logits = try DecoderModel(path: file).forward(tokens: tokens, logits: .all)
             let err = zip(logits, ref).map { Double(abs($0 - $1)) }.max()! / scale
             // qlora trains on Q8_0 when given f32/f16 linears, so all three carry Q8_0's rounding
             // (≈ 0.5% rms of a random block's weights, 2⁻⁸ of its max) through the 14 linears of

@@ -127,12 +127,12 @@ final class MergedExportTests: XCTestCase {
     /// as PEFT means it (the merge of the same tensors is checked in (a)).
     func testAdapterLogitsMatchPEFT() throws {
         let expected = try JSONDecoder().decode(Expected.self, from: Data(contentsOf: URL(fileURLWithPath: Self.fixtures + "/tiny-llama-export-expected.json")))
-        let base = try LlamaModel(path: Self.model)
+        let base = try DecoderModel(path: Self.model)
         let (config, norms) = try AdapterFiles.config(in: Self.adapter)
         XCTAssertEqual(Double(config.scale), expected.scaling)
-        let lora = try LlamaLoRA(model: base, config: config, trainNorms: norms, seed: 0)
+        let lora = try ModelAdapters(model: base, config: config, trainNorms: norms, seed: 0)
         try AdapterFiles.load(into: lora, from: Self.adapter)
-        let logits = try LlamaModel(base, adapters: lora).forward(tokens: expected.input_ids, logits: .all)
+        let logits = try DecoderModel(base, adapters: lora).forward(tokens: expected.input_ids, logits: .all)
         let ref = LoRAGradientFixtureTests.floats(expected.logits.f32)
         XCTAssertEqual(logits.count, expected.logits.shape.reduce(1, *))
         let scale = Double(ref.map(abs).max()!)
@@ -154,8 +154,8 @@ final class MergedExportTests: XCTestCase {
     /// Norms trained by qlora (--train-norms) replace the base's; B = 0 leaves W as it is.
     func testTrainedNormsReplaceTheBaseNorms() throws {
         let dir = TempDir()
-        let model = try LlamaModel(path: Self.model)
-        let lora = try LlamaLoRA(model: model, config: LoRAConfig(rank: 2, alpha: 4, targets: .names(["q_proj"])), trainNorms: true, seed: 3)
+        let model = try DecoderModel(path: Self.model)
+        let lora = try ModelAdapters(model: model, config: LoRAConfig(rank: 2, alpha: 4, targets: .names(["q_proj"])), trainNorms: true, seed: 3)
         for (i, p) in lora.parameters.enumerated() where p.name.hasSuffix("norm.weight") {
             p.setValues((0..<p.count).map { Float(i) + Float($0) / 64 })
         }

@@ -107,9 +107,9 @@ final class MergedRequantizeTests: XCTestCase {
         let q = try XCTUnwrap(config["quantization_config"] as? [String: Any])
         XCTAssertEqual(q["bnb_4bit_quant_type"] as? String, "nf4")
         XCTAssertEqual(q["bnb_4bit_use_double_quant"] as? Bool, true)
-        let model = try LlamaModel(path: path)
-        let lora = try LlamaLoRA(model: model, config: LoRAConfig(rank: 2, alpha: 4, targets: .names(["q_proj", "v_proj"])), trainNorms: false, seed: 1)
-        let logits = try LlamaModel(model, adapters: lora).forward(tokens: [1, 2, 3], logits: .all)
+        let model = try DecoderModel(path: path)
+        let lora = try ModelAdapters(model: model, config: LoRAConfig(rank: 2, alpha: 4, targets: .names(["q_proj", "v_proj"])), trainNorms: false, seed: 1)
+        let logits = try DecoderModel(model, adapters: lora).forward(tokens: [1, 2, 3], logits: .all)
         XCTAssertTrue(logits.allSatisfy(\.isFinite))
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), ["merged-nf4"], "no tmp left")
     }

@@ -25,7 +25,7 @@ final class SyntheticFolderTests: XCTestCase {
         XCTAssertEqual(folder.config, Self.tiny)
         XCTAssertNil(folder.tokenizerJSON)
 
-        let made = try SyntheticModel.make(config: Self.tiny, seed: 7), loaded = try LlamaModel(path: out)
+        let made = try SyntheticModel.make(config: Self.tiny, seed: 7), loaded = try DecoderModel(path: out)
         for l in 0..<2 {
             for m in LinearSpec.llamaBlock {
                 let a = made.weights.layers[l].matrix(m), b = loaded.weights.layers[l].matrix(m)
@@ -42,9 +42,9 @@ final class SyntheticFolderTests: XCTestCase {
         var rng = SplitMix64(seed: 3)
         let ids = (0..<32).map { _ in Int32(rng.next() % 96) }
         let batch = TokenBatch(inputIds: ids, labels: ids, sequences: 2, length: 16)
-        func loss(_ model: LlamaModel) throws -> Double {
-            let lora = try LlamaLoRA(model: model, config: LoRAConfig(rank: 4, alpha: 8), seed: 1)
-            return try LlamaTrainer(model: model, lora: lora).loss(batch).mean
+        func loss(_ model: DecoderModel) throws -> Double {
+            let lora = try ModelAdapters(model: model, config: LoRAConfig(rank: 4, alpha: 8), seed: 1)
+            return try Trainer(model: model, lora: lora).loss(batch).mean
         }
         // The same values; only the LM head's product runs on another path (dense vs Q8_0 tiles).
         XCTAssertEqual(try loss(loaded), try loss(made), accuracy: 1e-5)

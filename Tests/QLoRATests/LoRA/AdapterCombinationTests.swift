@@ -7,7 +7,7 @@ import XCTest
 final class AdapterCombinationTests: XCTestCase {
     static let weights = [0.7, 0.3, -0.5]
 
-    func inputs() throws -> (AdapterSet, [(name: String, adapters: LlamaLoRA, weight: Double)]) {
+    func inputs() throws -> (AdapterSet, [(name: String, adapters: ModelAdapters, weight: Double)]) {
         let s = AdapterSet(base: AdapterSetTests.base)
         let dirs = [AdapterSetTests.peft, AdapterSetTests.layer0, AdapterSetTests.export]
         let list = try zip(dirs, Self.weights).map { dir, w in
@@ -18,7 +18,7 @@ final class AdapterCombinationTests: XCTestCase {
     }
 
     /// ΔW [out, in] of one linear: Σ w_i·s_i·B_i·A_i over the inputs that have it, Float64.
-    static func delta(_ inputs: [(name: String, adapters: LlamaLoRA, weight: Double)], layer l: Int, linear m: LinearSpec,
+    static func delta(_ inputs: [(name: String, adapters: ModelAdapters, weight: Double)], layer l: Int, linear m: LinearSpec,
                       rows: Int, cols: Int) -> [Double] {
         var d = [Double](repeating: 0, count: rows * cols)
         for i in inputs { if let a = i.adapters.layers[l].adapters[m] { add(a, weight: i.weight, into: &d) } }
@@ -36,7 +36,7 @@ final class AdapterCombinationTests: XCTestCase {
     static func norm(_ x: [Double]) -> Double { x.reduce(0) { $0 + $1 * $1 }.squareRoot() }
 
     /// The output's ΔW and the Float64 one per module, with the reported module.
-    func compare(_ result: AdapterCombination.Result, _ inputs: [(name: String, adapters: LlamaLoRA, weight: Double)])
+    func compare(_ result: AdapterCombination.Result, _ inputs: [(name: String, adapters: ModelAdapters, weight: Double)])
         -> [(module: AdapterCombination.Module, got: [Double], want: [Double])] {
         zip(result.adapters.adapters, result.modules).map { entry, module in
             var got = [Double](repeating: 0, count: entry.adapter.outFeatures * entry.adapter.inFeatures)
@@ -119,7 +119,7 @@ final class AdapterCombinationTests: XCTestCase {
 
     func testAdaptersWithTrainedNormsAreNotCombined() throws {
         let (s, inputs) = try inputs()
-        let norms = try LlamaLoRA(model: s.base, config: LoRAConfig(rank: 2), trainNorms: true, seed: 1)
+        let norms = try ModelAdapters(model: s.base, config: LoRAConfig(rank: 2), trainNorms: true, seed: 1)
         XCTAssertThrowsError(try AdapterCombination.combine(inputs + [("norms", norms, 1)], base: s.base, method: .concat)) {
             XCTAssertEqual($0 as? AdapterCombinationError, .trainedNorms(name: "norms"))
         }

@@ -20,7 +20,7 @@ final class AdapterFilesTests: XCTestCase {
     }
 
     static let fixtures = LlamaTrainerTests.fixtures
-    static var model: LlamaModel { LlamaTrainerTests.tiny }
+    static var model: DecoderModel { LlamaTrainerTests.tiny }
     static let expected = try! JSONDecoder().decode(
         Expected.self, from: Data(contentsOf: fixtures.appendingPathComponent("tiny-llama-peft-adapter-expected.json")))
     /// The cases with trained norms (modules_to_save), same input_ids.
@@ -35,23 +35,23 @@ final class AdapterFilesTests: XCTestCase {
     static let qloraNormsAdapter = fixture("tiny-llama-qlora-adapter-norms")
 
     /// The adapters of `directory` on the tiny model, as AdapterSet.load builds them.
-    func loadAdapter(_ directory: String) throws -> LlamaLoRA {
+    func loadAdapter(_ directory: String) throws -> ModelAdapters {
         let (config, norms) = try AdapterFiles.config(in: directory)
-        let lora = try LlamaLoRA(model: Self.model, config: config, trainNorms: norms, seed: 0)
+        let lora = try ModelAdapters(model: Self.model, config: config, trainNorms: norms, seed: 0)
         try AdapterFiles.load(into: lora, from: directory)
         return lora
     }
 
     /// logits [B, T, V] of every position of the fixture's sequences.
-    func logits(_ lora: LlamaLoRA?) throws -> [Float] {
-        let m = lora.map { LlamaModel(Self.model, adapters: $0) } ?? Self.model
+    func logits(_ lora: ModelAdapters?) throws -> [Float] {
+        let m = lora.map { DecoderModel(Self.model, adapters: $0) } ?? Self.model
         return try Self.expected.input_ids.flatMap { try m.forward(tokens: $0, logits: .all) }
     }
 
     /// max |got − expected| / max |expected| over the case's logits, checked below `tolerance`;
     /// the adapter must move the logits far more than that from the base model's.
     @discardableResult
-    func checkLogits(_ lora: LlamaLoRA, case name: String, tolerance: Double = 1e-5, in expected: Expected = expected) throws -> Double {
+    func checkLogits(_ lora: ModelAdapters, case name: String, tolerance: Double = 1e-5, in expected: Expected = expected) throws -> Double {
         let c = try XCTUnwrap(expected.cases.first { $0.name == name })
         let want = LoRAGradientFixtureTests.floats(c.logits.f32)
         XCTAssertEqual(want.count, c.logits.shape.reduce(1, *))
@@ -177,9 +177,9 @@ final class AdapterFilesTests: XCTestCase {
     }
 
     /// The committed qlora adapter: rank 2, alpha 6, rsLoRA, every linear, A and B from SplitMix64.
-    func seededQLoRAAdapter() throws -> LlamaLoRA {
+    func seededQLoRAAdapter() throws -> ModelAdapters {
         let config = LoRAConfig(rank: 2, alpha: 6, dropout: 0.05, targets: .attentionAndMLP, useRSLoRA: true)
-        let lora = try LlamaLoRA(model: Self.model, config: config, seed: 1)
+        let lora = try ModelAdapters(model: Self.model, config: config, seed: 1)
         var rng = SplitMix64(seed: 20_240_917)
         for p in lora.parameters {
             let bound = p.name.hasSuffix(".lora_A.weight") ? 0.2 : 0.05
@@ -190,9 +190,9 @@ final class AdapterFilesTests: XCTestCase {
 
     /// The committed qlora adapter with trained norms: rank 2, alpha 4, q/v/down of every block,
     /// A and B as above, every RMSNorm weight the base's times 1 + U(−0.3, 0.3).
-    func seededQLoRANormsAdapter() throws -> LlamaLoRA {
+    func seededQLoRANormsAdapter() throws -> ModelAdapters {
         let config = LoRAConfig(rank: 2, alpha: 4, targets: .names(["q_proj", "v_proj", "down_proj"]))
-        let lora = try LlamaLoRA(model: Self.model, config: config, trainNorms: true, seed: 1)
+        let lora = try ModelAdapters(model: Self.model, config: config, trainNorms: true, seed: 1)
         var rng = SplitMix64(seed: 20_240_918)
         for p in lora.parameters {
             let bound = p.name.hasSuffix(".lora_A.weight") ? 0.2 : 0.05
@@ -223,7 +223,7 @@ final class AdapterFilesTests: XCTestCase {
 
     /// `lora` saved now gives the committed folder (tensors bit for bit, config as JSON), and
     /// the folder loaded gives PEFT's logits of `name`.
-    func checkCommittedFolder(_ lora: LlamaLoRA, folder: String, case name: String, in expected: @autoclosure () -> Expected) throws {
+    func checkCommittedFolder(_ lora: ModelAdapters, folder: String, case name: String, in expected: @autoclosure () -> Expected) throws {
         if ProcessInfo.processInfo.environment["QLORA_WRITE_ADAPTER_FIXTURE"] == "1" {
             let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
                 .appendingPathComponent("Fixtures/" + folder).path
@@ -357,7 +357,7 @@ final class AdapterFilesTests: XCTestCase {
             (LoRAConfig(rank: 2, targets: .regex(#".*\.(q|v)_proj"#)), ["0 q_proj", "0 v_proj", "1 q_proj", "1 v_proj"]),
         ]
         for (config, adapted) in cases {
-            let lora = try LlamaLoRA(model: Self.model, config: config, seed: 3)
+            let lora = try ModelAdapters(model: Self.model, config: config, seed: 3)
             XCTAssertEqual(lora.adapters.map { "\($0.layer) \($0.linear)" }, adapted)
             let tmp = TempDir()
             try AdapterFiles.save(lora, to: tmp.path + "/a", baseModel: "tiny")
@@ -426,7 +426,7 @@ final class AdapterFilesTests: XCTestCase {
         // A block the model lacks is refused when the adapters are built.
         let (tmp, dir) = try copy(Self.peftLayer0Adapter, config: { $0["layers_to_transform"] = [0, 5] })
         let config = try AdapterFiles.config(in: dir).config
-        XCTAssertThrowsError(try LlamaLoRA(model: Self.model, config: config, seed: 0)) {
+        XCTAssertThrowsError(try ModelAdapters(model: Self.model, config: config, seed: 0)) {
             XCTAssertEqual($0 as? LoRAConfigError, .badLayerIndex(5, 2))
         }
         try "{\"r\": 4,".write(toFile: dir + "/adapter_config.json", atomically: true, encoding: .utf8)
@@ -460,7 +460,7 @@ final class AdapterFilesTests: XCTestCase {
         for (edit, expected) in cases {
             let (tmp, dir) = try copy(Self.peftAdapter, tensors: edit)
             let (config, _) = try AdapterFiles.config(in: dir)
-            let lora = try LlamaLoRA(model: Self.model, config: config, seed: 5)
+            let lora = try ModelAdapters(model: Self.model, config: config, seed: 5)
             let before = lora.parameters.map(\.values)
             XCTAssertThrowsError(try AdapterFiles.load(into: lora, from: dir)) { e in
                 let path = dir + "/adapter_model.safetensors"
@@ -487,7 +487,7 @@ final class AdapterFilesTests: XCTestCase {
             let (tmp, dir) = try copy(Self.peftAdapter)
             tmp.write("adapter/" + AdapterFiles.weightsFile, bytes)
             let (config, _) = try AdapterFiles.config(in: dir)
-            let lora = try LlamaLoRA(model: Self.model, config: config, seed: 5)
+            let lora = try ModelAdapters(model: Self.model, config: config, seed: 5)
             XCTAssertThrowsError(try AdapterFiles.load(into: lora, from: dir), what) { e in
                 XCTAssertTrue(e is SafetensorsError, "\(what): \(e)")
                 XCTAssertTrue("\(e)".hasPrefix(dir + "/" + AdapterFiles.weightsFile), "\(what): \(e)")
@@ -496,7 +496,7 @@ final class AdapterFilesTests: XCTestCase {
         }
         let (tmp, dir) = try copy(Self.peftAdapter)
         try FileManager.default.removeItem(atPath: dir + "/" + AdapterFiles.weightsFile)
-        let lora = try LlamaLoRA(model: Self.model, config: try AdapterFiles.config(in: dir).config, seed: 5)
+        let lora = try ModelAdapters(model: Self.model, config: try AdapterFiles.config(in: dir).config, seed: 5)
         XCTAssertThrowsError(try AdapterFiles.load(into: lora, from: dir)) {
             XCTAssertEqual($0 as? AdapterError, .missing(dir + "/" + AdapterFiles.weightsFile))
         }

@@ -7,7 +7,7 @@ import XCTest
 /// rsLoRA (`layer0`), six linears r 4 (`export`). A stack must act as the merged weights
 /// W + Σ s_i·B_i·A_i, forward and backward; switching must reuse the base.
 final class AdapterSetTests: XCTestCase {
-    static var base: LlamaModel { LlamaTrainerTests.tiny }
+    static var base: DecoderModel { LlamaTrainerTests.tiny }
     static let peft = AdapterFilesTests.peftAdapter
     static let layer0 = AdapterFilesTests.peftLayer0Adapter
     static let export = AdapterFilesTests.fixture("tiny-llama-export-adapter")
@@ -21,7 +21,7 @@ final class AdapterSetTests: XCTestCase {
     }
 
     /// Logits [T, V] of every position of the fixture's sequences.
-    func logits(_ m: LlamaModel) throws -> [Float] {
+    func logits(_ m: DecoderModel) throws -> [Float] {
         try AdapterFilesTests.expected.input_ids.flatMap { try m.forward(tokens: $0, logits: .all) }
     }
 
@@ -45,7 +45,7 @@ final class AdapterSetTests: XCTestCase {
         let x = FloatBuffer(count: T * n), dy = FloatBuffer(count: T * m)
         for i in 0..<(T * n) { x.base[i] = Float(rng.nextUnitDouble() * 2 - 1) }
         for i in 0..<(T * m) { dy.base[i] = Float(rng.nextUnitDouble() * 2 - 1) }
-        let acts = LlamaBlockActivations(config: c, tokens: T, keys: T, keepsProbabilities: false, adapters: stack.layers[0])
+        let acts = BlockActivations(config: c, tokens: T, keys: T, keepsProbabilities: false, adapters: stack.layers[0])
         let run = LinearRun(w, .q, context: LayerContext(adapters: stack.layers[0], acts: acts, dropoutSeed: nil, order: LinearSpec.llamaBlock))
         XCTAssertEqual(run.frozen.count, 2)
         let y = FloatBuffer(count: T * m), dx = FloatBuffer(count: T * n)
@@ -109,7 +109,7 @@ final class AdapterSetTests: XCTestCase {
         let concat = try AdapterCombination.combine(names.map { (name: $0, adapters: try s.adapters($0), weight: 1) },
                                                     base: s.base, method: .concat)
         XCTAssertEqual(concat.adapters.config.rank, 10)
-        let reference = try logits(LlamaModel(s.base, adapters: concat.adapters))
+        let reference = try logits(DecoderModel(s.base, adapters: concat.adapters))
         let err = Self.relativeMaxDiff(stacked.map(Double.init), reference.map(Double.init))
         XCTAssertLessThan(err, 1e-5)
         for n in names {
@@ -124,7 +124,7 @@ final class AdapterSetTests: XCTestCase {
     /// all share the base's 4-bit matrices (the same objects: nothing reloaded or copied).
     func testSwitchingAdaptersIsBitIdenticalToFreshLoadsAndSharesTheBase() throws {
         let s = try set()
-        func fresh(_ dirs: [String]) throws -> LlamaModel {
+        func fresh(_ dirs: [String]) throws -> DecoderModel {
             let f = AdapterSet(base: Self.base)
             let names = try dirs.map { try f.load($0) }
             return try f.model(active: names)
@@ -182,8 +182,8 @@ final class AdapterSetTests: XCTestCase {
         }
         XCTAssertEqual(s.names, [])
 
-        let norms = try LlamaLoRA(model: Self.base, config: LoRAConfig(rank: 2), trainNorms: true, seed: 1)
-        let plain = try LlamaLoRA(model: Self.base, config: LoRAConfig(rank: 2), seed: 2)
+        let norms = try ModelAdapters(model: Self.base, config: LoRAConfig(rank: 2), trainNorms: true, seed: 1)
+        let plain = try ModelAdapters(model: Self.base, config: LoRAConfig(rank: 2), seed: 2)
         XCTAssertNoThrow(try norms.stacking([("plain", plain)]))
         XCTAssertThrowsError(try plain.stacking([("norms", norms)])) { XCTAssertEqual($0 as? AdapterStackError, .trainedNorms(name: "norms")) }
         // The same for a PEFT adapter with norms in modules_to_save, loaded by name.
@@ -213,13 +213,13 @@ final class AdapterSetTests: XCTestCase {
         var labels = ids
         for i in [0, 1, 2, 9, 10] { labels[i] = -100 }
         let b = TokenBatch(inputIds: ids, labels: labels, sequences: 2, length: 9)
-        func run(_ l: LlamaLoRA) throws -> LossSum {
+        func run(_ l: ModelAdapters) throws -> LossSum {
             l.parameters.forEach { $0.zeroGrad() }
-            return try LlamaTrainer(model: s.base, lora: l, headChunkRows: 5).accumulateGradients(b, gradScale: 1 / Float(b.scoredTokens), dropoutSeed: nil)
+            return try Trainer(model: s.base, lora: l, headChunkRows: 5).accumulateGradients(b, gradScale: 1 / Float(b.scoredTokens), dropoutSeed: nil)
         }
         let lossStack = try run(stack), lossConcat = try run(concat.adapters)
         XCTAssertEqual(lossStack.mean, lossConcat.mean, accuracy: 1e-5 * abs(lossConcat.mean))
-        let lossAlone = try LlamaTrainer(model: s.base, lora: trained).loss(b).mean
+        let lossAlone = try Trainer(model: s.base, lora: trained).loss(b).mean
         XCTAssertGreaterThan(abs(lossAlone - lossStack.mean), 1e-4, "the frozen adapters hardly change the loss")
         let concatByName = Dictionary(uniqueKeysWithValues: concat.adapters.adapters.map { ($0.linear.moduleName(layer: $0.layer), $0.adapter) })
         var worst = 0.0

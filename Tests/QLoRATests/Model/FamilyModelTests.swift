@@ -15,8 +15,8 @@ final class FamilyModelTests: XCTestCase {
         return try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: Any])
     }
 
-    func model(_ family: String) throws -> LlamaModel {
-        try LlamaModel(path: Self.fixtures.appendingPathComponent("tiny-\(family)-bnb-nf4").path)
+    func model(_ family: String) throws -> DecoderModel {
+        try DecoderModel(path: Self.fixtures.appendingPathComponent("tiny-\(family)-bnb-nf4").path)
     }
 
     /// max |a − b| / max |b|.
@@ -46,17 +46,17 @@ final class FamilyModelTests: XCTestCase {
         let ids = try XCTUnwrap(e["input_ids"] as? [Int]), V = m.config.vocabSize
         var wide = m.config
         wide.slidingWindow = 4096
-        let wideModel = try LlamaModel(config: wide, weights: m.weights)
+        let wideModel = try DecoderModel(config: wide, weights: m.weights)
         let wantWide = RopePermutationTests.floats(hex: try XCTUnwrap(e["logits_bnb_nf4_window4096_f32"] as? String))
         XCTAssertLessThan(relativeError(try wideModel.forward(tokens: ids, logits: .all), wantWide), 2e-5)
         var none = m.config
         none.slidingWindow = nil
-        XCTAssertEqual(try LlamaModel(config: none, weights: m.weights).forward(tokens: ids, logits: .all),
+        XCTAssertEqual(try DecoderModel(config: none, weights: m.weights).forward(tokens: ids, logits: .all),
                        try wideModel.forward(tokens: ids, logits: .all), "a window wider than the sequence changes nothing")
 
         // Decoding: the prompt's first 3 tokens at once, then one at a time through the cache.
         let all = try m.forward(tokens: ids, logits: .all)
-        let cache = LlamaKVCache(config: m.config, capacity: ids.count)
+        let cache = KVCache(config: m.config, capacity: ids.count)
         var rows = try m.forward(tokens: Array(ids[0..<3]), cache: cache, logits: .all)
         for t in 3..<ids.count { rows += try m.forward(tokens: [ids[t]], cache: cache) }
         XCTAssertLessThan(relativeError(rows, all), 1e-5)
@@ -73,7 +73,7 @@ final class FamilyModelTests: XCTestCase {
                                    sequences: fixture.input_ids.count, length: T)
             for c in fixture.cases {
                 let cfg = c.lora_config
-                let lora = try LlamaLoRA(model: model, config: LoRAConfig(rank: cfg.r, alpha: Float(cfg.lora_alpha),
+                let lora = try ModelAdapters(model: model, config: LoRAConfig(rank: cfg.r, alpha: Float(cfg.lora_alpha),
                                                                           targets: try LoRATargets(parsing: cfg.target_modules.joined(separator: ","))),
                                          trainNorms: c.trainable_norms, seed: 1)
                 let byName = Dictionary(uniqueKeysWithValues: lora.parameters.map { ($0.name, $0) })
@@ -81,7 +81,7 @@ final class FamilyModelTests: XCTestCase {
                 for (name, t) in c.params {
                     byName[String(name.dropFirst("base_model.model.".count))]?.setValues(LoRAGradientFixtureTests.floats(t.value_f32))
                 }
-                let loss = try LlamaTrainer(model: model, lora: lora, headChunkRows: 5)
+                let loss = try Trainer(model: model, lora: lora, headChunkRows: 5)
                     .accumulateGradients(batch, gradScale: 1 / Float(batch.scoredTokens), dropoutSeed: nil)
                 XCTAssertEqual(loss.mean, c.loss, accuracy: 2e-6 * c.loss, family)
                 var worst = 0.0

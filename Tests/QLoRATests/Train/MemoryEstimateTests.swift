@@ -10,8 +10,8 @@ final class MemoryEstimateTests: XCTestCase {
         let model = LlamaTrainerTests.tiny
         for (checkpointing, dropout) in [(false, Float(0)), (true, 0), (false, 0.1), (true, 0.1)] {
             let config = LoRAConfig(rank: 8, alpha: 16, dropout: dropout)
-            let lora = try LlamaLoRA(model: model, config: config, seed: 1)
-            let trainer = LlamaTrainer(model: model, lora: lora, gradientCheckpointing: checkpointing)
+            let lora = try ModelAdapters(model: model, config: config, seed: 1)
+            let trainer = Trainer(model: model, lora: lora, gradientCheckpointing: checkpointing)
             var rng = SplitMix64(seed: 3)
             let ids = (0..<(8 * 64)).map { _ in Int32(rng.next() % 256) }
             _ = try trainer.accumulateGradients(TokenBatch(inputIds: ids, labels: ids, sequences: 8, length: 64), gradScale: 1,
@@ -34,7 +34,7 @@ final class MemoryEstimateTests: XCTestCase {
         let model = LlamaTrainerTests.tiny
         let dir = TempDir()
         let saved = LoRAConfig(rank: 2, alpha: 4, targets: .names(["q_proj", "v_proj"]), lastLayers: 1)
-        let lora = try LlamaLoRA(model: model, config: saved, trainNorms: true, seed: 1)
+        let lora = try ModelAdapters(model: model, config: saved, trainNorms: true, seed: 1)
         try AdapterFiles.save(lora, to: dir.path + "/adapter", baseModel: "tiny")
         var config = TrainingConfig(model: "tiny", data: "synthetic")
         config.loraR = 16

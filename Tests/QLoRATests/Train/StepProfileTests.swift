@@ -11,8 +11,8 @@ final class StepProfileTests: XCTestCase {
 
     func testKindsCoverTheStepWithoutOverlap() throws {
         let model = try SyntheticModel.make(config: Self.small, seed: 3)
-        let lora = try LlamaLoRA(model: model, config: LoRAConfig(rank: 8, alpha: 16), seed: 1)
-        let trainer = LlamaTrainer(model: model, lora: lora)
+        let lora = try ModelAdapters(model: model, config: LoRAConfig(rank: 8, alpha: 16), seed: 1)
+        let trainer = Trainer(model: model, lora: lora)
         let optimizer = AdamW(parameters: lora.parameters)
         let ema = EMA(parameters: lora.parameters, beta: 0.9)
         var rng = SplitMix64(seed: 5)

@@ -5,7 +5,7 @@ import XCTest
 /// The training loop on the tiny NF4 Llama with synthetic data: the loss falls, and a run
 /// stopped (or killed) and resumed repeats an uninterrupted run bit for bit.
 final class TrainingRunTests: XCTestCase {
-    static var model: LlamaModel { LlamaTrainerTests.tiny }
+    static var model: DecoderModel { LlamaTrainerTests.tiny }
 
     /// 24 examples of 6–16 tokens following a simple rule (next = (3·prev + 1) mod 256), so that
     /// there is something to learn; the first two tokens of each are prompt (label −100).
@@ -98,7 +98,7 @@ final class TrainingRunTests: XCTestCase {
             XCTAssertEqual((j as? [String: Any])?["modules_to_save"] as? [String], ["input_layernorm", "post_attention_layernorm", "model.norm"])
         }
         // lora_final holds the final weights: loaded into a fresh model they give its loss.
-        let reloaded = try LlamaLoRA(model: Self.model, config: try c.lora, trainNorms: true, seed: 99)
+        let reloaded = try ModelAdapters(model: Self.model, config: try c.lora, trainNorms: true, seed: 99)
         try AdapterFiles.load(into: reloaded, from: dir + "/lora_final")
         for (a, b) in zip(reloaded.parameters, run.lora.parameters) { XCTAssertEqual(a.values, b.values, a.name) }
     }
@@ -122,7 +122,7 @@ final class TrainingRunTests: XCTestCase {
         XCTAssertEqual(try rows(a).filter { $0.loss != nil }.count, 10)
         // lora_final_ema holds the EMA shadows of the end, in both runs.
         for dir in [a, b] {
-            let reloaded = try LlamaLoRA(model: Self.model, config: try config(10).lora, trainNorms: true, seed: 99)
+            let reloaded = try ModelAdapters(model: Self.model, config: try config(10).lora, trainNorms: true, seed: 99)
             try AdapterFiles.load(into: reloaded, from: dir + "/lora_final_ema")
             for (p, s) in zip(reloaded.parameters, full.ema!.shadows) { XCTAssertEqual(p.values, s.array, p.name) }
         }
@@ -180,7 +180,7 @@ final class TrainingRunTests: XCTestCase {
         for (x, y) in zip(try fresh.adapters(name).parameters, full.lora.stacked[0].adapters.parameters) {
             XCTAssertEqual(x.values, y.values, x.name)
         }
-        let reloaded = try LlamaLoRA(model: Self.model, config: try c.lora, trainNorms: true, seed: 99)
+        let reloaded = try ModelAdapters(model: Self.model, config: try c.lora, trainNorms: true, seed: 99)
         try AdapterFiles.load(into: reloaded, from: a + "/lora_final")   // refuses any tensor it does not expect
         for (x, y) in zip(reloaded.parameters, full.lora.parameters) { XCTAssertEqual(x.values, y.values, x.name) }
     }

@@ -4,7 +4,7 @@ import QuantKernels
 
 /// Where one layer's attention reads its keys and values: S = P + T rows of [Hkv·D] each,
 /// the P cached ones first. Without a cache these are the layer's own k and v (P = 0).
-struct LlamaKeyValues {
+struct KeyValues {
     let keys: UnsafeMutablePointer<Float>      // [S, Hkv·D]
     let values: UnsafeMutablePointer<Float>    // [S, Hkv·D]
     let past: Int                              // P
@@ -46,8 +46,8 @@ struct AttentionWeights {
 ///
 /// Writes acts.q, k, v (and qRaw, kRaw, their rstd with q/k norms), attentionOutput (and
 /// probabilities when kept); reads acts.attentionInput (xn).
-func attentionForward(out: UnsafeMutableBufferPointer<Float>, acts: LlamaBlockActivations, weights w: AttentionWeights,
-                      rope: LlamaRoPETables, cache: LlamaKeyValues?, config c: ModelConfig, options: qk_attention_options,
+func attentionForward(out: UnsafeMutableBufferPointer<Float>, acts: BlockActivations, weights w: AttentionWeights,
+                      rope: RotaryTables, cache: KeyValues?, config c: ModelConfig, options: qk_attention_options,
                       context ctx: LayerContext, accumulate: Bool = true) throws {
     let rows = acts.T, B = acts.sequences, T = acts.sequenceLength
     let H = c.numHeads, Hkv = c.numKVHeads, D = c.headDim, qDim = H * D, kvDim = Hkv * D
@@ -78,13 +78,13 @@ func attentionForward(out: UnsafeMutableBufferPointer<Float>, acts: LlamaBlockAc
         }
     }
 
-    let kv: LlamaKeyValues
+    let kv: KeyValues
     if let cache {
         (cache.keys + cache.past * kvDim).update(from: acts.k.base, count: T * kvDim)
         (cache.values + cache.past * kvDim).update(from: acts.v.base, count: T * kvDim)
         kv = cache
     } else {
-        kv = LlamaKeyValues(keys: acts.k.base, values: acts.v.base, past: 0)
+        kv = KeyValues(keys: acts.k.base, values: acts.v.base, past: 0)
     }
     let S = kv.past + T
     if let p = acts.probabilities {
@@ -95,7 +95,7 @@ func attentionForward(out: UnsafeMutableBufferPointer<Float>, acts: LlamaBlockAc
         let rc = qk_attention_forward_with(acts.attentionOutput.base + s * T * qDim, acts.probabilities.map { $0.base + s * H * T * S },
                                            acts.q.base + s * T * qDim, kv.keys + s * T * kvDim, kv.values + s * T * kvDim,
                                            Int64(T), Int64(kv.past), Int64(H), Int64(Hkv), Int64(D), options, 0)
-        guard rc == 0 else { throw LlamaModelError.outOfMemory("attention score rows for \(S) keys") }
+        guard rc == 0 else { throw ModelError.outOfMemory("attention score rows for \(S) keys") }
     }
     }
     try ctx.forward(w.o, acts.attentionOutput, into: out.baseAddress!, tokens: rows, accumulate: accumulate)
@@ -104,9 +104,9 @@ func attentionForward(out: UnsafeMutableBufferPointer<Float>, acts: LlamaBlockAc
 /// The backward of `attentionForward` without a cache. Given dOut [BT, C], the gradient of
 /// the layer's residual stream, writes the attention's share of the gradient of xn into dxn
 /// [BT, C] (overwritten) and accumulates the adapters' gradients. `grads` holds the scratch.
-func attentionBackward(dxn: FloatBuffer, dOut: FloatBuffer, acts: LlamaBlockActivations, weights w: AttentionWeights,
-                       rope: LlamaRoPETables, config c: ModelConfig, options: qk_attention_options, context ctx: LayerContext,
-                       grads g: LlamaBlockGradients) throws {
+func attentionBackward(dxn: FloatBuffer, dOut: FloatBuffer, acts: BlockActivations, weights w: AttentionWeights,
+                       rope: RotaryTables, config c: ModelConfig, options: qk_attention_options, context ctx: LayerContext,
+                       grads g: BlockGradients) throws {
     let rows = acts.T, B = acts.sequences, T = acts.sequenceLength
     let H = c.numHeads, Hkv = c.numKVHeads, D = c.headDim, qDim = H * D, kvDim = Hkv * D
     try ctx.backward(w.o, dOut.base, x: acts.attentionOutput, into: g.dAttention.base, tokens: rows, accumulate: false)
@@ -114,7 +114,7 @@ func attentionBackward(dxn: FloatBuffer, dOut: FloatBuffer, acts: LlamaBlockActi
         qk_attention_backward_with(g.dq.base, g.dk.base, g.dv.base, g.dAttention.base, acts.q.base, acts.k.base, acts.v.base,
                                    acts.probabilities?.base, Int64(B), Int64(T), Int64(H), Int64(Hkv), Int64(D), options, 0)
     }
-    guard rc == 0 else { throw LlamaModelError.outOfMemory("attention backward scratch for \(T) tokens") }
+    guard rc == 0 else { throw ModelError.outOfMemory("attention backward scratch for \(T) tokens") }
     StepProfile.measure(.elementwise) {
         for s in 0..<B {
             rope.applyBackward(g.dq.base + s * T * qDim, heads: H, headDim: D)

@@ -6,15 +6,15 @@ import Foundation
 protocol DecoderBlock {
     /// y[T, C] = layer(x[T, C]); x and y must not overlap. Writes every field of `acts` the
     /// backward reads. With `cache`, the layer's keys and values are appended at rows P ..< P + T.
-    static func forward(y: FloatBuffer, x: FloatBuffer, acts: LlamaBlockActivations, layer: LayerWeights,
-                        rope: LlamaRoPETables, cache: LlamaKeyValues?, config: ModelConfig, layerIndex: Int,
+    static func forward(y: FloatBuffer, x: FloatBuffer, acts: BlockActivations, layer: LayerWeights,
+                        rope: RotaryTables, cache: KeyValues?, config: ModelConfig, layerIndex: Int,
                         context: LayerContext) throws
 
     /// Given dy [T, C] and the forward's input x and activations (no cache), writes dx [T, C]
     /// and accumulates the gradients of what trains. dx must not alias dy or x.
-    static func backward(dx: FloatBuffer, dy: FloatBuffer, x: FloatBuffer, acts: LlamaBlockActivations, layer: LayerWeights,
-                         rope: LlamaRoPETables, config: ModelConfig, layerIndex: Int, context: LayerContext,
-                         grads: LlamaBlockGradients) throws
+    static func backward(dx: FloatBuffer, dy: FloatBuffer, x: FloatBuffer, acts: BlockActivations, layer: LayerWeights,
+                         rope: RotaryTables, config: ModelConfig, layerIndex: Int, context: LayerContext,
+                         grads: BlockGradients) throws
 }
 
 /// The pre-norm block of Llama, Mistral, Qwen2 and Qwen3 (transformers' LlamaDecoderLayer).
@@ -26,8 +26,8 @@ protocol DecoderBlock {
 /// The family decides the attention's details through its tensors and config: q/k/v biases,
 /// per-head q/k norms (Qwen3), a sliding window (Mistral).
 enum PreNormBlock: DecoderBlock {
-    static func forward(y: FloatBuffer, x: FloatBuffer, acts: LlamaBlockActivations, layer w: LayerWeights,
-                        rope: LlamaRoPETables, cache: LlamaKeyValues?, config c: ModelConfig, layerIndex: Int,
+    static func forward(y: FloatBuffer, x: FloatBuffer, acts: BlockActivations, layer w: LayerWeights,
+                        rope: RotaryTables, cache: KeyValues?, config c: ModelConfig, layerIndex: Int,
                         context ctx: LayerContext) throws {
         let T = acts.T, n = T * c.hiddenSize
         precondition(x.count >= n && y.count >= n, "x and y must hold [\(T), \(c.hiddenSize)]")
@@ -46,9 +46,9 @@ enum PreNormBlock: DecoderBlock {
 
     ///   dh  = dy + rmsnorm'(mlp'(dy))            through w_post_attention, at h
     ///   dx  = dh + rmsnorm'(attention'(dh))      through w_input, at x
-    static func backward(dx: FloatBuffer, dy: FloatBuffer, x: FloatBuffer, acts: LlamaBlockActivations, layer w: LayerWeights,
-                         rope: LlamaRoPETables, config c: ModelConfig, layerIndex: Int, context ctx: LayerContext,
-                         grads g: LlamaBlockGradients) throws {
+    static func backward(dx: FloatBuffer, dy: FloatBuffer, x: FloatBuffer, acts: BlockActivations, layer w: LayerWeights,
+                         rope: RotaryTables, config c: ModelConfig, layerIndex: Int, context ctx: LayerContext,
+                         grads g: BlockGradients) throws {
         let T = acts.T, n = T * c.hiddenSize
         try gatedMLPBackward(dxn: g.dNormed, dOut: dy, acts: acts, weights: GatedMLPWeights(w), config: c, context: ctx, grads: g)
         StepProfile.measure(.elementwise) { g.dResidual.base.update(from: dy.base, count: n) }
@@ -64,7 +64,7 @@ enum PreNormBlock: DecoderBlock {
 
 /// Scratch of one layer's backward, [T rows] each, shared by every layer in turn.
 /// Legend: C hidden, F intermediate, H/Hkv heads, D head dim.
-final class LlamaBlockGradients {
+final class BlockGradients {
     let dNormed: FloatBuffer       // [T, C]   gradient of an RMSNorm's output
     let dResidual: FloatBuffer     // [T, C]   gradient of h
     let dAttention: FloatBuffer    // [T, H·D]

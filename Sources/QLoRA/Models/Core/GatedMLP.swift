@@ -21,7 +21,7 @@ struct GatedMLPWeights {
 ///   out[T, C] (+)= hidden·Wdownᵀ                             (out holds the residual h)
 ///
 /// Writes acts.gate, up, mlpHidden; reads acts.mlpInput (xn).
-func gatedMLPForward(out: UnsafeMutableBufferPointer<Float>, acts: LlamaBlockActivations, weights w: GatedMLPWeights,
+func gatedMLPForward(out: UnsafeMutableBufferPointer<Float>, acts: BlockActivations, weights w: GatedMLPWeights,
                      config c: ModelConfig, context ctx: LayerContext, accumulate: Bool = true) throws {
     let T = acts.T
     if let gateUp = w.gateUp {
@@ -45,8 +45,8 @@ func gatedMLPForward(out: UnsafeMutableBufferPointer<Float>, acts: LlamaBlockAct
 
 /// The backward of `gatedMLPForward`: given dOut [T, C], writes dxn [T, C], the gradient of
 /// the MLP's input xn, and accumulates the adapters' gradients.
-func gatedMLPBackward(dxn: FloatBuffer, dOut: FloatBuffer, acts: LlamaBlockActivations, weights w: GatedMLPWeights,
-                      config c: ModelConfig, context ctx: LayerContext, grads g: LlamaBlockGradients) throws {
+func gatedMLPBackward(dxn: FloatBuffer, dOut: FloatBuffer, acts: BlockActivations, weights w: GatedMLPWeights,
+                      config c: ModelConfig, context ctx: LayerContext, grads g: BlockGradients) throws {
     let T = acts.T
     try ctx.backward(w.down, dOut.base, x: acts.mlpHidden, into: g.dHidden.base, tokens: T, accumulate: false)
     StepProfile.measure(.elementwise) {

@@ -60,7 +60,7 @@ public struct LayerContext {
     /// The family's linears, whose order numbers the dropout streams.
     let order: [LinearSpec]
 
-    init(adapters: LayerAdapters?, acts: LlamaBlockActivations, dropoutSeed: UInt64?, order: [LinearSpec]) {
+    init(adapters: LayerAdapters?, acts: BlockActivations, dropoutSeed: UInt64?, order: [LinearSpec]) {
         self.init(adapters: adapters, saved: acts.lora, dropoutSeed: dropoutSeed, order: order)
     }
 

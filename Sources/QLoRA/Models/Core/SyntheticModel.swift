@@ -96,13 +96,13 @@ public enum SyntheticModel {
     /// (double-quantized NF4 by default, as QLoRA stores them), embedding and LM head Q8_0,
     /// norms one. Weights ~ uniform with standard deviation 0.02, from `seed`.
     public static func make(_ shape: SyntheticShape, layers: Int? = nil, format: QuantFormat = .nf4, seed: UInt64 = 1,
-                            progress: (Progress) -> Void = { _ in }) throws -> LlamaModel {
+                            progress: (Progress) -> Void = { _ in }) throws -> DecoderModel {
         try make(config: shape.config(layers: layers), format: format, seed: seed, progress: progress)
     }
 
     /// The same for any Llama-layout `config` (tests use tiny ones).
     public static func make(config c: ModelConfig, format: QuantFormat = .nf4, seed: UInt64 = 1,
-                            progress: (Progress) -> Void = { _ in }) throws -> LlamaModel {
+                            progress: (Progress) -> Void = { _ in }) throws -> DecoderModel {
         let total = c.numLayers * c.family.linears.count + (c.tieWordEmbeddings ? 1 : 2)
         var done = 0
         func matrix(_ name: String, _ rows: Int, _ cols: Int, _ f: QuantFormat, _ index: UInt64) throws -> QuantizedMatrix {
@@ -126,14 +126,14 @@ public enum SyntheticModel {
             layerWeights.append(LayerWeights(linears: zip(linears, m).map { Linear($0, weight: $1) },
                                              norms: c.family.norms.map { Norm(spec: $0, weight: [Float](repeating: 1, count: $0.size.size(in: c))) }))
         }
-        let embedding = LlamaTokenMatrix.quantized(try matrix("model.embed_tokens", c.vocabSize, c.hiddenSize, .q8_0,
+        let embedding = TokenMatrix.quantized(try matrix("model.embed_tokens", c.vocabSize, c.hiddenSize, .q8_0,
                                                               tokenIndex(c, head: false)))
         let head = c.tieWordEmbeddings ? embedding
             : .quantized(try matrix("lm_head", c.vocabSize, c.hiddenSize, .q8_0, tokenIndex(c, head: true)))
-        let weights = LlamaWeights(embedding: embedding, layers: layerWeights, finalNorm: ones, lmHead: head)
+        let weights = ModelWeights(embedding: embedding, layers: layerWeights, finalNorm: ones, lmHead: head)
         // The fp32 tensors were freed on the worker threads' malloc arenas: give the pages back.
         qk_release_free_memory()
-        return try LlamaModel(config: c, weights: weights)
+        return try DecoderModel(config: c, weights: weights)
     }
 
     /// Tensor numbers, from which each tensor's values are drawn (seed + number): layer l's

@@ -10,18 +10,18 @@ import QuantKernels
 /// (`--train-norms`) in the context's slot is used instead of the frozen one.
 func rmsNormForward(y: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
                     norm: Norm, context: LayerContext, tokens T: Int, eps: Float) {
-    llamaRMSNormForward(y: y, rstd: rstd, x: x, weight: norm.weight, trainable: context.norm(norm), tokens: T, eps: eps)
+    rmsNormForward(y: y, rstd: rstd, x: x, weight: norm.weight, trainable: context.norm(norm), tokens: T, eps: eps)
 }
 
 /// The backward of `rmsNormForward`: dx (+)= …, and the trained weight's gradient.
 func rmsNormBackward(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
                      rstd: UnsafePointer<Float>, norm: Norm, context: LayerContext, tokens T: Int, accumulate: Bool = true) {
-    llamaRMSNormBackward(dx: dx, dy: dy, x: x, rstd: rstd, weight: norm.weight, trainable: context.norm(norm), tokens: T,
+    rmsNormBackward(dx: dx, dy: dy, x: x, rstd: rstd, weight: norm.weight, trainable: context.norm(norm), tokens: T,
                          accumulate: accumulate)
 }
 
 /// The same over a plain weight array (the final norm) and an optional trained copy.
-func llamaRMSNormForward(y: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
+func rmsNormForward(y: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
                          weight: [Float], trainable: Parameter? = nil, tokens T: Int, eps: Float) {
     StepProfile.measure(.norms) {
         withNormWeight(weight, trainable) { w in
@@ -32,7 +32,7 @@ func llamaRMSNormForward(y: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePoin
 
 /// dx[T, C] (+)= rstd·(w⊙dy − x̂·mean(w⊙dy⊙x̂)), x̂ = x·rstd, and dw += Σ_t dy⊙x̂ when the
 /// weight trains. dx must not alias dy or x.
-func llamaRMSNormBackward(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+func rmsNormBackward(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
                           rstd: UnsafePointer<Float>, weight: [Float], trainable: Parameter?, tokens T: Int,
                           accumulate: Bool = true) {
     StepProfile.measure(.norms) {

@@ -3,7 +3,7 @@ import Foundation
 /// Keys (after RoPE) and values of every layer for the positions run so far, so that decoding
 /// one more token runs one row instead of the whole sequence. Legend: L layers, Hkv KV heads,
 /// D head dim; each layer holds keys and values [capacity, Hkv·D], rows 0 ..< count filled.
-public final class LlamaKVCache {
+public final class KVCache {
     public let capacity: Int
     /// Positions held: the next token runs at position `count`.
     public private(set) var count = 0
@@ -19,8 +19,8 @@ public final class LlamaKVCache {
     }
 
     /// Layer l's store, its first `count` rows filled.
-    func layer(_ l: Int) -> LlamaKeyValues {
-        LlamaKeyValues(keys: keys[l].base, values: values[l].base, past: count)
+    func layer(_ l: Int) -> KeyValues {
+        KeyValues(keys: keys[l].base, values: values[l].base, past: count)
     }
 
     /// Records that T more positions were written to every layer.

@@ -4,7 +4,7 @@ import Quant
 /// The trainable part of a model: LoRA adapters on the target linears of the adapted layers,
 /// and with `trainNorms` every RMSNorm weight of its family (fp32 copies of the frozen values).
 /// Embeddings and base linears stay frozen and have no gradient buffers.
-public final class LlamaLoRA: @unchecked Sendable {
+public final class ModelAdapters: @unchecked Sendable {
     public let config: LoRAConfig
     public let trainsNorms: Bool
     /// One per decoder layer (empty where nothing trains).
@@ -15,11 +15,11 @@ public final class LlamaLoRA: @unchecked Sendable {
     /// of linears; A then B), then its norms (the family's order); the final norm last. Stacked adapters are not among them.
     public let parameters: [Parameter]
     /// Adapters stacked frozen on these (`stacking`), by name, in the order they apply.
-    public let stacked: [(name: String, adapters: LlamaLoRA)]
+    public let stacked: [(name: String, adapters: ModelAdapters)]
 
     /// Adapters initialized as PEFT does (A Kaiming-uniform from one SplitMix64 seeded with
     /// `seed`, drawn layer by layer in the order of `parameters`; B zero).
-    public init(model: LlamaModel, config: LoRAConfig, trainNorms: Bool = false, seed: UInt64) throws(LoRAConfigError) {
+    public init(model: DecoderModel, config: LoRAConfig, trainNorms: Bool = false, seed: UInt64) throws(LoRAConfigError) {
         let c = model.config
         try config.validate(layers: c.numLayers)
         self.config = config
@@ -65,7 +65,7 @@ public final class LlamaLoRA: @unchecked Sendable {
     /// only them); the others add their deltas in every forward and pass the input gradient in
     /// the backward, without dropout or gradients. They must come from the same base; trained
     /// norms replace the base's rather than add to it, so only this value may carry them.
-    public func stacking(_ others: [(name: String, adapters: LlamaLoRA)]) throws(AdapterStackError) -> LlamaLoRA {
+    public func stacking(_ others: [(name: String, adapters: ModelAdapters)]) throws(AdapterStackError) -> ModelAdapters {
         var layers = self.layers
         for (name, other) in others {
             guard other.layers.count == layers.count else {
@@ -77,12 +77,12 @@ public final class LlamaLoRA: @unchecked Sendable {
                 for (m, list) in layer.frozen { layers[l].frozen[m, default: []] += list }
             }
         }
-        return LlamaLoRA(config: config, trainsNorms: trainsNorms, layers: layers, finalNorm: finalNorm, parameters: parameters,
+        return ModelAdapters(config: config, trainsNorms: trainsNorms, layers: layers, finalNorm: finalNorm, parameters: parameters,
                          stacked: stacked + others.flatMap { [$0] + $0.adapters.stacked }, family: family)
     }
 
     private init(config: LoRAConfig, trainsNorms: Bool, layers: [LayerAdapters], finalNorm: Parameter?, parameters: [Parameter],
-                 stacked: [(name: String, adapters: LlamaLoRA)], family: ModelFamily) {
+                 stacked: [(name: String, adapters: ModelAdapters)], family: ModelFamily) {
         self.family = family
         self.config = config
         self.trainsNorms = trainsNorms
@@ -155,7 +155,7 @@ public enum AdapterStackError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-extension LlamaModel {
+extension DecoderModel {
     /// Bytes of the frozen weights as held: 4-bit linears, token matrices, norms.
     public var frozenBytes: Int {
         var n = weights.embedding.byteCount + weights.finalNorm.count * 4

@@ -3,12 +3,12 @@ import Quant
 
 /// A decoder's weights taken from a `QuantizedModel` (no copies: the arrays and matrices are
 /// shared with it), each block's by its family's table. Legend: V vocab, C hidden.
-public struct LlamaWeights: Sendable {
-    public let embedding: LlamaTokenMatrix // [V, C] embed_tokens
+public struct ModelWeights: Sendable {
+    public let embedding: TokenMatrix // [V, C] embed_tokens
     public let layers: [LayerWeights]
     public let finalNorm: [Float]          // [C]
     /// [V, C]: lm_head, or the embedding when the model ties them.
-    public let lmHead: LlamaTokenMatrix
+    public let lmHead: TokenMatrix
 
     /// Hugging Face names of the tensors outside the blocks, and of a block's.
     enum Name {
@@ -19,47 +19,47 @@ public struct LlamaWeights: Sendable {
     }
 
     /// Weights made elsewhere (synthetic shapes).
-    public init(embedding: LlamaTokenMatrix, layers: [LayerWeights], finalNorm: [Float], lmHead: LlamaTokenMatrix) {
+    public init(embedding: TokenMatrix, layers: [LayerWeights], finalNorm: [Float], lmHead: TokenMatrix) {
         self.embedding = embedding
         self.layers = layers
         self.finalNorm = finalNorm
         self.lmHead = lmHead
     }
 
-    public init(_ model: QuantizedModel) throws(LlamaModelError) {
+    public init(_ model: QuantizedModel) throws(ModelError) {
         let c = model.config, family = c.family
-        func linear(_ name: String, rows: Int, cols: Int) throws(LlamaModelError) -> QuantizedMatrix {
+        func linear(_ name: String, rows: Int, cols: Int) throws(ModelError) -> QuantizedMatrix {
             guard let m = model.linears[name] else { throw .missingTensor(name) }
             guard m.rows == rows, m.cols == cols else { throw .wrongShape(name, expected: [rows, cols], found: [m.rows, m.cols]) }
             return m
         }
-        func dense(_ name: String, count: Int) throws(LlamaModelError) -> [Float] {
+        func dense(_ name: String, count: Int) throws(ModelError) -> [Float] {
             guard let d = model.dense[name] else { throw .missingTensor(name) }
             guard d.count == count else { throw .wrongShape(name, expected: [count], found: [d.count]) }
             return d
         }
         // Norms as the model computes with them: Gemma's Hugging Face files store w of x̂·(1 + w).
         let offset = model.source.gguf == nil ? family.huggingFaceNormOffset : 0
-        func norm(_ name: String, count: Int) throws(LlamaModelError) -> [Float] {
+        func norm(_ name: String, count: Int) throws(ModelError) -> [Float] {
             let w = try dense(name, count: count)
             return offset == 0 ? w : w.map { $0 + offset }
         }
         var layers: [LayerWeights] = []
         for l in 0..<c.numLayers {
             func n(_ suffix: String) -> String { Name.layer(l, suffix) }
-            let linears = try family.linears.map { (s) throws(LlamaModelError) -> Linear in
+            let linears = try family.linears.map { (s) throws(ModelError) -> Linear in
                 let (rows, cols) = s.shape(in: c)
                 let biasName = n(s.path + ".bias")
                 let bias = model.dense[biasName] == nil ? nil : try dense(biasName, count: rows)
                 return Linear(s, weight: try linear(n(s.path + ".weight"), rows: rows, cols: cols), bias: bias)
             }
-            let norms = try family.norms.map { (s) throws(LlamaModelError) -> Norm in
+            let norms = try family.norms.map { (s) throws(ModelError) -> Norm in
                 Norm(spec: s, weight: try norm(n(s.path + ".weight"), count: s.size.size(in: c)))
             }
             layers.append(LayerWeights(linears: linears, norms: norms))
         }
         self.layers = layers
-        func tokens(_ name: String) throws(LlamaModelError) -> LlamaTokenMatrix {
+        func tokens(_ name: String) throws(ModelError) -> TokenMatrix {
             if let m = model.tokenMatrices[name] {
                 guard m.rows == c.vocabSize, m.cols == c.hiddenSize else {
                     throw .wrongShape(name, expected: [c.vocabSize, c.hiddenSize], found: [m.rows, m.cols])
@@ -76,7 +76,7 @@ public struct LlamaWeights: Sendable {
 
 /// A [V, C] token matrix — the embedding, or the LM head — in fp32 or in the block format
 /// the GGUF stores it in (Q8_0 usually), then read row by row and multiplied by the GEMMs.
-public enum LlamaTokenMatrix: Sendable {
+public enum TokenMatrix: Sendable {
     case dense([Float])
     case quantized(QuantizedMatrix)
 
@@ -131,7 +131,7 @@ public enum LlamaTokenMatrix: Sendable {
     }
 }
 
-public enum LlamaModelError: Error, Equatable, CustomStringConvertible {
+public enum ModelError: Error, Equatable, CustomStringConvertible {
     case missingTensor(String)
     case wrongShape(String, expected: [Int], found: [Int])
     case unsupportedRopeScaling(type: String, detail: String)

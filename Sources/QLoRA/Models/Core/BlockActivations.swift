@@ -96,7 +96,7 @@ public final class FloatArena {
 /// (cached + new), C hidden, F intermediate, H/Hkv heads, D head dim.
 ///
 /// Inference reuses one set for every layer; training keeps one per layer.
-public final class LlamaBlockActivations {
+public final class BlockActivations {
     /// Rows: B sequences of T / B tokens each, sequence b at rows b·T/B ..< (b+1)·T/B.
     public let T: Int
     /// B: the sequences of a training batch run side by side (1 when decoding).

@@ -9,31 +9,31 @@ import Quant
 ///   logits[T', V] = rmsnorm(x[rows]) · lm_headᵀ              (T' = 1 for the last row, or T)
 ///
 /// The model is immutable: a forward keeps its state in buffers of its own and in the cache it is given.
-public final class LlamaModel: @unchecked Sendable {
+public final class DecoderModel: @unchecked Sendable {
     public let config: ModelConfig
-    public let weights: LlamaWeights
-    public let rope: LlamaRoPE
+    public let weights: ModelWeights
+    public let rope: RotaryEmbedding
     /// LoRA adapters (and trained norms) applied in every forward, without dropout.
-    public let adapters: LlamaLoRA?
+    public let adapters: ModelAdapters?
 
     public init(_ model: QuantizedModel) throws {
         config = model.config
-        weights = try LlamaWeights(model)
-        rope = try LlamaRoPE(config: model.config)
+        weights = try ModelWeights(model)
+        rope = try RotaryEmbedding(config: model.config)
         adapters = nil
     }
 
     /// A model from weights made in memory (synthetic shapes).
-    public init(config: ModelConfig, weights: LlamaWeights) throws {
+    public init(config: ModelConfig, weights: ModelWeights) throws {
         try config.validate(source: "synthetic \(config.architecture)")
         self.config = config
         self.weights = weights
-        rope = try LlamaRoPE(config: config)
+        rope = try RotaryEmbedding(config: config)
         adapters = nil
     }
 
     /// `base` with `adapters` applied (the weights are shared, not copied).
-    public init(_ base: LlamaModel, adapters: LlamaLoRA) {
+    public init(_ base: DecoderModel, adapters: ModelAdapters) {
         config = base.config
         weights = base.weights
         rope = base.rope
@@ -51,13 +51,13 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// Runs `tokens` at positions P ..< P + T, P = cache?.count ?? 0, appending their keys and
     /// values to `cache` when given. Returns logits [1, V] (`.last`) or [T, V] (`.all`).
-    public func forward(tokens: [Int], cache: LlamaKVCache? = nil, logits rows: LogitRows = .last) throws -> [Float] {
+    public func forward(tokens: [Int], cache: KVCache? = nil, logits rows: LogitRows = .last) throws -> [Float] {
         let c = config, T = tokens.count, P = cache?.count ?? 0
-        guard T > 0 else { throw LlamaModelError.emptyInput }
-        if let cache, P + T > cache.capacity { throw LlamaModelError.cacheFull(capacity: cache.capacity, needed: P + T) }
+        guard T > 0 else { throw ModelError.emptyInput }
+        if let cache, P + T > cache.capacity { throw ModelError.cacheFull(capacity: cache.capacity, needed: P + T) }
         var x = try embed(tokens)
         var y = FloatBuffer(count: T * c.hiddenSize)
-        let acts = LlamaBlockActivations(config: c, tokens: T, keys: P + T, keepsProbabilities: false,
+        let acts = BlockActivations(config: c, tokens: T, keys: P + T, keepsProbabilities: false,
                                          adapters: adapters?.everyAdaptedLinear)
         let tables = rope.tables(from: P, count: T)
         let family = c.family
@@ -73,7 +73,7 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     /// x[T, C] = embed_tokens rows of `tokens`.
-    func embed(_ tokens: [Int]) throws(LlamaModelError) -> FloatBuffer {
+    func embed(_ tokens: [Int]) throws(ModelError) -> FloatBuffer {
         let C = config.hiddenSize, V = config.vocabSize
         let x = FloatBuffer(count: tokens.count * C)
         for (t, id) in tokens.enumerated() {
@@ -90,7 +90,7 @@ public final class LlamaModel: @unchecked Sendable {
     func lmHead(_ x: FloatBuffer, rows: Range<Int>) throws -> [Float] {
         let C = config.hiddenSize, V = config.vocabSize, n = rows.count
         let xn = FloatBuffer(count: n * C), rstd = FloatBuffer(count: n)
-        llamaRMSNormForward(y: xn.base, rstd: rstd.base, x: x.base + rows.lowerBound * C, weight: weights.finalNorm,
+        rmsNormForward(y: xn.base, rstd: rstd.base, x: x.base + rows.lowerBound * C, weight: weights.finalNorm,
                             trainable: adapters?.finalNorm, tokens: n, eps: config.rmsNormEps)
         var logits = [Float](repeating: 0, count: n * V)
         try logits.withUnsafeMutableBufferPointer { (out) throws in

@@ -5,13 +5,13 @@ import QuantKernels
 /// frequencies inv_freq[i] = 1 / θ^(2i/D) in fp32 (`_compute_default_rope_parameters`),
 /// rescaled by `_compute_llama3_parameters` for rope_scaling type llama3. Legend: T tokens,
 /// D head dim.
-public struct LlamaRoPE: Sendable {
+public struct RotaryEmbedding: Sendable {
     /// [D/2]
     public let inverseFrequencies: [Float]
     /// [D/2] of the sliding layers when their base differs (Gemma 3's local layers; unscaled).
     public let localInverseFrequencies: [Float]?
 
-    public init(config c: ModelConfig) throws(LlamaModelError) {
+    public init(config c: ModelConfig) throws(ModelError) {
         let half = c.headDim / 2
         func frequencies(_ theta: Float) -> [Float] { (0..<half).map { i in 1 / Foundation.pow(theta, Float(2 * i) / Float(c.headDim)) } }
         localInverseFrequencies = c.localRopeTheta.map(frequencies)
@@ -54,15 +54,15 @@ public struct LlamaRoPE: Sendable {
 
     /// cos and sin of the angles of positions P ..< P + T: [T, D/2] each (and the sliding
     /// layers' own in `local`).
-    public func tables(from P: Int, count T: Int) -> LlamaRoPETables {
+    public func tables(from P: Int, count T: Int) -> RotaryTables {
         let t = Self.tables(inverseFrequencies, from: P, count: T)
         t.local = localInverseFrequencies.map { Self.tables($0, from: P, count: T) }
         return t
     }
 
-    private static func tables(_ frequencies: [Float], from P: Int, count T: Int) -> LlamaRoPETables {
+    private static func tables(_ frequencies: [Float], from P: Int, count T: Int) -> RotaryTables {
         let half = frequencies.count
-        let t = LlamaRoPETables(first: P, count: T, half: half)
+        let t = RotaryTables(first: P, count: T, half: half)
         frequencies.withUnsafeBufferPointer { f in
             qk_rope_tables(t.cos.base, t.sin.base, f.baseAddress, Int64(half), Int64(P), Int64(T))
         }
@@ -71,16 +71,16 @@ public struct LlamaRoPE: Sendable {
 }
 
 /// cos and sin [T, D/2] for positions first ..< first + T, shared by q and k of every layer.
-public final class LlamaRoPETables {
+public final class RotaryTables {
     public let first: Int
     public let count: Int
     public let cos: FloatBuffer
     public let sin: FloatBuffer
     /// The sliding layers' tables when their base differs.
-    public fileprivate(set) var local: LlamaRoPETables?
+    public fileprivate(set) var local: RotaryTables?
 
     /// The tables layer `l` of a `c` model rotates with.
-    func layer(_ l: Int, config c: ModelConfig) -> LlamaRoPETables {
+    func layer(_ l: Int, config c: ModelConfig) -> RotaryTables {
         guard let local, c.isSliding(layer: l) else { return self }
         return local
     }
