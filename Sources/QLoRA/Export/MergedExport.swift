@@ -277,19 +277,8 @@ public enum MergedExport {
 
     /// Renames the finished `tmp` to `output`; an existing `output` is moved aside first and
     /// removed only once the new folder is in place.
-    static func swapIn(_ tmp: String, as output: String) throws {
-        let fm = FileManager.default
-        let old = output + ".old-\(getpid())"
-        let exists = fm.fileExists(atPath: output)
-        if exists { try fm.moveItem(atPath: output, toPath: old) }
-        do {
-            try fm.moveItem(atPath: tmp, toPath: output)
-        } catch {
-            if exists { try? fm.moveItem(atPath: old, toPath: output) }
-            throw error
-        }
-        if exists { try fm.removeItem(atPath: old) }
-    }
+    /// The staged output made `output`, fsynced (StagedOutput.commit).
+    static func swapIn(_ tmp: String, as output: String) throws { try StagedOutput.commit(tmp, to: output) }
 
     static func fileSize(_ path: String) -> Int {
         (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0

@@ -107,33 +107,48 @@ public enum StagedOutput {
         }
 
         /// Makes what was written into `path` the folder at `output` (see the type).
-        public func commit() throws {
-            let fm = FileManager.default
-            let entries = (fm.enumerator(atPath: path)?.allObjects as? [String]) ?? []
-            for e in entries.sorted() { try sync((path as NSString).appendingPathComponent(e)) }
-            try sync(path)
-            var movedAside = false
-            if fm.fileExists(atPath: output) {
-                try? fm.removeItem(atPath: aside)
-                try move(output, aside)
-                movedAside = true
-            }
-            try move(path, output)
-            let parent = (output as NSString).deletingLastPathComponent
-            try sync(parent.isEmpty ? "." : parent)
-            if movedAside { try? fm.removeItem(atPath: aside) }
-        }
+        public func commit() throws { try StagedOutput.commit(path, to: output, aside: aside) }
+    }
 
-        private func move(_ from: String, _ to: String) throws {
-            guard rename(from, to) == 0 else { throw FileError.cannotWrite(path: to, reason: "rename from \(from): \(String(cString: strerror(errno)))") }
+    /// Makes the staged file or folder `staged` the `output`: fsyncs it (every file of a
+    /// folder, then the folder), moves an existing `output` aside to `aside` (default
+    /// `.old-<pid>`), renames `staged` in, fsyncs the parent and removes the old one; if the
+    /// rename fails, the old one is put back. Exports, checkpoints and adapters all end here.
+    public static func commit(_ staged: String, to output: String, aside: String? = nil) throws {
+        let fm = FileManager.default
+        let aside = aside ?? stem(of: output, hidden: false) + ".old-\(getpid())"
+        var isDir: ObjCBool = false
+        if fm.fileExists(atPath: staged, isDirectory: &isDir), isDir.boolValue {
+            let entries = (fm.enumerator(atPath: staged)?.allObjects as? [String]) ?? []
+            for e in entries.sorted() { try sync((staged as NSString).appendingPathComponent(e)) }
         }
+        try sync(staged)
+        var movedAside = false
+        if fm.fileExists(atPath: output) {
+            try? fm.removeItem(atPath: aside)
+            try move(output, aside)
+            movedAside = true
+        }
+        do {
+            try move(staged, output)
+        } catch {
+            if movedAside { try? move(aside, output) }
+            throw error
+        }
+        let parent = (output as NSString).deletingLastPathComponent
+        try sync(parent.isEmpty ? "." : parent)
+        if movedAside { try? fm.removeItem(atPath: aside) }
+    }
 
-        /// fsync of a file or folder (for a folder: the names created or renamed in it).
-        private func sync(_ path: String) throws {
-            let fd = open(path, O_RDONLY)
-            guard fd >= 0 else { throw FileError.cannotWrite(path: path, reason: "open for fsync: \(String(cString: strerror(errno)))") }
-            defer { close(fd) }
-            guard fsync(fd) == 0 else { throw FileError.cannotWrite(path: path, reason: "fsync: \(String(cString: strerror(errno)))") }
-        }
+    private static func move(_ from: String, _ to: String) throws {
+        guard rename(from, to) == 0 else { throw FileError.cannotWrite(path: to, reason: "rename from \(from): \(String(cString: strerror(errno)))") }
+    }
+
+    /// fsync of a file or folder (for a folder: the names created or renamed in it).
+    private static func sync(_ path: String) throws {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw FileError.cannotWrite(path: path, reason: "open for fsync: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw FileError.cannotWrite(path: path, reason: "fsync: \(String(cString: strerror(errno)))") }
     }
 }
