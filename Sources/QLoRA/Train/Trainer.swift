@@ -54,8 +54,9 @@ public struct LossSum: Sendable, Equatable {
 ///
 ///   x₀[N, C] = embed(ids);  x_{l+1} = block_l(x_l)          (activations kept, or only the x_l
 ///                                                            with gradient checkpointing)
-///   loss = Σ CE(rmsnorm(x_L)·lm_headᵀ, targets)            (the head in chunks of rows: no [N, V])
-///   backward from the loss through the head, the final norm and every block in reverse,
+///   loss, dx_L = objective(x_L)                              (CausalLMObjective: Σ CE of the head's
+///                                                            logits, in chunks of rows: no [N, V])
+///   backward from dx_L through every block in reverse,
 ///   accumulating into the trainable Parameters' grads (multiplied by `gradScale`).
 public final class Trainer {
     public let model: DecoderModel
@@ -63,8 +64,9 @@ public final class Trainer {
     /// Recompute each block's activations in the backward from its input (per-block
     /// checkpointing): activation memory is one block's worth plus the L + 1 block inputs.
     public var gradientCheckpointing: Bool
-    /// Rows of logits computed at once in the head: chunk × V floats at a time.
-    public var headChunkRows: Int
+    /// What the last block's output is turned into a loss by: the causal LM's next-token
+    /// cross-entropy unless said otherwise.
+    public var objective: any TrainingObjective
 
     /// The step's buffers, reused from step to step.
     private let arena = FloatArena()
@@ -72,11 +74,13 @@ public final class Trainer {
     /// Bytes the step buffers hold (the largest step so far).
     public var stepBufferBytes: Int { arena.capacity * MemoryLayout<Float>.stride }
 
-    public init(model: DecoderModel, lora: ModelAdapters, gradientCheckpointing: Bool = false, headChunkRows: Int = 128) {
+    /// `headChunkRows`: rows of logits the causal LM's head computes at once (chunk × V floats).
+    public init(model: DecoderModel, lora: ModelAdapters, gradientCheckpointing: Bool = false, headChunkRows: Int = 128,
+                objective: (any TrainingObjective)? = nil) {
         self.model = model
         self.lora = lora
         self.gradientCheckpointing = gradientCheckpointing
-        self.headChunkRows = headChunkRows
+        self.objective = objective ?? CausalLMObjective(headChunkRows: headChunkRows)
     }
 
     /// Runs forward and backward over `batch`, adding gradScale · ∂(Σ loss)/∂θ into every
@@ -134,10 +138,11 @@ public final class Trainer {
             }
         }
         let last = inputs[inputs.count - 1]
-        let targets = batch.shiftedTargets
         var dx = backward ? arena.take(N * C) : nil
         dx?.base.update(repeating: 0, count: N * C)
-        let loss = try StepProfile.measure(.head) { try head(last, targets: targets, gradScale: gradScale, dx: dx) }
+        let loss = try StepProfile.measure(.head) { () throws in
+            try objective.loss(hidden: last, batch: batch, model: model, adapters: lora, gradScale: gradScale, dx: dx, arena: arena)
+        }
         guard backward, var d = dx else { return loss }
 
         // Backward through the blocks.
@@ -163,55 +168,4 @@ public final class Trainer {
         dx = nil
         return loss
     }
-
-    /// The final norm, the LM head and the cross-entropy, in chunks of rows; with `dx`, writes
-    /// the gradient of the loss (times gradScale) with respect to x [N, C] there and adds the
-    /// final norm's gradient when it trains.
-    private func head(_ x: FloatBuffer, targets: [Int32], gradScale: Float, dx: FloatBuffer?) throws -> LossSum {
-        let c = model.config, C = c.hiddenSize, V = c.vocabSize, N = targets.count
-        let xn = arena.take(N * C), rstd = arena.take(N)
-        rmsNormForward(y: xn.base, rstd: rstd.base, x: x.base, weight: model.weights.finalNorm, trainable: lora.finalNorm,
-                            tokens: N, eps: c.rmsNormEps)
-        let dxn = dx == nil ? nil : arena.take(N * C)
-        let chunk = max(1, headChunkRows)
-        let logits = arena.take(min(chunk, N) * V)
-        let tanhs = c.finalLogitSoftcap == nil ? nil : arena.take(min(chunk, N) * V)
-        var total = LossSum()
-        var first = 0
-        while first < N {
-            let n = min(chunk, N - first)
-            let labels = Array(targets[first..<(first + n)])
-            if labels.allSatisfy({ $0 == -100 }) {
-                dxn?.base.advanced(by: first * C).update(repeating: 0, count: n * C)
-                first += n
-                continue
-            }
-            try model.weights.lmHead.forward(xn.base + first * C, rows: n, width: C, vocab: V, into: logits.base)
-            // Gemma 2's final soft-capping: logits ← cap·tanh(logits / cap), keeping tanh for the backward.
-            if let cap = c.finalLogitSoftcap, let tanhs {
-                for i in 0..<(n * V) {
-                    let t = tanhf(logits.base[i] / cap)
-                    tanhs.base[i] = t
-                    logits.base[i] = cap * t
-                }
-            }
-            var counted: Int64 = 0
-            let sum = labels.withUnsafeBufferPointer {
-                qk_cross_entropy(logits.base, $0.baseAddress, Int64(n), Int64(V), gradScale, &counted, 0)
-            }
-            total = total + LossSum(sum: sum, tokens: Int(counted))
-            if let dxn {
-                if let tanhs { for i in 0..<(n * V) { logits.base[i] *= 1 - tanhs.base[i] * tanhs.base[i] } }
-                try model.weights.lmHead.backward(logits.base, rows: n, width: C, vocab: V, into: dxn.base + first * C,
-                                                  accumulate: false)
-            }
-            first += n
-        }
-        if let dx, let dxn {
-            rmsNormBackward(dx: dx.base, dy: dxn.base, x: x.base, rstd: rstd.base, weight: model.weights.finalNorm,
-                                 trainable: lora.finalNorm, tokens: N)
-        }
-        return total
-    }
 }
-
