@@ -1,4 +1,5 @@
 import ArgumentParser
+import QLoRA
 
 @main
 struct QLoRACommand: ParsableCommand {
@@ -8,6 +9,8 @@ struct QLoRACommand: ParsableCommand {
         discussion: """
             Frozen weights stay 4-bit (NF4/FP4 as bitsandbytes stores them, or GGUF's Q4_0/Q4_1/Q8_0
             blocks as they are) and are dequantized tile by tile into OpenMP-parallel GEMMs.
+
+            Model families (Hugging Face model_type and GGUF architecture): \(ModelFamily.supportedNames).
 
             Start with `qlora info` to see what this machine computes with, and
             `qlora bench gemm` to measure the 4-bit GEMMs against dense sgemm.
