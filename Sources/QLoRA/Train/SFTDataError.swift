@@ -24,6 +24,14 @@ public enum SFTRowProblem: Error, Equatable, Sendable, CustomStringConvertible {
     case csvFieldCount(found: Int, expected: Int)
     case csvCharacterAfterQuote(character: String)
     case csvUnterminatedQuote
+    /// A preference row whose chosen and rejected are the same (before any prompt is taken off).
+    case chosenEqualsRejected
+    /// A preference row with an explicit `prompt` whose `side` ("chosen" or "rejected") is a
+    /// whole conversation (it does not start with an assistant message) not starting with it.
+    case promptNotPrefix(side: String)
+    /// A preference row with no `prompt` whose chosen and rejected have no first message
+    /// (or first character) in common: there is no prompt to extract.
+    case noSharedPrompt
 
     public var description: String {
         switch self {
@@ -45,6 +53,12 @@ public enum SFTRowProblem: Error, Equatable, Sendable, CustomStringConvertible {
         case let .csvFieldCount(found, expected): "\(found) fields, the header has \(expected)"
         case let .csvCharacterAfterQuote(character): "'\(character)' after a closing quote (expected ',' or a line end)"
         case .csvUnterminatedQuote: "a quoted field is never closed"
+        case .chosenEqualsRejected: "'chosen' and 'rejected' are identical: the pair prefers nothing"
+        case let .promptNotPrefix(side):
+            "'\(side)' is a whole conversation that does not start with the 'prompt' messages"
+            + "\n---> HINT: give '\(side)' as the assistant reply alone, or as the prompt's messages followed by it"
+        case .noSharedPrompt: "'chosen' and 'rejected' share no prompt: they differ from their first message (or character)"
+            + "\n---> HINT: add a 'prompt' key"
         }
     }
 }
