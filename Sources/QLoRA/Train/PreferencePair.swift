@@ -50,16 +50,22 @@ public enum PreferenceRow: Sendable, Equatable {
     /// `tokenize_row`: prompt and completions tokenized apart, so both sides share the
     /// prompt's ids exactly):
     ///
-    ///   text       prompt:     tokenizer prefix (BOS where the tokenizer adds one) + encode(prompt)
+    ///   text       prompt:     tokenizer prefix + encode(prompt)
     ///              completion: encode(completion) + EOS (not doubled where the text ends with it)
     ///   messages   prompt:     encode(render(prompt, addGenerationPrompt: true)), no tokenizer
     ///                          prefix (the template writes BOS where the model wants it)
     ///              completion: encode(render(prompt + completion) less the prompt's render):
-    ///                          the assistant turn with its end-of-turn, as the template writes it
+    ///                          the assistant turn with its end-of-turn, as the template writes
+    ///                          it, no EOS added (TRL's `is_chat` case; older TRL added one)
+    ///
+    /// The prefix (BOS for Llama-style tokenizers) is where TRL differs: its tokenize_row adds
+    /// BOS only for encoder-decoder models. qlora adds it as its SFT rows and TRL's
+    /// RewardTrainer (which tokenizes with special tokens) do, so a plain-text prompt reads as
+    /// the model was trained to read text.
     ///
     /// A token that would span the boundary in the whole text is cut there (Llama 3's header
-    /// "\n\n" is one token at the end of the prompt), as in TRL. Nothing is truncated: the data
-    /// set drops pairs past its max length.
+    /// "\n\n" is one token at the end of the prompt, two before content), as in TRL. Nothing is
+    /// truncated: the data set drops pairs past its max length.
     public func tokenize(tokenizer: Tokenizer, chatTemplate: ChatTemplate?) throws(SFTRowProblem) -> PreferencePair {
         let prompt: [Int], chosen: [Int], rejected: [Int]
         switch self {

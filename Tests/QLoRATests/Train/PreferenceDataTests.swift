@@ -76,6 +76,20 @@ final class PreferenceDataTests: XCTestCase {
         }
     }
 
+    func testLlama3PromptCarriesTheTemplatesBOSAndEndsAtTheHeader() throws {
+        let llama3 = ChatTemplate(family: .llama3, bos: "<|im_start|>", eos: "<|im_end|>")
+        let user = [ChatMessage(.user, "Hi")], reply = [ChatMessage(.assistant, "Hello")]
+        let p = try PreferenceRow.messages(prompt: user, chosen: reply, rejected: [ChatMessage(.assistant, "Go away")])
+            .tokenize(tokenizer: t, chatTemplate: llama3)
+        XCTAssertEqual(p.prompt.first, t.id(of: "<|im_start|>"), "BOS from the template, once")
+        XCTAssertEqual(p.prompt, t.encode(try llama3.render(user, addGenerationPrompt: true)))
+        XCTAssertEqual(t.decode(p.chosen), "Hello<|eot_id|>")
+        // The header's "\n\n" is one token at the prompt's end, two in the whole text: tokenized
+        // apart, as TRL does, the sequence is not the whole text's tokens.
+        XCTAssertNotEqual(p.inputIds(.chosen), t.encode(try llama3.render(user + reply, addGenerationPrompt: false)))
+        XCTAssertEqual(t.decode(p.inputIds(.chosen)), try llama3.render(user + reply, addGenerationPrompt: false))
+    }
+
     func testImplicitPromptIsTheLongestCommonPrefix() throws {
         let s = ChatMessage(.system, "Be brief."), u = ChatMessage(.user, "Hi"), a = ChatMessage(.assistant, "Hello"),
             u2 = ChatMessage(.user, "Colour?"), good = ChatMessage(.assistant, "Blue."), bad = ChatMessage(.assistant, "No.")
@@ -185,6 +199,7 @@ final class PreferenceDataTests: XCTestCase {
                      line: 1, .promptNotPrefix(side: "chosen"), says: "'chosen' is a whole conversation that does not start with the 'prompt' messages")
         assertBadRow(#"{"prompt": "q", "chosen": \#(yes), "rejected": \#(no)}"#, line: 1, .wrongType(key: "prompt", expected: "a list of messages, as 'chosen' is"))
         assertBadRow(#"{"prompt": "q", "chosen": " a", "rejected": \#(no)}"#, line: 1, .wrongType(key: "rejected", expected: "a string, as 'chosen' is"))
+        assertBadRow(#"{"prompt": \#(user), "chosen": \#(user), "rejected": \#(no)}"#, line: 1, .emptyContent(key: "chosen"))
         assertBadRow(#"{"chosen": "yes", "rejected": "no"}"#, line: 1, .noSharedPrompt, says: "'chosen' and 'rejected' share no prompt")
         assertBadRow(#"{"chosen": \#(user.dropLast()), {"role": "assistant", "content": "y"}], "rejected": \#(other.dropLast()), {"role": "assistant", "content": "y"}]}"#,
                      line: 1, .noSharedPrompt)
@@ -202,6 +217,14 @@ final class PreferenceDataTests: XCTestCase {
             return (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? "\(error)"
         }
         return "parsed"
+    }
+
+    func testMissingFileIsUnreadable() {
+        let dir = TempDir()
+        let path = (dir.path as NSString).appendingPathComponent("none.jsonl")
+        XCTAssertThrowsError(try PreferenceDataSet.load(path: path, tokenizer: t, maxLength: 64)) { e in
+            XCTAssertEqual(e as? SFTDataError, .unreadable(path: path, reason: "no such file"))
+        }
     }
 
     func testSkipBadCountsRows() throws {
