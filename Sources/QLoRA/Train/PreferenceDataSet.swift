@@ -48,7 +48,8 @@ public struct PreferenceDataSet: Sendable, Equatable {
     /// other, chosen identical to rejected, a whole conversation not starting with the explicit
     /// prompt, no shared prompt to extract, a margin that is not a number, an unknown role, no
     /// chat template for messages) throws `.badRow(path, line, problem)`; with `skipBad` it is
-    /// skipped and counted instead. No pair left throws `.emptyDataSet`.
+    /// skipped and counted instead. No pair left throws `.allTooLong` when every row that
+    /// loaded was too long, else `.emptyDataSet`.
     /// - Parameter chatTemplate: needed for conversational rows (`LanguageModel.chatTemplate()`).
     public static func load(path: String, tokenizer: Tokenizer, chatTemplate: ChatTemplate? = nil,
                             maxLength: Int, skipBad: Bool = false) throws(SFTDataError) -> PreferenceDataSet {
@@ -75,7 +76,10 @@ public struct PreferenceDataSet: Sendable, Equatable {
                 if reasons.count < SFTDataSet.reasonsKept { reasons.append(bad) }
             }
         }
-        guard !pairs.isEmpty else { throw .emptyDataSet(path: path, skipped: skipped + tooLong, firstReasons: reasons) }
+        guard !pairs.isEmpty else {
+            throw skipped == 0 && tooLong > 0 ? .allTooLong(path: path, dropped: tooLong, maxLength: maxLength)
+                                              : .emptyDataSet(path: path, skipped: skipped + tooLong, firstReasons: reasons)
+        }
         return PreferenceDataSet(pairs: pairs, source: path, skipped: skipped, skippedReasons: reasons, tooLong: tooLong, padID: tokenizer.eos ?? 0)
     }
 

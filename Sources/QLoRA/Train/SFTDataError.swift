@@ -73,6 +73,8 @@ public enum SFTDataError: Error, Equatable, Sendable, CustomStringConvertible {
     /// No example left: the file had no rows, or every row was skipped (`firstReasons` says why).
     case emptyDataSet(path: String, skipped: Int, firstReasons: [SFTDataError])
     case tooFewToSplit(path: String, examples: Int)
+    /// No preference pair left: each row that loaded had a side longer than `maxLength` tokens.
+    case allTooLong(path: String, dropped: Int, maxLength: Int)
     /// A saved `BatchIterator.State` that does not fit the examples it is resumed on.
     case stateMismatch(detail: String)
 
@@ -88,6 +90,8 @@ public enum SFTDataError: Error, Equatable, Sendable, CustomStringConvertible {
             skipped == 0 ? "\(path): no examples" : "\(path): no examples: all \(skipped) rows were skipped, first:\n"
                 + firstReasons.map { "  \($0)" }.joined(separator: "\n")
         case let .tooFewToSplit(path, examples): "\(path): \(examples) example(s) cannot be split into training and validation sets"
+        case let .allTooLong(path, dropped, maxLength):
+            "\(path): no pairs: all \(dropped) have a side longer than max length \(maxLength)\n---> HINT: raise --max-length"
         case let .stateMismatch(detail): "cannot resume the data order: \(detail)"
         }
     }

@@ -150,8 +150,9 @@ final class PreferenceDataTests: XCTestCase {
         XCTAssertEqual([cut.pairs.count, cut.tooLong, cut.skipped], [1, 1, 0])
         XCTAssertEqual(cut.pairs[0].line, 2)
         XCTAssertThrowsError(try load(dir, rows[0], maxLength: longest - 1)) { e in
-            guard case let .emptyDataSet(_, skipped, _) = e as? SFTDataError else { return XCTFail("\(e)") }
-            XCTAssertEqual(skipped, 1)
+            let path = (dir.path as NSString).appendingPathComponent("p.jsonl")
+            XCTAssertEqual(e as? SFTDataError, .allTooLong(path: path, dropped: 1, maxLength: longest - 1))
+            XCTAssertTrue("\(e)".contains("all 1 have a side longer than max length \(longest - 1)"), "\(e)")
         }
     }
 
