@@ -24,6 +24,14 @@ public enum SFTRowProblem: Error, Equatable, Sendable, CustomStringConvertible {
     case csvFieldCount(found: Int, expected: Int)
     case csvCharacterAfterQuote(character: String)
     case csvUnterminatedQuote
+    /// A preference row whose chosen and rejected are the same (before any prompt is taken off).
+    case chosenEqualsRejected
+    /// A preference row with an explicit `prompt` whose `side` ("chosen" or "rejected") is a
+    /// whole conversation (it does not start with an assistant message) not starting with it.
+    case promptNotPrefix(side: String)
+    /// A preference row with no `prompt` whose chosen and rejected have no first message
+    /// (or first character) in common: there is no prompt to extract.
+    case noSharedPrompt
 
     public var description: String {
         switch self {
@@ -45,6 +53,12 @@ public enum SFTRowProblem: Error, Equatable, Sendable, CustomStringConvertible {
         case let .csvFieldCount(found, expected): "\(found) fields, the header has \(expected)"
         case let .csvCharacterAfterQuote(character): "'\(character)' after a closing quote (expected ',' or a line end)"
         case .csvUnterminatedQuote: "a quoted field is never closed"
+        case .chosenEqualsRejected: "'chosen' and 'rejected' are identical: the pair prefers nothing"
+        case let .promptNotPrefix(side):
+            "'\(side)' is a whole conversation that does not start with the 'prompt' messages"
+            + "\n---> HINT: give '\(side)' as the assistant reply alone, or as the prompt's messages followed by it"
+        case .noSharedPrompt: "'chosen' and 'rejected' share no prompt: they differ from their first message (or character)"
+            + "\n---> HINT: add a 'prompt' key"
         }
     }
 }
@@ -59,6 +73,8 @@ public enum SFTDataError: Error, Equatable, Sendable, CustomStringConvertible {
     /// No example left: the file had no rows, or every row was skipped (`firstReasons` says why).
     case emptyDataSet(path: String, skipped: Int, firstReasons: [SFTDataError])
     case tooFewToSplit(path: String, examples: Int)
+    /// No preference pair left: each row that loaded had a side longer than `maxLength` tokens.
+    case allTooLong(path: String, dropped: Int, maxLength: Int)
     /// A saved `BatchIterator.State` that does not fit the examples it is resumed on.
     case stateMismatch(detail: String)
 
@@ -74,6 +90,8 @@ public enum SFTDataError: Error, Equatable, Sendable, CustomStringConvertible {
             skipped == 0 ? "\(path): no examples" : "\(path): no examples: all \(skipped) rows were skipped, first:\n"
                 + firstReasons.map { "  \($0)" }.joined(separator: "\n")
         case let .tooFewToSplit(path, examples): "\(path): \(examples) example(s) cannot be split into training and validation sets"
+        case let .allTooLong(path, dropped, maxLength):
+            "\(path): no pairs: all \(dropped) have a side longer than max length \(maxLength)\n---> HINT: raise --max-length"
         case let .stateMismatch(detail): "cannot resume the data order: \(detail)"
         }
     }

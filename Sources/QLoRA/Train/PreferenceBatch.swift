@@ -1,0 +1,119 @@
+import Foundation
+
+/// P preference pairs as 2P sequences, both sides of a pair always in the same batch.
+/// Legend: P pairs, B = 2P rows, T tokens a row.
+public struct PreferenceBatch: Sendable, Equatable {
+    /// [B, T]: rows 0..<P the pairs' chosen sides, rows P..<2P their rejected sides in the same
+    /// order, padded to the longest with the pad id (labels −100); `rows.lengths` [B] locates each
+    /// row's last real token, `rows.labels` is −100 on prompts and padding.
+    public let rows: Batch
+    /// [P]: the pairs' indices in the pairs batched.
+    public let indices: [Int]
+    /// [P]: each pair's margin, 0 where its row has none (TRL subtracts none then).
+    public let margins: [Float]
+    /// The epoch the pairs were drawn in.
+    public let epoch: Int
+
+    /// P.
+    public var pairCount: Int { indices.count }
+
+    /// pairs[indices]: their chosen sides, then their rejected sides, padded with `padID`.
+    public init(pairs: [PreferencePair], indices: [Int], padID: Int, epoch: Int) {
+        precondition(!indices.isEmpty, "an empty batch")
+        let sides = PreferencePair.Side.allCases.flatMap { side in indices.map { pairs[$0].example(side) } }
+        rows = Batch(examples: sides, indices: Array(sides.indices), padID: padID, epoch: epoch)
+        self.indices = indices
+        margins = indices.map { Float(pairs[$0].margin ?? 0) }
+        self.epoch = epoch
+    }
+}
+
+/// Endless batches of P pairs, epoch after epoch, in `BatchIterator`'s seeded orders (the same
+/// order for the same seed and pair count) and with its `State` to save and resume.
+public struct PreferenceBatchIterator: Sendable {
+    public let pairs: [PreferencePair]
+    public let pairsPerBatch: Int
+    public let padID: Int
+    public private(set) var state: BatchIterator.State
+    private var order: [Int]
+
+    /// - Parameter state: a saved state to resume from; nil starts epoch 0 with `seed`.
+    public init(pairs: [PreferencePair], pairsPerBatch: Int, padID: Int, seed: UInt64, state: BatchIterator.State? = nil) throws(SFTDataError) {
+        precondition(pairsPerBatch > 0, "pairs per batch \(pairsPerBatch)")
+        guard !pairs.isEmpty else { throw .emptyDataSet(path: "(preference batches)", skipped: 0, firstReasons: []) }
+        let state = state ?? BatchIterator.State(seed: seed, examples: pairs.count)
+        guard state.examples == pairs.count else {
+            throw .stateMismatch(detail: "the state is for \(state.examples) pairs, the data set has \(pairs.count)")
+        }
+        guard state.epoch >= 0, (0...pairs.count).contains(state.position) else {
+            throw .stateMismatch(detail: "epoch \(state.epoch), position \(state.position) is outside \(pairs.count) pairs")
+        }
+        self.pairs = pairs
+        self.pairsPerBatch = pairsPerBatch
+        self.padID = padID
+        self.state = state
+        order = BatchIterator.order(count: pairs.count, seed: state.seed, epoch: state.epoch)
+    }
+
+    /// Batches in one epoch: ⌈pairs / P⌉.
+    public var batchesPerEpoch: Int { (pairs.count + pairsPerBatch - 1) / pairsPerBatch }
+
+    /// The next P pairs of this epoch's order (fewer at its end), moving to the next epoch
+    /// when this one is done.
+    public mutating func next() -> PreferenceBatch {
+        if state.position == pairs.count {
+            state.epoch += 1
+            state.position = 0
+            order = BatchIterator.order(count: pairs.count, seed: state.seed, epoch: state.epoch)
+        }
+        let end = min(pairs.count, state.position + pairsPerBatch)
+        let batch = PreferenceBatch(pairs: pairs, indices: Array(order[state.position..<end]), padID: padID, epoch: state.epoch)
+        state.position = end
+        return batch
+    }
+}
+
+/// Splitting and ordering, as `SFTDataSet`'s: each returns a new data set.
+extension PreferenceDataSet {
+    /// Draws round(count · valFraction) pairs (at least 1, leaving at least 1) for validation
+    /// with the seeded Fisher–Yates shuffle `SFTDataSet.split` uses; training pairs keep file
+    /// order, validation pairs are sorted longest first.
+    public func split(valFraction: Double, seed: UInt64) throws(SFTDataError) -> (train: PreferenceDataSet, validation: PreferenceDataSet) {
+        precondition(valFraction > 0 && valFraction < 1, "valFraction \(valFraction)")
+        guard pairs.count >= 2 else { throw .tooFewToSplit(path: source, examples: pairs.count) }
+        let valCount = min(pairs.count - 1, max(1, Int((Double(pairs.count) * valFraction).rounded())))
+        var order = Array(pairs.indices)
+        var rng = SplitMix64(seed: seed)
+        order.fisherYatesShuffle(using: &rng)
+        let isVal = Set(order.prefix(valCount))
+        return (with(pairs.indices.filter { !isVal.contains($0) }.map { pairs[$0] }),
+                with(pairs.indices.filter { isVal.contains($0) }.map { pairs[$0] }).sortedLongestFirst())
+    }
+
+    /// Longest first by the longer side, ties in the current order: validation batches pad
+    /// little, and the first one shows the peak memory.
+    public func sortedLongestFirst() -> PreferenceDataSet {
+        with(pairs.enumerated().sorted { ($0.element.longerCount, $1.offset) > ($1.element.longerCount, $0.offset) }.map(\.element))
+    }
+
+    /// The pairs in a seeded Fisher–Yates order.
+    public func shuffled(seed: UInt64) -> PreferenceDataSet {
+        var rng = SplitMix64(seed: seed)
+        var p = pairs
+        p.fisherYatesShuffle(using: &rng)
+        return with(p)
+    }
+
+    /// All pairs in the current order, `pairsPerBatch` at a time (the last batch may hold
+    /// fewer): for validation.
+    public func batches(pairsPerBatch: Int) -> [PreferenceBatch] {
+        precondition(pairsPerBatch > 0, "pairs per batch \(pairsPerBatch)")
+        return stride(from: 0, to: pairs.count, by: pairsPerBatch).map { start in
+            PreferenceBatch(pairs: pairs, indices: Array(start..<min(pairs.count, start + pairsPerBatch)), padID: padID, epoch: 0)
+        }
+    }
+
+    func with(_ pairs: [PreferencePair]) -> PreferenceDataSet {
+        PreferenceDataSet(pairs: pairs, source: source, skipped: skipped, skippedReasons: skippedReasons, tooLong: tooLong, padID: padID)
+    }
+}
