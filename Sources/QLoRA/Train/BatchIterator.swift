@@ -71,27 +71,17 @@ public struct BatchIterator: Sendable {
     public let examples: [SFTExample]
     public let batchSize: Int
     public let padID: Int
-    public private(set) var state: State
-    /// This epoch's order: indices into examples.
-    private var order: [Int]
+    private var cursor: EpochCursor
+    public var state: State { cursor.state }
 
     /// - Parameter state: a saved state to resume from; nil starts epoch 0 with `seed`
     ///   (a saved state carries its own seed, which wins).
     public init(examples: [SFTExample], batchSize: Int, padID: Int, seed: UInt64, state: State? = nil) throws(SFTDataError) {
         precondition(batchSize > 0, "batch size \(batchSize)")
-        guard !examples.isEmpty else { throw .emptyDataSet(path: "(batches)", skipped: 0, firstReasons: []) }
-        let state = state ?? State(seed: seed, examples: examples.count)
-        guard state.examples == examples.count else {
-            throw .stateMismatch(detail: "the state is for \(state.examples) examples, the data set has \(examples.count)")
-        }
-        guard state.epoch >= 0, (0...examples.count).contains(state.position) else {
-            throw .stateMismatch(detail: "epoch \(state.epoch), position \(state.position) is outside \(examples.count) examples")
-        }
+        cursor = try EpochCursor(count: examples.count, seed: seed, state: state, what: "examples")
         self.examples = examples
         self.batchSize = batchSize
         self.padID = padID
-        self.state = state
-        order = Self.order(count: examples.count, seed: state.seed, epoch: state.epoch)
     }
 
     /// Batches in one epoch: ⌈count / B⌉.
@@ -100,15 +90,8 @@ public struct BatchIterator: Sendable {
     /// The next B examples of this epoch's order (fewer at its end), moving to the next epoch
     /// when this one is done.
     public mutating func next() -> Batch {
-        if state.position == examples.count {
-            state.epoch += 1
-            state.position = 0
-            order = Self.order(count: examples.count, seed: state.seed, epoch: state.epoch)
-        }
-        let end = min(examples.count, state.position + batchSize)
-        let batch = Batch(examples: examples, indices: Array(order[state.position..<end]), padID: padID, epoch: state.epoch)
-        state.position = end
-        return batch
+        let (indices, epoch) = cursor.next(batchSize)
+        return Batch(examples: examples, indices: indices, padID: padID, epoch: epoch)
     }
 
     /// Epoch e's order: 0..<count shuffled by a SplitMix64 seeded with a hash of (seed, e), so
@@ -119,6 +102,42 @@ public struct BatchIterator: Sendable {
         var order = Array(0..<count)
         order.fisherYatesShuffle(using: &rng)
         return order
+    }
+}
+
+/// Where an endless, epoch-by-epoch seeded walk over `count` items stands: what both the SFT
+/// and the preference batch iterators draw their indices from, and what they save.
+struct EpochCursor: Sendable {
+    private(set) var state: BatchIterator.State
+    /// This epoch's order: indices into the items.
+    private var order: [Int]
+
+    /// Checks a saved state against `count` items (`what` names them in errors).
+    init(count: Int, seed: UInt64, state: BatchIterator.State?, what: String) throws(SFTDataError) {
+        guard count > 0 else { throw .emptyDataSet(path: "(batches)", skipped: 0, firstReasons: []) }
+        let state = state ?? BatchIterator.State(seed: seed, examples: count)
+        guard state.examples == count else {
+            throw .stateMismatch(detail: "the state is for \(state.examples) \(what), the data set has \(count)")
+        }
+        guard state.epoch >= 0, (0...count).contains(state.position) else {
+            throw .stateMismatch(detail: "epoch \(state.epoch), position \(state.position) is outside \(count) \(what)")
+        }
+        self.state = state
+        order = BatchIterator.order(count: count, seed: state.seed, epoch: state.epoch)
+    }
+
+    /// The next n indices of this epoch's order (fewer at its end) and their epoch, moving to
+    /// the next epoch when this one is done.
+    mutating func next(_ n: Int) -> (indices: [Int], epoch: Int) {
+        let count = state.examples
+        if state.position == count {
+            state.epoch += 1
+            state.position = 0
+            order = BatchIterator.order(count: count, seed: state.seed, epoch: state.epoch)
+        }
+        let end = min(count, state.position + n)
+        defer { state.position = end }
+        return (Array(order[state.position..<end]), state.epoch)
     }
 }
 

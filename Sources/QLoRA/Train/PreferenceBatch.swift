@@ -34,25 +34,16 @@ public struct PreferenceBatchIterator: Sendable {
     public let pairs: [PreferencePair]
     public let pairsPerBatch: Int
     public let padID: Int
-    public private(set) var state: BatchIterator.State
-    private var order: [Int]
+    private var cursor: EpochCursor
+    public var state: BatchIterator.State { cursor.state }
 
     /// - Parameter state: a saved state to resume from; nil starts epoch 0 with `seed`.
     public init(pairs: [PreferencePair], pairsPerBatch: Int, padID: Int, seed: UInt64, state: BatchIterator.State? = nil) throws(SFTDataError) {
         precondition(pairsPerBatch > 0, "pairs per batch \(pairsPerBatch)")
-        guard !pairs.isEmpty else { throw .emptyDataSet(path: "(preference batches)", skipped: 0, firstReasons: []) }
-        let state = state ?? BatchIterator.State(seed: seed, examples: pairs.count)
-        guard state.examples == pairs.count else {
-            throw .stateMismatch(detail: "the state is for \(state.examples) pairs, the data set has \(pairs.count)")
-        }
-        guard state.epoch >= 0, (0...pairs.count).contains(state.position) else {
-            throw .stateMismatch(detail: "epoch \(state.epoch), position \(state.position) is outside \(pairs.count) pairs")
-        }
+        cursor = try EpochCursor(count: pairs.count, seed: seed, state: state, what: "pairs")
         self.pairs = pairs
         self.pairsPerBatch = pairsPerBatch
         self.padID = padID
-        self.state = state
-        order = BatchIterator.order(count: pairs.count, seed: state.seed, epoch: state.epoch)
     }
 
     /// Batches in one epoch: ⌈pairs / P⌉.
@@ -61,15 +52,8 @@ public struct PreferenceBatchIterator: Sendable {
     /// The next P pairs of this epoch's order (fewer at its end), moving to the next epoch
     /// when this one is done.
     public mutating func next() -> PreferenceBatch {
-        if state.position == pairs.count {
-            state.epoch += 1
-            state.position = 0
-            order = BatchIterator.order(count: pairs.count, seed: state.seed, epoch: state.epoch)
-        }
-        let end = min(pairs.count, state.position + pairsPerBatch)
-        let batch = PreferenceBatch(pairs: pairs, indices: Array(order[state.position..<end]), padID: padID, epoch: state.epoch)
-        state.position = end
-        return batch
+        let (indices, epoch) = cursor.next(pairsPerBatch)
+        return PreferenceBatch(pairs: pairs, indices: indices, padID: padID, epoch: epoch)
     }
 }
 
