@@ -63,30 +63,18 @@ extension PreferenceDataSet {
     /// with the seeded Fisher–Yates shuffle `SFTDataSet.split` uses; training pairs keep file
     /// order, validation pairs are sorted longest first.
     public func split(valFraction: Double, seed: UInt64) throws(SFTDataError) -> (train: PreferenceDataSet, validation: PreferenceDataSet) {
-        precondition(valFraction > 0 && valFraction < 1, "valFraction \(valFraction)")
-        guard pairs.count >= 2 else { throw .tooFewToSplit(path: source, examples: pairs.count) }
-        let valCount = min(pairs.count - 1, max(1, Int((Double(pairs.count) * valFraction).rounded())))
-        var order = Array(pairs.indices)
-        var rng = SplitMix64(seed: seed)
-        order.fisherYatesShuffle(using: &rng)
-        let isVal = Set(order.prefix(valCount))
-        return (with(pairs.indices.filter { !isVal.contains($0) }.map { pairs[$0] }),
-                with(pairs.indices.filter { isVal.contains($0) }.map { pairs[$0] }).sortedLongestFirst())
+        let (train, val) = try pairs.validationSplit(fraction: valFraction, seed: seed, source: source)
+        return (with(train), with(val).sortedLongestFirst())
     }
 
     /// Longest first by the longer side, ties in the current order: validation batches pad
     /// little, and the first one shows the peak memory.
     public func sortedLongestFirst() -> PreferenceDataSet {
-        with(pairs.enumerated().sorted { ($0.element.longerCount, $1.offset) > ($1.element.longerCount, $0.offset) }.map(\.element))
+        with(pairs.sortedLongestFirst(by: \.longerCount))
     }
 
     /// The pairs in a seeded Fisher–Yates order.
-    public func shuffled(seed: UInt64) -> PreferenceDataSet {
-        var rng = SplitMix64(seed: seed)
-        var p = pairs
-        p.fisherYatesShuffle(using: &rng)
-        return with(p)
-    }
+    public func shuffled(seed: UInt64) -> PreferenceDataSet { with(pairs.shuffled(seed: seed)) }
 
     /// All pairs in the current order, `pairsPerBatch` at a time (the last batch may hold
     /// fewer): for validation.

@@ -6,31 +6,18 @@ extension SFTDataSet {
     /// validation with a seeded Fisher–Yates shuffle; the training examples keep file order,
     /// the validation examples are sorted longest first (`sortedLongestFirst`).
     public func split(valFraction: Double, seed: UInt64) throws(SFTDataError) -> (train: SFTDataSet, validation: SFTDataSet) {
-        precondition(valFraction > 0 && valFraction < 1, "valFraction \(valFraction)")
-        guard examples.count >= 2 else { throw .tooFewToSplit(path: source, examples: examples.count) }
-        let valCount = min(examples.count - 1, max(1, Int((Double(examples.count) * valFraction).rounded())))
-        var order = Array(examples.indices)
-        var rng = SplitMix64(seed: seed)
-        order.fisherYatesShuffle(using: &rng)
-        let isVal = Set(order.prefix(valCount))
-        let train = examples.indices.filter { !isVal.contains($0) }.map { examples[$0] }
-        let val = examples.indices.filter { isVal.contains($0) }.map { examples[$0] }
+        let (train, val) = try examples.validationSplit(fraction: valFraction, seed: seed, source: source)
         return (with(train), with(val).sortedLongestFirst())
     }
 
     /// Longest first, ties in the current order: validation batches then pad little, and the
     /// first one shows the peak memory.
     public func sortedLongestFirst() -> SFTDataSet {
-        with(examples.enumerated().sorted { ($0.element.count, $1.offset) > ($1.element.count, $0.offset) }.map(\.element))
+        with(examples.sortedLongestFirst(by: \.count))
     }
 
     /// The examples in a seeded Fisher–Yates order.
-    public func shuffled(seed: UInt64) -> SFTDataSet {
-        var rng = SplitMix64(seed: seed)
-        var e = examples
-        e.fisherYatesShuffle(using: &rng)
-        return with(e)
-    }
+    public func shuffled(seed: UInt64) -> SFTDataSet { with(examples.shuffled(seed: seed)) }
 
     /// TRL's packing without position reset: the examples' ids and labels concatenated in the
     /// current order and cut into rows of `length` tokens, all full but the last. A row keeps
@@ -61,5 +48,34 @@ extension SFTDataSet {
 
     func with(_ examples: [SFTExample]) -> SFTDataSet {
         SFTDataSet(examples: examples, source: source, skipped: skipped, skippedReasons: skippedReasons, padID: padID)
+    }
+}
+
+/// The orderings the SFT and the preference data sets share.
+extension Array {
+    /// round(count · fraction) elements (at least 1, leaving at least 1) drawn for validation
+    /// with a seeded Fisher–Yates shuffle; both parts keep the current order.
+    func validationSplit(fraction: Double, seed: UInt64, source: String) throws(SFTDataError) -> (train: [Element], validation: [Element]) {
+        precondition(fraction > 0 && fraction < 1, "valFraction \(fraction)")
+        guard count >= 2 else { throw .tooFewToSplit(path: source, examples: count) }
+        let valCount = Swift.min(count - 1, Swift.max(1, Int((Double(count) * fraction).rounded())))
+        var order = Array<Int>(indices)
+        var rng = SplitMix64(seed: seed)
+        order.fisherYatesShuffle(using: &rng)
+        let isVal = Set(order.prefix(valCount))
+        return (indices.filter { !isVal.contains($0) }.map { self[$0] }, indices.filter { isVal.contains($0) }.map { self[$0] })
+    }
+
+    /// Longest first by `length`, ties in the current order.
+    func sortedLongestFirst(by length: (Element) -> Int) -> [Element] {
+        enumerated().sorted { (length($0.element), $1.offset) > (length($1.element), $0.offset) }.map(\.element)
+    }
+
+    /// The elements in a seeded Fisher–Yates order.
+    func shuffled(seed: UInt64) -> [Element] {
+        var rng = SplitMix64(seed: seed)
+        var copy = self
+        copy.fisherYatesShuffle(using: &rng)
+        return copy
     }
 }
