@@ -88,7 +88,7 @@ enum SandwichNormBlock: DecoderBlock {
               let mlpRstd = acts.mlpOutputRstd else { preconditionFailure("activations without the sandwich norms' buffers") }
         rmsNormForward(y: acts.attentionInput.base, rstd: acts.attentionRstd.base, x: x.base, norm: w[.input], context: ctx,
                        tokens: T, eps: c.rmsNormEps)
-        try attentionForward(out: proj.rows(0, count: T, width: C), acts: acts, weights: AttentionWeights(w, config: c), rope: rope,
+        try attentionForward(out: proj.rows(0, count: T, width: C), acts: acts, weights: AttentionWeights(w), rope: rope,
                              cache: cache, config: c, options: c.attentionOptions(layer: layerIndex), context: ctx, accumulate: false)
         // h = x + norm(proj): the norm writes into residual, x is added after.
         rmsNormForward(y: acts.residual.base, rstd: projRstd.base, x: proj.base, norm: w[.gemmaPostAttention], context: ctx,
@@ -121,7 +121,7 @@ enum SandwichNormBlock: DecoderBlock {
                         norm: w[.preFeedforward], context: ctx, tokens: T)
         rmsNormBackward(dx: dProj.base, dy: g.dResidual.base, x: proj.base, rstd: projRstd.base, norm: w[.gemmaPostAttention],
                         context: ctx, tokens: T, accumulate: false)
-        try attentionBackward(dxn: g.dNormed, dOut: dProj, acts: acts, weights: AttentionWeights(w, config: c), rope: rope,
+        try attentionBackward(dxn: g.dNormed, dOut: dProj, acts: acts, weights: AttentionWeights(w), rope: rope,
                               config: c, options: c.attentionOptions(layer: layerIndex), context: ctx, grads: g)
         StepProfile.measure(.elementwise) { dx.base.update(from: g.dResidual.base, count: n) }
         rmsNormBackward(dx: dx.base, dy: g.dNormed.base, x: x.base, rstd: acts.attentionRstd.base, norm: w[.input], context: ctx,

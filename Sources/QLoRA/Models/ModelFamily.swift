@@ -92,6 +92,13 @@ public struct ModelFamily: Sendable {
         linears.filter { $0.rows == .fusedQKV || $0.rows == .fusedGateUp }.map { $0.rows.size(in: c) }.max()
     }
 
+    /// Whether q and k have per-head RMSNorms (Qwen3, Gemma 3): the blocks keep q and k
+    /// before them and their rstd.
+    var hasQKNorms: Bool { norm(NormSpec.qNorm.path) != nil }
+
+    /// Whether each sublayer's output is normed before the residual add (Gemma's sandwich).
+    var hasSandwichNorms: Bool { norm(NormSpec.postFeedforward.path) != nil }
+
     /// The norm at `path` below the block (`input_layernorm`).
     public func norm(_ path: String) -> NormSpec? { norms.first { $0.path == path } }
 }

@@ -22,7 +22,7 @@ struct AttentionWeights {
     let o: Linear
     let qNorm: Norm?, kNorm: Norm?
 
-    init(_ w: LayerWeights, config c: ModelConfig) {
+    init(_ w: LayerWeights) {
         if let qkv = w.linears[.qkv] {
             projections = .fused(qkv)
         } else {

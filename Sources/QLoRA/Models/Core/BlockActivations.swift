@@ -171,12 +171,12 @@ public final class BlockActivations {
         gate = FloatBuffer(count: T * c.intermediateSize)
         up = FloatBuffer(count: T * c.intermediateSize)
         mlpHidden = FloatBuffer(count: T * c.intermediateSize)
-        let qkNorm = c.family.norm(NormSpec.qNorm.path) != nil
+        let qkNorm = c.family.hasQKNorms
         qRaw = qkNorm ? FloatBuffer(count: T * qDim) : nil
         kRaw = qkNorm ? FloatBuffer(count: T * kvDim) : nil
         qRstd = qkNorm ? FloatBuffer(count: T * c.numHeads) : nil
         kRstd = qkNorm ? FloatBuffer(count: T * c.numKVHeads) : nil
-        let sandwich = c.family.norm(NormSpec.postFeedforward.path) != nil
+        let sandwich = c.family.hasSandwichNorms
         attentionProjection = sandwich ? FloatBuffer(count: T * c.hiddenSize) : nil
         attentionProjectionRstd = sandwich ? FloatBuffer(count: T) : nil
         mlpOutput = sandwich ? FloatBuffer(count: T * c.hiddenSize) : nil

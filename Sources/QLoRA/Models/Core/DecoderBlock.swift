@@ -31,7 +31,7 @@ enum PreNormBlock: DecoderBlock {
                         context ctx: LayerContext) throws {
         let T = acts.T, n = T * c.hiddenSize
         precondition(x.count >= n && y.count >= n, "x and y must hold [\(T), \(c.hiddenSize)]")
-        let attention = AttentionWeights(w, config: c)
+        let attention = AttentionWeights(w)
         rmsNormForward(y: acts.attentionInput.base, rstd: acts.attentionRstd.base, x: x.base, norm: w[.input], context: ctx,
                        tokens: T, eps: c.rmsNormEps)
         StepProfile.measure(.elementwise) { acts.residual.base.update(from: x.base, count: n) }
@@ -54,7 +54,7 @@ enum PreNormBlock: DecoderBlock {
         StepProfile.measure(.elementwise) { g.dResidual.base.update(from: dy.base, count: n) }
         rmsNormBackward(dx: g.dResidual.base, dy: g.dNormed.base, x: acts.residual.base, rstd: acts.mlpRstd.base,
                         norm: w[.postAttention], context: ctx, tokens: T)
-        try attentionBackward(dxn: g.dNormed, dOut: g.dResidual, acts: acts, weights: AttentionWeights(w, config: c), rope: rope,
+        try attentionBackward(dxn: g.dNormed, dOut: g.dResidual, acts: acts, weights: AttentionWeights(w), rope: rope,
                               config: c, options: c.attentionOptions(layer: layerIndex), context: ctx, grads: g)
         StepProfile.measure(.elementwise) { dx.base.update(from: g.dResidual.base, count: n) }
         rmsNormBackward(dx: dx.base, dy: g.dNormed.base, x: x.base, rstd: acts.attentionRstd.base, norm: w[.input],
@@ -94,10 +94,10 @@ final class BlockGradients {
         dHidden = FloatBuffer(count: T * c.intermediateSize)
         dGate = FloatBuffer(count: T * c.intermediateSize)
         dUp = FloatBuffer(count: T * c.intermediateSize)
-        let qkNorm = c.family.norm(NormSpec.qNorm.path) != nil
+        let qkNorm = c.family.hasQKNorms
         dqRaw = qkNorm ? FloatBuffer(count: T * qDim) : nil
         dkRaw = qkNorm ? FloatBuffer(count: T * kvDim) : nil
-        dProjection = c.family.norm(NormSpec.postFeedforward.path) != nil ? FloatBuffer(count: T * c.hiddenSize) : nil
+        dProjection = c.family.hasSandwichNorms ? FloatBuffer(count: T * c.hiddenSize) : nil
         dFused = c.family.fusedWidth(c).map { FloatBuffer(count: T * $0) }
     }
 }
