@@ -16,7 +16,10 @@ struct Bench: ParsableCommand {
 }
 
 extension QuantFormat: ExpressibleByArgument {}
-extension QuantizedModel.KQuantTarget: ExpressibleByArgument {}
+extension QuantizedModel.KQuantTarget: ExpressibleByArgument {
+    /// `--k-quants`' help, for every command that loads a model to train or evaluate.
+    static let help: ArgumentHelp = "What a GGUF's K-quants (Q2_K…Q4_K) become at load: q4_1 (same memory) or q8_0 (about twice their memory, closest to the file: Gemma 3 270M's GPL-3 perplexity 0.2% above transformers' on the exact weights instead of 2.0%)."
+}
 
 extension GEMMOptions.Path: ExpressibleByArgument {
     public init?(argument: String) {

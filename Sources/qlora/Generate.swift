@@ -33,7 +33,7 @@ struct Generate: ParsableCommand {
 
     @Option(help: "A GGUF file or a quantized model folder.") var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
     @OptionGroup var adapterOptions: AdapterOptions
-    @Option(help: "What a GGUF's K-quants (Q2_K…Q4_K) become at load: q4_1 (same memory) or q8_0 (closest to the file).")
+    @Option(help: QuantizedModel.KQuantTarget.help)
     var kQuants: QuantizedModel.KQuantTarget = .q4_1
     @Option(help: "Text to continue, as it is.") var prompt: String?
     @Option(help: "A user message, wrapped in the chat template.") var chat: String?

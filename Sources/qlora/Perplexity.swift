@@ -29,7 +29,7 @@ struct Perplexity: ParsableCommand {
     @Option(help: "Tokens per window.") var ctx = 512
     @Option(help: "Score only the first N windows (llama-perplexity's --chunks).") var chunks: Int?
     @OptionGroup var adapterOptions: AdapterOptions
-    @Option(help: "What a GGUF's K-quants (Q2_K…Q4_K) become at load: q4_1 (same memory) or q8_0 (about twice their memory, closest to the file: Gemma 3 270M's GPL-3 perplexity 0.2% above transformers' on the exact weights instead of 2.0%).")
+    @Option(help: QuantizedModel.KQuantTarget.help)
     var kQuants: QuantizedModel.KQuantTarget = .q4_1
     @Option(help: .hidden) var logitsOut: String?  // --text holds token ids: see writeLogits
 

@@ -61,7 +61,7 @@ struct Train: ParsableCommand {
     @Flag(help: "Skip bad data rows (counted and reported) instead of stopping at the first.") var skipBad = false
     @Option(help: "Chat template family when the model's is not recognized: \(ChatTemplate.Family.allCases.map(\.rawValue).joined(separator: ", ")).")
     var chatTemplate: ChatTemplate.Family?
-    @Option(help: "What a GGUF's K-quants (Q2_K…Q4_K) become at load: q4_1 (same memory) or q8_0 (about twice their memory, closest to the file: Gemma 3 270M's GPL-3 perplexity 0.2% above transformers' on the exact weights instead of 2.0%).")
+    @Option(help: QuantizedModel.KQuantTarget.help)
     var kQuants: QuantizedModel.KQuantTarget?
 
     @Option(help: "LoRA rank r.") var loraR = 16
@@ -183,18 +183,21 @@ struct Train: ParsableCommand {
             log.line("building \(name)\(config.layers.map { " (\($0) layers)" } ?? "") with seeded random NF4 weights")
             model = try SyntheticModel.make(shape, layers: config.layers, seed: config.seed)
             randomIDs = true
-        } else if Self.lacksTokenizer(config.model) {
-            guard config.data == Self.demoData else {
-                throw ValidationError("\(config.model) has no tokenizer (tokenizer.json, or a GGUF's tokenizer.ggml.*) to read --data with")
-            }
-            log.line("loading \(config.model): no tokenizer (a qlora quantize --shape model?), so seeded random ids as with --shape")
-            model = try DecoderModel(path: config.model, kQuants: config.kQuants ?? .q4_1)
-            randomIDs = true
         } else {
             log.line("loading \(config.model)")
-            let loaded = try LanguageModel(path: config.model, kQuants: config.kQuants ?? .q4_1)
-            lm = loaded
-            model = loaded.model
+            let quantized = try QuantizedModel(path: config.model, kQuants: config.kQuants ?? .q4_1)
+            if LanguageModel.hasTokenizer(quantized) {
+                let loaded = try LanguageModel(quantized)
+                lm = loaded
+                model = loaded.model
+            } else {
+                guard config.data == Self.demoData else {
+                    throw ValidationError("\(config.model) has no tokenizer (tokenizer.json, or a GGUF's tokenizer.ggml.*) to read --data with")
+                }
+                log.line("\(config.model) has no tokenizer (a qlora quantize --shape model?), so seeded random ids as with --shape")
+                model = try DecoderModel(quantized)
+                randomIDs = true
+            }
         }
         if randomIDs {
             // Random ids, every position trained: for memory and speed, not for learning.
@@ -265,17 +268,6 @@ struct Train: ParsableCommand {
     }
 
     static let demoData = "data/demo-sft/train.jsonl"
-
-    /// A model folder with no tokenizer.json (what `qlora quantize --shape` writes).
-    /// A folder without tokenizer.json, or a GGUF without tokenizer metadata (what `export
-    /// --format gguf` writes from such a folder).
-    static func lacksTokenizer(_ path: String) -> Bool {
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { return false }
-        if isDir.boolValue { return !FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent("tokenizer.json")) }
-        guard let gguf = try? GGUFFile(path: path) else { return false }
-        return gguf.metadata["tokenizer.ggml.model"] == nil
-    }
 
     static func show(_ message: String, lm: LanguageModel, label: String, log: TrainingLog) throws {
         let template = try lm.chatTemplate()

@@ -19,7 +19,12 @@ public final class LanguageModel: Sendable {
     }
 
     public convenience init(path: String, kQuants: QuantizedModel.KQuantTarget = .q4_1) throws {
-        let quantized = try QuantizedModel(path: path, kQuants: kQuants)
+        try self.init(QuantizedModel(path: path, kQuants: kQuants))
+    }
+
+    /// A loaded base and the tokenizer stored beside it.
+    public convenience init(_ quantized: QuantizedModel) throws {
+        let path = quantized.path
         let model = try DecoderModel(quantized)
         if let folder = quantized.source.folder {
             guard let json = folder.tokenizerJSON else { throw TokenizerError.missing(source: path, key: "tokenizer.json") }
@@ -28,6 +33,13 @@ public final class LanguageModel: Sendable {
             let g = quantized.source.gguf!  // a source is a folder or a GGUF file
             try self.init(model: model, tokenizer: Tokenizer(gguf: g), chatTemplateText: g.metadata["tokenizer.chat_template"]?.string)
         }
+    }
+
+    /// Whether `quantized` has a tokenizer to build one from: a folder's tokenizer.json, a
+    /// GGUF's `tokenizer.ggml.*` (a `quantize --shape` folder or its GGUF export has none).
+    public static func hasTokenizer(_ quantized: QuantizedModel) -> Bool {
+        if let folder = quantized.source.folder { return folder.tokenizerJSON != nil }
+        return quantized.source.gguf?.metadata["tokenizer.ggml.model"] != nil
     }
 
     /// The same tokenizer and template over another model: the base with adapters applied,
