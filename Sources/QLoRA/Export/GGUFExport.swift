@@ -14,7 +14,7 @@ import Quant
 ///
 /// Metadata: from a GGUF source every key is carried over with `general.file_type` set to the
 /// new type; from a folder it is built as convert_hf_to_gguf builds it — `general.*`, the
-/// `llama.*` hyperparameters from config.json and the tokenizer (TokenizerExport).
+/// `<arch>.*` hyperparameters from config.json (and the family's own keys) and the tokenizer (TokenizerExport).
 /// Tensors stream one at a time (peak ≈ the 4-bit model plus one fp32 tensor) into
 /// `FILE.tmp-<pid>`, renamed to FILE when complete.
 public enum GGUFExport {
@@ -116,9 +116,9 @@ public enum GGUFExport {
                     return Array(g.data(of: kept))
                 }
                 var bytes: [UInt8]
-                let offset = model.config.family.huggingFaceNormOffset
-                if t.role == .norm, offset != 0 {  // GGUF stores Gemma's norms as 1 + w
-                    bytes = try MergedExport.fp32Values(of: t.hf, model: model, adapter: adapter).map { $0 + offset }
+                let family = model.config.family
+                if t.role == .norm, family.huggingFaceNormOffset != 0 {  // GGUF stores Gemma's norms as 1 + w
+                    bytes = family.effectiveNorm(fromHuggingFace: try MergedExport.fp32Values(of: t.hf, model: model, adapter: adapter))
                         .withUnsafeBytes { Array($0) }
                 } else if t.type == .f32 {  // straight into the output buffer: no second fp32 copy
                     bytes = try MergedExport.fp32Bytes(of: t.hf, model: model, adapter: adapter)

@@ -195,9 +195,8 @@ public enum MergedExport {
         let family = model.config.family
         if let trained = adapter?.norms[t.name] { return trained }
         guard let values = model.dense[t.name] else { throw ModelSourceError.unknownTensor(path: model.path, name: t.name, family: family.name) }
-        let offset = family.huggingFaceNormOffset
-        guard offset != 0, model.source.gguf != nil, TensorNames.role(of: t.name, family: family) == .norm else { return values }
-        return values.map { $0 - offset }
+        guard model.source.gguf != nil, TensorNames.role(of: t.name, family: family) == .norm else { return values }
+        return family.huggingFaceNorm(fromEffective: values)
     }
 
     /// Fills an [rows, cols] fp32 tensor a band of rows at a time through a small scratch.

@@ -87,7 +87,7 @@ public enum SyntheticFolderWriter {
         }
         var layer: (index: Int, parts: [[[UInt8]]])? = nil   // the current layer's linears, as their specs' bytes
         // Norms that compute with weight one (Gemma's files store w of x̂·(1 + w): zero).
-        func ones(_ n: Int) -> [UInt8] { Quantizer.encode([Float](repeating: 1 - c.family.huggingFaceNormOffset, count: n), as: dtype) }
+        func ones(_ n: Int) -> [UInt8] { Quantizer.encode(c.family.huggingFaceNorm(fromEffective: [Float](repeating: 1, count: n)), as: dtype) }
         var writer = SafetensorsWriter()
         writer.tensors = specs
         let path = (folder as NSString).appendingPathComponent("model.safetensors")

@@ -47,11 +47,13 @@ public enum AdapterFiles {
         let staged = try StagedOutput.Directory(for: directory)
         let tmp = staged.path
         var writer = SafetensorsWriter()
-        let params = lora.parameters, offset = lora.family.huggingFaceNormOffset
+        let params = lora.parameters, family = lora.family
         writer.tensors = params.map { .init(name: prefix + $0.name, dtype: .F32, shape: $0.shape) }
         try writer.write(to: tmp + "/" + weightsFile) { i in
             // Norms as the Hugging Face model holds them (Gemma's w of x̂·(1 + w)).
-            if offset != 0, !params[i].name.contains(".lora_") { return params[i].values.map { $0 - offset }.withUnsafeBytes { Array($0) } }
+            if family.huggingFaceNormOffset != 0, !params[i].name.contains(".lora_") {
+                return family.huggingFaceNorm(fromEffective: params[i].values).withUnsafeBytes { Array($0) }
+            }
             return [UInt8](UnsafeRawBufferPointer(start: params[i].value.base, count: params[i].count * MemoryLayout<Float>.size))
         }
         let c = lora.config
@@ -307,8 +309,7 @@ public enum AdapterFiles {
         if let extra = byParameter.values.map(\.name).sorted().first {
             throw AdapterError.unexpectedTensor(path, extra, byParameter.count, why: unmatchedReason(parameterName(extra), lora: lora))
         }
-        let offset = lora.family.huggingFaceNormOffset
-        for (p, v) in values { p.setValues(offset != 0 && !p.name.contains(".lora_") ? v.map { $0 + offset } : v) }
+        for (p, v) in values { p.setValues(p.name.contains(".lora_") ? v : lora.family.effectiveNorm(fromHuggingFace: v)) }
     }
 
     /// The parameter name of a tensor name: without `base_model.model.`, and without an

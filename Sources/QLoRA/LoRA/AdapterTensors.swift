@@ -51,9 +51,8 @@ struct AdapterTensors {
             (m.moduleName(layer: l) + ".weight", Factors(a: a.a.values, b: a.b.values, rank: a.rank, scale: a.scale))
         })
         // As the Hugging Face model holds them (the parameters hold what the model computes with).
-        let offset = lora.family.huggingFaceNormOffset
         norms = Dictionary(uniqueKeysWithValues: try AdapterFiles.savedNorms(of: lora, in: directory).map { p in
-            (p.name, p.values.map { $0 - offset })
+            (p.name, lora.family.huggingFaceNorm(fromEffective: p.values))
         })
     }
 }

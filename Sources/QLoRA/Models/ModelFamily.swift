@@ -47,6 +47,18 @@ public struct ModelFamily: Sendable {
     /// x̂·(offset + w): Gemma stores w and computes x̂·(1 + w); GGUF files store 1 + w. qlora
     /// computes with the effective weight (the file's plus this offset for Hugging Face files).
     var huggingFaceNormOffset: Float = 0
+
+    /// A norm weight as the model computes with it, from the value a Hugging Face file or PEFT
+    /// adapter holds (Gemma: 1 + w; the value itself elsewhere).
+    func effectiveNorm(fromHuggingFace w: [Float]) -> [Float] {
+        huggingFaceNormOffset == 0 ? w : w.map { $0 + huggingFaceNormOffset }
+    }
+
+    /// The inverse: what a Hugging Face file or PEFT adapter holds for a norm the model
+    /// computes with (what a GGUF stores).
+    func huggingFaceNorm(fromEffective w: [Float]) -> [Float] {
+        huggingFaceNormOffset == 0 ? w : w.map { $0 - huggingFaceNormOffset }
+    }
     /// The gated MLP's activation: SwiGLU (silu) or GeGLU (tanh-GELU, Gemma).
     var activation: GatedActivation = .silu
 

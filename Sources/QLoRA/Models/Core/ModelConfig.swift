@@ -74,6 +74,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
 
     /// Checks the numbers fit together; throws naming the field at fault.
     public func validate(source: String) throws(ModelConfigError) {
+        guard ModelFamily.named(architecture) != nil else { throw .unsupportedArchitecture(source: source, architecture: architecture) }
         for (name, v) in [("hidden_size", hiddenSize), ("intermediate_size", intermediateSize), ("num_hidden_layers", numLayers),
                           ("num_attention_heads", numHeads), ("num_key_value_heads", numKVHeads), ("head_dim", headDim),
                           ("vocab_size", vocabSize), ("max_position_embeddings", maxPositionEmbeddings)] where v <= 0 || v > 1 << 24 {

@@ -38,11 +38,10 @@ public struct ModelWeights: Sendable {
             guard d.count == count else { throw .wrongShape(name, expected: [count], found: [d.count]) }
             return d
         }
-        // Norms as the model computes with them: Gemma's Hugging Face files store w of x̂·(1 + w).
-        let offset = model.source.gguf == nil ? family.huggingFaceNormOffset : 0
+        // Norms as the model computes with them (GGUF files store that; Gemma's HF files w of x̂·(1 + w)).
         func norm(_ name: String, count: Int) throws(ModelError) -> [Float] {
             let w = try dense(name, count: count)
-            return offset == 0 ? w : w.map { $0 + offset }
+            return model.source.gguf == nil ? family.effectiveNorm(fromHuggingFace: w) : w
         }
         var layers: [LayerWeights] = []
         for l in 0..<c.numLayers {
