@@ -74,7 +74,7 @@ struct BytePairEncoder: Sendable {
         fileprivate var token: [Int32] = []
         fileprivate var prev: [Int32] = []
         fileprivate var next: [Int32] = []
-        fileprivate var heap: [(rank: Int32, pos: Int32, merged: Int32)] = []
+        fileprivate var heap = MergeHeap<PairMerge>()
     }
 
     func encode(_ word: UnsafeBufferPointer<UInt8>, _ scratch: inout Scratch, into out: inout [Int32]) {
@@ -94,9 +94,9 @@ struct BytePairEncoder: Sendable {
         let n = scratch.token.count
         if n > 0 { scratch.next[n - 1] = -1 }
         for i in 0..<max(n - 1, 0) {
-            if let m = merges[Self.key(scratch.token[i], scratch.token[i + 1])] { push(&scratch.heap, (m.rank, Int32(i), m.merged)) }
+            if let m = merges[Self.key(scratch.token[i], scratch.token[i + 1])] { scratch.heap.push(PairMerge(rank: m.rank, pos: Int32(i), merged: m.merged)) }
         }
-        while let top = pop(&scratch.heap) {
+        while let top = scratch.heap.pop() {
             let pos = Int(top.pos)
             guard scratch.token[pos] >= 0, scratch.next[pos] >= 0 else { continue }
             let right = Int(scratch.next[pos])
@@ -108,8 +108,8 @@ struct BytePairEncoder: Sendable {
             scratch.next[pos] = after
             if after >= 0 { scratch.prev[Int(after)] = Int32(pos) }
             let before = scratch.prev[pos]
-            if before >= 0, let m = merges[Self.key(scratch.token[Int(before)], top.merged)] { push(&scratch.heap, (m.rank, before, m.merged)) }
-            if after >= 0, let m = merges[Self.key(top.merged, scratch.token[Int(after)])] { push(&scratch.heap, (m.rank, Int32(pos), m.merged)) }
+            if before >= 0, let m = merges[Self.key(scratch.token[Int(before)], top.merged)] { scratch.heap.push(PairMerge(rank: m.rank, pos: before, merged: m.merged)) }
+            if after >= 0, let m = merges[Self.key(top.merged, scratch.token[Int(after)])] { scratch.heap.push(PairMerge(rank: m.rank, pos: Int32(pos), merged: m.merged)) }
         }
         var i: Int32 = n > 0 ? 0 : -1
         while i >= 0 {
@@ -117,38 +117,13 @@ struct BytePairEncoder: Sendable {
             i = scratch.next[Int(i)]
         }
     }
+}
 
-    // A binary min-heap on (rank, pos).
+/// A candidate merge: the pair at `pos` becomes `merged`; the lowest rank, then the leftmost, first.
+struct PairMerge: HeapOrdered {
+    let rank: Int32
+    let pos: Int32
+    let merged: Int32
 
-    private func less(_ a: (rank: Int32, pos: Int32, merged: Int32), _ b: (rank: Int32, pos: Int32, merged: Int32)) -> Bool {
-        a.rank != b.rank ? a.rank < b.rank : a.pos < b.pos
-    }
-
-    private func push(_ h: inout [(rank: Int32, pos: Int32, merged: Int32)], _ e: (rank: Int32, pos: Int32, merged: Int32)) {
-        h.append(e)
-        var i = h.count - 1
-        while i > 0 {
-            let parent = (i - 1) / 2
-            guard less(h[i], h[parent]) else { break }
-            h.swapAt(i, parent)
-            i = parent
-        }
-    }
-
-    private func pop(_ h: inout [(rank: Int32, pos: Int32, merged: Int32)]) -> (rank: Int32, pos: Int32, merged: Int32)? {
-        guard let top = h.first else { return nil }
-        let last = h.removeLast()
-        guard !h.isEmpty else { return top }
-        h[0] = last
-        var i = 0
-        while true {
-            let l = 2 * i + 1, r = l + 1
-            var m = i
-            if l < h.count, less(h[l], h[m]) { m = l }
-            if r < h.count, less(h[r], h[m]) { m = r }
-            guard m != i else { return top }
-            h.swapAt(i, m)
-            i = m
-        }
-    }
+    func before(_ o: PairMerge) -> Bool { rank != o.rank ? rank < o.rank : pos < o.pos }
 }

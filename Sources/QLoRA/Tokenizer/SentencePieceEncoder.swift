@@ -40,7 +40,7 @@ struct SentencePieceEncoder: Sendable {
     }
 
     /// A candidate merge: symbols left and right, whose bytes add up to `size`.
-    struct Bigram {
+    struct Bigram: HeapOrdered {
         let score: Float
         let left: Int32
         let right: Int32
@@ -57,7 +57,7 @@ struct SentencePieceEncoder: Sendable {
         fileprivate var count: [Int32] = []
         fileprivate var prev: [Int32] = []
         fileprivate var next: [Int32] = []
-        fileprivate var heap: [Bigram] = []
+        fileprivate var heap = MergeHeap<Bigram>()
     }
 
     /// UTF-8 sequence length from the lead byte's high nibble (llama.cpp's unicode_len_utf8).
@@ -79,7 +79,7 @@ struct SentencePieceEncoder: Sendable {
             s.next.append(offset == text.count ? -1 : Int32(s.start.count))
         }
         for i in s.start.indices.dropFirst() { addBigram(text, &s, Int32(i - 1), Int32(i)) }
-        while let b = pop(&s.heap) {
+        while let b = s.heap.pop() {
             let l = Int(b.left), r = Int(b.right)
             guard s.count[l] != 0, s.count[r] != 0, s.count[l] + s.count[r] == b.size else { continue }
             s.count[l] += s.count[r]
@@ -105,36 +105,6 @@ struct SentencePieceEncoder: Sendable {
         guard left >= 0, right >= 0 else { return }
         let lo = Int(s.start[Int(left)]), size = s.count[Int(left)] + s.count[Int(right)]
         guard let id = ids[text[lo..<(lo + Int(size))]], Int(id) < scores.count else { return }
-        push(&s.heap, Bigram(score: scores[Int(id)], left: left, right: right, size: size))
-    }
-
-    // A binary heap, best first.
-
-    private func push(_ h: inout [Bigram], _ e: Bigram) {
-        h.append(e)
-        var i = h.count - 1
-        while i > 0 {
-            let parent = (i - 1) / 2
-            guard h[i].before(h[parent]) else { break }
-            h.swapAt(i, parent)
-            i = parent
-        }
-    }
-
-    private func pop(_ h: inout [Bigram]) -> Bigram? {
-        guard let top = h.first else { return nil }
-        let last = h.removeLast()
-        guard !h.isEmpty else { return top }
-        h[0] = last
-        var i = 0
-        while true {
-            let l = 2 * i + 1, r = l + 1
-            var m = i
-            if l < h.count, h[l].before(h[m]) { m = l }
-            if r < h.count, h[r].before(h[m]) { m = r }
-            guard m != i else { return top }
-            h.swapAt(i, m)
-            i = m
-        }
+        s.heap.push(Bigram(score: scores[Int(id)], left: left, right: right, size: size))
     }
 }
