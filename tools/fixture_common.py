@@ -225,3 +225,13 @@ def lora_config_record(pm) -> dict:
 def lora_params_record(params: dict) -> dict:
     """{name: shape, value and gradient as f32 hex} of trained tensors, as the fixtures record them."""
     return {k: {"shape": list(p.shape), "value_f32": f32_hex(p), "grad_f32": f32_hex(p.grad)} for k, p in params.items()}
+
+
+# What every lora-grads fixture records, in its "note".
+LORA_GRADS_NOTE = (
+    "PEFT LoRA on the bitsandbytes NF4 model, float32, eager attention, bnb's CPU bf16 "
+    "path off (base forward = dequantize_4bit fp32 + F.linear). loss = mean cross-entropy "
+    "of logits[:, t] against labels[:, t+1] over labels != -100. Keys are adapter_model."
+    "safetensors names; value_f32 is the initial value, grad_f32 the gradient. "
+    "lora_A [r, in], lora_B [out, r], y = base(x) + scaling * (x A^T) B^T."
+)

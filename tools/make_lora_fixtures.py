@@ -187,13 +187,7 @@ def build():
         "versions": fc.module_versions("torch", "bitsandbytes", "transformers", "peft"),
         "model": "tiny-llama-bnb-nf4",
         "encoding": fc.F32_HEX_ENCODING,
-        "note": (
-            "PEFT LoRA on the bitsandbytes NF4 model, float32, eager attention, bnb's CPU bf16 "
-            "path off (base forward = dequantize_4bit fp32 + F.linear). loss = mean cross-entropy "
-            "of logits[:, t] against labels[:, t+1] over labels != -100. Keys are adapter_model."
-            "safetensors names; value_f32 is the initial value, grad_f32 the gradient. "
-            "lora_A [r, in], lora_B [out, r], y = base(x) + scaling * (x A^T) B^T."
-        ),
+        "note": fc.LORA_GRADS_NOTE,
         "input_ids": ids.tolist(),
         "labels": labels.tolist(),
         "n_counted_tokens": n_counted,
