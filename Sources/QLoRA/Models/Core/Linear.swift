@@ -61,12 +61,8 @@ public struct LayerContext {
     let order: [LinearSpec]
 
     init(adapters: LayerAdapters?, acts: BlockActivations, dropoutSeed: UInt64?, order: [LinearSpec]) {
-        self.init(adapters: adapters, saved: acts.lora, dropoutSeed: dropoutSeed, order: order)
-    }
-
-    init(adapters: LayerAdapters?, saved: [LinearSpec: LoRAAdapter.Saved], dropoutSeed: UInt64?, order: [LinearSpec]) {
         self.adapters = adapters
-        self.saved = saved
+        saved = acts.lora
         self.dropoutSeed = dropoutSeed
         self.order = order
     }
