@@ -109,3 +109,14 @@ double qk_cross_entropy(float *logits, const int32_t *labels, int64_t rows, int6
     free(loss);
     return total;
 }
+
+double qk_cross_entropy_rows(float *logits, const int32_t *labels, int64_t rows, int64_t V, float grad_scale,
+                             double *row_loss, int threads) {
+    int nt = threads > 0 ? threads : omp_get_max_threads();
+    if (nt > rows) nt = rows > 0 ? (int)rows : 1;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t r = 0; r < rows; r++) row_loss[r] = cross_entropy_row(logits + r * V, labels[r], V, grad_scale);
+    double total = 0;
+    for (int64_t r = 0; r < rows; r++) total += row_loss[r];
+    return total;
+}

@@ -11,15 +11,21 @@ public final class ModelAdapters: @unchecked Sendable {
     public let layers: [LayerAdapters]
     /// model.norm.weight with `trainNorms`.
     public let finalNorm: Parameter?
+    /// A reward model's score head, `score.weight` [1, hidden] (PEFT's modules_to_save `score`
+    /// of a sequence-classification model), when these adapters train one.
+    public let scoreHead: Parameter?
     /// Every trainable tensor, in a fixed order: per layer its adapters (in the family's order
-    /// of linears; A then B), then its norms (the family's order); the final norm last. Stacked adapters are not among them.
+    /// of linears; A then B), then its norms (the family's order); the final norm, then the
+    /// score head last. Stacked adapters are not among them.
     public let parameters: [Parameter]
     /// Adapters stacked frozen on these (`stacking`), by name, in the order they apply.
     public let stacked: [(name: String, adapters: ModelAdapters)]
 
     /// Adapters initialized as PEFT does (A Kaiming-uniform from one SplitMix64 seeded with
-    /// `seed`, drawn layer by layer in the order of `parameters`; B zero).
-    public init(model: DecoderModel, config: LoRAConfig, trainNorms: Bool = false, seed: UInt64) throws(LoRAConfigError) {
+    /// `seed`, drawn layer by layer in the order of `parameters`; B zero). With `scoreHead`, a
+    /// score head too, N(0, 0.02²) as transformers initializes `score` (from a stream of its
+    /// own, so the adapters' values do not depend on it).
+    public init(model: DecoderModel, config: LoRAConfig, trainNorms: Bool = false, scoreHead: Bool = false, seed: UInt64) throws(LoRAConfigError) {
         let c = model.config
         try config.validate(layers: c.numLayers)
         self.config = config
@@ -54,6 +60,18 @@ public final class ModelAdapters: @unchecked Sendable {
         }
         finalNorm = trainNorms ? Parameter(name: "model.norm.weight", shape: [c.hiddenSize], values: model.weights.finalNorm) : nil
         if let finalNorm { parameters.append(finalNorm) }
+        if scoreHead {
+            var g = SplitMix64(seed: seed ^ 0x5C0E_4EAD_0000_0001)
+            let head = Parameter(name: Self.scoreHeadName, shape: [1, c.hiddenSize], values: (0..<c.hiddenSize).map { _ in
+                // Box–Muller: one normal from two uniforms (u1 in (0, 1]).
+                let u1 = 1 - g.nextUnitDouble(), u2 = g.nextUnitDouble()
+                return Float(0.02 * (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2))
+            })
+            self.scoreHead = head
+            parameters.append(head)
+        } else {
+            self.scoreHead = nil
+        }
         self.layers = layers
         self.parameters = parameters
         stacked = []
@@ -77,17 +95,29 @@ public final class ModelAdapters: @unchecked Sendable {
                 for (m, list) in layer.frozen { layers[l].frozen[m, default: []] += list }
             }
         }
-        return ModelAdapters(config: config, trainsNorms: trainsNorms, layers: layers, finalNorm: finalNorm, parameters: parameters,
-                         stacked: stacked + others.flatMap { [$0] + $0.adapters.stacked }, family: family)
+        return ModelAdapters(config: config, trainsNorms: trainsNorms, layers: layers, finalNorm: finalNorm, scoreHead: scoreHead,
+                             parameters: parameters, stacked: stacked + others.flatMap { [$0] + $0.adapters.stacked }, family: family)
     }
 
-    private init(config: LoRAConfig, trainsNorms: Bool, layers: [LayerAdapters], finalNorm: Parameter?, parameters: [Parameter],
-                 stacked: [(name: String, adapters: ModelAdapters)], family: ModelFamily) {
+    /// No adapters at all: the base model as it is (the reference of DPO with the adapter off,
+    /// as PEFT's `disable_adapter`).
+    public static func disabled(for model: DecoderModel) -> ModelAdapters {
+        ModelAdapters(config: LoRAConfig(rank: 1, alpha: 1, targets: .names([])), trainsNorms: false,
+                      layers: [LayerAdapters](repeating: LayerAdapters(), count: model.config.numLayers), finalNorm: nil, scoreHead: nil,
+                      parameters: [], stacked: [], family: model.config.family)
+    }
+
+    /// The score head's parameter name, as PEFT saves it (after `base_model.model.`).
+    public static let scoreHeadName = "score.weight"
+
+    private init(config: LoRAConfig, trainsNorms: Bool, layers: [LayerAdapters], finalNorm: Parameter?, scoreHead: Parameter?,
+                 parameters: [Parameter], stacked: [(name: String, adapters: ModelAdapters)], family: ModelFamily) {
         self.family = family
         self.config = config
         self.trainsNorms = trainsNorms
         self.layers = layers
         self.finalNorm = finalNorm
+        self.scoreHead = scoreHead
         self.parameters = parameters
         self.stacked = stacked
     }
@@ -119,7 +149,7 @@ public final class ModelAdapters: @unchecked Sendable {
     public func summaryLine(baseCount: Int) -> String {
         let trainable = trainableCount
         // Trainable norms replace frozen ones of the same size: count them once, as PEFT does.
-        let all = baseCount + parameters.filter { $0.name.contains(".lora_") }.reduce(0) { $0 + $1.count }
+        let all = baseCount + parameters.filter { $0.name.contains(".lora_") || $0 === scoreHead }.reduce(0) { $0 + $1.count }
         return "trainable params: \(Self.grouped(trainable)) || all params: \(Self.grouped(all)) || trainable%: "
             + String(format: "%.4f", 100 * Double(trainable) / Double(all))
     }

@@ -13,6 +13,9 @@ public struct PreferenceBatch: Sendable, Equatable {
     public let margins: [Float]
     /// The epoch the pairs were drawn in.
     public let epoch: Int
+    /// [2P]: the reference log-probabilities of the rows (chosen sides, then rejected), when
+    /// every pair has them.
+    public let reference: [Double]?
 
     /// P.
     public var pairCount: Int { indices.count }
@@ -25,6 +28,17 @@ public struct PreferenceBatch: Sendable, Equatable {
         self.indices = indices
         margins = indices.map { Float(pairs[$0].margin ?? 0) }
         self.epoch = epoch
+        let refs = indices.compactMap { pairs[$0].reference }
+        reference = refs.count == indices.count ? refs.map(\.chosen) + refs.map(\.rejected) : nil
+    }
+}
+
+extension TokenBatch {
+    /// The rows of a preference batch as the trainer runs them, with its pairs' margins and
+    /// reference log-probabilities.
+    public init(_ b: PreferenceBatch) {
+        self.init(inputIds: b.rows.inputIds, labels: b.rows.labels, sequences: b.rows.batchSize, length: b.rows.sequenceLength,
+                  lengths: b.rows.lengths, pairs: PairRows(count: b.pairCount, margins: b.margins, reference: b.reference))
     }
 }
 

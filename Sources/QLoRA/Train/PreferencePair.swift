@@ -5,6 +5,11 @@ import Foundation
 /// are −100 on the prompt, so an objective sums log-probs over completion tokens and a reward
 /// head reads the last real token (index count − 1).
 public struct PreferencePair: Sendable, Equatable {
+    public static func == (a: PreferencePair, b: PreferencePair) -> Bool {
+        a.prompt == b.prompt && a.chosen == b.chosen && a.rejected == b.rejected && a.margin == b.margin && a.line == b.line
+            && a.reference?.chosen == b.reference?.chosen && a.reference?.rejected == b.reference?.rejected
+    }
+
     public enum Side: Sendable, CaseIterable { case chosen, rejected }
 
     public var prompt: [Int]
@@ -14,6 +19,9 @@ public struct PreferencePair: Sendable, Equatable {
     public var margin: Double?
     /// The line of the data file the pair comes from; 0 when built in code.
     public var line: Int
+    /// The reference model's log-probabilities of the chosen and rejected completions, once a
+    /// DPO run has computed them (`ReferenceLogProbs`).
+    public var reference: (chosen: Double, rejected: Double)?
 
     public init(prompt: [Int], chosen: [Int], rejected: [Int], margin: Double? = nil, line: Int = 0) {
         self.prompt = prompt

@@ -4,20 +4,49 @@ import QuantKernels
 
 /// A batch for the loss: B sequences of T tokens, row-major [B, T], and Hugging Face labels
 /// (aligned with the inputs; the loss shifts them: position t predicts labels[t + 1]; −100 is
-/// not scored).
+/// not scored). Preference batches say which rows pair up (`pairs`).
 public struct TokenBatch: Sendable {
     public var inputIds: [Int32]
     public var labels: [Int32]
     public var sequences: Int
     public var length: Int
+    /// [B]: each row's real length (its last real token is at length − 1; padding follows).
+    public var lengths: [Int]
+    /// Rows 0..<P are the chosen sides of P pairs and rows P..<2P their rejected sides; nil for
+    /// a batch of independent sequences.
+    public var pairs: PairRows?
 
-    public init(inputIds: [Int32], labels: [Int32], sequences: Int, length: Int) {
+    /// What a preference batch carries besides its rows. Legend: P pairs.
+    public struct PairRows: Sendable, Equatable {
+        /// P.
+        public var count: Int
+        /// [P]: each pair's margin (0 where it has none).
+        public var margins: [Float]
+        /// [2P]: the reference model's log-probability of each row's completion (chosen sides,
+        /// then rejected), where the objective needs one (DPO); nil before they are computed.
+        public var reference: [Double]?
+
+        public init(count: Int, margins: [Float]? = nil, reference: [Double]? = nil) {
+            precondition(count > 0 && (margins?.count ?? count) == count && (reference?.count ?? 2 * count) == 2 * count,
+                         "\(count) pairs need \(count) margins and \(2 * count) reference log-probabilities")
+            self.count = count
+            self.margins = margins ?? [Float](repeating: 0, count: count)
+            self.reference = reference
+        }
+    }
+
+    public init(inputIds: [Int32], labels: [Int32], sequences: Int, length: Int, lengths: [Int]? = nil, pairs: PairRows? = nil) {
         precondition(inputIds.count == sequences * length && labels.count == inputIds.count,
                      "a batch of \(sequences) × \(length) needs \(sequences * length) ids and labels")
+        precondition(lengths.map { $0.count == sequences && $0.allSatisfy { (1...length).contains($0) } } ?? true,
+                     "a batch of \(sequences) × \(length) needs \(sequences) lengths in 1...\(length)")
+        precondition(pairs.map { 2 * $0.count == sequences } ?? true, "\(pairs?.count ?? 0) pairs need \(2 * (pairs?.count ?? 0)) rows, not \(sequences)")
         self.inputIds = inputIds
         self.labels = labels
         self.sequences = sequences
         self.length = length
+        self.lengths = lengths ?? [Int](repeating: length, count: sequences)
+        self.pairs = pairs
     }
 
     /// Targets per position after the shift: labels[b, t + 1], −100 at each sequence's end.
@@ -35,18 +64,33 @@ public struct TokenBatch: Sendable {
             n + labels[(b * length + 1)..<((b + 1) * length)].reduce(0) { $1 == -100 ? $0 : $0 + 1 }
         }
     }
+
+    /// Tokens of the rows, padding not counted.
+    public var realTokens: Int { lengths.reduce(0, +) }
 }
 
-/// The summed cross-entropy of a batch and how many positions it covers.
+/// The summed loss of a batch, what it is summed over (scored tokens for the causal LM, pairs
+/// for preference objectives), and the objective's own metrics summed the same way (their
+/// means are `metric(_:)`).
 public struct LossSum: Sendable, Equatable {
     public var sum: Double
     public var tokens: Int
-    public init(sum: Double = 0, tokens: Int = 0) {
+    /// Sums over the same `tokens` (pairs): "rewards/chosen", "rewards/accuracies", …
+    public var metrics: [String: Double]
+
+    public init(sum: Double = 0, tokens: Int = 0, metrics: [String: Double] = [:]) {
         self.sum = sum
         self.tokens = tokens
+        self.metrics = metrics
     }
     public var mean: Double { tokens > 0 ? sum / Double(tokens) : .nan }
-    public static func + (a: LossSum, b: LossSum) -> LossSum { LossSum(sum: a.sum + b.sum, tokens: a.tokens + b.tokens) }
+    /// The mean of a metric, nil when the objective gives none of that name.
+    public func metric(_ name: String) -> Double? { metrics[name].map { tokens > 0 ? $0 / Double(tokens) : .nan } }
+    /// Every metric's mean.
+    public var metricMeans: [String: Double] { metrics.mapValues { tokens > 0 ? $0 / Double(tokens) : .nan } }
+    public static func + (a: LossSum, b: LossSum) -> LossSum {
+        LossSum(sum: a.sum + b.sum, tokens: a.tokens + b.tokens, metrics: a.metrics.merging(b.metrics, uniquingKeysWith: +))
+    }
 }
 
 /// Training forward and backward of the whole model with LoRA. Legend: B sequences, T tokens
@@ -95,11 +139,28 @@ public final class Trainer {
         try run(batch, backward: false, gradScale: 0, dropoutSeed: nil)
     }
 
+    /// Runs the forward without dropout or gradients and hands `read` the last block's output
+    /// x [B·T, C] (before the final norm) and scratch room: what a no-grad pass such as the
+    /// reference log-probabilities of DPO reads.
+    public func withHiddenStates<R>(_ batch: TokenBatch, _ read: (_ hidden: FloatBuffer, _ arena: FloatArena) throws -> R) throws -> R {
+        var result: R? = nil
+        try withoutActuallyEscaping(read) { read in
+            _ = try run(batch, backward: false, gradScale: 0, dropoutSeed: nil) { hidden, _ in
+                result = try read(hidden, self.arena)
+                return LossSum()
+            }
+        }
+        return result!
+    }
+
     private func layerSeed(_ seed: UInt64?, _ l: Int) -> UInt64? {
         seed.map { DropoutStream.layer($0, l) }
     }
 
-    private func run(_ batch: TokenBatch, backward: Bool, gradScale: Float, dropoutSeed: UInt64?) throws -> LossSum {
+    /// - Parameter head: what the last block's output becomes (hidden, dx → loss); the
+    ///   objective's loss unless given.
+    private func run(_ batch: TokenBatch, backward: Bool, gradScale: Float, dropoutSeed: UInt64?,
+                     head: ((FloatBuffer, FloatBuffer?) throws -> LossSum)? = nil) throws -> LossSum {
         let c = model.config, B = batch.sequences, T = batch.length, N = B * T, C = c.hiddenSize
         let L = c.numLayers
         if let bad = batch.labels.firstIndex(where: { $0 != -100 && !(0..<Int32(c.vocabSize)).contains($0) }) {
@@ -141,7 +202,8 @@ public final class Trainer {
         var dx = backward ? arena.take(N * C) : nil
         dx?.base.update(repeating: 0, count: N * C)
         let loss = try StepProfile.measure(.head) { () throws in
-            try objective.loss(hidden: last, batch: batch, model: model, adapters: lora, gradScale: gradScale, dx: dx, arena: arena)
+            if let head { return try head(last, dx) }
+            return try objective.loss(hidden: last, batch: batch, model: model, adapters: lora, gradScale: gradScale, dx: dx, arena: arena)
         }
         guard backward, var d = dx else { return loss }
 

@@ -457,7 +457,7 @@ public final class TrainingRun {
 extension TokenBatch {
     /// The ids and labels of a data batch, as the trainer runs them.
     init(_ b: Batch) {
-        self.init(inputIds: b.inputIds, labels: b.labels, sequences: b.batchSize, length: b.sequenceLength)
+        self.init(inputIds: b.inputIds, labels: b.labels, sequences: b.batchSize, length: b.sequenceLength, lengths: b.lengths)
     }
 }
 

@@ -64,6 +64,13 @@ int qk_attention_backward_with(float *dq, float *dk, float *dv, const float *dou
 double qk_cross_entropy(float *logits, const int32_t *labels, int64_t rows, int64_t V, float grad_scale,
                         int64_t *counted, int threads);
 
+/* qk_cross_entropy that also gives each row's loss: row_loss[rows] receives −log softmax[label]
+ * per row (0 for an ignored row, NAN for a label out of range), so that a caller can sum rows
+ * per sequence (a sequence's log-probability for preference objectives). Same dlogits in
+ * place; returns the sum in row order. */
+double qk_cross_entropy_rows(float *logits, const int32_t *labels, int64_t rows, int64_t V, float grad_scale,
+                             double *row_loss, int threads);
+
 #ifdef __cplusplus
 }
 #endif

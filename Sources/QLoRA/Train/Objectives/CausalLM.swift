@@ -2,7 +2,7 @@ import Foundation
 import QuantKernels
 
 /// What turns the model's final hidden states into a loss: the seam every training objective
-/// plugs into (causal LM today; reward models and preference training next). An objective
+/// plugs into (causal LM, reward model, DPO, SimPO, ORPO). An objective
 /// knows nothing of architectures: it gets the last block's output and the model's final norm
 /// and head through `DecoderModel`, and gives back the gradient of the loss with respect to
 /// that output, which the trainer carries back through the blocks. Legend: N rows, C hidden.
@@ -12,6 +12,11 @@ public protocol TrainingObjective {
     /// what trains in the head (the final norm with --train-norms). Scratch from `arena`.
     func loss(hidden x: FloatBuffer, batch: TokenBatch, model: DecoderModel, adapters: ModelAdapters, gradScale: Float,
               dx: FloatBuffer?, arena: FloatArena) throws -> LossSum
+
+    /// What the loss of an update is a mean over, for one of its micro-batches (scored tokens
+    /// for the causal LM, pairs for preference objectives): the run scales gradients by
+    /// 1 / Σ normalizer over the update's micro-batches.
+    func normalizer(_ batch: TokenBatch) -> Int
 }
 
 /// Supervised fine-tuning's objective: next-token cross-entropy on the labels (−100 not scored).
@@ -25,55 +30,20 @@ public struct CausalLMObjective: TrainingObjective {
 
     public init(headChunkRows: Int = 128) { self.headChunkRows = headChunkRows }
 
-    /// The final norm, the LM head and the cross-entropy, in chunks of rows; with `dx`, writes
-    /// the gradient of the loss (times gradScale) with respect to x [N, C] there and adds the
-    /// final norm's gradient when it trains.
+    /// The final norm, the LM head and the cross-entropy, in chunks of rows (`LMHead`); with
+    /// `dx`, writes the gradient of the loss (times gradScale) with respect to x [N, C] there and
+    /// adds the final norm's gradient when it trains.
     public func loss(hidden x: FloatBuffer, batch: TokenBatch, model: DecoderModel, adapters lora: ModelAdapters, gradScale: Float,
                      dx: FloatBuffer?, arena: FloatArena) throws -> LossSum {
-        let targets = batch.shiftedTargets
-        let c = model.config, C = c.hiddenSize, V = c.vocabSize, N = targets.count
-        let xn = arena.take(N * C), rstd = arena.take(N)
-        rmsNormForward(y: xn.base, rstd: rstd.base, x: x.base, weight: model.weights.finalNorm, trainable: lora.finalNorm,
-                            tokens: N, eps: c.rmsNormEps)
-        let dxn = dx == nil ? nil : arena.take(N * C)
-        let chunk = max(1, headChunkRows)
-        let logits = arena.take(min(chunk, N) * V)
-        let tanhs = c.finalLogitSoftcap == nil ? nil : arena.take(min(chunk, N) * V)
-        var total = LossSum()
-        var first = 0
-        while first < N {
-            let n = min(chunk, N - first)
-            let labels = Array(targets[first..<(first + n)])
-            if labels.allSatisfy({ $0 == -100 }) {
-                dxn?.base.advanced(by: first * C).update(repeating: 0, count: n * C)
-                first += n
-                continue
-            }
-            try model.weights.lmHead.forward(xn.base + first * C, rows: n, width: C, vocab: V, into: logits.base)
-            // Gemma 2's final soft-capping: logits ← cap·tanh(logits / cap), keeping tanh for the backward.
-            if let cap = c.finalLogitSoftcap, let tanhs {
-                for i in 0..<(n * V) {
-                    let t = tanhf(logits.base[i] / cap)
-                    tanhs.base[i] = t
-                    logits.base[i] = cap * t
-                }
-            }
-            var counted: Int64 = 0
-            let sum = labels.withUnsafeBufferPointer {
-                qk_cross_entropy(logits.base, $0.baseAddress, Int64(n), Int64(V), gradScale, &counted, 0)
-            }
-            total = total + LossSum(sum: sum, tokens: Int(counted))
-            if let dxn {
-                if let tanhs { for i in 0..<(n * V) { logits.base[i] *= 1 - tanhs.base[i] * tanhs.base[i] } }
-                try model.weights.lmHead.backward(logits.base, rows: n, width: C, vocab: V, into: dxn.base + first * C,
-                                                  accumulate: false)
-            }
-            first += n
-        }
-        if let dx, let dxn {
-            rmsNormBackward(dx: dx.base, dy: dxn.base, x: x.base, rstd: rstd.base, weight: model.weights.finalNorm,
-                                 trainable: lora.finalNorm, tokens: N)
-        }
+        let targets = batch.shiftedTargets, N = targets.count
+        let (xn, rstd) = LMHead.normalize(x, rows: N, model: model, adapters: lora, arena: arena)
+        let dxn = dx == nil ? nil : arena.take(N * model.config.hiddenSize)
+        let total = try LMHead.crossEntropy(xn: xn, targets: targets, model: model, chunkRows: headChunkRows, gradScale: gradScale,
+                                            dxn: dxn, rowLoss: nil, arena: arena)
+        if let dx, let dxn { LMHead.normBackward(dx: dx, dxn: dxn, x: x, rstd: rstd, rows: N, model: model, adapters: lora) }
         return total
     }
+
+    /// The scored tokens: a causal LM's loss is a mean over tokens.
+    public func normalizer(_ batch: TokenBatch) -> Int { batch.scoredTokens }
 }
