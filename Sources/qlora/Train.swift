@@ -3,6 +3,8 @@ import Foundation
 import QLoRA
 
 extension LRSchedule.Kind: ExpressibleByArgument {}
+extension ObjectiveKind: ExpressibleByArgument {}
+extension PreferenceLoss.DPOKind: ExpressibleByArgument {}
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -32,6 +34,21 @@ struct Train: ParsableCommand {
             weights at the end) in PEFT's layout (qlora generate --adapter DIR; qlora export \
             --adapter RUN --ema merges lora_final_ema).
 
+            Objectives (--objective): sft (the default) trains on the data above. reward, dpo, \
+            orpo and simpo train on preference pairs, TRL's rows {"prompt","chosen","rejected"} \
+            (strings or message lists; without "prompt", their common prefix is the prompt; an \
+            optional "margin" for reward), and --batch-size counts pairs (2 rows each): \
+              reward  a score head on the last token, −log σ(r_chosen − r_rejected − margin) \
+                      (+ --center-rewards); saved as PEFT's SEQ_CLS adapter; qlora score reads it \
+              dpo     −log σ(β·((π_c − ρ_c) − (π_r − ρ_r))) against a reference ρ computed once \
+                      before training and kept in the run (reference_logps.json): the base with \
+                      the adapter off, the adapter --load-lora-from starts from, or --ref-adapter; \
+                      --dpo-loss sigmoid|robust|hinge|ipo, --label-smoothing \
+              orpo    NLL of the chosen rows + β·odds-ratio term, no reference \
+              simpo   −log σ(β·(mean π_c − mean π_r) − γ), no reference (--simpo-gamma) \
+            Pairs longer than --max-len are dropped and counted. metrics.jsonl then carries \
+            TRL's metric names (rewards/chosen, rewards/accuracies, …) and val_accuracy.
+
             Several --load-lora-from: the first adapter trains on; the others are stacked on it \
             frozen (y = W·x + s·B·A·x + Σ s_i·B_i·A_i·x), so a new skill can be trained on top of \
             adapters kept as they are; generate with all of them: qlora generate --adapter RUN/lora_final \
@@ -42,13 +59,17 @@ struct Train: ParsableCommand {
                   SmolLM2-135M-Instruct on the demo SFT set
               qlora train --model smol-nf4 --data sft.jsonl --lora-r 16 --out runs/smol
               qlora train --resume runs/smol
+              qlora train --objective dpo --load-lora-from runs/demo/lora_final --out runs/dpo
+                  DPO on the demo preference pairs, from an SFT adapter (also the reference)
+              qlora train --objective reward --max-steps 100 --out runs/rm
               qlora train --load-lora-from runs/a/lora_final --load-lora-from runs/b/lora_final --out runs/a-on-b
             """
     )
 
     @Option(help: "A GGUF file or a quantized model folder (one with no tokenizer, as quantize --shape writes, trains seeded random ids).")
     var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
-    @Option(help: "Training data: .jsonl, .csv or .txt.") var data = Train.demoData
+    @Option(help: "What to train for: sft, reward, dpo, orpo or simpo (preference pairs).") var objective = ObjectiveKind.sft
+    @Option(help: "Training data: .jsonl, .csv or .txt (preference objectives: .jsonl pairs; default the demo pairs).") var data = Train.demoData
     @Option(help: "Train a synthetic shape on seeded random ids instead (memory and speed): \(SyntheticShape.allCases.map(\.rawValue).joined(separator: ", ")).")
     var shape: SyntheticShape?
     @Option(help: "Blocks of the synthetic shape to keep (default: all).") var layers: Int?
@@ -102,6 +123,14 @@ struct Train: ParsableCommand {
     @Option(help: "After training, generate a reply to this chat message with the tuned model (and before, with the base).")
     var sample: String?
 
+    @Option(help: "DPO/ORPO/SimPO temperature β (default: 0.1; SimPO 2.0).") var beta: Double?
+    @Option(help: "DPO loss: sigmoid, robust, hinge or ipo.") var dpoLoss: PreferenceLoss.DPOKind?
+    @Option(help: "Label smoothing ε of DPO sigmoid/robust and SimPO (share of pairs assumed flipped).") var labelSmoothing: Double?
+    @Option(help: "SimPO's target reward margin γ.") var simpoGamma: Double?
+    @Option(help: "Reward model: coefficient of mean((r_chosen + r_rejected)²), centring the scores.") var centerRewards: Double?
+    @Option(help: "DPO's reference: a frozen adapter (default: the adapter --load-lora-from starts from, else the base).")
+    var refAdapter: String?
+
     @Option(help: "Run directory.") var out: String?
     @Option(help: "Continue the run in this directory from its newest checkpoint.") var resume: String?
     @Flag(help: "Delete what --out holds first (a previous run) instead of refusing.") var overwrite = false
@@ -117,13 +146,36 @@ struct Train: ParsableCommand {
         if let m = maxSteps { guard m > 0 else { throw ValidationError("--max-steps must be positive") } }
         guard epochs > 0 else { throw ValidationError("--epochs must be positive") }
         guard valFraction > 0, valFraction < 1 else { throw ValidationError("--val-fraction must be in (0, 1)") }
+        if let beta { guard beta > 0, beta.isFinite else { throw ValidationError("--beta must be positive") } }
+        if let labelSmoothing { guard labelSmoothing >= 0, labelSmoothing < 0.5 else { throw ValidationError("--label-smoothing must be in [0, 0.5)") } }
+        if let centerRewards { guard centerRewards >= 0 else { throw ValidationError("--center-rewards must be ≥ 0") } }
+        if resume == nil {
+            let preferenceOnly = [("--beta", beta != nil && objective == .reward), ("--dpo-loss", dpoLoss != nil && objective != .dpo),
+                                  ("--ref-adapter", refAdapter != nil && objective != .dpo), ("--simpo-gamma", simpoGamma != nil && objective != .simpo),
+                                  ("--center-rewards", centerRewards != nil && objective != .reward),
+                                  ("--label-smoothing", labelSmoothing != nil && objective != .dpo && objective != .simpo),
+                                  ("--beta", beta != nil && objective == .sft)]
+            if let (flag, _) = preferenceOnly.first(where: \.1) {
+                throw ValidationError("\(flag) does not apply to --objective \(objective.rawValue)")
+            }
+            if objective.usesPairs, packing { throw ValidationError("--packing applies to sft only (preference pairs stay whole)") }
+        }
     }
 
     var newConfig: TrainingConfig {
+        let pairs = objective.usesPairs
+        let data = pairs && self.data == Self.demoData ? Self.demoPreferences : self.data
         var c = TrainingConfig(model: model, data: data)
+        c.objective = objective == .sft ? nil : objective
+        c.beta = beta
+        c.dpoLoss = dpoLoss
+        c.labelSmoothing = labelSmoothing
+        c.simpoGamma = simpoGamma
+        c.centerRewards = centerRewards
+        c.refAdapter = refAdapter
         c.shape = shape?.rawValue
         c.layers = layers
-        c.valFile = valFile ?? (data == Self.demoData ? "data/demo-sft/val.jsonl" : nil)
+        c.valFile = valFile ?? (data == Self.demoData ? "data/demo-sft/val.jsonl" : data == Self.demoPreferences ? "data/demo-preferences/val.jsonl" : nil)
         c.valFraction = valFraction
         c.maxLen = maxLen
         c.packing = packing
@@ -176,7 +228,7 @@ struct Train: ParsableCommand {
         let log = TrainingLog()
         var lm: LanguageModel? = nil
         let model: DecoderModel
-        var train: SFTDataSet, validation: SFTDataSet
+        let kind = config.objectiveKind
         var randomIDs = false
         if let name = config.shape {
             guard let shape = SyntheticShape(rawValue: name) else { throw ValidationError("--shape: unknown '\(name)'") }
@@ -191,7 +243,7 @@ struct Train: ParsableCommand {
                 lm = loaded
                 model = loaded.model
             } else {
-                guard config.data == Self.demoData else {
+                guard config.data == Self.demoData, !kind.usesPairs else {
                     throw ValidationError("\(config.model) has no tokenizer (tokenizer.json, or a GGUF's tokenizer.ggml.*) to read --data with")
                 }
                 log.line("\(config.model) has no tokenizer (a qlora quantize --shape model?), so seeded random ids as with --shape")
@@ -199,6 +251,75 @@ struct Train: ParsableCommand {
                 randomIDs = true
             }
         }
+        if randomIDs, kind.usesPairs {
+            throw ValidationError("--objective \(kind.rawValue) needs a model with a tokenizer to read preference pairs (not --shape or a model without one)")
+        }
+        let train: any TrainingData, validation: any TrainingData
+        if kind.usesPairs {
+            let loaded = lm!
+            let template = try? loaded.chatTemplate(config.chatTemplate.flatMap(ChatTemplate.Family.init(rawValue:)))
+            func load(_ path: String) throws -> PreferenceDataSet {
+                try PreferenceDataSet.load(path: path, tokenizer: loaded.tokenizer, chatTemplate: template, maxLength: config.maxLen,
+                                           skipBad: config.skipBad)
+            }
+            var t = try load(config.data), v: PreferenceDataSet
+            if let path = config.valFile { v = try load(path) } else { (t, v) = try t.split(valFraction: config.valFraction, seed: config.seed) }
+            v = v.sortedLongestFirst()
+            for set in [t, v] {
+                if set.skipped > 0 {
+                    log.line("\(set.source): skipped \(set.skipped) bad rows; first: " + set.skippedReasons.map(\.description).joined(separator: "; "))
+                }
+                if set.tooLong > 0 { log.line("\(set.source): dropped \(set.tooLong) pairs longer than --max-len \(config.maxLen)") }
+            }
+            log.line("data: \(t.pairs.count) training pairs (\(t.trainedTokenCount) completion tokens), \(v.pairs.count) validation pairs; "
+                     + "objective \(kind.rawValue)")
+            (train, validation) = (t, v)
+        } else {
+            let (t, v) = try Self.loadSFT(config: config, model: model, lm: lm, randomIDs: randomIDs, log: log)
+            (train, validation) = (t, v)
+        }
+        let sequences = config.batchSize * (kind.usesPairs ? 2 : 1)
+        let (trainedLoRA, trainsNorms) = try config.trainedLoRA
+        let estimate = MemoryEstimate(config: model.config, frozenBytes: model.frozenBytes, lora: trainedLoRA,
+                                      trainNorms: trainsNorms, sequences: sequences, length: config.maxLen,
+                                      gradientCheckpointing: config.gradCheckpoint, ema: config.ema > 0)
+        log.line(String(format: "memory estimate: %.0f MiB at batch %d × %d%@ (%.1f GiB installed)", Double(estimate.totalBytes) / 1_048_576,
+                        sequences, config.maxLen, config.gradCheckpoint ? ", checkpointing" : "",
+                        Double(estimate.availableBytes) / 1_073_741_824))
+        if !estimate.fits {
+            throw TrainingError.tooLarge("this run needs about \(String(format: "%.1f", Double(estimate.totalBytes) / 1_073_741_824)) GiB, "
+                + "more than 90% of this machine's memory:\n  " + estimate.lines.joined(separator: "\n  ")
+                + "\n---> HINT: " + estimate.advice(gradientCheckpointing: config.gradCheckpoint))
+        }
+        let generates = kind != .reward
+        if let sample, generates, resume == nil, let lm { try Self.show(sample, lm: lm, label: "base model", log: log) }
+
+        let run = try TrainingRun(config: config, directory: directory, model: model, train: train, validation: validation,
+                                  resume: resume != nil, onEvent: log.event)
+        log.line("run: \(directory) — \(run.totalUpdates) updates of \(config.batchSize * config.gradAccum) \(kind.usesPairs ? "pairs" : "sequences")")
+        let interrupt = Interrupt()
+        let finished = try run.run(shouldStop: { interrupt.requested }, onEvent: log.event)
+        log.finish()
+        if !finished {
+            log.line("stopped at update \(run.step); continue with: qlora train --resume \(directory)")
+            throw ExitCode(130)
+        }
+        log.line(String(format: "done: %d updates in %@; best val_loss %.4f", run.step, TrainingLog.duration(log.elapsed), run.bestValLoss))
+        if let sample, generates, let lm {
+            let set = AdapterSet(base: lm.model)
+            let finalPath = directory + "/" + RunLayout.adapter(.final)
+            let final = try set.load(finalPath)
+            let tuned = DecoderModel(lm.model, adapters: try set.adapters(final).stacking(run.lora.stacked))
+            let stackedNote = run.lora.stacked.isEmpty ? "" : " + frozen " + run.lora.stacked.map(\.name).joined(separator: ", ")
+            try Self.show(sample, lm: lm.with(model: tuned), label: "tuned (\(finalPath)\(stackedNote))", log: log)
+        }
+    }
+
+    /// The SFT examples of a run: its files read with the model's tokenizer, or seeded random
+    /// ids (a synthetic shape, a model without a tokenizer).
+    static func loadSFT(config: TrainingConfig, model: DecoderModel, lm: LanguageModel?, randomIDs: Bool, log: TrainingLog) throws
+        -> (SFTDataSet, SFTDataSet) {
+        var train: SFTDataSet, validation: SFTDataSet
         if randomIDs {
             // Random ids, every position trained: for memory and speed, not for learning.
             func random(_ n: Int, _ seed: UInt64) -> SFTDataSet {
@@ -232,42 +353,11 @@ struct Train: ParsableCommand {
         }
         log.line("data: \(train.examples.count) training examples (\(train.trainedTokenCount) trained tokens), "
                  + "\(validation.examples.count) validation examples")
-        let (trainedLoRA, trainsNorms) = try config.trainedLoRA
-        let estimate = MemoryEstimate(config: model.config, frozenBytes: model.frozenBytes, lora: trainedLoRA,
-                                      trainNorms: trainsNorms, sequences: config.batchSize, length: config.maxLen,
-                                      gradientCheckpointing: config.gradCheckpoint, ema: config.ema > 0)
-        log.line(String(format: "memory estimate: %.0f MiB at batch %d × %d%@ (%.1f GiB installed)", Double(estimate.totalBytes) / 1_048_576,
-                        config.batchSize, config.maxLen, config.gradCheckpoint ? ", checkpointing" : "",
-                        Double(estimate.availableBytes) / 1_073_741_824))
-        if !estimate.fits {
-            throw TrainingError.tooLarge("this run needs about \(String(format: "%.1f", Double(estimate.totalBytes) / 1_073_741_824)) GiB, "
-                + "more than 90% of this machine's memory:\n  " + estimate.lines.joined(separator: "\n  ")
-                + "\n---> HINT: " + estimate.advice(gradientCheckpointing: config.gradCheckpoint))
-        }
-        if let sample, resume == nil, let lm { try Self.show(sample, lm: lm, label: "base model", log: log) }
-
-        let run = try TrainingRun(config: config, directory: directory, model: model, train: train, validation: validation,
-                                  resume: resume != nil, onEvent: log.event)
-        log.line("run: \(directory) — \(run.totalUpdates) updates of \(config.batchSize * config.gradAccum) sequences")
-        let interrupt = Interrupt()
-        let finished = try run.run(shouldStop: { interrupt.requested }, onEvent: log.event)
-        log.finish()
-        if !finished {
-            log.line("stopped at update \(run.step); continue with: qlora train --resume \(directory)")
-            throw ExitCode(130)
-        }
-        log.line(String(format: "done: %d updates in %@; best val_loss %.4f", run.step, TrainingLog.duration(log.elapsed), run.bestValLoss))
-        if let sample, let lm {
-            let set = AdapterSet(base: lm.model)
-            let finalPath = directory + "/" + RunLayout.adapter(.final)
-            let final = try set.load(finalPath)
-            let tuned = DecoderModel(lm.model, adapters: try set.adapters(final).stacking(run.lora.stacked))
-            let stackedNote = run.lora.stacked.isEmpty ? "" : " + frozen " + run.lora.stacked.map(\.name).joined(separator: ", ")
-            try Self.show(sample, lm: lm.with(model: tuned), label: "tuned (\(finalPath)\(stackedNote))", log: log)
-        }
+        return (train, validation)
     }
 
     static let demoData = "data/demo-sft/train.jsonl"
+    static let demoPreferences = "data/demo-preferences/train.jsonl"
 
     static func show(_ message: String, lm: LanguageModel, label: String, log: TrainingLog) throws {
         let template = try lm.chatTemplate()
@@ -332,13 +422,15 @@ final class TrainingLog {
         case let .checkpoint(path, _): line("checkpoint: \(path)")
         case let .adapterSaved(path, why): line("saved \(path) (\(why))")
         case let .evaluation(r):
-            line(String(format: "[eval %@] update %d: val_loss %.4f, ppl %.2f%@%@", r.kind ?? "", r.step, r.valLoss ?? .nan, r.valPpl ?? .nan,
+            let second = r.valAccuracy.map { String(format: "accuracy %.3f", $0) } ?? String(format: "ppl %.2f", r.valPpl ?? .nan)
+            line(String(format: "[eval %@] update %d: val_loss %.4f, %@%@%@", r.kind ?? "", r.step, r.valLoss ?? .nan, second,
                         r.ema == true ? " (EMA weights)" : "", r.valLossLive.map { String(format: "; live weights %.4f", $0) } ?? ""))
         case let .update(r, total):
             let frac = Double(r.step) / Double(total)
             let rate = Double(r.step) / max(elapsed, 1e-9)
             let eta = rate > 0 ? Double(total - r.step) / rate : 0
-            let stats = String(format: "%d/%d loss %.4f lr %.2e %.0f tok/s ETA %@", r.step, total, r.loss ?? .nan, r.lr ?? 0,
+            let accuracy = (r.metrics["rewards/accuracies"] ?? r.metrics["accuracy"]).map { String(format: " acc %.2f", $0) } ?? ""
+            let stats = String(format: "%d/%d loss %.4f%@ lr %.2e %.0f tok/s ETA %@", r.step, total, r.loss ?? .nan, accuracy, r.lr ?? 0,
                                r.tokensPerS ?? 0, Self.duration(eta))
             if tty {
                 let width = 24, filled = Int(frac * Double(width))

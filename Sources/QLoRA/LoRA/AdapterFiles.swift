@@ -51,7 +51,7 @@ public enum AdapterFiles {
         writer.tensors = params.map { .init(name: prefix + $0.name, dtype: .F32, shape: $0.shape) }
         try writer.write(to: tmp + "/" + weightsFile) { i in
             // Norms as the Hugging Face model holds them (Gemma's w of x̂·(1 + w)).
-            if family.huggingFaceNormOffset != 0, !params[i].name.contains(".lora_") {
+            if family.huggingFaceNormOffset != 0, !params[i].name.contains(".lora_"), params[i] !== lora.scoreHead {
                 return family.huggingFaceNorm(fromEffective: params[i].values).withUnsafeBytes { Array($0) }
             }
             return [UInt8](UnsafeRawBufferPointer(start: params[i].value.base, count: params[i].count * MemoryLayout<Float>.size))
@@ -71,10 +71,12 @@ public enum AdapterFiles {
             (targets, layers) = (lora.adapters.map { $0.linear.moduleName(layer: $0.layer) }, NSNull())
         }
         let config: [String: Any] = [
-            "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": baseModel,
+            "peft_type": "LORA", "task_type": lora.scoreHead == nil ? "CAUSAL_LM" : "SEQ_CLS", "base_model_name_or_path": baseModel,
             "r": c.rank, "lora_alpha": Double("\(c.alpha)")!, "lora_dropout": Double("\(c.dropout)")!, "target_modules": targets,
             "use_rslora": c.useRSLoRA, "bias": "none", "fan_in_fan_out": false, "inference_mode": true,
-            "init_lora_weights": true, "modules_to_save": lora.trainsNorms ? normModules(lora.family) : NSNull(),
+            "init_lora_weights": true,
+            "modules_to_save": lora.trainsNorms || lora.scoreHead != nil
+                ? (lora.trainsNorms ? normModules(lora.family) : []) + (lora.scoreHead != nil ? scoreModules : []) : NSNull(),
             "rank_pattern": [String: Any](), "alpha_pattern": [String: Any](), "layers_to_transform": layers,
         ]
         let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
@@ -119,6 +121,17 @@ public enum AdapterFiles {
             return chosen
         }
         throw .bad(trimmed, "not an adapter directory (no \(configFile)) nor a training run's (no \(final)/\(configFile))")
+    }
+
+    /// What PEFT's sequence classification adds to modules_to_save: the head, under either name
+    /// (transformers' Llama-style models call it `score`).
+    static let scoreModules = ["classifier", "score"]
+
+    /// Whether an adapter directory is a reward model's (PEFT task_type SEQ_CLS, or `score` in
+    /// modules_to_save): its adapters come with a score head.
+    public static func hasScoreHead(in directory: String) throws -> Bool {
+        let (j, _) = try configJSON(in: directory)
+        return j["task_type"] as? String == "SEQ_CLS" || (j["modules_to_save"] as? [String])?.contains("score") == true
     }
 
     /// The LoRA configuration an adapter directory declares, and whether it trains norms
@@ -174,7 +187,8 @@ public enum AdapterFiles {
         guard let entries = value as? [String] else {
             throw AdapterError.badValue(path, key: "modules_to_save", value: jsonText(value), expected: "null or a list of module names")
         }
-        for entry in entries {
+        let norms = entries.filter { !scoreModules.contains($0) }
+        for entry in norms {
             // Names of the blocks the entry could be about: 0 and every number in it.
             let layers = [0] + entry.matches(of: /\d+/).compactMap { Int($0.output) }
             let names = layers.map(peftModuleNames(layer:))
@@ -189,7 +203,7 @@ public enum AdapterFiles {
                                                    + anyNormModules.joined(separator: ", ") + " may train in full)")
             }
         }
-        return entries
+        return norms
     }
 
     /// The full names PEFT matches modules_to_save against, for block `l` of a Llama inside a
@@ -292,7 +306,10 @@ public enum AdapterFiles {
         let adapters = Dictionary(uniqueKeysWithValues: lora.adapters.flatMap { [($0.adapter.a.name, $0.adapter), ($0.adapter.b.name, $0.adapter)] })
         let norms = Set(try savedNorms(of: lora, in: directory).map(\.name))
         var values: [(Parameter, [Float])] = []
-        for p in lora.parameters where p.name.contains(".lora_") || norms.contains(p.name) {
+        // A score head loads when the file has one; one that is missing keeps its initial values
+        // (a reward model started from a causal LM's adapter).
+        for p in lora.parameters where p.name.contains(".lora_") || norms.contains(p.name)
+            || (p === lora.scoreHead && byParameter[p.name] != nil) {
             guard let t = byParameter.removeValue(forKey: p.name) else { throw AdapterError.missingTensor(path, prefix + p.name) }
             if t.shape != p.shape {
                 let isA = p.name.hasSuffix(".lora_A.weight"), r = lora.config.rank
@@ -309,7 +326,7 @@ public enum AdapterFiles {
         if let extra = byParameter.values.map(\.name).sorted().first {
             throw AdapterError.unexpectedTensor(path, extra, byParameter.count, why: unmatchedReason(parameterName(extra), lora: lora))
         }
-        for (p, v) in values { p.setValues(p.name.contains(".lora_") ? v : lora.family.effectiveNorm(fromHuggingFace: v)) }
+        for (p, v) in values { p.setValues(p.name.contains(".lora_") || p === lora.scoreHead ? v : lora.family.effectiveNorm(fromHuggingFace: v)) }
     }
 
     /// The parameter name of a tensor name: without `base_model.model.`, and without an
@@ -321,6 +338,9 @@ public enum AdapterFiles {
 
     /// Why a tensor has no parameter: its block, linear or kind is not adapted.
     static func unmatchedReason(_ name: String, lora: ModelAdapters) -> String {
+        if name == ModelAdapters.scoreHeadName {
+            return "it is a reward model's score head, and adapter_config.json is not a sequence classifier's (task_type SEQ_CLS)"
+        }
         guard let m = name.firstMatch(of: /^model\.layers\.(\d+)\.(.+)\.lora_[AB]\.weight$/), let layer = Int(m.1) else {
             return !name.hasSuffix("norm.weight") ? "it is no LoRA tensor of a \(lora.family.name) block's linears"
                 : "it is a full RMSNorm weight, and adapter_config.json's modules_to_save does not select it"

@@ -34,8 +34,9 @@ public final class AdapterSet {
         if let other = loaded[name] { throw AdapterStackError.duplicateName(name, first: other.directory, second: directory) }
         let (config, norms) = try AdapterFiles.config(in: directory)
         let lora: ModelAdapters
+        let scoreHead = try AdapterFiles.hasScoreHead(in: directory)
         do {
-            lora = try ModelAdapters(model: base, config: config, trainNorms: norms, seed: 0)
+            lora = try ModelAdapters(model: base, config: config, trainNorms: norms, scoreHead: scoreHead, seed: 0)
         } catch {
             throw AdapterError.bad(directory + "/" + AdapterFiles.configFile, error.description)
         }

@@ -61,9 +61,39 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     /// Alert on a collapse of tokens/s (timing-dependent, so off where runs are compared).
     public var speedAlerts = true
 
+    /// What the run trains for (nil: sft). Preference objectives read pairs; `batchSize`
+    /// counts pairs then.
+    public var objective: ObjectiveKind?
+    /// DPO's, SimPO's and ORPO's β (nil: TRL's default of each, `ObjectiveKind.defaultBeta`).
+    public var beta: Double?
+    /// DPO's loss type (nil: sigmoid).
+    public var dpoLoss: PreferenceLoss.DPOKind?
+    public var labelSmoothing: Double?
+    /// SimPO's target margin γ (nil: 0.5).
+    public var simpoGamma: Double?
+    /// The reward objective's center_rewards_coefficient.
+    public var centerRewards: Double?
+    /// DPO's reference: a frozen adapter (nil: the adapter the run starts from, or the base).
+    public var refAdapter: String?
+
     public init(model: String, data: String) {
         self.model = model
         self.data = data
+    }
+
+    public var objectiveKind: ObjectiveKind { objective ?? .sft }
+
+    /// The objective the run trains with.
+    public var makeObjective: any TrainingObjective {
+        let kind = objectiveKind
+        let beta = self.beta ?? kind.defaultBeta
+        switch kind {
+        case .sft: return CausalLMObjective()
+        case .reward: return RewardObjective(centering: centerRewards ?? 0)
+        case .dpo: return PreferenceObjective(.dpo(dpoLoss ?? .sigmoid, labelSmoothing: labelSmoothing ?? 0), beta: beta)
+        case .simpo: return PreferenceObjective(.simpo(gamma: simpoGamma ?? 0.5, labelSmoothing: labelSmoothing ?? 0), beta: beta)
+        case .orpo: return PreferenceObjective(.orpo, beta: beta)
+        }
     }
 
     public var lora: LoRAConfig {
@@ -84,6 +114,17 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     }
 }
 
+/// The objectives `qlora train --objective` offers.
+public enum ObjectiveKind: String, Codable, Sendable, CaseIterable {
+    case sft, reward, dpo, orpo, simpo
+
+    /// Whether the objective trains on preference pairs.
+    public var usesPairs: Bool { self != .sft }
+
+    /// TRL's default β: DPOConfig 0.1, ORPOConfig 0.1, CPOConfig (SimPO) 2.0 as the SimPO paper.
+    public var defaultBeta: Double { self == .simpo ? 2.0 : 0.1 }
+}
+
 /// One row of metrics.jsonl: a training update (`loss`, `tokens_per_s`, …) or an evaluation
 /// (`val_loss`, `val_ppl`, `kind` full/quick/alert, `ema`).
 public struct MetricsRow: Codable, Sendable, Equatable {
@@ -102,11 +143,70 @@ public struct MetricsRow: Codable, Sendable, Equatable {
     public var kind: String?
     public var ema: Bool?
     public var event: String?
+    /// Preference objectives: the share of pairs the model ranks right (validation rows).
+    public var valAccuracy: Double?
+    /// The objective's own metrics, written as keys of their own ("rewards/chosen", …;
+    /// "val_rewards/chosen", … on evaluation rows).
+    public var metrics: [String: Double] = [:]
 
     enum CodingKeys: String, CodingKey {
         case step, loss, lr, kind, ema, event
         case gradNorm = "grad_norm", tokensPerS = "tokens_per_s", trainedTokens = "trained_tokens", rssMb = "rss_mb"
         case elapsedS = "elapsed_s", valLoss = "val_loss", valPpl = "val_ppl", valLossLive = "val_loss_live"
+        case valAccuracy = "val_accuracy"
+    }
+
+    struct MetricKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        step = try c.decode(Int.self, forKey: .step)
+        loss = try c.decodeIfPresent(Double.self, forKey: .loss)
+        lr = try c.decodeIfPresent(Double.self, forKey: .lr)
+        gradNorm = try c.decodeIfPresent(Double.self, forKey: .gradNorm)
+        tokensPerS = try c.decodeIfPresent(Double.self, forKey: .tokensPerS)
+        trainedTokens = try c.decodeIfPresent(Int.self, forKey: .trainedTokens)
+        rssMb = try c.decodeIfPresent(Double.self, forKey: .rssMb)
+        elapsedS = try c.decodeIfPresent(Double.self, forKey: .elapsedS)
+        valLoss = try c.decodeIfPresent(Double.self, forKey: .valLoss)
+        valPpl = try c.decodeIfPresent(Double.self, forKey: .valPpl)
+        valLossLive = try c.decodeIfPresent(Double.self, forKey: .valLossLive)
+        kind = try c.decodeIfPresent(String.self, forKey: .kind)
+        ema = try c.decodeIfPresent(Bool.self, forKey: .ema)
+        event = try c.decodeIfPresent(String.self, forKey: .event)
+        valAccuracy = try c.decodeIfPresent(Double.self, forKey: .valAccuracy)
+        let known = Set(["step", "loss", "lr", "kind", "ema", "event", "grad_norm", "tokens_per_s", "trained_tokens", "rss_mb",
+                         "elapsed_s", "val_loss", "val_ppl", "val_loss_live", "val_accuracy"])
+        let all = try decoder.container(keyedBy: MetricKey.self)
+        for key in all.allKeys where !known.contains(key.stringValue) {
+            if let v = try? all.decode(Double.self, forKey: key) { metrics[key.stringValue] = v }
+        }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(step, forKey: .step)
+        try c.encodeIfPresent(loss, forKey: .loss)
+        try c.encodeIfPresent(lr, forKey: .lr)
+        try c.encodeIfPresent(gradNorm, forKey: .gradNorm)
+        try c.encodeIfPresent(tokensPerS, forKey: .tokensPerS)
+        try c.encodeIfPresent(trainedTokens, forKey: .trainedTokens)
+        try c.encodeIfPresent(rssMb, forKey: .rssMb)
+        try c.encodeIfPresent(elapsedS, forKey: .elapsedS)
+        try c.encodeIfPresent(valLoss, forKey: .valLoss)
+        try c.encodeIfPresent(valPpl, forKey: .valPpl)
+        try c.encodeIfPresent(valLossLive, forKey: .valLossLive)
+        try c.encodeIfPresent(kind, forKey: .kind)
+        try c.encodeIfPresent(ema, forKey: .ema)
+        try c.encodeIfPresent(event, forKey: .event)
+        try c.encodeIfPresent(valAccuracy, forKey: .valAccuracy)
+        var m = encoder.container(keyedBy: MetricKey.self)
+        for (k, v) in metrics where v.isFinite { try m.encode(v, forKey: MetricKey(stringValue: k)) }
     }
 
     public init(step: Int) { self.step = step }
@@ -157,12 +257,14 @@ public final class TrainingRun {
     public let schedule: LRSchedule
     public let ema: EMA?
     public let plan: TrainingPlan?
-    public let train: SFTDataSet
-    public let validation: SFTDataSet
+    /// SFT examples or preference pairs (with their reference log-probabilities for DPO).
+    public let train: any TrainingData
+    public let validation: any TrainingData
+    public let objective: any TrainingObjective
     public let totalUpdates: Int
     public private(set) var step = 0
     public private(set) var bestValLoss = Double.infinity
-    private var iterator: BatchIterator
+    private var iterator: any TokenBatchStream
     private var lastCheckpointStep = -1
     private let started = Date()
     private var recentLosses: [Double] = []
@@ -170,17 +272,26 @@ public final class TrainingRun {
 
     /// A new run (`resume` false: the directory must not hold a checkpoint) or the continuation of
     /// the one in `directory` from its newest complete checkpoint.
-    public init(config: TrainingConfig, directory: String, model: DecoderModel, train: SFTDataSet, validation: SFTDataSet,
+    ///
+    /// `train` and `validation` are what the objective (`config.objective`) reads: SFT examples
+    /// for sft, preference pairs otherwise. DPO computes the reference log-probabilities of
+    /// every pair first (or reads them back from the run, `ReferenceLogProbs`).
+    public init(config: TrainingConfig, directory: String, model: DecoderModel, train: any TrainingData, validation: any TrainingData,
                 resume: Bool, onEvent: (TrainingEvent) -> Void) throws {
         self.config = config
         self.directory = directory
         self.model = model
-        guard !train.examples.isEmpty else { throw TrainingError.nothingToTrain("\(train.source): no training examples") }
+        let kind = config.objectiveKind
+        guard (train is PreferenceDataSet) == kind.usesPairs, (validation is PreferenceDataSet) == kind.usesPairs else {
+            throw TrainingError.nothingToTrain(kind.usesPairs
+                ? "\(train.source): the \(kind.rawValue) objective trains on preference pairs ({prompt, chosen, rejected} rows)"
+                : "\(train.source): sft trains on examples, not preference pairs (pass --objective dpo, orpo, simpo or reward)")
+        }
+        guard train.count > 0 else { throw TrainingError.nothingToTrain("\(train.source): no training examples") }
         guard train.trainedTokenCount > 0 else { throw TrainingError.nothingToTrain("\(train.source): every label is masked") }
-        self.train = train
-        self.validation = validation
+        objective = config.makeObjective
         let (loraConfig, trainsNorms) = try config.trainedLoRA
-        let trained = try ModelAdapters(model: model, config: loraConfig, trainNorms: trainsNorms, seed: config.seed)
+        let trained = try ModelAdapters(model: model, config: loraConfig, trainNorms: trainsNorms, scoreHead: kind == .reward, seed: config.seed)
         if let from = config.loadLoraFrom {
             try AdapterFiles.load(into: trained, from: from)
             onEvent(.message("adapters loaded from \(from)"))
@@ -193,17 +304,41 @@ public final class TrainingRun {
         } else {
             lora = trained
         }
-        trainer = Trainer(model: model, lora: lora, gradientCheckpointing: config.gradCheckpoint)
+        trainer = Trainer(model: model, lora: lora, gradientCheckpointing: config.gradCheckpoint, objective: objective)
         optimizer = AdamW(parameters: lora.parameters, .init(beta1: config.beta1, beta2: config.beta2, eps: config.eps,
                                                              weightDecay: config.weightDecay))
-        let perEpoch = (train.examples.count + config.batchSize - 1) / config.batchSize
+        let perEpoch = (train.count + config.batchSize - 1) / config.batchSize
         let updatesPerEpoch = max(1, perEpoch / config.gradAccum)
         totalUpdates = config.maxSteps ?? max(1, Int((Double(updatesPerEpoch) * config.epochs).rounded(.up)))
         schedule = LRSchedule(config.schedule, baseLR: config.lr,
                               warmup: config.warmupSteps.map { .steps($0) } ?? .ratio(config.warmupRatio), totalSteps: totalUpdates)
         ema = config.ema > 0 ? EMA(parameters: lora.parameters, beta: config.ema, every: config.emaEvery) : nil
         plan = config.plan ? TrainingPlan(totalUpdates: totalUpdates) : nil
-        iterator = try BatchIterator(examples: train.examples, batchSize: config.batchSize, padID: train.padID, seed: config.seed)
+
+        var (train, validation) = (train, validation)
+        if let preference = objective as? PreferenceObjective, preference.needsReference,
+           let t = train as? PreferenceDataSet, let v = validation as? PreferenceDataSet {
+            // The reference is fixed before any update: a frozen --ref-adapter, else the weights
+            // the run starts from (the adapter it loads; the base itself when it starts fresh,
+            // B being zero: then the adapters are left out of the pass altogether). A resumed
+            // run restores its checkpoint only below, so these are still the starting weights.
+            let describing = config.refAdapter.map { "adapter \($0)" }
+                ?? config.loadLoraFrom.map { "adapter \($0) as loaded" } ?? "base model (adapter off)"
+            (train, validation) = try ReferenceLogProbs.attach(
+                train: t, validation: v, directory: directory, describing: describing,
+                pairsPerBatch: config.evalBatchSize ?? 4 * config.batchSize,
+                reference: { [lora] () throws -> Trainer in
+                    if let path = config.refAdapter {
+                        let set = AdapterSet(base: model)
+                        try set.load(path, name: path)
+                        return Trainer(model: model, lora: try set.adapters(path))
+                    }
+                    return Trainer(model: model, lora: config.loadLoraFrom == nil && (config.frozenAdapters ?? []).isEmpty ? .disabled(for: model) : lora)
+                }, onEvent: onEvent)
+        }
+        self.train = train
+        self.validation = validation
+        iterator = try train.batchStream(batchSize: config.batchSize, seed: config.seed, state: nil)
 
         let fm = FileManager.default
         if resume {
@@ -211,8 +346,8 @@ public final class TrainingRun {
             let state = try Checkpoint.restore(from: latest, optimizer: optimizer, ema: ema)
             step = state.step
             lastCheckpointStep = step
-            iterator = try BatchIterator(examples: train.examples, batchSize: config.batchSize, padID: train.padID,
-                                         seed: config.seed, state: try state.decodeDataState(BatchIterator.State.self))
+            iterator = try train.batchStream(batchSize: config.batchSize, seed: config.seed,
+                                             state: try state.decodeDataState(BatchIterator.State.self))
             bestValLoss = state.rngStates["best_val_loss_bits"].map { Double(bitPattern: $0) } ?? .infinity
             try Self.dropMetrics(after: step, in: directory)
             onEvent(.message("resumed from \(latest) at update \(step) of \(totalUpdates)"))
@@ -289,19 +424,20 @@ public final class TrainingRun {
     private func update(_ onEvent: (TrainingEvent) -> Void) throws -> MetricsRow? {
         let start = Date()
         lora.parameters.forEach { $0.zeroGrad() }
-        let batches = (0..<config.gradAccum).map { _ in iterator.next() }
-        let tokens = batches.map(TokenBatch.init)
+        let tokens = (0..<config.gradAccum).map { _ in iterator.nextBatch() }
         let scored = tokens.reduce(0) { $0 + $1.scoredTokens }
+        // The loss is a mean over the update's scored tokens (sft) or pairs (preference objectives).
+        let normalizer = tokens.reduce(0) { $0 + objective.normalizer($1) }
         let next = step + 1
         var loss = LossSum()
-        if scored > 0 {
+        if normalizer > 0 {
             for (a, b) in tokens.enumerated() {
                 let seed = dropoutSeed(update: next, micro: a)
-                loss = loss + (try trainer.accumulateGradients(b, gradScale: 1 / Float(scored), dropoutSeed: seed))
+                loss = loss + (try trainer.accumulateGradients(b, gradScale: 1 / Float(normalizer), dropoutSeed: seed))
             }
         }
         let norm = StepProfile.measure(.optimizer) { Double(clipGradNorm(lora.parameters, maxNorm: config.maxGradNorm)) }
-        guard loss.mean.isFinite || scored == 0, norm.isFinite else {
+        guard loss.mean.isFinite || normalizer == 0, norm.isFinite else {
             onEvent(.alert(String(format: "update %d: loss %@, grad norm %@ — update skipped", next, "\(loss.mean)", "\(norm)")))
             try append(with(MetricsRow(step: next)) { $0.event = "non-finite loss or gradient: update skipped" })
             try restoreLastGood(onEvent)
@@ -320,6 +456,7 @@ public final class TrainingRun {
         row.gradNorm = norm
         row.tokensPerS = Double(processed) / seconds
         row.trainedTokens = scored
+        row.metrics = loss.metricMeans
         row.rssMb = Double(RuntimeMemory.currentRSS()) / 1_048_576
         row.elapsedS = Date().timeIntervalSince(started)
         return row
@@ -350,10 +487,9 @@ public final class TrainingRun {
     private func checkGradientsFlow(_ onEvent: (TrainingEvent) -> Void) throws {
         let probe = iterator   // a copy: the real order is untouched
         var p = probe
-        let b = p.next()
-        let batch = TokenBatch(b)
+        let batch = p.nextBatch()
         lora.parameters.forEach { $0.zeroGrad() }
-        _ = try trainer.accumulateGradients(batch, gradScale: 1 / Float(max(1, batch.scoredTokens)), dropoutSeed: nil)
+        _ = try trainer.accumulateGradients(batch, gradScale: 1 / Float(max(1, objective.normalizer(batch))), dropoutSeed: nil)
         let flowing = lora.parameters.contains { p in p.grad.buffer.contains { $0 != 0 && $0.isFinite } }
         lora.parameters.forEach { $0.zeroGrad() }
         onEvent(.message("LoRA grads flowing: \(flowing)"))
@@ -368,13 +504,11 @@ public final class TrainingRun {
     /// validation loss of a full or alert evaluation after update 0 (the EMA weights' loss,
     /// when there is an EMA) saves lora_best (the live weights) and, with an EMA, lora_best_ema.
     private func evaluate(kind: String, _ onEvent: (TrainingEvent) -> Void) throws {
-        guard !validation.examples.isEmpty else { return }
-        var batches = validation.batches(size: config.evalBatchSize ?? 4 * config.batchSize)
+        guard validation.count > 0 else { return }
+        var batches = validation.evaluationBatches(batchSize: config.evalBatchSize ?? 4 * config.batchSize)
         if kind == "quick" { batches = Array(batches.prefix(config.quickBatches)) }
         func measure() throws -> LossSum {
-            try batches.reduce(LossSum()) { acc, b in
-                acc + (try trainer.loss(TokenBatch(b)))
-            }
+            try batches.reduce(LossSum()) { acc, b in acc + (try trainer.loss(b)) }
         }
         let loss: LossSum
         var live: LossSum? = nil
@@ -387,7 +521,9 @@ public final class TrainingRun {
         var row = MetricsRow(step: step)
         row.valLoss = loss.mean
         row.valLossLive = live?.mean
-        row.valPpl = exp(loss.mean)
+        if config.objectiveKind == .sft { row.valPpl = exp(loss.mean) }
+        row.valAccuracy = loss.metric("rewards/accuracies") ?? loss.metric("accuracy")
+        row.metrics = Dictionary(uniqueKeysWithValues: loss.metricMeans.map { ("val_" + $0.key, $0.value) })
         row.kind = kind
         row.ema = ema != nil
         row.elapsedS = Date().timeIntervalSince(started)

@@ -19,7 +19,7 @@ public enum PreferenceLoss {
 
     /// DPO's loss types (TRL's `loss_type`): `sigmoid` (the paper's, with conservative label
     /// smoothing ε), `robust` (rDPO, unbiased under label noise ε), `hinge` (SLiC), `ipo`.
-    public enum DPOKind: String, Sendable, CaseIterable {
+    public enum DPOKind: String, Codable, Sendable, CaseIterable {
         case sigmoid, robust, hinge, ipo
     }
 
