@@ -402,6 +402,9 @@ final class TrainingLog {
     let start = Date()
     let tty = isatty(STDOUT_FILENO) != 0
     private var open = false
+    /// The first update this process reported and when: the ETA is the rate since then (loading,
+    /// the baseline evaluation and DPO's reference pass are not training time).
+    private var firstUpdate: (step: Int, at: Date)?
 
     var elapsed: Double { Date().timeIntervalSince(start) }
 
@@ -427,11 +430,14 @@ final class TrainingLog {
                         r.ema == true ? " (EMA weights)" : "", r.valLossLive.map { String(format: "; live weights %.4f", $0) } ?? ""))
         case let .update(r, total):
             let frac = Double(r.step) / Double(total)
-            let rate = Double(r.step) / max(elapsed, 1e-9)
-            let eta = rate > 0 ? Double(total - r.step) / rate : 0
+            if firstUpdate == nil { firstUpdate = (r.step, Date()) }
+            let (firstStep, firstAt) = firstUpdate!
+            let since = Date().timeIntervalSince(firstAt)
+            let rate = r.step > firstStep && since > 0 ? Double(r.step - firstStep) / since : 0
+            let eta = rate > 0 ? Self.duration(Double(total - r.step) / rate) : r.step == total ? "0s" : "…"
             let accuracy = (r.metrics["rewards/accuracies"] ?? r.metrics["accuracy"]).map { String(format: " acc %.2f", $0) } ?? ""
             let stats = String(format: "%d/%d loss %.4f%@ lr %.2e %.0f tok/s ETA %@", r.step, total, r.loss ?? .nan, accuracy, r.lr ?? 0,
-                               r.tokensPerS ?? 0, Self.duration(eta))
+                               r.tokensPerS ?? 0, eta)
             if tty {
                 let width = 24, filled = Int(frac * Double(width))
                 write("\r[" + String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled) + "] " + stats + "   ")
