@@ -83,8 +83,9 @@ public struct PreferenceDataSet: Sendable, Equatable {
         return PreferenceDataSet(pairs: pairs, source: path, skipped: skipped, skippedReasons: reasons, tooLong: tooLong, padID: tokenizer.eos ?? 0)
     }
 
-    /// One JSON Lines row → its `PreferenceRow` (prompt found) and margin.
-    static func jsonRow(_ line: ArraySlice<UInt8>) throws(SFTRowProblem) -> (PreferenceRow, Double?) {
+    /// One JSON Lines row → its `PreferenceRow` (prompt found) and margin. `allowEqualSides`
+    /// lets chosen equal rejected: a single response to score, given as both sides.
+    public static func jsonRow(_ line: ArraySlice<UInt8>, allowEqualSides: Bool = false) throws(SFTRowProblem) -> (PreferenceRow, Double?) {
         let value: Any
         do { value = try JSONSerialization.jsonObject(with: Data(line), options: [.fragmentsAllowed]) } catch {
             throw .invalidJSON(detail: (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? "\(error)")
@@ -108,7 +109,7 @@ public struct PreferenceDataSet: Sendable, Equatable {
             guard let r = rejected as? String else { throw .wrongType(key: "rejected", expected: "a string, as 'chosen' is") }
             guard !c.isEmpty else { throw .emptyContent(key: "chosen") }
             guard !r.isEmpty else { throw .emptyContent(key: "rejected") }
-            guard c != r else { throw .chosenEqualsRejected }
+            guard c != r || allowEqualSides else { throw .chosenEqualsRejected }
             if let p = object["prompt"] {
                 guard let p = p as? String else { throw .wrongType(key: "prompt", expected: "a string, as 'chosen' is") }
                 guard !p.isEmpty else { throw .emptyContent(key: "prompt") }
@@ -121,7 +122,7 @@ public struct PreferenceDataSet: Sendable, Equatable {
             let c = try messages(chosen, key: "chosen")
             guard rejected is [Any] else { throw .wrongType(key: "rejected", expected: "a list of messages, as 'chosen' is") }
             let r = try messages(rejected, key: "rejected")
-            guard c != r else { throw .chosenEqualsRejected }
+            guard c != r || allowEqualSides else { throw .chosenEqualsRejected }
             if let p = object["prompt"] {
                 guard p is [Any] else { throw .wrongType(key: "prompt", expected: "a list of messages, as 'chosen' is") }
                 let prompt = try messages(p, key: "prompt")
@@ -132,7 +133,7 @@ public struct PreferenceDataSet: Sendable, Equatable {
                     return Array(side.dropFirst(prompt.count))
                 }
                 let (cc, rc) = (try completion(c, "chosen"), try completion(r, "rejected"))
-                guard cc != rc else { throw .chosenEqualsRejected }
+                guard cc != rc || allowEqualSides else { throw .chosenEqualsRejected }
                 row = .messages(prompt: prompt, chosen: cc, rejected: rc)
             } else {
                 guard let e = PreferenceRow.extractPrompt(chosen: c, rejected: r) else { throw .noSharedPrompt }

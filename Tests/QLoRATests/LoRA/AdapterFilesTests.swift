@@ -156,7 +156,7 @@ final class AdapterFilesTests: XCTestCase {
             (["norm", "lm_head"], "lm_head", "lm_head"), (["input_layernorm", "model.embed_tokens"], "model.embed_tokens", "model.embed_tokens"),
             (["layers.1"], "layers.1", "model.layers.1"), (["q_proj"], "q_proj", "model.layers.0.self_attn.q_proj"),
             (["mlp"], "mlp", "model.layers.0.mlp"), (["self_attn"], "self_attn", "model.layers.0.self_attn"),
-            (["model"], "model", "copy of base_model "), ([""], "", "copy of base_model "), (["score"], "score", "no RMSNorm"),
+            (["model"], "model", "copy of base_model "), ([""], "", "copy of base_model "), (["scores"], "scores", "no RMSNorm"),
         ]
         for (entries, entry, what) in refused {
             let (tmp, dir) = try copy(Self.qloraNormsAdapter, config: { $0["modules_to_save"] = entries })
@@ -168,6 +168,12 @@ final class AdapterFilesTests: XCTestCase {
             }
             withExtendedLifetime(tmp) {}
         }
+        // A sequence classifier's head (PEFT's SEQ_CLS adds both names) is a reward model's score head, not a norm.
+        let (tmpHead, dirHead) = try copy(Self.qloraNormsAdapter, config: { $0["modules_to_save"] = ["classifier", "score", "input_layernorm"] })
+        XCTAssertTrue(try AdapterFiles.config(in: dirHead).trainsNorms)
+        XCTAssertTrue(try AdapterFiles.hasScoreHead(in: dirHead))
+        XCTAssertFalse(try AdapterFiles.hasScoreHead(in: Self.qloraNormsAdapter))
+        withExtendedLifetime(tmpHead) {}
         let (tmp, dir) = try copy(Self.qloraNormsAdapter, config: { $0["modules_to_save"] = "norm" })
         XCTAssertThrowsError(try AdapterFiles.config(in: dir)) { e in
             guard case let .badValue(_, key, _, _)? = e as? AdapterError else { return XCTFail("\(e)") }
