@@ -39,6 +39,7 @@ public enum GGUFExport {
         if !options.overwrite, FileManager.default.fileExists(atPath: output) { throw MergedExportError.outputExists(path: output) }
         let model = try QuantizedModel(path: path)
         let adapter = try options.adapter.map { try AdapterTensors(directory: $0, model: model) }
+        if adapter?.score != nil { throw MergedExportError.rewardModelFormat(adapter: options.adapter!, format: "a GGUF file") }
         let plan = try tensorPlan(model, linearType: type.ggml, tokenType: type.ggml)
         try write(plan, model: model, adapter: adapter, fileType: fileType(type.ggml), output: output,
                   note: { progress(.note($0)) }) { i in

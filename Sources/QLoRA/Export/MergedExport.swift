@@ -67,7 +67,7 @@ public enum MergedExport {
         StagedOutput.removeStale(for: output).forEach { progress(.note($0)) }
         let model = try QuantizedModel(path: path)
         let adapter = try options.adapter.map { try AdapterTensors(directory: $0, model: model) }
-        let plan = tensorPlan(model)
+        let plan = tensorPlan(model, sequenceClassifier: adapter?.score != nil)
         let fm = FileManager.default
         let tmp = StagedOutput.path(for: output)
         try? fm.removeItem(atPath: tmp)
@@ -75,7 +75,7 @@ public enum MergedExport {
         do {
             let shards = try writeWeights(plan, model: model, adapter: adapter, into: tmp, options: options, start: start,
                                           progress: progress)
-            try writeConfig(model.source, into: tmp)
+            try writeConfig(model.source, into: tmp, sequenceClassifier: adapter?.score != nil)
             try writeGenerationConfig(model.source, into: tmp)
             try writeTokenizer(model.source, into: tmp, progress: progress)
             try swapIn(tmp, as: output)
@@ -99,14 +99,16 @@ public enum MergedExport {
     }
 
     /// The base's tensors in source order with their unpacked shapes (a bitsandbytes folder
-    /// stores a linear as packed bytes); the LM head left out when tied.
-    static func tensorPlan(_ model: QuantizedModel) -> [PlannedTensor] {
-        model.source.tensors.filter { !(model.config.tieWordEmbeddings && $0.role == .lmHead) }.map { t in
+    /// stores a linear as packed bytes); the LM head left out when tied. A reward model
+    /// (`sequenceClassifier`) has no LM head at all but the adapter's score head, last.
+    static func tensorPlan(_ model: QuantizedModel, sequenceClassifier: Bool = false) -> [PlannedTensor] {
+        let plan = model.source.tensors.filter { !((model.config.tieWordEmbeddings || sequenceClassifier) && $0.role == .lmHead) }.map { t in
             if let m = model.linears[t.name] ?? model.tokenMatrices[t.name] {
                 return PlannedTensor(name: t.name, shape: [m.rows, m.cols], storage: m.format.rawValue)
             }
             return PlannedTensor(name: t.name, shape: t.shape, storage: t.storage)
         }
+        return plan + (sequenceClassifier ? [PlannedTensor(name: ModelAdapters.scoreHeadName, shape: [1, model.config.hiddenSize], storage: "adapter")] : [])
     }
 
     /// Writes the safetensors file(s); returns their names.
@@ -194,6 +196,7 @@ public enum MergedExport {
     private static func vectorValues(of t: PlannedTensor, model: QuantizedModel, adapter: AdapterTensors?) throws -> [Float] {
         let family = model.config.family
         if let trained = adapter?.norms[t.name] { return trained }
+        if t.name == ModelAdapters.scoreHeadName, let score = adapter?.score { return score }
         guard let values = model.dense[t.name] else { throw ModelSourceError.unknownTensor(path: model.path, name: t.name, family: family.name) }
         guard model.source.gguf != nil, TensorNames.role(of: t.name, family: family) == .norm else { return values }
         return family.huggingFaceNorm(fromEffective: values)
@@ -216,11 +219,19 @@ public enum MergedExport {
 
     // MARK: config, generation config, tokenizer
 
-    static func writeConfig(_ source: ModelSource, into dir: String) throws {
+    /// config.json of the export; a reward model's (`sequenceClassifier`) names the family's
+    /// sequence-classification class with one label, as transformers' AutoModelForSequenceClassification
+    /// with num_labels=1 writes it.
+    static func writeConfig(_ source: ModelSource, into dir: String, sequenceClassifier: Bool = false) throws {
         var config = Quantizer.huggingFaceConfig(source)
         config["quantization_config"] = nil
         config["qlora_block_size"] = nil
-        config["architectures"] = [source.config.family.huggingFaceArchitecture]
+        config["architectures"] = [sequenceClassifier ? source.config.family.huggingFaceSequenceClassifier : source.config.family.huggingFaceArchitecture]
+        if sequenceClassifier {
+            config["num_labels"] = 1
+            config["id2label"] = ["0": "LABEL_0"]
+            config["label2id"] = ["LABEL_0": 0]
+        }
         config["torch_dtype"] = "float32"  // transformers < 5
         config["dtype"] = "float32"        // transformers ≥ 5
         try writeJSON(config, to: (dir as NSString).appendingPathComponent("config.json"))
@@ -286,10 +297,13 @@ public enum MergedExport {
 
 public enum MergedExportError: Error, Equatable, CustomStringConvertible {
     case outputExists(path: String)
+    case rewardModelFormat(adapter: String, format: String)
 
     public var description: String {
         switch self {
         case let .outputExists(path): "\(path) exists and is not empty\n---> HINT: pass --overwrite to replace it, or pick another -o"
+        case let .rewardModelFormat(adapter, format):
+            "\(adapter) is a reward model's adapter (a score head, no LM head): \(format) has no place for it\n---> HINT: export it as a Hugging Face folder (--format hf), which transformers loads as *ForSequenceClassification"
         }
     }
 }

@@ -115,6 +115,7 @@ public enum MergedRequantize {
         if !options.overwrite, !MergedExport.isEmptyOrAbsent(output) { throw MergedExportError.outputExists(path: output) }
         let model = try QuantizedModel(path: path)
         let adapter = try AdapterTensors(directory: options.adapter, model: model)
+        if adapter.score != nil { throw MergedExportError.rewardModelFormat(adapter: options.adapter, format: "a requantized 4-bit model") }
         var perTensor: [String: Rounding] = [:]
         /// Measures one linear: W' against Q(W') and dequant(W).
         func measure(_ name: String, merged: [Float], requantized: QuantizedMatrix) -> Rounding {

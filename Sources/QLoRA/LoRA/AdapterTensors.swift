@@ -34,6 +34,8 @@ struct AdapterTensors {
 
     let factors: [String: Factors]
     let norms: [String: [Float]]
+    /// A reward model's score head, score.weight [1, hidden] (a SEQ_CLS adapter's).
+    let score: [Float]?
 
     /// Base tensors the adapter changes.
     var mergedCount: Int { factors.count + norms.count }
@@ -45,8 +47,10 @@ struct AdapterTensors {
     /// only what the merge needs.
     init(directory: String, model: QuantizedModel) throws {
         let (config, trainsNorms) = try AdapterFiles.config(in: directory)
-        let lora = try ModelAdapters(model: try DecoderModel(model), config: config, trainNorms: trainsNorms, seed: 0)
+        let lora = try ModelAdapters(model: try DecoderModel(model), config: config, trainNorms: trainsNorms,
+                                     scoreHead: try AdapterFiles.hasScoreHead(in: directory), seed: 0)
         try AdapterFiles.load(into: lora, from: directory)
+        score = lora.scoreHead?.values
         factors = Dictionary(uniqueKeysWithValues: lora.adapters.map { l, m, a in
             (m.moduleName(layer: l) + ".weight", Factors(a: a.a.values, b: a.b.values, rank: a.rank, scale: a.scale))
         })

@@ -20,6 +20,12 @@ public struct ModelFamily: Sendable {
     public let ggufArchitectures: [String]
     /// What a merged Hugging Face export declares: `architectures` and `model_type`.
     public let huggingFaceArchitecture: String
+    /// transformers' sequence-classification class of the family (a reward model's export):
+    /// `<Family>ForSequenceClassification`, Gemma 3's text model's `Gemma3TextForSequenceClassification`.
+    public var huggingFaceSequenceClassifier: String {
+        huggingFaceModelType == "gemma3_text" ? "Gemma3TextForSequenceClassification"
+            : huggingFaceArchitecture.replacingOccurrences(of: "ForCausalLM", with: "ForSequenceClassification")
+    }
     public let huggingFaceModelType: String
     /// What a GGUF export declares as `general.architecture` (its `<arch>.*` keys follow).
     public let ggufArchitecture: String

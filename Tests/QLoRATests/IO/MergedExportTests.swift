@@ -151,6 +151,30 @@ final class MergedExportTests: XCTestCase {
         for (name, values) in base.dense { XCTAssertEqual(written[name]?.values, values, name) }
     }
 
+    /// A reward adapter (PEFT SEQ_CLS, TRL's RewardTrainer) exports as transformers'
+    /// LlamaForSequenceClassification with one label: its score head as score.weight, no LM
+    /// head, every linear merged; a GGUF export is refused by name.
+    func testRewardAdapterExportsASequenceClassifier() throws {
+        let dir = TempDir()
+        let reward = Self.fixtures + "/tiny-llama-reward-adapter"
+        let (out, _, report) = try export(dir, adapter: reward)
+        let written = try tensors(out)
+        let model = try DecoderModel(path: Self.model)
+        let set = AdapterSet(base: model)
+        let adapters = try set.adapters(try set.load(reward))
+        XCTAssertEqual(written["score.weight"]?.shape, [1, model.config.hiddenSize])
+        XCTAssertEqual(written["score.weight"]?.values, adapters.scoreHead?.values)
+        XCTAssertNil(written["lm_head.weight"])
+        XCTAssertEqual(report.merged, adapters.adapters.count)
+        let config = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/config.json"))) as? [String: Any])
+        XCTAssertEqual(config["architectures"] as? [String], ["LlamaForSequenceClassification"])
+        XCTAssertEqual(config["num_labels"] as? Int, 1)
+        XCTAssertThrowsError(try GGUFExport.run(model: Self.model, output: dir.path + "/rm.gguf", type: .f32,
+                                                options: .init(adapter: reward)) { _ in }) {
+            XCTAssertTrue("\($0)".contains("reward model"), "\($0)")
+        }
+    }
+
     /// Norms trained by qlora (--train-norms) replace the base's; B = 0 leaves W as it is.
     func testTrainedNormsReplaceTheBaseNorms() throws {
         let dir = TempDir()
