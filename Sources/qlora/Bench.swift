@@ -166,7 +166,13 @@ struct TrainSpeed: ParsableCommand {
             on the same products. Peak RSS is the process's: one configuration per process
             (benches/train.sh runs the grid of the closing notes).
 
+            --objective dpo (reward, orpo, simpo) times a preference step on the same rows read \
+            as pairs: beside --objective sft --mask-prompt it gives what a DPO update costs \
+            against an SFT update on as many sequences (the reference log-probabilities being \
+            cached, a DPO step is one forward and backward).
+
             Examples: qlora bench train --rank 16 --grad-checkpoint --ema 0.999
+                      qlora bench train --objective dpo --batch 8 && qlora bench train --mask-prompt --batch 8
                       qlora bench train --shape llama-7b --layers 2 --batch 1 --length 512 --grad-checkpoint
             """
     )
@@ -182,9 +188,14 @@ struct TrainSpeed: ParsableCommand {
     @Option(help: "EMA decay of the adapters' shadows, updated every step (0: no EMA).") var ema = 0.0
     @Option(help: "Timed steps; the median is reported.") var steps = 5
     @Option(help: "Untimed steps first.") var warmup = 1
+    @Option(help: "Objective of the step: sft, or a preference one (reward, dpo, orpo, simpo: --batch rows are --batch/2 pairs, first half of each row the prompt).")
+    var objective = ObjectiveKind.sft
+    @Flag(help: "sft: leave the first half of each row unscored, as the preference objectives do (same rows, same scored tokens).")
+    var maskPrompt = false
     @Flag(help: "Print JSON for scripts.") var json = false
 
     func validate() throws {
+        if objective.usesPairs { guard batch % 2 == 0 else { throw ValidationError("--objective \(objective.rawValue): --batch counts rows, two per pair: make it even") } }
         guard rank > 0, batch > 0, length > 1, steps > 0, warmup >= 0 else {
             throw ValidationError("--rank, --batch, --steps must be positive, --length at least 2")
         }
@@ -203,6 +214,8 @@ struct TrainSpeed: ParsableCommand {
         c.ema = ema
         c.steps = steps
         c.warmup = warmup
+        c.objective = objective
+        c.maskPrompt = maskPrompt
         let r = try TrainBench.run(c) { FileHandle.standardError.write(Data("\($0)\n".utf8)) }
         if json {
             let encoder = JSONEncoder()
@@ -211,8 +224,8 @@ struct TrainSpeed: ParsableCommand {
             return
         }
         try RuntimeReport.current().lines.forEach { print($0) }
-        print(String(format: "%@: r %d, batch %d × %d, checkpointing %@, EMA %@: %.1f tokens/s (step %.2f s), peak RSS %.0f MiB, %d trainable",
-                     r.model, r.rank, r.batch, r.length, r.gradientCheckpointing ? "on" : "off", r.ema > 0 ? "\(r.ema)" : "off",
+        print(String(format: "%@, %@: r %d, batch %d × %d, checkpointing %@, EMA %@: %.1f tokens/s (step %.2f s), peak RSS %.0f MiB, %d trainable",
+                     r.model, r.objective, r.rank, r.batch, r.length, r.gradientCheckpointing ? "on" : "off", r.ema > 0 ? "\(r.ema)" : "off",
                      r.tokensPerSecond, r.stepSecondsMedian, Double(r.peakRSSBytes) / 1048576, r.trainableParameters))
         print("kind          s/step   share")
         for kind in StepProfile.Kind.allCases.map(\.rawValue) + ["other"] {

@@ -23,11 +23,19 @@ public enum TrainBench {
         public var ema = 0.0
         public var steps = 5
         public var warmup = 1
+        /// What the step trains for. A preference objective reads the batch as batch/2 pairs
+        /// (rows 0..<P chosen, P..<2P rejected), each row's first half the prompt (not scored),
+        /// with reference log-probabilities of 0 for DPO (timing only).
+        public var objective: ObjectiveKind = .sft
+        /// SFT: leave each row's first half unscored too, as a preference step does (so the two
+        /// are the same rows and the same scored tokens).
+        public var maskPrompt = false
         public init() {}
     }
 
     public struct Result: Codable, Sendable {
         public var model: String
+        public var objective: String
         public var rank: Int
         public var batch: Int
         public var length: Int
@@ -59,15 +67,24 @@ public enum TrainBench {
         } else {
             model = try DecoderModel(path: c.model)
         }
-        let lora = try ModelAdapters(model: model, config: LoRAConfig(rank: c.rank, alpha: Float(2 * c.rank)), seed: 1)
-        let trainer = Trainer(model: model, lora: lora, gradientCheckpointing: c.gradientCheckpointing)
+        let lora = try ModelAdapters(model: model, config: LoRAConfig(rank: c.rank, alpha: Float(2 * c.rank)), scoreHead: c.objective == .reward, seed: 1)
+        var run = TrainingConfig(model: c.model, data: "")
+        run.objective = c.objective
+        let trainer = Trainer(model: model, lora: lora, gradientCheckpointing: c.gradientCheckpointing, objective: run.makeObjective)
         let optimizer = AdamW(parameters: lora.parameters)
         let ema = c.ema > 0 ? EMA(parameters: lora.parameters, beta: c.ema) : nil
         progress(String(format: "adapters and AdamW moments allocated: RSS %.2f GB", Double(RuntimeMemory.currentRSS()) / 1e9))
         var rng = SplitMix64(seed: 256)
         let ids = (0..<(c.batch * c.length)).map { _ in Int32(rng.next() % UInt64(model.config.vocabSize)) }
-        let batch = TokenBatch(inputIds: ids, labels: ids, sequences: c.batch, length: c.length)
-        let scale = 1 / Float(batch.scoredTokens)
+        var labels = ids
+        if c.objective.usesPairs || c.maskPrompt {
+            for b in 0..<c.batch { for t in 0..<(c.length / 2) { labels[b * c.length + t] = -100 } }
+        }
+        let P = c.batch / 2
+        let pairs = c.objective.usesPairs
+            ? TokenBatch.PairRows(count: P, reference: c.objective == .dpo ? [Double](repeating: 0, count: 2 * P) : nil) : nil
+        let batch = TokenBatch(inputIds: ids, labels: labels, sequences: c.batch, length: c.length, pairs: pairs)
+        let scale = 1 / Float(trainer.objective.normalizer(batch))
         var times: [Double] = []
         var shares: [String: Double] = [:], perStep: [String: Double] = [:]
         var frozenSeconds = 0.0, frozenFLOPs = 0.0
@@ -98,7 +115,8 @@ public enum TrainBench {
         }
         let median = times.sorted()[times.count / 2]
         let peak = RuntimeMemory.peakRSS()   // before the dense baseline, which dequantizes whole matrices
-        return Result(model: c.shape.map { $0.rawValue + (c.layers.map { " (\($0) layers)" } ?? "") } ?? c.model, rank: c.rank, batch: c.batch, length: c.length, gradientCheckpointing: c.gradientCheckpointing,
+        return Result(model: c.shape.map { $0.rawValue + (c.layers.map { " (\($0) layers)" } ?? "") } ?? c.model,
+                      objective: c.objective.rawValue + (c.maskPrompt && !c.objective.usesPairs ? " (prompt halves unscored)" : ""), rank: c.rank, batch: c.batch, length: c.length, gradientCheckpointing: c.gradientCheckpointing,
                       ema: c.ema, trainableParameters: lora.trainableCount, steps: c.steps, stepSecondsMedian: median,
                       tokensPerSecond: Double(c.batch * c.length) / median, peakRSSBytes: peak,
                       shares: shares, seconds: perStep, frozenGFLOPS: frozenFLOPs / frozenSeconds / 1e9,
