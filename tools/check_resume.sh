@@ -4,17 +4,29 @@
 # gradient norms and validation losses of an uninterrupted run (metrics.jsonl compared row by
 # row, timings and RSS aside), and with bit-identical adapters.
 #
-#   tools/check_resume.sh [KILLS]        (default 4; needs a release build and tools/setup.sh)
+#   tools/check_resume.sh [KILLS] [OBJECTIVE]   (default 4 kills, sft; needs a release build and
+#                                               tools/setup.sh)
+#
+# OBJECTIVE dpo, orpo, simpo or reward trains on 24 of the demo preference pairs instead (DPO
+# with its reference log-probabilities cached in the run, read back by every resume).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kills=${1:-4}
+objective=${2:-sft}
 qlora=.build/release/qlora
 [ -x "$qlora" ] || swift build -c release --product qlora
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-head -n 6 data/demo-sft/val.jsonl > "$work/val.jsonl"
-args=(--data data/demo-sft/train.jsonl --val-file "$work/val.jsonl" --max-len 64 --batch-size 2 --grad-accum 2
-      --lora-r 8 --lora-dropout 0.1 --max-steps 10 --save-every 1 --keep-last 2 --eval-every 4 --no-plan --ema 0.9 --seed 3)
+if [ "$objective" = sft ]; then
+    head -n 6 data/demo-sft/val.jsonl > "$work/val.jsonl"
+    args=(--data data/demo-sft/train.jsonl --val-file "$work/val.jsonl" --max-len 64)
+else
+    head -n 24 data/demo-preferences/train.jsonl > "$work/train.jsonl"
+    head -n 6 data/demo-preferences/val.jsonl > "$work/val.jsonl"
+    args=(--objective "$objective" --data "$work/train.jsonl" --val-file "$work/val.jsonl" --max-len 128)
+fi
+args+=(--batch-size 2 --grad-accum 2 --lora-r 8 --lora-dropout 0.1 --max-steps 10 --save-every 1 --keep-last 2 --eval-every 4
+       --no-plan --ema 0.9 --seed 3)
 
 start=$(date +%s.%N)
 "$qlora" train "${args[@]}" --out "$work/a" > "$work/a.log"

@@ -71,11 +71,13 @@ public struct TokenBatch: Sendable {
 
 /// The summed loss of a batch, what it is summed over (scored tokens for the causal LM, pairs
 /// for preference objectives), and the objective's own metrics summed the same way (their
-/// means are `metric(_:)`).
+/// means are `metric(_:)`), except extremes: a metric named `min_…` or `max_…` holds the
+/// smallest or largest value seen, combined by min or max and reported as it is.
 public struct LossSum: Sendable, Equatable {
     public var sum: Double
     public var tokens: Int
-    /// Sums over the same `tokens` (pairs): "rewards/chosen", "rewards/accuracies", …
+    /// Sums over the same `tokens` (pairs): "rewards/chosen", "rewards/accuracies", …; and
+    /// extremes "min_…", "max_…".
     public var metrics: [String: Double]
 
     public init(sum: Double = 0, tokens: Int = 0, metrics: [String: Double] = [:]) {
@@ -84,12 +86,22 @@ public struct LossSum: Sendable, Equatable {
         self.metrics = metrics
     }
     public var mean: Double { tokens > 0 ? sum / Double(tokens) : .nan }
-    /// The mean of a metric, nil when the objective gives none of that name.
-    public func metric(_ name: String) -> Double? { metrics[name].map { tokens > 0 ? $0 / Double(tokens) : .nan } }
-    /// Every metric's mean.
-    public var metricMeans: [String: Double] { metrics.mapValues { tokens > 0 ? $0 / Double(tokens) : .nan } }
+
+    static func isExtreme(_ name: String) -> Bool { name.hasPrefix("min_") || name.hasPrefix("max_") }
+
+    /// The mean of a metric (an extreme as it is), nil when the objective gives none of that name.
+    public func metric(_ name: String) -> Double? {
+        metrics[name].map { Self.isExtreme(name) ? $0 : tokens > 0 ? $0 / Double(tokens) : .nan }
+    }
+    /// Every metric's mean (extremes as they are).
+    public var metricMeans: [String: Double] { Dictionary(uniqueKeysWithValues: metrics.keys.map { ($0, metric($0)!) }) }
+
     public static func + (a: LossSum, b: LossSum) -> LossSum {
-        LossSum(sum: a.sum + b.sum, tokens: a.tokens + b.tokens, metrics: a.metrics.merging(b.metrics, uniquingKeysWith: +))
+        var m = a.metrics
+        for (k, v) in b.metrics {
+            m[k] = m[k].map { old in k.hasPrefix("min_") ? min(old, v) : k.hasPrefix("max_") ? max(old, v) : old + v } ?? v
+        }
+        return LossSum(sum: a.sum + b.sum, tokens: a.tokens + b.tokens, metrics: m)
     }
 }
 

@@ -564,7 +564,7 @@ public final class TrainingRun {
 
     private func append(_ row: MetricsRow) throws {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]   // TRL's metric names: rewards/chosen
         var line = try encoder.encode(row)
         line.append(0x0A)
         let path = directory + "/" + RunLayout.metricsFile

@@ -178,4 +178,17 @@ final class PreferenceObjectiveTests: XCTestCase {
         noRef.pairs?.reference = nil
         XCTAssertThrowsError(try Trainer(model: Self.tiny, lora: l, objective: PreferenceObjective(.dpo(.sigmoid, labelSmoothing: 0), beta: 0.1)).loss(noRef))
     }
+
+    /// Metrics add up over batches and divide by what the loss is a mean over; extremes combine
+    /// by min and max.
+    func testMetricsCombineOverBatches() {
+        let a = LossSum(sum: 1, tokens: 2, metrics: ["accuracy": 1, "min_reward": -0.5, "max_reward": 2])
+        let b = LossSum(sum: 3, tokens: 2, metrics: ["accuracy": 2, "min_reward": -1.5, "max_reward": 1])
+        let c = a + b
+        XCTAssertEqual(c.mean, 1)
+        XCTAssertEqual(c.metric("accuracy"), 0.75)
+        XCTAssertEqual(c.metric("min_reward"), -1.5)
+        XCTAssertEqual(c.metric("max_reward"), 2)
+        XCTAssertNil(c.metric("margin"))
+    }
 }

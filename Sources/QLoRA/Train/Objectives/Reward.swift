@@ -12,8 +12,7 @@ import Foundation
 ///   dw += Σ_b ∂L/∂r_b · xn_b;  dxn_b = ∂L/∂r_b · w;  dx = rmsnorm backward
 ///
 /// The LM head is not run. Metrics (sums over pairs): accuracy (r_c > r_r strictly), margin
-/// (r_c − r_r), rewards/chosen, rewards/rejected; `min_reward` and `max_reward` are sums too
-/// (of each batch's extreme times its pairs), so their means are exact for one batch.
+/// (r_c − r_r), rewards/chosen, rewards/rejected; and the extremes min_reward, max_reward.
 public struct RewardObjective: TrainingObjective {
     /// TRL's center_rewards_coefficient: pulls the scores towards 0 mean.
     public var centering: Double
@@ -43,8 +42,8 @@ public struct RewardObjective: TrainingObjective {
             m["rewards/chosen", default: 0] += c
             m["rewards/rejected", default: 0] += r
         }
-        m["min_reward"] = scores.min()! * Double(P)
-        m["max_reward"] = scores.max()! * Double(P)
+        m["min_reward"] = scores.min()!
+        m["max_reward"] = scores.max()!
         if let dx {
             let dxn = arena.take(N * C)
             dxn.base.update(repeating: 0, count: N * C)
