@@ -4,8 +4,8 @@
 # gradient norms and validation losses of an uninterrupted run (metrics.jsonl compared row by
 # row, timings and RSS aside), and with bit-identical adapters.
 #
-#   tools/check_resume.sh [KILLS] [OBJECTIVE]   (default 4 kills, sft; needs a release build and
-#                                               tools/setup.sh)
+#   tools/check_resume.sh [KILLS] [OBJECTIVE] [MODEL]   (default 4 kills, sft, the bundled SmolLM2;
+#                                                       needs a release build and tools/setup.sh)
 #
 # OBJECTIVE dpo, orpo, simpo or reward trains on 24 of the demo preference pairs instead (DPO
 # with its reference log-probabilities cached in the run, read back by every resume).
@@ -13,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 kills=${1:-4}
 objective=${2:-sft}
+model=${3:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 qlora=.build/release/qlora
 [ -x "$qlora" ] || swift build -c release --product qlora
 work=$(mktemp -d)
@@ -25,7 +26,7 @@ else
     head -n 6 data/demo-preferences/val.jsonl > "$work/val.jsonl"
     args=(--objective "$objective" --data "$work/train.jsonl" --val-file "$work/val.jsonl" --max-len 128)
 fi
-args+=(--batch-size 2 --grad-accum 2 --lora-r 8 --lora-dropout 0.1 --max-steps 10 --save-every 1 --keep-last 2 --eval-every 4
+args+=(--model "$model" --batch-size 2 --grad-accum 2 --lora-r 8 --lora-dropout 0.1 --max-steps 10 --save-every 1 --keep-last 2 --eval-every 4
        --no-plan --ema 0.9 --seed 3)
 
 start=$(date +%s.%N)
