@@ -14,6 +14,7 @@ struct Estimate: ParsableCommand {
 
             Examples:
               qlora estimate --lora-r 16 --batch-size 4 --max-len 256
+              qlora estimate --objective dpo --batch-size 4 --max-len 512   # 8 rows: 4 pairs
               qlora estimate --shape llama-7b --max-len 512 --batch-size 1 --grad-checkpoint --json
             """
     )
@@ -26,7 +27,8 @@ struct Estimate: ParsableCommand {
     @Option(help: "Linears to adapt (as qlora train takes them).") var loraTargets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     @Option(help: "LoRA dropout (its mask buffer counts when > 0).") var loraDropout: Float = 0.05
     @Flag(help: "Norms train too.") var trainNorms = false
-    @Option(help: "Sequences per micro-batch.") var batchSize = 4
+    @Option(help: "Sequences per micro-batch (pairs with a preference --objective).") var batchSize = 4
+    @Option(help: "The run's objective: sft, or reward, dpo, orpo, simpo (two rows per pair).") var objective = ObjectiveKind.sft
     @Option(help: "Tokens per sequence.") var maxLen = 256
     @Flag(help: "Per-block gradient checkpointing.") var gradCheckpoint = false
     @Option(help: "EMA decay (0: no EMA shadows).") var ema = 0.999
@@ -44,7 +46,8 @@ struct Estimate: ParsableCommand {
         }
         let lora = LoRAConfig(rank: loraR, alpha: Float(2 * loraR), dropout: loraDropout, targets: try LoRATargets(parsing: loraTargets))
         try lora.validate(layers: config.numLayers)
-        let e = MemoryEstimate(config: config, frozenBytes: frozen, lora: lora, trainNorms: trainNorms, sequences: batchSize,
+        let sequences = batchSize * (objective.usesPairs ? 2 : 1)
+        let e = MemoryEstimate(config: config, frozenBytes: frozen, lora: lora, trainNorms: trainNorms, sequences: sequences,
                                length: maxLen, gradientCheckpointing: gradCheckpoint, ema: ema > 0)
         if json {
             let encoder = JSONEncoder()
@@ -52,7 +55,8 @@ struct Estimate: ParsableCommand {
             print(String(decoding: try encoder.encode(e), as: UTF8.self))
             return
         }
-        print("\(shape?.rawValue ?? model): r \(loraR), batch \(batchSize) × \(maxLen)\(gradCheckpoint ? ", gradient checkpointing" : "")")
+        print("\(shape?.rawValue ?? model): r \(loraR), batch \(sequences) × \(maxLen)\(objective.usesPairs ? " (\(batchSize) pairs, \(objective.rawValue))" : "")"
+              + (gradCheckpoint ? ", gradient checkpointing" : ""))
         e.lines.forEach { print("  " + $0) }
         print(e.fits ? "fits" : "does not fit: " + e.advice(gradientCheckpointing: gradCheckpoint))
     }
