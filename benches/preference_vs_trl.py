@@ -39,12 +39,21 @@ zero the LoRA dropout too.
 qlora runs as `qlora train --objective ...` then `qlora score` (see qlora_train_cmd and
 qlora_score_cmd: the only lines that name qlora's flags and files).
 
-Run (repo root; ~10 min per side per objective on 2 cores at one epoch):
+Run (repo root; at one epoch up to ~10 min per side per objective on 2 idle cores):
     /work/venv-fixtures/bin/python benches/preference_vs_trl.py --objective reward \\
         --json-out runs/preference-bench/reward.json
     ... --objective dpo --only trl --max-steps 20      # TRL alone, a short check
 benches/preference.sh runs both objectives.  Progress goes to stderr; the table to stdout.
 Versions used when this was written: trl 1.16.0, torch 2.15.0, transformers 5.23.0, peft 0.21.2.
+
+TRL measured when this was written (AMD EPYC, 2 cores, 2 threads; updates while the cores were
+otherwise idle, first update apart): reward 3.15 s/update, ~190 tok/s (1.28 pairs/s), first
+update 4.0 s, peak RSS 4.0 GiB, held-out accuracy 0.46 after 20 updates (chance: 20 x 4 pairs is
+little); DPO with the reference forward in each update (--ref-per-step) 5.8 s/update, ~100 tok/s
+(0.66 pairs/s), first 8.2 s, peak RSS 4.6 GiB; the reference pass alone 1.7 s per 4 pairs (so
+~3 min to precompute it for the 400 pairs, and ~4 s/update after).  One epoch: reward ~6 min,
+DPO ~10 min per side.  Another job on the same 2 cores slows TRL 5-8x (OpenMP threads contend):
+the table warns when it saw one.
 """
 
 import argparse
