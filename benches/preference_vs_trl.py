@@ -370,16 +370,14 @@ def run_qlora(args, p) -> dict:
     res = {"side": "qlora", "wall_s": wall, "peak_rss_mib": rss, "updates": len(train),
            "load_avg_1m_before": load, "load_avg_1m_after": os.getloadavg()[0]}
     if train:
-        speeds = [r["tokens_per_s"] for r in train]
+        # Each row: "tokens" (the update's tokens, padding not counted) and "update_s" (its seconds),
+        # so speeds and the training time leave out loading, evaluations and DPO's reference pass.
+        secs = [r["update_s"] for r in train]
+        speeds = [r["tokens"] / r["update_s"] for r in train]
         res.update(tokens_per_s=statistics.median(speeds), loss_first=train[0]["loss"], loss_last=train[-1]["loss"],
-                   peak_rss_row_mb=max(r.get("rss_mb", 0) for r in train))
-        if "tokens" in train[0]:  # a per-row count of processed tokens, if qlora writes one
-            secs = [r["tokens"] / r["tokens_per_s"] for r in train]
-            res["tokens_per_s_aggregate"] = sum(r["tokens"] for r in train) / sum(secs)
-            res["step_s_median"] = statistics.median(secs)
-        if "elapsed_s" in train[-1]:  # from the run's start (after the model load) to the last update
-            res["train_s"] = train[-1]["elapsed_s"]
-            res["pairs_per_s"] = PAIRS_PER_STEP * len(train) / res["train_s"]
+                   peak_rss_row_mb=max(r.get("rss_mb", 0) for r in train),
+                   tokens_per_s_aggregate=sum(r["tokens"] for r in train) / sum(secs), step_s_median=statistics.median(secs),
+                   train_s=sum(secs), pairs_per_s=PAIRS_PER_STEP * len(train) / sum(secs))
     if evals:
         last = evals[-1]
         res.update(val_loss=last.get("val_loss"), metrics_val_accuracy=last.get("val_accuracy"))
@@ -492,7 +490,7 @@ def main():
                      "schedule": "cosine", "max_grad_norm": MAX_GRAD_NORM, "weight_decay": 0.0, "seed": SEED,
                      "grad_checkpoint": args.grad_checkpoint, **dpo_settings},
         "tokens_note": "tokens/s: sequence tokens of both sides of each pair per second of training steps, "
-                       "padding not counted (TRL: attention-mask sum per step; qlora: its metrics rows' tokens_per_s)",
+                       "padding not counted (TRL: attention-mask sum per step; qlora: its metrics rows' tokens / update_s)",
         "accuracy_note": ("reward: share of val pairs with r(chosen) > r(rejected)" if args.objective == "reward"
                           else "dpo: share of val pairs with implicit reward margin > 0 (beta 0.1, reference = base)"),
         "results": results,

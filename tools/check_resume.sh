@@ -61,7 +61,7 @@ def rows(d):
         r = json.loads(line)
         if r.get("kind") == "alert" or "event" in r:   # timing-dependent alerts aside
             continue
-        for k in ("tokens_per_s", "rss_mb", "elapsed_s"):
+        for k in ("tokens_per_s", "rss_mb", "elapsed_s", "update_s"):
             r.pop(k, None)
         out.append(r)
     return out

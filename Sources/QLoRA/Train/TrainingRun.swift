@@ -133,6 +133,10 @@ public struct MetricsRow: Codable, Sendable, Equatable {
     public var lr: Double?
     public var gradNorm: Double?
     public var tokensPerS: Double?
+    /// Tokens the update processed, padding not counted (tokens_per_s counts the padded rows).
+    public var tokens: Int?
+    /// Seconds the update took (its micro-batches, clipping, AdamW and EMA).
+    public var updateS: Double?
     public var trainedTokens: Int?
     public var rssMb: Double?
     public var elapsedS: Double?
@@ -152,6 +156,7 @@ public struct MetricsRow: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case step, loss, lr, kind, ema, event
         case gradNorm = "grad_norm", tokensPerS = "tokens_per_s", trainedTokens = "trained_tokens", rssMb = "rss_mb"
+        case tokens, updateS = "update_s"
         case elapsedS = "elapsed_s", valLoss = "val_loss", valPpl = "val_ppl", valLossLive = "val_loss_live"
         case valAccuracy = "val_accuracy"
     }
@@ -170,6 +175,8 @@ public struct MetricsRow: Codable, Sendable, Equatable {
         lr = try c.decodeIfPresent(Double.self, forKey: .lr)
         gradNorm = try c.decodeIfPresent(Double.self, forKey: .gradNorm)
         tokensPerS = try c.decodeIfPresent(Double.self, forKey: .tokensPerS)
+        tokens = try c.decodeIfPresent(Int.self, forKey: .tokens)
+        updateS = try c.decodeIfPresent(Double.self, forKey: .updateS)
         trainedTokens = try c.decodeIfPresent(Int.self, forKey: .trainedTokens)
         rssMb = try c.decodeIfPresent(Double.self, forKey: .rssMb)
         elapsedS = try c.decodeIfPresent(Double.self, forKey: .elapsedS)
@@ -180,7 +187,7 @@ public struct MetricsRow: Codable, Sendable, Equatable {
         ema = try c.decodeIfPresent(Bool.self, forKey: .ema)
         event = try c.decodeIfPresent(String.self, forKey: .event)
         valAccuracy = try c.decodeIfPresent(Double.self, forKey: .valAccuracy)
-        let known = Set(["step", "loss", "lr", "kind", "ema", "event", "grad_norm", "tokens_per_s", "trained_tokens", "rss_mb",
+        let known = Set(["step", "loss", "lr", "kind", "ema", "event", "grad_norm", "tokens_per_s", "tokens", "update_s", "trained_tokens", "rss_mb",
                          "elapsed_s", "val_loss", "val_ppl", "val_loss_live", "val_accuracy"])
         let all = try decoder.container(keyedBy: MetricKey.self)
         for key in all.allKeys where !known.contains(key.stringValue) {
@@ -195,6 +202,8 @@ public struct MetricsRow: Codable, Sendable, Equatable {
         try c.encodeIfPresent(lr, forKey: .lr)
         try c.encodeIfPresent(gradNorm, forKey: .gradNorm)
         try c.encodeIfPresent(tokensPerS, forKey: .tokensPerS)
+        try c.encodeIfPresent(tokens, forKey: .tokens)
+        try c.encodeIfPresent(updateS, forKey: .updateS)
         try c.encodeIfPresent(trainedTokens, forKey: .trainedTokens)
         try c.encodeIfPresent(rssMb, forKey: .rssMb)
         try c.encodeIfPresent(elapsedS, forKey: .elapsedS)
@@ -455,6 +464,8 @@ public final class TrainingRun {
         row.lr = lr
         row.gradNorm = norm
         row.tokensPerS = Double(processed) / seconds
+        row.tokens = tokens.reduce(0) { $0 + $1.realTokens }
+        row.updateS = seconds
         row.trainedTokens = scored
         row.metrics = loss.metricMeans
         row.rssMb = Double(RuntimeMemory.currentRSS()) / 1_048_576

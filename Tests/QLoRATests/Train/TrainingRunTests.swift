@@ -63,6 +63,7 @@ final class TrainingRunTests: XCTestCase {
             r.tokensPerS = nil
             r.rssMb = nil
             r.elapsedS = nil
+            r.updateS = nil
             return r
         }
     }
