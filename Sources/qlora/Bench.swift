@@ -172,7 +172,7 @@ struct TrainSpeed: ParsableCommand {
             cached, a DPO step is one forward and backward).
 
             Examples: qlora bench train --rank 16 --grad-checkpoint --ema 0.999
-                      qlora bench train --objective dpo --batch 8 && qlora bench train --mask-prompt --batch 8
+                      qlora bench train --objective dpo --batch 8 --against-sft
                       qlora bench train --shape llama-7b --layers 2 --batch 1 --length 512 --grad-checkpoint
             """
     )
@@ -192,9 +192,12 @@ struct TrainSpeed: ParsableCommand {
     var objective = ObjectiveKind.sft
     @Flag(help: "sft: leave the first half of each row unscored, as the preference objectives do (same rows, same scored tokens).")
     var maskPrompt = false
+    @Flag(help: "With a preference --objective: alternate each step with an SFT step on the same rows and scored tokens and report the ratio (same machine load for both).")
+    var againstSft = false
     @Flag(help: "Print JSON for scripts.") var json = false
 
     func validate() throws {
+        if againstSft, !objective.usesPairs { throw ValidationError("--against-sft compares a preference --objective with SFT") }
         if objective.usesPairs { guard batch % 2 == 0 else { throw ValidationError("--objective \(objective.rawValue): --batch counts rows, two per pair: make it even") } }
         guard rank > 0, batch > 0, length > 1, steps > 0, warmup >= 0 else {
             throw ValidationError("--rank, --batch, --steps must be positive, --length at least 2")
@@ -216,6 +219,7 @@ struct TrainSpeed: ParsableCommand {
         c.warmup = warmup
         c.objective = objective
         c.maskPrompt = maskPrompt
+        c.againstSFT = againstSft
         let r = try TrainBench.run(c) { FileHandle.standardError.write(Data("\($0)\n".utf8)) }
         if json {
             let encoder = JSONEncoder()
@@ -234,5 +238,9 @@ struct TrainSpeed: ParsableCommand {
         }
         print(String(format: "frozen GEMMs in the step: %.0f GFLOP/s; dense sgemm, same products: %.0f GFLOP/s (%.2f×)",
                      r.frozenGFLOPS, r.denseGFLOPS, r.frozenGFLOPS / r.denseGFLOPS))
+        if let sft = r.sftStepSecondsMedian, let ratio = r.ratioToSFTMedian {
+            print(String(format: "%@ step against an SFT step on the same %d rows, alternated: %.2f s vs %.2f s (medians); median ratio %.3f",
+                         r.objective, r.batch, r.stepSecondsMedian, sft, ratio))
+        }
     }
 }

@@ -30,6 +30,10 @@ public enum TrainBench {
         /// SFT: leave each row's first half unscored too, as a preference step does (so the two
         /// are the same rows and the same scored tokens).
         public var maskPrompt = false
+        /// Also time a causal-LM (SFT) step on the same rows and scored tokens, alternating with
+        /// the objective's step by step, so that both see the same machine load: the cost of a
+        /// preference update against an SFT update on as many sequences.
+        public var againstSFT = false
         public init() {}
     }
 
@@ -53,6 +57,10 @@ public enum TrainBench {
         /// GFLOP/s of the frozen GEMMs inside the step, and of dense sgemm on the same products.
         public var frozenGFLOPS: Double
         public var denseGFLOPS: Double
+        /// With `againstSFT`: the SFT step's median seconds on the same rows, and the median over
+        /// rounds of (objective step / SFT step), each round's two steps back to back.
+        public var sftStepSecondsMedian: Double?
+        public var ratioToSFTMedian: Double?
     }
 
     public static func run(_ c: Config, progress: (String) -> Void) throws -> Result {
@@ -85,6 +93,9 @@ public enum TrainBench {
             ? TokenBatch.PairRows(count: P, reference: c.objective == .dpo ? [Double](repeating: 0, count: 2 * P) : nil) : nil
         let batch = TokenBatch(inputIds: ids, labels: labels, sequences: c.batch, length: c.length, pairs: pairs)
         let scale = 1 / Float(trainer.objective.normalizer(batch))
+        let sft = c.againstSFT ? Trainer(model: model, lora: lora, gradientCheckpointing: c.gradientCheckpointing) : nil
+        let sftBatch = TokenBatch(inputIds: ids, labels: labels, sequences: c.batch, length: c.length)
+        var sftTimes: [Double] = [], ratios: [Double] = []
         var times: [Double] = []
         var shares: [String: Double] = [:], perStep: [String: Double] = [:]
         var frozenSeconds = 0.0, frozenFLOPs = 0.0
@@ -104,6 +115,20 @@ public enum TrainBench {
             StepProfile.install(nil)
             progress(String(format: "step %d/%d: %.2f s, loss %.4f%@; RSS %.2f GB, peak %.2f GB", s + 1, c.warmup + c.steps, seconds,
                             loss.mean, timed ? "" : " (warm-up)", Double(RuntimeMemory.currentRSS()) / 1e9, Double(RuntimeMemory.peakRSS()) / 1e9))
+            if let sft {
+                let start = DispatchTime.now().uptimeNanoseconds
+                lora.parameters.forEach { $0.zeroGrad() }
+                _ = try sft.accumulateGradients(sftBatch, gradScale: 1 / Float(sftBatch.scoredTokens), dropoutSeed: nil)
+                clipGradNorm(lora.parameters, maxNorm: 1)
+                optimizer.update(lr: 1e-4)
+                if let ema { ema.update() }
+                let t = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+                progress(String(format: "  sft step on the same rows: %.2f s (%.3f× the %@ step)", t, seconds / t, c.objective.rawValue))
+                if timed {
+                    sftTimes.append(t)
+                    ratios.append(seconds / t)
+                }
+            }
             guard timed else { continue }
             times.append(seconds)
             for (k, v) in profile.seconds.map({ ($0.rawValue, $1) }) + [("other", seconds - profile.measuredSeconds)] {
@@ -120,7 +145,9 @@ public enum TrainBench {
                       ema: c.ema, trainableParameters: lora.trainableCount, steps: c.steps, stepSecondsMedian: median,
                       tokensPerSecond: Double(c.batch * c.length) / median, peakRSSBytes: peak,
                       shares: shares, seconds: perStep, frozenGFLOPS: frozenFLOPs / frozenSeconds / 1e9,
-                      denseGFLOPS: try denseGFLOPS(model: model, tokens: c.batch * c.length))
+                      denseGFLOPS: try denseGFLOPS(model: model, tokens: c.batch * c.length),
+                      sftStepSecondsMedian: sftTimes.isEmpty ? nil : sftTimes.sorted()[sftTimes.count / 2],
+                      ratioToSFTMedian: ratios.isEmpty ? nil : ratios.sorted()[ratios.count / 2])
     }
 
     /// Dense sgemm (OpenBLAS, all threads) on one layer's seven products, forward (X·Wᵀ) and
