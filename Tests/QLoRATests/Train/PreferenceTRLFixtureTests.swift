@@ -77,7 +77,7 @@ final class PreferenceTRLFixtureTests: XCTestCase {
             XCTAssertEqual(loss.mean, want, accuracy: 2e-5 * max(1, abs(want)), label)
 
             let metrics = c["metrics"] as! [String: Double]
-            let names = reward ? ["accuracy", "margin"]
+            let names = reward ? ["accuracy", "margin", "min_reward", "mean_reward", "max_reward"]
                 : ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"]
                     + (caseName == "orpo" ? ["nll_loss", "log_odds_ratio", "log_odds_chosen"] : [])
             for m in names {

@@ -12,7 +12,8 @@ import Foundation
 ///   dw += Σ_b ∂L/∂r_b · xn_b;  dxn_b = ∂L/∂r_b · w;  dx = rmsnorm backward
 ///
 /// The LM head is not run. Metrics (sums over pairs): accuracy (r_c > r_r strictly), margin
-/// (r_c − r_r), rewards/chosen, rewards/rejected; and the extremes min_reward, max_reward.
+/// (r_c − r_r), rewards/chosen, rewards/rejected, mean_reward (of both sides); and the extremes
+/// min_reward, max_reward (TRL's RewardTrainer logs accuracy, margin, min/mean/max_reward).
 public struct RewardObjective: TrainingObjective {
     /// TRL's center_rewards_coefficient: pulls the scores towards 0 mean.
     public var centering: Double
@@ -41,6 +42,7 @@ public struct RewardObjective: TrainingObjective {
             m["margin", default: 0] += c - r
             m["rewards/chosen", default: 0] += c
             m["rewards/rejected", default: 0] += r
+            m["mean_reward", default: 0] += (c + r) / 2
         }
         m["min_reward"] = scores.min()!
         m["max_reward"] = scores.max()!
