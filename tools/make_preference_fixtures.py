@@ -597,31 +597,40 @@ def cpo_like_batch(tr, pairs, batch_ref):
     return batch
 
 
+def cpo_like_step(trainer_cls, args, name, spec, pairs, batch_ref):
+    """CPOTrainer's or ORPOTrainer's step on the NF4 model (the trainer applies the LoRA config
+    itself): seeded LoRA values, compute_loss on the trainer's own collated batch, backward, the
+    trainables' values and gradients; the loss must not change in eval mode (no dropout
+    anywhere). The model is left in train mode, its gradients in place, no optimizer step."""
+    model, linears = load_nf4(spec["folder"])
+    tr = trainer_cls(model=model, args=args, train_dataset=text_dataset(pairs), processing_class=make_tokenizer(),
+                     peft_config=lora_config("CAUSAL_LM"))
+    pm = tr.model
+    init = seed_trainables(pm)
+    batch = cpo_like_batch(tr, pairs, batch_ref)
+    pm.train()
+    loss, metrics = tr.compute_loss(pm, batch, return_outputs=True)
+    loss.backward()
+    params = trainables(pm)
+    fc.assert_not_repacked(linears)
+    pm.eval()
+    with torch.no_grad():
+        loss_eval, _ = tr.compute_loss(pm, batch, return_outputs=True)
+    assert loss_eval.item() == loss.item(), (name, loss_eval.item(), loss.item())
+    pm.train()
+    return tr, pm, init, batch, loss, metrics, params
+
+
 def run_simpo(fam, spec, pairs, batch_ref, state):
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
     name = "simpo"
-    model, linears = load_nf4(spec["folder"])
     with tempfile.TemporaryDirectory() as d:
-        tr = CPOTrainer(model=model, args=CPOConfig(**common_args(d), **SIMPO),
-                        train_dataset=text_dataset(pairs), processing_class=make_tokenizer(),
-                        peft_config=lora_config("CAUSAL_LM"))
-        pm = tr.model
-        init = seed_trainables(pm)
-        batch = cpo_like_batch(tr, pairs, batch_ref)
-        pm.train()
-        loss, metrics = tr.compute_loss(pm, batch, return_outputs=True)
+        tr, pm, init, batch, loss, metrics, params = cpo_like_step(CPOTrainer, CPOConfig(**common_args(d), **SIMPO),
+                                                                   name, spec, pairs, batch_ref)
         with torch.no_grad():
             ac, ar = tr.concatenated_forward(pm, batch)[:2]
         assert metrics["logps/chosen"] == ac.mean().item() and metrics["logps/rejected"] == ar.mean().item()
-        loss.backward()
-        params = trainables(pm)
-        fc.assert_not_repacked(linears)
-        pm.eval()
-        with torch.no_grad():
-            loss_eval, _ = tr.compute_loss(pm, batch, return_outputs=True)
-        assert loss_eval.item() == loss.item(), (name, loss_eval.item(), loss.item())
-        pm.train()
 
         cm = batch_ref["completion_mask"]
         s64, n64, _ = plain_logps64(pm, batch_ref, cm)
@@ -660,27 +669,12 @@ def run_orpo(fam, spec, pairs, batch_ref, state):
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     name = "orpo"
-    model, linears = load_nf4(spec["folder"])
     with tempfile.TemporaryDirectory() as d:
-        tr = ORPOTrainer(model=model, args=ORPOConfig(**common_args(d), **ORPO),
-                         train_dataset=text_dataset(pairs), processing_class=make_tokenizer(),
-                         peft_config=lora_config("CAUSAL_LM"))
-        pm = tr.model
-        init = seed_trainables(pm)
-        batch = cpo_like_batch(tr, pairs, batch_ref)
-        pm.train()
-        loss, metrics = tr.compute_loss(pm, batch, return_outputs=True)
+        tr, pm, init, batch, loss, metrics, params = cpo_like_step(ORPOTrainer, ORPOConfig(**common_args(d), **ORPO),
+                                                                   name, spec, pairs, batch_ref)
         with torch.no_grad():
             ac, ar, _, _, nll = tr.concatenated_forward(pm, batch)[:5]
         assert metrics["logps/chosen"] == ac.mean().item() and metrics["nll_loss"] == nll.item()
-        loss.backward()
-        params = trainables(pm)
-        fc.assert_not_repacked(linears)
-        pm.eval()
-        with torch.no_grad():
-            loss_eval, _ = tr.compute_loss(pm, batch, return_outputs=True)
-        assert loss_eval.item() == loss.item(), (name, loss_eval.item(), loss.item())
-        pm.train()
 
         cm, am, ids = batch_ref["completion_mask"], batch_ref["attention_mask"], batch_ref["input_ids"]
         s64, n64, logits64 = plain_logps64(pm, batch_ref, cm)
