@@ -2,11 +2,13 @@ import Foundation
 import Quant
 
 /// What qlora computes with on this machine: the CPU, the SIMD level of the dequantizers,
-/// the OpenBLAS core and threads. `qlora info` prints it; benchmarks put it beside their figures.
+/// whether the 4-bit GEMMs can run in bf16, the OpenBLAS core and threads. `qlora info` prints it; benchmarks put it beside their figures.
 public struct RuntimeReport: Codable, Sendable {
     public var cpu: String
     public var cpuFlags: [String]
     public var simd: String
+    /// The 4-bit GEMMs can run in bf16 (AVX512_BF16): `ComputeDType.bf16`.
+    public var bf16GEMM: Bool
     public var blasCore: String
     public var blasCoreRequested: String?
     public var blasCoreReason: String
@@ -21,7 +23,7 @@ public struct RuntimeReport: Codable, Sendable {
         let cpu = CPUInfo.current
         return RuntimeReport(
             cpu: "\(cpu.brand.isEmpty ? cpu.vendor : cpu.brand) (family \(cpu.family), model \(cpu.model))",
-            cpuFlags: cpu.flags, simd: SIMDLevel.current.description, blasCore: status.corename,
+            cpuFlags: cpu.flags, simd: SIMDLevel.current.description, bf16GEMM: ComputeRuntime.bf16Available, blasCore: status.corename,
             blasCoreRequested: status.requestedCore, blasCoreReason: status.reason, blasCoreVerified: status.verified,
             inheritedOpenBLASCoreType: status.inheritedCoreType, blasConfig: status.config, blasLibrary: status.library,
             threads: status.ompThreads)
@@ -33,6 +35,7 @@ public struct RuntimeReport: Codable, Sendable {
             "cpu: \(cpu)",
             "cpu flags: \(cpuFlags.joined(separator: " "))",
             "dequantize simd: \(simd)",
+            "bf16 gemm: \(bf16GEMM ? "available (AVX512_BF16)" : "unavailable (no AVX512_BF16): fp32 only")",
             "blas core: \(blasCore) (\(blasCoreReason))",
             "blas library: \(blasLibrary) — \(blasConfig)",
             "threads: \(threads) (OpenMP tiles; OpenBLAS runs 1 thread inside each)",

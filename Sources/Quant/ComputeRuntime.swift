@@ -129,6 +129,9 @@ public enum ComputeRuntime {
         return (nil, "no AVX2: OpenBLAS's own detection")
     }
 
+    /// Whether the quantized GEMMs can run in bf16 here (AVX-512 with AVX512_BF16, saved by the OS).
+    public static var bf16Available: Bool { qk_bf16_available() != 0 }
+
     /// Threads the GEMMs use when not told: OpenMP's default (OMP_NUM_THREADS, else the cores).
     public static var defaultThreads: Int { Int(qk_omp_max_threads()) }
 

@@ -10,6 +10,7 @@ public enum QuantError: Error, Equatable, CustomStringConvertible {
     case bufferTooSmall(what: String, needed: Int, actual: Int)
     case blasUnavailable(String)
     case outOfMemory(String)
+    case bf16Unavailable(cpu: String)
 
     public var description: String {
         switch self {
@@ -31,6 +32,8 @@ public enum QuantError: Error, Equatable, CustomStringConvertible {
             message
         case let .outOfMemory(what):
             "out of memory: \(what)"
+        case let .bf16Unavailable(cpu):
+            "bf16 GEMMs need AVX-512 with AVX512_BF16, which this CPU (\(cpu)) or its OS lacks: use fp32"
         }
     }
 }

@@ -32,52 +32,97 @@ public struct GEMMOptions: Sendable {
     }
 }
 
+/// The arithmetic of the quantized GEMMs.
+public enum ComputeDType: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// fp32 inputs and dequantized weights, fp32 sums.
+    case fp32
+    /// X (or dY) and the dequantized W rounded to bf16 (nearest even; NaN stays NaN; fp32
+    /// subnormals become ±0), fp32 sums: CPUs with AVX512_BF16 only (`ComputeRuntime.bf16Available`).
+    case bf16
+
+    public var description: String { rawValue }
+}
+
 extension QuantizedMatrix {
     /// Y[T, out] = X[T, in] · Wᵀ, or Y += X · Wᵀ when `accumulate` (so LoRA and residual terms
     /// add into the same output). W is dequantized tile by tile; it never exists whole in fp32.
+    /// `dtype` .bf16 takes only `options.threads` and throws `.bf16Unavailable` on CPUs without it.
     public func forward(_ x: UnsafeBufferPointer<Float>, into y: UnsafeMutableBufferPointer<Float>, tokens T: Int,
-                        accumulate: Bool = false, options: GEMMOptions = .init()) throws(QuantError) {
+                        accumulate: Bool = false, options: GEMMOptions = .init(), dtype: ComputeDType = .fp32) throws(QuantError) {
         try check(T: T, input: x.count, inputWidth: cols, output: y.count, outputWidth: rows, names: ("X", "Y"))
         _ = try ComputeRuntime.prepare()
         var opt = options.kernelOptions
+        let beta: Float = accumulate ? 1 : 0, threads = Int32(options.threads)
         let rc = withKernel { k in
-            qk_gemm_forward(k, x.baseAddress, y.baseAddress, Int64(T), accumulate ? 1 : 0, Int32(options.threads), &opt)
+            switch dtype {
+            case .fp32: qk_gemm_forward(k, x.baseAddress, y.baseAddress, Int64(T), beta, threads, &opt)
+            case .bf16: qk_gemm_forward_bf16(k, x.baseAddress, y.baseAddress, Int64(T), beta, threads)
+            }
         }
-        guard rc == 0 else { throw .outOfMemory("tile buffers for a [\(rows), \(cols)] forward") }
+        try throwing(rc, "a [\(rows), \(cols)] forward")
     }
 
     /// dX[T, in] = dY[T, out] · W, or dX += dY · W when `accumulate`. There is no dW: W is frozen.
+    /// `dtype` as in `forward`.
     public func backward(_ dy: UnsafeBufferPointer<Float>, into dx: UnsafeMutableBufferPointer<Float>, tokens T: Int,
-                         accumulate: Bool = false, options: GEMMOptions = .init()) throws(QuantError) {
+                         accumulate: Bool = false, options: GEMMOptions = .init(), dtype: ComputeDType = .fp32) throws(QuantError) {
         try check(T: T, input: dy.count, inputWidth: rows, output: dx.count, outputWidth: cols, names: ("dY", "dX"))
         _ = try ComputeRuntime.prepare()
         var opt = options.kernelOptions
+        let beta: Float = accumulate ? 1 : 0, threads = Int32(options.threads)
         let rc = withKernel { k in
-            qk_gemm_backward(k, dy.baseAddress, dx.baseAddress, Int64(T), accumulate ? 1 : 0, Int32(options.threads), &opt)
+            switch dtype {
+            case .fp32: qk_gemm_backward(k, dy.baseAddress, dx.baseAddress, Int64(T), beta, threads, &opt)
+            case .bf16: qk_gemm_backward_bf16(k, dy.baseAddress, dx.baseAddress, Int64(T), beta, threads)
+            }
         }
-        guard rc == 0 else { throw .outOfMemory("tile buffers for a [\(rows), \(cols)] backward") }
+        try throwing(rc, "a [\(rows), \(cols)] backward")
     }
 
     /// Y[T, out] = X[T, in] · Wᵀ for arrays.
-    public func forward(_ x: [Float], tokens T: Int, options: GEMMOptions = .init()) throws(QuantError) -> [Float] {
+    public func forward(_ x: [Float], tokens T: Int, options: GEMMOptions = .init(), dtype: ComputeDType = .fp32) throws(QuantError) -> [Float] {
         var y = [Float](repeating: 0, count: max(T, 0) * rows)
         try x.withUnsafeBufferPointer { (xp) throws(QuantError) in
             try y.withUnsafeMutableBufferPointer { (yp) throws(QuantError) in
-                try forward(xp, into: yp, tokens: T, options: options)
+                try forward(xp, into: yp, tokens: T, options: options, dtype: dtype)
             }
         }
         return y
     }
 
     /// dX[T, in] = dY[T, out] · W for arrays.
-    public func backward(_ dy: [Float], tokens T: Int, options: GEMMOptions = .init()) throws(QuantError) -> [Float] {
+    public func backward(_ dy: [Float], tokens T: Int, options: GEMMOptions = .init(), dtype: ComputeDType = .fp32) throws(QuantError) -> [Float] {
         var dx = [Float](repeating: 0, count: max(T, 0) * cols)
         try dy.withUnsafeBufferPointer { (dyp) throws(QuantError) in
             try dx.withUnsafeMutableBufferPointer { (dxp) throws(QuantError) in
-                try backward(dyp, into: dxp, tokens: T, options: options)
+                try backward(dyp, into: dxp, tokens: T, options: options, dtype: dtype)
             }
         }
         return dx
+    }
+
+    /// The bf16 forward as a plain loop on any CPU (inputs rounded as the AVX512_BF16 kernel
+    /// rounds them, fp64 sums, one thread): the reference for tests. `y` holds the output, and
+    /// the values to accumulate onto when `accumulate`.
+    public func forwardBF16Reference(_ x: [Float], into y: inout [Float], tokens T: Int, accumulate: Bool = false) throws(QuantError) {
+        try check(T: T, input: x.count, inputWidth: cols, output: y.count, outputWidth: rows, names: ("X", "Y"))
+        let rc = withKernel { k in qk_gemm_forward_bf16_ref(k, x, &y, Int64(T), accumulate ? 1 : 0) }
+        try throwing(rc, "a [\(rows), \(cols)] bf16 reference forward")
+    }
+
+    /// The bf16 backward as a plain loop, as `forwardBF16Reference`.
+    public func backwardBF16Reference(_ dy: [Float], into dx: inout [Float], tokens T: Int, accumulate: Bool = false) throws(QuantError) {
+        try check(T: T, input: dy.count, inputWidth: rows, output: dx.count, outputWidth: cols, names: ("dY", "dX"))
+        let rc = withKernel { k in qk_gemm_backward_bf16_ref(k, dy, &dx, Int64(T), accumulate ? 1 : 0) }
+        try throwing(rc, "a [\(rows), \(cols)] bf16 reference backward")
+    }
+
+    private func throwing(_ rc: Int32, _ what: String) throws(QuantError) {
+        switch rc {
+        case 0: return
+        case Int32(QK_GEMM_NO_BF16): throw .bf16Unavailable(cpu: CPUInfo.current.brand)
+        default: throw .outOfMemory("buffers for \(what)")
+        }
     }
 
     private func check(T: Int, input: Int, inputWidth: Int, output: Int, outputWidth: Int,

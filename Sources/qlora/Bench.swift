@@ -21,6 +21,8 @@ extension QuantizedModel.KQuantTarget: ExpressibleByArgument {
     static let help: ArgumentHelp = "What a GGUF's K-quants (Q2_K…Q4_K) become at load: q4_1 (same memory) or q8_0 (about twice their memory, closest to the file: Gemma 3 270M's GPL-3 perplexity 0.2% above transformers' on the exact weights instead of 2.0%)."
 }
 
+extension ComputeDType: ExpressibleByArgument {}
+
 extension GEMMOptions.Path: ExpressibleByArgument {
     public init?(argument: String) {
         guard let p = Self.allCases.first(where: { "\($0)" == argument }) else { return nil }
@@ -39,6 +41,7 @@ struct GEMM: ParsableCommand {
             faster than dense). Also reports dequantization throughput per format and SIMD level.
 
             Example: qlora bench gemm --shapes 4096x4096 --tokens 256 --formats nf4 --runs 7
+                     qlora bench gemm --dtype bf16 --shapes 4096x4096,11008x4096 --tokens 256,1024 --formats nf4,q4_0
             """
     )
 
@@ -51,6 +54,8 @@ struct GEMM: ParsableCommand {
     @Option(help: "Per-thread tile buffer in KiB for the tiles path (0: the library's default, which depends on T).") var tileKib = 0
     @Option(help: "Implementation: auto (the AVX-512 micro-kernel at T ≥ 16 where it applies, else tiles), tiles, kernel.")
     var path: GEMMOptions.Path = .auto
+    @Option(help: "Arithmetic of the 4-bit products: fp32, or bf16 (inputs and weights rounded to bf16, fp32 sums; AVX512_BF16 only). Dense stays fp32 sgemm.")
+    var dtype: ComputeDType = .fp32
     @Flag(help: "Print JSON records for scripts instead of the table.") var json = false
 
     var parsed: (shapes: [(out: Int, in: Int)], tokens: [Int], formats: [QuantFormat]) {
@@ -81,6 +86,9 @@ struct GEMM: ParsableCommand {
         }
         guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        guard dtype != .bf16 || ComputeRuntime.bf16Available else {
+            throw ValidationError("--dtype bf16 needs AVX-512 with AVX512_BF16, which this CPU (\(CPUInfo.current.brand)) lacks")
+        }
     }
 
     func run() throws {
@@ -93,8 +101,9 @@ struct GEMM: ParsableCommand {
         config.threads = threads
         config.tileBytes = tileKib * 1024
         config.path = path
+        config.dtype = dtype
         let report = try RuntimeReport.current()
-        let header = report.lines + ["threads used: \(threads) (dense: OpenBLAS's; quantized: OpenMP), path: \(path)"]
+        let header = report.lines + ["threads used: \(threads) (dense: OpenBLAS's; quantized: OpenMP), path: \(dtype == .bf16 ? "bf16 kernel" : "\(path)"), dtype: \(dtype) (dense: fp32)"]
         if !json { header.forEach { print($0) } }
         let records = try GEMMBench.run(config) { progress in
             if case let .measuring(what, done, total, elapsed) = progress {
@@ -103,10 +112,10 @@ struct GEMM: ParsableCommand {
             }
         }
         if json {
-            struct Output: Encodable { let runtime: RuntimeReport; let threads: Int; let runs: Int; let records: [GEMMBench.Record] }
+            struct Output: Encodable { let runtime: RuntimeReport; let threads: Int; let runs: Int; let dtype: String; let records: [GEMMBench.Record] }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(Output(runtime: report, threads: threads, runs: runs, records: records)), as: UTF8.self))
+            print(String(decoding: try encoder.encode(Output(runtime: report, threads: threads, runs: runs, dtype: dtype.rawValue, records: records)), as: UTF8.self))
         } else {
             print(GEMMBench.table(records))
         }

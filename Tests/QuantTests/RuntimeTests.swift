@@ -34,5 +34,6 @@ final class RuntimeTests: XCTestCase {
         XCTAssertEqual(SIMDLevel.best == .avx512, cpu.avx512)
         XCTAssertTrue(SIMDLevel.available.contains(.scalar))
         if SIMDLevel.best == .avx2 { XCTAssertTrue(cpu.avx2) }
+        XCTAssertEqual(ComputeRuntime.bf16Available, cpu.avx512 && cpu.avx512BF16)
     }
 }

@@ -1,8 +1,8 @@
 import Foundation
 import Quant
 
-/// `qlora bench gemm`: the quantized GEMMs against dense 2-thread OpenBLAS sgemm on the same
-/// fp32 weights, measured side by side in one run (the machines are shared and noisy, so only
+/// `qlora bench gemm`: the quantized GEMMs (fp32 or bf16) against dense 2-thread OpenBLAS
+/// sgemm on the same fp32 weights, measured side by side in one run (the machines are shared and noisy, so only
 /// ratios taken together mean anything), medians of several runs; and dequantization
 /// throughput per format and SIMD level.
 public enum GEMMBench {
@@ -16,6 +16,8 @@ public enum GEMMBench {
         public var tileBytes = 0
         /// Which implementation of the quantized products to time.
         public var path = GEMMOptions.Path.auto
+        /// The arithmetic of the quantized products (dense stays fp32 sgemm).
+        public var dtype = ComputeDType.fp32
         /// Minimum time of one sample; fast cases repeat until they reach it.
         public var minSampleSeconds = 0.02
 
@@ -94,10 +96,10 @@ public enum GEMMBench {
             settle()
             for q in quantized {
                 samples["\(q.format.rawValue)/forward", default: []].append(try time(config.minSampleSeconds) {
-                    try q.forward(x.read, into: y.write, tokens: T, options: options)
+                    try q.forward(x.read, into: y.write, tokens: T, options: options, dtype: config.dtype)
                 })
                 samples["\(q.format.rawValue)/backward", default: []].append(try time(config.minSampleSeconds) {
-                    try q.backward(dy.read, into: dx.write, tokens: T, options: options)
+                    try q.backward(dy.read, into: dx.write, tokens: T, options: options, dtype: config.dtype)
                 })
             }
         }

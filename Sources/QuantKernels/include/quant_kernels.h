@@ -164,6 +164,23 @@ int qk_gemm_forward(const qk_matrix *w, const float *x, float *y, int64_t T, flo
 int qk_gemm_backward(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta,
                      int threads, const qk_gemm_options *opt);
 
+/* ---- the quantized GEMMs in bf16 (AVX512_BF16) --------------------------------------- */
+/* What the GEMMs return besides 0. */
+enum { QK_GEMM_NO_MEMORY = -1, QK_GEMM_NO_BF16 = -2 };
+
+/* 1 if this CPU and OS run the bf16 GEMMs (AVX-512 F/BW/VL with AVX512_BF16), else 0. */
+int qk_bf16_available(void);
+/* As qk_gemm_forward / qk_gemm_backward, with X (dY) and the dequantized W rounded to bf16
+ * (nearest even; NaN stays NaN; fp32 subnormals become ±0) and fp32 accumulation. Any shape
+ * and format the fp32 GEMMs take. Return 0, QK_GEMM_NO_MEMORY, or QK_GEMM_NO_BF16 (nothing
+ * written) where qk_bf16_available() is 0. threads <= 0: OpenMP's default. */
+int qk_gemm_forward_bf16(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads);
+int qk_gemm_backward_bf16(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta, int threads);
+/* The scalar references: the same rounding of the inputs, fp64 sums, one thread; any CPU.
+ * Return 0 or QK_GEMM_NO_MEMORY. */
+int qk_gemm_forward_bf16_ref(const qk_matrix *w, const float *x, float *y, int64_t T, float beta);
+int qk_gemm_backward_bf16_ref(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta);
+
 #ifdef __cplusplus
 }
 #endif

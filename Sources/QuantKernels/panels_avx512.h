@@ -1,0 +1,81 @@
+/* panels_avx512.h — what the AVX-512 micro-kernel GEMMs (qgemm_avx512.c in fp32,
+ * qgemm_bf16_avx512.c in bf16) share to fill their packed panels: 16 dequantized elements of
+ * a row at a time, the same values as the scalar reference, and a 16×16 transpose of 32-bit
+ * lanes. Internal. */
+#ifndef QK_PANELS_AVX512_H
+#define QK_PANELS_AVX512_H
+
+#include "blocks.h"
+#include <immintrin.h>
+
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+/* ---- 16 consecutive elements of row r, columns [c, c+16), c % 16 == 0 --------------------- */
+AVX512 static inline __m512i nibbles_bnb(const uint8_t *q) {
+    __m128i b = _mm_loadl_epi64((const __m128i *)q);
+    __m512i v = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b, b));
+    const __m512i shifts = _mm512_set_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+    return _mm512_and_si512(_mm512_srlv_epi32(v, shifts), _mm512_set1_epi32(0x0F));
+}
+
+/* The same values as the scalar reference (dequant_scalar.c), 16 at a time. */
+AVX512 static inline __m512 dequantize16(const qk_matrix *w, __m512 code, int64_t r, int64_t c) {
+    switch (w->format) {
+    case QK_FORMAT_NF4:
+    case QK_FORMAT_FP4: {
+        const int64_t e = r * w->cols + c; /* 16 elements never straddle a block */
+        const int64_t b = e >> __builtin_ctzll((unsigned long long)w->block_size); /* power of two */
+        const float a = block_absmax(w, b);
+        return _mm512_mul_ps(_mm512_permutexvar_ps(nibbles_bnb(w->data + (e >> 1)), code), _mm512_set1_ps(a));
+    }
+    case QK_FORMAT_Q4_0:
+    case QK_FORMAT_Q4_1: {
+        /* columns c..c+15 are the low (c % 32 == 0) or high nibbles of the block's 16 bytes */
+        const int q41 = w->format == QK_FORMAT_Q4_1;
+        const size_t bytes = q41 ? sizeof(block_q4_1) : sizeof(block_q4_0);
+        const uint8_t *blk = w->data + (size_t)(r * (w->cols / QK_GGML_BLOCK) + c / QK_GGML_BLOCK) * bytes;
+        uint16_t dh, mh = 0;
+        memcpy(&dh, blk, 2);
+        if (q41) memcpy(&mh, blk + 2, 2);
+        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + (q41 ? 4 : 2))));
+        v = (c & 16) ? _mm512_srli_epi32(v, 4) : _mm512_and_si512(v, _mm512_set1_epi32(0x0F));
+        const __m512 d = _mm512_set1_ps(fp16_to_fp32(dh));
+        if (q41) return _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v), d), _mm512_set1_ps(fp16_to_fp32(mh)));
+        return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(8))), d);
+    }
+    case QK_FORMAT_Q8_0: {
+        const block_q8_0 *x = (const block_q8_0 *)w->data + r * (w->cols / QK_GGML_BLOCK) + c / QK_GGML_BLOCK;
+        const __m512i v = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(x->qs + (c & 16))));
+        return _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(fp16_to_fp32(x->d)));
+    }
+    }
+    return _mm512_setzero_ps();
+}
+
+AVX512 static inline void transpose16(__m512 r[16]) {
+    __m512 t[16], o[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+        __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    /* r[4i + j], 128-bit lane L, holds column 4L + j of rows 4i .. 4i+3 */
+    for (int j = 0; j < 4; j++) {
+        __m512 u0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x44), u1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xEE);
+        __m512 u2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x44), u3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xEE);
+        o[j] = _mm512_shuffle_f32x4(u0, u2, 0x88);
+        o[4 + j] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
+        o[8 + j] = _mm512_shuffle_f32x4(u1, u3, 0x88);
+        o[12 + j] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
+    }
+    for (int i = 0; i < 16; i++) r[i] = o[i];
+}
+
+#endif

@@ -1,0 +1,260 @@
+/* qgemm_bf16_avx512.c — the frozen-path GEMMs in bf16 with fp32 accumulation, for CPUs with
+ * AVX512_BF16 (Cooper Lake, Sapphire Rapids and later; AMD Zen 4 and later): the structure of
+ * qgemm_avx512.c, with W dequantized straight into bf16 panels and X (or dY) rounded to bf16
+ * once per call, so each vdpbf16ps does 32 multiply-adds where vfmadd231ps does 16.
+ *
+ *   forward   Y[T, out] = X[T, in] · Wᵀ + beta·Y     M = T, N = out, K = in
+ *   backward dX[T, in] = dY[T, out] · W + beta·dX    M = T, N = in,  K = out
+ *
+ * Rounding: A (X or dY) and the dequantized W are rounded to bf16 by vcvtne2ps2bf16 (nearest
+ * even; NaN stays a quiet NaN; fp32 subnormals become ±0); the bf16 products are exact in
+ * fp32 and vdpbf16ps adds them one at a time to the fp32 accumulator (odd k, then even k).
+ * qk_gemm_forward_bf16_ref and qk_gemm_backward_bf16_ref (qgemm_bf16_ref.c) round the same
+ * way and sum in fp64.
+ *
+ * vdpbf16ps multiplies bf16 pairs, so both operands are packed by pairs of consecutive k:
+ *   A panel [Mp/MR][Kp/2][MR]   32-bit word = (A[m][2p], A[m][2p+1]), low half first;
+ *                               rows past M and the column past an odd K are zero
+ *   B panel [kc/2][NR]          32-bit word = (B[2p][j], B[2p+1][j]); forward B[k][j] =
+ *                               W[n0+j][k0+k] (32 columns of 16 W rows rounded, then a 16×16
+ *                               transpose of the pairs); backward B[k][j] = W[k0+k][n0+j] (two
+ *                               W rows rounded and interleaved)
+ * Threads split N at multiples of 16 as in fp32; all of them round A first, then meet.
+ * Shapes the fp32 micro-kernel cannot take (cols % 16 ≠ 0, bitsandbytes blocks that are not
+ * a multiple of 16) dequantize a tile with qk_dequantize_tile and pack from it.
+ */
+#include "panels_avx512.h"
+#include <stdlib.h>
+
+#define BF16 __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl")))
+
+int omp_get_thread_num(void);
+int omp_get_num_threads(void);
+int omp_get_max_threads(void);
+
+enum { MR = 8, NV = 3, NR = 16 * NV }; /* 8 × 48: 24 fp32 accumulators, as in fp32 */
+enum { KC = 768, NC = 256 };           /* multiples of 32; a kc×nc bf16 block is as many bytes as fp32's 384×256 */
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+int qk_bf16_available(void) {
+    static int available = -1;
+    if (available < 0) {
+        qk_cpu_info i;
+        qk_cpu_detect(&i);
+        available = i.os_avx512 && i.avx512f && i.avx512bw && i.avx512vl && i.avx512_bf16;
+    }
+    return available;
+}
+
+/* Where the panels' fp32 values come from: W's blocks directly (fast), or a dequantized tile
+ * of W whose element (r, c) is tile[(r − r0)·ld + (c − c0)]. */
+typedef struct {
+    const qk_matrix *w;
+    __m512 code;
+    const float *tile;
+    int64_t ld, r0, c0;
+} panel_source;
+
+/* W[r][c .. c+count), count ≤ 16, zero past count. */
+BF16 static inline __m512 load16(const panel_source *s, int64_t r, int64_t c, int64_t count) {
+    if (!s->tile) return dequantize16(s->w, s->code, r, c);
+    const __mmask16 m = count >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << count) - 1);
+    return _mm512_maskz_loadu_ps(m, s->tile + (r - s->r0) * s->ld + (c - s->c0));
+}
+
+/* 32 bf16 from two fp32 vectors: lo in the low half. */
+BF16 static inline __m512i round_pair(__m512 hi, __m512 lo) { return (__m512i)_mm512_cvtne2ps_pbh(hi, lo); }
+
+/* ---- B packing: panels of NR columns, (kc+1)/2 pair rows; columns past the matrix are zero - */
+BF16 static void pack_forward(const panel_source *s, int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t *bp) {
+    const int64_t kp = (kc + 1) / 2;
+    for (int64_t p = 0; p < nc; p += NR, bp += kp * NR)
+        for (int g = 0; g < NV; g++) {
+            const int64_t r0 = n0 + p + 16 * g, valid = r0 < n0 + nc ? min64(16, n0 + nc - r0) : 0;
+            for (int64_t k = 0; k < kc; k += 32) {
+                const int64_t kv = min64(32, kc - k);
+                __m512 v[16];
+                for (int i = 0; i < 16; i++) {
+                    if (i >= valid) {
+                        v[i] = _mm512_setzero_ps();
+                        continue;
+                    }
+                    const __m512 lo = load16(s, r0 + i, k0 + k, min64(16, kv));
+                    const __m512 hi = kv > 16 ? load16(s, r0 + i, k0 + k + 16, kv - 16) : _mm512_setzero_ps();
+                    v[i] = _mm512_castsi512_ps(round_pair(hi, lo)); /* lane q: pair q of row i */
+                }
+                transpose16(v); /* v[q], lane i: pair q of row i */
+                for (int64_t q = 0; q < (kv + 1) / 2; q++) _mm512_store_ps((float *)bp + (k / 2 + q) * NR + 16 * g, v[q]);
+            }
+        }
+}
+
+BF16 static void pack_backward(const panel_source *s, int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t *bp) {
+    /* word j of the result: (lo[j], hi[j]) from [lo0 .. lo15, hi0 .. hi15] */
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const int64_t kp = (kc + 1) / 2;
+    for (int64_t p = 0; p < nc; p += NR, bp += kp * NR)
+        for (int64_t q = 0; q < kp; q++)
+            for (int g = 0; g < NV; g++) {
+                const int64_t c = n0 + p + 16 * g, count = min64(16, n0 + nc - c);
+                __m512i v = _mm512_setzero_si512();
+                if (count > 0) {
+                    const __m512 lo = load16(s, k0 + 2 * q, c, count);
+                    const __m512 hi = 2 * q + 1 < kc ? load16(s, k0 + 2 * q + 1, c, count) : _mm512_setzero_ps();
+                    v = _mm512_permutexvar_epi16(interleave, round_pair(hi, lo));
+                }
+                _mm512_store_si512(bp + q * NR + 16 * g, v);
+            }
+}
+
+/* A[M, K] (lda) into the pair panels, rows past M and the column past an odd K zero: block ib. */
+BF16 static void pack_a(const float *a, int64_t lda, int64_t M, int64_t K, int64_t ib, uint32_t *ap) {
+    const int64_t kp = (K + 1) / 2;
+    uint32_t *panel = ap + ib * kp * MR;
+    for (int i = 0; i < MR; i++) {
+        const int64_t m = ib * MR + i;
+        for (int64_t k = 0; k < K; k += 32) {
+            __m512i v = _mm512_setzero_si512();
+            if (m < M && k < K) {
+                const int64_t left = K - k;
+                const __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+                const __mmask16 m1 = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+                const float *row = a + m * lda + k;
+                v = round_pair(_mm512_maskz_loadu_ps(m1, row + 16), _mm512_maskz_loadu_ps(m0, row));
+            }
+            uint32_t words[16];
+            _mm512_storeu_si512(words, v);
+            for (int64_t q = 0; q < 16 && k / 2 + q < kp; q++) panel[(k / 2 + q) * MR + i] = words[q];
+        }
+    }
+}
+
+/* ---- micro-kernel: C[mv, nvalid] (ldc) = A panel · B panel, stored per mode ------------- */
+enum { STORE = 0, ADD = 1, SCALE_ADD = 2 }; /* C = acc; C += acc; C = acc + beta·C */
+
+BF16 static void kernel(int64_t kp, const uint32_t *restrict a, const uint32_t *restrict b, float *c, int64_t ldc,
+                        int mv, int nvalid, int mode, float beta) {
+    __m512 acc[MR][NV];
+    if (mode != STORE)
+        for (int i = 0; i < mv; i++)
+            for (int v = 0; v < NV; v++) _mm_prefetch((const char *)(c + i * ldc + 16 * v), _MM_HINT_T0);
+    for (int i = 0; i < MR; i++)
+        for (int v = 0; v < NV; v++) acc[i][v] = _mm512_setzero_ps();
+#pragma clang loop unroll_count(4)
+    for (int64_t q = 0; q < kp; q++) {
+        __m512bh bv[NV];
+        for (int v = 0; v < NV; v++) bv[v] = (__m512bh)_mm512_load_si512(b + q * NR + 16 * v);
+        for (int i = 0; i < MR; i++) {
+            const __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[q * MR + i]);
+            for (int v = 0; v < NV; v++) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], av, bv[v]);
+        }
+    }
+    const __m512 vb = _mm512_set1_ps(beta);
+    for (int i = 0; i < mv; i++)
+        for (int v = 0; v < NV; v++) {
+            const int left = nvalid - 16 * v;
+            if (left <= 0) break;
+            const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            float *p = c + i * ldc + 16 * v;
+            __m512 r = acc[i][v];
+            if (mode == ADD) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, p));
+            else if (mode == SCALE_ADD) r = _mm512_add_ps(r, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m, p)));
+            _mm512_mask_storeu_ps(p, m, r);
+        }
+}
+
+/* Buffers kept between calls (libomp keeps its threads): B panels and a dequantized tile per
+ * thread, the rounded A on the calling thread. */
+static __thread void *tls_b, *tls_tile, *tls_a;
+static __thread size_t tls_b_cap, tls_tile_cap, tls_a_cap;
+
+static void *grow(void **p, size_t *cap, size_t bytes) {
+    if (bytes > *cap) {
+        free(*p);
+        *p = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        *cap = *p ? bytes : 0;
+    }
+    return *p;
+}
+
+typedef void (*pack_fn)(const panel_source *, int64_t, int64_t, int64_t, int64_t, uint32_t *);
+
+/* Whether W's blocks can be read 16 elements at a time (dequantize16's conditions). */
+static int reads_blocks(const qk_matrix *w) {
+    return w->cols % 16 == 0 && (qk_is_ggml(w->format) || w->block_size % 16 == 0);
+}
+
+/* C[M, N] (ldc) = A[M, K] (lda) · B(W) + beta·C; `forward` says how B is read from W. */
+BF16 static int run(const qk_matrix *w, const float *a, int64_t lda, float *c, int64_t ldc, int64_t M, int64_t N, int64_t K,
+                    float beta, int threads, int forward) {
+    const int64_t slices = (K + KC - 1) / KC; /* equal kc slices, multiples of 32 */
+    const int64_t kcs = slices > 0 ? ((K + slices - 1) / slices + 31) / 32 * 32 : 32;
+    const int64_t blocks = (M + MR - 1) / MR, kp_all = (K + 1) / 2;
+    uint32_t *ap = grow(&tls_a, &tls_a_cap, (size_t)(blocks * kp_all * MR) * sizeof(uint32_t));
+    if (!ap) return QK_GEMM_NO_MEMORY;
+    const pack_fn pack = forward ? pack_forward : pack_backward;
+    const int direct = reads_blocks(w);
+    const __m512 code = w->code ? _mm512_loadu_ps(w->code) : _mm512_setzero_ps();
+    int failed = 0;
+    int nt = threads > 0 ? threads : omp_get_max_threads();
+    if (nt > (N + 15) / 16) nt = (int)((N + 15) / 16);
+#pragma omp parallel num_threads(nt)
+    {
+#pragma omp for schedule(static)
+        for (int64_t ib = 0; ib < blocks; ib++) pack_a(a, lda, M, K, ib, ap);
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        const int64_t units = (N + 15) / 16;
+        const int64_t n0 = min64(N, units * t / n * 16), n1 = min64(N, units * (t + 1) / n * 16);
+        int64_t ncb = NC; /* equal nc blocks, multiples of NR */
+        if (n1 > n0) {
+            const int64_t parts = (n1 - n0 + NC - 1) / NC;
+            ncb = ((n1 - n0 + parts - 1) / parts + NR - 1) / NR * NR;
+        }
+        uint32_t *bp = grow(&tls_b, &tls_b_cap, (size_t)((kcs / 2) * ncb) * sizeof(uint32_t));
+        float *tile = direct ? NULL : grow(&tls_tile, &tls_tile_cap, (size_t)(kcs * ncb) * sizeof(float));
+        if (!bp || (!direct && !tile)) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        for (int64_t pc = 0; pc < K && bp && (direct || tile); pc += kcs) {
+            const int64_t kc = min64(kcs, K - pc);
+            const int mode = pc > 0 ? ADD : (beta == 0.0f ? STORE : (beta == 1.0f ? ADD : SCALE_ADD));
+            for (int64_t jc = n0; jc < n1; jc += ncb) {
+                const int64_t nc = min64(ncb, n1 - jc);
+                panel_source s = {w, code, NULL, 0, 0, 0};
+                if (!direct) { /* forward: rows jc.., columns pc..; backward: rows pc.., columns jc.. */
+                    s.tile = tile;
+                    s.r0 = forward ? jc : pc;
+                    s.c0 = forward ? pc : jc;
+                    s.ld = forward ? kc : nc;
+                    if (forward) qk_dequantize_tile(w, jc, jc + nc, pc, pc + kc, tile);
+                    else qk_dequantize_tile(w, pc, pc + kc, jc, jc + nc, tile);
+                }
+                pack(&s, jc, nc, pc, kc, bp);
+                for (int64_t ib = 0; ib < blocks; ib++) {
+                    const uint32_t *a_panel = ap + (ib * kp_all + pc / 2) * MR;
+                    const int mv = (int)min64(MR, M - ib * MR);
+                    for (int64_t jr = 0; jr < nc; jr += NR)
+                        kernel((kc + 1) / 2, a_panel, bp + (jr / NR) * NR * ((kc + 1) / 2), c + ib * MR * ldc + jc + jr, ldc, mv,
+                               (int)min64(NR, nc - jr), mode, beta);
+                }
+            }
+        }
+    }
+    return failed ? QK_GEMM_NO_MEMORY : 0;
+}
+
+/* The entry points carry no target attribute: nothing past the CPUID check may use AVX-512. */
+int qk_gemm_forward_bf16(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads) {
+    if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
+    if (T <= 0) return 0;
+    return run(w, x, w->cols, y, w->rows, T, w->rows, w->cols, beta, threads, 1);
+}
+
+int qk_gemm_backward_bf16(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta, int threads) {
+    if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
+    if (T <= 0) return 0;
+    return run(w, dy, w->rows, dx, w->cols, T, w->cols, w->rows, beta, threads, 0);
+}
