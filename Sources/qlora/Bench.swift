@@ -203,6 +203,7 @@ struct TrainSpeed: ParsableCommand {
     var maskPrompt = false
     @Flag(help: "With a preference --objective: alternate each step with an SFT step on the same rows and scored tokens and report the ratio (same machine load for both).")
     var againstSft = false
+    @Option(help: "What the frozen 4-bit GEMMs compute in: fp32 or bf16 (AVX512-BF16).") var computeDtype = ComputeDTypeChoice.fp32
     @Flag(help: "Print JSON for scripts.") var json = false
 
     func validate() throws {
@@ -229,6 +230,7 @@ struct TrainSpeed: ParsableCommand {
         c.objective = objective
         c.maskPrompt = maskPrompt
         c.againstSFT = againstSft
+        c.dtype = try computeDtype.resolved()
         let r = try TrainBench.run(c) { FileHandle.standardError.write(Data("\($0)\n".utf8)) }
         if json {
             let encoder = JSONEncoder()
@@ -237,8 +239,8 @@ struct TrainSpeed: ParsableCommand {
             return
         }
         try RuntimeReport.current().lines.forEach { print($0) }
-        print(String(format: "%@, %@: r %d, batch %d × %d, checkpointing %@, EMA %@: %.1f tokens/s (step %.2f s), peak RSS %.0f MiB, %d trainable",
-                     r.model, r.objective, r.rank, r.batch, r.length, r.gradientCheckpointing ? "on" : "off", r.ema > 0 ? "\(r.ema)" : "off",
+        print(String(format: "%@, %@, %@ GEMMs: r %d, batch %d × %d, checkpointing %@, EMA %@: %.1f tokens/s (step %.2f s), peak RSS %.0f MiB, %d trainable",
+                     r.model, r.objective, r.dtype, r.rank, r.batch, r.length, r.gradientCheckpointing ? "on" : "off", r.ema > 0 ? "\(r.ema)" : "off",
                      r.tokensPerSecond, r.stepSecondsMedian, Double(r.peakRSSBytes) / 1048576, r.trainableParameters))
         print("kind          s/step   share")
         for kind in StepProfile.Kind.allCases.map(\.rawValue) + ["other"] {

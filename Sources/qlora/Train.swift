@@ -4,6 +4,7 @@ import QLoRA
 
 extension LRSchedule.Kind: ExpressibleByArgument {}
 extension ObjectiveKind: ExpressibleByArgument {}
+extension ComputeDTypeChoice: ExpressibleByArgument {}
 extension PreferenceLoss.DPOKind: ExpressibleByArgument {}
 
 struct Train: ParsableCommand {
@@ -84,6 +85,8 @@ struct Train: ParsableCommand {
     var chatTemplate: ChatTemplate.Family?
     @Option(help: QuantizedModel.KQuantTarget.help)
     var kQuants: QuantizedModel.KQuantTarget?
+    @Option(help: "What the frozen 4-bit GEMMs compute in: fp32, bf16 (inputs and weights rounded to bf16, fp32 sums; needs AVX512-BF16: see qlora info) or auto (bf16 where the CPU has it). Adapters, norms, attention and the head stay fp32.")
+    var computeDtype: ComputeDTypeChoice?
 
     @Option(help: "LoRA rank r.") var loraR = 16
     @Option(help: "LoRA alpha (scale alpha/r, or alpha/√r with --use-rslora).") var loraAlpha: Float = 32
@@ -183,6 +186,7 @@ struct Train: ParsableCommand {
         c.skipBad = skipBad
         c.chatTemplate = chatTemplate?.rawValue
         c.kQuants = kQuants
+        c.computeDtype = computeDtype
         c.loraR = loraR
         c.loraAlpha = loraAlpha
         c.loraDropout = loraDropout
@@ -296,7 +300,8 @@ struct Train: ParsableCommand {
 
         let run = try TrainingRun(config: config, directory: directory, model: model, train: train, validation: validation,
                                   resume: resume != nil, onEvent: log.event)
-        log.line("run: \(directory) — \(run.totalUpdates) updates of \(config.batchSize * config.gradAccum) \(kind.usesPairs ? "pairs" : "sequences")")
+        log.line("run: \(directory) — \(run.totalUpdates) updates of \(config.batchSize * config.gradAccum) \(kind.usesPairs ? "pairs" : "sequences"), "
+                 + "frozen GEMMs in \(run.trainer.computeDType)")
         let interrupt = Interrupt()
         let finished = try run.run(shouldStop: { interrupt.requested }, onEvent: log.event)
         log.finish()

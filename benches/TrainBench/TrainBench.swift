@@ -34,12 +34,15 @@ public enum TrainBench {
         /// the objective's step by step, so that both see the same machine load: the cost of a
         /// preference update against an SFT update on as many sequences.
         public var againstSFT = false
+        /// What the frozen 4-bit GEMMs compute in.
+        public var dtype: ComputeDType = .fp32
         public init() {}
     }
 
     public struct Result: Codable, Sendable {
         public var model: String
         public var objective: String
+        public var dtype: String
         public var rank: Int
         public var batch: Int
         public var length: Int
@@ -79,6 +82,7 @@ public enum TrainBench {
         var run = TrainingConfig(model: c.model, data: "")
         run.objective = c.objective
         let trainer = Trainer(model: model, lora: lora, gradientCheckpointing: c.gradientCheckpointing, objective: run.makeObjective)
+        trainer.computeDType = c.dtype
         let optimizer = AdamW(parameters: lora.parameters)
         let ema = c.ema > 0 ? EMA(parameters: lora.parameters, beta: c.ema) : nil
         progress(String(format: "adapters and AdamW moments allocated: RSS %.2f GB", Double(RuntimeMemory.currentRSS()) / 1e9))
@@ -94,6 +98,7 @@ public enum TrainBench {
         let batch = TokenBatch(inputIds: ids, labels: labels, sequences: c.batch, length: c.length, pairs: pairs)
         let scale = 1 / Float(trainer.objective.normalizer(batch))
         let sft = c.againstSFT ? Trainer(model: model, lora: lora, gradientCheckpointing: c.gradientCheckpointing) : nil
+        sft?.computeDType = c.dtype
         let sftBatch = TokenBatch(inputIds: ids, labels: labels, sequences: c.batch, length: c.length)
         var sftTimes: [Double] = [], ratios: [Double] = []
         var times: [Double] = []
@@ -141,7 +146,8 @@ public enum TrainBench {
         let median = times.sorted()[times.count / 2]
         let peak = RuntimeMemory.peakRSS()   // before the dense baseline, which dequantizes whole matrices
         return Result(model: c.shape.map { $0.rawValue + (c.layers.map { " (\($0) layers)" } ?? "") } ?? c.model,
-                      objective: c.objective.rawValue + (c.maskPrompt && !c.objective.usesPairs ? " (prompt halves unscored)" : ""), rank: c.rank, batch: c.batch, length: c.length, gradientCheckpointing: c.gradientCheckpointing,
+                      objective: c.objective.rawValue + (c.maskPrompt && !c.objective.usesPairs ? " (prompt halves unscored)" : ""),
+                      dtype: "\(c.dtype)", rank: c.rank, batch: c.batch, length: c.length, gradientCheckpointing: c.gradientCheckpointing,
                       ema: c.ema, trainableParameters: lora.trainableCount, steps: c.steps, stepSecondsMedian: median,
                       tokensPerSecond: Double(c.batch * c.length) / median, peakRSSBytes: peak,
                       shares: shares, seconds: perStep, frozenGFLOPS: frozenFLOPs / frozenSeconds / 1e9,

@@ -123,6 +123,9 @@ public final class Trainer {
     /// What the last block's output is turned into a loss by: the causal LM's next-token
     /// cross-entropy unless said otherwise.
     public var objective: any TrainingObjective
+    /// What the frozen 4-bit GEMMs compute in, forward and backward (`ComputeDType.bf16` needs
+    /// AVX512-BF16: `ComputeRuntime.bf16Available`); LoRA, norms, attention and the head stay fp32.
+    public var computeDType: ComputeDType = .fp32
 
     /// The step's buffers, reused from step to step.
     private let arena = FloatArena()
@@ -181,7 +184,7 @@ public final class Trainer {
         let tables = model.rope.tables(from: 0, count: T)
         let family = c.family
         func context(_ l: Int, _ acts: BlockActivations, _ seed: UInt64?) -> LayerContext {
-            LayerContext(adapters: lora.layers[l], acts: acts, dropoutSeed: seed, order: family.linears)
+            LayerContext(adapters: lora.layers[l], acts: acts, dropoutSeed: seed, order: family.linears, dtype: computeDType)
         }
         arena.reset()
         let widest = max(C, c.intermediateSize, c.numHeads * c.headDim)

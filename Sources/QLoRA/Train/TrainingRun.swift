@@ -1,4 +1,5 @@
 import Foundation
+import Quant
 
 /// Everything a run is configured with, written to `<run>/config.json` and read back by
 /// `--resume`. Field names are the CLI's flags in snake case. Keys no field reads are ignored,
@@ -75,6 +76,8 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     public var centerRewards: Double?
     /// DPO's reference: a frozen adapter (nil: the adapter the run starts from, or the base).
     public var refAdapter: String?
+    /// What the frozen 4-bit GEMMs compute in (nil: fp32).
+    public var computeDtype: ComputeDTypeChoice?
 
     public init(model: String, data: String) {
         self.model = model
@@ -110,6 +113,24 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
         get throws {
             if let from = loadLoraFrom { return try AdapterFiles.config(in: from) }
             return (try lora, trainNorms)
+        }
+    }
+}
+
+/// `--compute-dtype`: fp32, bf16 (AVX512-BF16 needed), or auto (bf16 where the CPU has it).
+public enum ComputeDTypeChoice: String, Codable, Sendable, CaseIterable {
+    case fp32, bf16, auto
+
+    /// The dtype on this CPU; bf16 where the CPU lacks it is refused by name.
+    public func resolved() throws -> ComputeDType {
+        switch self {
+        case .fp32: return .fp32
+        case .auto: return ComputeRuntime.bf16Available ? .bf16 : .fp32
+        case .bf16:
+            guard ComputeRuntime.bf16Available else {
+                throw TrainingError.nothingToTrain("--compute-dtype bf16: this CPU has no AVX512-BF16 (\((try? RuntimeReport.current().cpu) ?? "unknown CPU")); use fp32 or auto")
+            }
+            return .bf16
         }
     }
 }
@@ -314,6 +335,7 @@ public final class TrainingRun {
             lora = trained
         }
         trainer = Trainer(model: model, lora: lora, gradientCheckpointing: config.gradCheckpoint, objective: objective)
+        trainer.computeDType = try (config.computeDtype ?? .fp32).resolved()
         optimizer = AdamW(parameters: lora.parameters, .init(beta1: config.beta1, beta2: config.beta2, eps: config.eps,
                                                              weightDecay: config.weightDecay))
         let perEpoch = (train.count + config.batchSize - 1) / config.batchSize

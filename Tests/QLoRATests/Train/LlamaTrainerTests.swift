@@ -1,5 +1,6 @@
 import Foundation
 @testable import QLoRA
+import Quant
 import XCTest
 
 /// The whole model's training forward and backward with LoRA, on the tiny NF4 Llama fixture
@@ -182,5 +183,45 @@ final class LlamaTrainerTests: XCTestCase {
         let last = try ModelAdapters(model: Self.tiny, config: LoRAConfig(rank: 2, targets: .names(["q_proj"]), lastLayers: 1), seed: 1)
         XCTAssertEqual(last.adapters.map(\.layer), [1])
         XCTAssertThrowsError(try ModelAdapters(model: Self.tiny, config: LoRAConfig(rank: 2, targets: .regex("nothing")), seed: 1))
+    }
+}
+
+/// The training step with the frozen GEMMs in bf16 (AVX512-BF16) against the same step in fp32,
+/// on the tiny NF4 Llama: the loss and every parameter's gradient agree within a few bf16
+/// roundings. Each frozen product carries a relative error up to about 2·2⁻⁸ of Σ|x||w|
+/// (Tests/QuantTests/BF16GEMMTests.swift derives it); a gradient passes through a handful of
+/// them (two blocks, forward and backward), so the bound is 8·2⁻⁸ ≈ 3% of its norm.
+final class BF16TrainerTests: XCTestCase {
+    func testBF16StepMatchesFP32WithinItsRounding() throws {
+        guard ComputeRuntime.bf16Available else {
+            throw XCTSkip("this CPU has no AVX512-BF16 (\((try? RuntimeReport.current().cpu) ?? "unknown")): the bf16 step is not run")
+        }
+        let tiny = LlamaTrainerTests.tiny
+        let l = try ModelAdapters(model: tiny, config: LoRAConfig(rank: 4, alpha: 8), trainNorms: true, seed: 11)
+        var rng = SplitMix64(seed: 99)
+        for p in l.parameters where p.name.hasSuffix("lora_B.weight") {
+            p.setValues((0..<p.count).map { _ in Float(rng.nextUnitDouble() - 0.5) * 0.2 })
+        }
+        let batch = LlamaTrainerTests(name: "batch") { _ in }.batch()
+        func step(_ dtype: ComputeDType) throws -> (Double, [[Float]]) {
+            let trainer = Trainer(model: tiny, lora: l)
+            trainer.computeDType = dtype
+            l.parameters.forEach { $0.zeroGrad() }
+            let loss = try trainer.accumulateGradients(batch, gradScale: 1 / Float(batch.scoredTokens), dropoutSeed: nil)
+            return (loss.mean, l.parameters.map { $0.grad.array })
+        }
+        let (loss32, grads32) = try step(.fp32)
+        let (loss16, grads16) = try step(.bf16)
+        XCTAssertNotEqual(loss16, loss32, "bf16 rounding shows")
+        XCTAssertEqual(loss16, loss32, accuracy: 8 * 0x1p-8 * abs(loss32))
+        var worst = 0.0
+        for (p, (a, b)) in zip(l.parameters, zip(grads32, grads16)) {
+            let norm = sqrt(a.reduce(0.0) { $0 + Double($1) * Double($1) })
+            let diff = sqrt(zip(a, b).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) })
+            guard norm > 0 else { continue }
+            worst = max(worst, diff / norm)
+            XCTAssertLessThan(diff, 8 * 0x1p-8 * norm, p.name)
+        }
+        print("bf16 step: loss \(loss16) vs \(loss32); worst relative gradient difference \(worst)")
     }
 }

@@ -59,12 +59,16 @@ public struct LayerContext {
     let dropoutSeed: UInt64?
     /// The family's linears, whose order numbers the dropout streams.
     let order: [LinearSpec]
+    /// What the frozen 4-bit products compute in (bf16: inputs and weights rounded to bf16,
+    /// fp32 sums and outputs); adapters, norms and everything else stay fp32.
+    let dtype: ComputeDType
 
-    init(adapters: LayerAdapters?, acts: BlockActivations, dropoutSeed: UInt64?, order: [LinearSpec]) {
+    init(adapters: LayerAdapters?, acts: BlockActivations, dropoutSeed: UInt64?, order: [LinearSpec], dtype: ComputeDType = .fp32) {
         self.adapters = adapters
         saved = acts.lora
         self.dropoutSeed = dropoutSeed
         self.order = order
+        self.dtype = dtype
     }
 
     /// The weight a norm computes with: its trained copy, or the frozen one.
@@ -96,9 +100,11 @@ struct LinearRun {
     let frozen: [LoRAAdapter]
     let saved: LoRAAdapter.Saved?
     let dropoutSeed: UInt64?
+    let dtype: ComputeDType
 
     init(_ weight: QuantizedMatrix, _ m: LinearSpec, context ctx: LayerContext) {
         self.weight = weight
+        dtype = ctx.dtype
         adapter = ctx.adapters?.adapters[m]
         frozen = ctx.adapters?.frozen[m] ?? []
         saved = ctx.saved[m]
@@ -109,7 +115,8 @@ struct LinearRun {
     func forward(_ x: FloatBuffer, into y: UnsafeMutablePointer<Float>, tokens T: Int, accumulate: Bool = false) throws {
         try StepProfile.measure(.gemmForward, flops: 2 * Double(T * weight.rows * weight.cols)) {
             try weight.forward(UnsafeBufferPointer(start: x.base, count: T * weight.cols),
-                               into: UnsafeMutableBufferPointer(start: y, count: T * weight.rows), tokens: T, accumulate: accumulate)
+                               into: UnsafeMutableBufferPointer(start: y, count: T * weight.rows), tokens: T, accumulate: accumulate,
+                               dtype: dtype)
         }
         if let adapter, let saved {
             try StepProfile.measure(.lora) {
@@ -128,7 +135,8 @@ struct LinearRun {
                   accumulate: Bool) throws {
         try StepProfile.measure(.gemmBackward, flops: 2 * Double(T * weight.rows * weight.cols)) {
             try weight.backward(UnsafeBufferPointer(start: dy, count: T * weight.rows),
-                                into: UnsafeMutableBufferPointer(start: dx, count: T * weight.cols), tokens: T, accumulate: accumulate)
+                                into: UnsafeMutableBufferPointer(start: dx, count: T * weight.cols), tokens: T, accumulate: accumulate,
+                                dtype: dtype)
         }
         if let adapter, let saved {
             try StepProfile.measure(.lora) {
