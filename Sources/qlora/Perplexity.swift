@@ -31,6 +31,7 @@ struct Perplexity: ParsableCommand {
     @OptionGroup var adapterOptions: AdapterOptions
     @Option(help: QuantizedModel.KQuantTarget.help)
     var kQuants: QuantizedModel.KQuantTarget = .q4_1
+    @Option(help: "What the frozen 4-bit GEMMs compute in: fp32, bf16 (AVX512-BF16) or auto.") var computeDtype = ComputeDTypeChoice.fp32
     @Option(help: .hidden) var logitsOut: String?  // --text holds token ids: see writeLogits
 
     func validate() throws {
@@ -43,6 +44,7 @@ struct Perplexity: ParsableCommand {
     func run() throws {
         if let logitsOut { return try writeLogits(to: logitsOut) }
         let base = try LanguageModel(path: model, kQuants: kQuants)
+        base.model.computeDType = try computeDtype.resolved()
         guard ctx <= base.model.config.maxPositionEmbeddings else {
             throw ValidationError("--ctx \(ctx) is longer than the model's context, \(base.model.config.maxPositionEmbeddings)")
         }

@@ -15,6 +15,9 @@ public final class DecoderModel: @unchecked Sendable {
     public let rope: RotaryEmbedding
     /// LoRA adapters (and trained norms) applied in every forward, without dropout.
     public let adapters: ModelAdapters?
+    /// What `forward`'s frozen 4-bit GEMMs compute in (bf16 needs AVX512-BF16); a model made
+    /// from this one with adapters keeps it.
+    public var computeDType: ComputeDType = .fp32
 
     public init(_ model: QuantizedModel) throws {
         config = model.config
@@ -38,6 +41,7 @@ public final class DecoderModel: @unchecked Sendable {
         weights = base.weights
         rope = base.rope
         self.adapters = adapters
+        computeDType = base.computeDType
     }
 
     public convenience init(path: String, kQuants: QuantizedModel.KQuantTarget = .q4_1) throws {
@@ -62,7 +66,7 @@ public final class DecoderModel: @unchecked Sendable {
         let tables = rope.tables(from: P, count: T)
         let family = c.family
         for (l, layer) in weights.layers.enumerated() {
-            let context = LayerContext(adapters: adapters?.layers[l], acts: acts, dropoutSeed: nil, order: family.linears)
+            let context = LayerContext(adapters: adapters?.layers[l], acts: acts, dropoutSeed: nil, order: family.linears, dtype: computeDType)
             try family.block.forward(y: y, x: x, acts: acts, layer: layer, rope: tables.layer(l, config: c), cache: cache?.layer(l), config: c,
                                      layerIndex: l, context: context)
             swap(&x, &y)
