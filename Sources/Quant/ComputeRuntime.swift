@@ -167,4 +167,24 @@ public enum ComputeRuntime {
         qk_sgemm_omp(transposeA ? 1 : 0, transposeB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b, Int64(ldb),
                      beta, c, Int64(ldc), Int32(threads))
     }
+
+    /// A product with a dense fp32 matrix W [rows, cols] in bf16, as the quantized GEMMs run
+    /// with `ComputeDType.bf16`: W and the input rounded to bf16 (nearest even), fp32 sums.
+    /// `transposeW` true: out[T, rows] = input[T, cols] · Wᵀ (a forward); false: out[T, cols] =
+    /// input[T, rows] · W (its backward). `accumulate` adds into `out`. Throws
+    /// `.bf16Unavailable` on CPUs without AVX512_BF16.
+    public static func bf16Product(weights w: UnsafePointer<Float>, rows: Int, cols: Int, transposeW: Bool,
+                                   input: UnsafePointer<Float>, tokens T: Int, out: UnsafeMutablePointer<Float>,
+                                   accumulate: Bool = false, threads: Int = 0) throws(QuantError) {
+        _ = try prepare()
+        let beta: Float = accumulate ? 1 : 0
+        let rc = transposeW
+            ? qk_dense_forward_bf16(w, Int64(rows), Int64(cols), input, out, Int64(T), beta, Int32(threads))
+            : qk_dense_backward_bf16(w, Int64(rows), Int64(cols), input, out, Int64(T), beta, Int32(threads))
+        switch rc {
+        case 0: return
+        case Int32(QK_GEMM_NO_BF16): throw .bf16Unavailable(cpu: CPUInfo.current.brand)
+        default: throw .outOfMemory("buffers for a dense [\(rows), \(cols)] bf16 product")
+        }
+    }
 }

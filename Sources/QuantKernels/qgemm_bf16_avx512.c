@@ -186,17 +186,19 @@ static int reads_blocks(const qk_matrix *w) {
     return w->cols % 16 == 0 && (qk_is_ggml(w->format) || w->block_size % 16 == 0);
 }
 
-/* C[M, N] (ldc) = A[M, K] (lda) · B(W) + beta·C; `forward` says how B is read from W. */
-BF16 static int run(const qk_matrix *w, const float *a, int64_t lda, float *c, int64_t ldc, int64_t M, int64_t N, int64_t K,
-                    float beta, int threads, int forward) {
+/* C[M, N] (ldc) = A[M, K] (lda) · B(W) + beta·C; `forward` says how B is read from W, which
+ * is either a block matrix `w` or, when `w` is NULL, a dense fp32 matrix `dense` with rows of
+ * `dense_ld` floats, read in place as if it were an already dequantized tile. */
+BF16 static int run(const qk_matrix *w, const float *dense, int64_t dense_ld, const float *a, int64_t lda, float *c, int64_t ldc,
+                    int64_t M, int64_t N, int64_t K, float beta, int threads, int forward) {
     const int64_t slices = (K + KC - 1) / KC; /* equal kc slices, multiples of 32 */
     const int64_t kcs = slices > 0 ? ((K + slices - 1) / slices + 31) / 32 * 32 : 32;
     const int64_t blocks = (M + MR - 1) / MR, kp_all = (K + 1) / 2;
     uint32_t *ap = grow(&tls_a, &tls_a_cap, (size_t)(blocks * kp_all * MR) * sizeof(uint32_t));
     if (!ap) return QK_GEMM_NO_MEMORY;
     const pack_fn pack = forward ? pack_forward : pack_backward;
-    const int direct = reads_blocks(w);
-    const __m512 code = w->code ? _mm512_loadu_ps(w->code) : _mm512_setzero_ps();
+    const int direct = w && reads_blocks(w), tiled = w && !direct;
+    const __m512 code = w && w->code ? _mm512_loadu_ps(w->code) : _mm512_setzero_ps();
     int failed = 0;
     int nt = threads > 0 ? threads : omp_get_max_threads();
     if (nt > (N + 15) / 16) nt = (int)((N + 15) / 16);
@@ -213,18 +215,18 @@ BF16 static int run(const qk_matrix *w, const float *a, int64_t lda, float *c, i
             ncb = ((n1 - n0 + parts - 1) / parts + NR - 1) / NR * NR;
         }
         uint32_t *bp = grow(&tls_b, &tls_b_cap, (size_t)((kcs / 2) * ncb) * sizeof(uint32_t));
-        float *tile = direct ? NULL : grow(&tls_tile, &tls_tile_cap, (size_t)(kcs * ncb) * sizeof(float));
-        if (!bp || (!direct && !tile)) {
+        float *tile = tiled ? grow(&tls_tile, &tls_tile_cap, (size_t)(kcs * ncb) * sizeof(float)) : NULL;
+        if (!bp || (tiled && !tile)) {
 #pragma omp atomic write
             failed = 1;
         }
-        for (int64_t pc = 0; pc < K && bp && (direct || tile); pc += kcs) {
+        for (int64_t pc = 0; pc < K && bp && (!tiled || tile); pc += kcs) {
             const int64_t kc = min64(kcs, K - pc);
             const int mode = pc > 0 ? ADD : (beta == 0.0f ? STORE : (beta == 1.0f ? ADD : SCALE_ADD));
             for (int64_t jc = n0; jc < n1; jc += ncb) {
                 const int64_t nc = min64(ncb, n1 - jc);
-                panel_source s = {w, code, NULL, 0, 0, 0};
-                if (!direct) { /* forward: rows jc.., columns pc..; backward: rows pc.., columns jc.. */
+                panel_source s = {w, code, dense, dense_ld, 0, 0};
+                if (tiled) { /* forward: rows jc.., columns pc..; backward: rows pc.., columns jc.. */
                     s.tile = tile;
                     s.r0 = forward ? jc : pc;
                     s.c0 = forward ? pc : jc;
@@ -250,11 +252,25 @@ BF16 static int run(const qk_matrix *w, const float *a, int64_t lda, float *c, i
 int qk_gemm_forward_bf16(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads) {
     if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
     if (T <= 0) return 0;
-    return run(w, x, w->cols, y, w->rows, T, w->rows, w->cols, beta, threads, 1);
+    return run(w, NULL, 0, x, w->cols, y, w->rows, T, w->rows, w->cols, beta, threads, 1);
 }
 
 int qk_gemm_backward_bf16(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta, int threads) {
     if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
     if (T <= 0) return 0;
-    return run(w, dy, w->rows, dx, w->cols, T, w->cols, w->rows, beta, threads, 0);
+    return run(w, NULL, 0, dy, w->rows, dx, w->cols, T, w->cols, w->rows, beta, threads, 0);
+}
+
+/* Dense W: the LM head of models whose embedding is fp32 (safetensors folders, F32/F16 GGUF
+ * embeddings), rounded to bf16 as it is packed, exactly as a dequantized tile is. */
+int qk_dense_forward_bf16(const float *w, int64_t rows, int64_t cols, const float *x, float *y, int64_t T, float beta, int threads) {
+    if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
+    if (T <= 0) return 0;
+    return run(NULL, w, cols, x, cols, y, rows, T, rows, cols, beta, threads, 1);
+}
+
+int qk_dense_backward_bf16(const float *w, int64_t rows, int64_t cols, const float *dy, float *dx, int64_t T, float beta, int threads) {
+    if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
+    if (T <= 0) return 0;
+    return run(NULL, w, cols, dy, rows, dx, cols, T, cols, rows, beta, threads, 0);
 }

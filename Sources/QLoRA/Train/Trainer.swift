@@ -123,9 +123,14 @@ public final class Trainer {
     /// What the last block's output is turned into a loss by: the causal LM's next-token
     /// cross-entropy unless said otherwise.
     public var objective: any TrainingObjective
-    /// What the frozen 4-bit GEMMs compute in, forward and backward (`ComputeDType.bf16` needs
-    /// AVX512-BF16: `ComputeRuntime.bf16Available`); LoRA, norms, attention and the head stay fp32.
-    public var computeDType: ComputeDType = .fp32
+    /// What the frozen products compute in, forward and backward — the 4-bit GEMMs and the LM
+    /// head (`ComputeDType.bf16` needs AVX512-BF16: `ComputeRuntime.bf16Available`); LoRA,
+    /// norms and attention stay fp32. The model's own setting, so the objective's head pass
+    /// and the no-grad passes (DPO's reference, scoring) compute as the step does.
+    public var computeDType: ComputeDType {
+        get { model.computeDType }
+        set { model.computeDType = newValue }
+    }
 
     /// The step's buffers, reused from step to step.
     private let arena = FloatArena()

@@ -176,6 +176,10 @@ int qk_bf16_available(void);
  * written) where qk_bf16_available() is 0. threads <= 0: OpenMP's default. */
 int qk_gemm_forward_bf16(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads);
 int qk_gemm_backward_bf16(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta, int threads);
+/* The same for a dense fp32 W [rows, cols] (row-major), rounded to bf16 as it is packed:
+ * Y[T, rows] = X[T, cols] · Wᵀ + beta·Y, and dX[T, cols] = dY[T, rows] · W + beta·dX. */
+int qk_dense_forward_bf16(const float *w, int64_t rows, int64_t cols, const float *x, float *y, int64_t T, float beta, int threads);
+int qk_dense_backward_bf16(const float *w, int64_t rows, int64_t cols, const float *dy, float *dx, int64_t T, float beta, int threads);
 /* The scalar references: the same rounding of the inputs, fp64 sums, one thread; any CPU.
  * Return 0 or QK_GEMM_NO_MEMORY. */
 int qk_gemm_forward_bf16_ref(const qk_matrix *w, const float *x, float *y, int64_t T, float beta);

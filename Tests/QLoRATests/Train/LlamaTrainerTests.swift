@@ -197,6 +197,7 @@ final class BF16TrainerTests: XCTestCase {
             throw XCTSkip("this CPU has no AVX512-BF16 (\((try? RuntimeReport.current().cpu) ?? "unknown")): the bf16 step is not run")
         }
         let tiny = LlamaTrainerTests.tiny
+        defer { tiny.computeDType = .fp32 }  // the trainer sets the shared model's dtype
         let l = try ModelAdapters(model: tiny, config: LoRAConfig(rank: 4, alpha: 8), trainNorms: true, seed: 11)
         var rng = SplitMix64(seed: 99)
         for p in l.parameters where p.name.hasSuffix("lora_B.weight") {

@@ -98,7 +98,7 @@ public final class DecoderModel: @unchecked Sendable {
                             trainable: adapters?.finalNorm, tokens: n, eps: config.rmsNormEps)
         var logits = [Float](repeating: 0, count: n * V)
         try logits.withUnsafeMutableBufferPointer { (out) throws in
-            try weights.lmHead.forward(xn.base, rows: n, width: C, vocab: V, into: out.baseAddress!)
+            try weights.lmHead.forward(xn.base, rows: n, width: C, vocab: V, into: out.baseAddress!, dtype: computeDType)
         }
         if let cap = config.finalLogitSoftcap {
             for i in logits.indices { logits[i] = cap * tanhf(logits[i] / cap) }

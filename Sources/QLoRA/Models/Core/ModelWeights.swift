@@ -99,33 +99,43 @@ public enum TokenMatrix: Sendable {
         }
     }
 
-    /// logits[n, V] = x[n, C] · Wᵀ.
+    /// logits[n, V] = x[n, C] · Wᵀ, in `dtype` (the model's compute dtype: the head is the
+    /// largest frozen product of a small model's step).
     func forward(_ x: UnsafePointer<Float>, rows n: Int, width C: Int, vocab V: Int,
-                 into logits: UnsafeMutablePointer<Float>) throws {
-        switch self {
-        case let .dense(w):
+                 into logits: UnsafeMutablePointer<Float>, dtype: ComputeDType = .fp32) throws {
+        switch (self, dtype) {
+        case let (.dense(w), .fp32):
             try w.withUnsafeBufferPointer { (w) throws in
                 try ComputeRuntime.parallelSgemm(transposeB: true, m: n, n: V, k: C, a: x, lda: C, b: w.baseAddress!, ldb: C,
                                          beta: 0, c: logits, ldc: V)
             }
-        case let .quantized(m):
+        case let (.dense(w), .bf16):
+            try w.withUnsafeBufferPointer { (w) throws in
+                try ComputeRuntime.bf16Product(weights: w.baseAddress!, rows: V, cols: C, transposeW: true, input: x, tokens: n, out: logits)
+            }
+        case let (.quantized(m), _):
             try m.forward(UnsafeBufferPointer(start: x, count: n * C), into: UnsafeMutableBufferPointer(start: logits, count: n * V),
-                          tokens: n)
+                          tokens: n, dtype: dtype)
         }
     }
 
-    /// dx[n, C] (+)= dlogits[n, V] · W.
+    /// dx[n, C] (+)= dlogits[n, V] · W, in `dtype`.
     func backward(_ dLogits: UnsafePointer<Float>, rows n: Int, width C: Int, vocab V: Int,
-                  into dx: UnsafeMutablePointer<Float>, accumulate: Bool) throws {
-        switch self {
-        case let .dense(w):
+                  into dx: UnsafeMutablePointer<Float>, accumulate: Bool, dtype: ComputeDType = .fp32) throws {
+        switch (self, dtype) {
+        case let (.dense(w), .fp32):
             try w.withUnsafeBufferPointer { (w) throws in
                 try ComputeRuntime.parallelSgemm(transposeB: false, m: n, n: C, k: V, a: dLogits, lda: V, b: w.baseAddress!, ldb: C,
                                          beta: accumulate ? 1 : 0, c: dx, ldc: C)
             }
-        case let .quantized(m):
+        case let (.dense(w), .bf16):
+            try w.withUnsafeBufferPointer { (w) throws in
+                try ComputeRuntime.bf16Product(weights: w.baseAddress!, rows: V, cols: C, transposeW: false, input: dLogits, tokens: n,
+                                               out: dx, accumulate: accumulate)
+            }
+        case let (.quantized(m), _):
             try m.backward(UnsafeBufferPointer(start: dLogits, count: n * V), into: UnsafeMutableBufferPointer(start: dx, count: n * C),
-                           tokens: n, accumulate: accumulate)
+                           tokens: n, accumulate: accumulate, dtype: dtype)
         }
     }
 }

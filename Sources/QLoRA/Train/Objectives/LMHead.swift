@@ -49,7 +49,7 @@ enum LMHead {
                 first += n
                 continue
             }
-            try model.weights.lmHead.forward(xn.base + first * C, rows: n, width: C, vocab: V, into: logits.base)
+            try model.weights.lmHead.forward(xn.base + first * C, rows: n, width: C, vocab: V, into: logits.base, dtype: model.computeDType)
             // Gemma 2's final soft-capping: logits ← cap·tanh(logits / cap), keeping tanh for the backward.
             if let cap = c.finalLogitSoftcap, let tanhs {
                 for i in 0..<(n * V) {
@@ -65,7 +65,8 @@ enum LMHead {
             total = total + LossSum(sum: sum, tokens: labels.reduce(0) { $1 == -100 ? $0 : $0 + 1 })
             if let dxn {
                 if let tanhs { for i in 0..<(n * V) { logits.base[i] *= 1 - tanhs.base[i] * tanhs.base[i] } }
-                try model.weights.lmHead.backward(logits.base, rows: n, width: C, vocab: V, into: dxn.base + first * C, accumulate: false)
+                try model.weights.lmHead.backward(logits.base, rows: n, width: C, vocab: V, into: dxn.base + first * C, accumulate: false,
+                                                  dtype: model.computeDType)
             }
             first += n
         }
