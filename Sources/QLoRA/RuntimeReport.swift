@@ -36,6 +36,9 @@ public struct RuntimeReport: Codable, Sendable {
             "cpu flags: \(cpuFlags.joined(separator: " "))",
             "dequantize simd: \(simd)",
             "bf16 gemm: \(bf16GEMM ? "available (AVX512_BF16)" : "unavailable (no AVX512_BF16): fp32 only")",
+            "compute dtype: " + (bf16GEMM
+                ? "bf16 for training and generation (--compute-dtype auto: this CPU has AVX512_BF16; a run checks a probe batch's loss against fp32 first), fp32 for perplexity and scoring unless asked"
+                : "fp32 (auto: this CPU has no AVX512_BF16)"),
             "blas core: \(blasCore) (\(blasCoreReason))",
             "blas library: \(blasLibrary) — \(blasConfig)",
             "threads: \(threads) (OpenMP tiles; OpenBLAS runs 1 thread inside each)",

@@ -203,7 +203,7 @@ struct TrainSpeed: ParsableCommand {
     var maskPrompt = false
     @Flag(help: "With a preference --objective: alternate each step with an SFT step on the same rows and scored tokens and report the ratio (same machine load for both).")
     var againstSft = false
-    @Option(help: "What the frozen 4-bit GEMMs compute in: fp32 or bf16 (AVX512-BF16).") var computeDtype = ComputeDTypeChoice.fp32
+    @Option(help: ComputeDTypeChoice.help(default: .fp32)) var computeDtype = ComputeDTypeChoice.fp32
     @Flag(help: "Print JSON for scripts.") var json = false
 
     func validate() throws {

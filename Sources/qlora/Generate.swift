@@ -35,6 +35,7 @@ struct Generate: ParsableCommand {
     @OptionGroup var adapterOptions: AdapterOptions
     @Option(help: QuantizedModel.KQuantTarget.help)
     var kQuants: QuantizedModel.KQuantTarget = .q4_1
+    @Option(help: ComputeDTypeChoice.help(default: .auto)) var computeDtype = ComputeDTypeChoice.auto
     @Option(help: "Text to continue, as it is.") var prompt: String?
     @Option(help: "A user message, wrapped in the chat template.") var chat: String?
     @Option(help: "System prompt for --chat (default: the template's own, if it has one).") var system: String?
@@ -62,7 +63,9 @@ struct Generate: ParsableCommand {
     }
 
     func run() throws {
-        let runs = try adapterOptions.runs(try LanguageModel(path: model, kQuants: kQuants))
+        let base = try LanguageModel(path: model, kQuants: kQuants)
+        base.model.computeDType = try computeDtype.resolved()  // the prompt's pass; decoding stays fp32
+        let runs = try adapterOptions.runs(base)
         let seed = seed ?? UInt64(Date().timeIntervalSince1970 * 1e6)
         for (label, lm) in runs {
             if runs.count > 1 || adapterOptions.each { FileHandle.standardOutput.write(Data("=== \(label) ===\n".utf8)) }

@@ -31,7 +31,7 @@ struct Perplexity: ParsableCommand {
     @OptionGroup var adapterOptions: AdapterOptions
     @Option(help: QuantizedModel.KQuantTarget.help)
     var kQuants: QuantizedModel.KQuantTarget = .q4_1
-    @Option(help: "What the frozen 4-bit GEMMs compute in: fp32, bf16 (AVX512-BF16) or auto.") var computeDtype = ComputeDTypeChoice.fp32
+    @Option(help: ComputeDTypeChoice.help(default: .fp32)) var computeDtype = ComputeDTypeChoice.fp32
     @Option(help: .hidden) var logitsOut: String?  // --text holds token ids: see writeLogits
 
     func validate() throws {

@@ -33,6 +33,7 @@ struct Score: ParsableCommand {
     @Option(help: "Longest sequence in tokens; longer pairs and rows are skipped and counted.") var maxLen = 1024
     @Option(help: "Pairs (or rows) per forward pass.") var batchSize = 8
     @Option(help: QuantizedModel.KQuantTarget.help) var kQuants: QuantizedModel.KQuantTarget = .q4_1
+    @Option(help: ComputeDTypeChoice.help(default: .fp32)) var computeDtype = ComputeDTypeChoice.fp32
     @Option(help: "Chat template family when the model's is not recognized: \(ChatTemplate.Family.allCases.map(\.rawValue).joined(separator: ", ")).")
     var chatTemplate: ChatTemplate.Family?
     @Flag(help: "Pairs: print the summary as one JSON object.") var json = false
@@ -45,6 +46,7 @@ struct Score: ParsableCommand {
 
     func run() throws {
         let lm = try LanguageModel(path: model, kQuants: kQuants)
+        lm.model.computeDType = try computeDtype.resolved()
         let directory = try AdapterFiles.resolve(adapter, ema: ema)
         let set = AdapterSet(base: lm.model)
         let adapters = try set.adapters(try set.load(directory))

@@ -76,8 +76,11 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     public var centerRewards: Double?
     /// DPO's reference: a frozen adapter (nil: the adapter the run starts from, or the base).
     public var refAdapter: String?
-    /// What the frozen 4-bit GEMMs compute in (nil: fp32).
+    /// What the frozen 4-bit GEMMs and the LM head compute in (nil: fp32).
     public var computeDtype: ComputeDTypeChoice?
+    /// What the run computes in: `computeDtype` resolved when the run started (`auto`'s
+    /// choice), so a resumed run keeps it (nil in runs written before it was recorded).
+    public var computeDtypeInUse: ComputeDTypeChoice?
 
     public init(model: String, data: String) {
         self.model = model
@@ -120,6 +123,38 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
 /// `--compute-dtype`: fp32, bf16 (AVX512-BF16 needed), or auto (bf16 where the CPU has it).
 public enum ComputeDTypeChoice: String, Codable, Sendable, CaseIterable {
     case fp32, bf16, auto
+
+    /// `auto`'s quality bound: bf16 is taken when a probe batch's loss in bf16 is within this
+    /// relative difference of fp32's (the perplexity bound; runs measured ≈ 0.05%).
+    public static let autoTolerance = 0.005
+
+    /// What `auto` computes in for this model here: bf16 where the CPU has AVX512-BF16 and the
+    /// loss of `probe` (a validation batch, causal-LM cross-entropy, adapters as they start)
+    /// computed in bf16 is within `autoTolerance` of fp32's; else fp32. Returns the dtype and
+    /// why, in words. Other choices resolve as `resolved()`, without a probe.
+    public func resolved(model: DecoderModel, lora: ModelAdapters, probe: TokenBatch?,
+                         tolerance: Double = autoTolerance) throws -> (ComputeDType, String) {
+        guard self == .auto else { return (try resolved(), "--compute-dtype \(rawValue)") }
+        guard ComputeRuntime.bf16Available else {
+            return (.fp32, "auto: this CPU (\((try? RuntimeReport.current().cpu) ?? "unknown")) has no AVX512-BF16")
+        }
+        guard let probe, probe.scoredTokens > 0 else { return (.bf16, "auto: AVX512-BF16 present (no probe batch)") }
+        let kept = model.computeDType
+        defer { model.computeDType = kept }
+        let trainer = Trainer(model: model, lora: lora, objective: CausalLMObjective())
+        var loss: [ComputeDType: Double] = [:]
+        for dtype in [ComputeDType.fp32, .bf16] {
+            model.computeDType = dtype
+            loss[dtype] = try trainer.loss(probe).mean
+        }
+        let (l32, l16) = (loss[.fp32]!, loss[.bf16]!)
+        let relative = abs(l16 - l32) / max(abs(l32), 1e-12)
+        let measured = String(format: "probe loss %.4f in bf16, %.4f in fp32 (%.3f%%)", l16, l32, 100 * relative)
+        if relative.isFinite, relative <= tolerance {
+            return (.bf16, "auto: AVX512-BF16 present, \(measured)")
+        }
+        return (.fp32, "auto: \(measured), above the \(tolerance * 100)% bound: staying in fp32")
+    }
 
     /// The dtype on this CPU; bf16 where the CPU lacks it is refused by name.
     public func resolved() throws -> ComputeDType {
@@ -308,7 +343,7 @@ public final class TrainingRun {
     /// every pair first (or reads them back from the run, `ReferenceLogProbs`).
     public init(config: TrainingConfig, directory: String, model: DecoderModel, train: any TrainingData, validation: any TrainingData,
                 resume: Bool, onEvent: (TrainingEvent) -> Void) throws {
-        self.config = config
+        var config = config
         self.directory = directory
         self.model = model
         let kind = config.objectiveKind
@@ -335,7 +370,28 @@ public final class TrainingRun {
             lora = trained
         }
         trainer = Trainer(model: model, lora: lora, gradientCheckpointing: config.gradCheckpoint, objective: objective)
-        trainer.computeDType = try (config.computeDtype ?? .fp32).resolved()
+        if resume, let inUse = config.computeDtypeInUse {
+            // What the run computed in when it started. `auto` moved to a CPU without bf16 goes
+            // on in fp32 rather than stop; an explicit bf16 is refused there, as at the start.
+            if inUse == .bf16, config.computeDtype == .auto, !ComputeRuntime.bf16Available {
+                trainer.computeDType = .fp32
+                onEvent(.message("compute dtype: fp32 — the run started in bf16 (auto) but this CPU has no AVX512-BF16; "
+                                 + "updates from here differ from an uninterrupted run by bf16's rounding"))
+            } else {
+                trainer.computeDType = try inUse.resolved()
+            }
+        } else if resume {
+            // A run from before the choice was recorded: resolved as it was then (auto: bf16
+            // wherever the CPU has it).
+            trainer.computeDType = try (config.computeDtype ?? .fp32).resolved()
+        } else {
+            let probe = validation.evaluationBatches(batchSize: 4).first
+            let (dtype, why) = try (config.computeDtype ?? .fp32).resolved(model: model, lora: lora, probe: probe)
+            trainer.computeDType = dtype
+            config.computeDtypeInUse = dtype == .bf16 ? .bf16 : .fp32
+            if config.computeDtype == .auto { onEvent(.message("compute dtype: \(dtype) (\(why))")) }
+        }
+        self.config = config
         optimizer = AdamW(parameters: lora.parameters, .init(beta1: config.beta1, beta2: config.beta2, eps: config.eps,
                                                              weightDecay: config.weightDecay))
         let perEpoch = (train.count + config.batchSize - 1) / config.batchSize

@@ -1,5 +1,6 @@
 import Foundation
 @testable import QLoRA
+import Quant
 import XCTest
 
 /// The training loop on the tiny NF4 Llama with synthetic data: the loss falls, and a run
@@ -129,6 +130,44 @@ final class TrainingRunTests: XCTestCase {
         }
     }
 
+    /// `--compute-dtype auto`: bf16 where the CPU has it and a probe batch's loss holds (the
+    /// choice is recorded in config.json, and a stopped run resumes in it, bit for bit); fp32
+    /// where the probe's difference is above the bound, or the CPU lacks bf16.
+    func testAutoComputeDtypeIsProbedRecordedAndKeptOnResume() throws {
+        defer { Self.model.computeDType = .fp32 }
+        let probe = TokenBatch(data(count: 4, seed: 5).batches(size: 4)[0])
+        let lora = try ModelAdapters(model: Self.model, config: try config(1).lora, trainNorms: true, seed: 3)
+        let (strict, why) = try ComputeDTypeChoice.auto.resolved(model: Self.model, lora: lora, probe: probe, tolerance: 0)
+        XCTAssertEqual(strict, .fp32, why)
+        XCTAssertEqual(Self.model.computeDType, .fp32, "the probe leaves the model's dtype as it found it")
+        let (chosen, reason) = try ComputeDTypeChoice.auto.resolved(model: Self.model, lora: lora, probe: probe)
+        XCTAssertEqual(chosen, ComputeRuntime.bf16Available ? .bf16 : .fp32, reason)
+        if ComputeRuntime.bf16Available { XCTAssertTrue(reason.contains("probe loss"), reason) }
+
+        func start(_ dir: String, resume: Bool) throws -> TrainingRun {
+            var c = config(6)
+            c.computeDtype = .auto
+            return try TrainingRun(config: c, directory: dir, model: Self.model, train: data(count: 24, seed: 1),
+                                   validation: data(count: 6, seed: 2).sortedLongestFirst(), resume: resume) { _ in }
+        }
+        let a = try temporaryDirectory(), b = try temporaryDirectory()
+        let full = try start(a, resume: false)
+        XCTAssertEqual(full.trainer.computeDType, chosen)
+        XCTAssertEqual(try TrainingRun.loadConfig(run: a).computeDtypeInUse, chosen == .bf16 ? .bf16 : .fp32)
+        XCTAssertTrue(try full.run { _ in })
+        let first = try start(b, resume: false)
+        XCTAssertFalse(try first.run(shouldStop: { first.step >= 3 }) { _ in })
+        Self.model.computeDType = .fp32  // as a fresh process finds it
+        var resumed = try TrainingRun.loadConfig(run: b)
+        resumed.computeDtype = .auto
+        let second = try TrainingRun(config: resumed, directory: b, model: Self.model, train: data(count: 24, seed: 1),
+                                     validation: data(count: 6, seed: 2).sortedLongestFirst(), resume: true) { _ in }
+        XCTAssertEqual(second.trainer.computeDType, chosen)
+        XCTAssertTrue(try second.run { _ in })
+        XCTAssertEqual(comparable(try rows(a)), comparable(try rows(b)))
+        for (x, y) in zip(full.lora.parameters, second.lora.parameters) { XCTAssertEqual(x.values, y.values, x.name) }
+    }
+
     /// `--adapter PATH [--ema]` (export, merge): a run's directory means its lora_final, --ema the
     /// _ema sibling; what is missing is refused with what was looked for.
     func testAdapterPathsResolveToARunsDirectories() throws {
@@ -240,12 +279,14 @@ final class TrainingRunTests: XCTestCase {
         let dir = try temporaryDirectory()
         _ = try start(dir, steps: 3)
         let path = dir + "/" + RunLayout.configFile
-        XCTAssertEqual(try TrainingRun.loadConfig(run: dir), config(3))
+        var written = config(3)
+        written.computeDtypeInUse = .fp32  // what the run chose, recorded beside what it was asked
+        XCTAssertEqual(try TrainingRun.loadConfig(run: dir), written)
         var json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
         XCTAssertNil(json["ema_trainable_only"])
         json["ema_trainable_only"] = true
         try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: path))
-        XCTAssertEqual(try TrainingRun.loadConfig(run: dir), config(3))
+        XCTAssertEqual(try TrainingRun.loadConfig(run: dir), written)
     }
 
     func testRefusesEmptyOrFullyMaskedDataAndAnExistingRun() throws {

@@ -116,7 +116,7 @@ struct LinearRun {
         try StepProfile.measure(.gemmForward, flops: 2 * Double(T * weight.rows * weight.cols)) {
             try weight.forward(UnsafeBufferPointer(start: x.base, count: T * weight.cols),
                                into: UnsafeMutableBufferPointer(start: y, count: T * weight.rows), tokens: T, accumulate: accumulate,
-                               dtype: dtype)
+                               dtype: dtype.effective(tokens: T))
         }
         if let adapter, let saved {
             try StepProfile.measure(.lora) {
@@ -136,7 +136,7 @@ struct LinearRun {
         try StepProfile.measure(.gemmBackward, flops: 2 * Double(T * weight.rows * weight.cols)) {
             try weight.backward(UnsafeBufferPointer(start: dy, count: T * weight.rows),
                                 into: UnsafeMutableBufferPointer(start: dx, count: T * weight.cols), tokens: T, accumulate: accumulate,
-                                dtype: dtype)
+                                dtype: dtype.effective(tokens: T))
         }
         if let adapter, let saved {
             try StepProfile.measure(.lora) {

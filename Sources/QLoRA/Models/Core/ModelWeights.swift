@@ -103,7 +103,7 @@ public enum TokenMatrix: Sendable {
     /// largest frozen product of a small model's step).
     func forward(_ x: UnsafePointer<Float>, rows n: Int, width C: Int, vocab V: Int,
                  into logits: UnsafeMutablePointer<Float>, dtype: ComputeDType = .fp32) throws {
-        switch (self, dtype) {
+        switch (self, dtype.effective(tokens: n)) {
         case let (.dense(w), .fp32):
             try w.withUnsafeBufferPointer { (w) throws in
                 try ComputeRuntime.parallelSgemm(transposeB: true, m: n, n: V, k: C, a: x, lda: C, b: w.baseAddress!, ldb: C,
@@ -115,14 +115,14 @@ public enum TokenMatrix: Sendable {
             }
         case let (.quantized(m), _):
             try m.forward(UnsafeBufferPointer(start: x, count: n * C), into: UnsafeMutableBufferPointer(start: logits, count: n * V),
-                          tokens: n, dtype: dtype)
+                          tokens: n, dtype: dtype.effective(tokens: n))
         }
     }
 
     /// dx[n, C] (+)= dlogits[n, V] · W, in `dtype`.
     func backward(_ dLogits: UnsafePointer<Float>, rows n: Int, width C: Int, vocab V: Int,
                   into dx: UnsafeMutablePointer<Float>, accumulate: Bool, dtype: ComputeDType = .fp32) throws {
-        switch (self, dtype) {
+        switch (self, dtype.effective(tokens: n)) {
         case let (.dense(w), .fp32):
             try w.withUnsafeBufferPointer { (w) throws in
                 try ComputeRuntime.parallelSgemm(transposeB: false, m: n, n: C, k: V, a: dLogits, lda: V, b: w.baseAddress!, ldb: C,
@@ -135,7 +135,7 @@ public enum TokenMatrix: Sendable {
             }
         case let (.quantized(m), _):
             try m.backward(UnsafeBufferPointer(start: dLogits, count: n * V), into: UnsafeMutableBufferPointer(start: dx, count: n * C),
-                           tokens: n, accumulate: accumulate, dtype: dtype)
+                           tokens: n, accumulate: accumulate, dtype: dtype.effective(tokens: n))
         }
     }
 }
