@@ -1,4 +1,5 @@
 import Foundation
+import QuantKernels
 import Quant
 
 /// One LoRA adapter on a frozen linear W [out, in], PEFT's `lora.Linear` with bias "none":
@@ -72,8 +73,7 @@ public final class LoRAAdapter {
         if let dx {
             if let seed = dropoutSeed, let t = dropped {   // reuse its buffer for the product
                 try productGA(g.base, tokens: T, into: t.base, accumulate: false)
-                Self.applyDropout(into: t.base, from: t.base, count: T * n, p: dropout, seed: seed)
-                for i in 0..<(T * n) { dx[i] += t.base[i] }
+                Self.applyDropout(into: dx, from: t.base, count: T * n, p: dropout, seed: seed, accumulate: true)
             } else {
                 try productGA(g.base, tokens: T, into: dx, accumulate: true)
             }
@@ -129,10 +129,11 @@ public final class LoRAAdapter {
     }
 
     /// out[i] = x[i] / (1 − p) where the hash of (seed, i) keeps it, else 0 (torch's
-    /// inverted dropout). Same seed, same mask.
+    /// inverted dropout), or out[i] += that when `accumulate`. Same seed, same mask:
+    /// `DropoutStream.drops`, computed by the C kernel (vectorized, on the OpenMP threads).
     static func applyDropout(into out: UnsafeMutablePointer<Float>, from x: UnsafePointer<Float>, count: Int, p: Float,
-                             seed: UInt64) {
+                             seed: UInt64, accumulate: Bool = false) {
         let keep = 1 / (1 - p), threshold = UInt64(Double(p) * 0x1p53)
-        for i in 0..<count { out[i] = DropoutStream.drops(seed, i, threshold: threshold) ? 0 : x[i] * keep }
+        qk_lora_dropout(out, x, Int64(count), seed, threshold, keep, accumulate ? 1 : 0, 0)
     }
 }

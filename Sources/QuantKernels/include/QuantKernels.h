@@ -3,3 +3,4 @@
 #include "ggml_types.h"
 #include "model_ops.h"
 #include "model_ops_backward.h"
+#include "lora_ops.h"
