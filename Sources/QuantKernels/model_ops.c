@@ -54,7 +54,10 @@ void qk_softmax_forward(float *x, int64_t rows, int64_t N) {
     for (int64_t r = 0; r < rows; r++) qk_softmax_row(x + r * N, N);
 }
 
+int qk_swiglu_forward_simd(float *h, const float *gate, const float *up, int64_t n); /* activations_avx512.c */
+
 void qk_swiglu_forward(float *h, const float *gate, const float *up, int64_t n) {
+    if (qk_swiglu_forward_simd(h, gate, up, n) == 0) return;
     for (int64_t i = 0; i < n; i++) h[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 

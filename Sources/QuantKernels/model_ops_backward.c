@@ -54,7 +54,10 @@ void qk_rope_backward(float *dx, const float *cos_t, const float *sin_t, int64_t
     }
 }
 
+int qk_swiglu_backward_simd(float *dgate, float *dup, const float *dh, const float *gate, const float *up, int64_t n);
+
 void qk_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, int64_t n) {
+    if (qk_swiglu_backward_simd(dgate, dup, dh, gate, up, n) == 0) return;
     for (int64_t i = 0; i < n; i++) {
         const float g = gate[i], e = 1.0f + expf(-g);
         const float sig = 1.0f / e;

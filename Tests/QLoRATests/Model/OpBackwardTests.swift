@@ -377,3 +377,49 @@ private enum BackwardReference {
         }
     }
 }
+
+/// SwiGLU's AVX-512 path (activations_avx512.c: its own exp, 16 lanes, OpenMP) against float64
+/// over a long row with every tail length's worth of elements, arguments out to ±100 (exp's
+/// overflow and underflow), and NaN; and against the scalar path it replaces.
+final class SwiGLUSIMDTests: XCTestCase {
+    func testSIMDMatchesFloat64AndTheScalarPath() {
+        var rng = SplitMix64(seed: 31)
+        let n = 3 * 8192 + 37
+        var gate = rng.normals(n, scale: 6), up = rng.normals(n), dh = rng.normals(n)
+        for (i, v) in [Float(100), -100, 89, -89, 88.5, -88.5, 0, -0.0, 1e-30, .nan].enumerated() { gate[1000 + i] = v }
+        up[1009] = 1
+        dh[1009] = 1
+        func run() -> (h: [Float], dgate: [Float], dup: [Float]) {
+            var h = [Float](repeating: -7, count: n), dgate = h, dup = h
+            qk_swiglu_forward(&h, gate, up, Int64(n))
+            qk_swiglu_backward(&dgate, &dup, dh, gate, up, Int64(n))
+            return (h, dgate, dup)
+        }
+        let saved = qk_isa_get()
+        defer { qk_isa_set(saved) }
+        let simd = run()
+        qk_isa_set(QK_ISA_SCALAR)
+        let scalar = run()
+        for i in 0..<n {
+            let g = Double(gate[i]), u = Double(up[i]), d = Double(dh[i])
+            guard !g.isNaN else {
+                XCTAssertTrue(simd.h[i].isNaN && simd.dgate[i].isNaN && simd.dup[i].isNaN, "NaN gate stays NaN at \(i)")
+                continue
+            }
+            let s = 1 / (1 + exp(-g))
+            // (value, float64, scalar path, magnitude of its terms): dgate's 1 + g(1 − σ) cancels
+            // near g ≈ −1.28, and 1 − σ carries σ's rounding (ε/2 absolute) times |g|, so its
+            // error scales with 1 + |g|(1 − σ) + |g|/8, not with the result.
+            let refs = [(simd.h[i], g * s * u, scalar.h[i], abs(g * s * u)), (simd.dup[i], d * g * s, scalar.dup[i], abs(d * g * s)),
+                        (simd.dgate[i], d * u * s * (1 + g * (1 - s)), scalar.dgate[i], abs(d * u) * s * (1 + abs(g) * (1 - s) + abs(g) / 8))]
+            for (k, (got, ref, old, size)) in refs.enumerated() {
+                // A handful of fp32 roundings plus exp's 2 ulp; absolute where fp32 underflows
+                // (exp(89) is +inf in fp32: silu(−89) comes out −0 on both paths, 3e-37 in float64).
+                let tol = 8 * Double(Float.ulpOfOne) * size + 1e-36
+                XCTAssertLessThanOrEqual(abs(Double(got) - ref), tol, "output \(k) at \(i): gate \(g), got \(got), float64 \(ref), scalar \(old)")
+                XCTAssertLessThanOrEqual(abs(Double(got) - Double(old)), 2 * tol,
+                                         "output \(k) at \(i) against the scalar path")
+            }
+        }
+    }
+}
