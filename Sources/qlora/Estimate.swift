@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import QLoRA
+import Quant
 
 struct Estimate: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -32,6 +33,8 @@ struct Estimate: ParsableCommand {
     @Option(help: "Tokens per sequence.") var maxLen = 256
     @Flag(help: "Per-block gradient checkpointing.") var gradCheckpoint = false
     @Option(help: "EMA decay (0: no EMA shadows).") var ema = 0.999
+    @Option(help: "What the run computes in, as qlora train takes it (bf16 adds the rounded input panel).")
+    var computeDtype = ComputeDTypeChoice.auto
     @Flag(help: "Print JSON (with total_bytes) for scripts.") var json = false
 
     func run() throws {
@@ -48,7 +51,8 @@ struct Estimate: ParsableCommand {
         try lora.validate(layers: config.numLayers)
         let sequences = batchSize * (objective.usesPairs ? 2 : 1)
         let e = MemoryEstimate(config: config, frozenBytes: frozen, lora: lora, trainNorms: trainNorms, sequences: sequences,
-                               length: maxLen, gradientCheckpointing: gradCheckpoint, ema: ema > 0)
+                               length: maxLen, gradientCheckpointing: gradCheckpoint, ema: ema > 0,
+                               computeDType: computeDtype == .fp32 || !ComputeRuntime.bf16Available ? .fp32 : .bf16)
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

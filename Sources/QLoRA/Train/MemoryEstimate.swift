@@ -1,4 +1,5 @@
 import Foundation
+import Quant
 
 /// What a training run will hold, by part, before it starts — the arithmetic mirrors what
 /// Trainer allocates (one arena per step) and what the model and optimizer keep.
@@ -34,7 +35,7 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
     public static let runtimeBytes = 40 << 20
 
     public init(config c: ModelConfig, frozenBytes: Int, lora: LoRAConfig, trainNorms: Bool, sequences B: Int, length T: Int,
-                gradientCheckpointing: Bool, ema: Bool, headChunkRows: Int = 128, threads: Int = 2,
+                gradientCheckpointing: Bool, ema: Bool, headChunkRows: Int = 128, threads: Int = 2, computeDType: ComputeDType = .fp32,
                 availableBytes: Int = Int(ProcessInfo.processInfo.physicalMemory)) {
         let N = B * T, C = c.hiddenSize, F = c.intermediateSize
         let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
@@ -60,7 +61,12 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
         emaBytes = ema ? 4 * adapterFloats : 0
         activationBytes = 4 * (kept + inputs + scratch + dropout)
         logitsBytes = 4 * ((c.finalLogitSoftcap == nil ? 1 : 2) * min(headChunkRows, N) * c.vocabSize + 2 * N * C + N)   // + tanh of a soft-capped chunk
-        bufferBytes = Self.runtimeBytes + threads * (4 << 20)
+        // bf16 products round their input (X, dY or a chunk of logit gradients) into a bf16
+        // panel the calling thread keeps for the next call: the largest of them, rows rounded up
+        // to the kernel's 8, 2 bytes each. Their W panels fit in the per-thread 4 MiB.
+        let widest = max(C, F, qDim, kvDim), rows8 = { ($0 + 7) / 8 * 8 }
+        let bf16Panel = computeDType == .bf16 ? 2 * max(rows8(N) * widest, rows8(min(headChunkRows, N)) * c.vocabSize) : 0
+        bufferBytes = Self.runtimeBytes + threads * (4 << 20) + bf16Panel
         totalBytes = frozenWeightsBytes + adapterBytes + gradientBytes + optimizerBytes + emaBytes + activationBytes
             + logitsBytes + bufferBytes
         self.availableBytes = availableBytes

@@ -1,5 +1,6 @@
 import Foundation
 @testable import QLoRA
+import Quant
 import XCTest
 
 /// The memory estimate against what a training step really allocates.
@@ -25,6 +26,23 @@ final class MemoryEstimateTests: XCTestCase {
             XCTAssertEqual(e.optimizerBytes, 2 * e.adapterBytes)
             XCTAssertEqual(e.totalBytes, e.frozenWeightsBytes + e.adapterBytes + e.gradientBytes + e.optimizerBytes + e.emaBytes
                            + e.activationBytes + e.logitsBytes + e.bufferBytes)
+        }
+    }
+
+    /// bf16 adds the calling thread's rounded input panel, the largest a step rounds: a chunk of
+    /// the head's logit gradients for a wide vocabulary, the MLP's [N, F] input otherwise.
+    func testBF16CountsTheRoundedInputPanel() throws {
+        let model = LlamaTrainerTests.tiny, c = model.config, lora = LoRAConfig(rank: 4, alpha: 8)
+        for (B, T) in [(2, 16), (64, 512)] {
+            func estimate(_ dtype: ComputeDType) -> MemoryEstimate {
+                MemoryEstimate(config: c, frozenBytes: model.frozenBytes, lora: lora, trainNorms: false, sequences: B, length: T,
+                               gradientCheckpointing: false, ema: false, computeDType: dtype)
+            }
+            let (fp32, bf16) = (estimate(.fp32), estimate(.bf16))
+            let N = B * T, widest = max(c.hiddenSize, c.intermediateSize, c.numHeads * c.headDim)
+            let headPanel = 2 * ((min(128, N) + 7) / 8 * 8) * c.vocabSize, inputPanel = 2 * ((N + 7) / 8 * 8) * widest
+            XCTAssertEqual(bf16.bufferBytes - fp32.bufferBytes, max(headPanel, inputPanel), "batch \(B) × \(T)")
+            XCTAssertEqual(bf16.totalBytes - fp32.totalBytes, max(headPanel, inputPanel))
         }
     }
 
