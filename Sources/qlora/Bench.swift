@@ -138,6 +138,7 @@ struct ModelSpeed: ParsableCommand {
     @Option(help: "Prompt length (pp).") var promptTokens = 512
     @Option(help: "Tokens to generate (tg).") var genTokens = 128
     @Option(help: "Runs; medians are reported.") var runs = 3
+    @Option(help: ComputeDTypeChoice.help(default: .fp32)) var computeDtype = ComputeDTypeChoice.fp32
     @Flag(help: "Print JSON for scripts.") var json = false
 
     func validate() throws {
@@ -145,7 +146,8 @@ struct ModelSpeed: ParsableCommand {
     }
 
     func run() throws {
-        let r = try ModelBench.run(path: model, promptTokens: promptTokens, generatedTokens: genTokens, runs: runs) {
+        let r = try ModelBench.run(path: model, promptTokens: promptTokens, generatedTokens: genTokens, runs: runs,
+                                   computeDType: try computeDtype.resolved()) {
             FileHandle.standardError.write(Data("\($0)\n".utf8))
         }
         if json {
@@ -154,8 +156,9 @@ struct ModelSpeed: ParsableCommand {
             print(String(decoding: try encoder.encode(r), as: UTF8.self))
         } else {
             try RuntimeReport.current().lines.forEach { print($0) }
-            print(String(format: "%@: load %.2f s | pp%d %.1f tokens/s | tg%d %.1f tokens/s | peak RSS %.0f MB", r.model, r.loadSeconds,
-                         r.promptTokens, r.promptTokensPerSecond, r.generatedTokens, r.generationTokensPerSecond, Double(r.peakRSSBytes) / 1e6))
+            print(String(format: "%@ (%@): load %.2f s | pp%d %.1f tokens/s | tg%d %.1f tokens/s | peak RSS %.0f MB", r.model, r.computeDType,
+                         r.loadSeconds, r.promptTokens, r.promptTokensPerSecond, r.generatedTokens, r.generationTokensPerSecond,
+                         Double(r.peakRSSBytes) / 1e6))
         }
     }
 }

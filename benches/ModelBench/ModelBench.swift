@@ -1,5 +1,6 @@
 import Foundation
 import QLoRA
+import Quant
 
 /// `qlora bench model`: prompt processing and generation speed of a model as qlora runs it,
 /// the way llama-bench reports pp512 / tg128 (prompt of N random tokens in one forward; N
@@ -14,12 +15,15 @@ public enum ModelBench {
         public var generatedTokens: Int
         public var generationTokensPerSecond: Double
         public var peakRSSBytes: Int
+        public var computeDType: String
     }
 
-    public static func run(path: String, promptTokens: Int, generatedTokens: Int, runs: Int,
+    /// `computeDType`: what the prompt's products compute in (decoding's single rows stay fp32).
+    public static func run(path: String, promptTokens: Int, generatedTokens: Int, runs: Int, computeDType: ComputeDType = .fp32,
                            progress: (String) -> Void) throws -> Result {
         let start = Date()
         let model = try DecoderModel(path: path)
+        model.computeDType = computeDType
         let load = Date().timeIntervalSince(start)
         var rng = SplitMix64(seed: 512)
         let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(model.config.vocabSize)) }
@@ -36,7 +40,8 @@ public enum ModelBench {
             tg.append(Double(generatedTokens) / Date().timeIntervalSince(t))
         }
         return Result(model: path, loadSeconds: load, promptTokens: promptTokens, promptTokensPerSecond: median(pp),
-                      generatedTokens: generatedTokens, generationTokensPerSecond: median(tg), peakRSSBytes: RuntimeMemory.peakRSS())
+                      generatedTokens: generatedTokens, generationTokensPerSecond: median(tg), peakRSSBytes: RuntimeMemory.peakRSS(),
+                      computeDType: computeDType.rawValue)
     }
 
     static func median(_ v: [Double]) -> Double {
