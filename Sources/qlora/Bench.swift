@@ -198,6 +198,7 @@ struct TrainSpeed: ParsableCommand {
     @Option(help: "Tokens per sequence.") var length = 256
     @Flag(help: "Recompute each block in the backward (per-block gradient checkpointing).") var gradCheckpoint = false
     @Option(help: "EMA decay of the adapters' shadows, updated every step (0: no EMA).") var ema = 0.0
+    @Option(help: "LoRA dropout, a fresh mask each step (0: none; qlora train's default is 0.05).") var loraDropout: Float = 0
     @Option(help: "Timed steps; the median is reported.") var steps = 5
     @Option(help: "Untimed steps first.") var warmup = 1
     @Option(help: "Objective of the step: sft, or a preference one (reward, dpo, orpo, simpo: --batch rows are --batch/2 pairs, first half of each row the prompt).")
@@ -216,6 +217,7 @@ struct TrainSpeed: ParsableCommand {
             throw ValidationError("--rank, --batch, --steps must be positive, --length at least 2")
         }
         guard (0..<1).contains(ema) else { throw ValidationError("--ema must be in [0, 1), got \(ema)") }
+        guard (0..<1).contains(loraDropout) else { throw ValidationError("--lora-dropout must be in [0, 1), got \(loraDropout)") }
     }
 
     func run() throws {
@@ -228,6 +230,7 @@ struct TrainSpeed: ParsableCommand {
         c.length = length
         c.gradientCheckpointing = gradCheckpoint
         c.ema = ema
+        c.loraDropout = loraDropout
         c.steps = steps
         c.warmup = warmup
         c.objective = objective
@@ -242,8 +245,8 @@ struct TrainSpeed: ParsableCommand {
             return
         }
         try RuntimeReport.current().lines.forEach { print($0) }
-        print(String(format: "%@, %@, %@ GEMMs: r %d, batch %d × %d, checkpointing %@, EMA %@: %.1f tokens/s (step %.2f s), peak RSS %.0f MiB, %d trainable",
-                     r.model, r.objective, r.dtype, r.rank, r.batch, r.length, r.gradientCheckpointing ? "on" : "off", r.ema > 0 ? "\(r.ema)" : "off",
+        print(String(format: "%@, %@, %@ GEMMs: r %d, batch %d × %d, checkpointing %@, EMA %@, dropout %@: %.1f tokens/s (step %.2f s), peak RSS %.0f MiB, %d trainable",
+                     r.model, r.objective, r.dtype, r.rank, r.batch, r.length, r.gradientCheckpointing ? "on" : "off", r.ema > 0 ? "\(r.ema)" : "off", r.loraDropout > 0 ? "\(r.loraDropout)" : "off",
                      r.tokensPerSecond, r.stepSecondsMedian, Double(r.peakRSSBytes) / 1048576, r.trainableParameters))
         print("kind          s/step   share")
         for kind in StepProfile.Kind.allCases.map(\.rawValue) + ["other"] {

@@ -21,6 +21,8 @@ public enum TrainBench {
         public var gradientCheckpointing = false
         /// EMA decay of the adapters' shadows, updated every step (0: no EMA).
         public var ema = 0.0
+        /// LoRA dropout (0: none; `qlora train`'s default is 0.05), a fresh mask each step.
+        public var loraDropout: Float = 0
         public var steps = 5
         public var warmup = 1
         /// What the step trains for. A preference objective reads the batch as batch/2 pairs
@@ -48,6 +50,7 @@ public enum TrainBench {
         public var length: Int
         public var gradientCheckpointing: Bool
         public var ema: Double
+        public var loraDropout: Float
         public var trainableParameters: Int
         public var steps: Int
         public var stepSecondsMedian: Double
@@ -78,7 +81,7 @@ public enum TrainBench {
         } else {
             model = try DecoderModel(path: c.model)
         }
-        let lora = try ModelAdapters(model: model, config: LoRAConfig(rank: c.rank, alpha: Float(2 * c.rank)), scoreHead: c.objective == .reward, seed: 1)
+        let lora = try ModelAdapters(model: model, config: LoRAConfig(rank: c.rank, alpha: Float(2 * c.rank), dropout: c.loraDropout), scoreHead: c.objective == .reward, seed: 1)
         var run = TrainingConfig(model: c.model, data: "")
         run.objective = c.objective
         let trainer = Trainer(model: model, lora: lora, gradientCheckpointing: c.gradientCheckpointing, objective: run.makeObjective)
@@ -110,7 +113,8 @@ public enum TrainBench {
             StepProfile.install(timed ? profile : nil)
             let start = DispatchTime.now().uptimeNanoseconds
             lora.parameters.forEach { $0.zeroGrad() }
-            let loss = try trainer.accumulateGradients(batch, gradScale: scale, dropoutSeed: nil)
+            let dropoutSeed = c.loraDropout > 0 ? DropoutStream.step(seed: 1, update: s, micro: 0) : nil
+            let loss = try trainer.accumulateGradients(batch, gradScale: scale, dropoutSeed: dropoutSeed)
             StepProfile.measure(.optimizer) {
                 clipGradNorm(lora.parameters, maxNorm: 1)
                 optimizer.update(lr: 1e-4)
@@ -123,7 +127,7 @@ public enum TrainBench {
             if let sft {
                 let start = DispatchTime.now().uptimeNanoseconds
                 lora.parameters.forEach { $0.zeroGrad() }
-                _ = try sft.accumulateGradients(sftBatch, gradScale: 1 / Float(sftBatch.scoredTokens), dropoutSeed: nil)
+                _ = try sft.accumulateGradients(sftBatch, gradScale: 1 / Float(sftBatch.scoredTokens), dropoutSeed: dropoutSeed)
                 clipGradNorm(lora.parameters, maxNorm: 1)
                 optimizer.update(lr: 1e-4)
                 if let ema { ema.update() }
@@ -148,7 +152,7 @@ public enum TrainBench {
         return Result(model: c.shape.map { $0.rawValue + (c.layers.map { " (\($0) layers)" } ?? "") } ?? c.model,
                       objective: c.objective.rawValue + (c.maskPrompt && !c.objective.usesPairs ? " (prompt halves unscored)" : ""),
                       dtype: "\(c.dtype)", rank: c.rank, batch: c.batch, length: c.length, gradientCheckpointing: c.gradientCheckpointing,
-                      ema: c.ema, trainableParameters: lora.trainableCount, steps: c.steps, stepSecondsMedian: median,
+                      ema: c.ema, loraDropout: c.loraDropout, trainableParameters: lora.trainableCount, steps: c.steps, stepSecondsMedian: median,
                       tokensPerSecond: Double(c.batch * c.length) / median, peakRSSBytes: peak,
                       shares: shares, seconds: perStep, frozenGFLOPS: frozenFLOPs / frozenSeconds / 1e9,
                       denseGFLOPS: try denseGFLOPS(model: model, tokens: c.batch * c.length),
