@@ -1,8 +1,8 @@
 /* dequant_avx512.c — AVX-512 twins of qk_dequantize_blocks_scalar. The 16-entry codebook
  * sits in one zmm register and `vpermps` looks 16 codes up at once. Bit-exact with the
- * scalar reference (same single fp32 multiply per element; Q4_1 multiply then add). */
-#include "blocks.h"
-#include <immintrin.h>
+ * scalar reference (same single fp32 multiply per element; Q4_1 multiply then add; Q5_0,
+ * Q5_1 and the K-quants through ggml16_avx512.h, the same operations as their reference). */
+#include "ggml16_avx512.h"
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 
@@ -65,6 +65,14 @@ AVX512 void qk_dequantize_blocks_avx512(const qk_matrix *w, int64_t b0, int64_t 
             __m512i v1 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(x->qs + 16)));
             _mm512_storeu_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(v0), d));
             _mm512_storeu_ps(y + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(v1), d));
+        }
+        break;
+    }
+    default: { /* Q5_0, Q5_1, K-quants: 16 elements at a time, as the micro-kernels read them */
+        const int64_t bytes = ggml_block_bytes(w->format);
+        for (int64_t b = b0; b < b0 + nb; b++) {
+            const uint8_t *blk = w->data + b * bytes;
+            for (int j = 0; j < bs; j += 16, y += 16) _mm512_storeu_ps(y, dequantize16_ggml(w->format, blk, j));
         }
         break;
     }

@@ -5,8 +5,7 @@
 #ifndef QK_PANELS_AVX512_H
 #define QK_PANELS_AVX512_H
 
-#include "blocks.h"
-#include <immintrin.h>
+#include "ggml16_avx512.h"
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 
@@ -47,6 +46,19 @@ AVX512 static inline __m512 dequantize16(const qk_matrix *w, __m512 code, int64_
         const block_q8_0 *x = (const block_q8_0 *)w->data + r * (w->cols / QK_GGML_BLOCK) + c / QK_GGML_BLOCK;
         const __m512i v = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(x->qs + (c & 16))));
         return _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(fp16_to_fp32(x->d)));
+    }
+    case QK_FORMAT_Q5_0:
+    case QK_FORMAT_Q5_1: {
+        const uint8_t *blk = w->data + (size_t)(r * (w->cols / QK_GGML_BLOCK) + c / QK_GGML_BLOCK) * ggml_block_bytes(w->format);
+        return dequantize16_ggml(w->format, blk, (int)(c % QK_GGML_BLOCK));
+    }
+    case QK_FORMAT_Q2_K:
+    case QK_FORMAT_Q3_K:
+    case QK_FORMAT_Q4_K:
+    case QK_FORMAT_Q5_K:
+    case QK_FORMAT_Q6_K: { /* a K-tile may start anywhere 16-aligned: find the super-block and its sub-group */
+        const uint8_t *blk = w->data + (size_t)(r * (w->cols / QK_K_BLOCK) + c / QK_K_BLOCK) * ggml_block_bytes(w->format);
+        return dequantize16_ggml(w->format, blk, (int)(c % QK_K_BLOCK));
     }
     }
     return _mm512_setzero_ps();

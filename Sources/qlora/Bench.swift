@@ -81,8 +81,10 @@ struct GEMM: ParsableCommand {
 
     func validate() throws {
         let p = try parsed
-        for shape in p.shapes where p.formats.contains(where: \.isGGML) && shape.in % 32 != 0 {
-            throw ValidationError("--shapes: in = \(shape.in) is not a multiple of 32, which ggml formats need")
+        for shape in p.shapes {
+            for f in p.formats where f.isGGML && shape.in % f.defaultBlockSize != 0 {
+                throw ValidationError("--shapes: in = \(shape.in) is not a multiple of \(f.defaultBlockSize), which \(f.rawValue) needs")
+            }
         }
         guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
