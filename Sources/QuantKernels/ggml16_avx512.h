@@ -55,8 +55,9 @@ static inline void scale_min16_k4(const uint8_t s[K_SCALE_SIZE], int g, int *sc,
     }
 }
 
-/* Elements j0 .. j0+15 of the block at blk, for Q5_0, Q5_1 and the K-quants. */
-GGML16 static inline __m512 dequantize16_ggml(qk_format format, const uint8_t *blk, int j0) {
+/* Elements j0 .. j0+15 of the block at blk, for Q5_0, Q5_1 and the K-quants. Always inlined:
+ * callers pass a constant format, and the switch folds to its case. */
+GGML16 __attribute__((always_inline)) static inline __m512 dequantize16_ggml(qk_format format, const uint8_t *blk, int j0) {
     switch (format) {
     case QK_FORMAT_Q5_0: {
         const block_q5_0 *x = (const block_q5_0 *)blk;
