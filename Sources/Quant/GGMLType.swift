@@ -77,6 +77,43 @@ public enum GGMLType: UInt32, CaseIterable, Sendable {
     }
 }
 
+extension QuantFormat {
+    /// The format the GEMMs read a GGUF tensor of `type` in, blocks as the file stores them; nil
+    /// for F32, F16 and BF16.
+    public init?(ggml type: GGMLType) {
+        switch type {
+        case .q4_0: self = .q4_0
+        case .q4_1: self = .q4_1
+        case .q5_0: self = .q5_0
+        case .q5_1: self = .q5_1
+        case .q8_0: self = .q8_0
+        case .q2_K: self = .q2_K
+        case .q3_K: self = .q3_K
+        case .q4_K: self = .q4_K
+        case .q5_K: self = .q5_K
+        case .q6_K: self = .q6_K
+        case .f32, .f16, .bf16: return nil
+        }
+    }
+
+    /// The GGUF tensor type of a ggml format; nil for bitsandbytes formats.
+    public var ggmlType: GGMLType? {
+        switch self {
+        case .q4_0: .q4_0
+        case .q4_1: .q4_1
+        case .q5_0: .q5_0
+        case .q5_1: .q5_1
+        case .q8_0: .q8_0
+        case .q2_K: .q2_K
+        case .q3_K: .q3_K
+        case .q4_K: .q4_K
+        case .q5_K: .q5_K
+        case .q6_K: .q6_K
+        case .nf4, .fp4: nil
+        }
+    }
+}
+
 /// What can go wrong dequantizing a GGUF row. Each case names the type and the values at fault.
 public enum GGMLTypeError: Error, Equatable, CustomStringConvertible {
     case invalidColumns(type: GGMLType, columns: Int)

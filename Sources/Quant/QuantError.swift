@@ -11,6 +11,7 @@ public enum QuantError: Error, Equatable, CustomStringConvertible {
     case blasUnavailable(String)
     case outOfMemory(String)
     case bf16Unavailable(cpu: String)
+    case noQuantizer(format: QuantFormat)
 
     public var description: String {
         switch self {
@@ -34,6 +35,8 @@ public enum QuantError: Error, Equatable, CustomStringConvertible {
             "out of memory: \(what)"
         case let .bf16Unavailable(cpu):
             "bf16 GEMMs need AVX-512 with AVX512_BF16, which this CPU (\(cpu)) or its OS lacks: use fp32"
+        case let .noQuantizer(format):
+            "qlora has no quantizer for \(format.rawValue): it reads such blocks as a GGUF file stores them; quantize to nf4, fp4, q4_0, q4_1 or q8_0"
         }
     }
 }

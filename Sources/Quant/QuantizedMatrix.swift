@@ -8,8 +8,9 @@ import QuantKernels
 ///   tensor (first element of a pair in the high nibble); `scales` = one fp32 absmax per
 ///   block, or double-quantized (8-bit code per block, fp32 offset, fp32 absmax per 256
 ///   blocks, 256-entry dynamic map); `code` = the 16-value codebook.
-/// - ggml (`q4_0`, `q4_1`, `q8_0`): `data` = rows·cols / 32 blocks of 18, 20 or 34 bytes,
-///   scales inside the blocks.
+/// - ggml (`q4_0`, `q4_1`, `q5_0`, `q5_1`, `q8_0`): `data` = rows·cols / 32 blocks of 18, 20,
+///   22, 24 or 34 bytes; K-quants (`q2_K` … `q6_K`): rows·cols / 256 super-blocks of 84, 110,
+///   144, 176 or 210 bytes. Scales inside the blocks, bytes as the GGUF file holds them.
 public final class QuantizedMatrix: @unchecked Sendable {
     public let rows: Int
     public let cols: Int
@@ -117,7 +118,8 @@ public final class QuantizedMatrix: @unchecked Sendable {
     }
 
     /// Quantizes fp32 values (row-major [rows, cols]) with the reference quantizers, which
-    /// reproduce bitsandbytes' and ggml's bytes.
+    /// reproduce bitsandbytes' and ggml's bytes. Formats without one (`canQuantize` false: Q5_0,
+    /// Q5_1, the K-quants, which qlora reads as files store them) throw `.noQuantizer`.
     public convenience init(quantizing values: [Float], rows: Int, cols: Int, format: QuantFormat,
                             blockSize: Int? = nil, doubleQuant: Bool = false) throws(QuantError) {
         let blockSize = blockSize ?? format.defaultBlockSize
@@ -125,6 +127,7 @@ public final class QuantizedMatrix: @unchecked Sendable {
         guard rows > 0, cols > 0, !overflow else { throw .invalidShape(rows: rows, cols: cols) }
         guard values.count == count else { throw .bufferTooSmall(what: "values to quantize", needed: count, actual: values.count) }
         try format.validate(blockSize: blockSize, cols: cols)
+        guard format.canQuantize else { throw .noQuantizer(format: format) }
         if let blockBytes = format.ggmlBlockBytes {
             var blocks = [UInt8](repeating: 0, count: count / blockSize * blockBytes)
             switch format {
@@ -154,13 +157,12 @@ public final class QuantizedMatrix: @unchecked Sendable {
     private func validateScales(blocks: Int) throws(QuantError) {
         switch scales {
         case .inBlocks:
-            let blockBytes = format.ggmlBlockBytes!
-            let halves = format == .q4_1 ? 2 : 1
+            let blockBytes = format.ggmlBlockBytes!, fields = format.ggmlScaleFields
             for b in 0..<blocks {
-                for h in 0..<halves {
-                    let bits = data.bytes.loadUnaligned(fromByteOffset: b * blockBytes + 2 * h, as: UInt16.self)
+                for (name, offset) in fields {
+                    let bits = data.bytes.loadUnaligned(fromByteOffset: b * blockBytes + offset, as: UInt16.self)
                     if bits & 0x7C00 == 0x7C00 {
-                        throw .nonFiniteScale(what: "\(format.rawValue) \(h == 0 ? "d" : "m")", block: b, value: qk_fp16_to_fp32(bits))
+                        throw .nonFiniteScale(what: "\(format.rawValue) \(name)", block: b, value: qk_fp16_to_fp32(bits))
                     }
                 }
             }
@@ -193,7 +195,8 @@ public final class QuantizedMatrix: @unchecked Sendable {
     }
 
     /// Storage bits per parameter: 4.5 for nf4 with fp32 absmax per 64, ≈ 4.127 double-quantized,
-    /// 4.5 for q4_0, 5.0 for q4_1, 8.5 for q8_0 (the per-tensor constants add a little on small matrices).
+    /// 4.5 for q4_0, 5.0 for q4_1, 5.5 for q5_0, 6.0 for q5_1, 8.5 for q8_0; 2.625, 3.4375, 4.5,
+    /// 5.5 and 6.5625 for q2_K … q6_K (the per-tensor constants add a little on small matrices).
     public var bitsPerParameter: Double { Double(byteCount * 8) / Double(count) }
 
     /// Absmax of each block as the kernels reconstruct it (bitsandbytes formats).

@@ -76,5 +76,8 @@ AVX2 void qk_dequantize_blocks_avx2(const qk_matrix *w, int64_t b0, int64_t nb, 
         }
         break;
     }
+    default: /* Q5_0, Q5_1, K-quants: the scalar reference (AVX-512 machines have their own twin) */
+        qk_dequantize_blocks_scalar(w, b0, nb, y);
+        break;
     }
 }

@@ -1,8 +1,8 @@
 /* dequant_avx512.c — AVX-512 twins of qk_dequantize_blocks_scalar. The 16-entry codebook
  * sits in one zmm register and `vpermps` looks 16 codes up at once. Bit-exact with the
- * scalar reference (same single fp32 multiply per element; Q4_1 multiply then add). */
-#include "blocks.h"
-#include <immintrin.h>
+ * scalar reference (same single fp32 multiply per element; Q4_1 multiply then add; Q5_0,
+ * Q5_1 and the K-quants through ggml16_avx512.h, the same operations as their reference). */
+#include "ggml16_avx512.h"
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 
@@ -13,6 +13,30 @@ AVX512 static inline __m512i nibbles_bnb(const uint8_t *q) {
     __m512i v = _mm512_cvtepu8_epi32(dup);
     const __m512i shifts = _mm512_set_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
     return _mm512_and_si512(_mm512_srlv_epi32(v, shifts), _mm512_set1_epi32(0x0F));
+}
+
+/* Q5_0, Q5_1 and K-quant blocks 16 elements at a time, as the micro-kernels read them, one
+ * loop per format (f constant: dequantize16_ggml folds to its case). Kept out of
+ * qk_dequantize_blocks_avx512: inlined there it slowed the Q4_0/Q4_1 loops. */
+AVX512 __attribute__((always_inline)) static inline void blocks16_as(qk_format f, const uint8_t *data, int64_t b0, int64_t nb, float *y) {
+    const int64_t bytes = ggml_block_bytes(f), bs = f == QK_FORMAT_Q5_0 || f == QK_FORMAT_Q5_1 ? QK_GGML_BLOCK : QK_K_BLOCK;
+    for (int64_t b = b0; b < b0 + nb; b++) {
+        const uint8_t *blk = data + b * bytes;
+        for (int j = 0; j < bs; j += 16, y += 16) _mm512_storeu_ps(y, dequantize16_ggml(f, blk, j));
+    }
+}
+
+AVX512 __attribute__((noinline)) static void dequantize_blocks_ggml16(const qk_matrix *w, int64_t b0, int64_t nb, float *y) {
+    switch (w->format) {
+    case QK_FORMAT_Q5_0: blocks16_as(QK_FORMAT_Q5_0, w->data, b0, nb, y); break;
+    case QK_FORMAT_Q5_1: blocks16_as(QK_FORMAT_Q5_1, w->data, b0, nb, y); break;
+    case QK_FORMAT_Q2_K: blocks16_as(QK_FORMAT_Q2_K, w->data, b0, nb, y); break;
+    case QK_FORMAT_Q3_K: blocks16_as(QK_FORMAT_Q3_K, w->data, b0, nb, y); break;
+    case QK_FORMAT_Q4_K: blocks16_as(QK_FORMAT_Q4_K, w->data, b0, nb, y); break;
+    case QK_FORMAT_Q5_K: blocks16_as(QK_FORMAT_Q5_K, w->data, b0, nb, y); break;
+    case QK_FORMAT_Q6_K: blocks16_as(QK_FORMAT_Q6_K, w->data, b0, nb, y); break;
+    default: break;
+    }
 }
 
 AVX512 void qk_dequantize_blocks_avx512(const qk_matrix *w, int64_t b0, int64_t nb, float *y) {
@@ -68,5 +92,8 @@ AVX512 void qk_dequantize_blocks_avx512(const qk_matrix *w, int64_t b0, int64_t 
         }
         break;
     }
+    default: /* Q5_0, Q5_1, K-quants */
+        dequantize_blocks_ggml16(w, b0, nb, y);
+        break;
     }
 }

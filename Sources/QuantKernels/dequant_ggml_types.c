@@ -10,53 +10,14 @@
  * Every product above is exact in fp32 (an 11-bit fp16 significand times a scale of at most
  * 8 bits times a code of at most 6 bits), so only the final add or subtract rounds: the order
  * of the products cannot change a bit, and neither could FMA contraction.
- * Q4_0, Q4_1 and Q8_0 go through the existing scalar reference (dequant_scalar.c). */
+ * Q4_0, Q4_1 and Q8_0 go through the existing scalar reference (dequant_scalar.c); the
+ * others' block functions here are that reference too (qk_dequantize_blocks_scalar calls them). */
 #include "blocks.h"
 #include "ggml_types.h"
 
-enum { QK_K = 256, K_SCALE_SIZE = 12 };
+enum { QK_K = QK_K_BLOCK };
 
-/* 32-element blocks; qh bit j is the 5th bit of element j. */
-typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[QK_GGML_BLOCK / 2]; } block_q5_0;              /* delta, high bits, nibbles */
-typedef struct { uint16_t d; uint16_t m; uint8_t qh[4]; uint8_t qs[QK_GGML_BLOCK / 2]; } block_q5_1; /* delta, min, high bits, nibbles */
-_Static_assert(sizeof(block_q5_0) == 2 + 4 + 16, "wrong q5_0 block size/padding");
-_Static_assert(sizeof(block_q5_1) == 2 + 2 + 4 + 16, "wrong q5_1 block size/padding");
-
-/* Super-blocks of 256. Q2_K, Q3_K, Q6_K: 16 groups of 16 with one scale each; Q4_K, Q5_K:
- * 8 groups of 32 with a 6-bit scale and a 6-bit min each, packed into 12 bytes. */
-typedef struct {
-    uint8_t scales[QK_K / 16]; /* low nibble: scale, high nibble: min */
-    uint8_t qs[QK_K / 4];      /* 2-bit codes */
-    uint16_t d, dmin;          /* fp16 super-scales of scales and mins */
-} block_q2_K;
-typedef struct {
-    uint8_t hmask[QK_K / 8];        /* 3rd bit of each code (set means +0, clear means -4) */
-    uint8_t qs[QK_K / 4];           /* low 2 bits */
-    uint8_t scales[K_SCALE_SIZE];   /* 16 6-bit scales, offset by 32 */
-    uint16_t d;
-} block_q3_K;
-typedef struct {
-    uint16_t d, dmin;
-    uint8_t scales[K_SCALE_SIZE];   /* 8 6-bit scales and 8 6-bit mins */
-    uint8_t qs[QK_K / 2];           /* 4-bit codes */
-} block_q4_K;
-typedef struct {
-    uint16_t d, dmin;
-    uint8_t scales[K_SCALE_SIZE];
-    uint8_t qh[QK_K / 8];           /* 5th bit: bit g of qh[l] for element 32g + l */
-    uint8_t qs[QK_K / 2];           /* low 4 bits */
-} block_q5_K;
-typedef struct {
-    uint8_t ql[QK_K / 2];           /* low 4 bits */
-    uint8_t qh[QK_K / 4];           /* high 2 bits */
-    int8_t scales[QK_K / 16];       /* 8-bit scales */
-    uint16_t d;
-} block_q6_K;
-_Static_assert(sizeof(block_q2_K) == QK_K / 16 + QK_K / 4 + 2 * 2, "wrong q2_K block size/padding");
-_Static_assert(sizeof(block_q3_K) == QK_K / 8 + QK_K / 4 + K_SCALE_SIZE + 2, "wrong q3_K block size/padding");
-_Static_assert(sizeof(block_q4_K) == 2 * 2 + K_SCALE_SIZE + QK_K / 2, "wrong q4_K block size/padding");
-_Static_assert(sizeof(block_q5_K) == 2 * 2 + K_SCALE_SIZE + QK_K / 8 + QK_K / 2, "wrong q5_K block size/padding");
-_Static_assert(sizeof(block_q6_K) == QK_K / 2 + QK_K / 4 + QK_K / 16 + 2, "wrong q6_K block size/padding");
+/* Block structs are in blocks.h, shared with the GEMMs' dequantizers. */
 
 /* Each writes nb blocks from src into y[nb * block_size]. */
 typedef void (*dequantize_blocks_fn)(const void *src, float *restrict y, int64_t nb);
@@ -95,7 +56,7 @@ static inline int code_q5(const uint8_t qs[16], uint32_t qh, int j) {
     return nibble | (int)((qh >> j) & 1) << 4;
 }
 
-static void dequantize_blocks_q5_0(const void *src, float *restrict y, int64_t nb) {
+void qk_dequantize_blocks_q5_0_ref(const void *src, float *restrict y, int64_t nb) {
     const block_q5_0 *x = src;
     for (int64_t i = 0; i < nb; i++, y += QK_GGML_BLOCK) {
         const float d = fp16_to_fp32(x[i].d);
@@ -105,7 +66,7 @@ static void dequantize_blocks_q5_0(const void *src, float *restrict y, int64_t n
     }
 }
 
-static void dequantize_blocks_q5_1(const void *src, float *restrict y, int64_t nb) {
+void qk_dequantize_blocks_q5_1_ref(const void *src, float *restrict y, int64_t nb) {
     const block_q5_1 *x = src;
     for (int64_t i = 0; i < nb; i++, y += QK_GGML_BLOCK) {
         const float d = fp16_to_fp32(x[i].d), m = fp16_to_fp32(x[i].m);
@@ -123,7 +84,7 @@ static inline int code_2bit(const uint8_t qs[QK_K / 4], int g, int l) {
     return (qs[32 * h + 16 * t + l] >> (2 * s)) & 3;
 }
 
-static void dequantize_blocks_q2_K(const void *src, float *restrict y, int64_t nb) {
+void qk_dequantize_blocks_q2_K_ref(const void *src, float *restrict y, int64_t nb) {
     const block_q2_K *x = src;
     for (int64_t i = 0; i < nb; i++) {
         const float d = fp16_to_fp32(x[i].d), dmin = fp16_to_fp32(x[i].dmin);
@@ -143,7 +104,7 @@ static inline int scale_q3_K(const uint8_t s[K_SCALE_SIZE], int g) {
     return (low | high << 4) - 32;
 }
 
-static void dequantize_blocks_q3_K(const void *src, float *restrict y, int64_t nb) {
+void qk_dequantize_blocks_q3_K_ref(const void *src, float *restrict y, int64_t nb) {
     const block_q3_K *x = src;
     for (int64_t i = 0; i < nb; i++) {
         const float d = fp16_to_fp32(x[i].d);
@@ -188,14 +149,14 @@ static void dequantize_group_k(float d, float dmin, const uint8_t *scales, const
     }
 }
 
-static void dequantize_blocks_q4_K(const void *src, float *restrict y, int64_t nb) {
+void qk_dequantize_blocks_q4_K_ref(const void *src, float *restrict y, int64_t nb) {
     const block_q4_K *x = src;
     for (int64_t i = 0; i < nb; i++)
         for (int g = 0; g < QK_K / 32; g++, y += 32)
             dequantize_group_k(fp16_to_fp32(x[i].d), fp16_to_fp32(x[i].dmin), x[i].scales, x[i].qs, NULL, g, y);
 }
 
-static void dequantize_blocks_q5_K(const void *src, float *restrict y, int64_t nb) {
+void qk_dequantize_blocks_q5_K_ref(const void *src, float *restrict y, int64_t nb) {
     const block_q5_K *x = src;
     for (int64_t i = 0; i < nb; i++)
         for (int g = 0; g < QK_K / 32; g++, y += 32)
@@ -205,7 +166,7 @@ static void dequantize_blocks_q5_K(const void *src, float *restrict y, int64_t n
 /* Q6_K: element e = 128h + 32t + l (half h, quarter t, l < 32) takes its low 4 bits from
  * nibble t/2 of ql[64h + 32·(t%2) + l], its high 2 bits from the 2 bits at 2t of
  * qh[32h + l], and scale scales[e / 16]. */
-static void dequantize_blocks_q6_K(const void *src, float *restrict y, int64_t nb) {
+void qk_dequantize_blocks_q6_K_ref(const void *src, float *restrict y, int64_t nb) {
     const block_q6_K *x = src;
     for (int64_t i = 0; i < nb; i++, y += QK_K) {
         const float d = fp16_to_fp32(x[i].d);
@@ -237,14 +198,14 @@ static const ggml_type_traits traits[] = {
     [QK_GGML_TYPE_F16]  = { "F16",  1, sizeof(uint16_t), dequantize_blocks_f16 },
     [QK_GGML_TYPE_Q4_0] = { "Q4_0", QK_GGML_BLOCK, sizeof(block_q4_0), dequantize_blocks_q4_0 },
     [QK_GGML_TYPE_Q4_1] = { "Q4_1", QK_GGML_BLOCK, sizeof(block_q4_1), dequantize_blocks_q4_1 },
-    [QK_GGML_TYPE_Q5_0] = { "Q5_0", QK_GGML_BLOCK, sizeof(block_q5_0), dequantize_blocks_q5_0 },
-    [QK_GGML_TYPE_Q5_1] = { "Q5_1", QK_GGML_BLOCK, sizeof(block_q5_1), dequantize_blocks_q5_1 },
+    [QK_GGML_TYPE_Q5_0] = { "Q5_0", QK_GGML_BLOCK, sizeof(block_q5_0), qk_dequantize_blocks_q5_0_ref },
+    [QK_GGML_TYPE_Q5_1] = { "Q5_1", QK_GGML_BLOCK, sizeof(block_q5_1), qk_dequantize_blocks_q5_1_ref },
     [QK_GGML_TYPE_Q8_0] = { "Q8_0", QK_GGML_BLOCK, sizeof(block_q8_0), dequantize_blocks_q8_0 },
-    [QK_GGML_TYPE_Q2_K] = { "Q2_K", QK_K, sizeof(block_q2_K), dequantize_blocks_q2_K },
-    [QK_GGML_TYPE_Q3_K] = { "Q3_K", QK_K, sizeof(block_q3_K), dequantize_blocks_q3_K },
-    [QK_GGML_TYPE_Q4_K] = { "Q4_K", QK_K, sizeof(block_q4_K), dequantize_blocks_q4_K },
-    [QK_GGML_TYPE_Q5_K] = { "Q5_K", QK_K, sizeof(block_q5_K), dequantize_blocks_q5_K },
-    [QK_GGML_TYPE_Q6_K] = { "Q6_K", QK_K, sizeof(block_q6_K), dequantize_blocks_q6_K },
+    [QK_GGML_TYPE_Q2_K] = { "Q2_K", QK_K, sizeof(block_q2_K), qk_dequantize_blocks_q2_K_ref },
+    [QK_GGML_TYPE_Q3_K] = { "Q3_K", QK_K, sizeof(block_q3_K), qk_dequantize_blocks_q3_K_ref },
+    [QK_GGML_TYPE_Q4_K] = { "Q4_K", QK_K, sizeof(block_q4_K), qk_dequantize_blocks_q4_K_ref },
+    [QK_GGML_TYPE_Q5_K] = { "Q5_K", QK_K, sizeof(block_q5_K), qk_dequantize_blocks_q5_K_ref },
+    [QK_GGML_TYPE_Q6_K] = { "Q6_K", QK_K, sizeof(block_q6_K), qk_dequantize_blocks_q6_K_ref },
     [QK_GGML_TYPE_BF16] = { "BF16", 1, sizeof(uint16_t), dequantize_blocks_bf16 },
 };
 

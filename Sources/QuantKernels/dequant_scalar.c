@@ -1,7 +1,25 @@
 /* dequant_scalar.c — the scalar reference dequantizers ("_ref" in ggml's terms) and the
  * range/tile entry points that pick the SIMD level. Every SIMD twin must match these bit for
- * bit: the arithmetic is the same single multiply (and add, for Q4_1). */
+ * bit: the arithmetic is the same single multiply (and add, for Q4_1). Q5_0, Q5_1 and the
+ * K-quants take their block functions from dequant_ggml_types.c, the same code that reads
+ * GGUF tensors at load, so a block dequantizes alike wherever it is read. */
 #include "blocks.h"
+
+typedef void (*ggml_blocks_fn)(const void *, float *restrict, int64_t);
+
+/* The scalar block function of Q5_0, Q5_1 or a K-quant; NULL for the other formats. */
+static ggml_blocks_fn ggml_blocks_ref(qk_format f) {
+    switch (f) {
+    case QK_FORMAT_Q5_0: return qk_dequantize_blocks_q5_0_ref;
+    case QK_FORMAT_Q5_1: return qk_dequantize_blocks_q5_1_ref;
+    case QK_FORMAT_Q2_K: return qk_dequantize_blocks_q2_K_ref;
+    case QK_FORMAT_Q3_K: return qk_dequantize_blocks_q3_K_ref;
+    case QK_FORMAT_Q4_K: return qk_dequantize_blocks_q4_K_ref;
+    case QK_FORMAT_Q5_K: return qk_dequantize_blocks_q5_K_ref;
+    case QK_FORMAT_Q6_K: return qk_dequantize_blocks_q6_K_ref;
+    default: return NULL;
+    }
+}
 
 float qk_block_absmax(const qk_matrix *w, int64_t b) { return block_absmax(w, b); }
 
@@ -29,12 +47,23 @@ float qk_dequantize_element(const qk_matrix *w, int64_t e) {
         const block_q8_0 *x = (const block_q8_0 *)w->data + e / QK_GGML_BLOCK;
         return (float)x->qs[e % QK_GGML_BLOCK] * fp16_to_fp32(x->d);
     }
+    default: { /* Q5_0, Q5_1, K-quants: its whole block, then the one element (the kernels
+                * never take this path: ggml blocks never straddle rows or tiles) */
+        float block[QK_K_BLOCK];
+        const int64_t bs = w->block_size;
+        ggml_blocks_ref(w->format)(w->data + e / bs * ggml_block_bytes(w->format), block, 1);
+        return block[e % bs];
     }
-    return 0.0f;
+    }
 }
 
 void qk_dequantize_blocks_scalar(const qk_matrix *w, int64_t b0, int64_t nb, float *y) {
     const int64_t bs = w->block_size;
+    const ggml_blocks_fn ref = ggml_blocks_ref(w->format);
+    if (ref) {
+        ref(w->data + b0 * ggml_block_bytes(w->format), y, nb);
+        return;
+    }
     for (int64_t b = b0; b < b0 + nb; b++, y += bs) {
         switch (w->format) {
         case QK_FORMAT_NF4:
@@ -71,6 +100,7 @@ void qk_dequantize_blocks_scalar(const qk_matrix *w, int64_t b0, int64_t nb, flo
             for (int j = 0; j < QK_GGML_BLOCK; j++) y[j] = (float)x->qs[j] * d;
             break;
         }
+        default: break; /* the formats ggml_blocks_ref took above */
         }
     }
 }

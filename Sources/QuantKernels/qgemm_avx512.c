@@ -28,27 +28,41 @@ static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* ---- B packing: panels of NR columns, kc rows; columns past the matrix are zero --------- */
 /* Forward: B[k][j] = W[n0 + j][k0 + k], i.e. 16 W rows dequantized, then transposed. */
-AVX512 static void pack_forward(const qk_matrix *w, __m512 code, int64_t n0, int64_t nc, int64_t k0, int64_t kc, float *bp) {
+AVX512 ALWAYS_INLINE static inline void pack_forward_as(qk_format f, const qk_matrix *w, __m512 code, int64_t n0, int64_t nc,
+                                                        int64_t k0, int64_t kc, float *bp) {
     for (int64_t p = 0; p < nc; p += NR, bp += kc * NR)
         for (int g = 0; g < NV; g++) {
             const int64_t r0 = n0 + p + 16 * g, valid = r0 < n0 + nc ? min64(16, n0 + nc - r0) : 0;
             for (int64_t k = 0; k < kc; k += 16) {
                 __m512 v[16];
-                for (int i = 0; i < 16; i++) v[i] = i < valid ? dequantize16(w, code, r0 + i, k0 + k) : _mm512_setzero_ps();
+                for (int i = 0; i < 16; i++) v[i] = i < valid ? dequantize16(f, w, code, r0 + i, k0 + k) : _mm512_setzero_ps();
                 transpose16(v);
                 for (int i = 0; i < 16; i++) _mm512_store_ps(bp + (k + i) * NR + 16 * g, v[i]);
             }
         }
 }
 
+AVX512 static void pack_forward(const qk_matrix *w, __m512 code, int64_t n0, int64_t nc, int64_t k0, int64_t kc, float *bp) {
+#define AS(F) pack_forward_as(F, w, code, n0, nc, k0, kc, bp)
+    WITH_FORMAT(w->format, AS)
+#undef AS
+}
+
 /* Backward: B[k][j] = W[k0 + k][n0 + j]: row segments of W are the panel rows. */
-AVX512 static void pack_backward(const qk_matrix *w, __m512 code, int64_t n0, int64_t nc, int64_t k0, int64_t kc, float *bp) {
+AVX512 ALWAYS_INLINE static inline void pack_backward_as(qk_format f, const qk_matrix *w, __m512 code, int64_t n0, int64_t nc,
+                                                         int64_t k0, int64_t kc, float *bp) {
     for (int64_t p = 0; p < nc; p += NR, bp += kc * NR) {
         const int groups = (int)((min64(NR, nc - p) + 15) / 16);
         for (int64_t k = 0; k < kc; k++)
             for (int g = 0; g < NV; g++)
-                _mm512_store_ps(bp + k * NR + 16 * g, g < groups ? dequantize16(w, code, k0 + k, n0 + p + 16 * g) : _mm512_setzero_ps());
+                _mm512_store_ps(bp + k * NR + 16 * g, g < groups ? dequantize16(f, w, code, k0 + k, n0 + p + 16 * g) : _mm512_setzero_ps());
     }
+}
+
+AVX512 static void pack_backward(const qk_matrix *w, __m512 code, int64_t n0, int64_t nc, int64_t k0, int64_t kc, float *bp) {
+#define AS(F) pack_backward_as(F, w, code, n0, nc, k0, kc, bp)
+    WITH_FORMAT(w->format, AS)
+#undef AS
 }
 
 /* ---- micro-kernel: C[mv, nvalid] (ldc) = A[mv, kc] (lda) · B panel, stored per mode -------- */

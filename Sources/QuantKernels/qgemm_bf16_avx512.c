@@ -57,8 +57,8 @@ typedef struct {
 } panel_source;
 
 /* W[r][c .. c+count), count ≤ 16, zero past count. */
-BF16 static inline __m512 load16(const panel_source *s, int64_t r, int64_t c, int64_t count) {
-    if (!s->tile) return dequantize16(s->w, s->code, r, c);
+BF16 ALWAYS_INLINE static inline __m512 load16(qk_format f, const panel_source *s, int64_t r, int64_t c, int64_t count) {
+    if (!s->tile) return dequantize16(f, s->w, s->code, r, c);
     const __mmask16 m = count >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << count) - 1);
     return _mm512_maskz_loadu_ps(m, s->tile + (r - s->r0) * s->ld + (c - s->c0));
 }
@@ -67,7 +67,9 @@ BF16 static inline __m512 load16(const panel_source *s, int64_t r, int64_t c, in
 BF16 static inline __m512i round_pair(__m512 hi, __m512 lo) { return (__m512i)_mm512_cvtne2ps_pbh(hi, lo); }
 
 /* ---- B packing: panels of NR columns, (kc+1)/2 pair rows; columns past the matrix are zero - */
-BF16 static void pack_forward(const panel_source *s, int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t *bp) {
+/* f: W's format as a constant (WITH_FORMAT, panels_avx512.h). */
+BF16 ALWAYS_INLINE static inline void pack_forward_as(qk_format f, const panel_source *s, int64_t n0, int64_t nc, int64_t k0,
+                                                      int64_t kc, uint32_t *bp) {
     const int64_t kp = (kc + 1) / 2;
     for (int64_t p = 0; p < nc; p += NR, bp += kp * NR)
         for (int g = 0; g < NV; g++) {
@@ -80,8 +82,8 @@ BF16 static void pack_forward(const panel_source *s, int64_t n0, int64_t nc, int
                         v[i] = _mm512_setzero_ps();
                         continue;
                     }
-                    const __m512 lo = load16(s, r0 + i, k0 + k, min64(16, kv));
-                    const __m512 hi = kv > 16 ? load16(s, r0 + i, k0 + k + 16, kv - 16) : _mm512_setzero_ps();
+                    const __m512 lo = load16(f, s, r0 + i, k0 + k, min64(16, kv));
+                    const __m512 hi = kv > 16 ? load16(f, s, r0 + i, k0 + k + 16, kv - 16) : _mm512_setzero_ps();
                     v[i] = _mm512_castsi512_ps(round_pair(hi, lo)); /* lane q: pair q of row i */
                 }
                 transpose16(v); /* v[q], lane i: pair q of row i */
@@ -90,7 +92,14 @@ BF16 static void pack_forward(const panel_source *s, int64_t n0, int64_t nc, int
         }
 }
 
-BF16 static void pack_backward(const panel_source *s, int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t *bp) {
+BF16 static void pack_forward(const panel_source *s, int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t *bp) {
+#define AS(F) pack_forward_as(F, s, n0, nc, k0, kc, bp)
+    WITH_FORMAT(s->w->format, AS)
+#undef AS
+}
+
+BF16 ALWAYS_INLINE static inline void pack_backward_as(qk_format f, const panel_source *s, int64_t n0, int64_t nc, int64_t k0,
+                                                       int64_t kc, uint32_t *bp) {
     /* word j of the result: (lo[j], hi[j]) from [lo0 .. lo15, hi0 .. hi15] */
     const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
                                                 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
@@ -101,12 +110,18 @@ BF16 static void pack_backward(const panel_source *s, int64_t n0, int64_t nc, in
                 const int64_t c = n0 + p + 16 * g, count = min64(16, n0 + nc - c);
                 __m512i v = _mm512_setzero_si512();
                 if (count > 0) {
-                    const __m512 lo = load16(s, k0 + 2 * q, c, count);
-                    const __m512 hi = 2 * q + 1 < kc ? load16(s, k0 + 2 * q + 1, c, count) : _mm512_setzero_ps();
+                    const __m512 lo = load16(f, s, k0 + 2 * q, c, count);
+                    const __m512 hi = 2 * q + 1 < kc ? load16(f, s, k0 + 2 * q + 1, c, count) : _mm512_setzero_ps();
                     v = _mm512_permutexvar_epi16(interleave, round_pair(hi, lo));
                 }
                 _mm512_store_si512(bp + q * NR + 16 * g, v);
             }
+}
+
+BF16 static void pack_backward(const panel_source *s, int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t *bp) {
+#define AS(F) pack_backward_as(F, s, n0, nc, k0, kc, bp)
+    WITH_FORMAT(s->w->format, AS)
+#undef AS
 }
 
 /* A[M, K] (lda) into the pair panels, rows past M and the column past an odd K zero: block ib. */

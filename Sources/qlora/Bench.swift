@@ -18,7 +18,7 @@ struct Bench: ParsableCommand {
 extension QuantFormat: ExpressibleByArgument {}
 extension QuantizedModel.KQuantTarget: ExpressibleByArgument {
     /// `--k-quants`' help, for every command that loads a model to train or evaluate.
-    static let help: ArgumentHelp = "What a GGUF's K-quants (Q2_K…Q4_K) become at load: q4_1 (same memory) or q8_0 (about twice their memory, closest to the file: Gemma 3 270M's GPL-3 perplexity 0.2% above transformers' on the exact weights instead of 2.0%)."
+    static let help: ArgumentHelp = "What a GGUF's K-quants, Q5_0 and Q5_1 become at load: as-is (the default: trained on as the file stores them, bit-exact with ggml), or requantized as older runs were: q4_1 (Q2_K…Q4_K to Q4_1, the rest to Q8_0; one more rounding: Gemma 3 270M's GPL-3 perplexity 2.0% above transformers' on the exact weights) or q8_0 (all to Q8_0, 0.2% there)."
 }
 
 extension ComputeDType: ExpressibleByArgument {}
@@ -81,8 +81,10 @@ struct GEMM: ParsableCommand {
 
     func validate() throws {
         let p = try parsed
-        for shape in p.shapes where p.formats.contains(where: \.isGGML) && shape.in % 32 != 0 {
-            throw ValidationError("--shapes: in = \(shape.in) is not a multiple of 32, which ggml formats need")
+        for shape in p.shapes {
+            for f in p.formats where f.isGGML && shape.in % f.defaultBlockSize != 0 {
+                throw ValidationError("--shapes: in = \(shape.in) is not a multiple of \(f.defaultBlockSize), which \(f.rawValue) needs")
+            }
         }
         guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }

@@ -34,7 +34,7 @@ struct Generate: ParsableCommand {
     @Option(help: "A GGUF file or a quantized model folder.") var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
     @OptionGroup var adapterOptions: AdapterOptions
     @Option(help: QuantizedModel.KQuantTarget.help)
-    var kQuants: QuantizedModel.KQuantTarget = .q4_1
+    var kQuants: QuantizedModel.KQuantTarget = .asIs
     @Option(help: ComputeDTypeChoice.help(default: .auto)) var computeDtype = ComputeDTypeChoice.auto
     @Option(help: "Text to continue, as it is.") var prompt: String?
     @Option(help: "A user message, wrapped in the chat template.") var chat: String?

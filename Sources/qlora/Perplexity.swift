@@ -30,7 +30,7 @@ struct Perplexity: ParsableCommand {
     @Option(help: "Score only the first N windows (llama-perplexity's --chunks).") var chunks: Int?
     @OptionGroup var adapterOptions: AdapterOptions
     @Option(help: QuantizedModel.KQuantTarget.help)
-    var kQuants: QuantizedModel.KQuantTarget = .q4_1
+    var kQuants: QuantizedModel.KQuantTarget = .asIs
     @Option(help: ComputeDTypeChoice.help(default: .fp32)) var computeDtype = ComputeDTypeChoice.fp32
     @Option(help: .hidden) var logitsOut: String?  // --text holds token ids: see writeLogits
 

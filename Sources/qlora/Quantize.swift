@@ -39,7 +39,7 @@ struct Quantize: ParsableCommand {
     var shape: SyntheticShape?
     @Option(help: "Blocks of the synthetic shape to keep (default: all).") var layers: Int?
     @Option(help: "Seed of the synthetic weights (qlora train --shape draws them from its --seed, 42 by default).") var seed: UInt64 = 42
-    @Option(help: "Target format: \(QuantFormat.allCases.map(\.rawValue).joined(separator: ", ")).") var format: QuantFormat = .nf4
+    @Option(help: "Target format: \(QuantFormat.allCases.filter(\.canQuantize).map(\.rawValue).joined(separator: ", ")).") var format: QuantFormat = .nf4
     @Option(help: "Block size for nf4/fp4 (a power of two, 32...4096).") var blockSize = 64
     @Flag(inversion: .prefixedNo, help: "Double-quantize the absmax of nf4/fp4 (bitsandbytes' compress_statistics, ~4.13 bits per weight).")
     var doubleQuant = true
@@ -58,6 +58,9 @@ struct Quantize: ParsableCommand {
             return
         }
         guard layers == nil else { throw ValidationError("--layers goes with --shape") }
+        guard format.canQuantize else {
+            throw ValidationError("--format \(format.rawValue): qlora reads \(format.rawValue) blocks as a GGUF file holds them but has no quantizer for it; use \(QuantFormat.allCases.filter(\.canQuantize).map(\.rawValue).joined(separator: ", "))")
+        }
         if !format.isGGML {
             guard (32...4096).contains(blockSize), blockSize & (blockSize - 1) == 0 else {
                 throw ValidationError("--block-size must be a power of two from 32 to 4096, got \(blockSize)")

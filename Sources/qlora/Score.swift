@@ -32,7 +32,7 @@ struct Score: ParsableCommand {
     @Option(help: "JSON Lines: preference pairs, or rows to score one by one.") var data: String
     @Option(help: "Longest sequence in tokens; longer pairs and rows are skipped and counted.") var maxLen = 1024
     @Option(help: "Pairs (or rows) per forward pass.") var batchSize = 8
-    @Option(help: QuantizedModel.KQuantTarget.help) var kQuants: QuantizedModel.KQuantTarget = .q4_1
+    @Option(help: QuantizedModel.KQuantTarget.help) var kQuants: QuantizedModel.KQuantTarget = .asIs
     @Option(help: ComputeDTypeChoice.help(default: .fp32)) var computeDtype = ComputeDTypeChoice.fp32
     @Option(help: "Chat template family when the model's is not recognized: \(ChatTemplate.Family.allCases.map(\.rawValue).joined(separator: ", ")).")
     var chatTemplate: ChatTemplate.Family?

@@ -194,7 +194,7 @@ struct Train: ParsableCommand {
         c.textColumn = textColumn
         c.skipBad = skipBad
         c.chatTemplate = chatTemplate?.rawValue
-        c.kQuants = kQuants
+        c.kQuants = kQuants ?? .asIs  // stored explicitly: a resumed run without it was trained on q4_1
         c.computeDtype = computeDtype
         c.loraR = loraR
         c.loraAlpha = loraAlpha

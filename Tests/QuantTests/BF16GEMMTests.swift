@@ -38,8 +38,8 @@ final class BF16GEMMTests: XCTestCase {
         try requireBF16()
         var rng = NormalSource(seed: 23)
         for (format, bs, out, inp) in Self.shapes {
-            let w = try QuantizedMatrix(quantizing: rng.array(out * inp, scale: 0.05), rows: out, cols: inp,
-                                        format: format, blockSize: bs, doubleQuant: format == .nf4 && out > 100)
+            let w = try testMatrix(format, blockSize: bs, rows: out, cols: inp, scale: 0.05,
+                                   doubleQuant: format == .nf4 && out > 100, rng: &rng)
             let wd = w.dequantize().map(Double.init)
             for T in [1, 3, 9, 17, 256] {
                 let x = rng.array(T * inp), dy = rng.array(T * out)

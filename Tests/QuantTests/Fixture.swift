@@ -1,3 +1,4 @@
+import Quant
 import Foundation
 import XCTest
 
@@ -75,4 +76,43 @@ struct NormalSource {
         Float((-2 * log(uniform())).squareRoot() * cos(2 * Double.pi * uniform()))
     }
     mutating func array(_ n: Int, scale: Float = 1) -> [Float] { (0..<n).map { _ in next() * scale } }
+}
+
+/// Random blocks of a ggml format qlora only reads (Q5_0, Q5_1, K-quants), as a matrix:
+/// random code bytes, fp16 scales of ±[0.01, 0.1]·`scale` written at ggml-common.h's offsets
+/// (spelled out here, not taken from the library, so a wrong table there shows up as NaNs or
+/// a mismatch). Every code, sub-scale and min takes values across its range.
+func randomGGMLBlocks(_ format: QuantFormat, rows: Int, cols: Int, scale: Float = 1, rng: inout NormalSource) throws -> QuantizedMatrix {
+    let (blockBytes, blockSize, scaleOffsets): (Int, Int, [Int]) = switch format {
+    case .q5_0: (22, 32, [0])
+    case .q5_1: (24, 32, [0, 2])
+    case .q2_K: (84, 256, [80, 82])
+    case .q3_K: (110, 256, [108])
+    case .q4_K: (144, 256, [0, 2])
+    case .q5_K: (176, 256, [0, 2])
+    case .q6_K: (210, 256, [208])
+    default: preconditionFailure("\(format) has a quantizer: use QuantizedMatrix(quantizing:)")
+    }
+    let blocks = rows * cols / blockSize
+    var bytes = (0..<(blocks * blockBytes)).map { _ in UInt8(truncatingIfNeeded: Int(rng.uniform() * 256)) }
+    for b in 0..<blocks {
+        for offset in scaleOffsets {
+            let d = Float(0.01 + 0.09 * rng.uniform()) * scale * (rng.uniform() < 0.5 ? -1 : 1)
+            let h = FP16.bits(from: d)
+            bytes[b * blockBytes + offset] = UInt8(h & 0xFF)
+            bytes[b * blockBytes + offset + 1] = UInt8(h >> 8)
+        }
+    }
+    return try QuantizedMatrix(rows: rows, cols: cols, format: format, data: ByteStorage(copying: bytes), scales: .inBlocks)
+}
+
+/// A matrix of `format` holding values near N(0, scale²): quantized where qlora has a
+/// quantizer, else random blocks of that format.
+func testMatrix(_ format: QuantFormat, blockSize: Int, rows: Int, cols: Int, scale: Float, doubleQuant: Bool,
+                rng: inout NormalSource) throws -> QuantizedMatrix {
+    if format.canQuantize {
+        return try QuantizedMatrix(quantizing: rng.array(rows * cols, scale: scale), rows: rows, cols: cols, format: format,
+                                   blockSize: blockSize, doubleQuant: doubleQuant)
+    }
+    return try randomGGMLBlocks(format, rows: rows, cols: cols, scale: scale, rng: &rng)
 }

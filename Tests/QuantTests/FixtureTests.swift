@@ -100,8 +100,8 @@ final class FixtureTests: XCTestCase {
         var rng = NormalSource(seed: 5)
         for format in QuantFormat.allCases {
             for dq in format.isGGML ? [false] : [false, true] {
-                let m = try QuantizedMatrix(quantizing: rng.array(37 * 320, scale: 0.3), rows: 37, cols: 320,
-                                            format: format, doubleQuant: dq)
+                let m = try testMatrix(format, blockSize: format.defaultBlockSize, rows: 37, cols: format.isKQuant ? 512 : 320,
+                                       scale: 0.3, doubleQuant: dq, rng: &rng)
                 let reference = m.dequantize(rows: 0..<37, simd: .scalar)
                 for simd in SIMDLevel.available {
                     XCTAssertNil(firstBitDifference(m.dequantize(rows: 0..<37, simd: simd), reference), "\(format) dq=\(dq) \(simd)")

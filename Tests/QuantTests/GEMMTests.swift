@@ -4,17 +4,21 @@ import XCTest
 /// The quantized GEMMs against a float64 product with the dequantized matrix.
 final class GEMMTests: XCTestCase {
     /// (format, block size, out, in): odd sizes, blocks straddling rows, several tiles, and
-    /// for the micro-kernel edges in M (T), N and K (in > its 384-column slices).
+    /// for the micro-kernel edges in M (T), N and K (in > its 384-column slices). Q5_0, Q5_1
+    /// and the K-quants are random blocks; K-quant K-slices start inside a super-block
+    /// (in = 768: slices at 384; in = 1280: at 320, 640, 960).
     static let shapes: [(QuantFormat, Int, Int, Int)] = [
         (.nf4, 64, 48, 64), (.nf4, 32, 33, 70), (.fp4, 64, 130, 96), (.nf4, 128, 300, 160),
         (.q4_0, 32, 37, 96), (.q4_1, 32, 130, 64), (.q8_0, 32, 64, 160), (.nf4, 64, 50, 800), (.q4_1, 32, 17, 416),
+        (.q5_0, 32, 37, 96), (.q5_1, 32, 65, 800), (.q2_K, 256, 33, 512), (.q3_K, 256, 19, 768),
+        (.q4_K, 256, 50, 768), (.q5_K, 256, 17, 1280), (.q6_K, 256, 40, 1280),
     ]
 
     func testForwardAndBackwardMatchFloat64() throws {
         var rng = NormalSource(seed: 11)
         for (format, bs, out, inp) in Self.shapes {
-            let w = try QuantizedMatrix(quantizing: rng.array(out * inp, scale: 0.05), rows: out, cols: inp,
-                                        format: format, blockSize: bs, doubleQuant: format == .nf4 && out > 100)
+            let w = try testMatrix(format, blockSize: bs, rows: out, cols: inp, scale: 0.05,
+                                   doubleQuant: format == .nf4 && out > 100, rng: &rng)
             let wd = w.dequantize().map(Double.init)
             for T in [1, 3, 17, 256] {
                 let x = rng.array(T * inp), dy = rng.array(T * out)

@@ -56,7 +56,8 @@ public enum GEMMBench {
         for shape in config.shapes {
             let w = (0..<(shape.out * shape.in)).map { _ in Float.random(in: -0.05...0.05, using: &rng) }
             let quantized = try config.formats.map { f in
-                try QuantizedMatrix(quantizing: w, rows: shape.out, cols: shape.in, format: f, doubleQuant: !f.isGGML)
+                f.canQuantize ? try QuantizedMatrix(quantizing: w, rows: shape.out, cols: shape.in, format: f, doubleQuant: !f.isGGML)
+                    : try randomBlocks(f, rows: shape.out, cols: shape.in, using: &rng)
             }
             progress(.measuring("dequantize \(shape.out)x\(shape.in)", done: done, total: total, elapsed: Date().timeIntervalSince(start)))
             records += dequantizeRecords(quantized, shape: shape, config: config)
@@ -68,6 +69,22 @@ public enum GEMMBench {
             }
         }
         return records
+    }
+
+    /// A matrix of random blocks of a format qlora only reads (Q5_0, Q5_1, K-quants): random
+    /// code bytes, fp16 scales of ±[1e-4, 1e-3]. The speed of the products does not depend on
+    /// the values, and dense runs on `w`'s.
+    static func randomBlocks(_ f: QuantFormat, rows: Int, cols: Int, using rng: inout SystemRandomNumberGenerator) throws -> QuantizedMatrix {
+        let blockBytes = f.ggmlBlockBytes!, blocks = rows * cols / f.defaultBlockSize
+        var bytes = (0..<(blocks * blockBytes)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        for b in 0..<blocks {
+            for (_, offset) in f.ggmlScaleFields {
+                let h = FP16.bits(from: Float.random(in: 1e-4...1e-3, using: &rng) * (Bool.random(using: &rng) ? 1 : -1))
+                bytes[b * blockBytes + offset] = UInt8(h & 0xFF)
+                bytes[b * blockBytes + offset + 1] = UInt8(h >> 8)
+            }
+        }
+        return try QuantizedMatrix(rows: rows, cols: cols, format: f, data: ByteStorage(copying: bytes), scales: .inBlocks)
     }
 
     /// Forward and backward, dense and every format, interleaved run by run.

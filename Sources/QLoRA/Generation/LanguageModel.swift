@@ -18,7 +18,7 @@ public final class LanguageModel: Sendable {
         self.chatTemplateText = chatTemplateText
     }
 
-    public convenience init(path: String, kQuants: QuantizedModel.KQuantTarget = .q4_1) throws {
+    public convenience init(path: String, kQuants: QuantizedModel.KQuantTarget = .asIs) throws {
         try self.init(QuantizedModel(path: path, kQuants: kQuants))
     }
 

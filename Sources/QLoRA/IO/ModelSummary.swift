@@ -12,7 +12,7 @@ public struct ModelSummary: Codable, Sendable {
     public var tokenizer: String?
     public var chatTemplate: Bool
     public var loadSeconds: Double
-    /// GGUF linear types requantized when the file is opened as a frozen base ("Q4_K → q4_1").
+    /// GGUF linear types requantized when the file is opened as a frozen base ("F16 → q8_0").
     public var requantizedAtLoad: [String] = []
 
     public struct Component: Codable, Sendable {

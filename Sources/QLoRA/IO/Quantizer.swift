@@ -205,7 +205,8 @@ public enum Quantizer {
 
     static func writeGGUF(_ gguf: GGUFFile, source: ModelSource, output: String, options: Options, start: Date,
                           progress: (Progress) -> Void) throws -> Int {
-        guard let target = GGMLType(ggufID: options.format.kernelID) else { throw QuantizerError.ggmlNeedsGGUFSource(format: options.format) }
+        guard let target = options.format.ggmlType else { throw QuantizerError.ggmlNeedsGGUFSource(format: options.format) }
+        guard options.format.canQuantize else { throw QuantError.noQuantizer(format: options.format) }
         var writer = GGUFWriter()
         writer.alignment = gguf.alignment
         writer.metadata = gguf.metadataKeys.map { ($0, gguf.metadata[$0]!) }
@@ -263,27 +264,6 @@ extension SafetensorsDType {
         case .I8: "int8"
         case .U8: "uint8"
         case .BOOL: "bool"
-        }
-    }
-}
-
-extension QuantFormat {
-    /// The GGUF type id of a ggml format.
-    var kernelID: UInt32 {
-        switch self {
-        case .q4_0: 2
-        case .q4_1: 3
-        case .q8_0: 8
-        default: UInt32.max
-        }
-    }
-
-    init?(ggml type: GGMLType) {
-        switch type {
-        case .q4_0: self = .q4_0
-        case .q4_1: self = .q4_1
-        case .q8_0: self = .q8_0
-        default: return nil
         }
     }
 }

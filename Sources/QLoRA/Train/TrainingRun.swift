@@ -18,7 +18,8 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     public var textColumn = "text"
     public var skipBad = false
     public var chatTemplate: String?
-    /// What a GGUF's K-quants are requantized to at load (nil: q4_1).
+    /// What a GGUF's K-quants become at load. New runs store it (`as-is` by default); nil is
+    /// a run from before the choice existed, trained on `q4_1`, and resumes on it.
     public var kQuants: QuantizedModel.KQuantTarget?
 
     public var loraR = 16

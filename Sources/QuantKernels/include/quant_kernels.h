@@ -11,8 +11,13 @@
  *    (the last block may be partial); value = code[q] * absmax. With double quantization the
  *    absmax are stored as 8-bit codes of a dynamic map, one fp32 scale per 256 of them plus
  *    one fp32 offset: absmax[b] = nested_code[absmax_q[b]] * nested_absmax[b / 256] + offset.
- *  - Q4_0, Q4_1, Q8_0 (ggml): blocks of 32 elements that never straddle rows (cols must be a
- *    multiple of 32), laid out exactly as ggml's block_q4_0 / block_q4_1 / block_q8_0.
+ *  - Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (ggml): blocks of 32 elements that never straddle rows
+ *    (cols must be a multiple of 32), laid out exactly as ggml's block_q4_0 … block_q8_0.
+ *  - Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (ggml's K-quants): super-blocks of 256 elements (cols must be
+ *    a multiple of 256), laid out exactly as ggml's block_q2_K … block_q6_K; every 16
+ *    consecutive elements of a super-block (a sub-group) share one scale (and one min).
+ *  Every ggml format is used as the GGUF file stores it and dequantized bit for bit as ggml's
+ *  dequantize_row_* (built without FMA contraction).
  */
 #ifndef QUANT_KERNELS_H
 #define QUANT_KERNELS_H
@@ -30,11 +35,19 @@ typedef enum {
     QK_FORMAT_Q4_0 = 2,
     QK_FORMAT_Q4_1 = 3,
     QK_FORMAT_Q8_0 = 4,
+    QK_FORMAT_Q5_0 = 5,
+    QK_FORMAT_Q5_1 = 6,
+    QK_FORMAT_Q2_K = 7,
+    QK_FORMAT_Q3_K = 8,
+    QK_FORMAT_Q4_K = 9,
+    QK_FORMAT_Q5_K = 10,
+    QK_FORMAT_Q6_K = 11,
 } qk_format;
 
-/* ggml block sizes (ggml-common.h: QK4_0, QK4_1, QK8_0). */
-enum { QK_GGML_BLOCK = 32 };
-enum { QK_Q4_0_BYTES = 18, QK_Q4_1_BYTES = 20, QK_Q8_0_BYTES = 34 };
+/* ggml block sizes (ggml-common.h: QK4_0 … QK8_0 = 32, QK_K = 256) and bytes per block. */
+enum { QK_GGML_BLOCK = 32, QK_K_BLOCK = 256 };
+enum { QK_Q4_0_BYTES = 18, QK_Q4_1_BYTES = 20, QK_Q8_0_BYTES = 34, QK_Q5_0_BYTES = 22, QK_Q5_1_BYTES = 24 };
+enum { QK_Q2_K_BYTES = 84, QK_Q3_K_BYTES = 110, QK_Q4_K_BYTES = 144, QK_Q5_K_BYTES = 176, QK_Q6_K_BYTES = 210 };
 /* bitsandbytes' block size for the nested (double) quantization of absmax. */
 enum { QK_NESTED_BLOCK = 256 };
 
@@ -49,7 +62,7 @@ typedef struct {
     qk_format format;
     int64_t rows;               /* out */
     int64_t cols;               /* in  */
-    int64_t block_size;         /* 32 for ggml formats */
+    int64_t block_size;         /* 32 for ggml formats, 256 for K-quants */
     const uint8_t *data;        /* packed codes (bnb) or ggml blocks */
     /* bitsandbytes formats only: */
     const float *code;          /* 16 values */

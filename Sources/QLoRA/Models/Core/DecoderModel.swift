@@ -44,7 +44,7 @@ public final class DecoderModel: @unchecked Sendable {
         computeDType = base.computeDType
     }
 
-    public convenience init(path: String, kQuants: QuantizedModel.KQuantTarget = .q4_1) throws {
+    public convenience init(path: String, kQuants: QuantizedModel.KQuantTarget = .asIs) throws {
         try self.init(QuantizedModel(path: path, kQuants: kQuants))
     }
 

@@ -6,10 +6,11 @@ import Quant
 ///
 /// Opens what `qlora quantize` writes, and what users already hold:
 /// - bitsandbytes 4-bit folders (nf4/fp4): packed codes stay in the memory map.
-/// - GGUF files: Q4_0, Q4_1 and Q8_0 blocks stay in the memory map (q/k rows are copied back
-///   into Hugging Face order, as llama.cpp reorders them); other types — the K-quants of the
-///   Q4_K_M files users hold, Q5_0/Q5_1, F16/BF16/F32 — are dequantized at load and
-///   requantized to the nearest format the GEMMs take (`loadFormat(for:)`).
+/// - GGUF files: linears in any block type — Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants
+///   Q2_K … Q6_K of the Q4_K_M files users hold — stay in the memory map, bytes as the file
+///   has them (q/k rows are copied back into Hugging Face order, as llama.cpp reorders them);
+///   F16/BF16/F32 linears are quantized to Q8_0 at load. `KQuantTarget` keeps the older
+///   choice of requantizing the K-quants (`loadFormat(for:kQuants:)`).
 /// Plain fp16/bf16 folders are refused with the command that quantizes them.
 public final class QuantizedModel: @unchecked Sendable {
     public let path: String
@@ -24,19 +25,23 @@ public final class QuantizedModel: @unchecked Sendable {
     /// The opened file or folder (its tokenizer metadata, and the mapping the weights borrow).
     public let source: ModelSource
 
-    /// What the K-quants of a GGUF (Q2_K … Q4_K) are requantized to at load.
+    /// What the K-quants (and Q5_0, Q5_1) of a GGUF become at load.
     public enum KQuantTarget: String, Codable, Sendable, CaseIterable {
-        /// Q4_1: the same memory (4.5–5 bits), one more rounding (Gemma 3 270M: GPL-3
-        /// perplexity 2.0% above transformers on the exact weights).
+        /// Trained on as the file stores them: no second rounding, no growth (Gemma 3 270M's
+        /// Q4_K_M linears: 68.1 MB, 5.43 bits per weight, against 96.2 MB with `q4_1`).
+        case asIs = "as-is"
+        /// Q2_K, Q3_K, Q4_K requantized to Q4_1 (the same memory, one more rounding: Gemma 3
+        /// 270M's GPL-3 perplexity 2.0% above transformers on the exact weights); Q5_0, Q5_1,
+        /// Q5_K, Q6_K to Q8_0. What runs that stored no choice were trained on.
         case q4_1
-        /// Q8_0: about twice the memory of those tensors, closest to the file (0.2% there).
+        /// Every K-quant, Q5_0 and Q5_1 requantized to Q8_0 (0.2% there).
         case q8_0
     }
 
     /// The K-quant target this model was loaded with.
     public let kQuants: KQuantTarget
 
-    public init(path: String, kQuants: KQuantTarget = .q4_1) throws {
+    public init(path: String, kQuants: KQuantTarget = .asIs) throws {
         self.kQuants = kQuants
         self.path = path
         let source = try ModelSource(path: path)
@@ -48,7 +53,7 @@ public final class QuantizedModel: @unchecked Sendable {
             if t.role.isLinear, t.shape.count == 2 {
                 linears[t.name] = try Self.linear(t, source: source, kQuants: kQuants)
             } else if t.role == .embedding || t.role == .lmHead, let g = source.gguf, let gt = t.gguf,
-                      let format = QuantFormat(ggml: gt.type), gt.columns % 32 == 0 {
+                      let format = QuantFormat(ggml: gt.type), Self.tokenFormats.contains(format), gt.columns % 32 == 0 {
                 tokenMatrices[t.name] = try QuantizedMatrix(rows: gt.rows, cols: gt.columns, format: format,
                                                             data: ByteStorage(borrowing: g.data(of: gt), owner: g.file),
                                                             scales: .inBlocks)
@@ -86,12 +91,20 @@ public final class QuantizedModel: @unchecked Sendable {
         return try QuantizedMatrix(rows: gt.rows, cols: gt.columns, format: format, data: storage, scales: .inBlocks)
     }
 
+    /// Block formats an embedding or LM head is kept in (borrowed from the map); a token
+    /// matrix of another type (Q5_0 or a K-quant: Qwen2.5-Coder-0.5B's Q4_K_M has a Q5_0
+    /// token_embd) is loaded into `dense` as fp32, as before.
+    static let tokenFormats: Set<QuantFormat> = [.q4_0, .q4_1, .q8_0]
+
     /// The format a GGUF linear weight of `type` is trained on, and whether it is requantized
-    /// at load: types of up to 4.5 bits (Q2_K, Q3_K, Q4_K) become `kQuants` (Q4_1 by default,
-    /// whose per-block minimum they share); wider ones (Q5_*, Q6_K, 16- and 32-bit floats)
-    /// become Q8_0, which loses less than they hold.
-    public static func loadFormat(for type: GGMLType, kQuants: KQuantTarget = .q4_1) -> (format: QuantFormat, requantized: Bool) {
-        if let kept = QuantFormat(ggml: type) { return (kept, false) }
+    /// at load. `asIs`: every block type as it is; F16, BF16 and F32 become Q8_0. `q4_1` (runs
+    /// that stored no choice): Q4_0, Q4_1, Q8_0 as they are, the types of up to 4.5 bits
+    /// (Q2_K, Q3_K, Q4_K) Q4_1, whose per-block minimum they share, and wider ones (Q5_*,
+    /// Q6_K, floats) Q8_0, which loses less than they hold. `q8_0`: all but Q4_0, Q4_1 and
+    /// Q8_0 become Q8_0.
+    public static func loadFormat(for type: GGMLType, kQuants: KQuantTarget = .asIs) -> (format: QuantFormat, requantized: Bool) {
+        guard let stored = QuantFormat(ggml: type) else { return (.q8_0, true) }
+        if kQuants == .asIs || [.q4_0, .q4_1, .q8_0].contains(stored) { return (stored, false) }
         switch type {
         case .q2_K, .q3_K, .q4_K: return (kQuants == .q8_0 ? .q8_0 : .q4_1, true)
         default: return (.q8_0, true)
@@ -108,7 +121,7 @@ public enum QuantizedModelError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .notQuantized(path, tensor, storage):
-            "\(path): '\(tensor)' is stored as \(storage), not a format qlora trains on (nf4, fp4, q4_0, q4_1, q8_0)\n"
+            "\(path): '\(tensor)' is stored as \(storage), not a format qlora trains on (\(QuantFormat.allCases.map(\.rawValue).joined(separator: ", ")))\n"
                 + "---> HINT: qlora quantize \(path) --format nf4 -o <folder>"
         }
     }
