@@ -94,7 +94,7 @@ BF16 ALWAYS_INLINE static inline void pack_forward_as(qk_format f, const panel_s
 
 BF16 static void pack_forward(const panel_source *s, int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t *bp) {
 #define AS(F) pack_forward_as(F, s, n0, nc, k0, kc, bp)
-    WITH_FORMAT(s->w->format, AS)
+    WITH_FORMAT(s->w ? s->w->format : QK_FORMAT_NF4, AS) /* dense W (no w) is read as a tile: f unused */
 #undef AS
 }
 
@@ -120,7 +120,7 @@ BF16 ALWAYS_INLINE static inline void pack_backward_as(qk_format f, const panel_
 
 BF16 static void pack_backward(const panel_source *s, int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t *bp) {
 #define AS(F) pack_backward_as(F, s, n0, nc, k0, kc, bp)
-    WITH_FORMAT(s->w->format, AS)
+    WITH_FORMAT(s->w ? s->w->format : QK_FORMAT_NF4, AS) /* dense W (no w) is read as a tile: f unused */
 #undef AS
 }
 
