@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import QLoRA
-import Quant
 
 struct Estimate: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -52,7 +51,7 @@ struct Estimate: ParsableCommand {
         let sequences = batchSize * (objective.usesPairs ? 2 : 1)
         let e = MemoryEstimate(config: config, frozenBytes: frozen, lora: lora, trainNorms: trainNorms, sequences: sequences,
                                length: maxLen, gradientCheckpointing: gradCheckpoint, ema: ema > 0,
-                               computeDType: computeDtype == .fp32 || !ComputeRuntime.bf16Available ? .fp32 : .bf16)
+                               computeDType: computeDtype.expected)
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

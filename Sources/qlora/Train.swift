@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import QLoRA
-import Quant
 
 extension LRSchedule.Kind: ExpressibleByArgument {}
 extension ObjectiveKind: ExpressibleByArgument {}
@@ -296,8 +295,7 @@ struct Train: ParsableCommand {
         let estimate = MemoryEstimate(config: model.config, frozenBytes: model.frozenBytes, lora: trainedLoRA,
                                       trainNorms: trainsNorms, sequences: sequences, length: config.maxLen,
                                       gradientCheckpointing: config.gradCheckpoint, ema: config.ema > 0,
-                                      computeDType: (config.computeDtypeInUse ?? config.computeDtype ?? .fp32) == .fp32 || !ComputeRuntime.bf16Available
-                                          ? .fp32 : .bf16)
+                                      computeDType: (config.computeDtypeInUse ?? config.computeDtype ?? .fp32).expected)
         log.line(String(format: "memory estimate: %.0f MiB at batch %d × %d%@ (%.1f GiB installed)", Double(estimate.totalBytes) / 1_048_576,
                         sequences, config.maxLen, config.gradCheckpoint ? ", checkpointing" : "",
                         Double(estimate.availableBytes) / 1_073_741_824))

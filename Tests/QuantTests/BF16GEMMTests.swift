@@ -44,29 +44,7 @@ final class BF16GEMMTests: XCTestCase {
             for T in [1, 3, 9, 17, 256] {
                 let x = rng.array(T * inp), dy = rng.array(T * out)
                 let y0 = rng.array(T * out), dx0 = rng.array(T * inp)  // for accumulate
-                // Exact products and Σ|x||w| in float64, per output.
-                var yRef = [Double](repeating: 0, count: T * out), yAbs = yRef
-                var dxRef = [Double](repeating: 0, count: T * inp), dxAbs = dxRef
-                for t in 0..<T {
-                    for o in 0..<out {
-                        var s = 0.0, a = 0.0
-                        for i in 0..<inp {
-                            let p = Double(x[t * inp + i]) * wd[o * inp + i]
-                            s += p
-                            a += abs(p)
-                        }
-                        (yRef[t * out + o], yAbs[t * out + o]) = (s, a)
-                    }
-                    for i in 0..<inp {
-                        var s = 0.0, a = 0.0
-                        for o in 0..<out {
-                            let p = Double(dy[t * out + o]) * wd[o * inp + i]
-                            s += p
-                            a += abs(p)
-                        }
-                        (dxRef[t * inp + i], dxAbs[t * inp + i]) = (s, a)
-                    }
-                }
+                let (yRef, yAbs, dxRef, dxAbs) = Self.float64Products(x: x, dy: dy, w: wd, rows: out, cols: inp, tokens: T)
                 var yScalar = [Float](repeating: 0, count: T * out), dxScalar = [Float](repeating: 0, count: T * inp)
                 try w.forwardBF16Reference(x, into: &yScalar, tokens: T)
                 try w.backwardBF16Reference(dy, into: &dxScalar, tokens: T)
@@ -151,6 +129,26 @@ final class BF16GEMMTests: XCTestCase {
     }
 
     /// |got − ref| ≤ (2u + u² + γ_m(1+u)²)·Σ|x||w| + γ_m·|y0| per output, u = 2⁻⁸.
+    /// The exact products in float64 and Σ|terms| per output, for the bounds: y = x·Wᵀ [T, rows]
+    /// and dx = dy·W [T, cols], W [rows, cols].
+    static func float64Products(x: [Float], dy: [Float], w: [Double], rows: Int, cols: Int, tokens T: Int)
+        -> (y: [Double], yAbs: [Double], dx: [Double], dxAbs: [Double]) {
+        var y = [Double](repeating: 0, count: T * rows), yAbs = y
+        var dx = [Double](repeating: 0, count: T * cols), dxAbs = dx
+        for t in 0..<T {
+            for r in 0..<rows {
+                for c in 0..<cols {
+                    let p = Double(x[t * cols + c]) * w[r * cols + c], q = Double(dy[t * rows + r]) * w[r * cols + c]
+                    y[t * rows + r] += p
+                    yAbs[t * rows + r] += abs(p)
+                    dx[t * cols + c] += q
+                    dxAbs[t * cols + c] += abs(q)
+                }
+            }
+        }
+        return (y, yAbs, dx, dxAbs)
+    }
+
     func assertWithinBF16Bound(_ got: [Float], _ ref: [Double], _ absSum: [Double], y0: [Float], K: Int, _ message: String,
                                file: StaticString = #filePath, line: UInt = #line) {
         let u = 0x1p-8, g = Self.gamma(K: K)

@@ -16,19 +16,7 @@ extension BF16GEMMTests {
             let w = q8?.dequantize() ?? rng.array(rows * cols, scale: 0.05)
             for T in [1, 5, 130] {
                 let x = rng.array(T * cols), dy = rng.array(T * rows), y0 = rng.array(T * rows), dx0 = rng.array(T * cols)
-                var yRef = [Double](repeating: 0, count: T * rows), yAbs = yRef
-                var dxRef = [Double](repeating: 0, count: T * cols), dxAbs = dxRef
-                for t in 0..<T {
-                    for r in 0..<rows {
-                        for c in 0..<cols {
-                            let p = Double(x[t * cols + c]) * Double(w[r * cols + c]), q = Double(dy[t * rows + r]) * Double(w[r * cols + c])
-                            yRef[t * rows + r] += p
-                            yAbs[t * rows + r] += abs(p)
-                            dxRef[t * cols + c] += q
-                            dxAbs[t * cols + c] += abs(q)
-                        }
-                    }
-                }
+                let (yRef, yAbs, dxRef, dxAbs) = Self.float64Products(x: x, dy: dy, w: w.map(Double.init), rows: rows, cols: cols, tokens: T)
                 for threads in [1, 2] {
                     let at = "\(rows)x\(cols) T=\(T) threads=\(threads)"
                     var y = [Float](repeating: .nan, count: T * rows), dx = [Float](repeating: .nan, count: T * cols)

@@ -157,6 +157,10 @@ public enum ComputeDTypeChoice: String, Codable, Sendable, CaseIterable {
         return (.fp32, "auto: \(measured), above the \(tolerance * 100)% bound: staying in fp32")
     }
 
+    /// What a run asking for this will compute in here, for estimates made before it starts:
+    /// bf16 unless fp32 is asked for or the CPU lacks it (auto's probe may still pick fp32).
+    public var expected: ComputeDType { self == .fp32 || !ComputeRuntime.bf16Available ? .fp32 : .bf16 }
+
     /// The dtype on this CPU; bf16 where the CPU lacks it is refused by name.
     public func resolved() throws -> ComputeDType {
         switch self {
