@@ -13,13 +13,13 @@
  * way and sum in fp64.
  *
  * vdpbf16ps multiplies bf16 pairs, so both operands are packed by pairs of consecutive k:
- *   A panel [Mp/MR][Kp/2][MR]   32-bit word = (A[m][2p], A[m][2p+1]), low half first;
+ *   A panel [Mp/MR][kc/2][MR]   one k slice; 32-bit word = (A[m][2p], A[m][2p+1]), low half first;
  *                               rows past M and the column past an odd K are zero
  *   B panel [kc/2][NR]          32-bit word = (B[2p][j], B[2p+1][j]); forward B[k][j] =
  *                               W[n0+j][k0+k] (32 columns of 16 W rows rounded, then a 16×16
  *                               transpose of the pairs); backward B[k][j] = W[k0+k][n0+j] (two
  *                               W rows rounded and interleaved)
- * Threads split N at multiples of 16 as in fp32; all of them round A first, then meet.
+ * Threads split N at multiples of 16 as in fp32; all of them round each k slice of A, then meet.
  * Shapes the fp32 micro-kernel cannot take (cols % 16 ≠ 0, bitsandbytes blocks that are not
  * a multiple of 16) dequantize a tile with qk_dequantize_tile and pack from it.
  */
@@ -124,19 +124,20 @@ BF16 static void pack_backward(const panel_source *s, int64_t n0, int64_t nc, in
 #undef AS
 }
 
-/* A[M, K] (lda) into the pair panels, rows past M and the column past an odd K zero: block ib. */
-BF16 static void pack_a(const float *a, int64_t lda, int64_t M, int64_t K, int64_t ib, uint32_t *ap) {
-    const int64_t kp = (K + 1) / 2;
-    uint32_t *panel = ap + ib * kp * MR;
+/* Columns k0 .. k0+kc of A[M, K] (lda) into block ib's pair panel at ap + ib·kps·MR (kps ≥
+ * (kc+1)/2 words per row): rows past M and the column past an odd end zero. */
+BF16 static void pack_a(const float *a, int64_t lda, int64_t M, int64_t k0, int64_t kc, int64_t ib, int64_t kps, uint32_t *ap) {
+    const int64_t kp = (kc + 1) / 2;
+    uint32_t *panel = ap + ib * kps * MR;
     for (int i = 0; i < MR; i++) {
         const int64_t m = ib * MR + i;
-        for (int64_t k = 0; k < K; k += 32) {
+        for (int64_t k = 0; k < kc; k += 32) {
             __m512i v = _mm512_setzero_si512();
-            if (m < M && k < K) {
-                const int64_t left = K - k;
+            if (m < M) {
+                const int64_t left = kc - k;
                 const __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
                 const __mmask16 m1 = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
-                const float *row = a + m * lda + k;
+                const float *row = a + m * lda + k0 + k;
                 v = round_pair(_mm512_maskz_loadu_ps(m1, row + 16), _mm512_maskz_loadu_ps(m0, row));
             }
             uint32_t words[16];
@@ -208,8 +209,12 @@ BF16 static int run(const qk_matrix *w, const float *dense, int64_t dense_ld, co
                     int64_t M, int64_t N, int64_t K, float beta, int threads, int forward) {
     const int64_t slices = (K + KC - 1) / KC; /* equal kc slices, multiples of 32 */
     const int64_t kcs = slices > 0 ? ((K + slices - 1) / slices + 31) / 32 * 32 : 32;
-    const int64_t blocks = (M + MR - 1) / MR, kp_all = (K + 1) / 2;
-    uint32_t *ap = grow(&tls_a, &tls_a_cap, (size_t)(blocks * kp_all * MR) * sizeof(uint32_t));
+    const int64_t blocks = (M + MR - 1) / MR, kps = kcs / 2;
+    /* A is rounded one k slice at a time, into two slice buffers used in turn: a slice is
+     * packed by all threads (omp for, then a barrier), so a buffer is rewritten only after
+     * every thread has passed the next slice's barrier, done with it. The rounded A never
+     * exists whole (the LM head's backward has K = vocab: 12 MiB of bf16 for 128 rows). */
+    uint32_t *ap = grow(&tls_a, &tls_a_cap, (size_t)(2 * blocks * kps * MR) * sizeof(uint32_t));
     if (!ap) return QK_GEMM_NO_MEMORY;
     const pack_fn pack = forward ? pack_forward : pack_backward;
     const int direct = w && reads_blocks(w), tiled = w && !direct;
@@ -219,8 +224,6 @@ BF16 static int run(const qk_matrix *w, const float *dense, int64_t dense_ld, co
     if (nt > (N + 15) / 16) nt = (int)((N + 15) / 16);
 #pragma omp parallel num_threads(nt)
     {
-#pragma omp for schedule(static)
-        for (int64_t ib = 0; ib < blocks; ib++) pack_a(a, lda, M, K, ib, ap);
         const int t = omp_get_thread_num(), n = omp_get_num_threads();
         const int64_t units = (N + 15) / 16;
         const int64_t n0 = min64(N, units * t / n * 16), n1 = min64(N, units * (t + 1) / n * 16);
@@ -235,8 +238,15 @@ BF16 static int run(const qk_matrix *w, const float *dense, int64_t dense_ld, co
 #pragma omp atomic write
             failed = 1;
         }
-        for (int64_t pc = 0; pc < K && bp && (!tiled || tile); pc += kcs) {
+#pragma omp barrier
+        int stop;
+#pragma omp atomic read
+        stop = failed;
+        for (int64_t pc = 0, slice = 0; pc < K && !stop; pc += kcs, slice++) { /* every thread runs every slice */
             const int64_t kc = min64(kcs, K - pc);
+            uint32_t *as = ap + (slice & 1) * blocks * kps * MR;
+#pragma omp for schedule(static)
+            for (int64_t ib = 0; ib < blocks; ib++) pack_a(a, lda, M, pc, kc, ib, kps, as);
             const int mode = pc > 0 ? ADD : (beta == 0.0f ? STORE : (beta == 1.0f ? ADD : SCALE_ADD));
             for (int64_t jc = n0; jc < n1; jc += ncb) {
                 const int64_t nc = min64(ncb, n1 - jc);
@@ -251,7 +261,7 @@ BF16 static int run(const qk_matrix *w, const float *dense, int64_t dense_ld, co
                 }
                 pack(&s, jc, nc, pc, kc, bp);
                 for (int64_t ib = 0; ib < blocks; ib++) {
-                    const uint32_t *a_panel = ap + (ib * kp_all + pc / 2) * MR;
+                    const uint32_t *a_panel = as + ib * kps * MR;
                     const int mv = (int)min64(MR, M - ib * MR);
                     for (int64_t jr = 0; jr < nc; jr += NR)
                         kernel((kc + 1) / 2, a_panel, bp + (jr / NR) * NR * ((kc + 1) / 2), c + ib * MR * ldc + jc + jr, ldc, mv,
