@@ -7,6 +7,7 @@
 #include "model_ops.h"
 #include "model_ops_backward.h"
 #include "quant_kernels.h"
+#include "reductions.h"
 #include <immintrin.h>
 #include <math.h>
 
@@ -59,6 +60,26 @@ AVX512 static void swiglu_backward_range(float *dgate, float *dup, const float *
         const __m512 ds = _mm512_mul_ps(sig, _mm512_add_ps(one, _mm512_mul_ps(g, _mm512_sub_ps(one, sig))));
         _mm512_mask_storeu_ps(dgate + i, m, _mm512_mul_ps(_mm512_mul_ps(d, u), ds));
     }
+}
+
+/* The softmax's exp (attention rows, the LM head's cross-entropy rows): one row on the
+ * calling thread, its sum kept in 16 lanes and added in a fixed order at the end. */
+AVX512 static float exp_shifted_avx512(float *x, int64_t n, float m) {
+    const __m512 vm = _mm512_set1_ps(m);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vm));
+        _mm512_mask_storeu_ps(x + i, k, e);
+        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
+    }
+    return _mm512_reduce_add_ps(sum);
+}
+
+float qk_exp_shifted(float *x, int64_t n, float m) {
+    if (qk_isa_get() == QK_ISA_AVX512) return exp_shifted_avx512(x, n, m);
+    for (int64_t i = 0; i < n; i++) x[i] = expf(x[i] - m);
+    return qk_sum(x, n);
 }
 
 static int threads_for(int64_t n) {

@@ -11,7 +11,7 @@
  * q·kᵀ and dout·vᵀ read k and v transposed into [D, S] panels; from PACK_MIN_T query rows
  * on, the panel is built once per call and shared by all heads of a KV group; below that
  * (decoding: one query per head) the scores are dot products of k's rows instead.
- * Softmax as before: max subtracted, libm's expf, the sum reassociable, one reciprocal.
+ * Softmax as before: max subtracted, exp (qk_exp_shifted: AVX-512 where there is one), one reciprocal.
  * A product's elements never depend on the tiling (attention.h) and each block belongs to one
  * thread, so results do not depend on the thread count.
  */

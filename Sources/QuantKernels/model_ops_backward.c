@@ -1,7 +1,8 @@
 /* model_ops_backward.c — the backward of the Llama decoder's element-wise kernels
  * (model_ops.c; the attention's is in attention.c) and the LM head's softmax cross-entropy
  * (model_ops_backward.h). Same conventions as the forwards:
- * plain loops, reductions marked reassociable so that clang vectorizes them, libm's expf,
+ * plain loops, reductions marked reassociable so that clang vectorizes them, libm's expf
+ * (the cross-entropy's softmax: qk_exp_shifted, AVX-512 where there is one),
  * static OpenMP schedules. Every result is deterministic and, where OpenMP is used, does not
  * depend on the thread count: each output element is summed by one thread in a fixed order.
  */
@@ -84,8 +85,7 @@ static double cross_entropy_row(float *x, int32_t label, int64_t V, float grad_s
         return label == -100 ? 0 : NAN;
     }
     const float m = qk_max(x, V), xl = x[label];
-    for (int64_t i = 0; i < V; i++) x[i] = expf(x[i] - m);
-    const float s = qk_sum(x, V), f = grad_scale / s;
+    const float s = qk_exp_shifted(x, V, m), f = grad_scale / s;
     for (int64_t i = 0; i < V; i++) x[i] *= f;
     x[label] -= grad_scale;
     return log((double)s) + (double)m - (double)xl;

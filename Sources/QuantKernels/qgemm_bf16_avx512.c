@@ -33,6 +33,7 @@ int omp_get_num_threads(void);
 int omp_get_max_threads(void);
 
 enum { MR = 8, NV = 3, NR = 16 * NV }; /* 8 × 48: 24 fp32 accumulators, as in fp32 */
+_Static_assert(MR == 8, "pack_a stores 8 rows of a transposed 16 × 16 block");
 enum { KC = 768, NC = 256 };           /* multiples of 32; a kc×nc bf16 block is as many bytes as fp32's 384×256 */
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -129,21 +130,23 @@ BF16 static void pack_backward(const panel_source *s, int64_t n0, int64_t nc, in
 BF16 static void pack_a(const float *a, int64_t lda, int64_t M, int64_t k0, int64_t kc, int64_t ib, int64_t kps, uint32_t *ap) {
     const int64_t kp = (kc + 1) / 2;
     uint32_t *panel = ap + ib * kps * MR;
-    for (int i = 0; i < MR; i++) {
-        const int64_t m = ib * MR + i;
-        for (int64_t k = 0; k < kc; k += 32) {
-            __m512i v = _mm512_setzero_si512();
-            if (m < M) {
-                const int64_t left = kc - k;
-                const __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
-                const __mmask16 m1 = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
-                const float *row = a + m * lda + k0 + k;
-                v = round_pair(_mm512_maskz_loadu_ps(m1, row + 16), _mm512_maskz_loadu_ps(m0, row));
+    for (int64_t k = 0; k < kc; k += 32) {
+        const int64_t left = kc - k;
+        const __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+        const __mmask16 m1 = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+        __m512 v[16]; /* v[i], lane q: pair q of row i; rows 8.. stay zero */
+        for (int i = 0; i < 16; i++) {
+            const int64_t m = ib * MR + i;
+            if (i >= MR || m >= M) {
+                v[i] = _mm512_setzero_ps();
+                continue;
             }
-            uint32_t words[16];
-            _mm512_storeu_si512(words, v);
-            for (int64_t q = 0; q < 16 && k / 2 + q < kp; q++) panel[(k / 2 + q) * MR + i] = words[q];
+            const float *row = a + m * lda + k0 + k;
+            v[i] = _mm512_castsi512_ps(round_pair(_mm512_maskz_loadu_ps(m1, row + 16), _mm512_maskz_loadu_ps(m0, row)));
         }
+        transpose16(v); /* v[q], lane i: pair q of row i */
+        const int64_t pairs = min64(16, kp - k / 2);
+        for (int64_t q = 0; q < pairs; q++) _mm256_storeu_ps((float *)(panel + (k / 2 + q) * MR), _mm512_castps512_ps256(v[q]));
     }
 }
 

@@ -29,11 +29,14 @@ static inline float qk_max(const float *x, int64_t n) {
     return m;
 }
 
-/* x ← softmax(x) in place: max subtracted, libm's expf, one reciprocal of the sum. */
+/* x[i] ← exp(x[i] − m) for i < n, returning their sum: 16 elements at a time with
+ * activations_avx512.c's exp where qk_isa_get() says AVX-512, else libm's expf and qk_sum. */
+float qk_exp_shifted(float *x, int64_t n, float m);
+
+/* x ← softmax(x) in place: max subtracted, exp (qk_exp_shifted), one reciprocal of the sum. */
 static inline void qk_softmax_row(float *x, int64_t n) {
     const float m = qk_max(x, n);
-    for (int64_t i = 0; i < n; i++) x[i] = expf(x[i] - m);
-    const float r = 1.0f / qk_sum(x, n);
+    const float r = 1.0f / qk_exp_shifted(x, n, m);
     for (int64_t i = 0; i < n; i++) x[i] *= r;
 }
 

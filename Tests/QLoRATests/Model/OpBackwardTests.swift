@@ -423,3 +423,48 @@ final class SwiGLUSIMDTests: XCTestCase {
         }
     }
 }
+
+/// The softmax's exp (attention rows, the head's cross-entropy rows) runs 16 lanes at a time
+/// on AVX-512: softmax and cross-entropy against float64 on both paths, with rows whose
+/// length is not a multiple of 16, a masked −∞ entry, and a spread of logits wide enough to
+/// underflow exp.
+final class SoftmaxExpSIMDTests: XCTestCase {
+    func testSoftmaxAndCrossEntropyMatchFloat64OnBothPaths() {
+        var rng = SplitMix64(seed: 47)
+        let rows = 5, N = 1000 + 13
+        var logits = rng.normals(rows * N, scale: 8)
+        logits[3] = -.infinity            // a masked score, as a sliding window leaves
+        logits[N + 7] = 120; logits[N + 8] = -120
+        let labels: [Int32] = [4, 7, -100, Int32(N - 1), 0]
+        let saved = qk_isa_get()
+        defer { qk_isa_set(saved) }
+        for isa in [QK_ISA_AVX512, QK_ISA_SCALAR] {
+            qk_isa_set(isa)
+            guard qk_isa_get() == isa else { continue }   // a CPU without AVX-512 runs the scalar path only
+            var soft = logits
+            qk_softmax_forward(&soft, Int64(rows), Int64(N))
+            var grads = logits, rowLoss = [Double](repeating: 0, count: rows)
+            let total = qk_cross_entropy_rows(&grads, labels, Int64(rows), Int64(N), 0.5, &rowLoss, 1)
+            var want = 0.0
+            for r in 0..<rows {
+                let row = logits[(r * N)..<((r + 1) * N)].map(Double.init), m = row.max()!
+                let z = row.reduce(0) { $0 + exp($1 - m) }
+                for j in 0..<N {
+                    let p = exp(row[j] - m) / z
+                    // a few fp32 roundings of p, exp's 2 ulp, the fp32 sum's rounding, and x − m
+                    // rounded in fp32 (|x − m|·ε/2 absolute in exp's argument, relative in p)
+                    let rel = (16 + (m - row[j]).magnitude) * Double(Float.ulpOfOne)
+                    XCTAssertEqual(Double(soft[r * N + j]), p, accuracy: rel * p + 1e-44, "softmax \(isa) [\(r), \(j)]")
+                    guard labels[r] != -100 else { XCTAssertEqual(grads[r * N + j], 0); continue }
+                    let g = 0.5 * (p - (j == Int(labels[r]) ? 1 : 0))
+                    XCTAssertEqual(Double(grads[r * N + j]), g, accuracy: rel * (0.5 * p) + 1e-44 + (j == Int(labels[r]) ? 1e-7 : 0),
+                                   "dlogits \(isa) [\(r), \(j)]")
+                }
+                let loss = labels[r] == -100 ? 0 : log(z) + m - row[Int(labels[r])]
+                XCTAssertEqual(rowLoss[r], loss, accuracy: 1e-5 * max(1, loss), "row \(r) loss (\(isa))")
+                want += loss
+            }
+            XCTAssertEqual(total, want, accuracy: 1e-5 * want, "total (\(isa))")
+        }
+    }
+}
