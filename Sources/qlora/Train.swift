@@ -123,6 +123,10 @@ struct Train: ParsableCommand {
 
     @Option(help: "EMA decay β of the trainable weights (0 turns the EMA off).") var ema = 0.999
     @Option(help: "Update the EMA every K updates (with β^K).") var emaEvery = 1
+    @Flag(inversion: .prefixedNo, help: ArgumentHelp(
+        "Warm the EMA's decay up with the update count n: min(β, (1 + n)/(10 + n)), as TF's and timm's EMA do.",
+        discussion: "Without it a short run's EMA hardly moves (at 0.999, 100 updates leave the shadows 90% the starting weights); --no-ema-warmup keeps β fixed, the seed script's semantics."))
+    var emaWarmup = true
     @Option(help: "Full evaluation and checkpoint every N updates (besides the plan's boundaries).") var evalEvery: Int?
     @Option(help: "Quick evaluation on --quick-batches batches every N updates.") var quickEvery: Int?
     @Option(help: "Batches of a quick evaluation.") var quickBatches = 4
@@ -217,6 +221,7 @@ struct Train: ParsableCommand {
         c.seed = seed
         c.ema = ema
         c.emaEvery = emaEvery
+        c.emaWarmup = emaWarmup
         c.evalEvery = evalEvery
         c.quickEvery = quickEvery
         c.quickBatches = quickBatches
@@ -318,7 +323,11 @@ struct Train: ParsableCommand {
             log.line("stopped at update \(run.step); continue with: qlora train --resume \(directory)")
             throw ExitCode(130)
         }
-        log.line(String(format: "done: %d updates in %@; best val_loss %.4f", run.step, TrainingLog.duration(log.elapsed), run.bestValLoss))
+        let bestNote = run.best.map { b in
+            "best val_loss \(String(format: "%.4f", run.bestValLoss)) at update \(b.step)"
+                + (run.ema == nil ? "" : b.live ? " (live weights)" : " (EMA weights)") + ": \(run.bestAdapter ?? "")"
+        } ?? "no evaluation after training began"
+        log.line("done: \(run.step) updates in \(TrainingLog.duration(log.elapsed)); \(bestNote)")
         if let sample, generates, let lm {
             let set = AdapterSet(base: lm.model)
             let finalPath = directory + "/" + RunLayout.adapter(.final)

@@ -51,6 +51,9 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
 
     public var ema = 0.999
     public var emaEvery = 1
+    /// The EMA's decay warms up with the update count (`EMA.warmup`). New runs store it (on by
+    /// default); nil is a run from before it existed, and resumes without it.
+    public var emaWarmup: Bool?
     public var evalEvery: Int?
     public var quickEvery: Int?
     public var quickBatches = 4
@@ -334,6 +337,13 @@ public final class TrainingRun {
     public let totalUpdates: Int
     public private(set) var step = 0
     public private(set) var bestValLoss = Double.infinity
+    /// Where the best validation loss so far came from: its update and whether the live
+    /// weights (rather than the EMA's) scored it; nil before a full evaluation after update 0.
+    public private(set) var best: (step: Int, live: Bool)?
+    /// The adapter directory holding the best weights: lora_best (live weights) or lora_best_ema.
+    public var bestAdapter: String? {
+        best.map { directory + "/" + RunLayout.adapter(.best, ema: !$0.live && ema != nil) }
+    }
     private var iterator: any TokenBatchStream
     private var lastCheckpointStep = -1
     private let started = Date()
@@ -404,7 +414,7 @@ public final class TrainingRun {
         totalUpdates = config.maxSteps ?? max(1, Int((Double(updatesPerEpoch) * config.epochs).rounded(.up)))
         schedule = LRSchedule(config.schedule, baseLR: config.lr,
                               warmup: config.warmupSteps.map { .steps($0) } ?? .ratio(config.warmupRatio), totalSteps: totalUpdates)
-        ema = config.ema > 0 ? EMA(parameters: lora.parameters, beta: config.ema, every: config.emaEvery) : nil
+        ema = config.ema > 0 ? EMA(parameters: lora.parameters, beta: config.ema, every: config.emaEvery, warmup: config.emaWarmup ?? false) : nil
         plan = config.plan ? TrainingPlan(totalUpdates: totalUpdates) : nil
 
         var (train, validation) = (train, validation)
@@ -441,6 +451,7 @@ public final class TrainingRun {
             iterator = try train.batchStream(batchSize: config.batchSize, seed: config.seed,
                                              state: try state.decodeDataState(BatchIterator.State.self))
             bestValLoss = state.rngStates["best_val_loss_bits"].map { Double(bitPattern: $0) } ?? .infinity
+            if let at = state.rngStates["best_step"] { best = (Int(at), state.rngStates["best_is_live"] == 1) }
             try Self.dropMetrics(after: step, in: directory)
             onEvent(.message("resumed from \(latest) at update \(step) of \(totalUpdates)"))
         } else {
@@ -538,7 +549,7 @@ public final class TrainingRun {
         }
         let lr = schedule.lr(at: step)
         StepProfile.measure(.optimizer) { optimizer.update(lr: lr) }
-        if let ema, ema.isDue(afterUpdate: next) { StepProfile.measure(.ema) { ema.update() } }
+        if let ema, ema.isDue(afterUpdate: next) { StepProfile.measure(.ema) { ema.update(afterUpdate: next) } }
         step = next
         let seconds = Date().timeIntervalSince(start)
         let processed = tokens.reduce(0) { $0 + $1.inputIds.count }
@@ -595,8 +606,9 @@ public final class TrainingRun {
     /// Mean validation loss with the EMA weights swapped in (when there is an EMA), on the whole
     /// validation set (`full`, `alert`) or its first `quickBatches` batches (`quick`); full
     /// evaluations with an EMA score the live weights too (`val_loss_live`). A new best
-    /// validation loss of a full or alert evaluation after update 0 (the EMA weights' loss,
-    /// when there is an EMA) saves lora_best (the live weights) and, with an EMA, lora_best_ema.
+    /// validation loss of a full or alert evaluation after update 0 — the better of the EMA's
+    /// and the live weights' — saves lora_best (the live weights) and, with an EMA,
+    /// lora_best_ema; `best` says which of the two scored it (`bestAdapter`).
     private func evaluate(kind: String, _ onEvent: (TrainingEvent) -> Void) throws {
         guard validation.count > 0 else { return }
         var batches = validation.evaluationBatches(batchSize: config.evalBatchSize ?? 4 * config.batchSize)
@@ -623,22 +635,31 @@ public final class TrainingRun {
         row.elapsedS = Date().timeIntervalSince(started)
         onEvent(.evaluation(row))
         try append(row)
-        if kind != "quick", step > 0, loss.mean < bestValLoss {
-            bestValLoss = loss.mean
-            let best = directory + "/" + RunLayout.adapter(.best), bestEMA = directory + "/" + RunLayout.adapter(.best, ema: true)
-            try AdapterFiles.save(lora, to: best, baseModel: config.model)
+        let liveBetter = live.map { $0.mean < loss.mean } ?? (ema == nil)
+        let candidate = liveBetter ? (live?.mean ?? loss.mean) : loss.mean
+        if kind != "quick", step > 0, candidate < bestValLoss {
+            bestValLoss = candidate
+            best = (step, liveBetter)
+            let livePath = directory + "/" + RunLayout.adapter(.best), emaPath = directory + "/" + RunLayout.adapter(.best, ema: true)
+            try AdapterFiles.save(lora, to: livePath, baseModel: config.model)
             if let ema {
-                try ema.withAveragedWeights { try AdapterFiles.save(lora, to: bestEMA, baseModel: config.model) }
+                try ema.withAveragedWeights { try AdapterFiles.save(lora, to: emaPath, baseModel: config.model) }
             }
-            onEvent(.adapterSaved(path: ema == nil ? best : bestEMA,
-                                  why: String(format: "best val_loss %.4f", loss.mean)))
+            let which = ema == nil ? "" : liveBetter ? String(format: ", live weights; EMA %.4f", loss.mean)
+                : String(format: ", EMA weights; live %.4f", live?.mean ?? .nan)
+            onEvent(.adapterSaved(path: bestAdapter ?? livePath, why: String(format: "best val_loss %.4f%@", candidate, which)))
         }
     }
 
     // MARK: State
 
     private func saveCheckpoint(_ onEvent: (TrainingEvent) -> Void) throws {
-        let state = try TrainingState(step: step, schedulerStep: step, rngStates: ["best_val_loss_bits": bestValLoss.bitPattern],
+        var marks: [String: UInt64] = ["best_val_loss_bits": bestValLoss.bitPattern]
+        if let best {
+            marks["best_step"] = UInt64(best.step)
+            marks["best_is_live"] = best.live ? 1 : 0
+        }
+        let state = try TrainingState(step: step, schedulerStep: step, rngStates: marks,
                                       dataState: iterator.state)
         let path = try Checkpoint.save(state, optimizer: optimizer, ema: ema, in: directory, keepLast: config.keepLast)
         lastCheckpointStep = step

@@ -105,6 +105,44 @@ final class TrainingRunTests: XCTestCase {
         for (a, b) in zip(reloaded.parameters, run.lora.parameters) { XCTAssertEqual(a.values, b.values, a.name) }
     }
 
+    /// "Best" is the better of the EMA's and the live weights at each full evaluation: with a
+    /// slow EMA (β = 0.999, no warm-up) the live weights win, lora_best holds them and `best`
+    /// says so, after a resume too; with warm-up the EMA moves (its loss falls well below the
+    /// baseline within 30 updates, where the fixed β's barely does).
+    func testBestIsWhicheverWeightsEvaluateBetter() throws {
+        func run(warmup: Bool, _ dir: String, steps: Int, resume: Bool = false) throws -> TrainingRun {
+            var c = config(steps)
+            c.ema = 0.999
+            c.emaEvery = 1
+            c.emaWarmup = warmup
+            c.lr = 2e-2
+            c.loraDropout = 0
+            c.evalEvery = 10
+            return try TrainingRun(config: c, directory: dir, model: Self.model, train: data(count: 24, seed: 1),
+                                   validation: data(count: 6, seed: 2), resume: resume) { _ in }
+        }
+        let slow = try temporaryDirectory(), warm = try temporaryDirectory()
+        let a = try run(warmup: false, slow, steps: 30)
+        XCTAssertFalse(try a.run(shouldStop: { a.step >= 20 }) { _ in })
+        let resumed = try run(warmup: false, slow, steps: 30, resume: true)
+        XCTAssertTrue(try resumed.run { _ in })
+        let evals = try rows(slow).filter { $0.valLoss != nil && $0.step > 0 }
+        let bestRow = try XCTUnwrap(evals.min { min($0.valLoss!, $0.valLossLive!) < min($1.valLoss!, $1.valLossLive!) })
+        XCTAssertLessThan(bestRow.valLossLive!, bestRow.valLoss!, "the fixed-β EMA lags")
+        XCTAssertEqual(resumed.bestValLoss, bestRow.valLossLive!)
+        XCTAssertEqual(resumed.best?.step, bestRow.step)
+        XCTAssertEqual(resumed.best?.live, true)
+        XCTAssertEqual(resumed.bestAdapter, slow + "/lora_best")
+
+        let b = try run(warmup: true, warm, steps: 30)
+        XCTAssertTrue(try b.run { _ in })
+        let slowEMA = evals.map { $0.valLoss! }, warmEMA = try rows(warm).filter { $0.valLoss != nil && $0.step > 0 }.map { $0.valLoss! }
+        let baseline = try XCTUnwrap(try rows(warm).first { $0.valLoss != nil && $0.step == 0 }?.valLoss)
+        XCTAssertLessThan(warmEMA.last!, baseline - 0.3, "\(warmEMA) from \(baseline)")
+        XCTAssertGreaterThan(slowEMA.last!, baseline - 0.15, "\(slowEMA) from \(baseline)")
+        XCTAssertEqual(b.bestAdapter, warm + (b.best!.live ? "/lora_best" : "/lora_best_ema"))
+    }
+
     func testStoppedAndResumedRunRepeatsTheUninterruptedOne() throws {
         let a = try temporaryDirectory(), b = try temporaryDirectory()
         let full = try start(a)
