@@ -425,9 +425,6 @@ final class TrainingLog {
     let start = Date()
     let tty = isatty(STDOUT_FILENO) != 0
     private var open = false
-    /// The first update this process reported and when: the ETA is the rate since then (loading,
-    /// the baseline evaluation and DPO's reference pass are not training time).
-    private var firstUpdate: (step: Int, at: Date)?
 
     var elapsed: Double { Date().timeIntervalSince(start) }
 
@@ -451,13 +448,9 @@ final class TrainingLog {
             let second = r.valAccuracy.map { String(format: "accuracy %.3f", $0) } ?? String(format: "ppl %.2f", r.valPpl ?? .nan)
             line(String(format: "[eval %@] update %d: val_loss %.4f, %@%@%@", r.kind ?? "", r.step, r.valLoss ?? .nan, second,
                         r.ema == true ? " (EMA weights)" : "", r.valLossLive.map { String(format: "; live weights %.4f", $0) } ?? ""))
-        case let .update(r, total):
+        case let .update(r, total, secondsLeft):
             let frac = Double(r.step) / Double(total)
-            if firstUpdate == nil { firstUpdate = (r.step, Date()) }
-            let (firstStep, firstAt) = firstUpdate!
-            let since = Date().timeIntervalSince(firstAt)
-            let rate = r.step > firstStep && since > 0 ? Double(r.step - firstStep) / since : 0
-            let eta = rate > 0 ? Self.duration(Double(total - r.step) / rate) : r.step == total ? "0s" : "…"
+            let eta = secondsLeft.map(Self.duration) ?? (r.step == total ? "0s" : "…")
             let accuracy = (r.metrics["rewards/accuracies"] ?? r.metrics["accuracy"]).map { String(format: " acc %.2f", $0) } ?? ""
             let stats = String(format: "%d/%d loss %.4f%@ lr %.2e %.0f tok/s ETA %@", r.step, total, r.loss ?? .nan, accuracy, r.lr ?? 0,
                                r.tokensPerS ?? 0, eta)

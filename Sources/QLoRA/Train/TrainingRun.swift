@@ -288,7 +288,8 @@ public struct MetricsRow: Codable, Sendable, Equatable {
 /// What a run reports as it goes (the CLI draws it).
 public enum TrainingEvent {
     case message(String)
-    case update(MetricsRow, total: Int)
+    /// An update's row, the run's length, and the seconds left (`TrainingRun.secondsLeft`).
+    case update(MetricsRow, total: Int, secondsLeft: Double?)
     case evaluation(MetricsRow)
     case checkpoint(path: String, step: Int)
     case adapterSaved(path: String, why: String)
@@ -348,6 +349,10 @@ public final class TrainingRun {
     private var lastCheckpointStep = -1
     private let started = Date()
     private var recentLosses: [Double] = []
+    /// This process's update times (the first, which pays for first-touch allocations, is not
+    /// counted in the ETA) and the seconds one pass over the whole validation set took.
+    private var updateSeconds: [Double] = []
+    private var validationPassSeconds: Double?
     private var recentSpeeds: [Double] = []
 
     /// A new run (`resume` false: the directory must not hold a checkpoint) or the continuation of
@@ -489,7 +494,11 @@ public final class TrainingRun {
         }
         while step < totalUpdates {
             let row = try update(onEvent)
-            if let row { onEvent(.update(row, total: totalUpdates)); try append(row) }
+            if let row {
+                updateSeconds.append(row.updateS ?? 0)
+                onEvent(.update(row, total: totalUpdates, secondsLeft: secondsLeft))
+                try append(row)
+            }
             let boundary = plan?.isBoundary(afterUpdate: step) ?? false
             let evalDue = config.evalEvery.map { step % $0 == 0 } ?? false
             let quickDue = config.quickEvery.map { step % $0 == 0 } ?? false
@@ -603,6 +612,36 @@ public final class TrainingRun {
 
     // MARK: Evaluation
 
+    /// Seconds until the run ends, from what this process has measured: the mean of its recent
+    /// update times (the first aside) for the updates left, plus the evaluations still due at
+    /// the cost the last full one took per pass over the validation set (the baseline's, before
+    /// any other: so the estimate holds from the first updates). nil before two updates.
+    public var secondsLeft: Double? {
+        let recent = updateSeconds.dropFirst().suffix(20)
+        guard !recent.isEmpty else { return nil }
+        let perUpdate = recent.reduce(0, +) / Double(recent.count)
+        let left = totalUpdates - step
+        guard left > 0 else { return 0 }
+        return Double(left) * perUpdate + validationPassesLeft * (validationPassSeconds ?? 0)
+    }
+
+    /// Passes over the validation set the evaluations after this update will make: two per
+    /// full evaluation with an EMA (its weights and the live ones), one without; a quick
+    /// evaluation its share of the batches.
+    var validationPassesLeft: Double {
+        guard step < totalUpdates, validation.count > 0 else { return 0 }
+        let size = config.evalBatchSize ?? 4 * config.batchSize, batches = (validation.count + size - 1) / size
+        var passes = 0.0
+        for s in (step + 1)...totalUpdates {
+            if (plan?.isBoundary(afterUpdate: s) ?? false) || (config.evalEvery.map { s % $0 == 0 } ?? false) || s == totalUpdates {
+                passes += ema == nil ? 1 : 2
+            } else if let q = config.quickEvery, s % q == 0 {
+                passes += Double(min(config.quickBatches, batches)) / Double(batches)
+            }
+        }
+        return passes
+    }
+
     /// Mean validation loss with the EMA weights swapped in (when there is an EMA), on the whole
     /// validation set (`full`, `alert`) or its first `quickBatches` batches (`quick`); full
     /// evaluations with an EMA score the live weights too (`val_loss_live`). A new best
@@ -618,11 +657,17 @@ public final class TrainingRun {
         }
         let loss: LossSum
         var live: LossSum? = nil
+        let evaluationStart = Date()
         if let ema {
             loss = try ema.withAveragedWeights(measure)
-            if kind != "quick" { live = try measure() }
+            // The baseline's shadows are copies of the live weights: one pass scores both.
+            if kind != "quick" { live = step == 0 && !ema.hasMoved ? loss : try measure() }
         } else {
             loss = try measure()
+        }
+        if kind != "quick" {
+            let passes = ema == nil || (step == 0 && !ema!.hasMoved) ? 1.0 : 2.0
+            validationPassSeconds = Date().timeIntervalSince(evaluationStart) / passes
         }
         var row = MetricsRow(step: step)
         row.valLoss = loss.mean

@@ -143,6 +143,35 @@ final class TrainingRunTests: XCTestCase {
         XCTAssertEqual(b.bestAdapter, warm + (b.best!.live ? "/lora_best" : "/lora_best_ema"))
     }
 
+    /// The ETA counts the evaluations still due (two passes per full one with an EMA, a quick
+    /// one its share of the batches), is there from the second update, and the baseline scores
+    /// the EMA and the live weights, still equal, in one pass.
+    func testETACountsTheEvaluationsLeft() throws {
+        var c = config(30)
+        c.evalEvery = 10
+        c.quickEvery = 5
+        c.quickBatches = 1
+        c.evalBatchSize = 2   // 6 validation examples: 3 batches
+        let dir = try temporaryDirectory()
+        let run = try TrainingRun(config: c, directory: dir, model: Self.model, train: data(count: 24, seed: 1),
+                                  validation: data(count: 6, seed: 2), resume: false) { _ in }
+        XCTAssertEqual(run.validationPassesLeft, 3 * 2 + 3 * (1.0 / 3), accuracy: 1e-12)   // full at 10, 20, 30; quick at 5, 15, 25
+        var etas: [(Int, Double?, Double)] = []
+        XCTAssertTrue(try run.run { if case let .update(r, _, left) = $0 { etas.append((r.step, left, run.validationPassesLeft)) } })
+        XCTAssertNil(etas[0].1)
+        XCTAssertNotNil(etas[1].1)
+        XCTAssertEqual(etas.last?.1, 0)
+        XCTAssertEqual(etas.first { $0.0 == 12 }?.2 ?? -1, 2 * 2 + 2 * (1.0 / 3), accuracy: 1e-12)
+        var noEMA = c
+        noEMA.ema = 0
+        let other = try TrainingRun(config: noEMA, directory: try temporaryDirectory(), model: Self.model, train: data(count: 24, seed: 1),
+                                    validation: data(count: 6, seed: 2), resume: false) { _ in }
+        XCTAssertEqual(other.validationPassesLeft, 3 + 1, accuracy: 1e-12)
+        let baseline = try XCTUnwrap(try rows(dir).first { $0.valLoss != nil })
+        XCTAssertEqual(baseline.step, 0)
+        XCTAssertEqual(baseline.valLoss, baseline.valLossLive)
+    }
+
     func testStoppedAndResumedRunRepeatsTheUninterruptedOne() throws {
         let a = try temporaryDirectory(), b = try temporaryDirectory()
         let full = try start(a)
