@@ -149,10 +149,13 @@ final class PreferenceDataTests: XCTestCase {
         let cut = try load(dir, rows.joined(separator: "\n"), maxLength: longest - 1)
         XCTAssertEqual([cut.pairs.count, cut.tooLong, cut.skipped], [1, 1, 0])
         XCTAssertEqual(cut.pairs[0].line, 2)
+        let path = (dir.path as NSString).appendingPathComponent("p.jsonl")
+        XCTAssertEqual(cut.tooLongRows, [.badRow(path: path, line: 1, problem: .longerThanMaxLength(tokens: longest, maxLength: longest - 1))])
+        XCTAssertTrue("\(cut.tooLongRows[0])".hasPrefix("\(path):1: its longer side has \(longest) tokens"), "\(cut.tooLongRows[0])")
         XCTAssertThrowsError(try load(dir, rows[0], maxLength: longest - 1)) { e in
-            let path = (dir.path as NSString).appendingPathComponent("p.jsonl")
             XCTAssertEqual(e as? SFTDataError, .allTooLong(path: path, dropped: 1, maxLength: longest - 1))
-            XCTAssertTrue("\(e)".contains("all 1 have a side longer than max length \(longest - 1)"), "\(e)")
+            XCTAssertTrue("\(e)".contains("all 1 rows are too long for max length \(longest - 1)"), "\(e)")
+            XCTAssertTrue("\(e)".contains("HINT: raise --max-len"), "\(e)")
         }
     }
 
