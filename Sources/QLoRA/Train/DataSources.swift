@@ -9,7 +9,8 @@ import Foundation
 ///
 ///   a file     data/train.jsonl
 ///   a folder   data/           every .jsonl, .json, .csv and .txt in it (not in subfolders, no
-///                              hidden files), sorted by name; with a format given, every file
+///                              hidden files), sorted by name; with a format given, every file;
+///                              for preference pairs, every .jsonl and .json
 ///   a glob     'data/*.jsonl'  `*`, `?` and `[...]` as the shell expands them, sorted by name
 ///                              (a path that exists is taken as it is, brackets and all)
 ///
@@ -42,8 +43,10 @@ public struct DataSources: Codable, Sendable, Equatable, ExpressibleByStringLite
 
     /// The files the sources name, in order. A folder with no data file and a glob matching no
     /// file throw; a file is not checked here (reading it says what is wrong).
-    /// - Parameter format: given, a folder's files need no data extension.
-    public func files(format: SFTFormat? = nil) throws(SFTDataError) -> [String] {
+    /// - Parameters:
+    ///   - format: given, a folder's files need no data extension.
+    ///   - formats: the formats whose files a folder gives otherwise.
+    public func files(format: SFTFormat? = nil, formats: [SFTFormat] = SFTFormat.allCases) throws(SFTDataError) -> [String] {
         let fm = FileManager.default
         var files: [String] = []
         for path in paths {
@@ -54,9 +57,12 @@ public struct DataSources: Codable, Sendable, Equatable, ExpressibleByStringLite
                 let found = names.map { (path as NSString).appendingPathComponent($0) }.filter { file in
                     var sub: ObjCBool = false
                     return !(file as NSString).lastPathComponent.hasPrefix(".") && fm.fileExists(atPath: file, isDirectory: &sub)
-                        && !sub.boolValue && (format != nil || SFTFormat(path: file) != nil)
+                        && !sub.boolValue && (format != nil || SFTFormat(path: file).map(formats.contains) == true)
                 }
-                guard !found.isEmpty else { throw .noDataFiles(source: path, reason: "a folder with no .jsonl, .json, .csv or .txt file") }
+                guard !found.isEmpty else {
+                    let names = formats.flatMap(\.extensions).map { "." + $0 }
+                    throw .noDataFiles(source: path, reason: "a folder with no " + names.dropLast().joined(separator: ", ") + " or " + names.last! + " file")
+                }
                 files += found
             } else if path.contains(where: { "*?[".contains($0) }) {
                 let found = Self.matches(path).filter { file in

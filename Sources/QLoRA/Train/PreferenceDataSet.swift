@@ -69,7 +69,7 @@ public struct PreferenceDataSet: Sendable, Equatable {
         var pairs: [PreferencePair] = []
         var skipped = 0, tooLong = 0
         var reasons: [SFTDataError] = [], tooLongRows: [SFTDataError] = []
-        for path in try sources.files(format: .jsonl) {
+        for path in try sources.files(formats: [.jsonl]) {
             for (line, text) in try DataSources.jsonRows(try DataSources.contents(of: path), path: path) {
                 do {
                     let (row, margin) = try Self.jsonRow(text)

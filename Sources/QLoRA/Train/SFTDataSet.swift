@@ -14,11 +14,17 @@ public enum SFTFormat: String, Sendable, Codable, CaseIterable {
 
     /// The format named by a file's extension, or nil.
     public init?(path: String) {
-        switch (path as NSString).pathExtension.lowercased() {
-        case "jsonl", "json": self = .jsonl
-        case "csv": self = .csv
-        case "txt": self = .text
-        default: return nil
+        let ext = (path as NSString).pathExtension.lowercased()
+        guard let format = Self.allCases.first(where: { $0.extensions.contains(ext) }) else { return nil }
+        self = format
+    }
+
+    /// The file extensions that name the format.
+    public var extensions: [String] {
+        switch self {
+        case .jsonl: ["jsonl", "json"]
+        case .csv: ["csv"]
+        case .text: ["txt"]
         }
     }
 }

@@ -223,6 +223,26 @@ final class PreferenceDataTests: XCTestCase {
         return "parsed"
     }
 
+    func testFolderOfJSONArraysAndLinesKeepsFileOrderAndLines() throws {
+        let dir = TempDir()
+        let b = dir.write("b.json", "[\n  {\"prompt\": \"Q\", \"chosen\": \" yes\", \"rejected\": \" no\"},\n\n"
+                                    + "  {\"prompt\": \"R\", \"chosen\": \" up\", \"rejected\": \" down\"}\n]")
+        dir.write("a.jsonl", #"{"prompt": "P", "chosen": " one", "rejected": " two"}"#)
+        dir.write("notes.txt", "not pairs")
+        let set = try PreferenceDataSet.load(paths: [dir.path], tokenizer: t, chatTemplate: chatml, maxLength: 64)
+        XCTAssertEqual(set.pairs.map { t.decode($0.prompt) }, ["P", "Q", "R"], "a.jsonl, then b.json; no .txt")
+        XCTAssertEqual(set.pairs.map(\.line), [1, 2, 4])
+        let bad = dir.write("c.json", "[\n{\"chosen\": \"same\", \"rejected\": \"same\"}\n]")
+        XCTAssertThrowsError(try PreferenceDataSet.load(paths: [dir.path + "/*.json"], tokenizer: t, maxLength: 64)) { e in
+            XCTAssertEqual(e as? SFTDataError, .badRow(path: bad, line: 2, problem: .chosenEqualsRejected))
+        }
+        let empty = TempDir()
+        empty.write("rows.csv", "text\nx\n")
+        XCTAssertThrowsError(try PreferenceDataSet.load(paths: [empty.path], tokenizer: t, maxLength: 64)) { e in
+            XCTAssertEqual(e as? SFTDataError, .noDataFiles(source: empty.path, reason: "a folder with no .jsonl or .json file"))
+        }
+    }
+
     func testMissingFileIsUnreadable() {
         let dir = TempDir()
         let path = (dir.path as NSString).appendingPathComponent("none.jsonl")
