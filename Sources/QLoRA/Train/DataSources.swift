@@ -48,27 +48,26 @@ public struct DataSources: Codable, Sendable, Equatable, ExpressibleByStringLite
     ///   - formats: the formats whose files a folder gives otherwise.
     public func files(format: SFTFormat? = nil, formats: [SFTFormat] = SFTFormat.allCases) throws(SFTDataError) -> [String] {
         let fm = FileManager.default
+        func isFile(_ p: String) -> Bool {
+            var folder: ObjCBool = false
+            return fm.fileExists(atPath: p, isDirectory: &folder) && !folder.boolValue
+        }
         var files: [String] = []
         for path in paths {
             var isFolder: ObjCBool = false
             if fm.fileExists(atPath: path, isDirectory: &isFolder) {
                 guard isFolder.boolValue else { files.append(path); continue }
                 let names = ((try? fm.contentsOfDirectory(atPath: path)) ?? []).sorted()
-                let found = names.map { (path as NSString).appendingPathComponent($0) }.filter { file in
-                    var sub: ObjCBool = false
-                    return !(file as NSString).lastPathComponent.hasPrefix(".") && fm.fileExists(atPath: file, isDirectory: &sub)
-                        && !sub.boolValue && (format != nil || SFTFormat(path: file).map(formats.contains) == true)
+                let found = names.filter { !$0.hasPrefix(".") }.map { (path as NSString).appendingPathComponent($0) }.filter { file in
+                    isFile(file) && (format != nil || SFTFormat(path: file).map(formats.contains) == true)
                 }
                 guard !found.isEmpty else {
-                    let names = formats.flatMap(\.extensions).map { "." + $0 }
-                    throw .noDataFiles(source: path, reason: "a folder with no " + names.dropLast().joined(separator: ", ") + " or " + names.last! + " file")
+                    let dotted = formats.flatMap(\.extensions).map { "." + $0 }
+                    throw .noDataFiles(source: path, reason: "a folder with no " + dotted.dropLast().joined(separator: ", ") + " or " + dotted.last! + " file")
                 }
                 files += found
             } else if path.contains(where: { "*?[".contains($0) }) {
-                let found = Self.matches(path).filter { file in
-                    var sub: ObjCBool = false
-                    return fm.fileExists(atPath: file, isDirectory: &sub) && !sub.boolValue
-                }
+                let found = Self.matches(path).filter(isFile)
                 guard !found.isEmpty else { throw .noDataFiles(source: path, reason: "no file matches") }
                 files += found
             } else {
@@ -123,35 +122,32 @@ public struct DataSources: Codable, Sendable, Equatable, ExpressibleByStringLite
             rows.append((startLine, bytes[s..<e]))
             start = nil
         }
-        var i = open + 1
-        while i < bytes.count {
+        for i in (open + 1)..<bytes.count {
             let b = bytes[i]
             if b == 0x0A { line += 1 }
             if inString {
                 if escaped { escaped = false } else if b == UInt8(ascii: "\\") { escaped = true } else if b == UInt8(ascii: "\"") { inString = false }
-            } else if !isSpace(b) {
-                let closes = b == UInt8(ascii: "]") || b == UInt8(ascii: "}")
-                if depth == 0, b == UInt8(ascii: ",") {
-                    try element(ending: i)
-                } else if depth == 0, b == UInt8(ascii: "]") {
-                    if start != nil || !rows.isEmpty { try element(ending: i) }
-                    let rest = bytes[(i + 1)...]
-                    if let extra = rest.firstIndex(where: { !isSpace($0) }) {
-                        throw .badRow(path: path, line: line + rest[..<extra].count { $0 == 0x0A },
-                                      problem: .invalidJSON(detail: "text after the array's closing ']'"))
-                    }
-                    return rows
-                } else {
-                    if start == nil { (start, startLine) = (i, line) }
-                    if b == UInt8(ascii: "\"") { inString = true }
-                    if b == UInt8(ascii: "[") || b == UInt8(ascii: "{") { depth += 1 }
-                    if closes {
-                        guard depth > 0 else { throw .badRow(path: path, line: line, problem: .invalidJSON(detail: "a '}' closes nothing")) }
-                        depth -= 1
-                    }
-                }
+                continue
             }
-            i += 1
+            if isSpace(b) { continue }
+            if depth == 0, b == UInt8(ascii: ",") { try element(ending: i); continue }
+            if depth == 0, b == UInt8(ascii: "]") {
+                if start != nil || !rows.isEmpty { try element(ending: i) }
+                let rest = bytes[(i + 1)...]
+                if let extra = rest.firstIndex(where: { !isSpace($0) }) {
+                    throw .badRow(path: path, line: line + rest[..<extra].count { $0 == 0x0A }, problem: .invalidJSON(detail: "text after the array's closing ']'"))
+                }
+                return rows
+            }
+            if start == nil { (start, startLine) = (i, line) }
+            switch b {
+            case UInt8(ascii: "\""): inString = true
+            case UInt8(ascii: "["), UInt8(ascii: "{"): depth += 1
+            case UInt8(ascii: "]"), UInt8(ascii: "}"):
+                guard depth > 0 else { throw .badRow(path: path, line: line, problem: .invalidJSON(detail: "a '}' closes nothing")) }
+                depth -= 1
+            default: break
+            }
         }
         let inRow = inString || depth > 0
         throw .badRow(path: path, line: inRow ? startLine : openLine,
