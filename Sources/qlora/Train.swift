@@ -14,6 +14,7 @@ extension ComputeDTypeChoice: ExpressibleByArgument {
     }
 }
 extension PreferenceLoss.DPOKind: ExpressibleByArgument {}
+extension SFTFormat: ExpressibleByArgument {}
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -23,11 +24,15 @@ struct Train: ParsableCommand {
             RMSNorm weights) train in fp32 with AdamW, with an EMA of them for evaluation and \
             the "best" saves.
 
-            Data: JSONL rows {"text"}, {"prompt","completion"} or \
-            {"messages":[{"role","content"}]} (rendered with the model's chat template; only \
-            assistant turns are trained), CSV with a --text-column, or a .txt file for \
-            language modelling. A bad row is an error naming file:line (--skip-bad skips and \
-            counts them).
+            Data: JSON Lines or .json array rows {"text"}, {"prompt","completion"} (strings, or \
+            TRL's message lists), {"messages":[{"role","content"}]}, ShareGPT \
+            {"conversations":[{"from","value"}]} or Alpaca {"instruction","input","output"} \
+            (conversations rendered with the model's chat template, only assistant turns \
+            trained; Alpaca as a user/assistant conversation, or with the Alpaca prompt when \
+            the model has no template), CSV with a --text-column, or a .txt file for language \
+            modelling. --data and --val-file take files, folders and globs, repeated. A bad row \
+            is an error naming file:line (--skip-bad skips and counts them); a row whose \
+            trained tokens all lie past --max-len is dropped and counted.
 
             Schedule: with --plan (the default) a pilot of 5% of the updates, 8 equal chunks \
             and a tail, each ending with a full evaluation and a checkpoint; also every \
@@ -78,14 +83,16 @@ struct Train: ParsableCommand {
     @Option(help: "A GGUF file or a quantized model folder (one with no tokenizer, as quantize --shape writes, trains seeded random ids).")
     var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
     @Option(help: "What to train for: sft, reward, dpo, orpo or simpo (preference pairs).") var objective = ObjectiveKind.sft
-    @Option(help: "Training data: .jsonl, .csv or .txt (preference objectives: .jsonl pairs; default the demo pairs).") var data = Train.demoData
+    @Option(parsing: .singleValue, help: "Training data: .jsonl, .json, .csv or .txt files, folders or globs, repeatable (preference objectives: JSON pairs; default the demo pairs).")
+    var data: [String] = [Train.demoData]
+    @Option(help: "Format of every data file, whatever its name: jsonl, csv or text.") var dataFormat: SFTFormat?
     @Option(help: "Train a synthetic shape on seeded random ids instead (memory and speed): \(SyntheticShape.allCases.map(\.rawValue).joined(separator: ", ")).")
     var shape: SyntheticShape?
     @Option(help: "Blocks of the synthetic shape to keep (default: all).") var layers: Int?
-    @Option(help: "Validation data (default: the demo set's val.jsonl with the demo data, else --val-fraction of --data).")
-    var valFile: String?
+    @Option(parsing: .singleValue, help: "Validation data, as --data (default: the demo set's val.jsonl with the demo data, else --val-fraction of --data).")
+    var valFile: [String] = []
     @Option(help: "Share of --data held out for validation when there is no --val-file.") var valFraction = 0.05
-    @Option(help: "Longest example in tokens (longer ones are truncated).") var maxLen = 256
+    @Option(help: "Longest example in tokens (longer ones are truncated; one with nothing trained within it is dropped).") var maxLen = 256
     @Flag(help: "Pack examples into rows of exactly --max-len tokens.") var packing = false
     @Option(help: "CSV column holding the text.") var textColumn = "text"
     @Flag(help: "Skip bad data rows (counted and reported) instead of stopping at the first.") var skipBad = false
@@ -179,8 +186,9 @@ struct Train: ParsableCommand {
 
     var newConfig: TrainingConfig {
         let pairs = objective.usesPairs
-        let data = pairs && self.data == Self.demoData ? Self.demoPreferences : self.data
-        var c = TrainingConfig(model: model, data: data)
+        let data = pairs && self.data == [Self.demoData] ? [Self.demoPreferences] : self.data
+        var c = TrainingConfig(model: model, data: DataSources(data))
+        c.dataFormat = dataFormat
         c.objective = objective == .sft ? nil : objective
         c.beta = beta
         c.dpoLoss = dpoLoss
@@ -190,7 +198,8 @@ struct Train: ParsableCommand {
         c.refAdapter = refAdapter
         c.shape = shape?.rawValue
         c.layers = layers
-        c.valFile = valFile ?? (data == Self.demoData ? "data/demo-sft/val.jsonl" : data == Self.demoPreferences ? "data/demo-preferences/val.jsonl" : nil)
+        c.valFile = !valFile.isEmpty ? DataSources(valFile)
+            : data == [Self.demoData] ? "data/demo-sft/val.jsonl" : data == [Self.demoPreferences] ? "data/demo-preferences/val.jsonl" : nil
         c.valFraction = valFraction
         c.maxLen = maxLen
         c.packing = packing
@@ -260,7 +269,7 @@ struct Train: ParsableCommand {
                 lm = loaded
                 model = loaded.model
             } else {
-                guard config.data == Self.demoData, !kind.usesPairs else {
+                guard config.data == DataSources([Self.demoData]), !kind.usesPairs else {
                     throw ValidationError("\(config.model) has no tokenizer (tokenizer.json, or a GGUF's tokenizer.ggml.*) to read --data with")
                 }
                 log.line("\(config.model) has no tokenizer (a qlora quantize --shape model?), so seeded random ids as with --shape")
@@ -275,21 +284,18 @@ struct Train: ParsableCommand {
         if kind.usesPairs {
             let loaded = lm!
             let template = try? loaded.chatTemplate(config.chatTemplate.flatMap(ChatTemplate.Family.init(rawValue:)))
-            func load(_ path: String) throws -> PreferenceDataSet {
-                try PreferenceDataSet.load(path: path, tokenizer: loaded.tokenizer, chatTemplate: template, maxLength: config.maxLen,
+            func load(_ sources: DataSources) throws -> PreferenceDataSet {
+                try PreferenceDataSet.load(paths: sources.paths, tokenizer: loaded.tokenizer, chatTemplate: template, maxLength: config.maxLen,
                                            skipBad: config.skipBad)
             }
             var t = try load(config.data), v: PreferenceDataSet
             if let path = config.valFile { v = try load(path) } else { (t, v) = try t.split(valFraction: config.valFraction, seed: config.seed) }
             v = v.sortedLongestFirst()
-            for set in [t, v] {
-                if set.skipped > 0 {
-                    log.line("\(set.source): skipped \(set.skipped) bad rows; first: " + set.skippedReasons.map(\.description).joined(separator: "; "))
-                }
-                if set.tooLong > 0 { log.line("\(set.source): dropped \(set.tooLong) pairs longer than --max-len \(config.maxLen)") }
+            for set in [t, v] where set.skipped > 0 {
+                log.line("\(set.source): skipped \(set.skipped) bad rows; first: " + set.skippedReasons.map(\.description).joined(separator: "; "))
             }
             log.line("data: \(t.pairs.count) training pairs (\(t.trainedTokenCount) completion tokens), \(v.pairs.count) validation pairs; "
-                     + "objective \(kind.rawValue)")
+                     + "objective \(kind.rawValue)" + Self.dropped(t.tooLong + v.tooLong, t.tooLongRows + v.tooLongRows, "pairs longer than", config.maxLen))
             (train, validation) = (t, v)
         } else {
             let (t, v) = try Self.loadSFT(config: config, model: model, lm: lm, randomIDs: randomIDs, log: log)
@@ -358,9 +364,9 @@ struct Train: ParsableCommand {
         } else {
             let loaded = lm!
             let template = try? loaded.chatTemplate(config.chatTemplate.flatMap(ChatTemplate.Family.init(rawValue:)))
-            func load(_ path: String) throws -> SFTDataSet {
-                try SFTDataSet.load(path: path, tokenizer: loaded.tokenizer, chatTemplate: template, maxLength: config.maxLen,
-                                    skipBad: config.skipBad, textColumn: config.textColumn)
+            func load(_ sources: DataSources) throws -> SFTDataSet {
+                try SFTDataSet.load(paths: sources.paths, format: config.dataFormat, tokenizer: loaded.tokenizer, chatTemplate: template,
+                                    maxLength: config.maxLen, skipBad: config.skipBad, textColumn: config.textColumn)
             }
             train = try load(config.data)
             if let v = config.valFile {
@@ -375,8 +381,16 @@ struct Train: ParsableCommand {
             log.line("\(set.source): skipped \(set.skipped) bad rows; first: " + set.skippedReasons.map(\.description).joined(separator: "; "))
         }
         log.line("data: \(train.examples.count) training examples (\(train.trainedTokenCount) trained tokens), "
-                 + "\(validation.examples.count) validation examples")
+                 + "\(validation.examples.count) validation examples"
+                 + dropped(train.tooLong + validation.tooLong, train.tooLongRows + validation.tooLongRows, "rows with nothing to train within", config.maxLen))
         return (train, validation)
+    }
+
+    /// The data line's note on rows dropped for length: "; dropped 3 rows … --max-len 128
+    /// (a.jsonl:96, a.jsonl:120, …)", or nothing.
+    static func dropped(_ n: Int, _ first: [SFTDataError], _ what: String, _ maxLen: Int) -> String {
+        let rows = first.prefix(SFTDataSet.reasonsKept).compactMap { if case let .badRow(path, line, _) = $0 { "\(path):\(line)" } else { nil } }
+        return n == 0 ? "" : "; dropped \(n) \(what) --max-len \(maxLen) (\(rows.joined(separator: ", "))\(n > rows.count ? ", …" : ""))"
     }
 
     static let demoData = "data/demo-sft/train.jsonl"

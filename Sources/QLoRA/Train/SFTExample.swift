@@ -24,7 +24,7 @@ public struct SFTExample: Sendable, Equatable {
     public var trainedTokens: Int { labels.dropFirst().count { $0 != Self.ignoreIndex } }
 }
 
-/// One row of a data file, before tokenization.
+/// One row of a data file, before tokenization (`SFTRow(json:)` reads the JSON layouts).
 public enum SFTRow: Sendable, Equatable {
     /// Language modelling: every token trained.
     case text(String)
@@ -32,6 +32,27 @@ public enum SFTRow: Sendable, Equatable {
     case promptCompletion(prompt: String, completion: String)
     /// TRL's assistant_only_loss: only assistant turns trained.
     case messages([ChatMessage])
+    /// TRL's conversational prompt–completion: the prompt's messages masked (assistant turns
+    /// among them too), the assistant turns of the completion trained.
+    case conversation(prompt: [ChatMessage], completion: [ChatMessage])
+    /// Alpaca: an instruction, an input that may be empty, the output to train. With a chat
+    /// template it is the conversation axolotl and Unsloth make of it for a chat model,
+    ///   user: instruction + "\n\n" + input (instruction alone when input is empty)
+    ///   assistant: output
+    /// trained as `messages`; without one (a base model) it is `promptCompletion` with the
+    /// Stanford Alpaca prompt (`alpacaPrompt`), as axolotl's `alpaca` type writes it.
+    case instruction(instruction: String, input: String, output: String)
+
+    /// Stanford Alpaca's prompt, ending in "### Response:\n" as axolotl's and Unsloth's do (the
+    /// original ends at the colon and starts the output on the next line).
+    public static func alpacaPrompt(instruction: String, input: String) -> String {
+        input.isEmpty
+            ? "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+                + "### Instruction:\n\(instruction)\n\n### Response:\n"
+            : "Below is an instruction that describes a task, paired with an input that provides further context. "
+                + "Write a response that appropriately completes the request.\n\n"
+                + "### Instruction:\n\(instruction)\n\n### Input:\n\(input)\n\n### Response:\n"
+    }
 
     /// Tokenizes the row as TRL's SFTTrainer does, then keeps the first `maxLength` tokens.
     ///
@@ -47,7 +68,16 @@ public enum SFTRow: Sendable, Equatable {
     ///                       what follows end-of-turn (ChatML's "\n") −100. A token is trained
     ///                       when its first byte lies in a trained piece of `segments`, as TRL's
     ///                       assistant mask maps characters to tokens through offsets.
+    ///   conversation        as messages of prompt + completion, the prompt's assistant turns
+    ///                       −100 too. TRL's completion mask trains every token after
+    ///                       render(prompt, generation prompt); the same tokens but for what
+    ///                       follows the completion's last end-of-turn (ChatML's "\n").
+    ///   instruction         as messages or prompt/completion (see the case)
     /// EOS is not added where the text already ends with it.
+    ///
+    /// A row with nothing to train at all (a conversation without an assistant turn) throws
+    /// `.allLabelsMasked`; one whose trained tokens all lie past `maxLength` throws
+    /// `.trainedPastMaxLength`, which a data set counts and drops rather than fails on.
     public func tokenize(tokenizer: Tokenizer, chatTemplate: ChatTemplate?, maxLength: Int) throws(SFTRowProblem) -> SFTExample {
         precondition(maxLength > 1, "maxLength \(maxLength)")
         var ids: [Int] = [], labels: [Int] = []
@@ -57,6 +87,20 @@ public enum SFTRow: Sendable, Equatable {
         }
         func appendEOS() {
             if let eos = tokenizer.eos, ids.last != eos { append([eos], trained: true) }
+        }
+        func conversation(_ messages: [ChatMessage], trainedFrom: Int) throws(SFTRowProblem) {
+            guard let chatTemplate else { throw .noChatTemplate }
+            let pieces = try Self.segments(messages, chatTemplate, trainedFrom: trainedFrom)
+            let text = pieces.map(\.text).joined()
+            ids = tokenizer.encode(text)
+            guard let starts = Self.tokenStarts(ids, of: text, tokenizer) else { throw .untraceableTokens }
+            var trained: [Range<Int>] = [], offset = 0
+            for p in pieces {
+                let end = offset + p.text.utf8.count
+                if p.trained { trained.append(offset..<end) }
+                offset = end
+            }
+            labels = zip(ids, starts).map { id, start in trained.contains { $0.contains(start) } ? id : SFTExample.ignoreIndex }
         }
         switch self {
         case let .text(text):
@@ -70,22 +114,20 @@ public enum SFTRow: Sendable, Equatable {
             appendEOS()
             for i in 0..<min(promptCount, labels.count) { labels[i] = SFTExample.ignoreIndex }
         case let .messages(messages):
-            guard let chatTemplate else { throw .noChatTemplate }
-            let pieces = try Self.segments(messages, chatTemplate)
-            let text = pieces.map(\.text).joined()
-            ids = tokenizer.encode(text)
-            guard let starts = Self.tokenStarts(ids, of: text, tokenizer) else { throw .untraceableTokens }
-            var trained: [Range<Int>] = [], offset = 0
-            for p in pieces {
-                let end = offset + p.text.utf8.count
-                if p.trained { trained.append(offset..<end) }
-                offset = end
-            }
-            labels = zip(ids, starts).map { id, start in trained.contains { $0.contains(start) } ? id : SFTExample.ignoreIndex }
+            try conversation(messages, trainedFrom: 0)
+        case let .conversation(prompt, completion):
+            try conversation(prompt + completion, trainedFrom: prompt.count)
+        case let .instruction(instruction, input, output):
+            let row: SFTRow = chatTemplate == nil
+                ? .promptCompletion(prompt: Self.alpacaPrompt(instruction: instruction, input: input), completion: output)
+                : .messages([ChatMessage(.user, input.isEmpty ? instruction : instruction + "\n\n" + input), ChatMessage(.assistant, output)])
+            return try row.tokenize(tokenizer: tokenizer, chatTemplate: chatTemplate, maxLength: maxLength)
         }
-        let example = SFTExample(inputIds: Array(ids.prefix(maxLength)), labels: Array(labels.prefix(maxLength)))
-        guard example.trainedTokens > 0 else { throw .allLabelsMasked(tokens: example.count, maxLength: maxLength) }
-        return example
+        guard let firstTrained = labels.indices.dropFirst().first(where: { labels[$0] != SFTExample.ignoreIndex }) else {
+            throw .allLabelsMasked(tokens: ids.count)
+        }
+        guard firstTrained < maxLength else { throw .trainedPastMaxLength(tokens: ids.count, firstTrained: firstTrained, maxLength: maxLength) }
+        return SFTExample(inputIds: Array(ids.prefix(maxLength)), labels: Array(labels.prefix(maxLength)))
     }
 
     /// The rendered conversation cut into consecutive pieces, each trained or not:
@@ -93,14 +135,15 @@ public enum SFTRow: Sendable, Equatable {
     ///   render(messages[..<i], addGenerationPrompt: true)   ends with the assistant header: masked
     ///   render(messages[...i], addGenerationPrompt: false)  adds the turn: trained up to and
     ///                                                       including its last end-of-turn, masked after
-    /// and render(messages) after the last assistant message, masked. The pieces concatenate to
+    /// and render(messages) after the last assistant message, masked. Assistant turns before
+    /// `trainedFrom` (a prompt's) are masked whole. The pieces concatenate to
     /// render(messages, addGenerationPrompt: false). A turn's render is taken less the
     /// template's `closing` (phi3 ends a conversation with EOS, not each turn).
     ///
     /// The pieces are not tokenized one by one: a cut that is not at a special token can fall
     /// inside a token of the whole text. Llama 3's header ends in "\n\n", which the GPT-2
     /// pre-tokenizer writes as one "ĊĊ" at the end of a piece but as "Ċ" "Ċ" before content.
-    static func segments(_ messages: [ChatMessage], _ template: ChatTemplate) throws(SFTRowProblem) -> [(text: String, trained: Bool)] {
+    static func segments(_ messages: [ChatMessage], _ template: ChatTemplate, trainedFrom: Int = 0) throws(SFTRowProblem) -> [(text: String, trained: Bool)] {
         func render(_ m: ArraySlice<ChatMessage>, _ generationPrompt: Bool) throws(SFTRowProblem) -> String {
             do { return try template.render(Array(m), addGenerationPrompt: generationPrompt) } catch { throw .template(error) }
         }
@@ -118,7 +161,7 @@ public enum SFTRow: Sendable, Equatable {
             }
             var trainedEnd = turn.endIndex
             if !template.endOfTurn.isEmpty, let r = turn.range(of: template.endOfTurn, options: [.backwards, .literal]) { trainedEnd = r.upperBound }
-            pieces += [(masked, false), (String(turn[..<trainedEnd]), true), (String(turn[trainedEnd...]), false)]
+            pieces += [(masked, false), (String(turn[..<trainedEnd]), i >= trainedFrom), (String(turn[trainedEnd...]), false)]
             done = full
         }
         guard let rest = Self.remainder(of: try render(messages[...], false), after: done) else {

@@ -7,11 +7,14 @@ import Quant
 /// only ever shadows the trainable parameters).
 public struct TrainingConfig: Codable, Sendable, Equatable {
     public var model: String
-    public var data: String
+    /// Files, folders or globs (`DataSources`): a string in config.json when one, else a list.
+    public var data: DataSources
     /// A synthetic shape trained on seeded random token ids instead of `model` and `data`.
     public var shape: String?
     public var layers: Int?
-    public var valFile: String?
+    public var valFile: DataSources?
+    /// The format of every data file (nil: each file's extension says).
+    public var dataFormat: SFTFormat?
     public var valFraction: Double = 0.05
     public var maxLen = 256
     public var packing = false
@@ -86,7 +89,7 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     /// choice), so a resumed run keeps it (nil in runs written before it was recorded).
     public var computeDtypeInUse: ComputeDTypeChoice?
 
-    public init(model: String, data: String) {
+    public init(model: String, data: DataSources) {
         self.model = model
         self.data = data
     }
