@@ -335,6 +335,7 @@ struct Train: ParsableCommand {
                 + (run.ema == nil ? "" : b.live ? " (live weights)" : " (EMA weights)") + ": \(run.bestAdapter ?? "")"
         } ?? "no evaluation after training began"
         log.line("done: \(run.step) updates in \(TrainingLog.duration(log.elapsed)); \(bestNote)")
+        log.line("chart: \(directory)/\(RunLayout.chartFile)" + (config.reportTo == .tensorboard ? "; tensorboard --logdir \(directory)" : ""))
         if let sample, generates, let lm {
             let set = AdapterSet(base: lm.model)
             let finalPath = directory + "/" + RunLayout.adapter(.final)

@@ -28,9 +28,12 @@ public struct RunScalars: Sendable {
 
     public init(name: String, rows: [MetricsRow]) {
         self.name = name
-        for row in rows {
-            for (tag, value) in row.scalars { series[tag, default: []].append((row.step, value)) }
-        }
+        rows.forEach { append($0) }
+    }
+
+    /// The scalars of a row that follows the others.
+    public mutating func append(_ row: MetricsRow) {
+        for (tag, value) in row.scalars { series[tag, default: []].append((row.step, value)) }
     }
 
     /// The scalars of the run in `directory`, named by `name` (default: the folder's name).

@@ -3,7 +3,7 @@ import Foundation
 /// One curve of a chart panel: points in data coordinates, drawn as a polyline (and a dot at
 /// each point with `markers`, which a lone point always gets).
 public struct ChartSeries: Sendable {
-    public enum Stroke: String, Sendable { case solid, dashed, dotted, faint }
+    public enum Stroke: Sendable { case solid, dashed, dotted, faint }
 
     public var label: String
     public var points: [(x: Double, y: Double)]

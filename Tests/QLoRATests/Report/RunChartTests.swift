@@ -151,19 +151,18 @@ final class RunChartTests: XCTestCase {
         }
     }
 
-    /// A 6-update run on the tiny Llama with --report-to tensorboard: chart.svg holds its curves,
-    /// the event file holds metrics.jsonl's scalars (float-rounded), step for step.
-    func testTinyRunWritesChartAndTensorBoardEvents() throws {
-        let dir = TempDir()
-        let run = dir.path + "/run"
-        func data(_ count: Int, seed: UInt64) -> SFTDataSet {
-            var rng = SplitMix64(seed: seed)
-            return SFTDataSet(examples: (0..<count).map { i in
-                var ids = [Int(rng.next() % 256)]
-                for _ in 1..<8 { ids.append((3 * ids.last! + 1) % 256) }
-                return SFTExample(inputIds: ids, labels: [-100] + ids.dropFirst(), line: i + 1)
-            }, source: "synthetic-\(seed)", padID: 0)
-        }
+    /// Sequences of 8 tokens following next = (3·prev + 1) mod 256, the first one unlabelled.
+    func data(_ count: Int, seed: UInt64) -> SFTDataSet {
+        var rng = SplitMix64(seed: seed)
+        return SFTDataSet(examples: (0..<count).map { i in
+            var ids = [Int(rng.next() % 256)]
+            for _ in 1..<8 { ids.append((3 * ids.last! + 1) % 256) }
+            return SFTExample(inputIds: ids, labels: [-100] + ids.dropFirst(), line: i + 1)
+        }, source: "synthetic-\(seed)", padID: 0)
+    }
+
+    /// 6 updates on the tiny Llama, evaluated and checkpointed every 3, with --report-to tensorboard.
+    func tinyRun(_ directory: String, resume: Bool = false) throws -> TrainingRun {
         var c = TrainingConfig(model: "tiny-llama-bnb-nf4", data: "synthetic")
         c.loraR = 4
         c.batchSize = 2
@@ -173,9 +172,16 @@ final class RunChartTests: XCTestCase {
         c.plan = false
         c.speedAlerts = false
         c.reportTo = .tensorboard
-        let training = try TrainingRun(config: c, directory: run, model: LlamaTrainerTests.tiny, train: data(12, seed: 1),
-                                       validation: data(4, seed: 2), resume: false) { _ in }
-        XCTAssertTrue(try training.run { _ in })
+        return try TrainingRun(config: c, directory: directory, model: LlamaTrainerTests.tiny, train: data(12, seed: 1),
+                               validation: data(4, seed: 2), resume: resume) { _ in }
+    }
+
+    /// A 6-update run: chart.svg holds its curves, the event file holds metrics.jsonl's scalars
+    /// (float-rounded), step for step.
+    func testTinyRunWritesChartAndTensorBoardEvents() throws {
+        let dir = TempDir()
+        let run = dir.path + "/run"
+        XCTAssertTrue(try tinyRun(run).run { _ in })
 
         let drawn = parse(try String(contentsOfFile: run + "/" + RunLayout.chartFile, encoding: .utf8))
         XCTAssertEqual(drawn.series["Training loss | raw"], 6)
@@ -204,5 +210,35 @@ final class RunChartTests: XCTestCase {
         XCTAssertEqual(inEvents["eval/loss_ema"]?.map(\.1), rows.compactMap(\.valLoss).map(Float.init))
         XCTAssertEqual(inEvents["eval/loss"]?.map(\.1), rows.compactMap(\.valLossLive).map(Float.init))
         XCTAssertEqual(Set(inEvents.keys), Set(RunScalars(name: "", rows: rows).series.keys))
+    }
+
+    /// A run killed after update 5 (checkpoint 3, rows and events up to 5) and resumed: the chart
+    /// has each update once, and the new event file restarts at update 4 after the old one.
+    func testResumedRunRedrawsFromTheKeptRowsAndRestartsTheEvents() throws {
+        let dir = TempDir()
+        let (a, b) = (dir.path + "/a", dir.path + "/b")
+        XCTAssertTrue(try tinyRun(a).run { _ in })
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: b, withIntermediateDirectories: true)
+        for name in [RunLayout.configFile, RunLayout.checkpoint(step: 3), RunLayout.tensorBoardDirectory] {
+            try fm.copyItem(atPath: a + "/" + name, toPath: b + "/" + name)
+        }
+        let killed = try String(contentsOfFile: a + "/" + RunLayout.metricsFile, encoding: .utf8).split(separator: "\n")
+            .filter { try! JSONDecoder().decode(MetricsRow.self, from: Data($0.utf8)).step <= 5 }
+        try (killed.joined(separator: "\n") + "\n").write(toFile: b + "/" + RunLayout.metricsFile, atomically: true, encoding: .utf8)
+
+        let resumed = try tinyRun(b, resume: true)
+        XCTAssertEqual(resumed.step, 3)
+        XCTAssertTrue(try resumed.run { _ in })
+        let drawn = parse(try String(contentsOfFile: b + "/" + RunLayout.chartFile, encoding: .utf8))
+        XCTAssertEqual(drawn.series["Training loss | raw"], 6)
+        XCTAssertEqual(drawn.series["Validation loss | EMA weights"], 3)
+        let files = try fm.contentsOfDirectory(atPath: b + "/" + RunLayout.tensorBoardDirectory).sorted()
+        XCTAssertEqual(files.count, 2)
+        let events = try TensorBoardEventsTests.readEvents(b + "/" + RunLayout.tensorBoardDirectory + "/" + files[1])
+        XCTAssertEqual(events.count, 2 + 3 + 1)   // version, restart; updates 4–6; the evaluation at 6
+        XCTAssertEqual(events[1].sessionStatus, 1)
+        XCTAssertEqual(events[1].step, 4)
+        XCTAssertEqual(events.dropFirst(2).map(\.step), [4, 5, 6, 6])
     }
 }
