@@ -15,6 +15,6 @@ struct QLoRACommand: ParsableCommand {
             Start with `qlora info` to see what this machine computes with, and
             `qlora bench gemm` to measure the 4-bit GEMMs against dense sgemm.
             """,
-        subcommands: [Info.self, Quantize.self, Generate.self, Perplexity.self, Train.self, Score.self, Adapters.self, Export.self, Merge.self, Estimate.self, Bench.self]
+        subcommands: [Info.self, Quantize.self, Generate.self, Perplexity.self, Train.self, Plot.self, Score.self, Adapters.self, Export.self, Merge.self, Estimate.self, Bench.self]
     )
 }

@@ -15,6 +15,7 @@ extension ComputeDTypeChoice: ExpressibleByArgument {
 }
 extension PreferenceLoss.DPOKind: ExpressibleByArgument {}
 extension SFTFormat: ExpressibleByArgument {}
+extension ReportTarget: ExpressibleByArgument {}
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -46,7 +47,10 @@ struct Train: ParsableCommand {
             rows with step, val_loss, val_ppl), checkpoint-N/ (the newest --keep-last), and \
             the adapters lora_best, lora_best_ema, lora_final and lora_final_ema (the EMA \
             weights at the end) in PEFT's layout (qlora generate --adapter DIR; qlora export \
-            --adapter RUN --ema merges lora_final_ema).
+            --adapter RUN --ema merges lora_final_ema), and chart.svg (training and validation \
+            loss, learning rate, tokens/s; chart.png too where rsvg-convert or ImageMagick is), \
+            redrawn at each evaluation; qlora plot RUN… overlays runs. --report-to tensorboard \
+            adds TensorBoard event files in RUN/tensorboard/.
 
             Objectives (--objective): sft (the default) trains on the data above. reward, dpo, \
             orpo and simpo train on preference pairs, TRL's rows {"prompt","chosen","rejected"} \
@@ -153,6 +157,8 @@ struct Train: ParsableCommand {
     @Option(help: "DPO's reference: a frozen adapter (default: the adapter --load-lora-from starts from, else the base).")
     var refAdapter: String?
 
+    @Option(help: "Also write the scalars for: none or tensorboard (event files in RUN/tensorboard/; tensorboard --logdir RUN).")
+    var reportTo = ReportTarget.none
     @Option(help: "Run directory.") var out: String?
     @Option(help: "Continue the run in this directory from its newest checkpoint.") var resume: String?
     @Flag(help: "Delete what --out holds first (a previous run) instead of refusing.") var overwrite = false
@@ -239,6 +245,7 @@ struct Train: ParsableCommand {
         c.keepLast = keepLast
         c.plan = plan
         c.gradCheckpoint = gradCheckpoint
+        c.reportTo = reportTo
         return c
     }
 
@@ -334,6 +341,7 @@ struct Train: ParsableCommand {
                 + (run.ema == nil ? "" : b.live ? " (live weights)" : " (EMA weights)") + ": \(run.bestAdapter ?? "")"
         } ?? "no evaluation after training began"
         log.line("done: \(run.step) updates in \(TrainingLog.duration(log.elapsed)); \(bestNote)")
+        log.line("chart: \(directory)/\(RunLayout.chartFile)" + (config.reportTo == .tensorboard ? "; tensorboard --logdir \(directory)" : ""))
         if let sample, generates, let lm {
             let set = AdapterSet(base: lm.model)
             let finalPath = directory + "/" + RunLayout.adapter(.final)

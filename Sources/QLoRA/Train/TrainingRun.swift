@@ -68,6 +68,8 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     public var gradCheckpoint = false
     /// Alert on a collapse of tokens/s (timing-dependent, so off where runs are compared).
     public var speedAlerts = true
+    /// Where the scalars go besides metrics.jsonl and chart.svg (nil: none).
+    public var reportTo: ReportTarget?
 
     /// What the run trains for (nil: sft). Preference objectives read pairs; `batchSize`
     /// counts pairs then.
@@ -357,6 +359,7 @@ public final class TrainingRun {
     private var updateSeconds: [Double] = []
     private var validationPassSeconds: Double?
     private var recentSpeeds: [Double] = []
+    private let report: RunReport
 
     /// A new run (`resume` false: the directory must not hold a checkpoint) or the continuation of
     /// the one in `directory` from its newest complete checkpoint.
@@ -473,6 +476,7 @@ public final class TrainingRun {
             try AtomicFile.write(to: directory + "/" + RunLayout.configFile, bytes: [UInt8](try encoder.encode(config)))
             try? fm.removeItem(atPath: directory + "/" + RunLayout.metricsFile)
         }
+        report = try RunReport(directory: directory, target: config.reportTo ?? .none, resumedAt: resume ? step : nil)
     }
 
     public static func loadConfig(run directory: String) throws -> TrainingConfig {
@@ -521,9 +525,11 @@ public final class TrainingRun {
             if let every = config.saveEvery, step % every == 0, lastCheckpointStep != step { try saveCheckpoint(onEvent) }
             if step < totalUpdates, shouldStop() {
                 if lastCheckpointStep != step { try saveCheckpoint(onEvent) }
+                try report.redraw()
                 return false
             }
         }
+        try report.redraw()
         let final = directory + "/" + RunLayout.adapter(.final), finalEMA = directory + "/" + RunLayout.adapter(.final, ema: true)
         try AdapterFiles.save(lora, to: final, baseModel: config.model)
         onEvent(.adapterSaved(path: final, why: "final"))
@@ -683,6 +689,7 @@ public final class TrainingRun {
         row.elapsedS = Date().timeIntervalSince(started)
         onEvent(.evaluation(row))
         try append(row)
+        try report.redraw()
         let liveBetter = live.map { $0.mean < loss.mean } ?? (ema == nil)
         let candidate = liveBetter ? (live?.mean ?? loss.mean) : loss.mean
         if kind != "quick", step > 0, candidate < bestValLoss {
@@ -736,6 +743,7 @@ public final class TrainingRun {
         defer { try? h.close() }
         try h.seekToEnd()
         try h.write(contentsOf: line)
+        try report.record(row)
     }
 
     /// Rows past `step` belong to updates a resumed run makes again: dropped (atomically).
