@@ -159,12 +159,23 @@ struct Train: ParsableCommand {
 
     @Option(help: "Also write the scalars for: none or tensorboard (event files in RUN/tensorboard/; tensorboard --logdir RUN).")
     var reportTo = ReportTarget.none
+    @Option(help: "AdamW β1.") var beta1 = 0.9
+    @Option(help: "AdamW β2.") var beta2 = 0.999
+    @Option(help: "AdamW ε.") var eps = 1e-8
+    @Flag(inversion: .prefixedNo, help: "Alert (evaluate and checkpoint) when tokens/s collapses.") var speedAlerts = true
+
     @Option(help: "Run directory.") var out: String?
     @Option(help: "Continue the run in this directory from its newest checkpoint.") var resume: String?
     @Flag(help: "Delete what --out holds first (a previous run) instead of refusing.") var overwrite = false
+    @Option(help: ArgumentHelp(
+        "A YAML file of settings: config.json's keys (lora_r: 32, data: [a.jsonl, b.jsonl], plan: false) and out.",
+        discussion: "Its values are read as the flags they name, and flags on the command line override them; unknown keys are errors naming the file's line.",
+        valueName: "file"))
+    var config: String?
+    @Flag(help: "Print the resolved settings (the file's, then the flags') as YAML that --config takes, and stop.") var printConfig = false
 
     func validate() throws {
-        guard (out == nil) != (resume == nil) else { throw ValidationError("pass --out RUN for a new run, or --resume RUN") }
+        guard printConfig || (out == nil) != (resume == nil) else { throw ValidationError("pass --out RUN for a new run, or --resume RUN") }
         guard loraR > 0 else { throw ValidationError("--lora-r must be positive") }
         guard batchSize > 0, gradAccum > 0 else { throw ValidationError("--batch-size and --grad-accum must be positive") }
         guard maxLen > 1 else { throw ValidationError("--max-len must be at least 2") }
@@ -246,10 +257,19 @@ struct Train: ParsableCommand {
         c.plan = plan
         c.gradCheckpoint = gradCheckpoint
         c.reportTo = reportTo
+        c.beta1 = beta1
+        c.beta2 = beta2
+        c.eps = eps
+        c.speedAlerts = speedAlerts
         return c
     }
 
     func run() throws {
+        if printConfig {
+            let c = resume != nil ? try TrainingRun.loadConfig(run: resume!) : newConfig
+            print(try TrainConfigFile.yaml(c, out: out), terminator: "")
+            return
+        }
         let directory = resume ?? out!
         if overwrite, resume == nil, FileManager.default.fileExists(atPath: directory) {
             guard FileManager.default.fileExists(atPath: directory + "/" + RunLayout.configFile) else {
