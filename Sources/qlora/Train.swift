@@ -364,7 +364,8 @@ struct Train: ParsableCommand {
         log.line("chart: \(directory)/\(RunLayout.chartFile)" + (config.reportTo == .tensorboard ? "; tensorboard --logdir \(directory)" : ""))
         if let sample, generates, let lm {
             let set = AdapterSet(base: lm.model)
-            let finalPath = directory + "/" + RunLayout.adapter(.final)
+            // The best weights the run evaluated (EMA or live), else the final ones.
+            let finalPath = run.bestAdapter ?? directory + "/" + RunLayout.adapter(.final)
             let final = try set.load(finalPath)
             let tuned = DecoderModel(lm.model, adapters: try set.adapters(final).stacking(run.lora.stacked))
             let stackedNote = run.lora.stacked.isEmpty ? "" : " + frozen " + run.lora.stacked.map(\.name).joined(separator: ", ")
