@@ -6,19 +6,9 @@
 /// not degenerate: rotate right by 15 bits, then add 0xa282ead8 (wrapping). TensorFlow's
 /// `crc32c::Mask`, tensorboard's `masked_crc32c`.
 public enum CRC32C {
-    static let table: [UInt32] = (0..<256).map { n in
-        var c = UInt32(n)
-        for _ in 0..<8 { c = c & 1 != 0 ? 0x82F6_3B78 ^ (c >> 1) : c >> 1 }
-        return c
-    }
+    static let crc = ReflectedCRC32(polynomial: 0x82F6_3B78)
 
-    public static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt32 {
-        var c: UInt32 = 0xFFFF_FFFF
-        table.withUnsafeBufferPointer { t in
-            for b in bytes { c = t[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) }
-        }
-        return c ^ 0xFFFF_FFFF
-    }
+    public static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt32 { crc.checksum(bytes) }
 
     public static func checksum(_ bytes: [UInt8]) -> UInt32 { bytes.withUnsafeBytes { checksum($0) } }
 
