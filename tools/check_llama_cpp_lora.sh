@@ -4,6 +4,7 @@
 # against those of the merged GGUF `qlora export --format gguf` writes, both F32.
 #
 #   tools/check_llama_cpp_lora.sh [RUN_OR_ADAPTER_DIR [--ema]]
+#   BASE=models/gemma-3-270m.Q4_K_M.gguf tools/check_llama_cpp_lora.sh RUN   # an adapter trained on BASE
 #
 # Without a directory it trains one: `qlora train --max-steps 3` on SmolLM2-135M-Instruct.Q4_1
 # with rsLoRA (r 8, alpha 16, lr 1e-3, so B is well away from zero and the alpha·√r of the file
@@ -12,10 +13,13 @@
 #   merged.f32.gguf   qlora export --format gguf --type f32 --adapter DIR   (W' = W + s·B·A)
 #   adapter.gguf      qlora export --adapter-only --format gguf --adapter DIR
 # and tools/llama_cpp_lora_logits.cpp runs the first 128 tokens of data/demo-sft/val.jsonl through
-#   [0] merged.f32.gguf                (reference)
-#   [1] base.f32.gguf + adapter.gguf   must be within 1e-4 of [0]'s max |logit| (F32 summation order)
-#   [2] base.f32.gguf                  the adapter's own effect: must be 100× larger than [1]'s
-#   [3] the Q4_1 base + adapter.gguf   reported only (llama.cpp rounds activations to Q8_1 for Q4_1)
+#   [0] base.f32.gguf + adapter.gguf   (reference: llama.cpp applying the LoRA)
+#   [1] merged.f32.gguf                must be within max(1e-4, 2 × [2]'s) of [0]'s max |logit|
+#   [2] base.f32.gguf + adapter.gguf at scale 0.5, twice: the same sum rounded differently, so
+#       llama.cpp's own f32 noise on this model. It is ≈ 1e-6 on SmolLM2 but ≈ 6e-4 on Gemma:
+#       ggml's GELU rounds its input to F16 for a table lookup, which turns f32 noise into F16 steps.
+#   [3] base.f32.gguf                  the adapter's own effect: must be 100× larger than [1]'s
+#   [4] the 4-bit base + adapter.gguf  reported only (llama.cpp rounds activations to 8 bits for it)
 # printing each run's perplexity. Exits non-zero when a check fails.
 #
 # llama.cpp: the source vendored in the llama-cpp-python 0.3.36 sdist from PyPI (llama.cpp commit
@@ -27,7 +31,7 @@ cd "$(dirname "$0")/.."
 PYPI_VERSION=0.3.36
 CACHE=.build-llama-cpp
 SRC="$CACHE/llama_cpp_python-$PYPI_VERSION/vendor/llama.cpp"
-BASE=models/SmolLM2-135M-Instruct.Q4_1.gguf
+BASE="${BASE:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 N_TOKENS=128
 
 for tool in pip cmake c++; do
@@ -68,13 +72,15 @@ fi
 "$QLORA" export --model "$BASE" --adapter "$ADAPTER" "$@" --adapter-only --format gguf -o "$WORK/adapter.gguf"
 
 head -c 4000 data/demo-sft/val.jsonl > "$WORK/text.txt"
-"$PROGRAM" "$WORK/text.txt" "$N_TOKENS" "$WORK/merged.f32.gguf" "$WORK/base.f32.gguf+$WORK/adapter.gguf" \
-    "$WORK/base.f32.gguf" "$BASE+$WORK/adapter.gguf" | tee "$WORK/result.txt"
+"$PROGRAM" "$WORK/text.txt" "$N_TOKENS" "$WORK/base.f32.gguf+$WORK/adapter.gguf" "$WORK/merged.f32.gguf" \
+    "$WORK/base.f32.gguf+$WORK/adapter.gguf@0.5+$WORK/adapter.gguf@0.5" "$WORK/base.f32.gguf" "$BASE+$WORK/adapter.gguf" \
+    | tee "$WORK/result.txt"
 awk '$1 == "RESULT" { err[$2] = $3 }
      END {
-         ok = (err[1] < 1e-4 && err[2] > 100 * err[1])
-         ratio = (err[1] > 0 ? err[2] / err[1] : 0)
-         printf "%s base + LoRA vs merged: %.2e of max |logit| (tolerance 1e-4); the adapter moves the base by %.2e (%.0f× that)\n",
-                (ok ? "ok  " : "FAIL"), err[1], err[2], ratio
+         tolerance = (2 * err[2] > 1e-4 ? 2 * err[2] : 1e-4)
+         ok = (err[1] <= tolerance && err[3] > 100 * err[1])
+         ratio = (err[1] > 0 ? err[3] / err[1] : 0)
+         printf "%s base + LoRA vs merged: %.2e of max |logit| (tolerance %.1e; llama.cpp'"'"'s own f32 noise %.2e); the adapter moves the base by %.2e (%.0f× that)\n",
+                (ok ? "ok  " : "FAIL"), err[1], tolerance, err[2], err[3], ratio
          exit (ok ? 0 : 1)
      }' "$WORK/result.txt"

@@ -1,9 +1,10 @@
 // The logits llama.cpp computes for one text under several models, each a GGUF alone or a GGUF
-// with a LoRA GGUF applied at run time (llama_adapter_lora_init + llama_set_adapters_lora at
-// scale 1, what `llama-cli --lora` does), compared with the first run's.
+// with LoRA GGUFs applied at run time (llama_adapter_lora_init + llama_set_adapters_lora, at
+// scale 1 unless given: what `llama-cli --lora` and `--lora-scaled` do), compared with the first
+// run's.
 // Built and run by tools/check_llama_cpp_lora.sh against the libllama it builds; qlora's own code.
 //
-//   usage: llama_cpp_lora_logits TEXT_FILE N_TOKENS RUN...      RUN = MODEL.gguf[+LORA.gguf]
+//   usage: llama_cpp_lora_logits TEXT_FILE N_TOKENS RUN...      RUN = MODEL.gguf[+LORA.gguf[@SCALE]]...
 //
 // The text's first N_TOKENS tokens (the first run's tokenizer, BOS as the model says) go through
 // each run in one batch, logits kept at every position, KV cache in F32 (the default F16 cache
@@ -26,7 +27,9 @@ static void quiet_log(enum ggml_log_level level, const char * text, void *) {
 }
 
 struct Run {
-    std::string model, lora;
+    std::string model;
+    std::vector<std::string> loras;
+    std::vector<float> scales;
     std::vector<float> logits;  // [T, V]
     double ppl = 0;
 };
@@ -55,11 +58,14 @@ static bool evaluate(Run & run, const std::string & text, int n_tokens, std::vec
     cp.n_threads = cp.n_threads_batch = 2;
     llama_context * ctx = llama_init_from_model(model, cp);
     if (!ctx) { fprintf(stderr, "cannot create a context for %s\n", run.model.c_str()); return false; }
-    if (!run.lora.empty()) {
-        llama_adapter_lora * adapter = llama_adapter_lora_init(model, run.lora.c_str());
-        if (!adapter) { fprintf(stderr, "llama.cpp refuses the LoRA %s\n", run.lora.c_str()); return false; }
-        float scale = 1.0f;
-        if (llama_set_adapters_lora(ctx, &adapter, 1, &scale) != 0) { fprintf(stderr, "cannot set the LoRA\n"); return false; }
+    std::vector<llama_adapter_lora *> adapters;
+    for (const auto & path : run.loras) {
+        adapters.push_back(llama_adapter_lora_init(model, path.c_str()));
+        if (!adapters.back()) { fprintf(stderr, "llama.cpp refuses the LoRA %s\n", path.c_str()); return false; }
+    }
+    if (!adapters.empty() && llama_set_adapters_lora(ctx, adapters.data(), adapters.size(), run.scales.data()) != 0) {
+        fprintf(stderr, "cannot set the LoRAs\n");
+        return false;
     }
 
     llama_batch batch = llama_batch_init(T, 0, 1);
@@ -88,13 +94,13 @@ static bool evaluate(Run & run, const std::string & text, int n_tokens, std::vec
     run.ppl = std::exp(nll / (T - 1));
     llama_batch_free(batch);
     llama_free(ctx);
-    llama_model_free(model);  // frees the adapter too
+    llama_model_free(model);  // frees the adapters too
     return true;
 }
 
 int main(int argc, char ** argv) {
     if (argc < 4) {
-        fprintf(stderr, "usage: %s TEXT_FILE N_TOKENS MODEL.gguf[+LORA.gguf]...\n", argv[0]);
+        fprintf(stderr, "usage: %s TEXT_FILE N_TOKENS MODEL.gguf[+LORA.gguf[@SCALE]]...\n", argv[0]);
         return 2;
     }
     std::ifstream in(argv[1]);
@@ -108,8 +114,18 @@ int main(int argc, char ** argv) {
     std::vector<Run> runs;
     for (int i = 3; i < argc; i++) {
         std::string arg = argv[i];
+        Run run;
         size_t plus = arg.find('+');
-        runs.push_back({arg.substr(0, plus), plus == std::string::npos ? "" : arg.substr(plus + 1), {}, 0});
+        run.model = arg.substr(0, plus);
+        while (plus != std::string::npos) {
+            size_t next = arg.find('+', plus + 1);
+            std::string lora = arg.substr(plus + 1, next == std::string::npos ? std::string::npos : next - plus - 1);
+            size_t at = lora.rfind('@');
+            run.scales.push_back(at == std::string::npos ? 1.0f : strtof(lora.c_str() + at + 1, nullptr));
+            run.loras.push_back(lora.substr(0, at));
+            plus = next;
+        }
+        runs.push_back(run);
     }
     std::vector<llama_token> tokens;
     int n_vocab = 0;
@@ -117,7 +133,8 @@ int main(int argc, char ** argv) {
     for (size_t i = 0; i < runs.size(); i++) {
         Run & r = runs[i];
         if (!evaluate(r, text.str(), n_tokens, tokens, n_vocab)) return 1;
-        const std::string name = r.model + (r.lora.empty() ? "" : " + LoRA " + r.lora);
+        std::string name = r.model;
+        for (size_t j = 0; j < r.loras.size(); j++) name += " + LoRA " + r.loras[j] + (r.scales[j] == 1 ? "" : " @" + std::to_string(r.scales[j]));
         if (i == 0) {
             printf("%zu tokens, vocab %d\n[0] %s: perplexity %.6f (reference)\n", tokens.size(), n_vocab, name.c_str(), r.ppl);
             results.push_back("0 0 " + std::to_string(r.ppl));
