@@ -65,7 +65,7 @@ struct Export: ParsableCommand {
     var ema = false
     @Option(name: [.short, .customLong("output")], help: "Output folder (hf) or .gguf file (gguf).") var output: String
     @Option(help: "What to write: hf (a Hugging Face fp32 folder) or gguf (one file for llama.cpp).") var format: ExportFormat = .hf
-    @Option(help: "Tensor type of a GGUF's linears and embeddings: f32, f16, q8_0 (norms stay f32).")
+    @Option(help: "Tensor type of a GGUF's linears and embeddings (with --adapter-only, of lora_a/lora_b): f32, f16, q8_0 (norms stay f32).")
     var type: GGUFExport.OutputType?
     @Flag(help: "Write the adapter alone as a llama.cpp LoRA GGUF (with --format gguf), which llama.cpp adds to --model at run time (llama-cli --lora).")
     var adapterOnly = false
