@@ -33,6 +33,14 @@ struct Export: ParsableCommand {
             template) is carried over; from a folder they are built from config.json and \
             tokenizer.json (byte-level BPE; what GGUF cannot express is refused by name).
 
+            --adapter-only --format gguf writes the adapter alone, as llama.cpp's \
+            convert_lora_to_gguf.py does: blk.N.<tensor>.weight.lora_a/lora_b (--type f32, f16 or \
+            q8_0) and adapter.lora.alpha, which llama.cpp adds to the base at run time \
+            (llama-cli -m BASE.gguf --lora adapter.gguf). --model is the base it was trained on, \
+            for its architecture, shapes and q/k row order; an rsLoRA adapter is written with \
+            alpha·√r so that llama.cpp's alpha/r scale is its alpha/√r. Trained norms are refused \
+            (llama.cpp's LoRA loader skips them): export the merged model instead.
+
             fp32 takes 4 bytes a parameter (SmolLM2-135M: 538 MB). Tensors stream one at a time, \
             so memory stays near the 4-bit model plus one fp32 tensor. The output is written as \
             OUT.tmp-<pid> and renamed when complete: Ctrl-C or SIGTERM removes it and exits 130 \
@@ -46,6 +54,7 @@ struct Export: ParsableCommand {
               qlora export --model smol-nf4 -o smol-fp32 --overwrite
               qlora export --model llama-nf4 --adapter runs/llama/lora_final -o llama-tuned --max-shard-size 2GB
               qlora export --model smol-nf4 --adapter runs/smol/lora_final --format gguf --type q8_0 -o smol-tuned.Q8_0.gguf
+              qlora export --model models/SmolLM2-135M-Instruct.Q4_1.gguf --adapter runs/smol --ema --adapter-only --format gguf -o smol-lora.gguf
             """
     )
 
@@ -56,8 +65,10 @@ struct Export: ParsableCommand {
     var ema = false
     @Option(name: [.short, .customLong("output")], help: "Output folder (hf) or .gguf file (gguf).") var output: String
     @Option(help: "What to write: hf (a Hugging Face fp32 folder) or gguf (one file for llama.cpp).") var format: ExportFormat = .hf
-    @Option(help: "Tensor type of a GGUF's linears and embeddings: f32, f16, q8_0 (norms stay f32).")
+    @Option(help: "Tensor type of a GGUF's linears and embeddings (with --adapter-only, of lora_a/lora_b): f32, f16, q8_0 (norms stay f32).")
     var type: GGUFExport.OutputType?
+    @Flag(help: "Write the adapter alone as a llama.cpp LoRA GGUF (with --format gguf), which llama.cpp adds to --model at run time (llama-cli --lora).")
+    var adapterOnly = false
     @Flag(help: "Replace the output if it exists (a folder that is not empty, or a file).") var overwrite = false
     @Option(help: "Largest safetensors shard: bytes, or a number with KB, MB, GB (10³ steps) or KiB, MiB, GiB (2¹⁰ steps), as transformers' max_shard_size.")
     var maxShardSize = "5GB"
@@ -70,6 +81,12 @@ struct Export: ParsableCommand {
             throw ValidationError("--ema picks an adapter's EMA weights: it needs --adapter")
         }
         if type != nil, format != .gguf { throw ValidationError("--type applies to --format gguf only") }
+        if adapterOnly {
+            guard adapter != nil else { throw ValidationError("--adapter-only writes an adapter: it needs --adapter") }
+            guard format == .gguf else {
+                throw ValidationError("--adapter-only writes a llama.cpp LoRA GGUF: pass --format gguf (the PEFT adapter directory is already the Hugging Face form)")
+            }
+        }
         guard (Self.byteCount(maxShardSize) ?? 0) > 0 else {
             throw ValidationError("--max-shard-size must be a positive size such as 5GB, 500MB or 1000000, got \(maxShardSize)")
         }
@@ -90,6 +107,14 @@ struct Export: ParsableCommand {
         if let adapter { FileHandle.standardError.write(Data("adapter: \(adapter)\n".utf8)) }
         let options = MergedExport.Options(adapter: adapter, overwrite: overwrite, maxShardBytes: Self.byteCount(maxShardSize)!)
         InterruptCleanup.install(removing: StagedOutput.paths(for: output))
+        if adapterOnly, let adapter {
+            let report = try LoRAGGUFExport.run(model: model, adapter: adapter, output: output, type: type ?? .f32, overwrite: overwrite) {
+                FileHandle.standardError.write(Data("note: \($0)\n".utf8))
+            }
+            print(String(format: "wrote %@: %d LoRA tensors (rank %d, adapter.lora.alpha %g), %.2f MB in %.1f s", report.output, report.tensors,
+                         report.rank, Double(report.alpha), Double(report.outputBytes) / 1e6, report.seconds))
+            return
+        }
         let show: (MergedExport.Progress) -> Void = { progress in
             switch progress {
             case let .tensor(index, count, name, storage, merged, to, elapsed):
