@@ -74,11 +74,16 @@ public struct BatchIterator: Sendable {
     private var cursor: EpochCursor
     public var state: State { cursor.state }
 
-    /// - Parameter state: a saved state to resume from; nil starts epoch 0 with `seed`
-    ///   (a saved state carries its own seed, which wins).
-    public init(examples: [SFTExample], batchSize: Int, padID: Int, seed: UInt64, state: State? = nil) throws(SFTDataError) {
+    /// - Parameters:
+    ///   - state: a saved state to resume from; nil starts epoch 0 with `seed` (a saved state
+    ///     carries its own seed, which wins).
+    ///   - groupByLength: batch examples of similar length (`EpochCursor.grouped`), as the
+    ///     Hugging Face Trainer's `group_by_length`: less padding, the same examples per epoch.
+    public init(examples: [SFTExample], batchSize: Int, padID: Int, seed: UInt64, state: State? = nil,
+                groupByLength: Bool = false) throws(SFTDataError) {
         precondition(batchSize > 0, "batch size \(batchSize)")
-        cursor = try EpochCursor(count: examples.count, seed: seed, state: state, what: "examples")
+        cursor = try EpochCursor(count: examples.count, seed: seed, state: state, what: "examples",
+                                 grouping: groupByLength ? (examples.map(\.count), batchSize) : nil)
         self.examples = examples
         self.batchSize = batchSize
         self.padID = padID
@@ -111,9 +116,38 @@ struct EpochCursor: Sendable {
     private(set) var state: BatchIterator.State
     /// This epoch's order: indices into the items.
     private var order: [Int]
+    /// Each item's length and the batch size, when batches group items of similar length.
+    private let grouping: (lengths: [Int], batchSize: Int)?
+
+    /// Megabatches of `megabatchFactor` batches: the span within which lengths are sorted.
+    static let megabatchFactor = 50
+
+    /// The seeded order cut into megabatches of 50 batches, each sorted longest first (ties in
+    /// the seeded order), the megabatch holding the longest item moved to the front — the
+    /// Hugging Face Trainer's LengthGroupedSampler, so that a batch's rows are of similar
+    /// length (less padding) while which items share a megabatch stays random, and a run
+    /// too long for memory fails at its first update.
+    static func grouped(_ order: [Int], lengths: [Int], batchSize: Int) -> [Int] {
+        let span = megabatchFactor * batchSize
+        var megabatches = stride(from: 0, to: order.count, by: span).map { start in
+            order[start..<min(order.count, start + span)].enumerated()
+                .sorted { lengths[$0.element] != lengths[$1.element] ? lengths[$0.element] > lengths[$1.element] : $0.offset < $1.offset }
+                .map(\.element)
+        }
+        if let longest = megabatches.indices.max(by: { lengths[megabatches[$0][0]] < lengths[megabatches[$1][0]] }), longest > 0 {
+            megabatches.swapAt(0, longest)
+        }
+        return megabatches.flatMap { $0 }
+    }
+
+    private func arrange(_ order: [Int]) -> [Int] {
+        guard let grouping else { return order }
+        return Self.grouped(order, lengths: grouping.lengths, batchSize: grouping.batchSize)
+    }
 
     /// Checks a saved state against `count` items (`what` names them in errors).
-    init(count: Int, seed: UInt64, state: BatchIterator.State?, what: String) throws(SFTDataError) {
+    init(count: Int, seed: UInt64, state: BatchIterator.State?, what: String,
+         grouping: (lengths: [Int], batchSize: Int)? = nil) throws(SFTDataError) {
         guard count > 0 else { throw .emptyDataSet(path: "(batches)", skipped: 0, firstReasons: []) }
         let state = state ?? BatchIterator.State(seed: seed, examples: count)
         guard state.examples == count else {
@@ -123,7 +157,9 @@ struct EpochCursor: Sendable {
             throw .stateMismatch(detail: "epoch \(state.epoch), position \(state.position) is outside \(count) \(what)")
         }
         self.state = state
-        order = BatchIterator.order(count: count, seed: state.seed, epoch: state.epoch)
+        self.grouping = grouping
+        order = []
+        order = arrange(BatchIterator.order(count: count, seed: state.seed, epoch: state.epoch))
     }
 
     /// The next n indices of this epoch's order (fewer at its end) and their epoch, moving to
@@ -133,7 +169,7 @@ struct EpochCursor: Sendable {
         if state.position == count {
             state.epoch += 1
             state.position = 0
-            order = BatchIterator.order(count: count, seed: state.seed, epoch: state.epoch)
+            order = arrange(BatchIterator.order(count: count, seed: state.seed, epoch: state.epoch))
         }
         let end = min(count, state.position + n)
         defer { state.position = end }

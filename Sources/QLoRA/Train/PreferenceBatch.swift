@@ -51,10 +51,15 @@ public struct PreferenceBatchIterator: Sendable {
     private var cursor: EpochCursor
     public var state: BatchIterator.State { cursor.state }
 
-    /// - Parameter state: a saved state to resume from; nil starts epoch 0 with `seed`.
-    public init(pairs: [PreferencePair], pairsPerBatch: Int, padID: Int, seed: UInt64, state: BatchIterator.State? = nil) throws(SFTDataError) {
+    /// - Parameters:
+    ///   - state: a saved state to resume from; nil starts epoch 0 with `seed`.
+    ///   - groupByLength: batch pairs of similar length (prompt + the longer side), as
+    ///     `BatchIterator`'s.
+    public init(pairs: [PreferencePair], pairsPerBatch: Int, padID: Int, seed: UInt64, state: BatchIterator.State? = nil,
+                groupByLength: Bool = false) throws(SFTDataError) {
         precondition(pairsPerBatch > 0, "pairs per batch \(pairsPerBatch)")
-        cursor = try EpochCursor(count: pairs.count, seed: seed, state: state, what: "pairs")
+        cursor = try EpochCursor(count: pairs.count, seed: seed, state: state, what: "pairs",
+                                 grouping: groupByLength ? (pairs.map { $0.prompt.count + max($0.chosen.count, $0.rejected.count) }, pairsPerBatch) : nil)
         self.pairs = pairs
         self.pairsPerBatch = pairsPerBatch
         self.padID = padID

@@ -10,8 +10,9 @@ public protocol TrainingData: Sendable {
     var count: Int { get }
     /// Tokens the objective scores over the whole set (0: nothing would train).
     var trainedTokenCount: Int { get }
-    /// Endless batches of `batchSize` items in the seeded order, from `state` when resuming.
-    func batchStream(batchSize: Int, seed: UInt64, state: BatchIterator.State?) throws -> any TokenBatchStream
+    /// Endless batches of `batchSize` items in the seeded order, from `state` when resuming;
+    /// with `groupByLength`, items of similar length batched together (`EpochCursor.grouped`).
+    func batchStream(batchSize: Int, seed: UInt64, state: BatchIterator.State?, groupByLength: Bool) throws -> any TokenBatchStream
     /// Every item in the current order, `batchSize` at a time: for evaluation.
     func evaluationBatches(batchSize: Int) -> [TokenBatch]
 }
@@ -34,8 +35,8 @@ extension PreferenceBatchIterator: TokenBatchStream {
 extension SFTDataSet: TrainingData {
     public var count: Int { examples.count }
 
-    public func batchStream(batchSize: Int, seed: UInt64, state: BatchIterator.State?) throws -> any TokenBatchStream {
-        try BatchIterator(examples: examples, batchSize: batchSize, padID: padID, seed: seed, state: state)
+    public func batchStream(batchSize: Int, seed: UInt64, state: BatchIterator.State?, groupByLength: Bool) throws -> any TokenBatchStream {
+        try BatchIterator(examples: examples, batchSize: batchSize, padID: padID, seed: seed, state: state, groupByLength: groupByLength)
     }
 
     public func evaluationBatches(batchSize: Int) -> [TokenBatch] { batches(size: batchSize).map(TokenBatch.init) }
@@ -47,8 +48,8 @@ extension PreferenceDataSet: TrainingData {
     /// Completion tokens of both sides.
     public var trainedTokenCount: Int { pairs.reduce(0) { $0 + $1.chosen.count + $1.rejected.count } }
 
-    public func batchStream(batchSize: Int, seed: UInt64, state: BatchIterator.State?) throws -> any TokenBatchStream {
-        try PreferenceBatchIterator(pairs: pairs, pairsPerBatch: batchSize, padID: padID, seed: seed, state: state)
+    public func batchStream(batchSize: Int, seed: UInt64, state: BatchIterator.State?, groupByLength: Bool) throws -> any TokenBatchStream {
+        try PreferenceBatchIterator(pairs: pairs, pairsPerBatch: batchSize, padID: padID, seed: seed, state: state, groupByLength: groupByLength)
     }
 
     public func evaluationBatches(batchSize: Int) -> [TokenBatch] { batches(pairsPerBatch: batchSize).map(TokenBatch.init) }

@@ -18,6 +18,8 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     public var valFraction: Double = 0.05
     public var maxLen = 256
     public var packing = false
+    /// Batch examples of similar length (the Trainer's `group_by_length`); nil: off.
+    public var groupByLength: Bool?
     public var textColumn = "text"
     public var skipBad = false
     public var chatTemplate: String?
@@ -451,7 +453,7 @@ public final class TrainingRun {
         }
         self.train = train
         self.validation = validation
-        iterator = try train.batchStream(batchSize: config.batchSize, seed: config.seed, state: nil)
+        iterator = try train.batchStream(batchSize: config.batchSize, seed: config.seed, state: nil, groupByLength: config.groupByLength ?? false)
 
         let fm = FileManager.default
         if resume {
@@ -460,7 +462,7 @@ public final class TrainingRun {
             step = state.step
             lastCheckpointStep = step
             iterator = try train.batchStream(batchSize: config.batchSize, seed: config.seed,
-                                             state: try state.decodeDataState(BatchIterator.State.self))
+                                             state: try state.decodeDataState(BatchIterator.State.self), groupByLength: config.groupByLength ?? false)
             bestValLoss = state.rngStates["best_val_loss_bits"].map { Double(bitPattern: $0) } ?? .infinity
             if let at = state.rngStates["best_step"] { best = (Int(at), state.rngStates["best_is_live"] == 1) }
             try Self.dropMetrics(after: step, in: directory)

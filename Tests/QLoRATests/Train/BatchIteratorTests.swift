@@ -1,5 +1,5 @@
 import Foundation
-import QLoRA
+@testable import QLoRA
 import XCTest
 
 /// Ordering and batching: packing, seeded shuffles and splits, padding, epochs, and resuming
@@ -109,5 +109,44 @@ final class BatchIteratorTests: XCTestCase {
             guard case .stateMismatch = e as? SFTDataError else { return XCTFail("\(e)") }
         }
         XCTAssertThrowsError(try BatchIterator(examples: [], batchSize: 3, padID: 2, seed: 0))
+    }
+
+    /// group_by_length: each epoch still batches every example once; the seeded order is cut
+    /// into spans of 50 batches sorted longest first, the span with the longest example first;
+    /// padding falls; a resumed iterator gives the same batches.
+    func testGroupByLengthSortsSpansOfTheSeededOrderAndResumes() throws {
+        var rng = SplitMix64(seed: 5)
+        let lengths = (0..<230).map { _ in 2 + Int(rng.next() % 120) }
+        let set = dataSet(lengths)
+        let B = 2, span = EpochCursor.megabatchFactor * B   // 100: spans of 100, 100 and 30
+        var plain = try BatchIterator(examples: set.examples, batchSize: B, padID: set.padID, seed: 11)
+        var grouped = try BatchIterator(examples: set.examples, batchSize: B, padID: set.padID, seed: 11, groupByLength: true)
+        var padPlain = 0, padGrouped = 0
+        for epoch in 0..<2 {
+            let a = (0..<115).map { _ in plain.next() }, g = (0..<115).map { _ in grouped.next() }
+            XCTAssertEqual(g.map(\.epoch), Array(repeating: epoch, count: 115))
+            let order = BatchIterator.order(count: 230, seed: 11, epoch: epoch), got = g.flatMap(\.indices)
+            XCTAssertEqual(got.sorted(), Array(0..<230))
+            // the spans hold the seeded order's items, each sorted longest first (stable), the longest span first
+            var spans = stride(from: 0, to: 230, by: span).map { Array(order[$0..<min(230, $0 + span)]) }
+            let spanMax: [Int] = spans.map { items in items.map { lengths[$0] }.max()! }
+            let longest = spanMax.indices.max { spanMax[$0] < spanMax[$1] }!
+            spans.swapAt(0, longest)
+            var at = 0
+            for spanItems in spans {
+                let part = Array(got[at..<(at + spanItems.count)])
+                XCTAssertEqual(Set(part), Set(spanItems), "epoch \(epoch)")
+                for (x, y) in zip(part, part.dropFirst()) {
+                    XCTAssertTrue(lengths[x] > lengths[y] || (lengths[x] == lengths[y] && spanItems.firstIndex(of: x)! < spanItems.firstIndex(of: y)!))
+                }
+                at += spanItems.count
+            }
+            XCTAssertEqual(lengths[got[0]], lengths.max())
+            padPlain += a.reduce(0) { $0 + $1.batchSize * $1.sequenceLength - $1.lengths.reduce(0, +) }
+            padGrouped += g.reduce(0) { $0 + $1.batchSize * $1.sequenceLength - $1.lengths.reduce(0, +) }
+        }
+        XCTAssertLessThan(padGrouped * 5, padPlain, "padding \(padGrouped) grouped, \(padPlain) not")
+        var resumed = try BatchIterator(examples: set.examples, batchSize: B, padID: set.padID, seed: 0, state: grouped.state, groupByLength: true)
+        for _ in 0..<130 { XCTAssertEqual(resumed.next(), grouped.next()) }
     }
 }
