@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Real chat templates rendered by transformers, for Tests/QLoRATests/Tokenizer/JinjaTemplateTests.swift.
+
+Usage: make_jinja_template_fixtures.py [--sdist PATH]
+Pinned: python 3.11, transformers 5.23.0, jinja2 3.1.6, trl 1.16.0 (the /work/venv-fixtures);
+llama-cpp-python 0.3.36, whose sdist vendors llama.cpp's models/templates/*.jinja (MIT),
+fetched from PyPI with its sha256 checked (fetch_llama_cpp_vocabs.download_sdist; `pip
+download` cannot fetch it without building its metadata), unless --sdist names a copy.
+
+Writes into Tests/QLoRATests/Fixtures/jinja/:
+  NAME.jinja        each template's text as the sdist (or trl) holds it, byte for byte
+  renderings.json   where each template comes from, its bos/eos, the conversations and tools,
+                    and for each (template, conversation, add_generation_prompt) what
+                    transformers' render_jinja_template returns: "text" (and, for templates
+                    with {% generation %}, "generation": the UTF-8 byte ranges the markers
+                    cover), or "error": the message of the exception the template raised.
+strftime_now reads NOW (a fixed time, local time zone ignored: noon UTC keeps the date the
+same in any zone within ±11 h); no other randomness.
+"""
+import datetime as dt
+import json
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import jinja2
+import transformers
+import transformers.utils.chat_template_utils as ctu
+import trl
+
+import fixture_common as fc
+import fetch_llama_cpp_vocabs as fetch
+
+OUT = fc.QLORA_FIXTURES / "jinja"
+NOW = dt.datetime(2026, 3, 14, 12, 0, 0)
+
+# name: (file in llama.cpp's models/templates, bos, eos)
+SDIST_TEMPLATES = {
+    "qwen3": ("Qwen-Qwen3-0.6B.jinja", "", "<|im_end|>"),
+    "qwen2.5": ("Qwen-Qwen2.5-7B-Instruct.jinja", "", "<|im_end|>"),
+    "qwq": ("Qwen-QwQ-32B.jinja", "", "<|im_end|>"),
+    "gemma2": ("google-gemma-2-2b-it.jinja", "<bos>", "<eos>"),
+    "phi3.5": ("microsoft-Phi-3.5-mini-instruct.jinja", "<s>", "<|endoftext|>"),
+    "llama3.1": ("meta-llama-Llama-3.1-8B-Instruct.jinja", "<|begin_of_text|>", "<|eot_id|>"),
+    "llama3.2": ("meta-llama-Llama-3.2-3B-Instruct.jinja", "<|begin_of_text|>", "<|eot_id|>"),
+    "llama3.3": ("meta-llama-Llama-3.3-70B-Instruct.jinja", "<|begin_of_text|>", "<|eot_id|>"),
+    "mistral-nemo": ("mistralai-Mistral-Nemo-Instruct-2407.jinja", "<s>", "</s>"),
+    "mistral-small3.2": ("Mistral-Small-3.2-24B-Instruct-2506.jinja", "<s>", "</s>"),
+    "granite3.3": ("ibm-granite-granite-3.3-2B-Instruct.jinja", "", "<|end_of_text|>"),
+    "smollm3": ("HuggingFaceTB-SmolLM3-3B.jinja", "", "<|im_end|>"),
+    "deepseek-r1-qwen": ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"),
+    "hermes3": ("NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja", "<|begin_of_text|>", "<|im_end|>"),
+    "command-r7b": ("CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja", "<BOS_TOKEN>", "<|END_OF_TURN_TOKEN|>"),
+    "gpt-oss": ("openai-gpt-oss-120b.jinja", "<|startoftext|>", "<|return|>"),
+}
+# name: (file in trl's chat_templates, bos, eos): TRL's training templates mark assistant text with {% generation %}.
+TRL_TEMPLATES = {
+    "qwen3-trl-training": ("qwen3_training.jinja", "", "<|im_end|>"),
+}
+
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Current temperature in a city, in °C.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name, e.g. \"Paris\""},
+                                                     "unit": {"type": "string", "enum": ["c", "f"]}},
+                   "required": ["city"]}}}]
+
+CONVERSATIONS = {
+    "user": {"messages": [{"role": "user", "content": "What is the capital of France?"}]},
+    "system_user": {"messages": [{"role": "system", "content": "You answer in one word."},
+                                 {"role": "user", "content": "What is the capital of France?"}]},
+    "multi_turn": {"messages": [{"role": "system", "content": "Be brief."},
+                                {"role": "user", "content": " Hi! "},
+                                {"role": "assistant", "content": "Hello.\n"},
+                                {"role": "user", "content": "2+2?"}]},
+    "multi_turn_no_system": {"messages": [{"role": "user", "content": "Hi"},
+                                          {"role": "assistant", "content": "Hello"},
+                                          {"role": "user", "content": "Bye"},
+                                          {"role": "assistant", "content": "Goodbye, and «merci» 👋"}]},
+    "assistant_last": {"messages": [{"role": "system", "content": " Be brief. \n"},
+                                    {"role": "user", "content": "2+2?"},
+                                    {"role": "assistant", "content": "4"}]},
+    "reasoning": {"messages": [{"role": "user", "content": "2+2?"},
+                               {"role": "assistant", "content": "<think>\nAdd them.\n</think>\n\n4"},
+                               {"role": "user", "content": "And 3+3?"},
+                               {"role": "assistant", "content": "<think>\nAgain.\n</think>\n\n6"}]},
+    "tools": {"messages": [{"role": "system", "content": "You can check the weather."},
+                           {"role": "user", "content": "How warm is it in Paris?"}], "tools": TOOLS},
+    "tool_calls": {"messages": [{"role": "user", "content": "How warm is it in Paris?"},
+                                {"role": "assistant", "content": "",
+                                 "tool_calls": [{"id": "call12345", "type": "function",
+                                                 "function": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}}]},
+                                {"role": "tool", "tool_call_id": "call12345", "name": "get_weather", "content": "{\"temperature\": 21.5}"},
+                                {"role": "assistant", "content": "It is 21.5 °C in Paris."}], "tools": TOOLS},
+}
+
+
+class FixedClock(dt.datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return NOW
+
+
+def render(text: str, bos: str, eos: str, conversation: dict, gen: bool, markers: bool) -> dict:
+    try:
+        rendered, indices = ctu.render_jinja_template(
+            [conversation["messages"]], tools=conversation.get("tools"), chat_template=text,
+            add_generation_prompt=gen, return_assistant_tokens_mask=markers, bos_token=bos, eos_token=eos)
+    except Exception as e:  # what the template raised, or a Jinja2 error
+        return {"error": f"{type(e).__name__}: {e}"}
+    out = {"text": rendered[0]}
+    if markers:  # character offsets → UTF-8 byte offsets, as JinjaTemplate reports them
+        def byte(i): return len(rendered[0][:i].encode())
+        out["generation"] = [[byte(a), byte(b)] for a, b in indices[0]]
+    return out
+
+
+def main(argv):
+    ctu.datetime = FixedClock  # strftime_now reads datetime.now() from this module
+    templates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        sdist = Path(argv[1]) if argv[:1] == ["--sdist"] else fetch.download_sdist(Path(tmp))
+        with tarfile.open(sdist) as tar:
+            for name, (file, bos, eos) in SDIST_TEMPLATES.items():
+                text = tar.extractfile(fetch.MODELS + "templates/" + file).read().decode()
+                source = f"{fetch.PACKAGE}=={fetch.VERSION} sdist: vendor/llama.cpp/models/templates/{file} (llama.cpp, MIT)"
+                templates[name] = {"bos": bos, "eos": eos, "source": source, "text": text}
+    for name, (file, bos, eos) in TRL_TEMPLATES.items():
+        text = (Path(trl.__file__).parent / "chat_templates" / file).read_text()
+        templates[name] = {"bos": bos, "eos": eos, "source": f"trl=={trl.__version__}: trl/chat_templates/{file} (Apache-2.0)", "text": text}
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for name, t in templates.items():
+        (OUT / f"{name}.jinja").write_text(t["text"])
+        markers = "generation" in t["text"] and name in TRL_TEMPLATES
+        for conv_name, conversation in CONVERSATIONS.items():
+            for gen in (True, False):
+                cases.append({"template": name, "conversation": conv_name, "add_generation_prompt": gen,
+                              **render(t["text"], t["bos"], t["eos"], conversation, gen, markers)})
+    out = {"generator": {"script": "tools/make_jinja_template_fixtures.py", "transformers": transformers.__version__,
+                         "jinja2": jinja2.__version__, "trl": trl.__version__},
+           "now": NOW.strftime("%Y-%m-%dT%H:%M:%S"),
+           "templates": {name: {k: t[k] for k in ("bos", "eos", "source")} for name, t in templates.items()},
+           "conversations": CONVERSATIONS, "cases": cases}
+    path = OUT / "renderings.json"
+    path.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+    errors = sum("error" in c for c in cases)
+    print(f"wrote {path}: {len(cases)} renderings ({errors} raised) of {len(templates)} templates")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
