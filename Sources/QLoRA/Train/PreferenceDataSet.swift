@@ -119,13 +119,13 @@ public struct PreferenceDataSet: Sendable, Equatable {
                 row = .text(prompt: e.prompt, chosen: e.chosen, rejected: e.rejected)
             }
         case is [Any]:
-            let c = try messages(chosen, key: "chosen")
+            let c = try SFTDataSet.messages(chosen, key: "chosen", row: line)
             guard rejected is [Any] else { throw .wrongType(key: "rejected", expected: "a list of messages, as 'chosen' is") }
-            let r = try messages(rejected, key: "rejected")
+            let r = try SFTDataSet.messages(rejected, key: "rejected", row: line)
             guard c != r || allowEqualSides else { throw .chosenEqualsRejected }
             if let p = object["prompt"] {
                 guard p is [Any] else { throw .wrongType(key: "prompt", expected: "a list of messages, as 'chosen' is") }
-                let prompt = try messages(p, key: "prompt")
+                let prompt = try SFTDataSet.messages(p, key: "prompt", row: line)
                 func completion(_ side: [ChatMessage], _ key: String) throws(SFTRowProblem) -> [ChatMessage] {
                     if side.first?.role == .assistant { return side }
                     guard side.starts(with: prompt) else { throw .promptNotPrefix(side: key) }
@@ -143,24 +143,5 @@ public struct PreferenceDataSet: Sendable, Equatable {
             throw .wrongType(key: "chosen", expected: "a string or a list of messages")
         }
         return (row, margin)
-    }
-
-    /// A non-empty JSON list of {role, content} with known roles and non-blank content;
-    /// problems name `key[i]`.
-    static func messages(_ value: Any, key: String) throws(SFTRowProblem) -> [ChatMessage] {
-        guard let list = value as? [Any] else { throw .wrongType(key: key, expected: "a list of {role, content}") }
-        guard !list.isEmpty else { throw .emptyContent(key: key) }
-        var out: [ChatMessage] = []
-        for (i, item) in list.enumerated() {
-            guard let d = item as? [String: Any] else { throw .wrongType(key: "\(key)[\(i)]", expected: "an object {role, content}") }
-            guard let roleValue = d["role"] else { throw .missingKey("'role' in \(key)[\(i)]") }
-            guard let roleName = roleValue as? String else { throw .wrongType(key: "\(key)[\(i)].role", expected: "a string") }
-            guard let role = ChatMessage.Role(rawValue: roleName) else { throw .unknownRole(message: i, role: roleName) }
-            guard let contentValue = d["content"] else { throw .missingKey("'content' in \(key)[\(i)]") }
-            guard let content = contentValue as? String else { throw .wrongType(key: "\(key)[\(i)].content", expected: "a string") }
-            guard !content.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { throw .emptyContent(key: "\(key)[\(i)].content") }
-            out.append(ChatMessage(role, content))
-        }
-        return out
     }
 }

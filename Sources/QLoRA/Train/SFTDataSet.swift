@@ -165,25 +165,49 @@ public struct SFTDataSet: Sendable, Equatable {
             return s
         }
         if let m = object["messages"] {
-            guard let list = m as? [Any] else { throw .wrongType(key: "messages", expected: "a list of {role, content}") }
-            guard !list.isEmpty else { throw .emptyContent(key: "messages") }
-            var messages: [ChatMessage] = []
-            for (i, item) in list.enumerated() {
-                guard let d = item as? [String: Any] else { throw .wrongType(key: "messages[\(i)]", expected: "an object {role, content}") }
-                guard let roleValue = d["role"] else { throw .missingKey("'role' in messages[\(i)]") }
-                guard let roleName = roleValue as? String else { throw .wrongType(key: "messages[\(i)].role", expected: "a string") }
-                guard let role = ChatMessage.Role(rawValue: roleName) else { throw .unknownRole(message: i, role: roleName) }
-                guard let contentValue = d["content"] else { throw .missingKey("'content' in messages[\(i)]") }
-                guard let content = contentValue as? String else { throw .wrongType(key: "messages[\(i)].content", expected: "a string") }
-                guard !content.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { throw .emptyContent(key: "messages[\(i)].content") }
-                messages.append(ChatMessage(role, content))
-            }
-            return .messages(messages)
+            return .messages(try messages(m, key: "messages", row: line))
         }
         if object["prompt"] != nil || object["completion"] != nil {
             return .promptCompletion(prompt: try string("prompt"), completion: try string("completion"))
         }
         if object["text"] != nil { return .text(try string("text")) }
         throw .missingKey("'text', 'prompt'/'completion' or 'messages' (found: \(object.keys.sorted().joined(separator: ", ")))")
+    }
+
+    /// A non-empty JSON list of messages: a known role, and content that is a non-blank string
+    /// (or absent, null or empty beside `tool_calls`); the other keys (`tool_calls`,
+    /// `tool_call_id`, `name`, `reasoning_content`, …) become the message's fields, read again
+    /// from `row` with `JinjaValue(json:)` so that objects keep their key order for tojson.
+    /// Problems name `key[i]`.
+    static func messages(_ value: Any, key: String, row: ArraySlice<UInt8>) throws(SFTRowProblem) -> [ChatMessage] {
+        guard let list = value as? [Any] else { throw .wrongType(key: key, expected: "a list of {role, content}") }
+        guard !list.isEmpty else { throw .emptyContent(key: key) }
+        var ordered: [JinjaValue]?
+        var out: [ChatMessage] = []
+        for (i, item) in list.enumerated() {
+            guard let d = item as? [String: Any] else { throw .wrongType(key: "\(key)[\(i)]", expected: "an object {role, content}") }
+            guard let roleValue = d["role"] else { throw .missingKey("'role' in \(key)[\(i)]") }
+            guard let roleName = roleValue as? String else { throw .wrongType(key: "\(key)[\(i)].role", expected: "a string") }
+            guard let role = ChatMessage.Role(rawValue: roleName) else { throw .unknownRole(message: i, role: roleName) }
+            let toolCalls = d["tool_calls"].map { !($0 is NSNull) } ?? false
+            var content = ""
+            switch d["content"] {
+            case nil where toolCalls, is NSNull where toolCalls: break
+            case nil: throw .missingKey("'content' in \(key)[\(i)]")
+            case let s as String:
+                guard toolCalls || !s.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { throw .emptyContent(key: "\(key)[\(i)].content") }
+                content = s
+            default: throw .wrongType(key: "\(key)[\(i)].content", expected: "a string")
+            }
+            var fields = JinjaDict()
+            if d.keys.contains(where: { $0 != "role" && $0 != "content" }) {
+                if ordered == nil, case let .dict(o)? = try? JinjaValue(json: String(decoding: row, as: UTF8.self)), case let .list(l)? = o[key] { ordered = l }
+                if let ordered, i < ordered.count, case let .dict(m) = ordered[i] {
+                    for (k, v) in m where k != "role" && k != "content" { fields[k] = v }
+                }
+            }
+            out.append(ChatMessage(role, content, fields: fields))
+        }
+        return out
     }
 }

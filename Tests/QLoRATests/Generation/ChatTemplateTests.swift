@@ -169,4 +169,49 @@ final class ChatTemplateTests: XCTestCase {
         XCTAssertEqual(e.inputIds.first, t.id(of: "<bos>"), "the template writes BOS")
         XCTAssertEqual(trainedSpans(e, t), ["Hello.<end_of_turn>", "4<end_of_turn>"])
     }
+
+    static func jinjaFixture(_ name: String) throws -> String {
+        String(decoding: try Data(contentsOf: fixtures.appendingPathComponent("jinja/\(name).jinja")), as: UTF8.self)
+    }
+
+    /// Qwen3 writes an empty <think> block into the last assistant turn only, so a prefix of the
+    /// conversation renders differently: the mask finds each assistant content in the whole text.
+    func testQwen3AssistantSpansAreTrained() throws {
+        let t = try VocabVectorTests.tokenizer("qwen2")
+        let template = try ChatTemplate(template: try Self.jinjaFixture("qwen3"), eos: "<|im_end|>")
+        XCTAssertEqual(template.endOfTurn, "<|im_end|>")
+        let m = Self.sftConversation
+        let whole = try template.render(m, addGenerationPrompt: false)
+        XCTAssertTrue(whole.hasSuffix("<|im_start|>assistant\n<think>\n\n</think>\n\n 4<|im_end|>\n"), whole)
+        XCTAssertFalse(whole.hasPrefix(try template.render(Array(m.prefix(3)), addGenerationPrompt: false)), "the first answer's render is not a prefix")
+        let e = try SFTRow.messages(m).tokenize(tokenizer: t, chatTemplate: template, maxLength: 256)
+        XCTAssertEqual(e.inputIds, t.encode(whole))
+        XCTAssertEqual(trainedSpans(e, t), ["Hello.\n<|im_end|>", " 4<|im_end|>"])
+        XCTAssertEqual(t.id(of: template.endOfTurn), t.id(of: "<|im_end|>"))
+    }
+
+    /// Llama 3.1: a dated system header the template writes itself, content trimmed; renders incrementally.
+    func testLlama31AssistantSpansAreTrained() throws {
+        let t = try VocabVectorTests.tokenizer("llama-bpe")
+        let template = try ChatTemplate(template: try Self.jinjaFixture("llama3.1"), bos: "<|begin_of_text|>", eos: "<|eot_id|>",
+                                        variables: ["date_string": .string("26 Jul 2024")])
+        XCTAssertEqual(template.endOfTurn, "<|eot_id|>")
+        let e = try SFTRow.messages(Self.sftConversation).tokenize(tokenizer: t, chatTemplate: template, maxLength: 256)
+        XCTAssertEqual(e.inputIds.first, t.id(of: "<|begin_of_text|>"))
+        XCTAssertEqual(trainedSpans(e, t), ["Hello.<|eot_id|>", "4<|eot_id|>"])
+    }
+
+    /// TRL's Qwen3 training template marks assistant text with {% generation %}: exactly that is trained.
+    func testGenerationMarkersDecideTheMask() throws {
+        let t = try VocabVectorTests.tokenizer("qwen2")
+        let template = try ChatTemplate(template: try Self.jinjaFixture("qwen3-trl-training"), eos: "<|im_end|>")
+        XCTAssertTrue(template.hasGenerationMarkers)
+        let m = Self.sftConversation
+        let r = try template.rendering(m, addGenerationPrompt: false)
+        let marked = r.generationRanges.map { String(decoding: Array(r.text.utf8)[$0], as: UTF8.self) }
+        XCTAssertEqual(marked.count, 2)
+        let e = try SFTRow.messages(m).tokenize(tokenizer: t, chatTemplate: template, maxLength: 256)
+        XCTAssertEqual(trainedSpans(e, t), marked)
+        XCTAssertTrue(marked.allSatisfy { $0.hasSuffix("<|im_end|>\n") }, "\(marked)")
+    }
 }
