@@ -24,8 +24,8 @@ struct Train: ParsableCommand {
             the "best" saves.
 
             Data: JSONL rows {"text"}, {"prompt","completion"} or \
-            {"messages":[{"role","content"}]} (rendered with the model's chat template; only \
-            assistant turns are trained), CSV with a --text-column, or a .txt file for \
+            {"messages":[{"role","content"}]} (rendered with the model's own Jinja chat \
+            template, tool calls included; only assistant turns are trained), CSV with a --text-column, or a .txt file for \
             language modelling. A bad row is an error naming file:line (--skip-bad skips and \
             counts them).
 
@@ -89,7 +89,7 @@ struct Train: ParsableCommand {
     @Flag(help: "Pack examples into rows of exactly --max-len tokens.") var packing = false
     @Option(help: "CSV column holding the text.") var textColumn = "text"
     @Flag(help: "Skip bad data rows (counted and reported) instead of stopping at the first.") var skipBad = false
-    @Option(help: "Chat template family when the model's is not recognized: \(ChatTemplate.Family.allCases.map(\.rawValue).joined(separator: ", ")).")
+    @Option(help: chatTemplateHelp)
     var chatTemplate: ChatTemplate.Family?
     @Option(help: QuantizedModel.KQuantTarget.help)
     var kQuants: QuantizedModel.KQuantTarget?
@@ -269,7 +269,7 @@ struct Train: ParsableCommand {
         let train: any TrainingData, validation: any TrainingData
         if kind.usesPairs {
             let loaded = lm!
-            let template = try? loaded.chatTemplate(config.chatTemplate.flatMap(ChatTemplate.Family.init(rawValue:)))
+            let template = loaded.dataChatTemplate(config.chatTemplate.flatMap(ChatTemplate.Family.init(rawValue:)))
             func load(_ path: String) throws -> PreferenceDataSet {
                 try PreferenceDataSet.load(path: path, tokenizer: loaded.tokenizer, chatTemplate: template, maxLength: config.maxLen,
                                            skipBad: config.skipBad)
@@ -348,7 +348,7 @@ struct Train: ParsableCommand {
             validation = random(config.batchSize, config.seed &+ 1)
         } else {
             let loaded = lm!
-            let template = try? loaded.chatTemplate(config.chatTemplate.flatMap(ChatTemplate.Family.init(rawValue:)))
+            let template = loaded.dataChatTemplate(config.chatTemplate.flatMap(ChatTemplate.Family.init(rawValue:)))
             func load(_ path: String) throws -> SFTDataSet {
                 try SFTDataSet.load(path: path, tokenizer: loaded.tokenizer, chatTemplate: template, maxLength: config.maxLen,
                                     skipBad: config.skipBad, textColumn: config.textColumn)
