@@ -13,7 +13,9 @@ Writes into Tests/QLoRATests/Fixtures/jinja/:
                     and for each (template, conversation, add_generation_prompt) what
                     transformers' render_jinja_template returns: "text" (and, for templates
                     with {% generation %}, "generation": the UTF-8 byte ranges the markers
-                    cover), or "error": the message of the exception the template raised.
+                    cover), or "error": the message of the exception the template raised;
+                    "units": small templates (UNITS), one construct each, rendered by the
+                    same compiled environment (whitespace control, loops, filters, errors).
 strftime_now reads NOW (a fixed time, local time zone ignored: noon UTC keeps the date the
 same in any zone within ±11 h); no other randomness.
 """
@@ -95,6 +97,53 @@ CONVERSATIONS = {
 }
 
 
+# Small templates, one construct each, rendered by the same environment (name: (template, variables)).
+UNITS = {
+    "trim_blocks": ("{% if true %}\nyes\n{% endif %}\nend", {}),
+    "lstrip_blocks": ("a\n    {% if true %}\n    b\n    {% endif %}\n  {{ 'c' }}\n", {}),
+    "lstrip_after_text": ("x  {% if true %}y{% endif %}", {}),
+    "plus_keeps": ("a\n  {%+ if true +%}\nb{% endif %}", {}),
+    "minus_strips": ("a  \n  {%- if true -%}  \n  b  \n  {%- endif -%}\n  c", {}),
+    "minus_output": ("[ {{- 'x' -}} ]\n{{ 'y' }}  {#- comment -#}  z", {}),
+    "comment_trim": ("a\n  {# note #}\nb", {}),
+    "trailing_newline": ("line\n", {}),
+    "crlf": ("{% if true %}\r\na\r\n{% endif %}\r\n", {}),
+    "loop_vars": ("{% for x in items %}{{ loop.index }}{{ loop.index0 }}{{ loop.revindex }}{{ loop.revindex0 }}{{ loop.first }}{{ loop.last }}{{ loop.length }};{% endfor %}", {"items": ["a", "b", "c"]}),
+    "loop_prev_next": ("{% for x in items %}{{ loop.previtem | default('^') }}{{ x }}{{ loop.nextitem | default('$') }} {{ loop.cycle('o', 'e') }};{% endfor %}", {"items": [1, 2, 3]}),
+    "loop_filter_else": ("{% for x in items if x > 1 %}{{ loop.index }}:{{ x }} {% else %}none{% endfor %}|{% for x in [] %}x{% else %}empty{% endfor %}", {"items": [1, 2, 3]}),
+    "loop_break_continue": ("{% for x in range(10) %}{% if x == 2 %}{% continue %}{% endif %}{% if x > 4 %}{% break %}{% endif %}{{ x }}{% endfor %}", {}),
+    "loop_unpack": ("{% for k, v in d.items() %}{{ k }}={{ v }},{% endfor %}{% for k, v in d | dictsort %}{{ k }}{% endfor %}", {"d": {"b": 1, "a": 2, "C": 3}}),
+    "loop_string_dict": ("{% for c in 'abc' %}{{ c }}.{% endfor %}{% for k in d %}{{ k }}{% endfor %}", {"d": {"x": 1, "y": 2}}),
+    "scoping": ("{% set x = 1 %}{% for i in [1, 2] %}{% set x = x + i %}{{ x }}{% endfor %}{{ x }}", {}),
+    "namespace": ("{% set ns = namespace(n=0, s='') %}{% for i in [1, 2, 3] %}{% set ns.n = ns.n + i %}{% set ns.s = ns.s ~ i %}{% endfor %}{{ ns.n }} {{ ns.s }}", {}),
+    "set_block": ("{% set body %}\n  <{{ x }}>\n{% endset %}[{{ body }}]{% set a, b = 1, 2 %}{{ a + b }}", {"x": "y"}),
+    "macro": ("{% macro tag(name, value='none') %}<{{ name }}={{ value }}>{% endmacro %}{{ tag('a') }}{{ tag('b', 2) }}{{ tag(name='c', value=[1]) }}", {}),
+    "if_elif": ("{% for x in [0, 1, 2, 'a', none] %}{% if x is none %}N{% elif x is string %}S{% elif x %}T{% else %}F{% endif %}{% endfor %}", {}),
+    "arithmetic": ("{{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 7 / 2 }} {{ 2 ** 10 }} {{ 1 + 2.5 }} {{ 'ab' * 3 }} {{ 10 - 3 * 2 }} {{ (1 + 2) * 3 }} {{ 4 / 2 }}", {}),
+    "concat": ("{{ 'a' ~ 1 ~ none ~ true ~ 2.0 }} {{ 'x' + 'y' }} {{ [1] + [2, 3] }} {{ undefined_name ~ '!' }}", {}),
+    "comparisons": ("{{ 1 < 2 }} {{ 'a' < 'b' }} {{ 1 == 1.0 }} {{ [1, 2] == [1, 2] }} {{ 'a' in 'cat' }} {{ 3 not in [1, 2] }} {{ 'k' in d }} {{ not 1 }} {{ 1 if 0 else 2 }} {{ 'x' if true }}", {"d": {"k": 1}}),
+    "and_or_values": ("{{ 0 or 'b' }} {{ 'a' and 'b' }} {{ '' and 'b' }} {{ none or [] }}", {}),
+    "tests": ("{{ x is defined }} {{ y is undefined }} {{ x is string }} {{ d is mapping }} {{ l is iterable }} {{ l is sequence }} {{ 3 is odd }} {{ 4 is even }} {{ 9 is divisibleby 3 }} {{ 1 is number }} {{ 1.5 is float }} {{ 1 is integer }} {{ true is boolean }} {{ false is false }} {{ 'a' is eq 'a' }} {{ 1 is in l }} {{ 'ab' is lower }} {{ x is not none }}", {"x": "s", "d": {}, "l": [1, 2]}),
+    "slicing": ("{{ s[1:] }} {{ s[:-1] }} {{ s[::-1] }} {{ s[::2] }} {{ l[1:3] }} {{ l[-1] }} {{ l[::-1] }} {{ l[-2:] }} {{ s[0] }} {{ l[10] is defined }}", {"s": "hello", "l": [1, 2, 3, 4]}),
+    "attributes": ("{{ d.a }} {{ d['a'] }} {{ d.b.c }} {{ d.missing is defined }} {{ d.get('a') }} {{ d.get('zz', 'dflt') }} {{ d.get('zz') }} {{ d.keys() | list }} {{ d.values() | list }} {{ d.items() | list | length }}", {"d": {"a": 1, "b": {"c": "deep"}}}),
+    "string_methods": ("{{ s.strip() }}|{{ s.lstrip() }}|{{ s.rstrip() }}|{{ 'xxhixx'.strip('x') }}|{{ 'a,b,,c'.split(',') }}|{{ ' a  b '.split() }}|{{ 'a b c'.split(' ', 1) }}|{{ 'hello'.startswith('he') }}|{{ 'hello'.endswith(('lo', 'x')) }}|{{ 'hello world'.title() }}|{{ 'hELLO'.capitalize() }}|{{ 'aaa'.replace('a', 'b', 2) }}|{{ 'AbC'.upper() }}{{ 'AbC'.lower() }}|{{ '{} and {name}'.format(1, name='x') }}|{{ '-'.join(['a', 'b']) }}", {"s": "  pad me \n"}),
+    "filters_text": ("{{ s | trim }}|{{ s | upper }}|{{ s | lower }}|{{ 'hello-world foo(bar' | title }}|{{ 'hELLO wORLD' | capitalize }}|{{ s | replace('e', 'E') }}|{{ s | length }}|{{ 'a\nb\n\nc' | indent(2) }}|{{ 'a\nb' | indent(2, true) }}|{{ 'x' | indent('>> ', first=true) }}|{{ '<a href=\"x\">' | e }}|{{ 3.7 | int }} {{ '42' | int }} {{ 'x' | int }} {{ '2.5' | float }} {{ 7 | string }}", {"s": "  Hello there  "}),
+    "filters_lists": ("{{ l | join(', ') }}|{{ l | first }}|{{ l | last }}|{{ l | length }}|{{ l | reverse | list }}|{{ l | sort | list }}|{{ l | sort(reverse=true) | join }}|{{ l | unique | list }}|{{ l | sum }}|{{ l | min }} {{ l | max }}|{{ users | map(attribute='name') | join(',') }}|{{ users | selectattr('admin') | map(attribute='name') | list }}|{{ users | rejectattr('admin') | list | length }}|{{ users | selectattr('name', 'equalto', 'bo') | list }}|{{ l | select('odd') | list }}|{{ ['a', 'b'] | map('upper') | list }}|{{ 'abc' | list }}|{{ users | sort(attribute='name') | map(attribute='name') | join }}", {"l": [3, 1, 2, 3], "users": [{"name": "bo", "admin": True}, {"name": "al", "admin": False}]}),
+    "default": ("{{ missing | default('d') }} {{ '' | default('e') }} {{ '' | default('e', true) }} {{ none | default('n') }} {{ missing | d('short') }}", {}),
+    "tojson": ("{{ v | tojson }}\n{{ v | tojson(indent=2) }}\n{{ v | tojson(separators=(',', ':')) }}\n{{ v | tojson(sort_keys=true) }}\n{{ 'é\"\\\n\t<>&\u2028' | tojson }}\n{{ [] | tojson(indent=2) }} {{ {} | tojson }}", {"v": {"b": [1, 2.5, 1.0, True, None, "s"], "a": {"x": {}}, "u": "ünï 👋", "e": 1e-05, "big": 1e16}}),
+    "items_filter": ("{% for k, v in d | items %}{{ k }}{{ v }}{% endfor %}", {"d": {"z": 1, "a": 2}}),
+    "dict_literal": ("{% set d = {'a': 1, 'b': [1, 2], 'c': {'x': none}} %}{{ d }} {{ d | tojson }} {{ [1, 'a', none, true, 1.5] }} {{ \"it's\" }} {{ 'say \"hi\"' }} {{ none }} {{ 'a' 'b' }}", {}),
+    "syntax_error": ("{% for x in items %}\n{{ x }}\n{% endif %}", {}),
+    "filter_block": ("{% filter upper %}shout {{ x }}{% endfilter %}", {"x": "this"}),
+    "generation": ("{% for m in messages %}<{{ m.role }}>{% if m.role == 'assistant' %}{% generation %}{{ m.content }}</s>{% endgeneration %}{% else %}{{ m.content }}{% endif %}\n{% endfor %}", {"messages": [{"role": "user", "content": "hi ü"}, {"role": "assistant", "content": "hé"}, {"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}),
+    "raise": ("line one\n{% if true %}\n  {{ raise_exception('bad ' ~ 1) }}\n{% endif %}", {}),
+    "undefined_attribute": ("{{ nothing.attr }}", {}),
+    "type_error": ("\n\n{{ 1 + 'a' }}", {}),
+    "none_not_iterable": ("{% for x in none %}{% endfor %}", {}),
+    "strftime": ("{{ strftime_now('%Y-%m-%d %H:%M %b %A %d') }}", {}),
+}
+
+
 class FixedClock(dt.datetime):
     @classmethod
     def now(cls, tz=None):
@@ -138,11 +187,23 @@ def main(argv):
             for gen in (True, False):
                 cases.append({"template": name, "conversation": conv_name, "add_generation_prompt": gen,
                               **render(t["text"], t["bos"], t["eos"], conversation, gen, markers)})
+    units = []
+    for name, (text, variables) in UNITS.items():
+        try:
+            compiled = ctu._compile_jinja_template(text)
+            if "generation" in name:
+                rendered, indices = ctu._render_with_assistant_indices(compiled, tools=None, documents=None, add_generation_prompt=False, **variables)
+                result = {"text": rendered, "generation": [[len(rendered[:a].encode()), len(rendered[:b].encode())] for a, b in indices]}
+            else:
+                result = {"text": compiled.render(**variables)}
+        except Exception as e:
+            result = {"error": f"{type(e).__name__}: {e}"}
+        units.append({"name": name, "template": text, "variables": variables, **result})
     out = {"generator": {"script": "tools/make_jinja_template_fixtures.py", "transformers": transformers.__version__,
                          "jinja2": jinja2.__version__, "trl": trl.__version__},
            "now": NOW.strftime("%Y-%m-%dT%H:%M:%S"),
            "templates": {name: {k: t[k] for k in ("bos", "eos", "source")} for name, t in templates.items()},
-           "conversations": CONVERSATIONS, "cases": cases}
+           "conversations": CONVERSATIONS, "cases": cases, "units": units}
     path = OUT / "renderings.json"
     path.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
     errors = sum("error" in c for c in cases)

@@ -28,7 +28,7 @@ final class JinjaExpr: @unchecked Sendable {
 }
 
 /// A statement of the template body.
-indirect enum JinjaNode {
+indirect enum JinjaNode: Sendable {
     case text(String)
     case output(JinjaExpr)
     case `if`([(condition: JinjaExpr, body: [JinjaNode])], otherwise: [JinjaNode])
@@ -83,8 +83,9 @@ struct JinjaParser {
         return body
     }
 
-    /// Nodes up to a tag whose keyword is in `ends` (returned, its tokens current), or the end.
-    mutating func parseBody(until ends: Set<String>) throws(JinjaError) -> ([JinjaNode], String?) {
+    /// Nodes up to a tag whose keyword is in `ends` (returned, its tokens current), or the end;
+    /// a missing end is reported at `opener`, the tag that needs it.
+    mutating func parseBody(until ends: Set<String>, opener: Int = 0) throws(JinjaError) -> ([JinjaNode], String?) {
         var nodes: [JinjaNode] = []
         while index < pieces.count {
             let piece = pieces[index]
@@ -104,7 +105,7 @@ struct JinjaParser {
             }
         }
         if !ends.isEmpty {
-            throw JinjaError(.syntax("unexpected end of template, expected " + ends.sorted().map { "'\($0)'" }.joined(separator: " or ")), at: tagOffset)
+            throw JinjaError(.syntax("unexpected end of template, expected " + ends.sorted().map { "'\($0)'" }.joined(separator: " or ")), at: opener)
         }
         return (nodes, nil)
     }
@@ -123,7 +124,7 @@ struct JinjaParser {
             var condition = try expression()
             try expectEnd()
             while true {
-                let (body, end) = try parseBody(until: ["elif", "else", "endif"])
+                let (body, end) = try parseBody(until: ["elif", "else", "endif"], opener: start)
                 branches.append((condition, body))
                 switch end {
                 case "elif":
@@ -131,7 +132,7 @@ struct JinjaParser {
                     try expectEnd()
                 case "else":
                     try expectEnd()
-                    let (otherwise, _) = try parseBody(until: ["endif"])
+                    let (otherwise, _) = try parseBody(until: ["endif"], opener: start)
                     try expectEnd()
                     return .if(branches, otherwise: otherwise)
                 default:
@@ -148,11 +149,11 @@ struct JinjaParser {
             if acceptName("if") { filter = try expression() }
             if acceptName("recursive") { throw JinjaError(.unsupported("recursive for loops"), at: start) }
             try expectEnd()
-            let (body, end) = try parseBody(until: ["else", "endfor"])
+            let (body, end) = try parseBody(until: ["else", "endfor"], opener: start)
             var otherwise: [JinjaNode] = []
             try expectEnd()
             if end == "else" {
-                (otherwise, _) = try parseBody(until: ["endfor"])
+                (otherwise, _) = try parseBody(until: ["endfor"], opener: start)
                 try expectEnd()
             }
             return .for(targets: targets, iterable: iterable, filter: filter, body: body, otherwise: otherwise, at: start)
@@ -180,7 +181,7 @@ struct JinjaParser {
             }
             if peek("|") { throw JinjaError(.unsupported("filters on a block set"), at: tokens[at].at) }
             try expectEnd()
-            let (body, _) = try parseBody(until: ["endset"])
+            let (body, _) = try parseBody(until: ["endset"], opener: start)
             try expectEnd()
             return .setBlock(target, body)
         case "macro":
@@ -194,7 +195,7 @@ struct JinjaParser {
                 parameters.append((p, accept("=") ? try expression() : nil))
             }
             try expectEnd()
-            let (body, _) = try parseBody(until: ["endmacro"])
+            let (body, _) = try parseBody(until: ["endmacro"], opener: start)
             try expectEnd()
             return .macro(name: macroName, parameters: parameters, body: body)
         case "filter":
@@ -208,17 +209,17 @@ struct JinjaParser {
                 }
             }
             try expectEnd()
-            let (body, _) = try parseBody(until: ["endfilter"])
+            let (body, _) = try parseBody(until: ["endfilter"], opener: start)
             try expectEnd()
             return .filterBlock(name: filterName, args: args, body: body, at: start)
         case "generation":
             try expectEnd()
-            let (body, _) = try parseBody(until: ["endgeneration"])
+            let (body, _) = try parseBody(until: ["endgeneration"], opener: start)
             try expectEnd()
             return .generation(body)
         case "raw":
             try expectEnd()
-            let (body, _) = try parseBody(until: ["endraw"])  // the lexer kept the body as one text
+            let (body, _) = try parseBody(until: ["endraw"], opener: start)  // the lexer kept the body as one text
             return .text(body.map { if case let .text(s) = $0 { s } else { "" } }.joined())
         case "break":
             try expectEnd()
