@@ -5,7 +5,9 @@ import Foundation
 ///   jsonl   one JSON object a line (.jsonl, .json), each one of
 ///           {"text": "..."}
 ///           {"prompt": "...", "completion": "..."}
-///           {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+///           {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": "..."}, ...]}
+///           (a message's other keys, such as "tool_calls", "tool_call_id" or "name", go to the
+///           chat template as they are; content may be left out beside "tool_calls")
 ///           (the first key present, in the order messages, prompt/completion, text, decides;
 ///           other keys are ignored; blank lines are skipped)
 ///   csv     RFC 4180 with a header row; the text column (default "text") is a `text` row (.csv)

@@ -63,7 +63,7 @@ struct JinjaParser {
     init(pieces: [JinjaPiece]) { self.pieces = pieces }
 
     static let filters: Set<String> = [
-        "abs", "attr", "batch", "capitalize", "count", "d", "default", "dictsort", "e", "escape", "first", "float", "groupby",
+        "abs", "capitalize", "count", "d", "default", "dictsort", "e", "escape", "first", "float",
         "indent", "int", "items", "join", "last", "length", "list", "lower", "map", "max", "min", "reject", "rejectattr",
         "replace", "reverse", "round", "safe", "select", "selectattr", "sort", "string", "sum", "title", "tojson", "trim",
         "unique", "upper", "wordcount",

@@ -7,7 +7,8 @@ import Foundation
 ///               reading an attribute of it is an error ("'x' is undefined")
 ///   none        Python None: prints "None"
 ///   bool, int, double, string   Python's bool, int, float, str (True, 3, 0.5, 'a')
-///   list        list and tuple
+///   list        list, and tuple (`(a, b)`, dict.items()), which Python would print with
+///               parentheses and compare unequal to a list; no chat template seen relies on either
 ///   dict        dict, keys kept in insertion order (tojson writes them in that order)
 ///   namespace   `namespace(a=1)`: a dict that `{% set ns.a = 2 %}` changes in place
 ///   macro       a `{% macro %}`, callable
