@@ -13,8 +13,8 @@ public enum SFTRowProblem: Error, Equatable, Sendable, CustomStringConvertible {
     case emptyContent(key: String)
     case noChatTemplate
     case template(ChatTemplateError)
-    /// Rendering messages[..<i] is not a prefix of rendering messages[...i] (the template
-    /// rewrites earlier turns), and message i's content is not in the whole rendering either.
+    /// Rendering messages[..<i] (with the generation prompt) is a prefix neither of rendering
+    /// messages[...i] nor of the whole conversation: the template rewrites earlier turns.
     case templateNotIncremental(message: Int)
     /// The tokens of the rendered conversation do not spell it byte for byte, so tokens cannot
     /// be traced to turns.
@@ -45,7 +45,7 @@ public enum SFTRowProblem: Error, Equatable, Sendable, CustomStringConvertible {
         case .noChatTemplate: "a messages row needs a chat template, and none was given\n---> HINT: pass --chat-template " + ChatTemplate.Family.allCases.map(\.rawValue).joined(separator: "|")
         case let .template(error): error.description
         case let .templateNotIncremental(message):
-            "the chat template renders messages[...\(message)] with a different start than messages[..<\(message)], and the content of messages[\(message)] is not in the whole rendering, so turns cannot be masked"
+            "the chat template renders messages[...\(message)] with a different start than messages[..<\(message)], so turns cannot be masked"
         case .untraceableTokens: "the tokens of the rendered conversation do not spell it byte for byte, so turns cannot be masked"
         case let .allLabelsMasked(tokens, maxLength):
             "nothing to train: every label of its \(tokens) tokens (max length \(maxLength)) is masked"

@@ -100,10 +100,11 @@ public enum SFTRow: Sendable, Equatable {
     ///                                                          including its last end-of-turn, masked after
     ///    and render(messages) after the last assistant message, masked. A turn's render is taken
     ///    less the template's `closing` (Phi-3.5 ends a conversation with EOS, not each turn).
-    /// 3. Otherwise (a prefix renders differently in the whole: Qwen3 writes an empty
-    ///    `<think>` block into the last assistant turn only): in the whole rendering, each
-    ///    assistant message's content (as written, else trimmed) is found in order, and trained
-    ///    from its start through the end-of-turn that follows it; everything else is masked.
+    /// 3. Otherwise (a conversation ending in an assistant turn renders it differently: Qwen3
+    ///    writes an empty `<think>` block into the last assistant turn only), as long as each
+    ///    render(messages[..<i], addGenerationPrompt: true) is a prefix of the whole rendering:
+    ///    trained from there through the first end-of-turn after it (to the end, for the last
+    ///    assistant message of a template that writes none); everything else is masked.
     ///
     /// The pieces are not tokenized one by one: a cut that is not at a special token can fall
     /// inside a token of the whole text. Llama 3's header ends in "\n\n", which the GPT-2
@@ -129,15 +130,19 @@ public enum SFTRow: Sendable, Equatable {
             return pieces
         }
         var pieces: [(text: String, trained: Bool)] = [], at = 0
-        for (i, m) in messages.enumerated() where m.role == .assistant {
-            let trimmed = Array(m.content.trimmingCharacters(in: .whitespacesAndNewlines).utf8)
-            guard !trimmed.isEmpty else { continue }
-            // As written (a token may start with its leading space), else as a template that trims writes it.
-            guard let (start, count) = Self.find(Array(m.content.utf8), in: bytes, from: at).map({ ($0, m.content.utf8.count) })
-                    ?? Self.find(trimmed, in: bytes, from: at).map({ ($0, trimmed.count) }) else { throw .templateNotIncremental(message: i) }
-            var end = start + count
-            if !template.endOfTurn.isEmpty, let e = Self.find(Array(template.endOfTurn.utf8), in: bytes, from: end) { end = e + template.endOfTurn.utf8.count }
-            pieces += [piece(at..<start, false), piece(start..<end, true)]
+        let last = messages.lastIndex { $0.role == .assistant }
+        for i in messages.indices where messages[i].role == .assistant {
+            let head = Array(try render(messages[..<i], true).text.utf8)
+            guard head.count >= at, bytes.starts(with: head) else { throw .templateNotIncremental(message: i) }
+            var end: Int
+            if !template.endOfTurn.isEmpty, let e = Self.find(Array(template.endOfTurn.utf8), in: bytes, from: head.count) {
+                end = e + template.endOfTurn.utf8.count
+            } else {
+                guard i == last else { throw .templateNotIncremental(message: i) }
+                end = bytes.count
+            }
+            end = max(end, head.count)
+            pieces += [piece(at..<head.count, false), piece(head.count..<end, true)]
             at = end
         }
         pieces.append(piece(at..<bytes.count, false))

@@ -174,8 +174,10 @@ final class ChatTemplateTests: XCTestCase {
         String(decoding: try Data(contentsOf: fixtures.appendingPathComponent("jinja/\(name).jinja")), as: UTF8.self)
     }
 
-    /// Qwen3 writes an empty <think> block into the last assistant turn only, so a prefix of the
-    /// conversation renders differently: the mask finds each assistant content in the whole text.
+    /// Qwen3 writes an empty <think> block into the last assistant turn only, so a conversation
+    /// ending at an earlier answer renders it differently: the mask cuts the whole rendering
+    /// where each generation prompt ends, and trains the last answer's empty <think> block too
+    /// (as TRL's Qwen3 training template marks it).
     func testQwen3AssistantSpansAreTrained() throws {
         let t = try VocabVectorTests.tokenizer("qwen2")
         let template = try ChatTemplate(template: try Self.jinjaFixture("qwen3"), eos: "<|im_end|>")
@@ -186,7 +188,7 @@ final class ChatTemplateTests: XCTestCase {
         XCTAssertFalse(whole.hasPrefix(try template.render(Array(m.prefix(3)), addGenerationPrompt: false)), "the first answer's render is not a prefix")
         let e = try SFTRow.messages(m).tokenize(tokenizer: t, chatTemplate: template, maxLength: 256)
         XCTAssertEqual(e.inputIds, t.encode(whole))
-        XCTAssertEqual(trainedSpans(e, t), ["Hello.\n<|im_end|>", " 4<|im_end|>"])
+        XCTAssertEqual(trainedSpans(e, t), ["Hello.\n<|im_end|>", "<think>\n\n</think>\n\n 4<|im_end|>"])
         XCTAssertEqual(t.id(of: template.endOfTurn), t.id(of: "<|im_end|>"))
     }
 
@@ -213,5 +215,19 @@ final class ChatTemplateTests: XCTestCase {
         let e = try SFTRow.messages(m).tokenize(tokenizer: t, chatTemplate: template, maxLength: 256)
         XCTAssertEqual(trainedSpans(e, t), marked)
         XCTAssertTrue(marked.allSatisfy { $0.hasSuffix("<|im_end|>\n") }, "\(marked)")
+    }
+
+    /// A data row with a tool call and a tool result: the call (no content) is an assistant turn
+    /// the mask trains, its arguments written back by tojson in the row's key order.
+    func testToolCallRowsAreRenderedAndTrained() throws {
+        let t = try VocabVectorTests.tokenizer("qwen2")
+        let template = try ChatTemplate(template: try Self.jinjaFixture("qwen3"), eos: "<|im_end|>")
+        let row = #"{"messages": [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"unit": "c", "city": "Paris"}}}]}, {"role": "tool", "name": "get_weather", "content": "21"}, {"role": "assistant", "content": "21 °C."}]}"#
+        let dir = TempDir()
+        let set = try SFTDataSet.load(path: dir.write("rows.jsonl", Array(row.utf8)), tokenizer: t, chatTemplate: template, maxLength: 512)
+        let e = try XCTUnwrap(set.examples.first)
+        XCTAssertEqual(trainedSpans(e, t), ["<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"unit\": \"c\", \"city\": \"Paris\"}}\n</tool_call><|im_end|>",
+                                            "<think>\n\n</think>\n\n21 °C.<|im_end|>"])
+        XCTAssertTrue(t.decode(e.inputIds).contains("<|im_start|>user\n<tool_response>\n21\n</tool_response><|im_end|>"))
     }
 }
