@@ -32,7 +32,7 @@ public struct ChatMessage: Sendable, Equatable, Codable {
 /// built-in family named with `--chat-template` (`ChatTemplate.Family`, rendered by hand).
 ///
 /// What training and generation need besides the text, read off the template by rendering a
-/// probe conversation [user "Q", assistant "A"] (and the same plus a user turn):
+/// probe conversation [user, assistant] (and the same plus a user turn):
 ///   endOfTurn   what the template writes right after an assistant message's content, up to
 ///               the line's end, spaces trimmed: "<|im_end|>", "<|eot_id|>", "<end_of_turn>",
 ///               "</s>"… (EOS when that is empty); the assistant mask trains through it, and
@@ -86,22 +86,41 @@ public struct ChatTemplate: Sendable, Equatable {
         self.eos = eos
         self.now = now
         self.variables = variables
-        let probe = [ChatMessage(.user, "Q"), ChatMessage(.assistant, "A")]
+        let probe = [ChatMessage(.user, "qlora probe question"), ChatMessage(.assistant, "qlora probe answer")]
         let answer = (try? Self.render(jinja!, probe, tools: nil, addGenerationPrompt: false, bos: bos, eos: eos, now: now, variables: variables))?.text
-        let next = (try? Self.render(jinja!, probe + [ChatMessage(.user, "Q")], tools: nil, addGenerationPrompt: true, bos: bos, eos: eos, now: now, variables: variables))?.text
+        let next = (try? Self.render(jinja!, probe + [ChatMessage(.user, "qlora probe question")], tools: nil, addGenerationPrompt: true, bos: bos, eos: eos, now: now, variables: variables))?.text
         var end = "", closing = ""
-        if let answer, let r = answer.range(of: "A", options: .backwards) {
-            let tail = answer[r.upperBound...]
-            end = String(tail.prefix { $0 != "\n" }).trimmingCharacters(in: .whitespaces)
-            // The text past the turn's end that a following turn does not repeat.
-            if let next {
-                let shared = answer.utf8.count - zip(answer.utf8, next.utf8).prefix { $0 == $1 }.count
-                let turnEnd = answer.utf8.distance(from: answer.startIndex, to: r.upperBound) + (tail.range(of: end).map { tail.utf8.distance(from: tail.startIndex, to: $0.upperBound) } ?? 0)
-                if shared > 0, answer.utf8.count - shared >= turnEnd { closing = String(decoding: answer.utf8.suffix(shared), as: UTF8.self) }
+        if let answer, let r = answer.range(of: "qlora probe answer", options: .backwards) {
+            end = Self.endOfTurn(after: answer[r.upperBound...])
+            // What the rendering without a following turn adds after the turn's end (and the
+            // whitespace both share): the closing, when the following turn does not repeat it.
+            let turnEnd = answer.utf8.distance(from: answer.startIndex, to: r.upperBound) + (answer[r.upperBound...].range(of: end).map {
+                answer.utf8.distance(from: r.upperBound, to: $0.upperBound) } ?? 0)
+            if let next, next.utf8.starts(with: answer.utf8.prefix(turnEnd)) {
+                let tail = answer.utf8.dropFirst(turnEnd), following = next.utf8.dropFirst(turnEnd)
+                let shared = zip(tail, following).prefix { $0 == $1 && [0x20, 0x0A, 0x09].contains($0) }.count
+                if !tail.elementsEqual(following.prefix(tail.count)) { closing = String(decoding: tail.dropFirst(shared), as: UTF8.self) }
             }
         }
         self.endOfTurn = end.isEmpty ? eos : end
         self.closing = closing
+    }
+
+    /// The end-of-turn in what follows an answer: up to the line's end, spaces trimmed, and
+    /// before the first `<…>` piece that starts something ("<|START_OF_TURN_TOKEN|>",
+    /// "<|im_start|>", "<start_of_turn>"): Command R writes "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>"
+    /// then the next header on the same line.
+    static func endOfTurn(after tail: Substring) -> String {
+        var line = tail.prefix { $0 != "\n" }.trimmingCharacters(in: .whitespaces)
+        var at = line.startIndex
+        while let open = line[at...].firstIndex(of: "<"), let close = line[open...].firstIndex(of: ">") {
+            if line[open...close].lowercased().contains("start") {
+                line = String(line[..<open])
+                break
+            }
+            at = line.index(after: close)
+        }
+        return line
     }
 
     public static func == (a: ChatTemplate, b: ChatTemplate) -> Bool {

@@ -98,6 +98,15 @@ final class JinjaFixtureTests: XCTestCase {
                 XCTFail("\(what): \(error)")
             }
         }
+        // What each model ends an assistant turn with (its stop token), read off the template.
+        XCTAssertEqual(loaded.mapValues(\.endOfTurn), [
+            "command-r7b": "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>", "deepseek-r1-qwen": "<｜end▁of▁sentence｜>", "gemma2": "<end_of_turn>",
+            "gpt-oss": "<|return|>", "granite3.3": "<|end_of_text|>", "hermes3": "<|im_end|>", "llama3.1": "<|eot_id|>", "llama3.2": "<|eot_id|>",
+            "llama3.3": "<|eot_id|>", "mistral-nemo": "</s>", "mistral-small3.2": "</s>", "phi3.5": "<|end|>", "qwen2.5": "<|im_end|>",
+            "qwen3": "<|im_end|>", "qwen3-trl-training": "<|im_end|>", "qwq": "<|im_end|>", "smollm3": "<|im_end|>"])
+        // Phi-3.5 ends a conversation with EOS; Command R7B writes its generation prompt whatever add_generation_prompt says.
+        XCTAssertEqual(loaded.filter { !$0.value.closing.isEmpty }.mapValues(\.closing),
+                       ["phi3.5": "<|endoftext|>", "command-r7b": "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|><|START_THINKING|><|END_THINKING|>"])
         XCTAssertEqual(raised, 22)
         XCTAssertEqual(generationRanges, 16, "assistant turns of qwen3-trl-training's renderings")
         XCTAssertEqual(matched.values.reduce(0, +) + raised, cases.count, "\(matched)")
