@@ -20,6 +20,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         .target(
@@ -32,7 +33,7 @@ let package = Package(
             ]
         ),
         .target(name: "Quant", dependencies: ["QuantKernels"]),
-        .target(name: "QLoRA", dependencies: ["Quant", "QuantKernels"]),
+        .target(name: "QLoRA", dependencies: ["Quant", "QuantKernels", .product(name: "Yams", package: "Yams")]),
         .target(name: "GEMMBench", dependencies: ["Quant"], path: "benches/GEMMBench"),
         .target(name: "ModelBench", dependencies: ["QLoRA"], path: "benches/ModelBench"),
         .target(name: "TrainBench", dependencies: ["Quant", "QLoRA", "QuantKernels"], path: "benches/TrainBench"),

@@ -15,6 +15,15 @@ struct QLoRACommand: ParsableCommand {
             Start with `qlora info` to see what this machine computes with, and
             `qlora bench gemm` to measure the 4-bit GEMMs against dense sgemm.
             """,
-        subcommands: [Info.self, Quantize.self, Generate.self, Perplexity.self, Train.self, Score.self, Adapters.self, Export.self, Merge.self, Estimate.self, Bench.self]
+        version: QLoRAVersion.string,
+        subcommands: [Info.self, Quantize.self, Generate.self, Perplexity.self, Train.self, Plot.self, Score.self, Adapters.self, Export.self, Merge.self, Estimate.self, Bench.self]
     )
+
+    /// `train --config FILE` is expanded into the flags it stands for before parsing
+    /// (TrainConfigFile), so the file's values are checked as typed flags are.
+    static func main() {
+        let arguments: [String]
+        do { arguments = try TrainConfigFile.expand(Array(CommandLine.arguments.dropFirst())) } catch { exit(withError: error) }
+        main(arguments)
+    }
 }

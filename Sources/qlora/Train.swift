@@ -14,6 +14,8 @@ extension ComputeDTypeChoice: ExpressibleByArgument {
     }
 }
 extension PreferenceLoss.DPOKind: ExpressibleByArgument {}
+extension SFTFormat: ExpressibleByArgument {}
+extension ReportTarget: ExpressibleByArgument {}
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -23,11 +25,15 @@ struct Train: ParsableCommand {
             RMSNorm weights) train in fp32 with AdamW, with an EMA of them for evaluation and \
             the "best" saves.
 
-            Data: JSONL rows {"text"}, {"prompt","completion"} or \
-            {"messages":[{"role","content"}]} (rendered with the model's own Jinja chat \
-            template, tool calls included; only assistant turns are trained), CSV with a --text-column, or a .txt file for \
-            language modelling. A bad row is an error naming file:line (--skip-bad skips and \
-            counts them).
+            Data: JSON Lines or .json array rows {"text"}, {"prompt","completion"} (strings, or \
+            TRL's message lists), {"messages":[{"role","content"}]}, ShareGPT \
+            {"conversations":[{"from","value"}]} or Alpaca {"instruction","input","output"} \
+            (conversations rendered with the model's own Jinja chat template, tool calls \
+            included, only assistant turns trained; Alpaca as a user/assistant conversation, or \
+            with the Alpaca prompt when the model has no template), CSV with a --text-column, \
+            or a .txt file for language modelling. --data and --val-file take files, folders \
+            and globs, repeated. A bad row is an error naming file:line (--skip-bad skips and \
+            counts them); a row whose trained tokens all lie past --max-len is dropped and counted.
 
             Schedule: with --plan (the default) a pilot of 5% of the updates, 8 equal chunks \
             and a tail, each ending with a full evaluation and a checkpoint; also every \
@@ -41,7 +47,10 @@ struct Train: ParsableCommand {
             rows with step, val_loss, val_ppl), checkpoint-N/ (the newest --keep-last), and \
             the adapters lora_best, lora_best_ema, lora_final and lora_final_ema (the EMA \
             weights at the end) in PEFT's layout (qlora generate --adapter DIR; qlora export \
-            --adapter RUN --ema merges lora_final_ema).
+            --adapter RUN --ema merges lora_final_ema), and chart.svg (training and validation \
+            loss, learning rate, tokens/s; chart.png too where rsvg-convert or ImageMagick is), \
+            redrawn at each evaluation; qlora plot RUN… overlays runs. --report-to tensorboard \
+            adds TensorBoard event files in RUN/tensorboard/.
 
             Objectives (--objective): sft (the default) trains on the data above. reward, dpo, \
             orpo and simpo train on preference pairs, TRL's rows {"prompt","chosen","rejected"} \
@@ -78,14 +87,16 @@ struct Train: ParsableCommand {
     @Option(help: "A GGUF file or a quantized model folder (one with no tokenizer, as quantize --shape writes, trains seeded random ids).")
     var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
     @Option(help: "What to train for: sft, reward, dpo, orpo or simpo (preference pairs).") var objective = ObjectiveKind.sft
-    @Option(help: "Training data: .jsonl, .csv or .txt (preference objectives: .jsonl pairs; default the demo pairs).") var data = Train.demoData
+    @Option(parsing: .singleValue, help: "Training data: .jsonl, .json, .csv or .txt files, folders or globs, repeatable (preference objectives: JSON pairs; default the demo pairs).")
+    var data: [String] = [Train.demoData]
+    @Option(help: "Format of every data file, whatever its name: jsonl, csv or text.") var dataFormat: SFTFormat?
     @Option(help: "Train a synthetic shape on seeded random ids instead (memory and speed): \(SyntheticShape.allCases.map(\.rawValue).joined(separator: ", ")).")
     var shape: SyntheticShape?
     @Option(help: "Blocks of the synthetic shape to keep (default: all).") var layers: Int?
-    @Option(help: "Validation data (default: the demo set's val.jsonl with the demo data, else --val-fraction of --data).")
-    var valFile: String?
+    @Option(parsing: .singleValue, help: "Validation data, as --data (default: the demo set's val.jsonl with the demo data, else --val-fraction of --data).")
+    var valFile: [String] = []
     @Option(help: "Share of --data held out for validation when there is no --val-file.") var valFraction = 0.05
-    @Option(help: "Longest example in tokens (longer ones are truncated).") var maxLen = 256
+    @Option(help: "Longest example in tokens (longer ones are truncated; one with nothing trained within it is dropped).") var maxLen = 256
     @Flag(help: "Pack examples into rows of exactly --max-len tokens.") var packing = false
     @Option(help: "CSV column holding the text.") var textColumn = "text"
     @Flag(help: "Skip bad data rows (counted and reported) instead of stopping at the first.") var skipBad = false
@@ -123,6 +134,10 @@ struct Train: ParsableCommand {
 
     @Option(help: "EMA decay β of the trainable weights (0 turns the EMA off).") var ema = 0.999
     @Option(help: "Update the EMA every K updates (with β^K).") var emaEvery = 1
+    @Flag(inversion: .prefixedNo, help: ArgumentHelp(
+        "Warm the EMA's decay up with the update count n: min(β, (1 + n)/(10 + n)), as TF's and timm's EMA do.",
+        discussion: "Without it a short run's EMA hardly moves (at 0.999, 100 updates leave the shadows 90% the starting weights); --no-ema-warmup keeps β fixed, the seed script's semantics."))
+    var emaWarmup = true
     @Option(help: "Full evaluation and checkpoint every N updates (besides the plan's boundaries).") var evalEvery: Int?
     @Option(help: "Quick evaluation on --quick-batches batches every N updates.") var quickEvery: Int?
     @Option(help: "Batches of a quick evaluation.") var quickBatches = 4
@@ -142,12 +157,25 @@ struct Train: ParsableCommand {
     @Option(help: "DPO's reference: a frozen adapter (default: the adapter --load-lora-from starts from, else the base).")
     var refAdapter: String?
 
+    @Option(help: "Also write the scalars for: none or tensorboard (event files in RUN/tensorboard/; tensorboard --logdir RUN).")
+    var reportTo = ReportTarget.none
+    @Option(help: "AdamW β1.") var beta1 = 0.9
+    @Option(help: "AdamW β2.") var beta2 = 0.999
+    @Option(help: "AdamW ε.") var eps = 1e-8
+    @Flag(inversion: .prefixedNo, help: "Alert (evaluate and checkpoint) when tokens/s collapses.") var speedAlerts = true
+
     @Option(help: "Run directory.") var out: String?
     @Option(help: "Continue the run in this directory from its newest checkpoint.") var resume: String?
     @Flag(help: "Delete what --out holds first (a previous run) instead of refusing.") var overwrite = false
+    @Option(help: ArgumentHelp(
+        "A YAML file of settings: config.json's keys (lora_r: 32, data: [a.jsonl, b.jsonl], plan: false) and out.",
+        discussion: "Its values are read as the flags they name, and flags on the command line override them; unknown keys are errors naming the file's line.",
+        valueName: "file"))
+    var config: String?
+    @Flag(help: "Print the resolved settings (the file's, then the flags') as YAML that --config takes, and stop.") var printConfig = false
 
     func validate() throws {
-        guard (out == nil) != (resume == nil) else { throw ValidationError("pass --out RUN for a new run, or --resume RUN") }
+        guard printConfig || (out == nil) != (resume == nil) else { throw ValidationError("pass --out RUN for a new run, or --resume RUN") }
         guard loraR > 0 else { throw ValidationError("--lora-r must be positive") }
         guard batchSize > 0, gradAccum > 0 else { throw ValidationError("--batch-size and --grad-accum must be positive") }
         guard maxLen > 1 else { throw ValidationError("--max-len must be at least 2") }
@@ -175,8 +203,9 @@ struct Train: ParsableCommand {
 
     var newConfig: TrainingConfig {
         let pairs = objective.usesPairs
-        let data = pairs && self.data == Self.demoData ? Self.demoPreferences : self.data
-        var c = TrainingConfig(model: model, data: data)
+        let data = pairs && self.data == [Self.demoData] ? [Self.demoPreferences] : self.data
+        var c = TrainingConfig(model: model, data: DataSources(data))
+        c.dataFormat = dataFormat
         c.objective = objective == .sft ? nil : objective
         c.beta = beta
         c.dpoLoss = dpoLoss
@@ -186,7 +215,8 @@ struct Train: ParsableCommand {
         c.refAdapter = refAdapter
         c.shape = shape?.rawValue
         c.layers = layers
-        c.valFile = valFile ?? (data == Self.demoData ? "data/demo-sft/val.jsonl" : data == Self.demoPreferences ? "data/demo-preferences/val.jsonl" : nil)
+        c.valFile = !valFile.isEmpty ? DataSources(valFile)
+            : data == [Self.demoData] ? "data/demo-sft/val.jsonl" : data == [Self.demoPreferences] ? "data/demo-preferences/val.jsonl" : nil
         c.valFraction = valFraction
         c.maxLen = maxLen
         c.packing = packing
@@ -217,6 +247,7 @@ struct Train: ParsableCommand {
         c.seed = seed
         c.ema = ema
         c.emaEvery = emaEvery
+        c.emaWarmup = emaWarmup
         c.evalEvery = evalEvery
         c.quickEvery = quickEvery
         c.quickBatches = quickBatches
@@ -225,10 +256,20 @@ struct Train: ParsableCommand {
         c.keepLast = keepLast
         c.plan = plan
         c.gradCheckpoint = gradCheckpoint
+        c.reportTo = reportTo
+        c.beta1 = beta1
+        c.beta2 = beta2
+        c.eps = eps
+        c.speedAlerts = speedAlerts
         return c
     }
 
     func run() throws {
+        if printConfig {
+            let c = resume != nil ? try TrainingRun.loadConfig(run: resume!) : newConfig
+            print(try TrainConfigFile.yaml(c, out: out), terminator: "")
+            return
+        }
         let directory = resume ?? out!
         if overwrite, resume == nil, FileManager.default.fileExists(atPath: directory) {
             guard FileManager.default.fileExists(atPath: directory + "/" + RunLayout.configFile) else {
@@ -255,7 +296,7 @@ struct Train: ParsableCommand {
                 lm = loaded
                 model = loaded.model
             } else {
-                guard config.data == Self.demoData, !kind.usesPairs else {
+                guard config.data == DataSources([Self.demoData]), !kind.usesPairs else {
                     throw ValidationError("\(config.model) has no tokenizer (tokenizer.json, or a GGUF's tokenizer.ggml.*) to read --data with")
                 }
                 log.line("\(config.model) has no tokenizer (a qlora quantize --shape model?), so seeded random ids as with --shape")
@@ -270,21 +311,18 @@ struct Train: ParsableCommand {
         if kind.usesPairs {
             let loaded = lm!
             let template = loaded.dataChatTemplate(config.chatTemplate.flatMap(ChatTemplate.Family.init(rawValue:)))
-            func load(_ path: String) throws -> PreferenceDataSet {
-                try PreferenceDataSet.load(path: path, tokenizer: loaded.tokenizer, chatTemplate: template, maxLength: config.maxLen,
+            func load(_ sources: DataSources) throws -> PreferenceDataSet {
+                try PreferenceDataSet.load(paths: sources.paths, tokenizer: loaded.tokenizer, chatTemplate: template, maxLength: config.maxLen,
                                            skipBad: config.skipBad)
             }
             var t = try load(config.data), v: PreferenceDataSet
             if let path = config.valFile { v = try load(path) } else { (t, v) = try t.split(valFraction: config.valFraction, seed: config.seed) }
             v = v.sortedLongestFirst()
-            for set in [t, v] {
-                if set.skipped > 0 {
-                    log.line("\(set.source): skipped \(set.skipped) bad rows; first: " + set.skippedReasons.map(\.description).joined(separator: "; "))
-                }
-                if set.tooLong > 0 { log.line("\(set.source): dropped \(set.tooLong) pairs longer than --max-len \(config.maxLen)") }
+            for set in [t, v] where set.skipped > 0 {
+                log.line("\(set.source): skipped \(set.skipped) bad rows; first: " + set.skippedReasons.map(\.description).joined(separator: "; "))
             }
             log.line("data: \(t.pairs.count) training pairs (\(t.trainedTokenCount) completion tokens), \(v.pairs.count) validation pairs; "
-                     + "objective \(kind.rawValue)")
+                     + "objective \(kind.rawValue)" + Self.dropped(t.tooLong + v.tooLong, t.tooLongRows + v.tooLongRows, "pairs longer than", config.maxLen))
             (train, validation) = (t, v)
         } else {
             let (t, v) = try Self.loadSFT(config: config, model: model, lm: lm, randomIDs: randomIDs, log: log)
@@ -318,7 +356,12 @@ struct Train: ParsableCommand {
             log.line("stopped at update \(run.step); continue with: qlora train --resume \(directory)")
             throw ExitCode(130)
         }
-        log.line(String(format: "done: %d updates in %@; best val_loss %.4f", run.step, TrainingLog.duration(log.elapsed), run.bestValLoss))
+        let bestNote = run.best.map { b in
+            "best val_loss \(String(format: "%.4f", run.bestValLoss)) at update \(b.step)"
+                + (run.ema == nil ? "" : b.live ? " (live weights)" : " (EMA weights)") + ": \(run.bestAdapter ?? "")"
+        } ?? "no evaluation after training began"
+        log.line("done: \(run.step) updates in \(TrainingLog.duration(log.elapsed)); \(bestNote)")
+        log.line("chart: \(directory)/\(RunLayout.chartFile)" + (config.reportTo == .tensorboard ? "; tensorboard --logdir \(directory)" : ""))
         if let sample, generates, let lm {
             let set = AdapterSet(base: lm.model)
             let finalPath = directory + "/" + RunLayout.adapter(.final)
@@ -349,9 +392,9 @@ struct Train: ParsableCommand {
         } else {
             let loaded = lm!
             let template = loaded.dataChatTemplate(config.chatTemplate.flatMap(ChatTemplate.Family.init(rawValue:)))
-            func load(_ path: String) throws -> SFTDataSet {
-                try SFTDataSet.load(path: path, tokenizer: loaded.tokenizer, chatTemplate: template, maxLength: config.maxLen,
-                                    skipBad: config.skipBad, textColumn: config.textColumn)
+            func load(_ sources: DataSources) throws -> SFTDataSet {
+                try SFTDataSet.load(paths: sources.paths, format: config.dataFormat, tokenizer: loaded.tokenizer, chatTemplate: template,
+                                    maxLength: config.maxLen, skipBad: config.skipBad, textColumn: config.textColumn)
             }
             train = try load(config.data)
             if let v = config.valFile {
@@ -366,8 +409,16 @@ struct Train: ParsableCommand {
             log.line("\(set.source): skipped \(set.skipped) bad rows; first: " + set.skippedReasons.map(\.description).joined(separator: "; "))
         }
         log.line("data: \(train.examples.count) training examples (\(train.trainedTokenCount) trained tokens), "
-                 + "\(validation.examples.count) validation examples")
+                 + "\(validation.examples.count) validation examples"
+                 + dropped(train.tooLong + validation.tooLong, train.tooLongRows + validation.tooLongRows, "rows with nothing to train within", config.maxLen))
         return (train, validation)
+    }
+
+    /// The data line's note on rows dropped for length: "; dropped 3 rows … --max-len 128
+    /// (a.jsonl:96, a.jsonl:120, …)", or nothing.
+    static func dropped(_ n: Int, _ first: [SFTDataError], _ what: String, _ maxLen: Int) -> String {
+        let rows = first.prefix(SFTDataSet.reasonsKept).compactMap { if case let .badRow(path, line, _) = $0 { "\(path):\(line)" } else { nil } }
+        return n == 0 ? "" : "; dropped \(n) \(what) --max-len \(maxLen) (\(rows.joined(separator: ", "))\(n > rows.count ? ", …" : ""))"
     }
 
     static let demoData = "data/demo-sft/train.jsonl"
@@ -416,9 +467,6 @@ final class TrainingLog {
     let start = Date()
     let tty = isatty(STDOUT_FILENO) != 0
     private var open = false
-    /// The first update this process reported and when: the ETA is the rate since then (loading,
-    /// the baseline evaluation and DPO's reference pass are not training time).
-    private var firstUpdate: (step: Int, at: Date)?
 
     var elapsed: Double { Date().timeIntervalSince(start) }
 
@@ -442,13 +490,9 @@ final class TrainingLog {
             let second = r.valAccuracy.map { String(format: "accuracy %.3f", $0) } ?? String(format: "ppl %.2f", r.valPpl ?? .nan)
             line(String(format: "[eval %@] update %d: val_loss %.4f, %@%@%@", r.kind ?? "", r.step, r.valLoss ?? .nan, second,
                         r.ema == true ? " (EMA weights)" : "", r.valLossLive.map { String(format: "; live weights %.4f", $0) } ?? ""))
-        case let .update(r, total):
+        case let .update(r, total, secondsLeft):
             let frac = Double(r.step) / Double(total)
-            if firstUpdate == nil { firstUpdate = (r.step, Date()) }
-            let (firstStep, firstAt) = firstUpdate!
-            let since = Date().timeIntervalSince(firstAt)
-            let rate = r.step > firstStep && since > 0 ? Double(r.step - firstStep) / since : 0
-            let eta = rate > 0 ? Self.duration(Double(total - r.step) / rate) : r.step == total ? "0s" : "…"
+            let eta = secondsLeft.map(Self.duration) ?? (r.step == total ? "0s" : "…")
             let accuracy = (r.metrics["rewards/accuracies"] ?? r.metrics["accuracy"]).map { String(format: " acc %.2f", $0) } ?? ""
             let stats = String(format: "%d/%d loss %.4f%@ lr %.2e %.0f tok/s ETA %@", r.step, total, r.loss ?? .nan, accuracy, r.lr ?? 0,
                                r.tokensPerS ?? 0, eta)

@@ -100,6 +100,7 @@ extension PreferenceDataSet {
     }
 
     func with(_ pairs: [PreferencePair]) -> PreferenceDataSet {
-        PreferenceDataSet(pairs: pairs, source: source, skipped: skipped, skippedReasons: skippedReasons, tooLong: tooLong, padID: padID)
+        PreferenceDataSet(pairs: pairs, source: source, skipped: skipped, skippedReasons: skippedReasons, tooLong: tooLong,
+                          tooLongRows: tooLongRows, padID: padID)
     }
 }

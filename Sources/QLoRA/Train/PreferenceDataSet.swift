@@ -1,7 +1,8 @@
 import Foundation
 
-/// Tokenized preference pairs from one JSON Lines file, for reward modelling and DPO as TRL
-/// takes them. One object a line (blank lines skipped, other keys ignored), one of
+/// Tokenized preference pairs from JSON rows, for reward modelling and DPO as TRL takes them:
+/// one or more files, folders or globs (`DataSources`), each JSON Lines or a .json array
+/// (`DataSources.jsonRows`). Each row an object (other keys ignored), one of
 ///
 ///   {"prompt": "...", "chosen": "...", "rejected": "..."}                 plain text
 ///   {"prompt": [messages], "chosen": [messages], "rejected": [messages]}  conversational: the
@@ -20,29 +21,39 @@ import Foundation
 ///   let b = batches.next()                           // 8 rows: 4 chosen, then their 4 rejected
 public struct PreferenceDataSet: Sendable, Equatable {
     public var pairs: [PreferencePair]
-    /// The file the pairs came from, for messages.
+    /// What the pairs came from (the paths as given), for messages.
     public let source: String
     /// Bad rows skipped under `skipBad`, and the first few reasons (`SFTDataSet.reasonsKept`).
     public let skipped: Int
     public let skippedReasons: [SFTDataError]
-    /// Pairs dropped because their longer side had more than `maxLength` tokens.
+    /// Pairs dropped because their longer side had more than `maxLength` tokens, and the first
+    /// few (`SFTDataSet.reasonsKept`, each `.badRow(path, line, .longerThanMaxLength)`).
     public let tooLong: Int
+    public let tooLongRows: [SFTDataError]
     /// The id padding batches: the tokenizer's EOS, else 0 (padding follows the real tokens,
     /// under causal attention, with labels −100).
     public let padID: Int
 
-    public init(pairs: [PreferencePair], source: String, skipped: Int = 0, skippedReasons: [SFTDataError] = [], tooLong: Int = 0, padID: Int) {
+    public init(pairs: [PreferencePair], source: String, skipped: Int = 0, skippedReasons: [SFTDataError] = [], tooLong: Int = 0,
+                tooLongRows: [SFTDataError] = [], padID: Int) {
         self.pairs = pairs
         self.source = source
         self.skipped = skipped
         self.skippedReasons = skippedReasons
         self.tooLong = tooLong
+        self.tooLongRows = tooLongRows
         self.padID = padID
     }
 
-    /// Reads and tokenizes a preference file (`PreferenceRow.tokenize` says how). A pair whose
-    /// longer side has more than `maxLength` tokens is dropped and counted in `tooLong`: cutting
-    /// it would score a completion on part of itself.
+    /// Reads and tokenizes one preference file, folder or glob (`load(paths:)`).
+    public static func load(path: String, tokenizer: Tokenizer, chatTemplate: ChatTemplate? = nil,
+                            maxLength: Int, skipBad: Bool = false) throws(SFTDataError) -> PreferenceDataSet {
+        try load(paths: [path], tokenizer: tokenizer, chatTemplate: chatTemplate, maxLength: maxLength, skipBad: skipBad)
+    }
+
+    /// Reads and tokenizes preference files (`PreferenceRow.tokenize` says how), their pairs
+    /// in the order of the files. A pair whose longer side has more than `maxLength` tokens is
+    /// dropped and counted in `tooLong`: cutting it would score a completion on part of itself.
     ///
     /// A bad row (invalid JSON, chosen or rejected missing, empty or of another kind than the
     /// other, chosen identical to rejected, a whole conversation not starting with the explicit
@@ -51,48 +62,45 @@ public struct PreferenceDataSet: Sendable, Equatable {
     /// skipped and counted instead. No pair left throws `.allTooLong` when every row that
     /// loaded was too long, else `.emptyDataSet`.
     /// - Parameter chatTemplate: needed for conversational rows (`LanguageModel.chatTemplate()`).
-    public static func load(path: String, tokenizer: Tokenizer, chatTemplate: ChatTemplate? = nil,
+    public static func load(paths: [String], tokenizer: Tokenizer, chatTemplate: ChatTemplate? = nil,
                             maxLength: Int, skipBad: Bool = false) throws(SFTDataError) -> PreferenceDataSet {
         precondition(maxLength > 1, "maxLength \(maxLength)")
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw .unreadable(path: path, reason: FileManager.default.fileExists(atPath: path) ? "permission denied or a folder" : "no such file")
-        }
-        var bytes = [UInt8](data)
-        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes.removeFirst(3) }
+        let sources = DataSources(paths)
         var pairs: [PreferencePair] = []
         var skipped = 0, tooLong = 0
-        var reasons: [SFTDataError] = []
-        for (line, text) in SFTDataSet.lines(bytes) where !text.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) {
-            do {
-                let (row, margin) = try Self.jsonRow(text)
-                var pair = try row.tokenize(tokenizer: tokenizer, chatTemplate: chatTemplate)
-                pair.margin = margin
-                pair.line = line
-                if pair.longerCount > maxLength { tooLong += 1 } else { pairs.append(pair) }
-            } catch {
-                let bad = SFTDataError.badRow(path: path, line: line, problem: error)
-                guard skipBad else { throw bad }
-                skipped += 1
-                if reasons.count < SFTDataSet.reasonsKept { reasons.append(bad) }
+        var reasons: [SFTDataError] = [], tooLongRows: [SFTDataError] = []
+        for path in try sources.files(formats: [.jsonl]) {
+            for (line, text) in try DataSources.jsonRows(try DataSources.contents(of: path), path: path) {
+                do {
+                    let (row, margin) = try Self.jsonRow(text)
+                    var pair = try row.tokenize(tokenizer: tokenizer, chatTemplate: chatTemplate)
+                    pair.margin = margin
+                    pair.line = line
+                    if pair.longerCount <= maxLength { pairs.append(pair); continue }
+                    tooLong += 1
+                    if tooLongRows.count < SFTDataSet.reasonsKept {
+                        tooLongRows.append(.badRow(path: path, line: line, problem: .longerThanMaxLength(tokens: pair.longerCount, maxLength: maxLength)))
+                    }
+                } catch {
+                    let bad = SFTDataError.badRow(path: path, line: line, problem: error)
+                    guard skipBad else { throw bad }
+                    skipped += 1
+                    if reasons.count < SFTDataSet.reasonsKept { reasons.append(bad) }
+                }
             }
         }
         guard !pairs.isEmpty else {
-            throw skipped == 0 && tooLong > 0 ? .allTooLong(path: path, dropped: tooLong, maxLength: maxLength)
-                                              : .emptyDataSet(path: path, skipped: skipped + tooLong, firstReasons: reasons)
+            throw skipped == 0 && tooLong > 0 ? .allTooLong(path: sources.description, dropped: tooLong, maxLength: maxLength)
+                                              : .emptyDataSet(path: sources.description, skipped: skipped + tooLong, firstReasons: reasons)
         }
-        return PreferenceDataSet(pairs: pairs, source: path, skipped: skipped, skippedReasons: reasons, tooLong: tooLong, padID: tokenizer.eos ?? 0)
+        return PreferenceDataSet(pairs: pairs, source: sources.description, skipped: skipped, skippedReasons: reasons, tooLong: tooLong,
+                                 tooLongRows: tooLongRows, padID: tokenizer.eos ?? 0)
     }
 
     /// One JSON Lines row → its `PreferenceRow` (prompt found) and margin. `allowEqualSides`
     /// lets chosen equal rejected: a single response to score, given as both sides.
     public static func jsonRow(_ line: ArraySlice<UInt8>, allowEqualSides: Bool = false) throws(SFTRowProblem) -> (PreferenceRow, Double?) {
-        let value: Any
-        do { value = try JSONSerialization.jsonObject(with: Data(line), options: [.fragmentsAllowed]) } catch {
-            throw .invalidJSON(detail: (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? "\(error)")
-        }
-        guard let object = value as? [String: Any] else {
-            throw .notAnObject(kind: value is [Any] ? "an array" : value is String ? "a string" : value is NSNull ? "null" : "a number or boolean")
-        }
+        let object = try SFTRow.jsonObject(line)
         guard let chosen = object["chosen"] else { throw .missingKey("'chosen'") }
         guard let rejected = object["rejected"] else { throw .missingKey("'rejected'") }
         var margin: Double?
@@ -119,13 +127,13 @@ public struct PreferenceDataSet: Sendable, Equatable {
                 row = .text(prompt: e.prompt, chosen: e.chosen, rejected: e.rejected)
             }
         case is [Any]:
-            let c = try SFTDataSet.messages(chosen, key: "chosen", row: line)
+            let c = try SFTRow.messages(chosen, key: "chosen", row: line)
             guard rejected is [Any] else { throw .wrongType(key: "rejected", expected: "a list of messages, as 'chosen' is") }
-            let r = try SFTDataSet.messages(rejected, key: "rejected", row: line)
+            let r = try SFTRow.messages(rejected, key: "rejected", row: line)
             guard c != r || allowEqualSides else { throw .chosenEqualsRejected }
             if let p = object["prompt"] {
                 guard p is [Any] else { throw .wrongType(key: "prompt", expected: "a list of messages, as 'chosen' is") }
-                let prompt = try SFTDataSet.messages(p, key: "prompt", row: line)
+                let prompt = try SFTRow.messages(p, key: "prompt", row: line)
                 func completion(_ side: [ChatMessage], _ key: String) throws(SFTRowProblem) -> [ChatMessage] {
                     if side.first?.role == .assistant { return side }
                     guard side.starts(with: prompt) else { throw .promptNotPrefix(side: key) }

@@ -5,9 +5,14 @@
 ///     RUN/checkpoint-N/      Checkpoint after update N (the newest --keep-last of them)
 ///     RUN/lora_best/         adapters at the best validation loss; lora_best_ema/ the EMA weights then
 ///     RUN/lora_final/        adapters at the end; lora_final_ema/ the EMA weights then
+///     RUN/chart.svg          RunChart of metrics.jsonl (chart.png beside it where a converter is)
+///     RUN/tensorboard/       TensorBoard event files, with --report-to tensorboard
 public enum RunLayout {
     public static let configFile = "config.json"
     public static let metricsFile = "metrics.jsonl"
+    public static let chartFile = "chart.svg"
+    public static let chartPNG = "chart.png"
+    public static let tensorBoardDirectory = "tensorboard"
 
     /// The adapter directories a run saves (PEFT layout, AdapterFiles).
     public enum Adapter: String, CaseIterable, Sendable {

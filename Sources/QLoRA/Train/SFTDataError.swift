@@ -9,6 +9,8 @@ public enum SFTRowProblem: Error, Equatable, Sendable, CustomStringConvertible {
     case missingKey(String)
     case wrongType(key: String, expected: String)
     case unknownRole(message: Int, role: String)
+    /// A ShareGPT message whose `from` is none of system, human, gpt, user, assistant.
+    case unknownSpeaker(key: String, from: String)
     /// `key` is "text", "prompt", "completion", "messages" (an empty list) or "messages[i].content".
     case emptyContent(key: String)
     case noChatTemplate
@@ -19,8 +21,15 @@ public enum SFTRowProblem: Error, Equatable, Sendable, CustomStringConvertible {
     /// The tokens of the rendered conversation do not spell it byte for byte, so tokens cannot
     /// be traced to turns.
     case untraceableTokens
-    /// Nothing left to train: every label after the first is −100 (`tokens` after truncation).
-    case allLabelsMasked(tokens: Int, maxLength: Int)
+    /// Nothing to train: every label after the first is −100 (a conversation without an
+    /// assistant turn).
+    case allLabelsMasked(tokens: Int)
+    /// Every trained token lies past max length (the first at `firstTrained`): the row is
+    /// dropped and counted, not an error (`SFTDataSet.tooLong`).
+    case trainedPastMaxLength(tokens: Int, firstTrained: Int, maxLength: Int)
+    /// A preference pair whose longer side (prompt + completion) has more than max length
+    /// tokens: dropped and counted (`PreferenceDataSet.tooLong`).
+    case longerThanMaxLength(tokens: Int, maxLength: Int)
     case csvFieldCount(found: Int, expected: Int)
     case csvCharacterAfterQuote(character: String)
     case csvUnterminatedQuote
@@ -47,9 +56,13 @@ public enum SFTRowProblem: Error, Equatable, Sendable, CustomStringConvertible {
         case let .templateNotIncremental(message):
             "the chat template renders messages[...\(message)] with a different start than messages[..<\(message)], so turns cannot be masked"
         case .untraceableTokens: "the tokens of the rendered conversation do not spell it byte for byte, so turns cannot be masked"
-        case let .allLabelsMasked(tokens, maxLength):
-            "nothing to train: every label of its \(tokens) tokens (max length \(maxLength)) is masked"
-            + "\n---> HINT: a messages row needs an assistant turn that starts within max length"
+        case let .unknownSpeaker(key, from):
+            "'\(key)' is '\(from)', not a ShareGPT speaker (known: \(SFTRow.shareGPTSpeakers.keys.sorted().joined(separator: ", ")))"
+        case let .allLabelsMasked(tokens):
+            "nothing to train: every label of its \(tokens) tokens is masked\n---> HINT: a conversation needs an assistant turn"
+        case let .trainedPastMaxLength(tokens, firstTrained, maxLength):
+            "its \(tokens) tokens are trained from token \(firstTrained) on, past max length \(maxLength)"
+        case let .longerThanMaxLength(tokens, maxLength): "its longer side has \(tokens) tokens, over max length \(maxLength)"
         case let .csvFieldCount(found, expected): "\(found) fields, the header has \(expected)"
         case let .csvCharacterAfterQuote(character): "'\(character)' after a closing quote (expected ',' or a line end)"
         case .csvUnterminatedQuote: "a quoted field is never closed"
@@ -64,16 +77,20 @@ public enum SFTRowProblem: Error, Equatable, Sendable, CustomStringConvertible {
 }
 
 /// Why an SFT data file could not be loaded, batched or resumed. Rows are named path:line
-/// (1-based physical lines; for CSV the line where the record starts).
+/// (1-based physical lines; for CSV the line where the record starts, for a JSON array the line
+/// where the element starts).
 public enum SFTDataError: Error, Equatable, Sendable, CustomStringConvertible {
     case unreadable(path: String, reason: String)
     case unknownFormat(path: String)
+    /// A folder without data files, a glob matching no file.
+    case noDataFiles(source: String, reason: String)
     case badRow(path: String, line: Int, problem: SFTRowProblem)
     case missingColumn(path: String, column: String, header: [String])
     /// No example left: the file had no rows, or every row was skipped (`firstReasons` says why).
     case emptyDataSet(path: String, skipped: Int, firstReasons: [SFTDataError])
     case tooFewToSplit(path: String, examples: Int)
-    /// No preference pair left: each row that loaded had a side longer than `maxLength` tokens.
+    /// Nothing left: each row that loaded was too long for `maxLength` (an SFT row's trained
+    /// tokens all past it, a pair's longer side over it).
     case allTooLong(path: String, dropped: Int, maxLength: Int)
     /// A saved `BatchIterator.State` that does not fit the examples it is resumed on.
     case stateMismatch(detail: String)
@@ -82,7 +99,8 @@ public enum SFTDataError: Error, Equatable, Sendable, CustomStringConvertible {
         switch self {
         case let .unreadable(path, reason): "cannot read \(path): \(reason)"
         case let .unknownFormat(path):
-            "\(path): unknown data format\n---> HINT: name it .jsonl, .csv or .txt, or pass --data-format jsonl|csv|text"
+            "\(path): unknown data format\n---> HINT: name it .jsonl, .json, .csv or .txt, or pass --data-format jsonl|csv|text"
+        case let .noDataFiles(source, reason): "\(source): \(reason)"
         case let .badRow(path, line, problem): "\(path):\(line): \(problem)"
         case let .missingColumn(path, column, header):
             "\(path):1: no column '\(column)' in the header (\(header.joined(separator: ", ")))\n---> HINT: pass --text-column NAME"
@@ -91,7 +109,8 @@ public enum SFTDataError: Error, Equatable, Sendable, CustomStringConvertible {
                 + firstReasons.map { "  \($0)" }.joined(separator: "\n")
         case let .tooFewToSplit(path, examples): "\(path): \(examples) example(s) cannot be split into training and validation sets"
         case let .allTooLong(path, dropped, maxLength):
-            "\(path): no pairs: all \(dropped) have a side longer than max length \(maxLength)\n---> HINT: raise --max-length"
+            "\(path): nothing left: all \(dropped) rows are too long for max length \(maxLength) "
+                + "(the trained tokens of an SFT row start past it; a pair's longer side is over it)\n---> HINT: raise --max-len"
         case let .stateMismatch(detail): "cannot resume the data order: \(detail)"
         }
     }

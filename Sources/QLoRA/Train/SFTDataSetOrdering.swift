@@ -47,7 +47,8 @@ extension SFTDataSet {
     }
 
     func with(_ examples: [SFTExample]) -> SFTDataSet {
-        SFTDataSet(examples: examples, source: source, skipped: skipped, skippedReasons: skippedReasons, padID: padID)
+        SFTDataSet(examples: examples, source: source, skipped: skipped, skippedReasons: skippedReasons, tooLong: tooLong,
+                   tooLongRows: tooLongRows, padID: padID)
     }
 }
 

@@ -24,7 +24,7 @@ public struct SFTExample: Sendable, Equatable {
     public var trainedTokens: Int { labels.dropFirst().count { $0 != Self.ignoreIndex } }
 }
 
-/// One row of a data file, before tokenization.
+/// One row of a data file, before tokenization (`SFTRow(json:)` reads the JSON layouts).
 public enum SFTRow: Sendable, Equatable {
     /// Language modelling: every token trained.
     case text(String)
@@ -32,6 +32,27 @@ public enum SFTRow: Sendable, Equatable {
     case promptCompletion(prompt: String, completion: String)
     /// TRL's assistant_only_loss: only assistant turns trained.
     case messages([ChatMessage])
+    /// TRL's conversational prompt–completion: the prompt's messages masked (assistant turns
+    /// among them too), the assistant turns of the completion trained.
+    case conversation(prompt: [ChatMessage], completion: [ChatMessage])
+    /// Alpaca: an instruction, an input that may be empty, the output to train. With a chat
+    /// template it is the conversation axolotl and Unsloth make of it for a chat model,
+    ///   user: instruction + "\n\n" + input (instruction alone when input is empty)
+    ///   assistant: output
+    /// trained as `messages`; without one (a base model) it is `promptCompletion` with the
+    /// Stanford Alpaca prompt (`alpacaPrompt`), as axolotl's `alpaca` type writes it.
+    case instruction(instruction: String, input: String, output: String)
+
+    /// Stanford Alpaca's prompt, ending in "### Response:\n" as axolotl's and Unsloth's do (the
+    /// original ends at the colon and starts the output on the next line).
+    public static func alpacaPrompt(instruction: String, input: String) -> String {
+        input.isEmpty
+            ? "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+                + "### Instruction:\n\(instruction)\n\n### Response:\n"
+            : "Below is an instruction that describes a task, paired with an input that provides further context. "
+                + "Write a response that appropriately completes the request.\n\n"
+                + "### Instruction:\n\(instruction)\n\n### Input:\n\(input)\n\n### Response:\n"
+    }
 
     /// Tokenizes the row as TRL's SFTTrainer does, then keeps the first `maxLength` tokens.
     ///
@@ -48,7 +69,16 @@ public enum SFTRow: Sendable, Equatable {
     ///                       (ChatML's "\n") −100. A token is trained when its first byte lies
     ///                       in a trained piece of `segments`, as TRL's assistant mask maps
     ///                       characters to tokens through offsets.
+    ///   conversation        as messages of prompt + completion, the prompt's assistant turns
+    ///                       −100 too. TRL's completion mask trains every token after
+    ///                       render(prompt, generation prompt); the same tokens but for what
+    ///                       follows the completion's last end-of-turn (ChatML's "\n").
+    ///   instruction         as messages or prompt/completion (see the case)
     /// EOS is not added where the text already ends with it.
+    ///
+    /// A row with nothing to train at all (a conversation without an assistant turn) throws
+    /// `.allLabelsMasked`; one whose trained tokens all lie past `maxLength` throws
+    /// `.trainedPastMaxLength`, which a data set counts and drops rather than fails on.
     public func tokenize(tokenizer: Tokenizer, chatTemplate: ChatTemplate?, maxLength: Int) throws(SFTRowProblem) -> SFTExample {
         precondition(maxLength > 1, "maxLength \(maxLength)")
         var ids: [Int] = [], labels: [Int] = []
@@ -58,6 +88,20 @@ public enum SFTRow: Sendable, Equatable {
         }
         func appendEOS() {
             if let eos = tokenizer.eos, ids.last != eos { append([eos], trained: true) }
+        }
+        func conversation(_ messages: [ChatMessage], trainedFrom: Int) throws(SFTRowProblem) {
+            guard let chatTemplate else { throw .noChatTemplate }
+            let pieces = try Self.segments(messages, chatTemplate, trainedFrom: trainedFrom)
+            let text = pieces.map(\.text).joined()
+            ids = tokenizer.encode(text)
+            guard let starts = Self.tokenStarts(ids, of: text, tokenizer) else { throw .untraceableTokens }
+            var trained: [Range<Int>] = [], offset = 0
+            for p in pieces {
+                let end = offset + p.text.utf8.count
+                if p.trained { trained.append(offset..<end) }
+                offset = end
+            }
+            labels = zip(ids, starts).map { id, start in trained.contains { $0.contains(start) } ? id : SFTExample.ignoreIndex }
         }
         switch self {
         case let .text(text):
@@ -71,22 +115,20 @@ public enum SFTRow: Sendable, Equatable {
             appendEOS()
             for i in 0..<min(promptCount, labels.count) { labels[i] = SFTExample.ignoreIndex }
         case let .messages(messages):
-            guard let chatTemplate else { throw .noChatTemplate }
-            let pieces = try Self.segments(messages, chatTemplate)
-            let text = pieces.map(\.text).joined()
-            ids = tokenizer.encode(text)
-            guard let starts = Self.tokenStarts(ids, of: text, tokenizer) else { throw .untraceableTokens }
-            var trained: [Range<Int>] = [], offset = 0
-            for p in pieces {
-                let end = offset + p.text.utf8.count
-                if p.trained { trained.append(offset..<end) }
-                offset = end
-            }
-            labels = zip(ids, starts).map { id, start in trained.contains { $0.contains(start) } ? id : SFTExample.ignoreIndex }
+            try conversation(messages, trainedFrom: 0)
+        case let .conversation(prompt, completion):
+            try conversation(prompt + completion, trainedFrom: prompt.count)
+        case let .instruction(instruction, input, output):
+            let row: SFTRow = chatTemplate == nil
+                ? .promptCompletion(prompt: Self.alpacaPrompt(instruction: instruction, input: input), completion: output)
+                : .messages([ChatMessage(.user, input.isEmpty ? instruction : instruction + "\n\n" + input), ChatMessage(.assistant, output)])
+            return try row.tokenize(tokenizer: tokenizer, chatTemplate: chatTemplate, maxLength: maxLength)
         }
-        let example = SFTExample(inputIds: Array(ids.prefix(maxLength)), labels: Array(labels.prefix(maxLength)))
-        guard example.trainedTokens > 0 else { throw .allLabelsMasked(tokens: example.count, maxLength: maxLength) }
-        return example
+        guard let firstTrained = labels.indices.dropFirst().first(where: { labels[$0] != SFTExample.ignoreIndex }) else {
+            throw .allLabelsMasked(tokens: ids.count)
+        }
+        guard firstTrained < maxLength else { throw .trainedPastMaxLength(tokens: ids.count, firstTrained: firstTrained, maxLength: maxLength) }
+        return SFTExample(inputIds: Array(ids.prefix(maxLength)), labels: Array(labels.prefix(maxLength)))
     }
 
     /// The rendered conversation cut into consecutive pieces, each trained or not; the pieces
@@ -105,11 +147,13 @@ public enum SFTRow: Sendable, Equatable {
     ///    render(messages[..<i], addGenerationPrompt: true) is a prefix of the whole rendering:
     ///    trained from there through the first end-of-turn after it (to the end, for the last
     ///    assistant message of a template that writes none); everything else is masked.
+    /// Assistant turns before `trainedFrom` (a prompt's) are masked whole: in way 1, the marked
+    /// ranges that start inside render(messages[..<trainedFrom], addGenerationPrompt: true).
     ///
     /// The pieces are not tokenized one by one: a cut that is not at a special token can fall
     /// inside a token of the whole text. Llama 3's header ends in "\n\n", which the GPT-2
     /// pre-tokenizer writes as one "ĊĊ" at the end of a piece but as "Ċ" "Ċ" before content.
-    static func segments(_ messages: [ChatMessage], _ template: ChatTemplate) throws(SFTRowProblem) -> [(text: String, trained: Bool)] {
+    static func segments(_ messages: [ChatMessage], _ template: ChatTemplate, trainedFrom: Int = 0) throws(SFTRowProblem) -> [(text: String, trained: Bool)] {
         func render(_ m: ArraySlice<ChatMessage>, _ generationPrompt: Bool) throws(SFTRowProblem) -> JinjaTemplate.Rendering {
             do { return try template.rendering(Array(m), addGenerationPrompt: generationPrompt) } catch { throw .template(error) }
         }
@@ -118,15 +162,16 @@ public enum SFTRow: Sendable, Equatable {
         func piece(_ r: Range<Int>, _ trained: Bool) -> (text: String, trained: Bool) { (String(decoding: bytes[r], as: UTF8.self), trained) }
 
         if template.hasGenerationMarkers {
+            let prompt = trainedFrom > 0 ? try render(messages[..<trainedFrom], true).text.utf8.count : 0
             var pieces: [(text: String, trained: Bool)] = [], at = 0
-            for r in whole.generationRanges where r.lowerBound >= at {
+            for r in whole.generationRanges where r.lowerBound >= max(at, prompt) {
                 pieces += [piece(at..<r.lowerBound, false), piece(r, true)]
                 at = r.upperBound
             }
             pieces.append(piece(at..<bytes.count, false))
             return pieces.filter { !$0.text.isEmpty }
         }
-        if let pieces = try incrementalSegments(messages, template, render: { m, g throws(SFTRowProblem) in try render(m, g).text }) {
+        if let pieces = try incrementalSegments(messages, template, trainedFrom: trainedFrom, render: { m, g throws(SFTRowProblem) in try render(m, g).text }) {
             return pieces
         }
         var pieces: [(text: String, trained: Bool)] = [], at = 0
@@ -142,7 +187,7 @@ public enum SFTRow: Sendable, Equatable {
                 end = bytes.count
             }
             end = max(end, head.count)
-            pieces += [piece(at..<head.count, false), piece(head.count..<end, true)]
+            pieces += [piece(at..<head.count, false), piece(head.count..<end, i >= trainedFrom)]
             at = end
         }
         pieces.append(piece(at..<bytes.count, false))
@@ -150,7 +195,7 @@ public enum SFTRow: Sendable, Equatable {
     }
 
     /// Way 2 of `segments`; nil when a prefix's rendering is not a prefix of the next.
-    static func incrementalSegments(_ messages: [ChatMessage], _ template: ChatTemplate,
+    static func incrementalSegments(_ messages: [ChatMessage], _ template: ChatTemplate, trainedFrom: Int,
                                     render: (ArraySlice<ChatMessage>, Bool) throws(SFTRowProblem) -> String) throws(SFTRowProblem) -> [(text: String, trained: Bool)]? {
         var pieces: [(text: String, trained: Bool)] = []
         var done = ""
@@ -164,7 +209,7 @@ public enum SFTRow: Sendable, Equatable {
             guard let masked = Self.remainder(of: head, after: done), let turn = Self.remainder(of: full, after: head) else { return nil }
             var trainedEnd = turn.endIndex
             if !template.endOfTurn.isEmpty, let r = turn.range(of: template.endOfTurn, options: [.backwards, .literal]) { trainedEnd = r.upperBound }
-            pieces += [(masked, false), (String(turn[..<trainedEnd]), true), (String(turn[trainedEnd...]), false)]
+            pieces += [(masked, false), (String(turn[..<trainedEnd]), i >= trainedFrom), (String(turn[trainedEnd...]), false)]
             done = full
         }
         guard let rest = Self.remainder(of: try render(messages[...], false), after: done) else { return nil }

@@ -7,11 +7,14 @@ import Quant
 /// only ever shadows the trainable parameters).
 public struct TrainingConfig: Codable, Sendable, Equatable {
     public var model: String
-    public var data: String
+    /// Files, folders or globs (`DataSources`): a string in config.json when one, else a list.
+    public var data: DataSources
     /// A synthetic shape trained on seeded random token ids instead of `model` and `data`.
     public var shape: String?
     public var layers: Int?
-    public var valFile: String?
+    public var valFile: DataSources?
+    /// The format of every data file (nil: each file's extension says).
+    public var dataFormat: SFTFormat?
     public var valFraction: Double = 0.05
     public var maxLen = 256
     public var packing = false
@@ -51,6 +54,9 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
 
     public var ema = 0.999
     public var emaEvery = 1
+    /// The EMA's decay warms up with the update count (`EMA.warmup`). New runs store it (on by
+    /// default); nil is a run from before it existed, and resumes without it.
+    public var emaWarmup: Bool?
     public var evalEvery: Int?
     public var quickEvery: Int?
     public var quickBatches = 4
@@ -62,6 +68,8 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     public var gradCheckpoint = false
     /// Alert on a collapse of tokens/s (timing-dependent, so off where runs are compared).
     public var speedAlerts = true
+    /// Where the scalars go besides metrics.jsonl and chart.svg (nil: none).
+    public var reportTo: ReportTarget?
 
     /// What the run trains for (nil: sft). Preference objectives read pairs; `batchSize`
     /// counts pairs then.
@@ -83,7 +91,7 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     /// choice), so a resumed run keeps it (nil in runs written before it was recorded).
     public var computeDtypeInUse: ComputeDTypeChoice?
 
-    public init(model: String, data: String) {
+    public init(model: String, data: DataSources) {
         self.model = model
         self.data = data
     }
@@ -285,7 +293,8 @@ public struct MetricsRow: Codable, Sendable, Equatable {
 /// What a run reports as it goes (the CLI draws it).
 public enum TrainingEvent {
     case message(String)
-    case update(MetricsRow, total: Int)
+    /// An update's row, the run's length, and the seconds left (`TrainingRun.secondsLeft`).
+    case update(MetricsRow, total: Int, secondsLeft: Double?)
     case evaluation(MetricsRow)
     case checkpoint(path: String, step: Int)
     case adapterSaved(path: String, why: String)
@@ -334,11 +343,23 @@ public final class TrainingRun {
     public let totalUpdates: Int
     public private(set) var step = 0
     public private(set) var bestValLoss = Double.infinity
+    /// Where the best validation loss so far came from: its update and whether the live
+    /// weights (rather than the EMA's) scored it; nil before a full evaluation after update 0.
+    public private(set) var best: (step: Int, live: Bool)?
+    /// The adapter directory holding the best weights: lora_best (live weights) or lora_best_ema.
+    public var bestAdapter: String? {
+        best.map { directory + "/" + RunLayout.adapter(.best, ema: !$0.live && ema != nil) }
+    }
     private var iterator: any TokenBatchStream
     private var lastCheckpointStep = -1
     private let started = Date()
     private var recentLosses: [Double] = []
+    /// This process's update times (the first, which pays for first-touch allocations, is not
+    /// counted in the ETA) and the seconds one pass over the whole validation set took.
+    private var updateSeconds: [Double] = []
+    private var validationPassSeconds: Double?
     private var recentSpeeds: [Double] = []
+    private let report: RunReport
 
     /// A new run (`resume` false: the directory must not hold a checkpoint) or the continuation of
     /// the one in `directory` from its newest complete checkpoint.
@@ -404,7 +425,7 @@ public final class TrainingRun {
         totalUpdates = config.maxSteps ?? max(1, Int((Double(updatesPerEpoch) * config.epochs).rounded(.up)))
         schedule = LRSchedule(config.schedule, baseLR: config.lr,
                               warmup: config.warmupSteps.map { .steps($0) } ?? .ratio(config.warmupRatio), totalSteps: totalUpdates)
-        ema = config.ema > 0 ? EMA(parameters: lora.parameters, beta: config.ema, every: config.emaEvery) : nil
+        ema = config.ema > 0 ? EMA(parameters: lora.parameters, beta: config.ema, every: config.emaEvery, warmup: config.emaWarmup ?? false) : nil
         plan = config.plan ? TrainingPlan(totalUpdates: totalUpdates) : nil
 
         var (train, validation) = (train, validation)
@@ -441,6 +462,7 @@ public final class TrainingRun {
             iterator = try train.batchStream(batchSize: config.batchSize, seed: config.seed,
                                              state: try state.decodeDataState(BatchIterator.State.self))
             bestValLoss = state.rngStates["best_val_loss_bits"].map { Double(bitPattern: $0) } ?? .infinity
+            if let at = state.rngStates["best_step"] { best = (Int(at), state.rngStates["best_is_live"] == 1) }
             try Self.dropMetrics(after: step, in: directory)
             onEvent(.message("resumed from \(latest) at update \(step) of \(totalUpdates)"))
         } else {
@@ -454,6 +476,7 @@ public final class TrainingRun {
             try AtomicFile.write(to: directory + "/" + RunLayout.configFile, bytes: [UInt8](try encoder.encode(config)))
             try? fm.removeItem(atPath: directory + "/" + RunLayout.metricsFile)
         }
+        report = try RunReport(directory: directory, target: config.reportTo ?? .none, resumedAt: resume ? step : nil)
     }
 
     public static func loadConfig(run directory: String) throws -> TrainingConfig {
@@ -478,7 +501,11 @@ public final class TrainingRun {
         }
         while step < totalUpdates {
             let row = try update(onEvent)
-            if let row { onEvent(.update(row, total: totalUpdates)); try append(row) }
+            if let row {
+                updateSeconds.append(row.updateS ?? 0)
+                onEvent(.update(row, total: totalUpdates, secondsLeft: secondsLeft))
+                try append(row)
+            }
             let boundary = plan?.isBoundary(afterUpdate: step) ?? false
             let evalDue = config.evalEvery.map { step % $0 == 0 } ?? false
             let quickDue = config.quickEvery.map { step % $0 == 0 } ?? false
@@ -498,9 +525,11 @@ public final class TrainingRun {
             if let every = config.saveEvery, step % every == 0, lastCheckpointStep != step { try saveCheckpoint(onEvent) }
             if step < totalUpdates, shouldStop() {
                 if lastCheckpointStep != step { try saveCheckpoint(onEvent) }
+                try report.redraw()
                 return false
             }
         }
+        try report.redraw()
         let final = directory + "/" + RunLayout.adapter(.final), finalEMA = directory + "/" + RunLayout.adapter(.final, ema: true)
         try AdapterFiles.save(lora, to: final, baseModel: config.model)
         onEvent(.adapterSaved(path: final, why: "final"))
@@ -538,7 +567,7 @@ public final class TrainingRun {
         }
         let lr = schedule.lr(at: step)
         StepProfile.measure(.optimizer) { optimizer.update(lr: lr) }
-        if let ema, ema.isDue(afterUpdate: next) { StepProfile.measure(.ema) { ema.update() } }
+        if let ema, ema.isDue(afterUpdate: next) { StepProfile.measure(.ema) { ema.update(afterUpdate: next) } }
         step = next
         let seconds = Date().timeIntervalSince(start)
         let processed = tokens.reduce(0) { $0 + $1.inputIds.count }
@@ -592,11 +621,42 @@ public final class TrainingRun {
 
     // MARK: Evaluation
 
+    /// Seconds until the run ends, from what this process has measured: the mean of its recent
+    /// update times (the first aside) for the updates left, plus the evaluations still due at
+    /// the cost the last full one took per pass over the validation set (the baseline's, before
+    /// any other: so the estimate holds from the first updates). nil before two updates.
+    public var secondsLeft: Double? {
+        let recent = updateSeconds.dropFirst().suffix(20)
+        guard !recent.isEmpty else { return nil }
+        let perUpdate = recent.reduce(0, +) / Double(recent.count)
+        let left = totalUpdates - step
+        guard left > 0 else { return 0 }
+        return Double(left) * perUpdate + validationPassesLeft * (validationPassSeconds ?? 0)
+    }
+
+    /// Passes over the validation set the evaluations after this update will make: two per
+    /// full evaluation with an EMA (its weights and the live ones), one without; a quick
+    /// evaluation its share of the batches.
+    var validationPassesLeft: Double {
+        guard step < totalUpdates, validation.count > 0 else { return 0 }
+        let size = config.evalBatchSize ?? 4 * config.batchSize, batches = (validation.count + size - 1) / size
+        var passes = 0.0
+        for s in (step + 1)...totalUpdates {
+            if (plan?.isBoundary(afterUpdate: s) ?? false) || (config.evalEvery.map { s % $0 == 0 } ?? false) || s == totalUpdates {
+                passes += ema == nil ? 1 : 2
+            } else if let q = config.quickEvery, s % q == 0 {
+                passes += Double(min(config.quickBatches, batches)) / Double(batches)
+            }
+        }
+        return passes
+    }
+
     /// Mean validation loss with the EMA weights swapped in (when there is an EMA), on the whole
     /// validation set (`full`, `alert`) or its first `quickBatches` batches (`quick`); full
     /// evaluations with an EMA score the live weights too (`val_loss_live`). A new best
-    /// validation loss of a full or alert evaluation after update 0 (the EMA weights' loss,
-    /// when there is an EMA) saves lora_best (the live weights) and, with an EMA, lora_best_ema.
+    /// validation loss of a full or alert evaluation after update 0 — the better of the EMA's
+    /// and the live weights' — saves lora_best (the live weights) and, with an EMA,
+    /// lora_best_ema; `best` says which of the two scored it (`bestAdapter`).
     private func evaluate(kind: String, _ onEvent: (TrainingEvent) -> Void) throws {
         guard validation.count > 0 else { return }
         var batches = validation.evaluationBatches(batchSize: config.evalBatchSize ?? 4 * config.batchSize)
@@ -606,11 +666,17 @@ public final class TrainingRun {
         }
         let loss: LossSum
         var live: LossSum? = nil
+        let evaluationStart = Date()
         if let ema {
             loss = try ema.withAveragedWeights(measure)
-            if kind != "quick" { live = try measure() }
+            // The baseline's shadows are copies of the live weights: one pass scores both.
+            if kind != "quick" { live = step == 0 && !ema.hasMoved ? loss : try measure() }
         } else {
             loss = try measure()
+        }
+        if kind != "quick" {
+            let passes = ema == nil || (step == 0 && !ema!.hasMoved) ? 1.0 : 2.0
+            validationPassSeconds = Date().timeIntervalSince(evaluationStart) / passes
         }
         var row = MetricsRow(step: step)
         row.valLoss = loss.mean
@@ -623,22 +689,32 @@ public final class TrainingRun {
         row.elapsedS = Date().timeIntervalSince(started)
         onEvent(.evaluation(row))
         try append(row)
-        if kind != "quick", step > 0, loss.mean < bestValLoss {
-            bestValLoss = loss.mean
-            let best = directory + "/" + RunLayout.adapter(.best), bestEMA = directory + "/" + RunLayout.adapter(.best, ema: true)
-            try AdapterFiles.save(lora, to: best, baseModel: config.model)
+        try report.redraw()
+        let liveBetter = live.map { $0.mean < loss.mean } ?? (ema == nil)
+        let candidate = liveBetter ? (live?.mean ?? loss.mean) : loss.mean
+        if kind != "quick", step > 0, candidate < bestValLoss {
+            bestValLoss = candidate
+            best = (step, liveBetter)
+            let livePath = directory + "/" + RunLayout.adapter(.best), emaPath = directory + "/" + RunLayout.adapter(.best, ema: true)
+            try AdapterFiles.save(lora, to: livePath, baseModel: config.model)
             if let ema {
-                try ema.withAveragedWeights { try AdapterFiles.save(lora, to: bestEMA, baseModel: config.model) }
+                try ema.withAveragedWeights { try AdapterFiles.save(lora, to: emaPath, baseModel: config.model) }
             }
-            onEvent(.adapterSaved(path: ema == nil ? best : bestEMA,
-                                  why: String(format: "best val_loss %.4f", loss.mean)))
+            let which = ema == nil ? "" : liveBetter ? String(format: ", live weights; EMA %.4f", loss.mean)
+                : String(format: ", EMA weights; live %.4f", live?.mean ?? .nan)
+            onEvent(.adapterSaved(path: bestAdapter ?? livePath, why: String(format: "best val_loss %.4f%@", candidate, which)))
         }
     }
 
     // MARK: State
 
     private func saveCheckpoint(_ onEvent: (TrainingEvent) -> Void) throws {
-        let state = try TrainingState(step: step, schedulerStep: step, rngStates: ["best_val_loss_bits": bestValLoss.bitPattern],
+        var marks: [String: UInt64] = ["best_val_loss_bits": bestValLoss.bitPattern]
+        if let best {
+            marks["best_step"] = UInt64(best.step)
+            marks["best_is_live"] = best.live ? 1 : 0
+        }
+        let state = try TrainingState(step: step, schedulerStep: step, rngStates: marks,
                                       dataState: iterator.state)
         let path = try Checkpoint.save(state, optimizer: optimizer, ema: ema, in: directory, keepLast: config.keepLast)
         lastCheckpointStep = step
@@ -667,6 +743,7 @@ public final class TrainingRun {
         defer { try? h.close() }
         try h.seekToEnd()
         try h.write(contentsOf: line)
+        try report.record(row)
     }
 
     /// Rows past `step` belong to updates a resumed run makes again: dropped (atomically).

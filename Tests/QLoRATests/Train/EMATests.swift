@@ -20,6 +20,28 @@ final class EMATests: XCTestCase {
         XCTAssertEqual((1...9).filter(ema.isDue), [3, 6, 9])
     }
 
+    /// With warm-up the decay after update n is min(β, (1 + n)/(10 + n))^k: float64 recomputation
+    /// over a run that crosses β (n ≥ 80 for β = 0.9), every k = 2; without it β^k exactly.
+    func testWarmupDecayFollowsTheUpdateCount() {
+        let p = Parameter(name: "w", shape: [3], values: [1, -2, 0.5])
+        let ema = EMA(parameters: [p], beta: 0.9, every: 2, warmup: true)
+        XCTAssertEqual(ema.decay(afterUpdate: 1), pow(2.0 / 11, 2), accuracy: 1e-15)
+        XCTAssertEqual(ema.decay(afterUpdate: 80), 0.81, accuracy: 1e-15)
+        XCTAssertEqual(ema.decay(afterUpdate: 500), 0.81, accuracy: 1e-15)
+        XCTAssertEqual(EMA(parameters: [p], beta: 0.9, every: 2).decay(afterUpdate: 1), 0.81, accuracy: 1e-15)
+        var ref = p.values.map(Double.init)
+        for n in 1...120 {
+            p.setValues(p.values.map { $0 + 0.01 })
+            guard ema.isDue(afterUpdate: n) else { continue }
+            ema.update(afterUpdate: n)
+            let d = pow(min(0.9, Double(1 + n) / Double(10 + n)), 2)
+            ref = zip(ref, p.values).map { d * $0 + (1 - d) * Double($1) }
+        }
+        for (a, b) in zip(ema.shadows[0].array, ref) { XCTAssertEqual(Double(a), b, accuracy: 1e-5) }
+        // it tracks: with warm-up the shadows trail the live weights by about the last few updates
+        XCTAssertLessThan(abs(Double(ema.shadows[0].array[0]) - Double(p.values[0])), 0.15)
+    }
+
     /// torch's `shadow.mul_(β).add_(θ, alpha=1−β)` in float32, with the add fused.
     func testUpdateMatchesTorchArithmetic() {
         let p = Parameter(name: "w", shape: [3], values: [0.1, 3, -7])

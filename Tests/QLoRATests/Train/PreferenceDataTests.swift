@@ -149,10 +149,13 @@ final class PreferenceDataTests: XCTestCase {
         let cut = try load(dir, rows.joined(separator: "\n"), maxLength: longest - 1)
         XCTAssertEqual([cut.pairs.count, cut.tooLong, cut.skipped], [1, 1, 0])
         XCTAssertEqual(cut.pairs[0].line, 2)
+        let path = (dir.path as NSString).appendingPathComponent("p.jsonl")
+        XCTAssertEqual(cut.tooLongRows, [.badRow(path: path, line: 1, problem: .longerThanMaxLength(tokens: longest, maxLength: longest - 1))])
+        XCTAssertTrue("\(cut.tooLongRows[0])".hasPrefix("\(path):1: its longer side has \(longest) tokens"), "\(cut.tooLongRows[0])")
         XCTAssertThrowsError(try load(dir, rows[0], maxLength: longest - 1)) { e in
-            let path = (dir.path as NSString).appendingPathComponent("p.jsonl")
             XCTAssertEqual(e as? SFTDataError, .allTooLong(path: path, dropped: 1, maxLength: longest - 1))
-            XCTAssertTrue("\(e)".contains("all 1 have a side longer than max length \(longest - 1)"), "\(e)")
+            XCTAssertTrue("\(e)".contains("all 1 rows are too long for max length \(longest - 1)"), "\(e)")
+            XCTAssertTrue("\(e)".contains("HINT: raise --max-len"), "\(e)")
         }
     }
 
@@ -218,6 +221,26 @@ final class PreferenceDataTests: XCTestCase {
             return (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? "\(error)"
         }
         return "parsed"
+    }
+
+    func testFolderOfJSONArraysAndLinesKeepsFileOrderAndLines() throws {
+        let dir = TempDir()
+        let b = dir.write("b.json", "[\n  {\"prompt\": \"Q\", \"chosen\": \" yes\", \"rejected\": \" no\"},\n\n"
+                                    + "  {\"prompt\": \"R\", \"chosen\": \" up\", \"rejected\": \" down\"}\n]")
+        dir.write("a.jsonl", #"{"prompt": "P", "chosen": " one", "rejected": " two"}"#)
+        dir.write("notes.txt", "not pairs")
+        let set = try PreferenceDataSet.load(paths: [dir.path], tokenizer: t, chatTemplate: chatml, maxLength: 64)
+        XCTAssertEqual(set.pairs.map { t.decode($0.prompt) }, ["P", "Q", "R"], "a.jsonl, then b.json; no .txt")
+        XCTAssertEqual(set.pairs.map(\.line), [1, 2, 4])
+        let bad = dir.write("c.json", "[\n{\"chosen\": \"same\", \"rejected\": \"same\"}\n]")
+        XCTAssertThrowsError(try PreferenceDataSet.load(paths: [dir.path + "/*.json"], tokenizer: t, maxLength: 64)) { e in
+            XCTAssertEqual(e as? SFTDataError, .badRow(path: bad, line: 2, problem: .chosenEqualsRejected))
+        }
+        let empty = TempDir()
+        empty.write("rows.csv", "text\nx\n")
+        XCTAssertThrowsError(try PreferenceDataSet.load(paths: [empty.path], tokenizer: t, maxLength: 64)) { e in
+            XCTAssertEqual(e as? SFTDataError, .noDataFiles(source: empty.path, reason: "a folder with no .jsonl or .json file"))
+        }
     }
 
     func testMissingFileIsUnreadable() {

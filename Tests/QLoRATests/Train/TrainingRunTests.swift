@@ -105,6 +105,73 @@ final class TrainingRunTests: XCTestCase {
         for (a, b) in zip(reloaded.parameters, run.lora.parameters) { XCTAssertEqual(a.values, b.values, a.name) }
     }
 
+    /// "Best" is the better of the EMA's and the live weights at each full evaluation: with a
+    /// slow EMA (β = 0.999, no warm-up) the live weights win, lora_best holds them and `best`
+    /// says so, after a resume too; with warm-up the EMA moves (its loss falls well below the
+    /// baseline within 30 updates, where the fixed β's barely does).
+    func testBestIsWhicheverWeightsEvaluateBetter() throws {
+        func run(warmup: Bool, _ dir: String, steps: Int, resume: Bool = false) throws -> TrainingRun {
+            var c = config(steps)
+            c.ema = 0.999
+            c.emaEvery = 1
+            c.emaWarmup = warmup
+            c.lr = 2e-2
+            c.loraDropout = 0
+            c.evalEvery = 10
+            return try TrainingRun(config: c, directory: dir, model: Self.model, train: data(count: 24, seed: 1),
+                                   validation: data(count: 6, seed: 2), resume: resume) { _ in }
+        }
+        let slow = try temporaryDirectory(), warm = try temporaryDirectory()
+        let a = try run(warmup: false, slow, steps: 30)
+        XCTAssertFalse(try a.run(shouldStop: { a.step >= 20 }) { _ in })
+        let resumed = try run(warmup: false, slow, steps: 30, resume: true)
+        XCTAssertTrue(try resumed.run { _ in })
+        let evals = try rows(slow).filter { $0.valLoss != nil && $0.step > 0 }
+        let bestRow = try XCTUnwrap(evals.min { min($0.valLoss!, $0.valLossLive!) < min($1.valLoss!, $1.valLossLive!) })
+        XCTAssertLessThan(bestRow.valLossLive!, bestRow.valLoss!, "the fixed-β EMA lags")
+        XCTAssertEqual(resumed.bestValLoss, bestRow.valLossLive!)
+        XCTAssertEqual(resumed.best?.step, bestRow.step)
+        XCTAssertEqual(resumed.best?.live, true)
+        XCTAssertEqual(resumed.bestAdapter, slow + "/lora_best")
+
+        let b = try run(warmup: true, warm, steps: 30)
+        XCTAssertTrue(try b.run { _ in })
+        let slowEMA = evals.map { $0.valLoss! }, warmEMA = try rows(warm).filter { $0.valLoss != nil && $0.step > 0 }.map { $0.valLoss! }
+        let baseline = try XCTUnwrap(try rows(warm).first { $0.valLoss != nil && $0.step == 0 }?.valLoss)
+        XCTAssertLessThan(warmEMA.last!, baseline - 0.3, "\(warmEMA) from \(baseline)")
+        XCTAssertGreaterThan(slowEMA.last!, baseline - 0.15, "\(slowEMA) from \(baseline)")
+        XCTAssertEqual(b.bestAdapter, warm + (b.best!.live ? "/lora_best" : "/lora_best_ema"))
+    }
+
+    /// The ETA counts the evaluations still due (two passes per full one with an EMA, a quick
+    /// one its share of the batches), is there from the second update, and the baseline scores
+    /// the EMA and the live weights, still equal, in one pass.
+    func testETACountsTheEvaluationsLeft() throws {
+        var c = config(30)
+        c.evalEvery = 10
+        c.quickEvery = 5
+        c.quickBatches = 1
+        c.evalBatchSize = 2   // 6 validation examples: 3 batches
+        let dir = try temporaryDirectory()
+        let run = try TrainingRun(config: c, directory: dir, model: Self.model, train: data(count: 24, seed: 1),
+                                  validation: data(count: 6, seed: 2), resume: false) { _ in }
+        XCTAssertEqual(run.validationPassesLeft, 3 * 2 + 3 * (1.0 / 3), accuracy: 1e-12)   // full at 10, 20, 30; quick at 5, 15, 25
+        var etas: [(Int, Double?, Double)] = []
+        XCTAssertTrue(try run.run { if case let .update(r, _, left) = $0 { etas.append((r.step, left, run.validationPassesLeft)) } })
+        XCTAssertNil(etas[0].1)
+        XCTAssertNotNil(etas[1].1)
+        XCTAssertEqual(etas.last?.1, 0)
+        XCTAssertEqual(etas.first { $0.0 == 12 }?.2 ?? -1, 2 * 2 + 2 * (1.0 / 3), accuracy: 1e-12)
+        var noEMA = c
+        noEMA.ema = 0
+        let other = try TrainingRun(config: noEMA, directory: try temporaryDirectory(), model: Self.model, train: data(count: 24, seed: 1),
+                                    validation: data(count: 6, seed: 2), resume: false) { _ in }
+        XCTAssertEqual(other.validationPassesLeft, 3 + 1, accuracy: 1e-12)
+        let baseline = try XCTUnwrap(try rows(dir).first { $0.valLoss != nil })
+        XCTAssertEqual(baseline.step, 0)
+        XCTAssertEqual(baseline.valLoss, baseline.valLossLive)
+    }
+
     func testStoppedAndResumedRunRepeatsTheUninterruptedOne() throws {
         let a = try temporaryDirectory(), b = try temporaryDirectory()
         let full = try start(a)
