@@ -34,9 +34,9 @@ public struct ChatMessage: Sendable, Equatable, Codable {
 /// What training and generation need besides the text, read off the template by rendering a
 /// probe conversation [user, assistant] (and the same plus a user turn):
 ///   endOfTurn   what the template writes right after an assistant message's content, up to
-///               the line's end, spaces trimmed: "<|im_end|>", "<|eot_id|>", "<end_of_turn>",
-///               "</s>"… (EOS when that is empty); the assistant mask trains through it, and
-///               generation stops at it
+///               the line's end or the next turn's start (`endOfTurn(after:)`): "<|im_end|>",
+///               "<|eot_id|>", "<end_of_turn>", "</s>"… (EOS when that is empty); the
+///               assistant mask trains through it, and generation stops at it
 ///   closing     what a rendering without generation prompt writes once after the last message
 ///               and not after an earlier one (Phi-3.5's EOS); not part of any turn
 public struct ChatTemplate: Sendable, Equatable {
