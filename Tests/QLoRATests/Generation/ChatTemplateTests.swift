@@ -230,4 +230,18 @@ final class ChatTemplateTests: XCTestCase {
                                             "<think>\n\n</think>\n\n21 °C.<|im_end|>"])
         XCTAssertTrue(t.decode(e.inputIds).contains("<|im_start|>user\n<tool_response>\n21\n</tool_response><|im_end|>"))
     }
+
+    /// TRL's prompt–completion with message lists: the prompt's assistant turn stays masked
+    /// however the mask is cut (generation markers, or the whole rendering for Qwen3).
+    func testPromptAssistantTurnsStayMaskedForAnyTemplate() throws {
+        let t = try VocabVectorTests.tokenizer("qwen2")
+        let m = Self.sftConversation
+        let row = SFTRow.conversation(prompt: Array(m.prefix(4)), completion: [m[4]])
+        let training = try ChatTemplate(template: try Self.jinjaFixture("qwen3-trl-training"), eos: "<|im_end|>")
+        let r = try training.rendering(m, addGenerationPrompt: false)
+        let marked = r.generationRanges.map { String(decoding: Array(r.text.utf8)[$0], as: UTF8.self) }
+        XCTAssertEqual(trainedSpans(try row.tokenize(tokenizer: t, chatTemplate: training, maxLength: 256), t), [marked[1]])
+        let qwen3 = try ChatTemplate(template: try Self.jinjaFixture("qwen3"), eos: "<|im_end|>")
+        XCTAssertEqual(trainedSpans(try row.tokenize(tokenizer: t, chatTemplate: qwen3, maxLength: 256), t), ["<think>\n\n</think>\n\n 4<|im_end|>"])
+    }
 }
