@@ -10,9 +10,10 @@ The first templates are written out here: SmolLM2-135M-Instruct's (as in its GGU
 8B Instruct's and Llama 2 chat's, as their tokenizer_config.json hold them; they render the
 first four conversations with the environment below, and their cases come first, unchanged.
 Then (usage: make_chat_template_fixtures.py [--sdist PATH]) the real templates of other models,
-each with "family": the ChatTemplate family that must recognize it, or null where it must be
-refused; rendered by transformers' own render_jinja_template (transformers 5.23), a case
-holding "error" where the template raises:
+each with "family": the built-in ChatTemplate family whose hand-written rendering must match
+it too, or null where no family does (the Jinja interpreter must match them all); rendered by
+transformers' own render_jinja_template (transformers 5.23), a case holding "error" where the
+template raises:
   - written out: Gemma 3's (google/gemma-3-*-it tokenizer_config.json) and Phi-3's first
     (the tokenizer.chat_template of llama.cpp's models/ggml-vocab-phi-3.gguf);
   - from llama.cpp's models/templates/ in the llama-cpp-python sdist pinned in

@@ -4,13 +4,30 @@ import QLoRA
 
 extension ChatTemplate.Family: ExpressibleByArgument {}
 
+/// --chat-template's help, shared by the commands that render conversations.
+let chatTemplateHelp = ArgumentHelp(
+    "Built-in chat format for a model without a chat template: \(ChatTemplate.Family.allCases.map(\.rawValue).joined(separator: ", ")) (default: the model's own Jinja template).")
+
+extension LanguageModel {
+    /// The template for data rows: nil when the model has none; one that does not load (a
+    /// Jinja construct the interpreter lacks) is reported on stderr and left out, so that text
+    /// rows still train and messages rows say they need --chat-template.
+    func dataChatTemplate(_ family: ChatTemplate.Family?) -> ChatTemplate? {
+        do { return try chatTemplate(family) } catch {
+            if case .missing = error { return nil }
+            FileHandle.standardError.write(Data("warning: \(error)\n".utf8))
+            return nil
+        }
+    }
+}
+
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Generate text from a model, streamed to stdout as it comes.",
         discussion: """
             --prompt runs the text as it is (with BOS when the tokenizer adds one); --chat wraps a
-            user message (and --system) in the model's chat template, recognized from its text
-            (chatml, llama3, llama2); --chat-template picks the family when it is not recognized.
+            user message (and --system) in the model's own chat template, rendered as Jinja the way
+            transformers renders it; --chat-template names a built-in format for a model without one.
             Generation stops at EOS, at the template's end-of-turn token, at a --stop string or
             after --max-tokens. Sampling: repetition penalty, then temperature (0 = greedy),
             top-k, top-p, min-p, in that order, as transformers applies them. Tokens/s for the
@@ -39,7 +56,7 @@ struct Generate: ParsableCommand {
     @Option(help: "Text to continue, as it is.") var prompt: String?
     @Option(help: "A user message, wrapped in the chat template.") var chat: String?
     @Option(help: "System prompt for --chat (default: the template's own, if it has one).") var system: String?
-    @Option(help: "Chat template family when the model's is not recognized: \(ChatTemplate.Family.allCases.map(\.rawValue).joined(separator: ", ")).")
+    @Option(help: chatTemplateHelp)
     var chatTemplate: ChatTemplate.Family?
     @Option(help: "Most tokens to generate.") var maxTokens = 256
     @Option(help: "Temperature; 0 is greedy.") var temperature: Float = 0.8

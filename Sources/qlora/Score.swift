@@ -34,7 +34,7 @@ struct Score: ParsableCommand {
     @Option(help: "Pairs (or rows) per forward pass.") var batchSize = 8
     @Option(help: QuantizedModel.KQuantTarget.help) var kQuants: QuantizedModel.KQuantTarget = .asIs
     @Option(help: ComputeDTypeChoice.help(default: .fp32)) var computeDtype = ComputeDTypeChoice.fp32
-    @Option(help: "Chat template family when the model's is not recognized: \(ChatTemplate.Family.allCases.map(\.rawValue).joined(separator: ", ")).")
+    @Option(help: chatTemplateHelp)
     var chatTemplate: ChatTemplate.Family?
     @Flag(help: "Pairs: print the summary as one JSON object.") var json = false
 
@@ -51,7 +51,7 @@ struct Score: ParsableCommand {
         let set = AdapterSet(base: lm.model)
         let adapters = try set.adapters(try set.load(directory))
         let trainer = Trainer(model: lm.model, lora: adapters)
-        let template = try? lm.chatTemplate(chatTemplate)
+        let template = lm.dataChatTemplate(chatTemplate)
         if try Self.holdsPairs(data) {
             try scorePairs(lm: lm, trainer: trainer, template: template, directory: directory)
         } else {

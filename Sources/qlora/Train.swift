@@ -28,12 +28,12 @@ struct Train: ParsableCommand {
             Data: JSON Lines or .json array rows {"text"}, {"prompt","completion"} (strings, or \
             TRL's message lists), {"messages":[{"role","content"}]}, ShareGPT \
             {"conversations":[{"from","value"}]} or Alpaca {"instruction","input","output"} \
-            (conversations rendered with the model's chat template, only assistant turns \
-            trained; Alpaca as a user/assistant conversation, or with the Alpaca prompt when \
-            the model has no template), CSV with a --text-column, or a .txt file for language \
-            modelling. --data and --val-file take files, folders and globs, repeated. A bad row \
-            is an error naming file:line (--skip-bad skips and counts them); a row whose \
-            trained tokens all lie past --max-len is dropped and counted.
+            (conversations rendered with the model's own Jinja chat template, tool calls \
+            included, only assistant turns trained; Alpaca as a user/assistant conversation, or \
+            with the Alpaca prompt when the model has no template), CSV with a --text-column, \
+            or a .txt file for language modelling. --data and --val-file take files, folders \
+            and globs, repeated. A bad row is an error naming file:line (--skip-bad skips and \
+            counts them); a row whose trained tokens all lie past --max-len is dropped and counted.
 
             Schedule: with --plan (the default) a pilot of 5% of the updates, 8 equal chunks \
             and a tail, each ending with a full evaluation and a checkpoint; also every \
@@ -100,7 +100,7 @@ struct Train: ParsableCommand {
     @Flag(help: "Pack examples into rows of exactly --max-len tokens.") var packing = false
     @Option(help: "CSV column holding the text.") var textColumn = "text"
     @Flag(help: "Skip bad data rows (counted and reported) instead of stopping at the first.") var skipBad = false
-    @Option(help: "Chat template family when the model's is not recognized: \(ChatTemplate.Family.allCases.map(\.rawValue).joined(separator: ", ")).")
+    @Option(help: chatTemplateHelp)
     var chatTemplate: ChatTemplate.Family?
     @Option(help: QuantizedModel.KQuantTarget.help)
     var kQuants: QuantizedModel.KQuantTarget?
@@ -314,7 +314,7 @@ struct Train: ParsableCommand {
         let train: any TrainingData, validation: any TrainingData
         if kind.usesPairs {
             let loaded = lm!
-            let template = try? loaded.chatTemplate(config.chatTemplate.flatMap(ChatTemplate.Family.init(rawValue:)))
+            let template = loaded.dataChatTemplate(config.chatTemplate.flatMap(ChatTemplate.Family.init(rawValue:)))
             func load(_ sources: DataSources) throws -> PreferenceDataSet {
                 try PreferenceDataSet.load(paths: sources.paths, tokenizer: loaded.tokenizer, chatTemplate: template, maxLength: config.maxLen,
                                            skipBad: config.skipBad)
@@ -396,7 +396,7 @@ struct Train: ParsableCommand {
             validation = random(config.batchSize, config.seed &+ 1)
         } else {
             let loaded = lm!
-            let template = try? loaded.chatTemplate(config.chatTemplate.flatMap(ChatTemplate.Family.init(rawValue:)))
+            let template = loaded.dataChatTemplate(config.chatTemplate.flatMap(ChatTemplate.Family.init(rawValue:)))
             func load(_ sources: DataSources) throws -> SFTDataSet {
                 try SFTDataSet.load(paths: sources.paths, format: config.dataFormat, tokenizer: loaded.tokenizer, chatTemplate: template,
                                     maxLength: config.maxLen, skipBad: config.skipBad, textColumn: config.textColumn)

@@ -52,7 +52,7 @@ public final class LanguageModel: Sendable {
     /// post-processor of tokenizer.json).
     public var addsBOS: Bool { tokenizer.bos.map { tokenizer.prefix == [$0] } ?? false }
 
-    /// The model's template, or the named family when `family` is given.
+    /// The model's own template rendered as Jinja, or the named built-in family when `family` is given.
     public func chatTemplate(_ family: ChatTemplate.Family? = nil) throws(ChatTemplateError) -> ChatTemplate {
         let bos = tokenizer.bos.flatMap(tokenizer.token(of:)) ?? "", eos = tokenizer.eos.flatMap(tokenizer.token(of:)) ?? ""
         if let family {

@@ -1,213 +1,164 @@
 import Foundation
 
-/// One turn of a conversation.
+/// One turn of a conversation. `fields` holds what else a data row gave the message
+/// (`tool_calls`, `tool_call_id`, `name`, `reasoning_content`, …), passed to the template as
+/// the message's other keys; Codable carries role and content only.
 public struct ChatMessage: Sendable, Equatable, Codable {
-    public enum Role: String, Sendable, Codable { case system, user, assistant }
+    public enum Role: String, Sendable, Codable { case system, user, assistant, tool }
     public var role: Role
     public var content: String
-    public init(_ role: Role, _ content: String) {
+    public var fields = JinjaDict()
+
+    enum CodingKeys: String, CodingKey { case role, content }
+
+    public init(_ role: Role, _ content: String, fields: JinjaDict = JinjaDict()) {
         self.role = role
         self.content = content
+        self.fields = fields
+    }
+
+    /// The message as a chat template sees it: {"role", "content", then `fields`}.
+    public var templateValue: JinjaValue {
+        var d = JinjaDict([("role", .string(role.rawValue)), ("content", .string(content))])
+        for (k, v) in fields { d[k] = v }
+        return .dict(d)
     }
 }
 
-/// The prompt formats of the chat models qlora runs, rendered as transformers'
-/// `apply_chat_template(messages, add_generation_prompt:)` renders each family's Jinja template.
-/// The family is recognized from the template text (GGUF `tokenizer.chat_template`,
-/// tokenizer_config.json `chat_template` or chat_template.jinja), not from the model name:
+/// A chat model's prompt format: the model's own Jinja chat template (GGUF
+/// `tokenizer.chat_template`, tokenizer_config.json `chat_template` or chat_template.jinja)
+/// rendered by `JinjaTemplate` as transformers' `apply_chat_template(messages, tools=…,
+/// add_generation_prompt=…, tokenize=False)` renders it, or, for a model that has none, a
+/// built-in family named with `--chat-template` (`ChatTemplate.Family`, rendered by hand).
 ///
-///   chatml   `<|im_start|>`          SmolLM2, Qwen2:
-///            [<|im_start|>system\n{default}<|im_end|>\n when the first message is not system]
-///            <|im_start|>{role}\n{content}<|im_end|>\n ...   [<|im_start|>assistant\n]
-///   llama3   `<|start_header_id|>`   Llama 3 (3.0's template):
-///            {bos}<|start_header_id|>{role}<|end_header_id|>\n\n{content trimmed}<|eot_id|> ...
-///            [<|start_header_id|>assistant<|end_header_id|>\n\n]
-///   llama2   `[INST]` and `<<SYS>>`   Llama 2:
-///            {bos}[INST] {<<SYS>>\n{system}\n<</SYS>>\n\n}{user, stripped} [/INST] {assistant, stripped} {eos}...
-///            (no generation prompt: the text already ends where the assistant starts)
-///   gemma    `<start_of_turn>`       Gemma 2 and 3:
-///            {bos}<start_of_turn>user\n{system + "\n\n", first turn only}{content trimmed}<end_of_turn>\n
-///            <start_of_turn>model\n{content trimmed}<end_of_turn>\n ...   [<start_of_turn>model\n]
-///            (Gemma 2's template refuses a system message: `systemSeparator` nil)
-///   phi3     `<|user|>`, `<|end|>`, `<|system|>`   Phi-3.5 (and Phi-3 since its July 2024 update):
-///            [<|system|>\n{system}<|end|>\n when not empty] <|{role}|>\n{content}<|end|>\n ...
-///            then <|assistant|>\n with the generation prompt, {eos} without
-///   phi3Legacy  the same without `<|system|>`   Phi-3's first template (Phi-3 GGUFs of 2024):
-///            {bos}<|user|>\n{content}<|end|>\n<|assistant|>\n {content}<|end|>\n ... (system
-///            messages dropped; the assistant header follows every user turn, prompt or not)
-///
-/// Gemma and llama2 refuse roles that do not alternate user/assistant (a system message
-/// first aside), as their templates do.
-/// Templates with tools (chatml aside: Qwen2.5's renders as chatml without them), reasoning
-/// (`<think>`: Qwen3, SmolLM3), Llama 3.1's dated system header or Mistral's [INST] without
-/// <<SYS>> render otherwise, and are not recognized: pass a family by name instead.
+/// What training and generation need besides the text, read off the template by rendering a
+/// probe conversation [user, assistant] (and the same plus a user turn):
+///   endOfTurn   what the template writes right after an assistant message's content, up to
+///               the line's end or the next turn's start (`endOfTurn(after:)`): "<|im_end|>",
+///               "<|eot_id|>", "<end_of_turn>", "</s>"… (EOS when that is empty); the
+///               assistant mask trains through it, and generation stops at it
+///   closing     what a rendering without generation prompt writes once after the last message
+///               and not after an earlier one (Phi-3.5's EOS); not part of any turn
 public struct ChatTemplate: Sendable, Equatable {
-    public enum Family: String, Sendable, CaseIterable {
-        case chatml, llama3, llama2, gemma, phi3
-        case phi3Legacy = "phi3-legacy"
-    }
-
-    public let family: Family
-    /// The system prompt the template adds when the conversation has none (SmolLM2's
-    /// "You are a helpful AI assistant named SmolLM, trained by Hugging Face"); chatml only.
+    /// The model's template, or nil for a built-in family.
+    public let jinja: JinjaTemplate?
+    /// The built-in family, or nil for the model's own template.
+    public let family: Family?
+    /// The system prompt chatml adds when the conversation has none (SmolLM2's
+    /// "You are a helpful AI assistant named SmolLM, trained by Hugging Face").
     public let defaultSystem: String?
-    /// What gemma writes between a system prompt and the first user message ("\n\n" in
-    /// Gemma 3's template); nil where the template refuses a system message (Gemma 2's).
+    /// What gemma writes between a system prompt and the first user message; nil refuses a
+    /// system message (Gemma 2).
     public let systemSeparator: String?
-    /// The text of the tokenizer's BOS and EOS tokens, which llama3, llama2, gemma and phi3
-    /// write into the prompt.
+    /// The text of the tokenizer's BOS and EOS tokens (`bos_token`, `eos_token` in a template).
     public let bos: String
     public let eos: String
+    public let endOfTurn: String
+    public let closing: String
+    /// What `strftime_now` reads (Llama 3.x's "Today Date"); the clock when nil.
+    public let now: Date?
+    /// What apply_chat_template's other keyword arguments pass to a template: `enable_thinking`
+    /// (Qwen3, SmolLM3), `date_string` (Llama 3.x), …
+    public let variables: [String: JinjaValue]
 
+    /// A built-in family.
     public init(family: Family, defaultSystem: String? = nil, systemSeparator: String? = "\n\n", bos: String = "", eos: String = "") {
+        self.jinja = nil
         self.family = family
         self.defaultSystem = defaultSystem
         self.systemSeparator = systemSeparator
         self.bos = bos
         self.eos = eos
+        self.endOfTurn = family.endOfTurn(eos: eos)
+        self.closing = family == .phi3 ? eos : ""
+        self.now = nil
+        self.variables = [:]
     }
 
-    /// Recognizes the family of a Jinja chat template.
-    public init(template: String, bos: String = "", eos: String = "") throws(ChatTemplateError) {
-        if template.contains("<|im_start|>") {
-            // Qwen3's and SmolLM3's reasoning templates write <think> blocks into assistant turns.
-            guard !template.contains("<think>") else { throw .unrecognized(excerpt: Self.excerpt(template)) }
-            self.init(family: .chatml, defaultSystem: Self.chatMLDefaultSystem(template), bos: bos, eos: eos)
-        } else if template.contains("<|start_header_id|>") {
-            guard !template.contains("Cutting Knowledge Date"), !template.contains("tools") else { throw .unrecognized(excerpt: Self.excerpt(template)) }
-            self.init(family: .llama3, bos: bos, eos: eos)
-        } else if template.contains("[INST]") && template.contains("<<SYS>>") {
-            self.init(family: .llama2, bos: bos, eos: eos)
-        } else if template.contains("<start_of_turn>") && !template.contains("tools") {
-            if template.contains("System role not supported") {
-                self.init(family: .gemma, systemSeparator: nil, bos: bos, eos: eos)
-            } else if let separator = Self.gemmaSystemSeparator(template) {
-                self.init(family: .gemma, systemSeparator: separator, bos: bos, eos: eos)
-            } else {
-                throw .unrecognized(excerpt: Self.excerpt(template))
-            }
-        } else if ["<|user|>", "<|assistant|>", "<|end|>"].allSatisfy(template.contains) && !template.contains("tools") {
-            self.init(family: template.contains("<|system|>") ? .phi3 : .phi3Legacy, bos: bos, eos: eos)
-        } else {
-            throw .unrecognized(excerpt: Self.excerpt(template))
-        }
-    }
-
-    /// The token that ends an assistant turn, besides EOS.
-    public var endOfTurn: String {
-        switch family {
-        case .chatml: "<|im_end|>"
-        case .llama3: "<|eot_id|>"
-        case .llama2: eos
-        case .gemma: "<end_of_turn>"
-        case .phi3, .phi3Legacy: "<|end|>"
-        }
-    }
-
-    /// What render writes after the last message when there is no generation prompt: phi3's EOS.
-    public var closing: String { family == .phi3 ? eos : "" }
-
-    public func render(_ messages: [ChatMessage], addGenerationPrompt: Bool) throws(ChatTemplateError) -> String {
-        switch family {
-        case .chatml:
-            var out = ""
-            if let defaultSystem, messages.first?.role != .system { out += "<|im_start|>system\n\(defaultSystem)<|im_end|>\n" }
-            for m in messages { out += "<|im_start|>\(m.role.rawValue)\n\(m.content)<|im_end|>\n" }
-            if addGenerationPrompt { out += "<|im_start|>assistant\n" }
-            return out
-        case .llama3:
-            var out = ""
-            for (i, m) in messages.enumerated() {
-                out += (i == 0 ? bos : "") + "<|start_header_id|>\(m.role.rawValue)<|end_header_id|>\n\n\(Self.strip(m.content))<|eot_id|>"
-            }
-            if addGenerationPrompt { out += "<|start_header_id|>assistant<|end_header_id|>\n\n" }
-            return out
-        case .llama2:
-            var turns = messages[...]
-            var system: String?
-            if turns.first?.role == .system { system = turns.removeFirst().content }
-            var out = ""
-            for (i, m) in turns.enumerated() {
-                guard (m.role == .user) == (i % 2 == 0) else { throw .rolesMustAlternate(family: family) }
-                let content = i == 0 && system != nil ? "<<SYS>>\n\(system!)\n<</SYS>>\n\n\(m.content)" : m.content
-                out += m.role == .user ? "\(bos)[INST] \(Self.strip(content)) [/INST]" : " \(Self.strip(content)) \(eos)"
-            }
-            return out
-        case .gemma:
-            var turns = messages[...]
-            var firstPrefix = ""
-            if turns.first?.role == .system {
-                guard let systemSeparator else { throw .systemNotSupported(family: family) }
-                firstPrefix = turns.removeFirst().content + systemSeparator
-            }
-            var out = bos
-            for (i, m) in turns.enumerated() {
-                guard (m.role == .user) == (i % 2 == 0) else { throw .rolesMustAlternate(family: family) }
-                let role = m.role == .assistant ? "model" : m.role.rawValue
-                out += "<start_of_turn>\(role)\n" + (i == 0 ? firstPrefix : "") + Self.strip(m.content) + "<end_of_turn>\n"
-            }
-            if addGenerationPrompt { out += "<start_of_turn>model\n" }
-            return out
-        case .phi3:
-            var out = ""
-            for m in messages where m.role != .system || !m.content.isEmpty { out += "<|\(m.role.rawValue)|>\n\(m.content)<|end|>\n" }
-            return out + (addGenerationPrompt ? "<|assistant|>\n" : eos)
-        case .phi3Legacy:
-            var out = bos
-            for m in messages {
-                switch m.role {
-                case .user: out += "<|user|>\n\(m.content)<|end|>\n<|assistant|>\n"
-                case .assistant: out += "\(m.content)<|end|>\n"
-                case .system: break
-                }
-            }
-            return out
-        }
-    }
-
-    /// Gemma 3's `first_user_prefix = messages[0]['content'] + '…'`: the literal, its escapes
-    /// (\n, \t, \\, \') read as Jinja reads them.
-    static func gemmaSystemSeparator(_ template: String) -> String? {
-        let pattern = #"first_user_prefix = messages\[0\]\['content'\] \+ '((?:[^'\\]|\\.)*)'"#
-        guard let regex = try? NSRegularExpression(pattern: pattern),
-              let m = regex.firstMatch(in: template, range: NSRange(template.startIndex..., in: template)),
-              let r = Range(m.range(at: 1), in: template) else { return nil }
-        var out = "", escaped = false
-        for c in template[r] {
-            if escaped {
-                switch c {
-                case "n": out.append("\n")
-                case "t": out.append("\t")
-                default: out.append(c)
-                }
-                escaped = false
-            } else if c == "\\" {
-                escaped = true
-            } else {
-                out.append(c)
+    /// The model's own Jinja template; fails when the text is not Jinja or uses a construct
+    /// the interpreter lacks (the error names it and its line).
+    public init(template: String, bos: String = "", eos: String = "", now: Date? = nil, variables: [String: JinjaValue] = [:]) throws(ChatTemplateError) {
+        do { jinja = try JinjaTemplate(template) } catch { throw .jinja(error) }
+        family = nil
+        defaultSystem = nil
+        systemSeparator = nil
+        self.bos = bos
+        self.eos = eos
+        self.now = now
+        self.variables = variables
+        let probe = [ChatMessage(.user, "qlora probe question"), ChatMessage(.assistant, "qlora probe answer")]
+        let answer = (try? Self.render(jinja!, probe, tools: nil, addGenerationPrompt: false, bos: bos, eos: eos, now: now, variables: variables))?.text
+        let next = (try? Self.render(jinja!, probe + [ChatMessage(.user, "qlora probe question")], tools: nil, addGenerationPrompt: true, bos: bos, eos: eos, now: now, variables: variables))?.text
+        var end = "", closing = ""
+        if let answer, let r = answer.range(of: "qlora probe answer", options: .backwards) {
+            end = Self.endOfTurn(after: answer[r.upperBound...])
+            // What the rendering without a following turn adds after the turn's end (and the
+            // whitespace both share): the closing, when the following turn does not repeat it.
+            let turnEnd = answer.utf8.distance(from: answer.startIndex, to: r.upperBound) + (answer[r.upperBound...].range(of: end).map {
+                answer.utf8.distance(from: r.upperBound, to: $0.upperBound) } ?? 0)
+            if let next, next.utf8.starts(with: answer.utf8.prefix(turnEnd)) {
+                let tail = answer.utf8.dropFirst(turnEnd), following = next.utf8.dropFirst(turnEnd)
+                let shared = zip(tail, following).prefix { $0 == $1 && [0x20, 0x0A, 0x09].contains($0) }.count
+                if !tail.elementsEqual(following.prefix(tail.count)) { closing = String(decoding: tail.dropFirst(shared), as: UTF8.self) }
             }
         }
-        return out
+        self.endOfTurn = end.isEmpty ? eos : end
+        self.closing = closing
     }
 
-    /// The literal system prompt a ChatML template writes when the first message is not system:
-    /// '<|im_start|>system\n…<|im_end|>' as one string literal, newline written as is or as \n.
-    static func chatMLDefaultSystem(_ template: String) -> String? {
-        let pattern = #"'<\|im_start\|>system(?:\n|\\n)([^'"{}+]*?)<\|im_end\|>"#
-        guard let regex = try? NSRegularExpression(pattern: pattern),
-              let m = regex.firstMatch(in: template, range: NSRange(template.startIndex..., in: template)),
-              let r = Range(m.range(at: 1), in: template) else { return nil }
-        return template[r].replacingOccurrences(of: "\\n", with: "\n")
+    /// The end-of-turn in what follows an answer: up to the line's end, spaces trimmed, and
+    /// before the first `<…>` piece that starts something ("<|START_OF_TURN_TOKEN|>",
+    /// "<|im_start|>", "<start_of_turn>"): Command R writes "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>"
+    /// then the next header on the same line.
+    static func endOfTurn(after tail: Substring) -> String {
+        var line = tail.prefix { $0 != "\n" }.trimmingCharacters(in: .whitespaces)
+        var at = line.startIndex
+        while let open = line[at...].firstIndex(of: "<"), let close = line[open...].firstIndex(of: ">") {
+            if line[open...close].lowercased().contains("start") {
+                line = String(line[..<open])
+                break
+            }
+            at = line.index(after: close)
+        }
+        return line
     }
 
-    /// Python's str.strip() (Jinja's trim): whitespace off both ends.
-    static func strip(_ s: String) -> String { s.trimmingCharacters(in: .whitespacesAndNewlines) }
+    public static func == (a: ChatTemplate, b: ChatTemplate) -> Bool {
+        a.jinja?.source == b.jinja?.source && a.family == b.family && a.defaultSystem == b.defaultSystem && a.systemSeparator == b.systemSeparator
+            && a.bos == b.bos && a.eos == b.eos && a.now == b.now && a.variables == b.variables
+    }
 
-    static func excerpt(_ template: String) -> String { template.count > 80 ? String(template.prefix(77)) + "..." : template }
+    /// The conversation as the model reads it.
+    public func render(_ messages: [ChatMessage], tools: JinjaValue? = nil, addGenerationPrompt: Bool) throws(ChatTemplateError) -> String {
+        try rendering(messages, tools: tools, addGenerationPrompt: addGenerationPrompt).text
+    }
+
+    /// The text, and the UTF-8 byte ranges of it that the template's `{% generation %}`
+    /// blocks wrote (none for a template without them, or a built-in family).
+    public func rendering(_ messages: [ChatMessage], tools: JinjaValue? = nil, addGenerationPrompt: Bool) throws(ChatTemplateError) -> JinjaTemplate.Rendering {
+        guard let jinja else {
+            return JinjaTemplate.Rendering(text: try renderFamily(family!, messages, addGenerationPrompt: addGenerationPrompt), generationRanges: [])
+        }
+        do { return try Self.render(jinja, messages, tools: tools, addGenerationPrompt: addGenerationPrompt, bos: bos, eos: eos, now: now, variables: variables) } catch { throw .jinja(error) }
+    }
+
+    /// Whether the template marks assistant text with `{% generation %}` (TRL's training templates).
+    public var hasGenerationMarkers: Bool { jinja?.hasGenerationMarkers ?? false }
+
+    /// The variables transformers passes: messages, tools and documents (None when not
+    /// given), add_generation_prompt, then the keyword arguments (bos_token and eos_token
+    /// among them, as the tokenizer passes its special tokens).
+    static func render(_ jinja: JinjaTemplate, _ messages: [ChatMessage], tools: JinjaValue?, addGenerationPrompt: Bool,
+                       bos: String, eos: String, now: Date?, variables: [String: JinjaValue]) throws(JinjaError) -> JinjaTemplate.Rendering {
+        var all = variables
+        all.merge(["messages": .list(messages.map(\.templateValue)), "tools": tools ?? .none, "documents": .none,
+                   "add_generation_prompt": .bool(addGenerationPrompt), "bos_token": .string(bos), "eos_token": .string(eos)]) { _, fixed in fixed }
+        return try jinja.render(all, now: now ?? Date())
+    }
 }
 
 public enum ChatTemplateError: Error, Equatable, CustomStringConvertible {
-    case unrecognized(excerpt: String)
+    case jinja(JinjaError)
     case missing(source: String)
     case rolesMustAlternate(family: ChatTemplate.Family)
     case systemNotSupported(family: ChatTemplate.Family)
@@ -216,8 +167,8 @@ public enum ChatTemplateError: Error, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case let .unrecognized(excerpt):
-            "unrecognized chat template \"\(excerpt)\"\n---> HINT: pass --chat-template \(Self.families)"
+        case let .jinja(e):
+            if case .raised = e.kind { "\(e)" } else { "\(e)\n---> HINT: pass --chat-template \(Self.families) to use a built-in format instead" }
         case let .missing(source):
             "\(source) has no chat template\n---> HINT: pass --chat-template \(Self.families), or --prompt for plain text"
         case let .rolesMustAlternate(family):

@@ -127,13 +127,13 @@ public struct PreferenceDataSet: Sendable, Equatable {
                 row = .text(prompt: e.prompt, chosen: e.chosen, rejected: e.rejected)
             }
         case is [Any]:
-            let c = try SFTRow.messages(chosen, key: "chosen")
+            let c = try SFTRow.messages(chosen, key: "chosen", row: line)
             guard rejected is [Any] else { throw .wrongType(key: "rejected", expected: "a list of messages, as 'chosen' is") }
-            let r = try SFTRow.messages(rejected, key: "rejected")
+            let r = try SFTRow.messages(rejected, key: "rejected", row: line)
             guard c != r || allowEqualSides else { throw .chosenEqualsRejected }
             if let p = object["prompt"] {
                 guard p is [Any] else { throw .wrongType(key: "prompt", expected: "a list of messages, as 'chosen' is") }
-                let prompt = try SFTRow.messages(p, key: "prompt")
+                let prompt = try SFTRow.messages(p, key: "prompt", row: line)
                 func completion(_ side: [ChatMessage], _ key: String) throws(SFTRowProblem) -> [ChatMessage] {
                     if side.first?.role == .assistant { return side }
                     guard side.starts(with: prompt) else { throw .promptNotPrefix(side: key) }

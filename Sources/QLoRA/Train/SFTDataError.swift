@@ -15,8 +15,8 @@ public enum SFTRowProblem: Error, Equatable, Sendable, CustomStringConvertible {
     case emptyContent(key: String)
     case noChatTemplate
     case template(ChatTemplateError)
-    /// Rendering messages[..<i] is not a prefix of rendering messages[...i]: the template
-    /// rewrites earlier turns, so turns cannot be masked one by one.
+    /// Rendering messages[..<i] (with the generation prompt) is a prefix neither of rendering
+    /// messages[...i] nor of the whole conversation: the template rewrites earlier turns.
     case templateNotIncremental(message: Int)
     /// The tokens of the rendered conversation do not spell it byte for byte, so tokens cannot
     /// be traced to turns.
@@ -117,5 +117,5 @@ public enum SFTDataError: Error, Equatable, Sendable, CustomStringConvertible {
 }
 
 extension ChatMessage.Role {
-    static let allNames = "system, user, assistant"
+    static let allNames = "system, user, assistant, tool"
 }

@@ -64,10 +64,11 @@ public enum SFTRow: Sendable, Equatable {
     ///   messages            chatTemplate.render(messages) tokenized as one text, no tokenizer
     ///                       prefix (the template writes BOS where the model wants it);
     ///                       labels: each assistant message's content and its end-of-turn
-    ///                       token trained; system and user turns, the assistant header and
-    ///                       what follows end-of-turn (ChatML's "\n") −100. A token is trained
-    ///                       when its first byte lies in a trained piece of `segments`, as TRL's
-    ///                       assistant mask maps characters to tokens through offsets.
+    ///                       token trained (or what `{% generation %}` marks); system, user and
+    ///                       tool turns, the assistant header and what follows end-of-turn
+    ///                       (ChatML's "\n") −100. A token is trained when its first byte lies
+    ///                       in a trained piece of `segments`, as TRL's assistant mask maps
+    ///                       characters to tokens through offsets.
     ///   conversation        as messages of prompt + completion, the prompt's assistant turns
     ///                       −100 too. TRL's completion mask trains every token after
     ///                       render(prompt, generation prompt); the same tokens but for what
@@ -130,23 +131,72 @@ public enum SFTRow: Sendable, Equatable {
         return SFTExample(inputIds: Array(ids.prefix(maxLength)), labels: Array(labels.prefix(maxLength)))
     }
 
-    /// The rendered conversation cut into consecutive pieces, each trained or not:
-    /// for each assistant message i,
-    ///   render(messages[..<i], addGenerationPrompt: true)   ends with the assistant header: masked
-    ///   render(messages[...i], addGenerationPrompt: false)  adds the turn: trained up to and
-    ///                                                       including its last end-of-turn, masked after
-    /// and render(messages) after the last assistant message, masked. Assistant turns before
-    /// `trainedFrom` (a prompt's) are masked whole. The pieces concatenate to
-    /// render(messages, addGenerationPrompt: false). A turn's render is taken less the
-    /// template's `closing` (phi3 ends a conversation with EOS, not each turn).
+    /// The rendered conversation cut into consecutive pieces, each trained or not; the pieces
+    /// concatenate to render(messages, addGenerationPrompt: false). Three ways, the first that applies:
+    ///
+    /// 1. The template marks assistant text with `{% generation %}` (TRL's training templates):
+    ///    exactly the marked ranges are trained, as TRL's assistant_only_loss trains them.
+    /// 2. The template renders incrementally: for each assistant message i,
+    ///      render(messages[..<i], addGenerationPrompt: true)   ends with the assistant header: masked
+    ///      render(messages[...i], addGenerationPrompt: false)  adds the turn: trained up to and
+    ///                                                          including its last end-of-turn, masked after
+    ///    and render(messages) after the last assistant message, masked. A turn's render is taken
+    ///    less the template's `closing` (Phi-3.5 ends a conversation with EOS, not each turn).
+    /// 3. Otherwise (a conversation ending in an assistant turn renders it differently: Qwen3
+    ///    writes an empty `<think>` block into the last assistant turn only), as long as each
+    ///    render(messages[..<i], addGenerationPrompt: true) is a prefix of the whole rendering:
+    ///    trained from there through the first end-of-turn after it (to the end, for the last
+    ///    assistant message of a template that writes none); everything else is masked.
+    /// Assistant turns before `trainedFrom` (a prompt's) are masked whole: in way 1, the marked
+    /// ranges that start inside render(messages[..<trainedFrom], addGenerationPrompt: true).
     ///
     /// The pieces are not tokenized one by one: a cut that is not at a special token can fall
     /// inside a token of the whole text. Llama 3's header ends in "\n\n", which the GPT-2
     /// pre-tokenizer writes as one "ĊĊ" at the end of a piece but as "Ċ" "Ċ" before content.
     static func segments(_ messages: [ChatMessage], _ template: ChatTemplate, trainedFrom: Int = 0) throws(SFTRowProblem) -> [(text: String, trained: Bool)] {
-        func render(_ m: ArraySlice<ChatMessage>, _ generationPrompt: Bool) throws(SFTRowProblem) -> String {
-            do { return try template.render(Array(m), addGenerationPrompt: generationPrompt) } catch { throw .template(error) }
+        func render(_ m: ArraySlice<ChatMessage>, _ generationPrompt: Bool) throws(SFTRowProblem) -> JinjaTemplate.Rendering {
+            do { return try template.rendering(Array(m), addGenerationPrompt: generationPrompt) } catch { throw .template(error) }
         }
+        let whole = try render(messages[...], false)
+        let bytes = Array(whole.text.utf8)
+        func piece(_ r: Range<Int>, _ trained: Bool) -> (text: String, trained: Bool) { (String(decoding: bytes[r], as: UTF8.self), trained) }
+
+        if template.hasGenerationMarkers {
+            let prompt = trainedFrom > 0 ? try render(messages[..<trainedFrom], true).text.utf8.count : 0
+            var pieces: [(text: String, trained: Bool)] = [], at = 0
+            for r in whole.generationRanges where r.lowerBound >= max(at, prompt) {
+                pieces += [piece(at..<r.lowerBound, false), piece(r, true)]
+                at = r.upperBound
+            }
+            pieces.append(piece(at..<bytes.count, false))
+            return pieces.filter { !$0.text.isEmpty }
+        }
+        if let pieces = try incrementalSegments(messages, template, trainedFrom: trainedFrom, render: { m, g throws(SFTRowProblem) in try render(m, g).text }) {
+            return pieces
+        }
+        var pieces: [(text: String, trained: Bool)] = [], at = 0
+        let last = messages.lastIndex { $0.role == .assistant }
+        for i in messages.indices where messages[i].role == .assistant {
+            let head = Array(try render(messages[..<i], true).text.utf8)
+            guard head.count >= at, bytes.starts(with: head) else { throw .templateNotIncremental(message: i) }
+            var end: Int
+            if !template.endOfTurn.isEmpty, let e = Self.find(Array(template.endOfTurn.utf8), in: bytes, from: head.count) {
+                end = e + template.endOfTurn.utf8.count
+            } else {
+                guard i == last else { throw .templateNotIncremental(message: i) }
+                end = bytes.count
+            }
+            end = max(end, head.count)
+            pieces += [piece(at..<head.count, false), piece(head.count..<end, i >= trainedFrom)]
+            at = end
+        }
+        pieces.append(piece(at..<bytes.count, false))
+        return pieces.filter { !$0.text.isEmpty }
+    }
+
+    /// Way 2 of `segments`; nil when a prefix's rendering is not a prefix of the next.
+    static func incrementalSegments(_ messages: [ChatMessage], _ template: ChatTemplate, trainedFrom: Int,
+                                    render: (ArraySlice<ChatMessage>, Bool) throws(SFTRowProblem) -> String) throws(SFTRowProblem) -> [(text: String, trained: Bool)]? {
         var pieces: [(text: String, trained: Bool)] = []
         var done = ""
         for i in messages.indices where messages[i].role == .assistant {
@@ -156,19 +206,26 @@ public enum SFTRow: Sendable, Equatable {
             if !template.closing.isEmpty, full.utf8.reversed().starts(with: template.closing.utf8.reversed()) {
                 full = String(decoding: full.utf8.dropLast(template.closing.utf8.count), as: UTF8.self)
             }
-            guard let masked = Self.remainder(of: head, after: done), let turn = Self.remainder(of: full, after: head) else {
-                throw .templateNotIncremental(message: i)
-            }
+            guard let masked = Self.remainder(of: head, after: done), let turn = Self.remainder(of: full, after: head) else { return nil }
             var trainedEnd = turn.endIndex
             if !template.endOfTurn.isEmpty, let r = turn.range(of: template.endOfTurn, options: [.backwards, .literal]) { trainedEnd = r.upperBound }
             pieces += [(masked, false), (String(turn[..<trainedEnd]), i >= trainedFrom), (String(turn[trainedEnd...]), false)]
             done = full
         }
-        guard let rest = Self.remainder(of: try render(messages[...], false), after: done) else {
-            throw .templateNotIncremental(message: messages.count - 1)
-        }
+        guard let rest = Self.remainder(of: try render(messages[...], false), after: done) else { return nil }
         pieces.append((rest, false))
         return pieces.filter { !$0.text.isEmpty }
+    }
+
+    /// The first offset ≥ `from` where `needle` occurs in `haystack`.
+    static func find(_ needle: [UInt8], in haystack: [UInt8], from: Int) -> Int? {
+        guard needle.count <= haystack.count else { return nil }
+        var i = from
+        while i + needle.count <= haystack.count {
+            if haystack[i] == needle[0], haystack[i..<i + needle.count].elementsEqual(needle) { return i }
+            i += 1
+        }
+        return nil
     }
 
     /// The byte offset in `text` where each token of `ids` (= tokenizer.encode(text)) starts:

@@ -3,8 +3,10 @@ import Foundation
 /// The JSON layouts of an SFT row, as users of TRL, axolotl, Unsloth and mlx-lm bring them.
 /// The first key present, in this order, decides the layout; other keys are ignored:
 ///
-///   messages        {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+///   messages        {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": "..."}, ...]}
 ///                   TRL's conversational language modelling, mlx-lm's chat   → .messages
+///                   (other keys of a message, "tool_calls", "tool_call_id", "name"…, go to
+///                   the chat template as they are; content may be left out beside "tool_calls")
 ///   conversations   {"conversations": [{"from": "system"|"human"|"gpt", "value": "..."}, ...]}
 ///                   ShareGPT (axolotl's and Unsloth's sharegpt); "user" and "assistant" are
 ///                   taken for from, and {role, content} items as Unsloth's
@@ -30,7 +32,7 @@ extension SFTRow {
             return s
         }
         if let m = object["messages"] {
-            self = .messages(try Self.messages(m, key: "messages"))
+            self = .messages(try Self.messages(m, key: "messages", row: line))
         } else if let c = object["conversations"] {
             self = .messages(try Self.messages(c, key: "conversations", shareGPT: true))
         } else if object["instruction"] != nil {
@@ -42,7 +44,7 @@ extension SFTRow {
             if p is [Any] || c is [Any] {
                 guard p is [Any] else { throw .wrongType(key: "prompt", expected: "a list of messages, as 'completion' is") }
                 guard c is [Any] else { throw .wrongType(key: "completion", expected: "a list of messages, as 'prompt' is") }
-                self = .conversation(prompt: try Self.messages(p, key: "prompt"), completion: try Self.messages(c, key: "completion"))
+                self = .conversation(prompt: try Self.messages(p, key: "prompt", row: line), completion: try Self.messages(c, key: "completion", row: line))
             } else {
                 self = .promptCompletion(prompt: try string("prompt"), completion: try string("completion"))
             }
@@ -66,12 +68,16 @@ extension SFTRow {
         return object
     }
 
-    /// A non-empty JSON list of {role, content} with known roles and non-blank content;
-    /// problems name `key[i]`. With `shareGPT`, items may be {from, value} instead, `from`
-    /// one of `shareGPTSpeakers`.
-    static func messages(_ value: Any, key: String, shareGPT: Bool = false) throws(SFTRowProblem) -> [ChatMessage] {
+    /// A non-empty JSON list of {role, content} with known roles and non-blank content (or
+    /// content absent, null or empty beside `tool_calls`); problems name `key[i]`. With
+    /// `shareGPT`, items may be {from, value} instead, `from` one of `shareGPTSpeakers`. A
+    /// message's other keys (`tool_calls`, `tool_call_id`, `name`, `reasoning_content`, …)
+    /// become its fields, read again from `row` with `JinjaValue(json:)` so that objects keep
+    /// their key order for tojson.
+    static func messages(_ value: Any, key: String, shareGPT: Bool = false, row: ArraySlice<UInt8>? = nil) throws(SFTRowProblem) -> [ChatMessage] {
         guard let list = value as? [Any] else { throw .wrongType(key: key, expected: shareGPT ? "a list of {from, value}" : "a list of {role, content}") }
         guard !list.isEmpty else { throw .emptyContent(key: key) }
+        var ordered: [JinjaValue]?
         var out: [ChatMessage] = []
         for (i, item) in list.enumerated() {
             let at = "\(key)[\(i)]"
@@ -87,10 +93,24 @@ extension SFTRow {
                 guard let r = ChatMessage.Role(rawValue: roleName) else { throw .unknownRole(message: i, role: roleName) }
                 role = r
             }
-            guard let contentValue = d[contentKey] else { throw .missingKey("'\(contentKey)' in \(at)") }
-            guard let content = contentValue as? String else { throw .wrongType(key: "\(at).\(contentKey)", expected: "a string") }
-            guard !content.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { throw .emptyContent(key: "\(at).\(contentKey)") }
-            out.append(ChatMessage(role, content))
+            let toolCalls = d["tool_calls"].map { !($0 is NSNull) } ?? false
+            var content = ""
+            switch d[contentKey] {
+            case nil where toolCalls, is NSNull where toolCalls: break
+            case nil: throw .missingKey("'\(contentKey)' in \(at)")
+            case let s as String:
+                guard toolCalls || !s.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { throw .emptyContent(key: "\(at).\(contentKey)") }
+                content = s
+            default: throw .wrongType(key: "\(at).\(contentKey)", expected: "a string")
+            }
+            var fields = JinjaDict()
+            if let row, d.keys.contains(where: { $0 != roleKey && $0 != contentKey }) {
+                if ordered == nil, case let .dict(o)? = try? JinjaValue(json: String(decoding: row, as: UTF8.self)), case let .list(l)? = o[key] { ordered = l }
+                if let ordered, i < ordered.count, case let .dict(m) = ordered[i] {
+                    for (k, v) in m where k != roleKey && k != contentKey { fields[k] = v }
+                }
+            }
+            out.append(ChatMessage(role, content, fields: fields))
         }
         return out
     }

@@ -170,7 +170,7 @@ final class SFTDataTests: XCTestCase {
         assertBadRow(#"{"text": 42}"#, line: 1, .wrongType(key: "text", expected: "a string"))
         assertBadRow(#"{"text": ""}"#, line: 1, .emptyContent(key: "text"))
         assertBadRow(#"{"messages": []}"#, line: 1, .emptyContent(key: "messages"))
-        assertBadRow(#"{"messages": [{"role": "tool", "content": "x"}]}"#, line: 1, .unknownRole(message: 0, role: "tool"))
+        assertBadRow(#"{"messages": [{"role": "narrator", "content": "x"}]}"#, line: 1, .unknownRole(message: 0, role: "narrator"))
         assertBadRow(#"{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]}"#, line: 1,
                      .emptyContent(key: "messages[1].content"))
         assertBadRow(#"{"messages": [{"role": "user"}]}"#, line: 1, .missingKey("'content' in messages[0]"))
