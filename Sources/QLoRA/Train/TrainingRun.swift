@@ -358,7 +358,7 @@ public final class TrainingRun {
     private var recentLosses: [Double] = []
     /// This process's update times (the first, which pays for first-touch allocations, is not
     /// counted in the ETA) and the seconds one pass over the whole validation set took.
-    private var updateSeconds: [Double] = []
+    private var updateSeconds: [(seconds: Double, trained: Int)] = []
     private var validationPassSeconds: Double?
     private var recentSpeeds: [Double] = []
     private let report: RunReport
@@ -504,7 +504,7 @@ public final class TrainingRun {
         while step < totalUpdates {
             let row = try update(onEvent)
             if let row {
-                updateSeconds.append(row.updateS ?? 0)
+                updateSeconds.append((row.updateS ?? 0, row.trainedTokens ?? 0))
                 onEvent(.update(row, total: totalUpdates, secondsLeft: secondsLeft))
                 try append(row)
             }
@@ -623,16 +623,21 @@ public final class TrainingRun {
 
     // MARK: Evaluation
 
-    /// Seconds until the run ends, from what this process has measured: the mean of its recent
-    /// update times (the first aside) for the updates left, plus the evaluations still due at
-    /// the cost the last full one took per pass over the validation set (the baseline's, before
-    /// any other: so the estimate holds from the first updates). nil before two updates.
+    /// Seconds until the run ends, from what this process has measured: its recent updates'
+    /// time per trained token (the first update, which pays for first-touch allocations, aside)
+    /// times the trained tokens an update holds on average over the data — so that an order
+    /// that is not uniform in length (--group-by-length puts the longest rows first) does not
+    /// skew it — for the updates left, plus the evaluations still due at the cost the last
+    /// full one took per pass over the validation set (the baseline's, before any other: so the
+    /// estimate holds from the first updates). nil before two updates.
     public var secondsLeft: Double? {
         let recent = updateSeconds.dropFirst().suffix(20)
         guard !recent.isEmpty else { return nil }
-        let perUpdate = recent.reduce(0, +) / Double(recent.count)
         let left = totalUpdates - step
         guard left > 0 else { return 0 }
+        let seconds = recent.reduce(0) { $0 + $1.seconds }, trained = recent.reduce(0) { $0 + $1.trained }
+        let perUpdateTokens = Double(train.trainedTokenCount) / Double(max(1, train.count)) * Double(config.batchSize * config.gradAccum)
+        let perUpdate = trained > 0 && perUpdateTokens > 0 ? perUpdateTokens * seconds / Double(trained) : seconds / Double(recent.count)
         return Double(left) * perUpdate + validationPassesLeft * (validationPassSeconds ?? 0)
     }
 
