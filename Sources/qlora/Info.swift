@@ -32,6 +32,15 @@ struct Info: ParsableCommand {
         } else {
             let report = try RuntimeReport.current()
             if json { print(String(decoding: try encoder.encode(report), as: UTF8.self)) } else { report.lines.forEach { print($0) } }
+            // Under mpirun/mpiexec: this rank, the world, and a checked all-reduce over it.
+            if !json {
+                if let process = try MPIWorld.start() {
+                    defer { MPIWorld.finish() }
+                    print(try MPIWorld.selfCheck(process) + ", \(report.threads) threads in this rank")
+                } else {
+                    print("mpi: not under mpirun (MPI is loaded at run time when a launcher starts qlora)")
+                }
+            }
         }
     }
 }

@@ -4,3 +4,4 @@
 #include "model_ops.h"
 #include "model_ops_backward.h"
 #include "lora_ops.h"
+#include "mpi_shim.h"
