@@ -269,6 +269,12 @@ struct Train: ParsableCommand {
     }
 
     func run() throws {
+        // Until data parallelism lands (issue 17), N ranks would be N copies of one run racing
+        // on one run directory: refuse instead.
+        if let ranks = MPIWorld.launchedSize, ranks > 1 {
+            throw ValidationError("train started as \(ranks) ranks (mpirun/mpiexec): data-parallel training is not built yet, and \(ranks) "
+                                  + "copies would race on one run directory\n---> HINT: run one process (mpirun -np 1, or no launcher)")
+        }
         if printConfig {
             let c = resume != nil ? try TrainingRun.loadConfig(run: resume!) : newConfig
             print(try TrainConfigFile.yaml(c, out: out), terminator: "")
