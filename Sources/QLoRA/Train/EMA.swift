@@ -30,8 +30,6 @@ public final class EMA {
     /// θ_ema per parameter. While swapped in, these hold the live weights instead.
     public let shadows: [FloatBuffer]
     public private(set) var isSwappedIn = false
-    /// Whether `update()` has run: until then the shadows equal the values they copied.
-    public private(set) var hasMoved = false
 
     /// Shadows start as copies of the current values.
     public init(parameters: [Parameter], beta: Double, every: Int = 1, warmup: Bool = false) {
@@ -65,7 +63,6 @@ public final class EMA {
     public func update(afterUpdate n: Int? = nil) {
         precondition(!isSwappedIn, "EMA.update() while the shadows are swapped in")
         let d = n.map(decay(afterUpdate:)) ?? decayPerUpdate
-        hasMoved = true
         let keep = Float(d), take = Float(1 - d)
         for (p, s) in zip(parameters, shadows) {
             let x = p.value.base, y = s.base

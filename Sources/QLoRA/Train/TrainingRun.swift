@@ -508,9 +508,6 @@ public final class TrainingRun {
                 onEvent(.update(row, total: totalUpdates, secondsLeft: secondsLeft))
                 try append(row)
             }
-            let boundary = plan?.isBoundary(afterUpdate: step) ?? false
-            let evalDue = config.evalEvery.map { step % $0 == 0 } ?? false
-            let quickDue = config.quickEvery.map { step % $0 == 0 } ?? false
             var alert: String? = nil
             if let row, let loss = row.loss, let speed = row.tokensPerS { alert = watch(loss: loss, speed: speed) }
             if let alert {
@@ -518,10 +515,10 @@ public final class TrainingRun {
                 try append(with(MetricsRow(step: step)) { $0.event = "alert: \(alert)" })
                 try evaluate(kind: "alert", onEvent)
                 try saveCheckpoint(onEvent)
-            } else if boundary || evalDue || step == totalUpdates {
+            } else if fullEvaluationDue(afterUpdate: step) {
                 try evaluate(kind: "full", onEvent)
                 try saveCheckpoint(onEvent)
-            } else if quickDue {
+            } else if quickEvaluationDue(afterUpdate: step) {
                 try evaluate(kind: "quick", onEvent)
             }
             if let every = config.saveEvery, step % every == 0, lastCheckpointStep != step { try saveCheckpoint(onEvent) }
@@ -646,17 +643,29 @@ public final class TrainingRun {
     /// evaluation its share of the batches.
     var validationPassesLeft: Double {
         guard step < totalUpdates, validation.count > 0 else { return 0 }
-        let size = config.evalBatchSize ?? 4 * config.batchSize, batches = (validation.count + size - 1) / size
+        let batches = (validation.count + evaluationBatchSize - 1) / evaluationBatchSize
         var passes = 0.0
         for s in (step + 1)...totalUpdates {
-            if (plan?.isBoundary(afterUpdate: s) ?? false) || (config.evalEvery.map { s % $0 == 0 } ?? false) || s == totalUpdates {
+            if fullEvaluationDue(afterUpdate: s) {
                 passes += ema == nil ? 1 : 2
-            } else if let q = config.quickEvery, s % q == 0 {
+            } else if quickEvaluationDue(afterUpdate: s) {
                 passes += Double(min(config.quickBatches, batches)) / Double(batches)
             }
         }
         return passes
     }
+
+    /// A full evaluation (and a checkpoint) follows update `s`: a plan boundary, every
+    /// --eval-every, and the last update. `run()` and the ETA both ask this.
+    private func fullEvaluationDue(afterUpdate s: Int) -> Bool {
+        (plan?.isBoundary(afterUpdate: s) ?? false) || (config.evalEvery.map { s % $0 == 0 } ?? false) || s == totalUpdates
+    }
+
+    /// A quick evaluation follows update `s` (when no full one does): every --quick-every.
+    private func quickEvaluationDue(afterUpdate s: Int) -> Bool { config.quickEvery.map { s % $0 == 0 } ?? false }
+
+    /// Sequences per evaluation batch: --eval-batch-size, else 4 × --batch-size.
+    private var evaluationBatchSize: Int { config.evalBatchSize ?? 4 * config.batchSize }
 
     /// Mean validation loss with the EMA weights swapped in (when there is an EMA), on the whole
     /// validation set (`full`, `alert`) or its first `quickBatches` batches (`quick`); full
@@ -666,7 +675,7 @@ public final class TrainingRun {
     /// lora_best_ema; `best` says which of the two scored it (`bestAdapter`).
     private func evaluate(kind: String, _ onEvent: (TrainingEvent) -> Void) throws {
         guard validation.count > 0 else { return }
-        var batches = validation.evaluationBatches(batchSize: config.evalBatchSize ?? 4 * config.batchSize)
+        var batches = validation.evaluationBatches(batchSize: evaluationBatchSize)
         if kind == "quick" { batches = Array(batches.prefix(config.quickBatches)) }
         func measure() throws -> LossSum {
             try batches.reduce(LossSum()) { acc, b in acc + (try trainer.loss(b)) }
@@ -674,17 +683,16 @@ public final class TrainingRun {
         let loss: LossSum
         var live: LossSum? = nil
         let evaluationStart = Date()
+        // At update 0 (a fresh run's baseline) the EMA's shadows are still copies of the live
+        // weights: one pass scores both.
+        let livePass = ema != nil && kind != "quick" && step > 0
         if let ema {
             loss = try ema.withAveragedWeights(measure)
-            // The baseline's shadows are copies of the live weights: one pass scores both.
-            if kind != "quick" { live = step == 0 && !ema.hasMoved ? loss : try measure() }
+            if kind != "quick" { live = livePass ? try measure() : loss }
         } else {
             loss = try measure()
         }
-        if kind != "quick" {
-            let passes = ema == nil || (step == 0 && !ema!.hasMoved) ? 1.0 : 2.0
-            validationPassSeconds = Date().timeIntervalSince(evaluationStart) / passes
-        }
+        if kind != "quick" { validationPassSeconds = Date().timeIntervalSince(evaluationStart) / (livePass ? 2 : 1) }
         var row = MetricsRow(step: step)
         row.valLoss = loss.mean
         row.valLossLive = live?.mean
