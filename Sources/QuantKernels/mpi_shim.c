@@ -18,6 +18,7 @@ static int (*o_comm_rank)(void *, int *);
 static int (*o_comm_size)(void *, int *);
 static int (*o_allreduce)(const void *, void *, int, void *, void *, void *);
 static int (*o_bcast)(void *, int, void *, int, void *);
+static int (*o_allgather)(const void *, int, void *, void *, int, void *, void *);
 static int (*o_barrier)(void *);
 static int (*o_abort)(void *, int);
 static int (*o_finalize)(void);
@@ -29,6 +30,7 @@ static int (*m_comm_rank)(int, int *);
 static int (*m_comm_size)(int, int *);
 static int (*m_allreduce)(const void *, void *, int, int, int, int);
 static int (*m_bcast)(void *, int, int, int, int);
+static int (*m_allgather)(const void *, int, int, void *, int, int, int);
 static int (*m_barrier)(int);
 static int (*m_abort)(int, int);
 static int (*m_finalize)(void);
@@ -79,6 +81,7 @@ int qk_mpi_init(char *err, size_t errlen) {
         o_comm_size = (int (*)(void *, int *))sym(h, "MPI_Comm_size", &missing);
         o_allreduce = (int (*)(const void *, void *, int, void *, void *, void *))sym(h, "MPI_Allreduce", &missing);
         o_bcast = (int (*)(void *, int, void *, int, void *))sym(h, "MPI_Bcast", &missing);
+        o_allgather = (int (*)(const void *, int, void *, void *, int, void *, void *))sym(h, "MPI_Allgather", &missing);
         o_barrier = (int (*)(void *))sym(h, "MPI_Barrier", &missing);
         o_abort = (int (*)(void *, int))sym(h, "MPI_Abort", &missing);
         o_finalize = (int (*)(void))sym(h, "MPI_Finalize", &missing);
@@ -88,6 +91,7 @@ int qk_mpi_init(char *err, size_t errlen) {
         m_comm_size = (int (*)(int, int *))sym(h, "MPI_Comm_size", &missing);
         m_allreduce = (int (*)(const void *, void *, int, int, int, int))sym(h, "MPI_Allreduce", &missing);
         m_bcast = (int (*)(void *, int, int, int, int))sym(h, "MPI_Bcast", &missing);
+        m_allgather = (int (*)(const void *, int, int, void *, int, int, int))sym(h, "MPI_Allgather", &missing);
         m_barrier = (int (*)(int))sym(h, "MPI_Barrier", &missing);
         m_abort = (int (*)(int, int))sym(h, "MPI_Abort", &missing);
         m_finalize = (int (*)(void))sym(h, "MPI_Finalize", &missing);
@@ -145,6 +149,13 @@ int qk_mpi_broadcast(void *buf, int64_t bytes, int root) {
         done += n;
     }
     return 0;
+}
+
+int qk_mpi_allgather_bytes(const void *send, int64_t bytes, void *recv) {
+    if (!initialized) return -1;
+    if (bytes > INT_MAX) return -2;
+    return flavor == OPENMPI ? o_allgather(send, (int)bytes, o_byte, recv, (int)bytes, o_byte, o_comm_world)
+                             : m_allgather(send, (int)bytes, M_BYTE, recv, (int)bytes, M_BYTE, M_COMM_WORLD);
 }
 
 int qk_mpi_barrier(void) {

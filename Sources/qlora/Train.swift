@@ -269,26 +269,50 @@ struct Train: ParsableCommand {
     }
 
     func run() throws {
-        // Until data parallelism lands (issue 17), N ranks would be N copies of one run racing
-        // on one run directory: refuse instead.
-        if let ranks = MPIWorld.launchedSize, ranks > 1 {
-            throw ValidationError("train started as \(ranks) ranks (mpirun/mpiexec): data-parallel training is not built yet, and \(ranks) "
-                                  + "copies would race on one run directory\n---> HINT: run one process (mpirun -np 1, or no launcher)")
+        // Under mpirun/mpiexec with more than one rank: data-parallel training (DataParallel).
+        let world = try DataParallel.start()
+        defer { MPIWorld.finish() }
+        guard let world else { return try train(world: nil) }
+        defer { world.finish() }
+        do {
+            try train(world: world)
+        } catch let exit as ExitCode {
+            throw exit   // every rank stopped after the same update
+        } catch {
+            // A rank that fails alone must not leave the others waiting in a collective.
+            FileHandle.standardError.write(Data("qlora train, rank \(world.rank) of \(world.size): error: \(error)\n".utf8))
+            world.abort(1)
         }
+    }
+
+    func train(world: DataParallel?) throws {
+        let writes = world?.isWriter ?? true
         if printConfig {
             let c = resume != nil ? try TrainingRun.loadConfig(run: resume!) : newConfig
-            print(try TrainConfigFile.yaml(c, out: out), terminator: "")
+            if writes { print(try TrainConfigFile.yaml(c, out: out), terminator: "") }
             return
         }
         let directory = resume ?? out!
-        if overwrite, resume == nil, FileManager.default.fileExists(atPath: directory) {
+        if overwrite, resume == nil, writes, FileManager.default.fileExists(atPath: directory) {
             guard FileManager.default.fileExists(atPath: directory + "/" + RunLayout.configFile) else {
                 throw ValidationError("--overwrite: \(directory) is not a qlora run directory (no config.json); not deleting it")
             }
             try FileManager.default.removeItem(atPath: directory)
         }
-        let config = resume != nil ? try TrainingRun.loadConfig(run: directory) : newConfig
-        let log = TrainingLog()
+        let config: TrainingConfig
+        if resume != nil, let world {
+            // Rank 0's config.json: the run directory need not be on a shared file system.
+            let bytes = try world.share(world.isWriter ? [UInt8](try TrainingRun.configData(run: directory)) : nil)
+            config = try TrainingRun.decodeConfig(Data(bytes ?? []), run: directory)
+        } else {
+            config = resume != nil ? try TrainingRun.loadConfig(run: directory) : newConfig
+        }
+        let log = TrainingLog(quiet: !writes)
+        if let world {
+            log.line("data parallel: \(world.size) ranks (\(world.process.flavor)), \((try? RuntimeReport.current().threads).map(String.init) ?? "?") threads each; "
+                     + "--batch-size \(config.batchSize) per rank × \(world.size) ranks × --grad-accum \(config.gradAccum) = "
+                     + "\(config.batchSize * world.size * config.gradAccum) \(config.objectiveKind.usesPairs ? "pair" : "sequence")s per update")
+        }
         var lm: LanguageModel? = nil
         let model: DecoderModel
         let kind = config.objectiveKind
@@ -335,7 +359,7 @@ struct Train: ParsableCommand {
                      + "objective \(kind.rawValue)" + Self.dropped(t.tooLong + v.tooLong, t.tooLongRows + v.tooLongRows, "pairs longer than", config.maxLen))
             (train, validation) = (t, v)
         } else {
-            let (t, v) = try Self.loadSFT(config: config, model: model, lm: lm, randomIDs: randomIDs, log: log)
+            let (t, v) = try Self.loadSFT(config: config, model: model, lm: lm, randomIDs: randomIDs, ranks: world?.size ?? 1, log: log)
             (train, validation) = (t, v)
         }
         let sequences = config.batchSize * (kind.usesPairs ? 2 : 1)
@@ -353,15 +377,20 @@ struct Train: ParsableCommand {
                 + "\n---> HINT: " + estimate.advice(gradientCheckpointing: config.gradCheckpoint))
         }
         let generates = kind != .reward
-        if let sample, generates, resume == nil, let lm { try Self.show(sample, lm: lm, label: "base model", log: log) }
+        if let sample, generates, resume == nil, writes, let lm { try Self.show(sample, lm: lm, label: "base model", log: log) }
 
         let run = try TrainingRun(config: config, directory: directory, model: model, train: train, validation: validation,
-                                  resume: resume != nil, onEvent: log.event)
-        log.line("run: \(directory) — \(run.totalUpdates) updates of \(config.batchSize * config.gradAccum) \(kind.usesPairs ? "pairs" : "sequences"), "
+                                  resume: resume != nil, world: world, onEvent: log.event)
+        log.line("run: \(directory) — \(run.totalUpdates) updates of \(run.globalBatch) \(kind.usesPairs ? "pairs" : "sequences"), "
                  + "frozen GEMMs in \(run.trainer.computeDType)")
         let interrupt = Interrupt()
         let finished = try run.run(shouldStop: { interrupt.requested }, onEvent: log.event)
         log.finish()
+        if let world, writes, world.reduceCount > 0 {
+            let n = Double(world.reduceCount)
+            log.line(String(format: "all-reduce: %.1f ms per update (%.1f MiB of gradients, %d updates); rank 0 waited %.1f ms per update for the others",
+                            1000 * world.reduceSeconds / n, Double(world.reducedBytes) / 1_048_576, world.reduceCount, 1000 * world.waitSeconds / n))
+        }
         if !finished {
             log.line("stopped at update \(run.step); continue with: qlora train --resume \(directory)")
             throw ExitCode(130)
@@ -372,7 +401,7 @@ struct Train: ParsableCommand {
         } ?? "no evaluation after training began"
         log.line("done: \(run.step) updates in \(TrainingLog.duration(log.elapsed)); \(bestNote)")
         log.line("chart: \(directory)/\(RunLayout.chartFile)" + (config.reportTo == .tensorboard ? "; tensorboard --logdir \(directory)" : ""))
-        if let sample, generates, let lm {
+        if let sample, generates, writes, let lm {
             let set = AdapterSet(base: lm.model)
             // The best weights the run evaluated (EMA or live), else the final ones.
             let finalPath = run.bestAdapter ?? directory + "/" + RunLayout.adapter(.final)
@@ -385,7 +414,7 @@ struct Train: ParsableCommand {
 
     /// The SFT examples of a run: its files read with the model's tokenizer, or seeded random
     /// ids (a synthetic shape, a model without a tokenizer).
-    static func loadSFT(config: TrainingConfig, model: DecoderModel, lm: LanguageModel?, randomIDs: Bool, log: TrainingLog) throws
+    static func loadSFT(config: TrainingConfig, model: DecoderModel, lm: LanguageModel?, randomIDs: Bool, ranks: Int = 1, log: TrainingLog) throws
         -> (SFTDataSet, SFTDataSet) {
         var train: SFTDataSet, validation: SFTDataSet
         if randomIDs {
@@ -398,7 +427,7 @@ struct Train: ParsableCommand {
                 }
                 return SFTDataSet(examples: examples, source: "random ids", padID: 0)
             }
-            train = random(max(64, config.batchSize * config.gradAccum * (config.maxSteps ?? 1)), config.seed)
+            train = random(max(64, config.batchSize * ranks * config.gradAccum * (config.maxSteps ?? 1)), config.seed)
             validation = random(config.batchSize, config.seed &+ 1)
         } else {
             let loaded = lm!
@@ -478,11 +507,15 @@ final class TrainingLog {
     let start = Date()
     let tty = isatty(STDOUT_FILENO) != 0
     private var open = false
+    /// Writes nothing (the ranks of a data-parallel run other than rank 0).
+    let quiet: Bool
+
+    init(quiet: Bool = false) { self.quiet = quiet }
 
     var elapsed: Double { Date().timeIntervalSince(start) }
 
     /// Unbuffered, so that a log file follows the run as it goes.
-    private func write(_ s: String) { FileHandle.standardOutput.write(Data(s.utf8)) }
+    private func write(_ s: String) { if !quiet { FileHandle.standardOutput.write(Data(s.utf8)) } }
 
     func line(_ s: String) {
         if open { write("\n"); open = false }

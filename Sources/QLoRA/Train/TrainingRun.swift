@@ -361,7 +361,16 @@ public final class TrainingRun {
     private var updateSeconds: [(seconds: Double, trained: Int)] = []
     private var validationPassSeconds: Double?
     private var recentSpeeds: [Double] = []
-    private let report: RunReport
+    /// The metrics' charts and TensorBoard events; nil on ranks that do not write.
+    private let report: RunReport?
+    /// The ranks of a data-parallel run (nil: one process). `config.batchSize` is per rank.
+    public let world: DataParallel?
+    /// Whether this process writes the run directory: rank 0, or the only process.
+    public var isWriter: Bool { world?.isWriter ?? true }
+    /// Ranks training together.
+    public var ranks: Int { world?.size ?? 1 }
+    /// Sequences (pairs) per update over every rank: --batch-size × ranks × --grad-accum.
+    public var globalBatch: Int { config.batchSize * ranks * config.gradAccum }
 
     /// A new run (`resume` false: the directory must not hold a checkpoint) or the continuation of
     /// the one in `directory` from its newest complete checkpoint.
@@ -369,10 +378,14 @@ public final class TrainingRun {
     /// `train` and `validation` are what the objective (`config.objective`) reads: SFT examples
     /// for sft, preference pairs otherwise. DPO computes the reference log-probabilities of
     /// every pair first (or reads them back from the run, `ReferenceLogProbs`).
+    ///
+    /// `world`: the ranks of a data-parallel run; `config.batchSize` is then per rank (as
+    /// accelerate's per_device_train_batch_size), and only rank 0 writes the run directory.
     public init(config: TrainingConfig, directory: String, model: DecoderModel, train: any TrainingData, validation: any TrainingData,
-                resume: Bool, onEvent: (TrainingEvent) -> Void) throws {
+                resume: Bool, world: DataParallel? = nil, onEvent: (TrainingEvent) -> Void) throws {
         var config = config
         self.directory = directory
+        self.world = world
         self.model = model
         let kind = config.objectiveKind
         guard (train is PreferenceDataSet) == kind.usesPairs, (validation is PreferenceDataSet) == kind.usesPairs else {
@@ -419,10 +432,20 @@ public final class TrainingRun {
             config.computeDtypeInUse = dtype == .bf16 ? .bf16 : .fp32
             if config.computeDtype == .auto { onEvent(.message("compute dtype: \(dtype) (\(why))")) }
         }
+        if let world {
+            // One dtype for every rank: the ranks must compute one model's gradients.
+            let everyRankBF16 = try world.all(trainer.computeDType == .bf16)
+            if !everyRankBF16, trainer.computeDType == .bf16 {
+                trainer.computeDType = .fp32
+                config.computeDtypeInUse = .fp32
+                onEvent(.message("compute dtype: fp32 — another rank computes in fp32 (no AVX512-BF16 there, or auto's probe chose it)"))
+            }
+        }
         self.config = config
         optimizer = AdamW(parameters: lora.parameters, .init(beta1: config.beta1, beta2: config.beta2, eps: config.eps,
                                                              weightDecay: config.weightDecay))
-        let perEpoch = (train.count + config.batchSize - 1) / config.batchSize
+        let ranks = world?.size ?? 1
+        let perEpoch = (train.count + config.batchSize * ranks - 1) / (config.batchSize * ranks)
         let updatesPerEpoch = max(1, perEpoch / config.gradAccum)
         totalUpdates = config.maxSteps ?? max(1, Int((Double(updatesPerEpoch) * config.epochs).rounded(.up)))
         schedule = LRSchedule(config.schedule, baseLR: config.lr,
@@ -440,7 +463,7 @@ public final class TrainingRun {
             let describing = config.refAdapter.map { "adapter \($0)" }
                 ?? config.loadLoraFrom.map { "adapter \($0) as loaded" } ?? "base model (adapter off)"
             (train, validation) = try ReferenceLogProbs.attach(
-                train: t, validation: v, directory: directory, describing: describing,
+                train: t, validation: v, directory: world.map { $0.isWriter ? directory : $0.scratch } ?? directory, describing: describing,
                 pairsPerBatch: config.evalBatchSize ?? 4 * config.batchSize,
                 reference: { [lora] () throws -> Trainer in
                     if let path = config.refAdapter {
@@ -453,21 +476,29 @@ public final class TrainingRun {
         }
         self.train = train
         self.validation = validation
-        iterator = try train.batchStream(batchSize: config.batchSize, seed: config.seed, state: nil, groupByLength: config.groupByLength ?? false)
+        iterator = try train.batchStream(batchSize: config.batchSize * ranks, seed: config.seed, state: nil, groupByLength: config.groupByLength ?? false)
 
         let fm = FileManager.default
+        let writes = world?.isWriter ?? true
         if resume {
-            guard let latest = Checkpoint.latest(in: directory) else { throw TrainingError.noRun(directory) }
+            let shared = try world.map { try $0.sharedCheckpoint(in: directory) }
+            guard let latest = world == nil ? Checkpoint.latest(in: directory) : shared ?? nil else { throw TrainingError.noRun(directory) }
             let state = try Checkpoint.restore(from: latest, optimizer: optimizer, ema: ema)
             step = state.step
             lastCheckpointStep = step
-            iterator = try train.batchStream(batchSize: config.batchSize, seed: config.seed,
+            let before = Int(state.rngStates["world_size"] ?? 1)
+            if before != ranks {
+                onEvent(.message("resumed on \(ranks) rank(s); the run trained on \(before) until update \(step): the data goes on from the same "
+                                 + "position, global batches of --batch-size × \(ranks) × --grad-accum from here, and losses differ from "
+                                 + "an uninterrupted run in rounding (and in dropout masks)"))
+            }
+            iterator = try train.batchStream(batchSize: config.batchSize * ranks, seed: config.seed,
                                              state: try state.decodeDataState(BatchIterator.State.self), groupByLength: config.groupByLength ?? false)
             bestValLoss = state.rngStates["best_val_loss_bits"].map { Double(bitPattern: $0) } ?? .infinity
             if let at = state.rngStates["best_step"] { best = (Int(at), state.rngStates["best_is_live"] == 1) }
-            try Self.dropMetrics(after: step, in: directory)
+            if writes { try Self.dropMetrics(after: step, in: directory) }
             onEvent(.message("resumed from \(latest) at update \(step) of \(totalUpdates)"))
-        } else {
+        } else if writes {
             if Checkpoint.latest(in: directory) != nil {
                 throw TrainingError.nothingToTrain("\(directory) already holds a run; continue it with --resume \(directory) or pick another --out")
             }
@@ -478,11 +509,21 @@ public final class TrainingRun {
             try AtomicFile.write(to: directory + "/" + RunLayout.configFile, bytes: [UInt8](try encoder.encode(config)))
             try? fm.removeItem(atPath: directory + "/" + RunLayout.metricsFile)
         }
-        report = try RunReport(directory: directory, target: config.reportTo ?? .none, resumedAt: resume ? step : nil)
+        report = writes ? try RunReport(directory: directory, target: config.reportTo ?? .none, resumedAt: resume ? step : nil) : nil
     }
 
     public static func loadConfig(run directory: String) throws -> TrainingConfig {
+        try decodeConfig(try configData(run: directory), run: directory)
+    }
+
+    /// The bytes of a run's config.json.
+    public static func configData(run directory: String) throws -> Data {
         guard let data = FileManager.default.contents(atPath: directory + "/" + RunLayout.configFile) else { throw TrainingError.noRun(directory) }
+        return data
+    }
+
+    public static func decodeConfig(_ data: Data, run directory: String) throws -> TrainingConfig {
+        guard !data.isEmpty else { throw TrainingError.noRun(directory) }
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         return try decoder.decode(TrainingConfig.self, from: data)
@@ -510,6 +551,13 @@ public final class TrainingRun {
             }
             var alert: String? = nil
             if let row, let loss = row.loss, let speed = row.tokensPerS { alert = watch(loss: loss, speed: speed) }
+            if let world {
+                // The speed is each rank's own measure: an alert on any rank is one on all, as
+                // its evaluation and checkpoint are collective.
+                let anyAlert = try world.any(alert != nil)
+                alert = anyAlert ? alert ?? "alert on another rank" : nil
+                if step % DataParallel.checkEvery == 0 { try world.checkIdentical(lora.parameters, step: step) }
+            }
             if let alert {
                 onEvent(.alert(alert))
                 try append(with(MetricsRow(step: step)) { $0.event = "alert: \(alert)" })
@@ -522,13 +570,15 @@ public final class TrainingRun {
                 try evaluate(kind: "quick", onEvent)
             }
             if let every = config.saveEvery, step % every == 0, lastCheckpointStep != step { try saveCheckpoint(onEvent) }
-            if step < totalUpdates, shouldStop() {
+            if step < totalUpdates, try stopRequested(shouldStop()) {
                 if lastCheckpointStep != step { try saveCheckpoint(onEvent) }
-                try report.redraw()
+                try report?.redraw()
                 return false
             }
         }
-        try report.redraw()
+        try report?.redraw()
+        if let world { try world.checkIdentical(lora.parameters, step: step) }
+        guard isWriter else { return true }
         let final = directory + "/" + RunLayout.adapter(.final), finalEMA = directory + "/" + RunLayout.adapter(.final, ema: true)
         try AdapterFiles.save(lora, to: final, baseModel: config.model)
         onEvent(.adapterSaved(path: final, why: "final"))
@@ -538,6 +588,10 @@ public final class TrainingRun {
         }
         return true
     }
+
+    /// Whether the run stops here: asked on this process, or on any rank of a data-parallel run
+    /// (every rank must stop after the same update).
+    private func stopRequested(_ asked: Bool) throws -> Bool { try world?.any(asked) ?? asked }
 
     /// One optimizer update over grad_accum micro-batches. Returns its metrics row, or nil when a
     /// non-finite loss or gradient made it skip the update (the last good state is restored).
@@ -550,11 +604,18 @@ public final class TrainingRun {
         let normalizer = tokens.reduce(0) { $0 + objective.normalizer($1) }
         let next = step + 1
         var loss = LossSum()
+        // The normalizer is the global batch's on every rank (each draws the whole of it), so
+        // the summed gradients are those of one process training on every row.
         if normalizer > 0 {
             for (a, b) in tokens.enumerated() {
-                let seed = dropoutSeed(update: next, micro: a)
-                loss = loss + (try trainer.accumulateGradients(b, gradScale: 1 / Float(normalizer), dropoutSeed: seed))
+                guard let part = world.map({ b.shard(rank: $0.rank, of: $0.size) }) ?? b else { continue }
+                let seed = dropoutSeed(update: next, micro: a + (world?.rank ?? 0) * config.gradAccum)
+                loss = loss + (try trainer.accumulateGradients(part, gradScale: 1 / Float(normalizer), dropoutSeed: seed))
             }
+        }
+        if let world {
+            try StepProfile.measure(.optimizer) { try world.allReduceGradients(lora.parameters) }
+            loss = try world.combine(loss)
         }
         let norm = StepProfile.measure(.optimizer) { Double(clipGradNorm(lora.parameters, maxNorm: config.maxGradNorm)) }
         guard loss.mean.isFinite || normalizer == 0, norm.isFinite else {
@@ -609,10 +670,14 @@ public final class TrainingRun {
     private func checkGradientsFlow(_ onEvent: (TrainingEvent) -> Void) throws {
         let probe = iterator   // a copy: the real order is untouched
         var p = probe
-        let batch = p.nextBatch()
+        let whole = p.nextBatch()
         lora.parameters.forEach { $0.zeroGrad() }
-        _ = try trainer.accumulateGradients(batch, gradScale: 1 / Float(max(1, objective.normalizer(batch))), dropoutSeed: nil)
-        let flowing = lora.parameters.contains { p in p.grad.buffer.contains { $0 != 0 && $0.isFinite } }
+        var flowing = false
+        if let batch = world.map({ whole.shard(rank: $0.rank, of: $0.size) }) ?? whole {
+            _ = try trainer.accumulateGradients(batch, gradScale: 1 / Float(max(1, objective.normalizer(batch))), dropoutSeed: nil)
+            flowing = lora.parameters.contains { p in p.grad.buffer.contains { $0 != 0 && $0.isFinite } }
+        }
+        if let world { flowing = try world.any(flowing) }
         lora.parameters.forEach { $0.zeroGrad() }
         onEvent(.message("LoRA grads flowing: \(flowing)"))
         guard flowing else { throw TrainingError.nothingToTrain("no gradient reaches the adapters (every label masked in the first batch?)") }
@@ -633,7 +698,7 @@ public final class TrainingRun {
         let left = totalUpdates - step
         guard left > 0 else { return 0 }
         let seconds = recent.reduce(0) { $0 + $1.seconds }, trained = recent.reduce(0) { $0 + $1.trained }
-        let perUpdateTokens = Double(train.trainedTokenCount) / Double(max(1, train.count)) * Double(config.batchSize * config.gradAccum)
+        let perUpdateTokens = Double(train.trainedTokenCount) / Double(max(1, train.count)) * Double(globalBatch)
         let perUpdate = trained > 0 && perUpdateTokens > 0 ? perUpdateTokens * seconds / Double(trained) : seconds / Double(recent.count)
         return Double(left) * perUpdate + validationPassesLeft * (validationPassSeconds ?? 0)
     }
@@ -677,8 +742,11 @@ public final class TrainingRun {
         guard validation.count > 0 else { return }
         var batches = validation.evaluationBatches(batchSize: evaluationBatchSize)
         if kind == "quick" { batches = Array(batches.prefix(config.quickBatches)) }
+        /// Sharded over the ranks (batch i on rank i mod N) and summed in batch order, as one process sums them.
         func measure() throws -> LossSum {
-            try batches.reduce(LossSum()) { acc, b in acc + (try trainer.loss(b)) }
+            guard let world else { return try batches.reduce(LossSum()) { acc, b in acc + (try trainer.loss(b)) } }
+            let mine = try batches.indices.filter { $0 % world.size == world.rank }.map { (index: $0, loss: try trainer.loss(batches[$0])) }
+            return try world.combine(numbered: mine)
         }
         let loss: LossSum
         var live: LossSum? = nil
@@ -704,12 +772,13 @@ public final class TrainingRun {
         row.elapsedS = Date().timeIntervalSince(started)
         onEvent(.evaluation(row))
         try append(row)
-        try report.redraw()
+        try report?.redraw()
         let liveBetter = live.map { $0.mean < loss.mean } ?? (ema == nil)
         let candidate = liveBetter ? (live?.mean ?? loss.mean) : loss.mean
         if kind != "quick", step > 0, candidate < bestValLoss {
             bestValLoss = candidate
             best = (step, liveBetter)
+            guard isWriter else { return }
             let livePath = directory + "/" + RunLayout.adapter(.best), emaPath = directory + "/" + RunLayout.adapter(.best, ema: true)
             try AdapterFiles.save(lora, to: livePath, baseModel: config.model)
             if let ema {
@@ -724,7 +793,10 @@ public final class TrainingRun {
     // MARK: State
 
     private func saveCheckpoint(_ onEvent: (TrainingEvent) -> Void) throws {
-        var marks: [String: UInt64] = ["best_val_loss_bits": bestValLoss.bitPattern]
+        if let world { try world.checkIdentical(lora.parameters, step: step) }
+        lastCheckpointStep = step
+        guard isWriter else { return }
+        var marks: [String: UInt64] = ["best_val_loss_bits": bestValLoss.bitPattern, "world_size": UInt64(ranks)]
         if let best {
             marks["best_step"] = UInt64(best.step)
             marks["best_is_live"] = best.live ? 1 : 0
@@ -732,7 +804,6 @@ public final class TrainingRun {
         let state = try TrainingState(step: step, schedulerStep: step, rngStates: marks,
                                       dataState: iterator.state)
         let path = try Checkpoint.save(state, optimizer: optimizer, ema: ema, in: directory, keepLast: config.keepLast)
-        lastCheckpointStep = step
         onEvent(.checkpoint(path: path, step: step))
     }
 
@@ -742,12 +813,14 @@ public final class TrainingRun {
         lora.parameters.forEach { $0.zeroGrad() }
         let broken = lora.parameters.contains { p in p.value.buffer.contains { !$0.isFinite } }
         guard broken else { return }
-        guard let latest = Checkpoint.latest(in: directory) else { throw TrainingError.diverged(step: step + 1) }
+        let shared = try world.map { try $0.sharedCheckpoint(in: directory) }
+        guard let latest = world == nil ? Checkpoint.latest(in: directory) : shared ?? nil else { throw TrainingError.diverged(step: step + 1) }
         _ = try Checkpoint.restore(from: latest, optimizer: optimizer, ema: ema)
         onEvent(.message("restored \(latest)"))
     }
 
     private func append(_ row: MetricsRow) throws {
+        guard isWriter else { return }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]   // TRL's metric names: rewards/chosen
         var line = try encoder.encode(row)
@@ -758,7 +831,7 @@ public final class TrainingRun {
         defer { try? h.close() }
         try h.seekToEnd()
         try h.write(contentsOf: line)
-        try report.record(row)
+        try report?.record(row)
     }
 
     /// Rows past `step` belong to updates a resumed run makes again: dropped (atomically).

@@ -26,6 +26,9 @@ int qk_mpi_allreduce_sum_f32(float *buf, int64_t count);
 int qk_mpi_allreduce_sum_f64(double *buf, int64_t count);
 /* buf (bytes) from `root` to every rank. */
 int qk_mpi_broadcast(void *buf, int64_t bytes, int root);
+/* Every rank's `bytes` bytes (the same count on every rank, at most INT_MAX), in rank order,
+ * into recv (size × bytes) on every rank; −2 when bytes exceeds INT_MAX. */
+int qk_mpi_allgather_bytes(const void *send, int64_t bytes, void *recv);
 int qk_mpi_barrier(void);
 /* Ends every rank of the job with `code` (a rank that failed alone must not leave the others
  * waiting in a collective). */

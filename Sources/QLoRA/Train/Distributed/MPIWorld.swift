@@ -84,5 +84,11 @@ public enum MPIWorld {
         return "mpi: rank \(p.rank) of \(p.size) (\(p.flavor), \(p.library)); all-reduce of \(2 * n) values checked"
     }
 
+    /// Returns when every rank has called it.
+    public static func barrier() throws {
+        let rc = qk_mpi_barrier()
+        guard rc == 0 else { throw Failure.call("MPI_Barrier", rc) }
+    }
+
     public static func finish() { _ = qk_mpi_finalize() }
 }
