@@ -308,10 +308,15 @@ struct Train: ParsableCommand {
             config = resume != nil ? try TrainingRun.loadConfig(run: directory) : newConfig
         }
         let log = TrainingLog(quiet: !writes)
+        // A data-parallel run's global micro-batch is --batch-size × the ranks it started on.
+        let ranks = world?.size ?? 1, startedOn = config.ranks ?? (resume != nil ? 1 : ranks)
+        let micro = config.batchSize * startedOn, perRank = (micro + ranks - 1) / ranks
         if let world {
+            let unit = config.objectiveKind.usesPairs ? "pair" : "sequence"
             log.line("data parallel: \(world.size) ranks (\(world.process.flavor)), \((try? RuntimeReport.current().threads).map(String.init) ?? "?") threads each; "
-                     + "--batch-size \(config.batchSize) per rank × \(world.size) ranks × --grad-accum \(config.gradAccum) = "
-                     + "\(config.batchSize * world.size * config.gradAccum) \(config.objectiveKind.usesPairs ? "pair" : "sequence")s per update")
+                     + (startedOn == ranks ? "--batch-size \(config.batchSize) per rank × \(ranks) ranks"
+                                           : "the run's \(micro) \(unit)s per micro-batch (\(startedOn) rank(s) × \(config.batchSize)) over \(ranks) ranks, ≤ \(perRank) each,")
+                     + " × --grad-accum \(config.gradAccum) = \(micro * config.gradAccum) \(unit)s per update")
         }
         var lm: LanguageModel? = nil
         let model: DecoderModel
@@ -359,10 +364,10 @@ struct Train: ParsableCommand {
                      + "objective \(kind.rawValue)" + Self.dropped(t.tooLong + v.tooLong, t.tooLongRows + v.tooLongRows, "pairs longer than", config.maxLen))
             (train, validation) = (t, v)
         } else {
-            let (t, v) = try Self.loadSFT(config: config, model: model, lm: lm, randomIDs: randomIDs, ranks: world?.size ?? 1, log: log)
+            let (t, v) = try Self.loadSFT(config: config, model: model, lm: lm, randomIDs: randomIDs, ranks: startedOn, log: log)
             (train, validation) = (t, v)
         }
-        let sequences = config.batchSize * (kind.usesPairs ? 2 : 1)
+        let sequences = perRank * (kind.usesPairs ? 2 : 1)
         let (trainedLoRA, trainsNorms) = try config.trainedLoRA
         let estimate = MemoryEstimate(config: model.config, frozenBytes: model.frozenBytes, lora: trainedLoRA,
                                       trainNorms: trainsNorms, sequences: sequences, length: config.maxLen,
@@ -390,6 +395,11 @@ struct Train: ParsableCommand {
             let n = Double(world.reduceCount)
             log.line(String(format: "all-reduce: %.1f ms per update (%.1f MiB of gradients, %d updates); rank 0 waited %.1f ms per update for the others",
                             1000 * world.reduceSeconds / n, Double(world.reducedBytes) / 1_048_576, world.reduceCount, 1000 * world.waitSeconds / n))
+        }
+        if let world, finished {
+            // run() compared every rank's weights with rank 0's after the last update.
+            log.line(String(format: "weights identical on all %d ranks after update %d (FNV-1a 0x%016llx)", world.size, run.step,
+                            DataParallel.weightHash(run.lora.parameters)))
         }
         if !finished {
             log.line("stopped at update \(run.step); continue with: qlora train --resume \(directory)")

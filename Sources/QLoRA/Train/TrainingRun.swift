@@ -48,7 +48,11 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     public var schedule = LRSchedule.Kind.cosine
     public var warmupSteps: Int?
     public var warmupRatio = 0.03
+    /// Sequences (pairs) per micro-batch on each rank.
     public var batchSize = 4
+    /// The ranks a data-parallel run started on (nil: one process). Its global micro-batch is
+    /// batchSize × ranks, kept when the run resumes on another number of ranks.
+    public var ranks: Int?
     public var gradAccum = 1
     public var maxSteps: Int?
     public var epochs: Double = 1
@@ -367,10 +371,13 @@ public final class TrainingRun {
     public let world: DataParallel?
     /// Whether this process writes the run directory: rank 0, or the only process.
     public var isWriter: Bool { world?.isWriter ?? true }
-    /// Ranks training together.
+    /// Ranks training together now.
     public var ranks: Int { world?.size ?? 1 }
-    /// Sequences (pairs) per update over every rank: --batch-size × ranks × --grad-accum.
-    public var globalBatch: Int { config.batchSize * ranks * config.gradAccum }
+    /// Sequences (pairs) per micro-batch over every rank: --batch-size × the ranks the run
+    /// started on (`TrainingConfig.ranks`), split over the ranks it runs on.
+    public var globalMicroBatch: Int { config.batchSize * (config.ranks ?? 1) }
+    /// Sequences (pairs) per update: the global micro-batch × --grad-accum.
+    public var globalBatch: Int { globalMicroBatch * config.gradAccum }
 
     /// A new run (`resume` false: the directory must not hold a checkpoint) or the continuation of
     /// the one in `directory` from its newest complete checkpoint.
@@ -441,11 +448,13 @@ public final class TrainingRun {
                 onEvent(.message("compute dtype: fp32 — another rank computes in fp32 (no AVX512-BF16 there, or auto's probe chose it)"))
             }
         }
+        let ranks = world?.size ?? 1
+        if !resume { config.ranks = ranks > 1 ? ranks : nil }
         self.config = config
         optimizer = AdamW(parameters: lora.parameters, .init(beta1: config.beta1, beta2: config.beta2, eps: config.eps,
                                                              weightDecay: config.weightDecay))
-        let ranks = world?.size ?? 1
-        let perEpoch = (train.count + config.batchSize * ranks - 1) / (config.batchSize * ranks)
+        let micro = config.batchSize * (config.ranks ?? 1)
+        let perEpoch = (train.count + micro - 1) / micro
         let updatesPerEpoch = max(1, perEpoch / config.gradAccum)
         totalUpdates = config.maxSteps ?? max(1, Int((Double(updatesPerEpoch) * config.epochs).rounded(.up)))
         schedule = LRSchedule(config.schedule, baseLR: config.lr,
@@ -476,7 +485,7 @@ public final class TrainingRun {
         }
         self.train = train
         self.validation = validation
-        iterator = try train.batchStream(batchSize: config.batchSize * ranks, seed: config.seed, state: nil, groupByLength: config.groupByLength ?? false)
+        iterator = try train.batchStream(batchSize: micro, seed: config.seed, state: nil, groupByLength: config.groupByLength ?? false)
 
         let fm = FileManager.default
         let writes = world?.isWriter ?? true
@@ -488,11 +497,11 @@ public final class TrainingRun {
             lastCheckpointStep = step
             let before = Int(state.rngStates["world_size"] ?? 1)
             if before != ranks {
-                onEvent(.message("resumed on \(ranks) rank(s); the run trained on \(before) until update \(step): the data goes on from the same "
-                                 + "position, global batches of --batch-size × \(ranks) × --grad-accum from here, and losses differ from "
-                                 + "an uninterrupted run in rounding (and in dropout masks)"))
+                onEvent(.message("resumed on \(ranks) rank(s); the run trained on \(before) until update \(step): it goes on from the same data "
+                                 + "position with the same global batch (\(micro) per micro-batch, split over \(ranks) rank(s)); losses differ "
+                                 + "from an uninterrupted run in rounding" + (config.loraDropout > 0 ? " and in dropout masks" : "")))
             }
-            iterator = try train.batchStream(batchSize: config.batchSize * ranks, seed: config.seed,
+            iterator = try train.batchStream(batchSize: micro, seed: config.seed,
                                              state: try state.decodeDataState(BatchIterator.State.self), groupByLength: config.groupByLength ?? false)
             bestValLoss = state.rngStates["best_val_loss_bits"].map { Double(bitPattern: $0) } ?? .infinity
             if let at = state.rngStates["best_step"] { best = (Int(at), state.rngStates["best_is_live"] == 1) }
