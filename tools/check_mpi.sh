@@ -8,18 +8,22 @@
 #      checkpoint stays whole, and --resume finishes the run;
 #   4. the multi-machine path for real: a hostfile naming two hosts, Open MPI's remote launch
 #      (plm_rsh_agent pointed at a local stand-in for ssh that drops the host name) and the TCP
-#      transport on loopback only (--mca btl self,tcp).
+#      transport on loopback only (--mca btl self,tcp);
+#   5. where MPICH is installed too (mpiexec.mpich): the run of 1. under MPICH's Hydra, alike.
 #
-#   tools/check_mpi.sh            (needs mpirun (openmpi-bin), tools/setup.sh, a release build)
+#   tools/check_mpi.sh            (needs Open MPI (openmpi-bin), tools/setup.sh, a release build;
+#                                  MPICH (mpich) optional)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v mpirun >/dev/null || { echo "check_mpi: mpirun not found (apt-get install openmpi-bin)"; exit 1; }
+# Open MPI's own launcher, whichever MPI the mpirun alternative points at.
+openmpi=$(command -v mpirun.openmpi || command -v mpirun || true)
+[ -n "$openmpi" ] || { echo "check_mpi: mpirun not found (apt-get install openmpi-bin)"; exit 1; }
 qlora=$PWD/.build/release/qlora
 [ -x "$qlora" ] || swift build -c release --product qlora
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-mpi=(mpirun -np 2 --bind-to none -x OMP_NUM_THREADS=1)
+mpi=("$openmpi" -np 2 --bind-to none -x OMP_NUM_THREADS=1)
 head -n 8 data/demo-sft/val.jsonl > "$work/val.jsonl"
 args=(--data data/demo-sft/train.jsonl --val-file "$work/val.jsonl" --max-len 64 --lora-r 8 --lora-dropout 0 --compute-dtype fp32
       --max-steps 4 --eval-every 2 --save-every 1 --keep-last 4 --no-plan --ema 0.9 --seed 5)
@@ -108,7 +112,7 @@ while [ \$# -gt 0 ]; do case "\$1" in -*) shift ;; *) shift; break ;; esac; done
 exec /bin/sh -c "\$*"
 SH
 chmod +x "$work/rsh"
-tcp=(mpirun --hostfile "$work/hosts" -np 2 --mca plm_rsh_agent "$work/rsh" --mca btl self,tcp --mca btl_tcp_if_include lo
+tcp=("$openmpi" --hostfile "$work/hosts" -np 2 --mca plm_rsh_agent "$work/rsh" --mca btl self,tcp --mca btl_tcp_if_include lo
      --mca oob_tcp_if_include lo --bind-to none -x OMP_NUM_THREADS=1)
 "${tcp[@]}" "$qlora" info | grep -c "all-reduce of 131072 values checked" | grep -qx 2
 "${tcp[@]}" "$qlora" train "${args[@]}" --batch-size 2 --max-steps 2 --out "$work/tcp" > "$work/tcp.log"
@@ -122,4 +126,13 @@ la = [r["loss"] for r in a if "loss" in r][:2]; lb = [r["loss"] for r in b if "l
 assert all(abs(x - y) <= 1e-5 * abs(x) for x, y in zip(la, lb)), (la, lb)
 print(f"  losses of updates 1-2 as over shared memory: {lb}")
 PY
+if command -v mpiexec.mpich >/dev/null; then
+    echo "5. MPICH (Hydra): 2 ranks × batch 2 as under Open MPI"
+    mpiexec.mpich -n 2 -env OMP_NUM_THREADS 1 "$qlora" train "${args[@]}" --batch-size 2 --out "$work/mpich" > "$work/mpich.log"
+    grep -q "data parallel: 2 ranks (MPICH)" "$work/mpich.log"
+    grep "weights identical on all 2 ranks" "$work/mpich.log"
+    compare "$work/two" "$work/mpich" 1e-5
+else
+    echo "5. MPICH: mpiexec.mpich not installed, skipped"
+fi
 echo "check_mpi: all passed"

@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum { NONE = 0, OPENMPI = 1, MPICH = 2 };
@@ -41,18 +42,36 @@ static void *sym(void *h, const char *name, int *missing) {
     return p;
 }
 
-/* MPI_IN_PLACE: ((void *)1) in both. MPI_THREAD_FUNNELED: 1 in both. */
-#define IN_PLACE ((void *)1)
+/* MPI_IN_PLACE: ((void *)1) in Open MPI, ((void *)-1) in MPICH. MPI_THREAD_FUNNELED: 1 in both. */
+#define O_IN_PLACE ((void *)1)
+#define M_IN_PLACE ((void *)-1)
 enum { THREAD_FUNNELED = 1 };
 
 int qk_mpi_init(char *err, size_t errlen) {
     if (initialized) return 0;
-    static const struct { const char *name; int flavor; } candidates[] = {
+    /* The launcher's own library first: Open MPI's mpirun sets OMPI_COMM_WORLD_SIZE, MPICH's
+     * Hydra (and Slurm's PMI) PMI_SIZE. A library that is not the launcher's would start as a
+     * singleton (a world of one). QLORA_MPI_LIBRARY names another library to load first. */
+    static const struct { const char *name; int flavor; } openmpi_first[] = {
         {"libmpi.so.40", OPENMPI}, {"libmpich.so.12", MPICH}, {"libmpi.so.12", MPICH}, {"libmpi.so", OPENMPI},
+    }, mpich_first[] = {
+        {"libmpich.so.12", MPICH}, {"libmpi.so.12", MPICH}, {"libmpi.so.40", OPENMPI}, {"libmpi.so", OPENMPI},
     };
+    const int hydra = !getenv("OMPI_COMM_WORLD_SIZE") && getenv("PMI_SIZE");
+    const char *chosen = getenv("QLORA_MPI_LIBRARY");
+    struct { const char *name; int flavor; } candidates[5];
+    size_t count = 0;
+    if (chosen && *chosen) {
+        candidates[count].name = chosen;
+        candidates[count++].flavor = OPENMPI;   /* told apart below by ompi_mpi_comm_world */
+    }
+    for (size_t i = 0; i < 4; i++) {
+        candidates[count].name = hydra ? mpich_first[i].name : openmpi_first[i].name;
+        candidates[count++].flavor = hydra ? mpich_first[i].flavor : openmpi_first[i].flavor;
+    }
     void *h = NULL;
     char last[256] = "";
-    for (size_t i = 0; i < sizeof candidates / sizeof *candidates && !h; i++) {
+    for (size_t i = 0; i < count && !h; i++) {
         /* RTLD_GLOBAL: Open MPI's own plugins resolve symbols of libmpi. */
         h = dlopen(candidates[i].name, RTLD_NOW | RTLD_GLOBAL);
         if (h) {
@@ -67,8 +86,8 @@ int qk_mpi_init(char *err, size_t errlen) {
                               "---> HINT: apt-get install openmpi-bin (or mpich), the same on every machine", last);
         return -1;
     }
-    /* libmpi.so could be MPICH's too: Open MPI is the one with ompi_mpi_comm_world. */
-    if (flavor == OPENMPI && !dlsym(h, "ompi_mpi_comm_world")) flavor = MPICH;
+    /* libmpi.so (or QLORA_MPI_LIBRARY) could be either: Open MPI is the one with ompi_mpi_comm_world. */
+    flavor = dlsym(h, "ompi_mpi_comm_world") ? OPENMPI : MPICH;
     int missing = 0, provided = 0, rc;
     if (flavor == OPENMPI) {
         o_comm_world = sym(h, "ompi_mpi_comm_world", &missing);
@@ -128,8 +147,8 @@ static int allreduce(void *buf, int64_t count, size_t elem, void *o_type, int m_
     for (int64_t done = 0; done < count;) {
         const int n = (int)(count - done < INT_MAX ? count - done : INT_MAX);
         char *p = (char *)buf + done * (int64_t)elem;
-        const int rc = flavor == OPENMPI ? o_allreduce(IN_PLACE, p, n, o_type, o_op_sum, o_comm_world)
-                                         : m_allreduce(IN_PLACE, p, n, m_type, M_SUM, M_COMM_WORLD);
+        const int rc = flavor == OPENMPI ? o_allreduce(O_IN_PLACE, p, n, o_type, o_op_sum, o_comm_world)
+                                         : m_allreduce(M_IN_PLACE, p, n, m_type, M_SUM, M_COMM_WORLD);
         if (rc != 0) return rc;
         done += n;
     }

@@ -11,7 +11,7 @@ import Quant
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks (medians of several runs, as ratios to a baseline measured in the same run).",
-        subcommands: [GEMM.self, ModelSpeed.self, TrainSpeed.self, MemorySweep.self]
+        subcommands: [GEMM.self, ModelSpeed.self, TrainSpeed.self, MemorySweep.self, AllReduceSpeed.self]
     )
 }
 
@@ -260,6 +260,61 @@ struct TrainSpeed: ParsableCommand {
         if let sft = r.sftStepSecondsMedian, let ratio = r.ratioToSFTMedian {
             print(String(format: "%@ step against an SFT step on the same %d rows, alternated: %.2f s vs %.2f s (medians); median ratio %.3f",
                          r.objective, r.batch, r.stepSecondsMedian, sft, ratio))
+        }
+    }
+}
+
+struct AllReduceSpeed: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "allreduce",
+        abstract: "Under mpirun: the time of one update's gradient all-reduce for a model's LoRA adapters.",
+        discussion: """
+            Sums a flat buffer of the adapters' size (the LoRA gradients of --rank on the q/k/v/o/
+            gate/up/down projections of every block, as qlora train all-reduces them each update)
+            over the ranks, --runs times after a warm-up, and prints the median seconds, the bytes
+            and the bus bandwidth (2(N−1)/N × bytes / seconds, the figure ring all-reduces are
+            compared by). Without mpirun it says so.
+
+            Examples: mpirun -np 2 --bind-to none qlora bench allreduce
+                      mpirun -np 2 --bind-to none qlora bench allreduce --shape llama-7b
+                      mpirun --hostfile hosts -np 4 qlora bench allreduce --shape llama-7b --mca …
+            """
+    )
+
+    @Option(help: "A GGUF file or a quantized folder.") var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    @Option(help: "A synthetic shape instead: \(SyntheticShape.allCases.map(\.rawValue).joined(separator: ", ")) (built as a configuration only).")
+    var shape: SyntheticShape?
+    @Option(help: "LoRA rank.") var rank = 16
+    @Option(help: "Timed all-reduces.") var runs = 10
+
+    func run() throws {
+        guard let world = try DataParallel.start() else {
+            print("bench allreduce: not under mpirun with more than one rank (mpirun -np 2 --bind-to none qlora bench allreduce)")
+            return
+        }
+        defer { world.finish() }
+        let config: ModelConfig
+        if let shape { config = try shape.config(layers: nil) } else { config = try DecoderModel(path: model).config }
+        let lora = LoRAConfig(rank: rank, alpha: Float(2 * rank))
+        let estimate = MemoryEstimate(config: config, frozenBytes: 0, lora: lora, trainNorms: false, sequences: 1, length: 1,
+                                      gradientCheckpointing: false, ema: false)
+        let floats = estimate.gradientBytes / 4
+        var buffer = (0..<floats).map { Float($0 % 7) }
+        var seconds: [Double] = []
+        try buffer.withUnsafeMutableBufferPointer { b in
+            for run in 0...runs {
+                try MPIWorld.barrier()
+                let start = Date()
+                try MPIWorld.allReduceSum(b)
+                if run > 0 { seconds.append(Date().timeIntervalSince(start)) }
+            }
+        }
+        let median = seconds.sorted()[seconds.count / 2]
+        let bytes = Double(floats * 4), n = Double(world.size)
+        if world.isWriter {
+            print(String(format: "%@ r%d: %.1f MiB of gradients, %d ranks (%@): all-reduce %.1f ms (median of %d), bus bandwidth %.2f GB/s",
+                         shape?.rawValue ?? model, rank, bytes / 1_048_576, world.size, world.process.flavor, 1000 * median, runs,
+                         2 * (n - 1) / n * bytes / median / 1e9))
         }
     }
 }

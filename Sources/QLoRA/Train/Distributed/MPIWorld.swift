@@ -50,8 +50,15 @@ public enum MPIWorld {
         guard launchedSize != nil else { return nil }
         var err = [CChar](repeating: 0, count: 1024)
         guard qk_mpi_init(&err, err.count) == 0 else { throw Failure.cannotStart(String(cString: err)) }
-        return Process(rank: Int(qk_mpi_rank()), size: Int(qk_mpi_size()), flavor: String(cString: qk_mpi_flavor()),
-                       library: String(cString: qk_mpi_library()))
+        let p = Process(rank: Int(qk_mpi_rank()), size: Int(qk_mpi_size()), flavor: String(cString: qk_mpi_flavor()),
+                        library: String(cString: qk_mpi_library()))
+        if let launched = launchedSize, launched != p.size {
+            // Each rank alone in a world of one: the library is not the launcher's MPI.
+            throw Failure.cannotStart("the launcher started \(launched) ranks but \(p.library) (\(p.flavor)) sees a world of \(p.size): "
+                                      + "the launcher and the library are different MPIs\n---> HINT: use the launcher of the MPI loaded "
+                                      + "(Open MPI: mpirun; MPICH: mpiexec.hydra / mpiexec.mpich), or name the library with QLORA_MPI_LIBRARY=/path/libmpi.so…")
+        }
+        return p
     }
 
     /// x ← the sum of every rank's x, in place, on every rank.
