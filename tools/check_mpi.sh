@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Data-parallel training under Open MPI on this machine (issue 17), on the bundled SmolLM2:
 #   1. 2 ranks × batch 2 give the losses, gradient norms and validation losses of 1 process ×
-#      batch 4 to fp32 rounding (relative 1e-5), and the ranks end with identical weights;
+#      batch 4 to fp32 rounding (relative 1e-5), and the ranks end with identical weights, the
+#      same bits whether the gradient sums overlap the backward or follow it;
 #   2. a 2-rank run resumed from its checkpoint under 2 ranks repeats the uninterrupted run's
 #      rows bit for bit; under 1 process it goes on from the same data position and says so;
 #   3. a rank killed mid-run (SIGKILL) makes the job exit non-zero within 60 s, its newest
@@ -60,6 +61,11 @@ OMP_NUM_THREADS=2 "$qlora" train "${args[@]}" --batch-size 4 --out "$work/one" >
 grep -q "data parallel: 2 ranks" "$work/two.log"
 grep "weights identical on all 2 ranks" "$work/two.log"
 compare "$work/one" "$work/two" 1e-5
+# The sums overlapped with the backward (the default) and after it: the same bits on 2 ranks.
+"${mpi[@]}" -x QLORA_ALLREDUCE=after "$qlora" train "${args[@]}" --batch-size 2 --out "$work/after" > "$work/after.log"
+grep -q "after the backward" "$work/after.log" && grep -q "overlapped with the backward" "$work/two.log"
+[ "$(grep -o 'FNV-1a 0x[0-9a-f]*' "$work/after.log")" = "$(grep -o 'FNV-1a 0x[0-9a-f]*' "$work/two.log")" ]
+compare "$work/two" "$work/after" 0
 
 echo "2. resume from checkpoint-2: under 2 ranks (bit for bit), under 1 process (same data position)"
 for n in 2 1; do

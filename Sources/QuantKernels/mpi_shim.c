@@ -20,6 +20,9 @@ static int (*o_comm_size)(void *, int *);
 static int (*o_allreduce)(const void *, void *, int, void *, void *, void *);
 static int (*o_bcast)(void *, int, void *, int, void *);
 static int (*o_allgather)(const void *, int, void *, void *, int, void *, void *);
+static int (*o_iallreduce)(const void *, void *, int, void *, void *, void *, void **);
+static int (*o_test)(void **, int *, void *);
+static int (*o_wait)(void **, void *);
 static int (*o_barrier)(void *);
 static int (*o_abort)(void *, int);
 static int (*o_finalize)(void);
@@ -32,6 +35,9 @@ static int (*m_comm_size)(int, int *);
 static int (*m_allreduce)(const void *, void *, int, int, int, int);
 static int (*m_bcast)(void *, int, int, int, int);
 static int (*m_allgather)(const void *, int, int, void *, int, int, int);
+static int (*m_iallreduce)(const void *, void *, int, int, int, int, int *);
+static int (*m_test)(int *, int *, void *);
+static int (*m_wait)(int *, void *);
 static int (*m_barrier)(int);
 static int (*m_abort)(int, int);
 static int (*m_finalize)(void);
@@ -101,6 +107,9 @@ int qk_mpi_init(char *err, size_t errlen) {
         o_allreduce = (int (*)(const void *, void *, int, void *, void *, void *))sym(h, "MPI_Allreduce", &missing);
         o_bcast = (int (*)(void *, int, void *, int, void *))sym(h, "MPI_Bcast", &missing);
         o_allgather = (int (*)(const void *, int, void *, void *, int, void *, void *))sym(h, "MPI_Allgather", &missing);
+        o_iallreduce = (int (*)(const void *, void *, int, void *, void *, void *, void **))sym(h, "MPI_Iallreduce", &missing);
+        o_test = (int (*)(void **, int *, void *))sym(h, "MPI_Test", &missing);
+        o_wait = (int (*)(void **, void *))sym(h, "MPI_Wait", &missing);
         o_barrier = (int (*)(void *))sym(h, "MPI_Barrier", &missing);
         o_abort = (int (*)(void *, int))sym(h, "MPI_Abort", &missing);
         o_finalize = (int (*)(void))sym(h, "MPI_Finalize", &missing);
@@ -111,6 +120,9 @@ int qk_mpi_init(char *err, size_t errlen) {
         m_allreduce = (int (*)(const void *, void *, int, int, int, int))sym(h, "MPI_Allreduce", &missing);
         m_bcast = (int (*)(void *, int, int, int, int))sym(h, "MPI_Bcast", &missing);
         m_allgather = (int (*)(const void *, int, int, void *, int, int, int))sym(h, "MPI_Allgather", &missing);
+        m_iallreduce = (int (*)(const void *, void *, int, int, int, int, int *))sym(h, "MPI_Iallreduce", &missing);
+        m_test = (int (*)(int *, int *, void *))sym(h, "MPI_Test", &missing);
+        m_wait = (int (*)(int *, void *))sym(h, "MPI_Wait", &missing);
         m_barrier = (int (*)(int))sym(h, "MPI_Barrier", &missing);
         m_abort = (int (*)(int, int))sym(h, "MPI_Abort", &missing);
         m_finalize = (int (*)(void))sym(h, "MPI_Finalize", &missing);
@@ -168,6 +180,54 @@ int qk_mpi_broadcast(void *buf, int64_t bytes, int root) {
         done += n;
     }
     return 0;
+}
+
+/* MPI_Request: a pointer in Open MPI, an int in MPICH; kept in an int64_t either way.
+ * MPI_STATUS_IGNORE: ((MPI_Status *)0) in Open MPI, ((MPI_Status *)1) in MPICH. */
+#define O_STATUS_IGNORE ((void *)0)
+#define M_STATUS_IGNORE ((void *)1)
+
+int qk_mpi_iallreduce_sum_f32(float *buf, int64_t count, int64_t *request) {
+    if (!initialized) return -1;
+    if (count > INT_MAX) return -2;
+    if (flavor == OPENMPI) {
+        void *r = NULL;
+        const int rc = o_iallreduce(O_IN_PLACE, buf, (int)count, o_float, o_op_sum, o_comm_world, &r);
+        *request = (int64_t)(intptr_t)r;
+        return rc;
+    }
+    int r = 0;
+    const int rc = m_iallreduce(M_IN_PLACE, buf, (int)count, M_FLOAT, M_SUM, M_COMM_WORLD, &r);
+    *request = r;
+    return rc;
+}
+
+int qk_mpi_test(int64_t *request, int *done) {
+    if (!initialized) return -1;
+    if (flavor == OPENMPI) {
+        void *r = (void *)(intptr_t)*request;
+        const int rc = o_test(&r, done, O_STATUS_IGNORE);
+        *request = (int64_t)(intptr_t)r;
+        return rc;
+    }
+    int r = (int)*request;
+    const int rc = m_test(&r, done, M_STATUS_IGNORE);
+    *request = r;
+    return rc;
+}
+
+int qk_mpi_wait(int64_t *request) {
+    if (!initialized) return -1;
+    if (flavor == OPENMPI) {
+        void *r = (void *)(intptr_t)*request;
+        const int rc = o_wait(&r, O_STATUS_IGNORE);
+        *request = (int64_t)(intptr_t)r;
+        return rc;
+    }
+    int r = (int)*request;
+    const int rc = m_wait(&r, M_STATUS_IGNORE);
+    *request = r;
+    return rc;
 }
 
 int qk_mpi_allgather_bytes(const void *send, int64_t bytes, void *recv) {

@@ -72,6 +72,11 @@ struct Train: ParsableCommand {
             adapters kept as they are; generate with all of them: qlora generate --adapter RUN/lora_final \
             --adapter OTHER.
 
+            Under mpirun (Open MPI) or mpiexec (MPICH), N ranks train one run data-parallel: \
+            --batch-size is per rank, gradients are summed over the ranks each update, rank 0 \
+            writes the run; pass --bind-to none and -x OMP_NUM_THREADS=<cores per rank> to \
+            Open MPI (it binds each rank to one core by default). README: "Past one machine".
+
             Examples:
               qlora train --max-steps 100 --out runs/demo
                   SmolLM2-135M-Instruct on the demo SFT set
@@ -81,6 +86,8 @@ struct Train: ParsableCommand {
                   DPO on the demo preference pairs, from an SFT adapter (also the reference)
               qlora train --objective reward --max-steps 100 --out runs/rm
               qlora train --load-lora-from runs/a/lora_final --load-lora-from runs/b/lora_final --out runs/a-on-b
+              mpirun -np 2 --bind-to none -x OMP_NUM_THREADS=1 qlora train --batch-size 2 --out runs/dp
+                  2 ranks on this machine, 4 sequences per update
             """
     )
 
@@ -126,7 +133,7 @@ struct Train: ParsableCommand {
     @Option(help: "Warm-up as a share of the updates.") var warmupRatio = 0.03
     @Option(help: "AdamW weight decay.") var weightDecay = 0.0
     @Option(help: "Clip the global gradient norm to this.") var maxGradNorm = 1.0
-    @Option(help: "Sequences per micro-batch.") var batchSize = 4
+    @Option(help: "Sequences per micro-batch (per rank under mpirun: N ranks train N × this each micro-batch).") var batchSize = 4
     @Flag(help: ArgumentHelp("Batch examples of similar length (the Trainer's group_by_length): less padding, so more tokens/s on data of mixed lengths.",
                              discussion: "The seeded order is cut into spans of 50 batches, each sorted longest first."))
     var groupByLength = false
@@ -393,8 +400,10 @@ struct Train: ParsableCommand {
         log.finish()
         if let world, writes, world.reduceCount > 0 {
             let n = Double(world.reduceCount)
-            log.line(String(format: "all-reduce: %.1f ms per update (%.1f MiB of gradients, %d updates); rank 0 waited %.1f ms per update for the others",
-                            1000 * world.reduceSeconds / n, Double(world.reducedBytes) / 1_048_576, world.reduceCount, 1000 * world.waitSeconds / n))
+            let how = world.overlaps ? "exposed after the backward, waiting for the slowest rank included; overlapped with the backward"
+                : String(format: "after the backward; rank 0 waited %.1f ms per update for the others first", 1000 * world.waitSeconds / n)
+            log.line(String(format: "all-reduce: %.1f ms per update (%.1f MiB of gradients, %d updates; %@)",
+                            1000 * world.reduceSeconds / n, Double(world.reducedBytes) / 1_048_576, world.reduceCount, how))
         }
         if let world, finished {
             // run() compared every rank's weights with rank 0's after the last update.

@@ -13,7 +13,7 @@ import Yams
 /// The file's flags go before the command line's, and a key whose flag the command line also
 /// gives is left out: flags override the file. So a file's values are parsed and checked
 /// exactly as typed flags are. A key that is no field of the config is an error naming the
-/// file, its line and the key; so is `compute_dtype_in_use` (what a run records, not a choice).
+/// file, its line and the key; so are `compute_dtype_in_use` and `ranks` (what a run records, not choices).
 /// `frozen_adapters` (config.json's 2nd, 3rd, … `--load-lora-from`) adds `--load-lora-from`s.
 public enum TrainConfigFile {
     public struct Problem: Error, CustomStringConvertible {
@@ -23,7 +23,7 @@ public enum TrainConfigFile {
     /// Keys beside the config's fields: where the run goes.
     static let extraKeys: Set<String> = ["out"]
     /// Keys a file cannot set.
-    static let recordedKeys: Set<String> = ["compute_dtype_in_use"]
+    static let recordedKeys: Set<String> = ["compute_dtype_in_use", "ranks"]
 
     /// TrainingConfig's fields in snake case (as config.json writes them), and whether each is a Bool.
     static var fields: [String: Bool] {

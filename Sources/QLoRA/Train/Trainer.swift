@@ -132,6 +132,11 @@ public final class Trainer {
         set { model.computeDType = newValue }
     }
 
+    /// Called after the backward of each block (L − 1 down to 0) of `accumulateGradients`, when
+    /// that block's parameters have their gradients: what a data-parallel run starts summing
+    /// them over the ranks at.
+    public var afterBlockBackward: ((Int) throws -> Void)?
+
     /// The step's buffers, reused from step to step.
     private let arena = FloatArena()
 
@@ -243,6 +248,7 @@ public final class Trainer {
             }
             try family.block.backward(dx: dIn, dy: d, x: inputs[l], acts: acts, layer: model.weights.layers[l], rope: tables.layer(l, config: c),
                                       config: c, layerIndex: l, context: context(l, acts, seed), grads: grads)
+            try afterBlockBackward?(l)
             swap(&d, &dIn)
             if shared == nil { kept.removeLast() }
             inputs.removeLast()

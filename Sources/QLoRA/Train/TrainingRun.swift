@@ -615,15 +615,25 @@ public final class TrainingRun {
         var loss = LossSum()
         // The normalizer is the global batch's on every rank (each draws the whole of it), so
         // the summed gradients are those of one process training on every row.
+        // With overlap, each block's sum over the ranks starts as the last micro-batch's backward
+        // leaves that block.
+        let overlapped = world.flatMap { $0.overlaps ? $0.overlapped(lora.parameters) : nil }
+        overlapped?.begin()
         if normalizer > 0 {
             for (a, b) in tokens.enumerated() {
                 guard let part = world.map({ b.shard(rank: $0.rank, of: $0.size) }) ?? b else { continue }
                 let seed = dropoutSeed(update: next, micro: a + (world?.rank ?? 0) * config.gradAccum)
+                if a == tokens.count - 1, let overlapped { trainer.afterBlockBackward = overlapped.blockDone }
+                defer { trainer.afterBlockBackward = nil }
                 loss = loss + (try trainer.accumulateGradients(part, gradScale: 1 / Float(normalizer), dropoutSeed: seed))
             }
         }
         if let world {
-            try StepProfile.measure(.optimizer) { try world.allReduceGradients(lora.parameters) }
+            if let overlapped {
+                try overlapped.finish()
+            } else {
+                try StepProfile.measure(.optimizer) { try world.allReduceGradients(lora.parameters) }
+            }
             loss = try world.combine(loss)
         }
         let norm = StepProfile.measure(.optimizer) { Double(clipGradNorm(lora.parameters, maxNorm: config.maxGradNorm)) }

@@ -24,6 +24,12 @@ int qk_mpi_size(void);
 /* In place: buf[i] ← Σ over ranks of buf[i], every rank receiving the sum. */
 int qk_mpi_allreduce_sum_f32(float *buf, int64_t count);
 int qk_mpi_allreduce_sum_f64(double *buf, int64_t count);
+/* Nonblocking in-place sum (count at most INT_MAX, else −2): `request` receives the handle for
+ * qk_mpi_test (done ← 1 when finished; it also moves the operation on) and qk_mpi_wait. buf
+ * must stay untouched until then. */
+int qk_mpi_iallreduce_sum_f32(float *buf, int64_t count, int64_t *request);
+int qk_mpi_test(int64_t *request, int *done);
+int qk_mpi_wait(int64_t *request);
 /* buf (bytes) from `root` to every rank. */
 int qk_mpi_broadcast(void *buf, int64_t bytes, int root);
 /* Every rank's `bytes` bytes (the same count on every rank, at most INT_MAX), in rank order,

@@ -29,9 +29,9 @@ public final class DataParallel {
     /// Seconds and bytes the gradient all-reduces took, for the run's summary line; the seconds
     /// ranks waited for the slowest before them (a barrier) apart.
     public private(set) var waitSeconds = 0.0
-    public private(set) var reduceSeconds = 0.0
-    public private(set) var reduceCount = 0
-    public private(set) var reducedBytes = 0
+    public internal(set) var reduceSeconds = 0.0
+    public internal(set) var reduceCount = 0
+    public internal(set) var reducedBytes = 0
     private var chunk: [Float] = []
     /// Floats per all-reduce call: the flat buffer is sent in pieces of at most this many (16 MiB).
     static let chunkFloats = 1 << 22
@@ -87,6 +87,116 @@ public final class DataParallel {
         reduceSeconds += Date().timeIntervalSince(start)
         reduceCount += 1
         reducedBytes = total * MemoryLayout<Float>.stride
+    }
+
+    // MARK: Overlapped with the backward
+
+    /// Whether the gradient sums start as the backward finishes each block (`Overlapped`), or
+    /// after the whole backward (`allReduceGradients`): QLORA_ALLREDUCE=after|overlap, overlap
+    /// by default.
+    public var overlaps = ProcessInfo.processInfo.environment["QLORA_ALLREDUCE"] != "after"
+    private var overlapped: Overlapped?
+
+    /// The reduction of one update's gradients overlapped with its backward, for `parameters`
+    /// (the same set every update).
+    public func overlapped(_ parameters: [Parameter]) -> Overlapped {
+        if let o = overlapped, o.parameters.count == parameters.count, zip(o.parameters, parameters).allSatisfy({ $0 === $1 }) { return o }
+        let o = Overlapped(parameters, world: self)
+        overlapped = o
+        return o
+    }
+
+    /// Each block's gradients summed over the ranks as soon as the backward is done with that
+    /// block (MPI_Iallreduce on its piece of one flat buffer, moved on by MPI_Test after each
+    /// later block), the rest (the final norm, a score head) after the backward; `finish` waits
+    /// for every piece and copies the sums back. Every rank starts the pieces in one order:
+    /// blocks L−1 … 0, then the rest (a rank whose share of the last micro-batch is empty starts
+    /// them all in `finish`, in that order).
+    public final class Overlapped {
+        let parameters: [Parameter]
+        unowned let world: DataParallel
+        /// Parameter indices of each piece, in the order the pieces start.
+        let pieces: [[Int]]
+        let pieceOfBlock: [Int: Int]
+        let offsets: [Int]
+        let flat: FloatBuffer
+        private var requests: [Int64?]
+        private var next = 0
+
+        init(_ parameters: [Parameter], world: DataParallel) {
+            self.parameters = parameters
+            self.world = world
+            var byBlock: [Int: [Int]] = [:], rest: [Int] = []
+            for (i, p) in parameters.enumerated() {
+                let parts = p.name.split(separator: ".")
+                if parts.count > 3, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]) { byBlock[l, default: []].append(i) } else { rest.append(i) }
+            }
+            let blocks = byBlock.keys.sorted(by: >)
+            pieces = blocks.map { byBlock[$0]! } + (rest.isEmpty ? [] : [rest])
+            pieceOfBlock = Dictionary(uniqueKeysWithValues: blocks.enumerated().map { ($1, $0) })
+            var o = 0, offsets: [Int] = []
+            for p in parameters {
+                offsets.append(o)
+                o += p.count
+            }
+            self.offsets = offsets
+            flat = FloatBuffer(count: max(o, 1))
+            requests = [Int64?](repeating: nil, count: pieces.count)
+        }
+
+        /// Before the update's first micro-batch.
+        public func begin() {
+            precondition(requests.allSatisfy { $0 == nil }, "an overlapped reduction began before the last one finished")
+            next = 0
+        }
+
+        /// The backward has finished block `l` of the update's last micro-batch: start every piece
+        /// up to its own, and move the ones in flight on.
+        public func blockDone(_ l: Int) throws {
+            let start = Date()
+            if let piece = pieceOfBlock[l] {
+                while next <= piece { try startNext() }
+            }
+            try progress()
+            world.reduceSeconds += Date().timeIntervalSince(start)
+        }
+
+        private func startNext() throws {
+            let piece = pieces[next]
+            for i in piece { (flat.base + offsets[i]).update(from: parameters[i].grad.base, count: parameters[i].count) }
+            let from = offsets[piece.first!], count = piece.reduce(0) { $0 + parameters[$1].count }
+            var request: Int64 = 0
+            let rc = qk_mpi_iallreduce_sum_f32(flat.base + from, Int64(count), &request)
+            guard rc == 0 else { throw MPIWorld.Failure.call("MPI_Iallreduce", rc) }
+            requests[next] = request
+            next += 1
+        }
+
+        private func progress() throws {
+            for i in requests.indices {
+                guard var r = requests[i] else { continue }
+                var done: Int32 = 0
+                let rc = qk_mpi_test(&r, &done)
+                guard rc == 0 else { throw MPIWorld.Failure.call("MPI_Test", rc) }
+                requests[i] = r
+            }
+        }
+
+        /// After the backward: start the pieces not started yet, wait for all, copy the sums back.
+        public func finish() throws {
+            let start = Date()
+            while next < pieces.count { try startNext() }
+            for i in requests.indices {
+                guard var r = requests[i] else { continue }
+                let rc = qk_mpi_wait(&r)
+                guard rc == 0 else { throw MPIWorld.Failure.call("MPI_Wait", rc) }
+                requests[i] = nil
+            }
+            for (i, p) in parameters.enumerated() { p.grad.base.update(from: flat.base + offsets[i], count: p.count) }
+            world.reduceSeconds += Date().timeIntervalSince(start)
+            world.reduceCount += 1
+            world.reducedBytes = offsets.last.map { ($0 + parameters.last!.count) * MemoryLayout<Float>.stride } ?? 0
+        }
     }
 
     // MARK: Small exchanges
