@@ -6,7 +6,8 @@
 #   2. a 2-rank run resumed from its checkpoint under 2 ranks repeats the uninterrupted run's
 #      rows bit for bit; under 1 process it goes on from the same data position and says so;
 #   3. a rank killed mid-run (SIGKILL) makes the job exit non-zero within 60 s, its newest
-#      checkpoint stays whole, and --resume finishes the run;
+#      checkpoint stays whole, --resume goes on, `touch RUN/STOP` stops it cleanly with a
+#      checkpoint, and a second --resume finishes the run;
 #   4. the multi-machine path for real: a hostfile naming two hosts, Open MPI's remote launch
 #      (plm_rsh_agent pointed at a local stand-in for ssh that drops the host name) and the TCP
 #      transport on loopback only (--mca btl self,tcp);
@@ -104,9 +105,27 @@ wait "$job"; rc=$?
 set -e
 echo "  rank 1 (pid $victim) killed: the job exited with $rc after $(( $(date +%s) - killed_at )) s"
 [ "$rc" -ne 0 ]
-"${mpi[@]}" "$qlora" train --resume "$work/killed" > "$work/killed-resume.log"
-grep -q "resumed from" "$work/killed-resume.log"
-grep "done: 40 updates" "$work/killed-resume.log"
+# Resumed, then stopped cleanly with RUN/STOP two updates later, then resumed to the end.
+at=$(ls -d "$work/killed"/checkpoint-* | sed 's/.*checkpoint-//' | sort -n | tail -1)
+set +e
+"${mpi[@]}" "$qlora" train --resume "$work/killed" > "$work/killed-resume.log" 2>&1 &
+job=$!
+set -e
+for _ in $(seq 1 600); do
+    rows=$(grep -c '"loss"' "$work/killed/metrics.jsonl" 2>/dev/null || true)
+    [ "${rows:-0}" -ge $((at + 2)) ] && break
+    sleep 0.5
+done
+touch "$work/killed/STOP"
+set +e; wait "$job"; rc=$?; set -e
+grep -q "resumed from .*checkpoint-$at" "$work/killed-resume.log"
+grep "STOP found" "$work/killed-resume.log"
+[ "$rc" -ne 0 ] && [ ! -e "$work/killed/STOP" ]
+stopped=$(ls -d "$work/killed"/checkpoint-* | sed 's/.*checkpoint-//' | sort -n | tail -1)
+echo "  resumed at update $at, stopped by RUN/STOP with checkpoint-$stopped (exit $rc)"
+[ "$stopped" -gt "$at" ] && [ "$stopped" -lt 40 ]
+"${mpi[@]}" "$qlora" train --resume "$work/killed" > "$work/killed-resume2.log"
+grep "done: 40 updates" "$work/killed-resume2.log"
 
 echo "4. two hosts from a hostfile, launched through a stand-in for ssh, TCP on loopback"
 printf 'nodeA slots=1\nnodeB slots=1\n' > "$work/hosts"

@@ -75,7 +75,9 @@ struct Train: ParsableCommand {
             Under mpirun (Open MPI) or mpiexec (MPICH), N ranks train one run data-parallel: \
             --batch-size is per rank, gradients are summed over the ranks each update, rank 0 \
             writes the run; pass --bind-to none and -x OMP_NUM_THREADS=<cores per rank> to \
-            Open MPI (it binds each rank to one core by default). README: "Past one machine".
+            Open MPI (it binds each rank to one core by default). README: "Past one machine". \
+            `touch RUN/STOP` stops any run after the update going on, with a checkpoint (mpirun \
+            kills its ranks a second after Ctrl-C, too soon for that).
 
             Examples:
               qlora train --max-steps 100 --out runs/demo
@@ -493,24 +495,36 @@ struct Train: ParsableCommand {
     }
 }
 
-/// Ctrl-C once: stop after the current update, with a checkpoint; twice: leave at once.
+/// Ctrl-C (SIGINT) or SIGTERM once: stop after the current update, with a checkpoint; twice:
+/// leave at once. SIGTERM is what schedulers send (Slurm's preemption, `kill`). Launchers treat
+/// signals their own way (Open MPI's mpirun kills its ranks a second after a Ctrl-C): a
+/// data-parallel run stops cleanly with `touch RUN/STOP` (`RunLayout.stopFile`).
 final class Interrupt: @unchecked Sendable {
     private let lock = NSLock()
     private var count = 0
-    private let source: DispatchSourceSignal
+    private let sources: [DispatchSourceSignal]
 
     init() {
-        signal(SIGINT, SIG_IGN)
-        source = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
-        source.setEventHandler { [unowned self] in
-            lock.lock()
-            count += 1
-            let n = count
-            lock.unlock()
-            if n > 1 { _exit(130) }
-            FileHandle.standardError.write(Data("\ninterrupt: finishing this update and writing a checkpoint (Ctrl-C again quits at once)\n".utf8))
+        var sources: [DispatchSourceSignal] = []
+        let signals = [SIGINT, SIGTERM]
+        for sig in signals {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            sources.append(source)
         }
-        source.resume()
+        self.sources = sources
+        for (source, sig) in zip(sources, signals) {
+            source.setEventHandler { [unowned self] in
+                lock.lock()
+                count += 1
+                let n = count
+                lock.unlock()
+                if n > 1 { _exit(128 + sig) }
+                let name = sig == SIGINT ? "interrupt" : "SIGTERM"
+                FileHandle.standardError.write(Data("\n\(name): finishing this update and writing a checkpoint (a second signal quits at once)\n".utf8))
+            }
+            source.resume()
+        }
     }
 
     var requested: Bool {

@@ -13,6 +13,10 @@ public enum RunLayout {
     public static let chartFile = "chart.svg"
     public static let chartPNG = "chart.png"
     public static let tensorBoardDirectory = "tensorboard"
+    /// A file named so in the run directory stops the run after the update going on, with a
+    /// checkpoint (`touch RUN/STOP`): a graceful stop that needs no signal, so it reaches every
+    /// rank of a data-parallel run whatever the launcher does with signals. Removed as the run stops.
+    public static let stopFile = "STOP"
 
     /// The adapter directories a run saves (PEFT layout, AdapterFiles).
     public enum Adapter: String, CaseIterable, Sendable {

@@ -579,8 +579,12 @@ public final class TrainingRun {
                 try evaluate(kind: "quick", onEvent)
             }
             if let every = config.saveEvery, step % every == 0, lastCheckpointStep != step { try saveCheckpoint(onEvent) }
-            if step < totalUpdates, try stopRequested(shouldStop()) {
+            if step < totalUpdates, try stopRequested(shouldStop() || stopFileFound) {
                 if lastCheckpointStep != step { try saveCheckpoint(onEvent) }
+                if stopFileFound {
+                    try? FileManager.default.removeItem(atPath: directory + "/" + RunLayout.stopFile)
+                    onEvent(.message("\(RunLayout.stopFile) found in \(directory): stopped after update \(step) (removed it)"))
+                }
                 try report?.redraw()
                 return false
             }
@@ -597,6 +601,9 @@ public final class TrainingRun {
         }
         return true
     }
+
+    /// Whether rank 0 (or the only process) finds RUN/STOP (`RunLayout.stopFile`).
+    private var stopFileFound: Bool { isWriter && FileManager.default.fileExists(atPath: directory + "/" + RunLayout.stopFile) }
 
     /// Whether the run stops here: asked on this process, or on any rank of a data-parallel run
     /// (every rank must stop after the same update).
