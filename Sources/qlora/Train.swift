@@ -130,6 +130,8 @@ struct Train: ParsableCommand {
     var loadLoraFrom: [String] = []
 
     @Option(help: "Peak learning rate.") var lr = 2e-4
+    @Option(help: "LoRA+: lora_B matrices (and trained norms) learn at --lr × this, as PEFT's create_loraplus_optimizer (the paper suggests 8–16, with --lr about halved).")
+    var loraplusLrRatio: Double?
     @Option(help: "LR schedule: constant, linear or cosine.") var schedule = LRSchedule.Kind.cosine
     @Option(help: "Warm-up updates (default: --warmup-ratio of them).") var warmupSteps: Int?
     @Option(help: "Warm-up as a share of the updates.") var warmupRatio = 0.03
@@ -190,6 +192,7 @@ struct Train: ParsableCommand {
         guard printConfig || (out == nil) != (resume == nil) else { throw ValidationError("pass --out RUN for a new run, or --resume RUN") }
         guard loraR > 0 else { throw ValidationError("--lora-r must be positive") }
         guard batchSize > 0, gradAccum > 0 else { throw ValidationError("--batch-size and --grad-accum must be positive") }
+        if let r = loraplusLrRatio, !(r > 0 && r.isFinite) { throw ValidationError("--loraplus-lr-ratio must be a positive number (PEFT: ≥ 1), not \(r)") }
         guard maxLen > 1 else { throw ValidationError("--max-len must be at least 2") }
         guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be positive") }
         guard ema >= 0, ema < 1 else { throw ValidationError("--ema must be in [0, 1)") }
@@ -247,6 +250,7 @@ struct Train: ParsableCommand {
         c.loadLoraFrom = loadLoraFrom.first
         c.frozenAdapters = loadLoraFrom.count > 1 ? Array(loadLoraFrom.dropFirst()) : nil
         c.lr = lr
+        c.loraplusLrRatio = loraplusLrRatio
         c.schedule = schedule
         c.warmupSteps = warmupSteps
         c.warmupRatio = warmupRatio

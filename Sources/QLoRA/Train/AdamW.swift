@@ -52,19 +52,31 @@ public final class AdamW {
 
     /// One optimizer step with learning rate `lr` (from an `LRSchedule`), reading each
     /// parameter's `grad` and writing its `value`. Gradients are left as they are.
+    ///
+    /// With `lrScales`, parameter i steps with lr × lrScales[i] (its decay too), as a torch
+    /// parameter group with that learning rate does (LoRA+: `LoRAPlus.scales`).
     public func update(lr: Double) {
         step += 1
         let h = hyperparameters, t = Double(step)
         let biasCorrection1 = 1 - pow(h.beta1, t)
         let biasCorrection2 = 1 - pow(h.beta2, t)
-        let stepSize = lr / biasCorrection1
-        let scalars = ElementScalars(
-            decay: Float(1 - lr * h.weightDecay), decays: h.weightDecay != 0,
-            lerpWeight: Float(1 - h.beta1), beta2: Float(h.beta2), oneMinusBeta2: Float(1 - h.beta2),
-            biasCorrection2Sqrt: Float(pow(biasCorrection2, 0.5)), eps: Float(h.eps), negStepSize: Float(-stepSize))
-        for (i, p) in parameters.enumerated() {
-            Self.updateElements(p: p.value.base, g: p.grad.base, m: expAvg[i].base, v: expAvgSq[i].base, n: p.count, scalars)
+        func scalars(_ lr: Double) -> ElementScalars {
+            ElementScalars(
+                decay: Float(1 - lr * h.weightDecay), decays: h.weightDecay != 0,
+                lerpWeight: Float(1 - h.beta1), beta2: Float(h.beta2), oneMinusBeta2: Float(1 - h.beta2),
+                biasCorrection2Sqrt: Float(pow(biasCorrection2, 0.5)), eps: Float(h.eps), negStepSize: Float(-(lr / biasCorrection1)))
         }
+        let base = scalars(lr)
+        for (i, p) in parameters.enumerated() {
+            let scale = lrScales?[i] ?? 1
+            Self.updateElements(p: p.value.base, g: p.grad.base, m: expAvg[i].base, v: expAvgSq[i].base, n: p.count,
+                                scale == 1 ? base : scalars(lr * scale))
+        }
+    }
+
+    /// Per parameter, the factor of the learning rate it steps with (nil: 1 for all).
+    public var lrScales: [Double]? {
+        didSet { precondition(lrScales.map { $0.count == parameters.count } ?? true, "AdamW: one lr scale per parameter") }
     }
 
     struct ElementScalars {
@@ -89,4 +101,18 @@ public final class AdamW {
             p[i] = x + (s.negStepSize * mi) / denom
         }
     }
+}
+
+/// LoRA+ (Hayou et al. 2024), as PEFT's `create_loraplus_optimizer` groups the parameters:
+/// lora_B matrices and one-dimensional parameters (trained norms) step with lr × ratio, the
+/// rest (lora_A, a score head) with lr; the weight decay is the same for all (PEFT's
+/// `loraplus_weight_decay`; its no-decay group holds biases, which qlora does not train).
+public enum LoRAPlus {
+    /// The factor of each parameter's learning rate.
+    public static func scales(for parameters: [Parameter], ratio: Double) -> [Double] {
+        parameters.map { isGroupB($0) ? ratio : 1 }
+    }
+
+    /// PEFT's group B: a name with lora_B, or a one-dimensional parameter.
+    public static func isGroupB(_ p: Parameter) -> Bool { p.name.contains("lora_B") || p.shape.count == 1 }
 }

@@ -40,6 +40,8 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     public var frozenAdapters: [String]?
 
     public var lr = 2e-4
+    /// LoRA+: lora_B (and trained norms) learn at lr × this (`LoRAPlus`); nil: plain LoRA.
+    public var loraplusLrRatio: Double?
     public var beta1 = 0.9
     public var beta2 = 0.999
     public var eps = 1e-8
@@ -453,6 +455,7 @@ public final class TrainingRun {
         self.config = config
         optimizer = AdamW(parameters: lora.parameters, .init(beta1: config.beta1, beta2: config.beta2, eps: config.eps,
                                                              weightDecay: config.weightDecay))
+        if let ratio = config.loraplusLrRatio { optimizer.lrScales = LoRAPlus.scales(for: lora.parameters, ratio: ratio) }
         let micro = config.batchSize * (config.ranks ?? 1)
         let perEpoch = (train.count + micro - 1) / micro
         let updatesPerEpoch = max(1, perEpoch / config.gradAccum)
