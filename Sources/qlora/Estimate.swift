@@ -34,6 +34,7 @@ struct Estimate: ParsableCommand {
     @Option(help: "EMA decay (0: no EMA shadows).") var ema = 0.999
     @Option(help: "What the run computes in, as qlora train takes it (bf16 adds the rounded input panel).")
     var computeDtype = ComputeDTypeChoice.auto
+    @Option(help: "The optimizer, as qlora train takes it: adamw or adamw_8bit (8-bit moments).") var optim = AdamW.Kind.adamw
     @Flag(help: "Print JSON (with total_bytes) for scripts.") var json = false
 
     func run() throws {
@@ -51,7 +52,7 @@ struct Estimate: ParsableCommand {
         let sequences = batchSize * (objective.usesPairs ? 2 : 1)
         let e = MemoryEstimate(config: config, frozenBytes: frozen, lora: lora, trainNorms: trainNorms, sequences: sequences,
                                length: maxLen, gradientCheckpointing: gradCheckpoint, ema: ema > 0,
-                               computeDType: computeDtype.expected)
+                               computeDType: computeDtype.expected, optimizer: optim)
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

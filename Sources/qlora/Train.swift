@@ -130,6 +130,8 @@ struct Train: ParsableCommand {
     var loadLoraFrom: [String] = []
 
     @Option(help: "Peak learning rate.") var lr = 2e-4
+    @Option(help: "The optimizer, by TrainingArguments' names: adamw, or adamw_8bit (bitsandbytes' AdamW8bit: both moments in 8 bits, block-wise, for tensors of 4096 values and more; 2.06 bytes a value instead of 8).")
+    var optim: AdamW.Kind = .adamw
     @Option(help: "LoRA+: lora_B matrices (and trained norms) learn at --lr × this, as PEFT's create_loraplus_optimizer (the paper suggests 8–16, with --lr about halved).")
     var loraplusLrRatio: Double?
     @Option(help: "LR schedule: constant, linear or cosine.") var schedule = LRSchedule.Kind.cosine
@@ -250,6 +252,7 @@ struct Train: ParsableCommand {
         c.loadLoraFrom = loadLoraFrom.first
         c.frozenAdapters = loadLoraFrom.count > 1 ? Array(loadLoraFrom.dropFirst()) : nil
         c.lr = lr
+        c.optim = optim == .adamw ? nil : optim
         c.loraplusLrRatio = loraplusLrRatio
         c.schedule = schedule
         c.warmupSteps = warmupSteps
@@ -385,7 +388,8 @@ struct Train: ParsableCommand {
         let estimate = MemoryEstimate(config: model.config, frozenBytes: model.frozenBytes, lora: trainedLoRA,
                                       trainNorms: trainsNorms, sequences: sequences, length: config.maxLen,
                                       gradientCheckpointing: config.gradCheckpoint, ema: config.ema > 0,
-                                      computeDType: (config.computeDtypeInUse ?? config.computeDtype ?? .fp32).expected)
+                                      computeDType: (config.computeDtypeInUse ?? config.computeDtype ?? .fp32).expected,
+                                      optimizer: config.optim ?? .adamw)
         log.line(String(format: "memory estimate: %.0f MiB at batch %d × %d%@ (%.1f GiB installed)", Double(estimate.totalBytes) / 1_048_576,
                         sequences, config.maxLen, config.gradCheckpoint ? ", checkpointing" : "",
                         Double(estimate.availableBytes) / 1_073_741_824))
@@ -592,3 +596,5 @@ final class TrainingLog {
         return t >= 3600 ? "\(t / 3600)h\(String(format: "%02d", t % 3600 / 60))m" : t >= 60 ? "\(t / 60)m\(String(format: "%02d", t % 60))s" : "\(t)s"
     }
 }
+
+extension AdamW.Kind: ExpressibleByArgument {}

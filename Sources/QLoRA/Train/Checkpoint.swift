@@ -78,11 +78,7 @@ public enum Checkpoint {
         let params = optimizer.parameters
         files[parametersFile] = try writeTensors(join(tmp, parametersFile),
                                                  params.map { ($0.name, $0.shape, $0.value) })
-        files[optimizerFile] = try writeTensors(join(tmp, optimizerFile),
-                                                params.indices.flatMap { i in
-                                                    [(params[i].name + ".exp_avg", params[i].shape, optimizer.expAvg[i]),
-                                                     (params[i].name + ".exp_avg_sq", params[i].shape, optimizer.expAvgSq[i])]
-                                                })
+        files[optimizerFile] = try writeStates(join(tmp, optimizerFile), optimizer)
         if let ema {
             files[emaFile] = try writeTensors(join(tmp, emaFile), zip(ema.parameters, ema.shadows).map { ($0.name, $0.shape, $1) })
         }
@@ -110,6 +106,35 @@ public enum Checkpoint {
             let b = tensors[i].data
             return [UInt8](UnsafeRawBufferPointer(start: b.base, count: b.count * MemoryLayout<Float>.size))
         }
+        let file = try MappedFile(path: path)
+        return FileDigest(bytes: file.count, crc32: CRC32.checksum(file.bytes))
+    }
+
+    /// The optimizer's moments: F32 `<name>.exp_avg` and `.exp_avg_sq` of the parameter's shape;
+    /// for 8-bit ones (`AdamW.Kind.adamw8bit`) U8 `<name>.exp_avg.codes` [n] and F32
+    /// `<name>.exp_avg.absmax` [blocks], the same for exp_avg_sq.
+    private static func writeStates(_ path: String, _ optimizer: AdamW) throws -> FileDigest {
+        var writer = SafetensorsWriter()
+        writer.metadata["qlora"] = "checkpoint v\(formatVersion)"
+        writer.metadata["optimizer"] = optimizer.kind.rawValue
+        var data: [[UInt8]] = []
+        func floats(_ p: UnsafePointer<Float>, _ n: Int) -> [UInt8] { [UInt8](UnsafeRawBufferPointer(start: p, count: n * MemoryLayout<Float>.size)) }
+        for (i, p) in optimizer.parameters.enumerated() {
+            if let b = optimizer.blockwise[i] {
+                for (suffix, codes, absmax) in [(".exp_avg", b.codes1, b.absmax1), (".exp_avg_sq", b.codes2, b.absmax2)] {
+                    writer.tensors.append(.init(name: p.name + suffix + ".codes", dtype: .U8, shape: [codes.count]))
+                    data.append(codes)
+                    writer.tensors.append(.init(name: p.name + suffix + ".absmax", dtype: .F32, shape: [absmax.count]))
+                    data.append(absmax.withUnsafeBufferPointer { floats($0.baseAddress!, $0.count) })
+                }
+            } else {
+                for (suffix, buffer) in [(".exp_avg", optimizer.expAvg[i]), (".exp_avg_sq", optimizer.expAvgSq[i])] {
+                    writer.tensors.append(.init(name: p.name + suffix, dtype: .F32, shape: p.shape))
+                    data.append(floats(buffer.base, buffer.count))
+                }
+            }
+        }
+        try writer.write(to: path) { data[$0] }
         let file = try MappedFile(path: path)
         return FileDigest(bytes: file.count, crc32: CRC32.checksum(file.bytes))
     }
@@ -202,7 +227,13 @@ public enum Checkpoint {
         let params = optimizer.parameters
         let values = try readTensors(join(path, parametersFile), params.map { ($0.name, $0.shape) })
         let moments = try readTensors(join(path, optimizerFile),
-                                      params.flatMap { [($0.name + ".exp_avg", $0.shape), ($0.name + ".exp_avg_sq", $0.shape)] })
+                                      params.indices.flatMap { i -> [(name: String, shape: [Int])] in
+                                          let p = params[i]
+                                          if let b = optimizer.blockwise[i] {
+                                              return [".exp_avg", ".exp_avg_sq"].flatMap { [(p.name + $0 + ".codes", [b.count]), (p.name + $0 + ".absmax", [b.absmax1.count])] }
+                                          }
+                                          return [(p.name + ".exp_avg", p.shape), (p.name + ".exp_avg_sq", p.shape)]
+                                      })
         var shadows: [[Float]]?
         if let ema {
             guard manifest.files[emaFile] != nil else { throw CheckpointError.incomplete(path: path, reason: "no \(emaFile): the run had no EMA") }
@@ -210,10 +241,20 @@ public enum Checkpoint {
         }
         let dataState = try Data(contentsOf: URL(fileURLWithPath: join(path, dataStateFile)))
 
+        var next = 0
         for (i, p) in params.enumerated() {
             p.setValues(values[i])
-            copy(moments[2 * i], into: optimizer.expAvg[i])
-            copy(moments[2 * i + 1], into: optimizer.expAvgSq[i])
+            if let b = optimizer.blockwise[i] {
+                b.codes1 = moments[next].map { UInt8($0) }
+                b.absmax1 = moments[next + 1]
+                b.codes2 = moments[next + 2].map { UInt8($0) }
+                b.absmax2 = moments[next + 3]
+                next += 4
+            } else {
+                copy(moments[next], into: optimizer.expAvg[i])
+                copy(moments[next + 1], into: optimizer.expAvgSq[i])
+                next += 2
+            }
         }
         optimizer.step = manifest.optimizerStep
         if let ema, let shadows {
@@ -229,9 +270,12 @@ public enum Checkpoint {
         guard unexpected.isEmpty else { throw CheckpointError.unexpectedTensors(path: path, names: unexpected.sorted()) }
         return try expected.map { e in
             guard let t = file.tensor(e.name) else { throw CheckpointError.missingTensor(path: path, tensor: e.name) }
-            guard t.dtype == .F32, t.shape == e.shape else {
-                throw CheckpointError.wrongTensor(path: path, tensor: e.name, detail: "\(t.dtype.rawValue) \(t.shape), expected F32 \(e.shape)")
+            // 8-bit optimizer codes are U8 (`.codes`), read as their values.
+            let dtype: SafetensorsDType = e.name.hasSuffix(".codes") ? .U8 : .F32
+            guard t.dtype == dtype, t.shape == e.shape else {
+                throw CheckpointError.wrongTensor(path: path, tensor: e.name, detail: "\(t.dtype.rawValue) \(t.shape), expected \(dtype.rawValue) \(e.shape)")
             }
+            if dtype == .U8 { return file.data(of: t).map { Float($0) } }
             return try file.floats(t)
         }
     }

@@ -36,19 +36,30 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
 
     public init(config c: ModelConfig, frozenBytes: Int, lora: LoRAConfig, trainNorms: Bool, sequences B: Int, length T: Int,
                 gradientCheckpointing: Bool, ema: Bool, headChunkRows: Int = 128, threads: Int = 2, computeDType: ComputeDType = .fp32,
-                availableBytes: Int = Int(ProcessInfo.processInfo.physicalMemory)) {
+                optimizer: AdamW.Kind = .adamw, availableBytes: Int = Int(ProcessInfo.processInfo.physicalMemory)) {
         let N = B * T, C = c.hiddenSize, F = c.intermediateSize
         let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
         let layers = lora.adaptedLayers(of: c.numLayers)
         var adapterFloats = 0, savedPerLayer: [Int] = Array(repeating: 0, count: c.numLayers)
+        // AdamW's two moments: 8 bytes a value; adamw_8bit: 2 a value and 8 a block of 256 for
+        // tensors of at least 4096 values (Blockwise8Moments), 8 a value below.
+        var optimizer8 = 0
+        func moments(_ n: Int) -> Int {
+            n >= Blockwise8Moments.minimumCount ? 2 * n + 8 * ((n + Blockwise8Moments.blockSize - 1) / Blockwise8Moments.blockSize) : 8 * n
+        }
         for l in layers {
             for m in c.family.linears where lora.targets.matches(m, layer: l) {
                 let (rows, cols) = m.shape(in: c)
                 adapterFloats += lora.rank * (rows + cols)
+                optimizer8 += moments(lora.rank * rows) + moments(lora.rank * cols)
                 savedPerLayer[l] += N * lora.rank
             }
         }
-        if trainNorms { adapterFloats += c.numLayers * c.family.norms.reduce(0) { $0 + $1.size.size(in: c) } + C }
+        if trainNorms {
+            let norms = c.numLayers * c.family.norms.reduce(0) { $0 + $1.size.size(in: c) } + C
+            adapterFloats += norms
+            optimizer8 += 8 * norms
+        }
         let block = N * (4 * C + 2 * qDim + 2 * kvDim + 3 * F + 2) + B * c.numHeads * T * T
         let kept = gradientCheckpointing ? block + (savedPerLayer.max() ?? 0) : c.numLayers * block + savedPerLayer.reduce(0, +)
         let inputs = (c.numLayers + 1) * N * C
@@ -57,7 +68,7 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
         frozenWeightsBytes = frozenBytes
         adapterBytes = 4 * adapterFloats
         gradientBytes = 4 * adapterFloats
-        optimizerBytes = 8 * adapterFloats
+        optimizerBytes = optimizer == .adamw8bit ? optimizer8 : 8 * adapterFloats
         emaBytes = ema ? 4 * adapterFloats : 0
         activationBytes = 4 * (kept + inputs + scratch + dropout)
         logitsBytes = 4 * ((c.finalLogitSoftcap == nil ? 1 : 2) * min(headChunkRows, N) * c.vocabSize + 2 * N * C + N)   // + tanh of a soft-capped chunk

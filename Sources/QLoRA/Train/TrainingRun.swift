@@ -40,6 +40,8 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     public var frozenAdapters: [String]?
 
     public var lr = 2e-4
+    /// The optimizer (nil: adamw): adamw_8bit keeps its moments in 8 bits (`Blockwise8Moments`).
+    public var optim: AdamW.Kind?
     /// LoRA+: lora_B (and trained norms) learn at lr × this (`LoRAPlus`); nil: plain LoRA.
     public var loraplusLrRatio: Double?
     public var beta1 = 0.9
@@ -454,7 +456,7 @@ public final class TrainingRun {
         if !resume { config.ranks = ranks > 1 ? ranks : nil }
         self.config = config
         optimizer = AdamW(parameters: lora.parameters, .init(beta1: config.beta1, beta2: config.beta2, eps: config.eps,
-                                                             weightDecay: config.weightDecay))
+                                                             weightDecay: config.weightDecay), kind: config.optim ?? .adamw)
         if let ratio = config.loraplusLrRatio { optimizer.lrScales = LoRAPlus.scales(for: lora.parameters, ratio: ratio) }
         let micro = config.batchSize * (config.ranks ?? 1)
         let perEpoch = (train.count + micro - 1) / micro

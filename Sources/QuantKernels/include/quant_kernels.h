@@ -56,6 +56,11 @@ enum { QK_NESTED_BLOCK = 256 };
 extern const float qk_nf4_code[16];
 extern const float qk_fp4_code[16];
 extern const float qk_dynamic_map[256];
+/* create_dynamic_map(signed=False): AdamW8bit's map of the second moment. */
+extern const float qk_dynamic_map_unsigned[256];
+/* The two maps as pointers (Swift imports a C array as a tuple). */
+const float *qk_dynamic_map_ptr(void);
+const float *qk_dynamic_map_unsigned_ptr(void);
 
 /* A quantized matrix as the kernels see it. Pointers are borrowed. */
 typedef struct {
