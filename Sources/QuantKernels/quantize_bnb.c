@@ -66,23 +66,23 @@ void qk_quantize_4bit_ref(const float *x, int64_t n, int64_t block_size, const f
     if (n & 1) packed[n >> 1] |= bucket(&t, 0.0f); /* padding: the code of zero */
 }
 
-void qk_quantize_nested_ref(const float *v, int64_t n, float offset, const float *nested_code, uint8_t *codes,
-                            float *nested_absmax) {
-    uint8_t *lut = malloc(65536);
-    if (!lut) return;
+void qk_blockwise8_table(const float *code, uint8_t *lut) {
     float mids[255];
-    for (int k = 0; k < 255; k++) mids[k] = 0.5f * (nested_code[k] + nested_code[k + 1]);
+    for (int k = 0; k < 255; k++) mids[k] = 0.5f * (code[k] + code[k + 1]);
     for (int i = 0, below = 0; i < 65536; i++) {
         const float val = (2.0f * (float)i) / 65535.0f - 1.0f; /* increasing in i */
         while (below < 255 && mids[below] < val) below++;
         lut[i] = (uint8_t)below;
     }
+}
+
+void qk_quantize_blockwise8(const float *v, int64_t n, float offset, const uint8_t *lut, uint8_t *codes, float *absmax) {
     const int64_t nb = (n + QK_NESTED_BLOCK - 1) / QK_NESTED_BLOCK;
     for (int64_t b = 0; b < nb; b++) {
         const int64_t e0 = b * QK_NESTED_BLOCK, e1 = e0 + QK_NESTED_BLOCK < n ? e0 + QK_NESTED_BLOCK : n;
         float a = 0.0f;
         for (int64_t e = e0; e < e1; e++) a = fmaxf(a, fabsf(v[e] - offset));
-        nested_absmax[b] = a;
+        absmax[b] = a;
         const float inv = 1.0f / a;
         for (int64_t e = e0; e < e1; e++) {
             if (a == 0.0f) { codes[e] = 0; continue; }
@@ -90,6 +90,14 @@ void qk_quantize_nested_ref(const float *v, int64_t n, float offset, const float
             codes[e] = lut[(uint16_t)(int)fmaf(t, 65535.0f, 0.5f)];
         }
     }
+}
+
+void qk_quantize_nested_ref(const float *v, int64_t n, float offset, const float *nested_code, uint8_t *codes,
+                            float *nested_absmax) {
+    uint8_t *lut = malloc(65536);
+    if (!lut) return;
+    qk_blockwise8_table(nested_code, lut);
+    qk_quantize_blockwise8(v, n, offset, lut, codes, nested_absmax);
     free(lut);
 }
 

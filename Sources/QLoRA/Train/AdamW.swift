@@ -181,13 +181,32 @@ public final class Blockwise8Moments {
     static let map1 = Array(UnsafeBufferPointer(start: qk_dynamic_map_ptr(), count: 256))
     static let map2 = Array(UnsafeBufferPointer(start: qk_dynamic_map_unsigned_ptr(), count: 256))
 
-    /// code[q] × absmax of q's block.
-    static func dequantize(_ codes: [UInt8], _ absmax: [Float], _ map: [Float]) -> [Float] {
-        codes.indices.map { map[Int(codes[$0])] * absmax[$0 / blockSize] }
+    /// The maps' quantization tables (`qk_blockwise8_table`), built once.
+    static let table1 = table(map1), table2 = table(map2)
+    static func table(_ map: [Float]) -> [UInt8] {
+        var lut = [UInt8](repeating: 0, count: 65536)
+        qk_blockwise8_table(map, &lut)
+        return lut
     }
 
+    /// code[q] × absmax of q's block, into `out`.
+    static func dequantize(_ codes: [UInt8], _ absmax: [Float], _ map: [Float], into out: inout [Float]) {
+        for i in codes.indices { out[i] = map[Int(codes[i])] * absmax[i / blockSize] }
+    }
+
+    /// fp32 room for the two moments during an update, shared by every parameter's update.
+    nonisolated(unsafe) private static var scratch: ([Float], [Float]) = ([], [])
+
     func update(_ p: Parameter, lr: Double, step: Int, _ h: AdamW.Hyperparameters) {
-        var m = Self.dequantize(codes1, absmax1, Self.map1), v = Self.dequantize(codes2, absmax2, Self.map2)
+        var (m, v) = Self.scratch
+        Self.scratch = ([], [])
+        defer { Self.scratch = (m, v) }
+        if m.count < count {
+            m = [Float](repeating: 0, count: count)
+            v = [Float](repeating: 0, count: count)
+        }
+        Self.dequantize(codes1, absmax1, Self.map1, into: &m)
+        Self.dequantize(codes2, absmax2, Self.map2, into: &v)
         let b1 = Float(h.beta1), a1 = Float(1 - h.beta1), b2 = Float(h.beta2), a2 = Float(1 - h.beta2)
         let c1 = 1 - pow(h.beta1, Double(step)), c2 = Float((1 - pow(h.beta2, Double(step))).squareRoot())
         let eps = Float(h.eps), decay = Float(1 - lr * h.weightDecay), value = Float(-lr / c1)
@@ -200,8 +219,8 @@ public final class Blockwise8Moments {
             let xi = h.weightDecay > 0 ? x[i] * decay : x[i]
             x[i] = xi + value * (m[i] / denom)   // addcdiv_: self + value · (t1 / t2)
         }
-        m.withUnsafeBufferPointer { qk_quantize_nested_ref($0.baseAddress, Int64(count), 0, Self.map1, &codes1, &absmax1) }
-        v.withUnsafeBufferPointer { qk_quantize_nested_ref($0.baseAddress, Int64(count), 0, Self.map2, &codes2, &absmax2) }
+        m.withUnsafeBufferPointer { qk_quantize_blockwise8($0.baseAddress, Int64(count), 0, Self.table1, &codes1, &absmax1) }
+        v.withUnsafeBufferPointer { qk_quantize_blockwise8($0.baseAddress, Int64(count), 0, Self.table2, &codes2, &absmax2) }
     }
 
     /// bitsandbytes' 32-bit Adam update on its CPU backend (`_optimizer_update_32bit_cpu`), for

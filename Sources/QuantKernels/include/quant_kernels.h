@@ -114,6 +114,10 @@ void qk_quantize_4bit_ref(const float *x, int64_t n, int64_t block_size, const f
  * Writes n codes and ceil(n/256) block absmax. */
 void qk_quantize_nested_ref(const float *v, int64_t n, float offset, const float *nested_code,
                             uint8_t *codes, float *nested_absmax);
+/* The same in two parts, for callers that quantize often with one map (8-bit AdamW): the
+ * 65536-entry table of a 256-value sorted map (lut: 65536 bytes), then the quantization. */
+void qk_blockwise8_table(const float *code, uint8_t *lut);
+void qk_quantize_blockwise8(const float *v, int64_t n, float offset, const uint8_t *lut, uint8_t *codes, float *absmax);
 /* The mean of n floats exactly as torch's CPU mean computes it (the double-quantization
  * offset is absmax.mean() in bitsandbytes). */
 float qk_torch_mean_f32(const float *x, int64_t n);
