@@ -139,7 +139,7 @@ SH
 chmod +x "$work/rsh"
 tcp=("$openmpi" --hostfile "$work/hosts" -np 2 --mca plm_rsh_agent "$work/rsh" --mca btl self,tcp --mca btl_tcp_if_include lo
      --mca oob_tcp_if_include lo --bind-to none -x OMP_NUM_THREADS=1)
-"${tcp[@]}" "$qlora" info | grep -c "all-reduce of 131072 values checked" | grep -qx 2
+"${tcp[@]}" "$qlora" info | grep -o "all-reduce of 131072 values checked" | wc -l | grep -qx 2
 "${tcp[@]}" "$qlora" train "${args[@]}" --batch-size 2 --max-steps 2 --out "$work/tcp" > "$work/tcp.log"
 grep -q "^nodeA .*orted" "$work/rsh.log" && grep -q "^nodeB .*orted" "$work/rsh.log"
 grep "weights identical on all 2 ranks" "$work/tcp.log"
