@@ -288,11 +288,11 @@ struct AllReduceSpeed: ParsableCommand {
     @Option(help: "Timed all-reduces.") var runs = 10
 
     func run() throws {
+        defer { MPIWorld.finish() }   // also under mpirun -np 1, where MPI started for one rank
         guard let world = try DataParallel.start() else {
             print("bench allreduce: not under mpirun with more than one rank (mpirun -np 2 --bind-to none qlora bench allreduce)")
             return
         }
-        defer { world.finish() }
         let config: ModelConfig
         if let shape { config = try shape.config(layers: nil) } else { config = try DecoderModel(path: model).config }
         let lora = LoRAConfig(rank: rank, alpha: Float(2 * rank))

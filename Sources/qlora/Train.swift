@@ -389,7 +389,7 @@ struct Train: ParsableCommand {
                                       trainNorms: trainsNorms, sequences: sequences, length: config.maxLen,
                                       gradientCheckpointing: config.gradCheckpoint, ema: config.ema > 0,
                                       computeDType: (config.computeDtypeInUse ?? config.computeDtype ?? .fp32).expected,
-                                      optimizer: config.optim ?? .adamw)
+                                      optimizer: config.optim ?? .adamw, dataParallel: world != nil)
         log.line(String(format: "memory estimate: %.0f MiB at batch %d × %d%@ (%.1f GiB installed)", Double(estimate.totalBytes) / 1_048_576,
                         sequences, config.maxLen, config.gradCheckpoint ? ", checkpointing" : "",
                         Double(estimate.availableBytes) / 1_073_741_824))

@@ -36,7 +36,8 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
 
     public init(config c: ModelConfig, frozenBytes: Int, lora: LoRAConfig, trainNorms: Bool, sequences B: Int, length T: Int,
                 gradientCheckpointing: Bool, ema: Bool, headChunkRows: Int = 128, threads: Int = 2, computeDType: ComputeDType = .fp32,
-                optimizer: AdamW.Kind = .adamw, availableBytes: Int = Int(ProcessInfo.processInfo.physicalMemory)) {
+                optimizer: AdamW.Kind = .adamw, dataParallel: Bool = false,
+                availableBytes: Int = Int(ProcessInfo.processInfo.physicalMemory)) {
         let N = B * T, C = c.hiddenSize, F = c.intermediateSize
         let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
         let layers = lora.adaptedLayers(of: c.numLayers)
@@ -77,7 +78,9 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
         // to the kernel's 8, 2 bytes each. Their W panels fit in the per-thread 4 MiB.
         let widest = max(C, F, qDim, kvDim), rows8 = { ($0 + 7) / 8 * 8 }
         let bf16Panel = computeDType == .bf16 ? 2 * max(rows8(N) * widest, rows8(min(headChunkRows, N)) * c.vocabSize) : 0
-        bufferBytes = Self.runtimeBytes + threads * (4 << 20) + bf16Panel
+        // A rank of a data-parallel run sums its gradients over the ranks through a flat copy of
+        // them (DataParallel.Overlapped; summing after the backward needs at most 16 MiB of it).
+        bufferBytes = Self.runtimeBytes + threads * (4 << 20) + bf16Panel + (dataParallel ? 4 * adapterFloats : 0)
         totalBytes = frozenWeightsBytes + adapterBytes + gradientBytes + optimizerBytes + emaBytes + activationBytes
             + logitsBytes + bufferBytes
         self.availableBytes = availableBytes

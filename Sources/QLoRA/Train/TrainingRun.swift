@@ -495,8 +495,7 @@ public final class TrainingRun {
         let fm = FileManager.default
         let writes = world?.isWriter ?? true
         if resume {
-            let shared = try world.map { try $0.sharedCheckpoint(in: directory) }
-            guard let latest = world == nil ? Checkpoint.latest(in: directory) : shared ?? nil else { throw TrainingError.noRun(directory) }
+            guard let latest = try Self.latestCheckpoint(in: directory, world: world) else { throw TrainingError.noRun(directory) }
             let state = try Checkpoint.restore(from: latest, optimizer: optimizer, ema: ema)
             step = state.step
             lastCheckpointStep = step
@@ -607,6 +606,19 @@ public final class TrainingRun {
         return true
     }
 
+    /// The newest complete checkpoint of the run: on a data-parallel run rank 0's, which the other
+    /// ranks receive a copy of (`DataParallel.sharedCheckpoint`, collective).
+    private static func latestCheckpoint(in directory: String, world: DataParallel?) throws -> String? {
+        guard let world else { return Checkpoint.latest(in: directory) }
+        return try world.sharedCheckpoint(in: directory)
+    }
+
+    /// This process's share of a batch: all of it for one process, its rows on a rank (nil: none).
+    private func share(of batch: TokenBatch) -> TokenBatch? {
+        guard let world else { return batch }
+        return batch.shard(rank: world.rank, of: world.size)
+    }
+
     /// Whether rank 0 (or the only process) finds RUN/STOP (`RunLayout.stopFile`).
     private var stopFileFound: Bool { isWriter && FileManager.default.fileExists(atPath: directory + "/" + RunLayout.stopFile) }
 
@@ -633,7 +645,7 @@ public final class TrainingRun {
         overlapped?.begin()
         if normalizer > 0 {
             for (a, b) in tokens.enumerated() {
-                guard let part = world.map({ b.shard(rank: $0.rank, of: $0.size) }) ?? b else { continue }
+                guard let part = share(of: b) else { continue }
                 let seed = dropoutSeed(update: next, micro: a + (world?.rank ?? 0) * config.gradAccum)
                 if a == tokens.count - 1, let overlapped { trainer.afterBlockBackward = overlapped.blockDone }
                 defer { trainer.afterBlockBackward = nil }
@@ -704,7 +716,7 @@ public final class TrainingRun {
         let whole = p.nextBatch()
         lora.parameters.forEach { $0.zeroGrad() }
         var flowing = false
-        if let batch = world.map({ whole.shard(rank: $0.rank, of: $0.size) }) ?? whole {
+        if let batch = share(of: whole) {
             _ = try trainer.accumulateGradients(batch, gradScale: 1 / Float(max(1, objective.normalizer(batch))), dropoutSeed: nil)
             flowing = lora.parameters.contains { p in p.grad.buffer.contains { $0 != 0 && $0.isFinite } }
         }
@@ -844,8 +856,7 @@ public final class TrainingRun {
         lora.parameters.forEach { $0.zeroGrad() }
         let broken = lora.parameters.contains { p in p.value.buffer.contains { !$0.isFinite } }
         guard broken else { return }
-        let shared = try world.map { try $0.sharedCheckpoint(in: directory) }
-        guard let latest = world == nil ? Checkpoint.latest(in: directory) : shared ?? nil else { throw TrainingError.diverged(step: step + 1) }
+        guard let latest = try Self.latestCheckpoint(in: directory, world: world) else { throw TrainingError.diverged(step: step + 1) }
         _ = try Checkpoint.restore(from: latest, optimizer: optimizer, ema: ema)
         onEvent(.message("restored \(latest)"))
     }

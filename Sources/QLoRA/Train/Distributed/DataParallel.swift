@@ -204,34 +204,26 @@ public final class DataParallel {
     /// Every rank's bytes, in rank order, on every rank (of any length).
     public func allGather(_ bytes: [UInt8]) throws -> [[UInt8]] {
         var counts = [Int64](repeating: 0, count: size)
-        try gatherValue(Int64(bytes.count), MemoryLayout<Int64>.size, into: &counts)
+        try gatherValue(Int64(bytes.count), into: &counts)
         let widest = Int(counts.max() ?? 0)
         guard widest > 0 else { return [[UInt8]](repeating: [], count: size) }
         var all = [UInt8](repeating: 0, count: widest * size)
-        try gatherBytes(bytes + [UInt8](repeating: 0, count: widest - bytes.count), into: &all)
+        let padded = bytes + [UInt8](repeating: 0, count: widest - bytes.count)
+        try padded.withUnsafeBytes { s in try all.withUnsafeMutableBytes { try gather(s, into: $0) } }
         return (0..<size).map { r in Array(all[(r * widest)..<(r * widest + Int(counts[r]))]) }
     }
 
-    /// Every rank's `bytes` bytes of `send`, in rank order, into `recv`.
-    private func gatherValue<T, U>(_ send: T, _ bytes: Int, into recv: inout [U]) throws {
-        var send = send
-        let code: Int32 = try withUnsafeBytes(of: &send) { s in
-            try recv.withUnsafeMutableBytes { r -> Int32 in
-                guard r.count >= bytes * size, s.count >= bytes else { throw MPIWorld.Failure.call("MPI_Allgather: buffer too small", -2) }
-                return qk_mpi_allgather_bytes(s.baseAddress!, Int64(bytes), r.baseAddress!)
-            }
-        }
+    /// Every rank's bytes of `send`, in rank order, into `recv` (size × send.count bytes).
+    private func gather(_ send: UnsafeRawBufferPointer, into recv: UnsafeMutableRawBufferPointer) throws {
+        guard recv.count >= send.count * size else { throw MPIWorld.Failure.call("MPI_Allgather: buffer too small", -2) }
+        let code = qk_mpi_allgather_bytes(send.baseAddress!, Int64(send.count), recv.baseAddress!)
         guard code == 0 else { throw MPIWorld.Failure.call("MPI_Allgather", code) }
     }
 
-    private func gatherBytes(_ send: [UInt8], into recv: inout [UInt8]) throws {
-        let code: Int32 = try send.withUnsafeBytes { s in
-            try recv.withUnsafeMutableBytes { r -> Int32 in
-                guard r.count >= s.count * size else { throw MPIWorld.Failure.call("MPI_Allgather: buffer too small", -2) }
-                return qk_mpi_allgather_bytes(s.baseAddress!, Int64(s.count), r.baseAddress!)
-            }
-        }
-        guard code == 0 else { throw MPIWorld.Failure.call("MPI_Allgather", code) }
+    /// Every rank's `value`, in rank order.
+    private func gatherValue<T>(_ value: T, into recv: inout [T]) throws {
+        var value = value
+        try withUnsafeBytes(of: &value) { s in try recv.withUnsafeMutableBytes { try gather(s, into: $0) } }
     }
 
     /// Whether `flag` holds on any rank (every rank gets the same answer).
@@ -245,10 +237,7 @@ public final class DataParallel {
     public func all(_ flag: Bool) throws -> Bool { try !any(!flag) }
 
     /// The losses of every rank summed in rank order (the same sum on every rank).
-    public func combine(_ loss: LossSum) throws -> LossSum {
-        let all = try allGather([UInt8](try JSONEncoder().encode(WireLoss(loss))))
-        return try all.reduce(LossSum()) { $0 + (try JSONDecoder().decode(WireLoss.self, from: Data($1))).value }
-    }
+    public func combine(_ loss: LossSum) throws -> LossSum { try combine(numbered: [(rank, loss)]) }
 
     /// Losses of numbered pieces (evaluation batches) computed on different ranks, gathered and
     /// summed in the pieces' order: what one process summing them in that order gets.
@@ -308,7 +297,7 @@ public final class DataParallel {
     /// Throws on every rank when some rank's weights differ from rank 0's.
     public func checkIdentical(_ parameters: [Parameter], step: Int) throws {
         var all = [UInt64](repeating: 0, count: size)
-        try gatherValue(Self.weightHash(parameters), MemoryLayout<UInt64>.size, into: &all)
+        try gatherValue(Self.weightHash(parameters), into: &all)
         let differing = all.indices.filter { all[$0] != all[0] }
         if !differing.isEmpty { throw Mismatch.weights(step: step, ranks: differing) }
     }
