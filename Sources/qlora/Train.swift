@@ -123,6 +123,10 @@ struct Train: ParsableCommand {
     var loraTargets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     @Option(help: "Adapt only the last N blocks.") var loraLayers: Int?
     @Flag(help: "rsLoRA: scale by alpha/√r.") var useRslora = false
+    @Flag(help: ArgumentHelp(
+        "DoRA (PEFT's use_dora): each adapted linear also trains a magnitude per output row, W' = m·(W + s·B·A)/‖W + s·B·A‖.",
+        discussion: "The norm is of the dequantized 4-bit weight plus the adapter's product, detached as PEFT's; the adapter saves as PEFT's (lora_magnitude_vector) and merges with qlora merge / export. Costs one more frozen product per adapted linear with --lora-dropout > 0 (as PEFT's), little without."))
+    var useDora = false
     @Flag(help: "Train the RMSNorm weights too (fp32).") var trainNorms = false
     @Option(parsing: .singleValue, help: ArgumentHelp(
         "Start from the adapters of this directory (PEFT layout); repeated, the others are stacked frozen on it.",
@@ -248,6 +252,7 @@ struct Train: ParsableCommand {
         c.loraTargets = loraTargets
         c.loraLayers = loraLayers
         c.useRslora = useRslora
+        c.useDora = useDora ? true : nil
         c.trainNorms = trainNorms
         c.loadLoraFrom = loadLoraFrom.first
         c.frozenAdapters = loadLoraFrom.count > 1 ? Array(loadLoraFrom.dropFirst()) : nil

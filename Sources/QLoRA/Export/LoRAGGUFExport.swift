@@ -60,6 +60,7 @@ public enum LoRAGGUFExport {
         let tensors = try AdapterTensors(directory: adapter, model: model)
         if tensors.score != nil { throw MergedExportError.rewardModelFormat(adapter: adapter, format: "a llama.cpp LoRA GGUF") }
         if !tensors.norms.isEmpty { throw LoRAGGUFExportError.trainedNorms(adapter: adapter, count: tensors.norms.count) }
+        if config.useDoRA { throw LoRAGGUFExportError.dora(adapter: adapter) }
         let alpha = loraAlpha(config)
         if config.useRSLoRA {
             note("use_rslora: adapter.lora.alpha = lora_alpha·√r = \(config.alpha)·√\(config.rank) = \(alpha), so that llama.cpp's alpha / r is the adapter's lora_alpha / √r")
@@ -123,11 +124,14 @@ public enum LoRAGGUFExport {
 
 public enum LoRAGGUFExportError: Error, Equatable, CustomStringConvertible {
     case trainedNorms(adapter: String, count: Int)
+    case dora(adapter: String)
 
     public var description: String {
         switch self {
         case let .trainedNorms(adapter, count):
             "\(adapter) trains \(count) RMSNorm weights (--train-norms, modules_to_save), which llama.cpp's LoRA loader skips: the adapter would run without them\n---> HINT: export the merged model instead (qlora export --format gguf without --adapter-only)"
+        case let .dora(adapter):
+            "\(adapter) is a DoRA adapter (use_dora): llama.cpp's LoRA GGUF holds only A and B, not DoRA's magnitude, so the adapter would run as plain LoRA\n---> HINT: export the merged model instead (qlora export --format gguf without --adapter-only)"
         }
     }
 }

@@ -184,7 +184,7 @@ public enum MergedExport {
         if let w = model.linears[t.name] {
             try fillRows(rows: w.rows, cols: w.cols, into: out) { rows, band in
                 w.dequantize(rows: rows, into: &band)
-                if let f = adapter?.factors[t.name] { try f.addProduct(rows: rows, into: &band, cols: w.cols) }
+                if let f = adapter?.factors[t.name] { try f.apply(rows: rows, into: &band, cols: w.cols) }
             }
         } else if let m = model.tokenMatrices[t.name] {
             fillRows(rows: m.rows, cols: m.cols, into: out) { rows, band in m.dequantize(rows: rows, into: &band) }

@@ -50,6 +50,7 @@ public enum AdapterCombination {
                 throw AdapterStackError.differentBase(name: input.name, blocks: input.adapters.layers.count, expected: base.config.numLayers)
             }
             guard !input.adapters.trainsNorms else { throw AdapterCombinationError.trainedNorms(name: input.name) }
+            guard !input.adapters.config.useDoRA else { throw AdapterCombinationError.dora(name: input.name) }
         }
         let rank: Int
         switch method {
@@ -155,12 +156,15 @@ public enum AdapterCombination {
 
 public enum AdapterCombinationError: Error, Equatable, CustomStringConvertible {
     case trainedNorms(name: String)
+    case dora(name: String)
     case badRank(Int)
 
     public var description: String {
         switch self {
         case let .trainedNorms(name): "adapter '\(name)' trains RMSNorm weights (modules_to_save): norms replace the base's "
             + "rather than add to it, so they have no weighted sum; combine adapters without trained norms"
+        case let .dora(name): "adapter '\(name)' is a DoRA adapter: its rows are rescaled by a magnitude over the norm of the "
+            + "adapted weight, which is not a sum of low-rank terms (PEFT's add_weighted_adapter refuses DoRA too); merge it instead (qlora merge)"
         case let .badRank(r): "--rank must be positive, got \(r)"
         }
     }

@@ -8,6 +8,7 @@ import Foundation
 ///                                modules_to_save, …
 ///   adapter_model.safetensors    `base_model.model.model.layers.N.<path>.lora_A.weight` [r, in]
 ///                                and `….lora_B.weight` [out, r] (F32, F16, BF16 or F64); with
+///                                with use_dora `….lora_magnitude_vector` [out] (DoRA's m); with
 ///                                trained norms also the full RMSNorm weights [C] of the modules
 ///                                modules_to_save selects, under the base module's name:
 ///                                `base_model.model.model.layers.N.input_layernorm.weight`,
@@ -28,7 +29,7 @@ import Foundation
 /// target_modules as a list of module names (suffix match: `q_proj`, `self_attn.q_proj`, or a
 /// full `model.layers.0.self_attn.q_proj`), a regular expression string, or "all-linear";
 /// layers_to_transform as null, an int or a list of block indices. A configuration that turns
-/// on anything but plain LoRA and trained norms (DoRA, biases, per-module ranks, other trained
+/// on anything but plain LoRA or DoRA and trained norms (biases, per-module ranks, other trained
 /// modules, …) is refused by key, and so is every tensor that does not fit the base model,
 /// before any value is overwritten.
 ///
@@ -73,7 +74,7 @@ public enum AdapterFiles {
         let config: [String: Any] = [
             "peft_type": "LORA", "task_type": lora.scoreHead == nil ? "CAUSAL_LM" : "SEQ_CLS", "base_model_name_or_path": baseModel,
             "r": c.rank, "lora_alpha": Double("\(c.alpha)")!, "lora_dropout": Double("\(c.dropout)")!, "target_modules": targets,
-            "use_rslora": c.useRSLoRA, "bias": "none", "fan_in_fan_out": false, "inference_mode": true,
+            "use_rslora": c.useRSLoRA, "use_dora": c.useDoRA, "bias": "none", "fan_in_fan_out": false, "inference_mode": true,
             "init_lora_weights": true,
             "modules_to_save": lora.trainsNorms || lora.scoreHead != nil
                 ? (lora.trainsNorms ? normModules(lora.family) : []) + (lora.scoreHead != nil ? scoreModules : []) : NSNull(),
@@ -164,8 +165,10 @@ public enum AdapterFiles {
         }
         let rsLoRA = j["use_rslora"].map { $0 is NSNull ? false : boolean($0) } ?? false
         guard let rsLoRA else { throw AdapterError.badValue(path, key: "use_rslora", value: j["use_rslora"].map(jsonText), expected: "true or false") }
+        let dora = j["use_dora"].map { $0 is NSNull ? false : boolean($0) } ?? false
+        guard let dora else { throw AdapterError.badValue(path, key: "use_dora", value: j["use_dora"].map(jsonText), expected: "true or false") }
         let cfg = LoRAConfig(rank: r, alpha: alpha, dropout: dropout, targets: try targets(j["target_modules"], path: path),
-                             layerIndices: try layerIndices(j["layers_to_transform"], path: path), useRSLoRA: rsLoRA)
+                             layerIndices: try layerIndices(j["layers_to_transform"], path: path), useRSLoRA: rsLoRA, useDoRA: dora)
         return (cfg, !(try savedNormEntries(j, path: path)).isEmpty)
     }
 
@@ -232,7 +235,6 @@ public enum AdapterFiles {
 
     /// Keys of LoraConfig whose non-empty values turn on something other than plain LoRA.
     static let plainLoRADefaults: KeyValuePairs<String, String> = [
-        "use_dora": "DoRA (weight-decomposed LoRA)",
         "fan_in_fan_out": "fan_in_fan_out (weights stored [in, out], GPT-2's Conv1D)",
         "rank_pattern": "per-module ranks (rank_pattern)",
         "alpha_pattern": "per-module alphas (alpha_pattern)",
@@ -330,9 +332,12 @@ public enum AdapterFiles {
     }
 
     /// The parameter name of a tensor name: without `base_model.model.`, and without an
-    /// adapter name between `lora_A`/`lora_B` and `weight` (`.lora_A.default.weight`).
+    /// adapter name between `lora_A`/`lora_B` and `weight` (`.lora_A.default.weight`); DoRA's
+    /// magnitude as PEFT saves it, `….lora_magnitude_vector` (in memory
+    /// `….lora_magnitude_vector.default.weight`, which older tools wrote too).
     static func parameterName(_ key: String) -> String {
         let name = key.hasPrefix(prefix) ? String(key.dropFirst(prefix.count)) : key
+        if let m = name.firstMatch(of: /^(.+\.lora_magnitude_vector)(?:\.[^.]+)?(?:\.weight)?$/) { return String(m.1) }
         return name.replacing(/\.(lora_[AB])\.[^.]+\.weight$/) { ".\($0.1).weight" }
     }
 
@@ -341,7 +346,10 @@ public enum AdapterFiles {
         if name == ModelAdapters.scoreHeadName {
             return "it is a reward model's score head, and adapter_config.json is not a sequence classifier's (task_type SEQ_CLS)"
         }
-        guard let m = name.firstMatch(of: /^model\.layers\.(\d+)\.(.+)\.lora_[AB]\.weight$/), let layer = Int(m.1) else {
+        if name.hasSuffix(".lora_magnitude_vector"), !lora.config.useDoRA {
+            return "it is DoRA's magnitude, and adapter_config.json does not set use_dora"
+        }
+        guard let m = name.firstMatch(of: /^model\.layers\.(\d+)\.(.+)\.(?:lora_[AB]\.weight|lora_magnitude_vector)$/), let layer = Int(m.1) else {
             return !name.hasSuffix("norm.weight") ? "it is no LoRA tensor of a \(lora.family.name) block's linears"
                 : "it is a full RMSNorm weight, and adapter_config.json's modules_to_save does not select it"
         }
@@ -399,7 +407,7 @@ public enum AdapterError: Error, Equatable, CustomStringConvertible {
         switch self {
         case let .missing(p): "\(p): no such file (an adapter directory holds adapter_config.json and adapter_model.safetensors)"
         case let .bad(p, why): "\(p): \(why)"
-        case let .unsupported(p, key, value, feature): "\(p): \(key) \(value): \(feature) is not supported; qlora applies plain LoRA (and trained RMSNorms) only"
+        case let .unsupported(p, key, value, feature): "\(p): \(key) \(value): \(feature) is not supported; qlora applies LoRA and DoRA (and trained RMSNorms) only"
         case let .badValue(p, key, value, expected): "\(p): \(key) is \(value ?? "missing"); expected \(expected)"
         case let .missingTensor(p, n): "\(p): tensor '\(n)' is missing"
         case let .duplicateTensor(p, n, other): "\(p): tensors '\(other)' and '\(n)' are the same parameter"

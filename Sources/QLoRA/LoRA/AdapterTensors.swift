@@ -10,12 +10,30 @@ import Quant
 ///
 /// Read through ModelAdapters and AdapterFiles, so that an adapter merges exactly when it loads.
 struct AdapterTensors {
-    /// One adapted linear: ΔW[out, in] = s·B·A.
+    /// One adapted linear: ΔW[out, in] = s·B·A; with DoRA's magnitude m the merged row j is
+    /// m_j·(W_j + ΔW_j)/‖W_j + ΔW_j‖ (PEFT's DoRA merge).
     struct Factors {
         let a: [Float]   // [r, in]
         let b: [Float]   // [out, r]
         let rank: Int
         let scale: Float
+        let magnitude: [Float]?
+
+        /// w[rows, in] = W + s·B[rows, r]·A[r, in] (rescaled per row with DoRA), `w` holding
+        /// W's `rows` from its start.
+        func apply(rows: Range<Int>, into w: inout [Float], cols: Int) throws {
+            try addProduct(rows: rows, into: &w, cols: cols)
+            guard let magnitude else { return }
+            w.withUnsafeMutableBufferPointer { w in
+                for (i, j) in rows.enumerated() {
+                    let row = w.baseAddress! + i * cols
+                    var s = 0.0
+                    for k in 0..<cols { s += Double(row[k]) * Double(row[k]) }
+                    let factor = magnitude[j] / Float(s.squareRoot())
+                    for k in 0..<cols { row[k] *= factor }
+                }
+            }
+        }
 
         /// w[rows, in] += s·B[rows, r]·A[r, in], `w` holding `rows` from its start.
         func addProduct(rows: Range<Int>, into w: inout [Float], cols: Int) throws {
@@ -52,7 +70,8 @@ struct AdapterTensors {
         try AdapterFiles.load(into: lora, from: directory)
         score = lora.scoreHead?.values
         factors = Dictionary(uniqueKeysWithValues: lora.adapters.map { l, m, a in
-            (m.moduleName(layer: l) + ".weight", Factors(a: a.a.values, b: a.b.values, rank: a.rank, scale: a.scale))
+            (m.moduleName(layer: l) + ".weight", Factors(a: a.a.values, b: a.b.values, rank: a.rank, scale: a.scale,
+                                                         magnitude: a.magnitude?.values))
         })
         // As the Hugging Face model holds them (the parameters hold what the model computes with).
         norms = Dictionary(uniqueKeysWithValues: try AdapterFiles.savedNorms(of: lora, in: directory).map { p in

@@ -8,10 +8,17 @@ import Quant
 ///
 /// Only the adapter's part is here; the frozen product runs in the 4-bit GEMM. Dropout draws
 /// its mask from a counter-based hash of (seed, element), so the backward and a checkpointed
-/// recomputation regenerate the same mask without storing it.
+/// recomputation regenerate the same mask without storing it. With DoRA (`magnitude`) the
+/// frozen product is rescaled per output row as DoRA.swift describes.
 public final class LoRAAdapter {
     public let a: Parameter
     public let b: Parameter
+    /// DoRA's magnitude m [out] (PEFT's `lora_magnitude_vector`); nil for plain LoRA.
+    public let magnitude: Parameter?
+    /// ‖W_j‖² of the frozen rows, float64, with DoRA.
+    let baseRowNormsSquared: [Double]?
+    /// DoRA's row norms n for the values of A and B whose hash is `key`.
+    var doraNormCache: (key: UInt64, norm: [Float])?
     public let scale: Float
     public let dropout: Float
     public var rank: Int { a.shape[0] }
@@ -19,25 +26,40 @@ public final class LoRAAdapter {
     public var outFeatures: Int { b.shape[0] }
 
     /// A [r, in] Kaiming-uniform with a = √5 (bound 1/√in) from `rng`, B [out, r] zero: PEFT's
-    /// default, which leaves the model unchanged at step 0.
+    /// default, which leaves the model unchanged at step 0. With `config.useDoRA`, `base` (the
+    /// frozen weight) gives DoRA's magnitude its initial value ‖W_j‖ per row, as PEFT's.
     public init(name: String, rows out: Int, cols inFeatures: Int, config: LoRAConfig,
-                rng: inout SplitMix64) {
+                rng: inout SplitMix64, base: QuantizedMatrix? = nil) {
         let r = config.rank, bound = 1 / Double(inFeatures).squareRoot()
         let values = (0..<(r * inFeatures)).map { _ in Float((rng.nextUnitDouble() * 2 - 1) * bound) }
         a = Parameter(name: "\(name).lora_A.weight", shape: [r, inFeatures], values: values)
         b = Parameter(name: "\(name).lora_B.weight", shape: [out, r])
         scale = config.scale
         dropout = config.dropout
+        if config.useDoRA {
+            guard let base else { preconditionFailure("DoRA adapter \(name) needs its base weight") }
+            precondition(base.rows == out && base.cols == inFeatures, "DoRA adapter \(name): base [\(base.rows), \(base.cols)]")
+            let squares = Self.rowNormsSquared(base)
+            baseRowNormsSquared = squares
+            magnitude = Parameter(name: "\(name).lora_magnitude_vector", shape: [out], values: squares.map { Float($0.squareRoot()) })
+        } else {
+            baseRowNormsSquared = nil
+            magnitude = nil
+        }
     }
 
     /// What a forward keeps for the backward: u = drop(x)·Aᵀ [T, r]; and where dropout writes
-    /// drop(x) (shared by every adapter, at least [T, in]; nil: allocated per call).
+    /// drop(x) (shared by every adapter, at least [T, in]; nil: allocated per call). With DoRA
+    /// (`doraRows` out > 0) also z [T, out], the product before its rescaling, and the row norms.
     public final class Saved {
         public let u: FloatBuffer
         public let scratch: FloatBuffer?
-        public init(tokens: Int, rank: Int, arena: FloatArena? = nil, scratch: FloatBuffer? = nil) {
+        public let z: FloatBuffer?
+        var doraNorm: [Float]?
+        public init(tokens: Int, rank: Int, arena: FloatArena? = nil, scratch: FloatBuffer? = nil, doraRows: Int = 0) {
             u = arena?.take(tokens * rank) ?? FloatBuffer(count: tokens * rank)
             self.scratch = scratch
+            z = doraRows > 0 ? arena?.take(tokens * doraRows) ?? FloatBuffer(count: tokens * doraRows) : nil
         }
 
         func dropped(_ count: Int) -> FloatBuffer {
@@ -98,7 +120,7 @@ public final class LoRAAdapter {
     }
 
     /// y[T, out] += scale · (x·Aᵀ)·Bᵀ, leaving x·Aᵀ in u [T, r].
-    private func addDelta(x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, tokens T: Int,
+    func addDelta(x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, tokens T: Int,
                           u: UnsafeMutablePointer<Float>) throws {
         let r = rank, n = inFeatures, m = outFeatures
         try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: true, m: T, n: r, k: n, a: x, lda: n,
@@ -108,20 +130,20 @@ public final class LoRAAdapter {
     }
 
     /// g [T, r] = scale · dy·B.
-    private func scaledDyB(_ dy: UnsafePointer<Float>, tokens T: Int, into g: UnsafeMutablePointer<Float>) throws {
+    func scaledDyB(_ dy: UnsafePointer<Float>, tokens T: Int, into g: UnsafeMutablePointer<Float>) throws {
         try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: false, m: T, n: rank, k: outFeatures, alpha: scale, a: dy,
                                          lda: outFeatures, b: b.value.base, ldb: rank, beta: 0, c: g, ldc: rank)
     }
 
     /// out [T, in] (+)= g·A.
-    private func productGA(_ g: UnsafePointer<Float>, tokens T: Int, into out: UnsafeMutablePointer<Float>, accumulate: Bool) throws {
+    func productGA(_ g: UnsafePointer<Float>, tokens T: Int, into out: UnsafeMutablePointer<Float>, accumulate: Bool) throws {
         try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: false, m: T, n: inFeatures, k: rank, a: g, lda: rank,
                                          b: a.value.base, ldb: inFeatures, beta: accumulate ? 1 : 0, c: out, ldc: inFeatures)
     }
 
     /// drop(x) [T, in] in the saved scratch when dropout is on (a seed and p > 0), else nil:
     /// the forward and the backward regenerate the same mask from the seed.
-    private func droppedInput(_ x: UnsafePointer<Float>, tokens T: Int, saved: Saved, dropoutSeed: UInt64?) -> FloatBuffer? {
+    func droppedInput(_ x: UnsafePointer<Float>, tokens T: Int, saved: Saved, dropoutSeed: UInt64?) -> FloatBuffer? {
         guard let seed = dropoutSeed, dropout > 0 else { return nil }
         let d = saved.dropped(T * inFeatures)
         Self.applyDropout(into: d.base, from: x, count: T * inFeatures, p: dropout, seed: seed)

@@ -65,7 +65,7 @@ public enum LoRATargets: Equatable, Sendable, CustomStringConvertible {
 
 /// A LoRA configuration as PEFT's LoraConfig holds it: W' = W + scale · B·A with A [r, in],
 /// B [out, r], scale = alpha / r (or alpha / √r with rsLoRA), dropout on the adapter's input,
-/// no bias.
+/// no bias; with `useDoRA` PEFT's DoRA, W' = m ⊙ (W + scale·B·A) / ‖W + scale·B·A‖ per output row.
 public struct LoRAConfig: Equatable, Sendable {
     public var rank: Int
     public var alpha: Float
@@ -77,9 +77,11 @@ public struct LoRAConfig: Equatable, Sendable {
     /// the last N); nil adapts all. At most one of `lastLayers` and `layerIndices` is set.
     public var layerIndices: [Int]?
     public var useRSLoRA: Bool
+    /// DoRA (PEFT's `use_dora`): a trained magnitude per output row (`LoRAAdapter.magnitude`).
+    public var useDoRA: Bool
 
     public init(rank: Int = 16, alpha: Float = 32, dropout: Float = 0, targets: LoRATargets = .attentionAndMLP,
-                lastLayers: Int? = nil, layerIndices: [Int]? = nil, useRSLoRA: Bool = false) {
+                lastLayers: Int? = nil, layerIndices: [Int]? = nil, useRSLoRA: Bool = false, useDoRA: Bool = false) {
         self.rank = rank
         self.alpha = alpha
         self.dropout = dropout
@@ -87,6 +89,7 @@ public struct LoRAConfig: Equatable, Sendable {
         self.lastLayers = lastLayers
         self.layerIndices = layerIndices
         self.useRSLoRA = useRSLoRA
+        self.useDoRA = useDoRA
     }
 
     /// alpha / r, or alpha / √r with rsLoRA (PEFT computes it in Python floats, then uses it

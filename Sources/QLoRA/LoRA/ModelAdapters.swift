@@ -15,14 +15,15 @@ public final class ModelAdapters: @unchecked Sendable {
     /// of a sequence-classification model), when these adapters train one.
     public let scoreHead: Parameter?
     /// Every trainable tensor, in a fixed order: per layer its adapters (in the family's order
-    /// of linears; A then B), then its norms (the family's order); the final norm, then the
+    /// of linears; A, B, then DoRA's magnitude), then its norms (the family's order); the final norm, then the
     /// score head last. Stacked adapters are not among them.
     public let parameters: [Parameter]
     /// Adapters stacked frozen on these (`stacking`), by name, in the order they apply.
     public let stacked: [(name: String, adapters: ModelAdapters)]
 
     /// Adapters initialized as PEFT does (A Kaiming-uniform from one SplitMix64 seeded with
-    /// `seed`, drawn layer by layer in the order of `parameters`; B zero). With `scoreHead`, a
+    /// `seed`, drawn layer by layer in the order of `parameters`; B zero; DoRA's magnitude
+    /// ‖W_j‖, PEFT's too). With `scoreHead`, a
     /// score head too, N(0, 0.02²) as transformers initializes `score` (from a stream of its
     /// own, so the adapters' values do not depend on it).
     public init(model: DecoderModel, config: LoRAConfig, trainNorms: Bool = false, scoreHead: Bool = false, seed: UInt64) throws(LoRAConfigError) {
@@ -41,9 +42,10 @@ public final class ModelAdapters: @unchecked Sendable {
             if adapted.contains(l) {
                 for m in family.linears where config.targets.matches(m, layer: l) {
                     let base = w.matrix(m)
-                    let adapter = LoRAAdapter(name: m.moduleName(layer: l), rows: base.rows, cols: base.cols, config: config, rng: &rng)
+                    let adapter = LoRAAdapter(name: m.moduleName(layer: l), rows: base.rows, cols: base.cols, config: config, rng: &rng,
+                                              base: base)
                     layer.adapters[m] = adapter
-                    parameters += [adapter.a, adapter.b]
+                    parameters += [adapter.a, adapter.b] + (adapter.magnitude.map { [$0] } ?? [])
                 }
             }
             if trainNorms {
@@ -90,6 +92,7 @@ public final class ModelAdapters: @unchecked Sendable {
                 throw .differentBase(name: name, blocks: other.layers.count, expected: layers.count)
             }
             guard !other.trainsNorms else { throw .trainedNorms(name: name) }
+            guard !other.config.useDoRA else { throw .dora(name: name) }
             for (l, layer) in other.layers.enumerated() {
                 for (m, a) in layer.adapters { layers[l].frozen[m, default: []].append(a) }
                 for (m, list) in layer.frozen { layers[l].frozen[m, default: []] += list }
@@ -168,6 +171,7 @@ public final class ModelAdapters: @unchecked Sendable {
 public enum AdapterStackError: Error, Equatable, CustomStringConvertible {
     case differentBase(name: String, blocks: Int, expected: Int)
     case trainedNorms(name: String)
+    case dora(name: String)
     case duplicateName(String, first: String, second: String)
     case unknownName(String, loaded: [String])
     case listedTwice(String)
@@ -177,6 +181,8 @@ public enum AdapterStackError: Error, Equatable, CustomStringConvertible {
         case let .differentBase(name, blocks, expected): "adapter '\(name)' was built for a model of \(blocks) blocks, this one has \(expected)"
         case let .trainedNorms(name): "adapter '\(name)' trains RMSNorm weights (modules_to_save), which replace the base's "
             + "rather than add to it: only the first adapter of a stack may carry them; list it first"
+        case let .dora(name): "adapter '\(name)' is a DoRA adapter, which rescales the base's rows rather than adding to them: "
+            + "it cannot be stacked frozen under another; merge it into the base first (qlora merge) and train on the merged model"
         case let .duplicateName(name, first, second): "two adapters are named '\(name)' (\(first) and \(second)); "
             + "name them apart with NAME=DIR"
         case let .listedTwice(name): "adapter '\(name)' is listed twice in one stack"

@@ -33,6 +33,8 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     public var loraTargets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     public var loraLayers: Int?
     public var useRslora = false
+    /// DoRA (PEFT's use_dora): a trained magnitude per output row of each adapted linear; nil: off.
+    public var useDora: Bool?
     public var trainNorms = false
     public var loadLoraFrom: String?
     /// Adapters stacked frozen on the trained ones (the 2nd, 3rd, … `--load-lora-from`): their
@@ -124,7 +126,7 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     public var lora: LoRAConfig {
         get throws {
             LoRAConfig(rank: loraR, alpha: loraAlpha, dropout: loraDropout, targets: try LoRATargets(parsing: loraTargets),
-                       lastLayers: loraLayers, useRSLoRA: useRslora)
+                       lastLayers: loraLayers, useRSLoRA: useRslora, useDoRA: useDora ?? false)
         }
     }
 

@@ -396,7 +396,7 @@ final class AdapterFilesTests: XCTestCase {
 
     func testFeaturesBeyondPlainLoRAAreRefusedByKey() throws {
         let refused: [(String, Any)] = [
-            ("use_dora", true), ("rank_pattern", ["q_proj": 8]), ("alpha_pattern", ["model.layers.0.self_attn.q_proj": 16]),
+            ("rank_pattern", ["q_proj": 8]), ("alpha_pattern", ["model.layers.0.self_attn.q_proj": 16]),
             ("bias", "all"), ("bias", "lora_only"), ("modules_to_save", ["lm_head"]), ("peft_type", "IA3"),
             ("fan_in_fan_out", true), ("lora_bias", true), ("exclude_modules", ["q_proj"]), ("layers_pattern", "h"),
             ("init_lora_weights", "pissa_niter_4"), ("layer_replication", [[0, 2]]), ("target_modules", ["q_proj", "lm_head"]),

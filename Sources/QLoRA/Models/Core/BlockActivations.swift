@@ -138,7 +138,7 @@ public final class BlockActivations {
     public let mlpOutputRstd: FloatBuffer?
     /// A fused linear's output before it is split (Phi-3's qkv_proj, gate_up_proj), [T, widest].
     public let fused: FloatBuffer?
-    /// What each LoRA adapter of the layer keeps (u = drop(x)·Aᵀ, [T, r]).
+    /// What each LoRA adapter of the layer keeps (u = drop(x)·Aᵀ, [T, r]; DoRA's z [T, out] too).
     let lora: [LinearSpec: LoRAAdapter.Saved]
 
     /// Tokens per sequence.
@@ -156,7 +156,9 @@ public final class BlockActivations {
         precondition(B >= 1 && T % B == 0, "\(T) rows do not split into \(B) sequences")
         self.T = T
         sequences = B
-        lora = (adapters?.adapters ?? [:]).mapValues { LoRAAdapter.Saved(tokens: T, rank: $0.rank, arena: arena, scratch: dropoutScratch) }
+        lora = (adapters?.adapters ?? [:]).mapValues {
+            LoRAAdapter.Saved(tokens: T, rank: $0.rank, arena: arena, scratch: dropoutScratch, doraRows: $0.magnitude == nil ? 0 : $0.outFeatures)
+        }
         let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
         attentionRstd = FloatBuffer(count: T)
         attentionInput = FloatBuffer(count: T * c.hiddenSize)

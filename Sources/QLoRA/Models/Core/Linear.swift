@@ -94,6 +94,8 @@ public struct LayerContext {
 /// One frozen linear, its adapter and the adapters stacked frozen on it, run together:
 ///   forward   y[T, out] (+)= x·Wᵀ + scale·(drop(x)·Aᵀ)·Bᵀ + Σ s_i·(x·A_iᵀ)·B_iᵀ
 ///   backward  dx[T, in] (+)= dy·W + LoRA's share + Σ s_i·(dy·B_i)·A_i; dA, dB accumulated
+/// A DoRA adapter runs the frozen product itself (it rescales it: DoRA.swift); the stacked
+/// adapters add after it.
 struct LinearRun {
     let weight: QuantizedMatrix
     let adapter: LoRAAdapter?
@@ -113,12 +115,15 @@ struct LinearRun {
     }
 
     func forward(_ x: FloatBuffer, into y: UnsafeMutablePointer<Float>, tokens T: Int, accumulate: Bool = false) throws {
-        try StepProfile.measure(.gemmForward, flops: 2 * Double(T * weight.rows * weight.cols)) {
-            try weight.forward(UnsafeBufferPointer(start: x.base, count: T * weight.cols),
-                               into: UnsafeMutableBufferPointer(start: y, count: T * weight.rows), tokens: T, accumulate: accumulate,
-                               dtype: dtype.effective(tokens: T))
+        if let adapter, adapter.magnitude != nil, let saved {
+            try StepProfile.measure(.lora) {
+                try adapter.doraForward(x: x.base, y: y, tokens: T, accumulate: accumulate, saved: saved, dropoutSeed: dropoutSeed,
+                                        base: weight, baseForward: baseForward(tokens: T))
+            }
+        } else {
+            try baseForward(tokens: T)(x.base, y, accumulate)
         }
-        if let adapter, let saved {
+        if let adapter, adapter.magnitude == nil, let saved {
             try StepProfile.measure(.lora) {
                 try adapter.forward(x: x.base, y: y, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
             }
@@ -133,12 +138,15 @@ struct LinearRun {
     /// `x` is the forward's input (LoRA's dA needs it).
     func backward(_ dy: UnsafePointer<Float>, x: FloatBuffer, into dx: UnsafeMutablePointer<Float>, tokens T: Int,
                   accumulate: Bool) throws {
-        try StepProfile.measure(.gemmBackward, flops: 2 * Double(T * weight.rows * weight.cols)) {
-            try weight.backward(UnsafeBufferPointer(start: dy, count: T * weight.rows),
-                                into: UnsafeMutableBufferPointer(start: dx, count: T * weight.cols), tokens: T, accumulate: accumulate,
-                                dtype: dtype.effective(tokens: T))
+        if let adapter, adapter.magnitude != nil, let saved {
+            try StepProfile.measure(.lora) {
+                try adapter.doraBackward(dy: dy, x: x.base, dx: dx, tokens: T, accumulate: accumulate, saved: saved,
+                                         dropoutSeed: dropoutSeed, baseBackward: baseBackward(tokens: T))
+            }
+        } else {
+            try baseBackward(tokens: T)(dy, dx, accumulate)
         }
-        if let adapter, let saved {
+        if let adapter, adapter.magnitude == nil, let saved {
             try StepProfile.measure(.lora) {
                 try adapter.backward(dy: dy, x: x.base, dx: dx, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
             }
@@ -146,6 +154,28 @@ struct LinearRun {
         if !frozen.isEmpty {
             try StepProfile.measure(.lora) {
                 for f in frozen { try f.backwardFrozen(dy: dy, dx: dx, tokens: T) }
+            }
+        }
+    }
+
+    /// The frozen product y (+)= x·Wᵀ over T rows, in the context's dtype, profiled.
+    private func baseForward(tokens T: Int) -> LoRAAdapter.BaseProduct {
+        { x, y, accumulate in
+            try StepProfile.measure(.gemmForward, flops: 2 * Double(T * weight.rows * weight.cols)) {
+                try weight.forward(UnsafeBufferPointer(start: x, count: T * weight.cols),
+                                   into: UnsafeMutableBufferPointer(start: y, count: T * weight.rows), tokens: T, accumulate: accumulate,
+                                   dtype: dtype.effective(tokens: T))
+            }
+        }
+    }
+
+    /// The frozen product's input gradient dx (+)= dy·W over T rows, profiled.
+    private func baseBackward(tokens T: Int) -> LoRAAdapter.BaseProduct {
+        { dy, dx, accumulate in
+            try StepProfile.measure(.gemmBackward, flops: 2 * Double(T * weight.rows * weight.cols)) {
+                try weight.backward(UnsafeBufferPointer(start: dy, count: T * weight.rows),
+                                    into: UnsafeMutableBufferPointer(start: dx, count: T * weight.cols), tokens: T, accumulate: accumulate,
+                                    dtype: dtype.effective(tokens: T))
             }
         }
     }
