@@ -44,7 +44,7 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
         var adapterFloats = 0, savedPerLayer: [Int] = Array(repeating: 0, count: c.numLayers)
         // AdamW's two moments: 8 bytes a value; adamw_8bit: 2 a value and 8 a block of 256 for
         // tensors of at least 4096 values (Blockwise8Moments), 8 a value below.
-        var optimizer8 = 0
+        var optimizer8 = 0, doraRows = 0
         func moments(_ n: Int) -> Int {
             n >= Blockwise8Moments.minimumCount ? 2 * n + 8 * ((n + Blockwise8Moments.blockSize - 1) / Blockwise8Moments.blockSize) : 8 * n
         }
@@ -54,6 +54,13 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
                 adapterFloats += lora.rank * (rows + cols)
                 optimizer8 += moments(lora.rank * rows) + moments(lora.rank * cols)
                 savedPerLayer[l] += N * lora.rank
+                if lora.useDoRA {
+                    // DoRA: the magnitude [out] trains; the forward keeps z [N, out] for dm; ‖W_j‖² in float64.
+                    adapterFloats += rows
+                    optimizer8 += moments(rows)
+                    savedPerLayer[l] += N * rows
+                    doraRows += rows
+                }
             }
         }
         if trainNorms {
@@ -66,12 +73,14 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
         let inputs = (c.numLayers + 1) * N * C
         let scratch = N * (2 * C + 2 * qDim + 2 * kvDim + 3 * F) + 3 * N * C
         let dropout = lora.dropout > 0 ? N * max(C, F, qDim) : 0
+        // DoRA's backward: c ⊙ dy [N, out] of the widest linear.
+        let doraScratch = lora.useDoRA ? N * max(C, F, qDim, kvDim, c.family.linears.map { $0.shape(in: c).rows }.max() ?? 0) : 0
         frozenWeightsBytes = frozenBytes
         adapterBytes = 4 * adapterFloats
         gradientBytes = 4 * adapterFloats
         optimizerBytes = optimizer == .adamw8bit ? optimizer8 : 8 * adapterFloats
         emaBytes = ema ? 4 * adapterFloats : 0
-        activationBytes = 4 * (kept + inputs + scratch + dropout)
+        activationBytes = 4 * (kept + inputs + scratch + dropout + doraScratch)
         logitsBytes = 4 * ((c.finalLogitSoftcap == nil ? 1 : 2) * min(headChunkRows, N) * c.vocabSize + 2 * N * C + N)   // + tanh of a soft-capped chunk
         // bf16 products round their input (X, dY or a chunk of logit gradients) into a bf16
         // panel the calling thread keeps for the next call: the largest of them, rows rounded up
@@ -80,7 +89,7 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
         let bf16Panel = computeDType == .bf16 ? 2 * max(rows8(N) * widest, rows8(min(headChunkRows, N)) * c.vocabSize) : 0
         // A rank of a data-parallel run sums its gradients over the ranks through a flat copy of
         // them (DataParallel.Overlapped; summing after the backward needs at most 16 MiB of it).
-        bufferBytes = Self.runtimeBytes + threads * (4 << 20) + bf16Panel + (dataParallel ? 4 * adapterFloats : 0)
+        bufferBytes = Self.runtimeBytes + threads * (4 << 20) + bf16Panel + (dataParallel ? 4 * adapterFloats : 0) + 8 * doraRows
         totalBytes = frozenWeightsBytes + adapterBytes + gradientBytes + optimizerBytes + emaBytes + activationBytes
             + logitsBytes + bufferBytes
         self.availableBytes = availableBytes
