@@ -209,10 +209,14 @@ struct TrainSpeed: ParsableCommand {
     var maskPrompt = false
     @Flag(help: "With a preference --objective: alternate each step with an SFT step on the same rows and scored tokens and report the ratio (same machine load for both).")
     var againstSft = false
+    @Flag(help: "DoRA adapters (PEFT's use_dora) instead of plain LoRA.") var useDora = false
+    @Flag(help: "With --use-dora: alternate each step with a plain LoRA step of the same rank on the same rows and report the ratio.")
+    var againstLora = false
     @Option(help: ComputeDTypeChoice.help(default: .fp32)) var computeDtype = ComputeDTypeChoice.fp32
     @Flag(help: "Print JSON for scripts.") var json = false
 
     func validate() throws {
+        if againstLora, !useDora { throw ValidationError("--against-lora compares --use-dora with plain LoRA: add --use-dora") }
         if againstSft, !objective.usesPairs { throw ValidationError("--against-sft compares a preference --objective with SFT") }
         if objective.usesPairs { guard batch % 2 == 0 else { throw ValidationError("--objective \(objective.rawValue): --batch counts rows, two per pair: make it even") } }
         guard rank > 0, batch > 0, length > 1, steps > 0, warmup >= 0 else {
@@ -238,6 +242,8 @@ struct TrainSpeed: ParsableCommand {
         c.objective = objective
         c.maskPrompt = maskPrompt
         c.againstSFT = againstSft
+        c.useDoRA = useDora
+        c.againstLoRA = againstLora
         c.dtype = try computeDtype.resolved()
         let r = try TrainBench.run(c) { FileHandle.standardError.write(Data("\($0)\n".utf8)) }
         if json {
@@ -247,8 +253,8 @@ struct TrainSpeed: ParsableCommand {
             return
         }
         try RuntimeReport.current().lines.forEach { print($0) }
-        print(String(format: "%@, %@, %@ GEMMs: r %d, batch %d × %d, checkpointing %@, EMA %@, dropout %@: %.1f tokens/s (step %.2f s), peak RSS %.0f MiB, %d trainable",
-                     r.model, r.objective, r.dtype, r.rank, r.batch, r.length, r.gradientCheckpointing ? "on" : "off", r.ema > 0 ? "\(r.ema)" : "off", r.loraDropout > 0 ? "\(r.loraDropout)" : "off",
+        print(String(format: "%@, %@, %@ GEMMs: %@r %d, batch %d × %d, checkpointing %@, EMA %@, dropout %@: %.1f tokens/s (step %.2f s), peak RSS %.0f MiB, %d trainable",
+                     r.model, r.objective, r.dtype, r.useDoRA == true ? "DoRA " : "", r.rank, r.batch, r.length, r.gradientCheckpointing ? "on" : "off", r.ema > 0 ? "\(r.ema)" : "off", r.loraDropout > 0 ? "\(r.loraDropout)" : "off",
                      r.tokensPerSecond, r.stepSecondsMedian, Double(r.peakRSSBytes) / 1048576, r.trainableParameters))
         print("kind          s/step   share")
         for kind in StepProfile.Kind.allCases.map(\.rawValue) + ["other"] {
@@ -257,6 +263,10 @@ struct TrainSpeed: ParsableCommand {
         }
         print(String(format: "frozen GEMMs in the step: %.0f GFLOP/s; dense sgemm, same products: %.0f GFLOP/s (%.2f×)",
                      r.frozenGFLOPS, r.denseGFLOPS, r.frozenGFLOPS / r.denseGFLOPS))
+        if let plain = r.loraStepSecondsMedian, let ratio = r.ratioToLoRAMedian {
+            print(String(format: "DoRA step against a plain LoRA step on the same %d rows, alternated: %.2f s vs %.2f s (medians); median ratio %.3f",
+                         r.batch, r.stepSecondsMedian, plain, ratio))
+        }
         if let sft = r.sftStepSecondsMedian, let ratio = r.ratioToSFTMedian {
             print(String(format: "%@ step against an SFT step on the same %d rows, alternated: %.2f s vs %.2f s (medians); median ratio %.3f",
                          r.objective, r.batch, r.stepSecondsMedian, sft, ratio))

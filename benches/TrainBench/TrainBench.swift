@@ -38,6 +38,11 @@ public enum TrainBench {
         public var againstSFT = false
         /// What the frozen 4-bit GEMMs compute in.
         public var dtype: ComputeDType = .fp32
+        /// DoRA adapters (PEFT's use_dora) instead of plain LoRA.
+        public var useDoRA = false
+        /// With `useDoRA`: also time a plain LoRA step of the same rank on the same rows,
+        /// alternating step by step: DoRA's cost per step under the same machine load.
+        public var againstLoRA = false
         public init() {}
     }
 
@@ -67,6 +72,11 @@ public enum TrainBench {
         /// rounds of (objective step / SFT step), each round's two steps back to back.
         public var sftStepSecondsMedian: Double?
         public var ratioToSFTMedian: Double?
+        public var useDoRA: Bool?
+        /// With `againstLoRA`: the plain LoRA step's median seconds, and the median over rounds
+        /// of (DoRA step / LoRA step).
+        public var loraStepSecondsMedian: Double?
+        public var ratioToLoRAMedian: Double?
     }
 
     public static func run(_ c: Config, progress: (String) -> Void) throws -> Result {
@@ -81,7 +91,10 @@ public enum TrainBench {
         } else {
             model = try DecoderModel(path: c.model)
         }
-        let lora = try ModelAdapters(model: model, config: LoRAConfig(rank: c.rank, alpha: Float(2 * c.rank), dropout: c.loraDropout), scoreHead: c.objective == .reward, seed: 1)
+        let loraConfig = LoRAConfig(rank: c.rank, alpha: Float(2 * c.rank), dropout: c.loraDropout)
+        var doraConfig = loraConfig
+        doraConfig.useDoRA = c.useDoRA
+        let lora = try ModelAdapters(model: model, config: doraConfig, scoreHead: c.objective == .reward, seed: 1)
         var run = TrainingConfig(model: c.model, data: "")
         run.objective = c.objective
         let trainer = Trainer(model: model, lora: lora, gradientCheckpointing: c.gradientCheckpointing, objective: run.makeObjective)
@@ -103,6 +116,13 @@ public enum TrainBench {
         let sft = c.againstSFT ? Trainer(model: model, lora: lora, gradientCheckpointing: c.gradientCheckpointing) : nil
         sft?.computeDType = c.dtype
         let sftBatch = TokenBatch(inputIds: ids, labels: labels, sequences: c.batch, length: c.length)
+        // The plain LoRA baseline of --against-lora: its own adapters, optimizer and EMA.
+        let plain = c.useDoRA && c.againstLoRA ? try ModelAdapters(model: model, config: loraConfig, scoreHead: c.objective == .reward, seed: 1) : nil
+        let plainTrainer = plain.map { Trainer(model: model, lora: $0, gradientCheckpointing: c.gradientCheckpointing, objective: run.makeObjective) }
+        plainTrainer?.computeDType = c.dtype
+        let plainOptimizer = plain.map { AdamW(parameters: $0.parameters) }
+        let plainEMA = plain.flatMap { p in c.ema > 0 ? EMA(parameters: p.parameters, beta: c.ema) : nil }
+        var loraTimes: [Double] = [], loraRatios: [Double] = []
         var sftTimes: [Double] = [], ratios: [Double] = []
         var times: [Double] = []
         var shares: [String: Double] = [:], perStep: [String: Double] = [:]
@@ -138,6 +158,20 @@ public enum TrainBench {
                     ratios.append(seconds / t)
                 }
             }
+            if let plain, let plainTrainer, let plainOptimizer {
+                let start = DispatchTime.now().uptimeNanoseconds
+                plain.parameters.forEach { $0.zeroGrad() }
+                _ = try plainTrainer.accumulateGradients(batch, gradScale: scale, dropoutSeed: dropoutSeed)
+                clipGradNorm(plain.parameters, maxNorm: 1)
+                plainOptimizer.update(lr: 1e-4)
+                plainEMA?.update()
+                let t = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+                progress(String(format: "  plain LoRA step on the same rows: %.2f s (DoRA %.3f× it)", t, seconds / t))
+                if timed {
+                    loraTimes.append(t)
+                    loraRatios.append(seconds / t)
+                }
+            }
             guard timed else { continue }
             times.append(seconds)
             for (k, v) in profile.seconds.map({ ($0.rawValue, $1) }) + [("other", seconds - profile.measuredSeconds)] {
@@ -157,7 +191,9 @@ public enum TrainBench {
                       shares: shares, seconds: perStep, frozenGFLOPS: frozenFLOPs / frozenSeconds / 1e9,
                       denseGFLOPS: try denseGFLOPS(model: model, tokens: c.batch * c.length),
                       sftStepSecondsMedian: sftTimes.isEmpty ? nil : sftTimes.sorted()[sftTimes.count / 2],
-                      ratioToSFTMedian: ratios.isEmpty ? nil : ratios.sorted()[ratios.count / 2])
+                      ratioToSFTMedian: ratios.isEmpty ? nil : ratios.sorted()[ratios.count / 2], useDoRA: c.useDoRA ? true : nil,
+                      loraStepSecondsMedian: loraTimes.isEmpty ? nil : loraTimes.sorted()[loraTimes.count / 2],
+                      ratioToLoRAMedian: loraRatios.isEmpty ? nil : loraRatios.sorted()[loraRatios.count / 2])
     }
 
     /// Dense sgemm (OpenBLAS, all threads) on one layer's seven products, forward (X·Wᵀ) and
