@@ -38,7 +38,9 @@ reference. Tolerances: 2e-5
 a merged export (make_export_fixtures.py's EXPORT_TOL), 0 for GGUF values.
 
 Usage, from the repo root (writes only under a temporary folder; exits non-zero on a failure):
-    swift build && /work/venv-fixtures/bin/python tools/check_family_interop.py [FAMILY ...] [--keep DIR]
+    swift build && /work/venv-fixtures/bin/python tools/check_family_interop.py [FAMILY ...] [--keep DIR] [--dora]
+--dora runs every check with DoRA adapters (qlora train --use-dora; PEFT's use_dora=True, its
+magnitude ‖W‖ per row as PEFT initializes it, B non-zero so that m/n differs from 1).
 
 Environment: /work/venv-fixtures (torch 2.15.0, bitsandbytes 0.50.2, transformers 5.23.0,
 peft 0.21.2, gguf 0.19.0, safetensors 0.8.0, numpy 2.4.6), CPU only.
@@ -84,6 +86,9 @@ READBACK_ROWS = {"mistral": 4}
 # qlora trains on 4- or 8-bit linears: it requantizes a GGUF's F32 linears to Q8_0 at load
 # (QuantizedModel.loadFormat), which alone moves the tiny models' logits by 1–2e-2
 READBACK_TOL = 5e-2
+
+# --dora: DoRA adapters in both directions.
+DORA = False
 
 TRAIN = ["--lora-targets", "all-linear", "--train-norms", "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0",
          "--max-steps", "6", "--warmup-steps", "0", "--lr", "3e-2", "--schedule", "constant", "--batch-size", "2",
@@ -134,13 +139,18 @@ def peft_with(nf4: Path, adapter: Path):
     from safetensors.torch import load_file
     pm = PeftModel.from_pretrained(load_nf4(nf4), adapter).eval()
     saved = load_file(adapter / "adapter_model.safetensors")
-    params = {n.replace(".modules_to_save.default.", ".").replace(".default.", "."): p
+    params = {dora_key(n.replace(".modules_to_save.default.", ".").replace(".default.", ".")): p
               for n, p in pm.named_parameters() if ".lora_" in n or ".modules_to_save." in n}
     assert params.keys() == saved.keys(), f"only in one: {sorted(params.keys() ^ saved.keys())[:8]}"
     for k, t in saved.items():
         assert torch.equal(params[k].detach(), t), k
     norms = sum(k.endswith("norm.weight") for k in saved)
     return pm, len(saved), norms
+
+
+def dora_key(name: str) -> str:
+    """DoRA's magnitude as PEFT saves it: `…lora_magnitude_vector` (in memory `….default.weight`)."""
+    return name[: -len(".weight")] if name.endswith(".lora_magnitude_vector.weight") else name
 
 
 def norms_moved(nf4: Path, adapter: Path) -> float:
@@ -173,7 +183,7 @@ def check_qlora_to_peft(fam, nf4, work):
 
 def write_peft_adapter(fam, nf4, work):
     targets = FUSED if fam == "phi3" else SPLIT
-    lora = dict(r=4, lora_alpha=8, lora_dropout=0.0, bias="none", target_modules=targets, modules_to_save=["norm"])
+    lora = dict(r=4, lora_alpha=8, lora_dropout=0.0, bias="none", target_modules=targets, modules_to_save=["norm"], use_dora=DORA)
     pm = fc.seeded_lora(load_nf4(nf4), lora, SEED + FAMILIES.index(fam), A_STD, B_STD, NORM_STD)
     out = work / "peft" / "adapter"
     pm.save_pretrained(out)
@@ -395,7 +405,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("families", nargs="*", default=FAMILIES, help=f"some of {' '.join(FAMILIES)}")
     ap.add_argument("--keep", metavar="DIR", help="keep the adapters, exports and logits here (default: a temporary folder)")
+    ap.add_argument("--dora", action="store_true", help="DoRA adapters both ways (qlora train --use-dora, PEFT use_dora=True)")
     args = ap.parse_args()
+    global DORA
+    DORA = args.dora
+    if DORA:
+        TRAIN.append("--use-dora")
     unknown = [f for f in args.families if f not in FAMILIES]
     if unknown:
         ap.error(f"unknown families {unknown}")
