@@ -7,6 +7,7 @@
 #   tools/check_resume.sh [KILLS] [OBJECTIVE] [MODEL]   (default 4 kills, sft, the bundled SmolLM2;
 #                                                       needs a release build and tools/setup.sh)
 #
+# QLORA_RESUME_EXTRA adds train flags to both runs (DoRA, 8-bit AdamW, …).
 # OBJECTIVE dpo, orpo, simpo or reward trains on 24 of the demo preference pairs instead (DPO
 # with its reference log-probabilities cached in the run, read back by every resume).
 set -euo pipefail
@@ -28,6 +29,9 @@ else
 fi
 args+=(--model "$model" --batch-size 2 --grad-accum 2 --lora-r 8 --lora-dropout 0.1 --max-steps 10 --save-every 1 --keep-last 2 --eval-every 4
        --no-plan --ema 0.9 --seed 3)
+# QLORA_RESUME_EXTRA: more train flags for both runs (e.g. "--use-dora --optim adamw_8bit").
+# shellcheck disable=SC2206
+args+=(${QLORA_RESUME_EXTRA:-})
 
 start=$(date +%s.%N)
 "$qlora" train "${args[@]}" --out "$work/a" > "$work/a.log"

@@ -67,7 +67,7 @@ struct Merge: ParsableCommand {
             }
         }
         let r = report.rounding
-        print(String(format: "rounding ‖Q(W')−W'‖/‖W'‖ = %.3g over %d linears; adapter ‖scale·BA‖/‖W'‖ = %.3g (%@)", r.relativeError,
+        print(String(format: "rounding ‖Q(W')−W'‖/‖W'‖ = %.3g over %d linears; adapter's change ‖W'−W‖/‖W'‖ = %.3g (%@)", r.relativeError,
                      report.perTensor.count, r.relativeDelta, r.relativeError >= r.relativeDelta ? "rounding is as large as the adapter's change or larger" : "the adapter's change is larger"))
         print(String(format: "wrote %@: %d tensors (%d merged), %.1f MB in %.1f s, peak RSS %.0f MB", report.output, report.tensors,
                      report.merged, Double(report.outputBytes) / 1e6, report.seconds, Double(report.peakRSSBytes) / 1e6))
