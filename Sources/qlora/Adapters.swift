@@ -32,7 +32,7 @@ struct AdaptersInfo: ParsableCommand {
         let name = try set.load(directory)
         let lora = try set.adapters(name)
         let c = lora.config
-        print("\(directory): LoRA r \(c.rank), alpha \(c.alpha), scale \(c.scale)\(c.useRSLoRA ? " (rsLoRA: alpha/√r)" : " (alpha/r)"), "
+        print("\(directory): \(c.useDoRA ? "DoRA (a magnitude per output row; ΔW below is s·B·A alone)" : "LoRA") r \(c.rank), alpha \(c.alpha), scale \(c.scale)\(c.useRSLoRA ? " (rsLoRA: alpha/√r)" : " (alpha/r)"), "
               + "dropout \(c.dropout)")
         let saved = try AdapterFiles.savedNorms(of: lora, in: directory)
         let count = lora.parameters.filter { $0.name.contains(".lora_") }.reduce(0) { $0 + $1.count } + saved.reduce(0) { $0 + $1.count }
