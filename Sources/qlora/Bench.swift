@@ -210,6 +210,7 @@ struct TrainSpeed: ParsableCommand {
     @Flag(help: "With a preference --objective: alternate each step with an SFT step on the same rows and scored tokens and report the ratio (same machine load for both).")
     var againstSft = false
     @Flag(help: "DoRA adapters (PEFT's use_dora) instead of plain LoRA.") var useDora = false
+    @Option(help: "The optimizer, as qlora train takes it: adamw or adamw_8bit.") var optim = AdamW.Kind.adamw
     @Flag(help: "With --use-dora: alternate each step with a plain LoRA step of the same rank on the same rows and report the ratio.")
     var againstLora = false
     @Option(help: ComputeDTypeChoice.help(default: .fp32)) var computeDtype = ComputeDTypeChoice.fp32
@@ -243,6 +244,7 @@ struct TrainSpeed: ParsableCommand {
         c.maskPrompt = maskPrompt
         c.againstSFT = againstSft
         c.useDoRA = useDora
+        c.optimizer = optim
         c.againstLoRA = againstLora
         c.dtype = try computeDtype.resolved()
         let r = try TrainBench.run(c) { FileHandle.standardError.write(Data("\($0)\n".utf8)) }

@@ -31,6 +31,8 @@ struct MemorySweep: ParsableCommand {
     @Option(help: "Timed steps per configuration.") var steps = 1
     @Option(help: "Untimed steps first.") var warmup = 1
     @Option(help: "Directory for memory.csv, memory.json and memory.svg.") var out = "runs/bench-memory"
+    @Option(help: "Adapter kinds, comma-separated: lora, dora (PEFT's use_dora).") var adapters = "lora"
+    @Option(help: "The optimizer of every step, as qlora train takes it: adamw or adamw_8bit.") var optim = AdamW.Kind.adamw
 
     func validate() throws {
         guard batch > 0, steps > 0, warmup >= 0 else { throw ValidationError("--batch and --steps must be positive, --warmup ≥ 0") }
@@ -55,24 +57,32 @@ struct MemorySweep: ParsableCommand {
         for n in names where n != "model" && SyntheticShape(rawValue: n) == nil {
             throw ValidationError("--shapes: unknown '\(n)'; use model or \(SyntheticShape.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        let grid = names.flatMap { n in lengthList.flatMap { l in ckpt.flatMap { c in rankList.map { (n, l, c, $0) } } } }
+        let kinds = adapters.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        guard !kinds.isEmpty, kinds.allSatisfy({ ["lora", "dora"].contains($0) }) else { throw ValidationError("--adapters: lora and/or dora, comma-separated") }
+        let grid = kinds.flatMap { k in names.flatMap { n in lengthList.flatMap { l in ckpt.flatMap { c in rankList.map { (n, l, c, $0, k == "dora") } } } } }
         let me = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
         var records: [MemoryBench.Record] = []
         let start = Date()
-        for (i, (name, length, c, rank)) in grid.enumerated() {
+        for (i, (name, length, c, rank, dora)) in grid.enumerated() {
             let eta = i > 0 ? String(format: ", ETA %.0f s", Date().timeIntervalSince(start) / Double(i) * Double(grid.count - i)) : ""
-            FileHandle.standardError.write(Data("[\(i + 1)/\(grid.count)] \(name) r\(rank) seq \(length) ckpt \(c ? "on" : "off")\(eta)\n".utf8))
+            FileHandle.standardError.write(Data("[\(i + 1)/\(grid.count)] \(name)\(dora ? " DoRA" : "") r\(rank) seq \(length) ckpt \(c ? "on" : "off")\(eta)\n".utf8))
             var common = ["--rank", "\(rank)", "--batch", "\(batch)", "--length", "\(length)"]
             if name == "model" { common += ["--model", model] } else { common += ["--shape", name] + (layers.map { ["--layers", "\($0)"] } ?? []) }
             if c { common.append("--grad-checkpoint") }
+            if dora { common.append("--use-dora") }
+            common += ["--optim", optim.rawValue]
             let bench = try Self.child(me, ["bench", "train"] + common + ["--steps", "\(steps)", "--warmup", "\(warmup)", "--json"])
             var est = ["estimate", "--lora-r", "\(rank)", "--batch-size", "\(batch)", "--max-len", "\(length)", "--lora-dropout", "0", "--ema", "0", "--json"]
             est += name == "model" ? ["--model", model] : ["--shape", name] + (layers.map { ["--layers", "\($0)"] } ?? [])
             if c { est.append("--grad-checkpoint") }
+            if dora { est.append("--use-dora") }
+            est += ["--optim", optim.rawValue]
             let estimate = try Self.child(me, est)
             let b = try JSONDecoder().decode(TrainBench.Result.self, from: bench)
             let e = try JSONDecoder().decode(MemoryEstimate.self, from: estimate)
-            records.append(MemoryBench.Record(model: name == "model" ? (model as NSString).lastPathComponent : name + (layers.map { " (\($0) layers)" } ?? ""),
+            let label = (name == "model" ? (model as NSString).lastPathComponent : name + (layers.map { " (\($0) layers)" } ?? ""))
+                + (dora ? " DoRA" : "") + (optim == .adamw8bit ? " 8-bit" : "")
+            records.append(MemoryBench.Record(model: label,
                                               rank: rank, length: length, gradientCheckpointing: c, peakRSSBytes: b.peakRSSBytes,
                                               estimateBytes: e.totalBytes, stepSeconds: b.stepSecondsMedian, tokensPerSecond: b.tokensPerSecond))
         }

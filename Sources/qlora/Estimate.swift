@@ -27,6 +27,7 @@ struct Estimate: ParsableCommand {
     @Option(help: "Linears to adapt (as qlora train takes them).") var loraTargets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     @Option(help: "LoRA dropout (its mask buffer counts when > 0).") var loraDropout: Float = 0.05
     @Flag(help: "Norms train too.") var trainNorms = false
+    @Flag(help: "DoRA adapters, as qlora train --use-dora (the magnitudes, and z [tokens, out] kept per adapted linear).") var useDora = false
     @Option(help: "Sequences per micro-batch (pairs with a preference --objective).") var batchSize = 4
     @Option(help: "The run's objective: sft, or reward, dpo, orpo, simpo (two rows per pair).") var objective = ObjectiveKind.sft
     @Option(help: "Tokens per sequence.") var maxLen = 256
@@ -47,7 +48,8 @@ struct Estimate: ParsableCommand {
             config = m.config
             frozen = m.frozenBytes
         }
-        let lora = LoRAConfig(rank: loraR, alpha: Float(2 * loraR), dropout: loraDropout, targets: try LoRATargets(parsing: loraTargets))
+        let lora = LoRAConfig(rank: loraR, alpha: Float(2 * loraR), dropout: loraDropout, targets: try LoRATargets(parsing: loraTargets),
+                              useDoRA: useDora)
         try lora.validate(layers: config.numLayers)
         let sequences = batchSize * (objective.usesPairs ? 2 : 1)
         let e = MemoryEstimate(config: config, frozenBytes: frozen, lora: lora, trainNorms: trainNorms, sequences: sequences,

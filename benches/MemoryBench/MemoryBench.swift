@@ -33,9 +33,9 @@ public enum MemoryBench {
     }
 
     public static func table(_ records: [Record]) -> String {
-        var lines = ["model                         rank  seq  ckpt  peak RSS MiB  estimate MiB   error  step s  tokens/s"]
+        var lines = ["model                                       rank  seq  ckpt  peak RSS MiB  estimate MiB   error  step s  tokens/s"]
         for r in records {
-            lines.append(r.model.padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: " %5d %4d  %4@  %12.0f  %12.0f  %+5.1f%%  %6.2f  %8.1f",
+            lines.append(r.model.padding(toLength: 42, withPad: " ", startingAt: 0) + String(format: " %5d %4d  %4@  %12.0f  %12.0f  %+5.1f%%  %6.2f  %8.1f",
                                 r.rank, r.length, (r.gradientCheckpointing ? "on" : "off") as NSString,
                                 Double(r.peakRSSBytes) / 1_048_576, Double(r.estimateBytes) / 1_048_576, 100 * r.estimateError,
                                 r.stepSeconds, r.tokensPerSecond))

@@ -40,6 +40,8 @@ public enum TrainBench {
         public var dtype: ComputeDType = .fp32
         /// DoRA adapters (PEFT's use_dora) instead of plain LoRA.
         public var useDoRA = false
+        /// The optimizer (adamw_8bit: 8-bit moments).
+        public var optimizer: AdamW.Kind = .adamw
         /// With `useDoRA`: also time a plain LoRA step of the same rank on the same rows,
         /// alternating step by step: DoRA's cost per step under the same machine load.
         public var againstLoRA = false
@@ -99,7 +101,7 @@ public enum TrainBench {
         run.objective = c.objective
         let trainer = Trainer(model: model, lora: lora, gradientCheckpointing: c.gradientCheckpointing, objective: run.makeObjective)
         trainer.computeDType = c.dtype
-        let optimizer = AdamW(parameters: lora.parameters)
+        let optimizer = AdamW(parameters: lora.parameters, kind: c.optimizer)
         let ema = c.ema > 0 ? EMA(parameters: lora.parameters, beta: c.ema) : nil
         progress(String(format: "adapters and AdamW moments allocated: RSS %.2f GB", Double(RuntimeMemory.currentRSS()) / 1e9))
         var rng = SplitMix64(seed: 256)
@@ -120,7 +122,7 @@ public enum TrainBench {
         let plain = c.useDoRA && c.againstLoRA ? try ModelAdapters(model: model, config: loraConfig, scoreHead: c.objective == .reward, seed: 1) : nil
         let plainTrainer = plain.map { Trainer(model: model, lora: $0, gradientCheckpointing: c.gradientCheckpointing, objective: run.makeObjective) }
         plainTrainer?.computeDType = c.dtype
-        let plainOptimizer = plain.map { AdamW(parameters: $0.parameters) }
+        let plainOptimizer = plain.map { AdamW(parameters: $0.parameters, kind: c.optimizer) }
         let plainEMA = plain.flatMap { p in c.ema > 0 ? EMA(parameters: p.parameters, beta: c.ema) : nil }
         var loraTimes: [Double] = [], loraRatios: [Double] = []
         var sftTimes: [Double] = [], ratios: [Double] = []
