@@ -273,6 +273,16 @@ final class DoRATests: XCTestCase {
         XCTAssertEqual(n1[0], n0[0])
     }
 
+    /// A fresh DoRA adapter (B = 0, m = ‖W_j‖) leaves the model as it is, as PEFT's does.
+    func testFreshDoRAAdapterLeavesTheModelUnchanged() throws {
+        let base = LlamaTrainerTests.tiny
+        let lora = try ModelAdapters(model: base, config: LoRAConfig(rank: 4, alpha: 8, targets: .allLinear, useDoRA: true), seed: 3)
+        let ids = Self.fixture.input_ids[0].map(Int.init)
+        let plain = try base.forward(tokens: ids, logits: .all), adapted = try DecoderModel(base, adapters: lora).forward(tokens: ids, logits: .all)
+        let scale = plain.map(abs).max()!
+        XCTAssertLessThan(zip(plain, adapted).map { abs($0 - $1) }.max()! / scale, 1e-6)
+    }
+
     /// DoRA adapters are refused where they have no meaning: stacked frozen, combined, as a llama.cpp LoRA.
     func testRefusedWhereItCannotApply() throws {
         let (config, _) = try AdapterFiles.config(in: Self.peftAdapter)

@@ -197,6 +197,45 @@ final class TrainingRunTests: XCTestCase {
         }
     }
 
+    /// DoRA (with dropout, EMA, LoRA+ and trained norms) stopped and resumed repeats the
+    /// uninterrupted run; its adapters save as DoRA, magnitudes trained, EMA shadows included.
+    func testDoRARunResumesExactlyAndSavesItsMagnitudes() throws {
+        func doraConfig() -> TrainingConfig {
+            var c = config(8)
+            c.useDora = true
+            c.loraplusLrRatio = 4
+            return c
+        }
+        func start(_ dir: String, resume: Bool) throws -> TrainingRun {
+            try TrainingRun(config: doraConfig(), directory: dir, model: Self.model, train: data(count: 24, seed: 1),
+                            validation: data(count: 6, seed: 2).sortedLongestFirst(), resume: resume) { _ in }
+        }
+        let a = try temporaryDirectory(), b = try temporaryDirectory()
+        let full = try start(a, resume: false)
+        XCTAssertTrue(try full.run { _ in })
+        let first = try start(b, resume: false)
+        XCTAssertFalse(try first.run(shouldStop: { first.step >= 3 }) { _ in })
+        let second = try start(b, resume: true)
+        XCTAssertEqual(second.step, 3)
+        XCTAssertTrue(try second.run { _ in })
+        XCTAssertEqual(comparable(try rows(a)), comparable(try rows(b)))
+        let magnitudes = full.lora.parameters.filter { $0.name.hasSuffix(".lora_magnitude_vector") }
+        XCTAssertEqual(magnitudes.count, full.lora.adapters.count)
+        for (x, y) in zip(full.lora.parameters, second.lora.parameters) { XCTAssertEqual(x.values, y.values, x.name) }
+        for (x, y) in zip(full.ema!.shadows, second.ema!.shadows) { XCTAssertEqual(x.array, y.array) }
+        // The magnitudes trained: away from ‖W_j‖, where a fresh DoRA adapter starts.
+        let fresh = try ModelAdapters(model: Self.model, config: try doraConfig().lora, trainNorms: true, seed: 99)
+        let initial = Dictionary(uniqueKeysWithValues: fresh.parameters.map { ($0.name, $0.values) })
+        XCTAssertTrue(magnitudes.contains { $0.values != initial[$0.name] }, "no magnitude moved")
+        for (name, params) in [("lora_final", full.lora.parameters.map(\.values)), ("lora_final_ema", full.ema!.shadows.map(\.array))] {
+            let (cfg, norms) = try AdapterFiles.config(in: a + "/" + name)
+            XCTAssertTrue(cfg.useDoRA, name)
+            let reloaded = try ModelAdapters(model: Self.model, config: cfg, trainNorms: norms, seed: 99)
+            try AdapterFiles.load(into: reloaded, from: a + "/" + name)
+            XCTAssertEqual(reloaded.parameters.map(\.values), params, name)
+        }
+    }
+
     /// `--compute-dtype auto`: bf16 where the CPU has it and a probe batch's loss holds (the
     /// choice is recorded in config.json, and a stopped run resumes in it, bit for bit); fp32
     /// where the probe's difference is above the bound, or the CPU lacks bf16.
