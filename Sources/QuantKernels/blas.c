@@ -18,6 +18,15 @@ static char *(*p_corename)(void);
 static char *(*p_config)(void);
 static int (*p_get_threads)(void);
 static void (*p_set_threads)(int);
+/* LAPACK, which OpenBLAS carries (Fortran calling convention: pointers, hidden string lengths). */
+typedef void (*dgesdd_fn)(const char *, const int *, const int *, double *, const int *, double *, double *, const int *,
+                          double *, const int *, double *, const int *, int *, int *, size_t);
+typedef void (*dgeqrf_fn)(const int *, const int *, double *, const int *, double *, double *, const int *, int *);
+typedef void (*dorgqr_fn)(const int *, const int *, const int *, double *, const int *, const double *, double *, const int *,
+                          int *);
+static dgesdd_fn p_dgesdd;
+static dgeqrf_fn p_dgeqrf;
+static dorgqr_fn p_dorgqr;
 static int load_result = 1; /* 1: not tried */
 static char load_error[512];
 static char loaded_path[256];
@@ -47,6 +56,9 @@ int qk_blas_load(const char *coretype, char *err, size_t errlen) {
             p_config = (char *(*)(void))dlsym(h, "openblas_get_config");
             p_get_threads = (int (*)(void))dlsym(h, "openblas_get_num_threads");
             p_set_threads = (void (*)(int))dlsym(h, "openblas_set_num_threads");
+            p_dgesdd = (dgesdd_fn)dlsym(h, "dgesdd_");
+            p_dgeqrf = (dgeqrf_fn)dlsym(h, "dgeqrf_");
+            p_dorgqr = (dorgqr_fn)dlsym(h, "dorgqr_");
             if (!p_sgemm || !p_set_threads || !p_get_threads) {
                 snprintf(load_error, sizeof load_error, "%s lacks cblas_sgemm or openblas_set_num_threads", loaded_path);
                 load_result = -1;
@@ -120,3 +132,69 @@ void qk_sgemm_omp(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, flo
 #include <malloc.h>
 /* Returns freed heap pages of every malloc arena to the system (glibc). */
 void qk_release_free_memory(void) { malloc_trim(0); }
+
+/* LAPACK through OpenBLAS, column-major Float64. Return LAPACK's info, or QK_LAPACK_MISSING when
+ * the loaded library has no LAPACK. */
+
+int qk_lapack_dgesdd(int m, int n, double *a, double *s, double *u, double *vt) {
+    if (!p_dgesdd) return QK_LAPACK_MISSING;
+    const int k = m < n ? m : n, lda = m > 1 ? m : 1, ldu = m > 1 ? m : 1, ldvt = k > 1 ? k : 1;
+    int info = 0, lwork = -1;
+    double query = 0;
+    int *iwork = malloc(sizeof(int) * 8 * (size_t)(k > 0 ? k : 1));
+    if (!iwork) return QK_LAPACK_NO_MEMORY;
+    p_dgesdd("S", &m, &n, a, &lda, s, u, &ldu, vt, &ldvt, &query, &lwork, iwork, &info, 1);
+    if (info == 0) {
+        lwork = (int)query + 1;
+        double *work = malloc(sizeof(double) * (size_t)lwork);
+        if (!work) {
+            free(iwork);
+            return QK_LAPACK_NO_MEMORY;
+        }
+        p_dgesdd("S", &m, &n, a, &lda, s, u, &ldu, vt, &ldvt, work, &lwork, iwork, &info, 1);
+        free(work);
+    }
+    free(iwork);
+    return info;
+}
+
+int qk_lapack_qr(int m, int n, int r, double *a, double *q, double *rtop) {
+    if (!p_dgeqrf || !p_dorgqr) return QK_LAPACK_MISSING;
+    const int k = m < n ? m : n, lda = m > 1 ? m : 1;
+    if (r > k) return QK_LAPACK_BAD_ARGUMENT;
+    double *tau = malloc(sizeof(double) * (size_t)(k > 0 ? k : 1));
+    if (!tau) return QK_LAPACK_NO_MEMORY;
+    int info = 0, lwork = -1;
+    double query = 0;
+    p_dgeqrf(&m, &n, a, &lda, tau, &query, &lwork, &info);
+    double *work = NULL;
+    if (info == 0) {
+        lwork = (int)query + 1;
+        work = malloc(sizeof(double) * (size_t)lwork);
+        if (!work) info = QK_LAPACK_NO_MEMORY;
+        else p_dgeqrf(&m, &n, a, &lda, tau, work, &lwork, &info);
+    }
+    if (info == 0) {
+        /* R's first r rows (upper triangular part), before dorgqr overwrites the reflectors. */
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < r; i++) rtop[(size_t)j * r + i] = i <= j ? a[(size_t)j * lda + i] : 0;
+        /* Q's first r columns: the first r reflectors (the later ones leave e_1..e_r as they are). */
+        for (int j = 0; j < r; j++)
+            for (int i = 0; i < m; i++) q[(size_t)j * m + i] = a[(size_t)j * lda + i];
+        int lw2 = -1;
+        p_dorgqr(&m, &r, &r, q, &lda, tau, &query, &lw2, &info);
+        if (info == 0) {
+            lw2 = (int)query + 1;
+            if (lw2 > lwork) {
+                free(work);
+                work = malloc(sizeof(double) * (size_t)lw2);
+                lwork = lw2;
+            }
+            if (!work) info = QK_LAPACK_NO_MEMORY;
+            else p_dorgqr(&m, &r, &r, q, &lda, tau, work, &lwork, &info);
+        }
+    }
+    free(work);
+    free(tau);
+    return info;
+}

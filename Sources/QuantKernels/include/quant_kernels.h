@@ -146,6 +146,15 @@ const char *qk_blas_config(void);     /* openblas_get_config(), or "" */
 const char *qk_blas_path(void);       /* the file that was loaded */
 int qk_blas_num_threads(void);
 void qk_blas_set_num_threads(int n);
+
+/* LAPACK from the loaded OpenBLAS, column-major Float64; they return LAPACK's info (0: done, >0:
+ * no convergence), or one of these. */
+enum { QK_LAPACK_MISSING = -1000, QK_LAPACK_NO_MEMORY = -1001, QK_LAPACK_BAD_ARGUMENT = -1002 };
+/* Thin SVD (dgesdd, jobz 'S') of a [m, n] (destroyed): s [k], u [m, k], vt [k, n], k = min(m, n). */
+int qk_lapack_dgesdd(int m, int n, double *a, double *s, double *u, double *vt);
+/* Householder QR (dgeqrf, dorgqr) of a [m, n] (destroyed): q [m, r] Q's first r columns, rtop
+ * [r, n] R's first r rows, r ≤ min(m, n). */
+int qk_lapack_qr(int m, int n, int r, double *a, double *q, double *rtop);
 /* C[M,N] = alpha * op(A) * op(B) + beta * C, row-major; trans_* is 0 or 1. */
 void qk_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
               const float *A, int64_t lda, const float *B, int64_t ldb, float beta,

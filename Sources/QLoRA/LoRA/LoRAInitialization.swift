@@ -1,0 +1,227 @@
+import Foundation
+import Quant
+import QuantKernels
+
+/// How adapters start, by PEFT's `init_lora_weights` names. Legend: W [out, in] a target
+/// linear's weight, r the rank, s the scale, k = min(out, in).
+///
+///   default       A Kaiming-uniform (bound 1/√in), B = 0 (PEFT's `True`)
+///   gaussian      A ~ N(0, 1/r²) (std 1/r, as PEFT draws it), B = 0
+///   pissa         W = U·diag(σ)·Vᵀ (thin SVD, LAPACK's dgesdd in Float64): B = U_r·diag(√(σ_r/s)),
+///                 A = diag(√(σ_r/s))·V_rᵀ, so s·B·A is W's best rank-r part; the base becomes
+///                 W − s·B·A
+///   pissa_niter_K the same from a randomized SVD (torch.svd_lowrank's algorithm: a Gaussian
+///                 [in, r] sketch, K power iterations with QR between, an exact SVD of Qᵀ·W)
+///   olora         W = Q·R (Householder QR): B = Q[:, :r], A = R[:r, :]; the base W − s·B·A
+///   loftq         LoftQ (Li et al. 2023) as PEFT's loftq_init: Q₁ = NF4(W); (B, A) the rank-r
+///                 SVD of W − Q₁; then, each further iteration, Q_t = NF4(W − s·B·A) and (B, A)
+///                 from W − Q_t; the base is the last Q. Unlike PEFT's, whose L·R approximates
+///                 W − Q and is then used times s, A and B carry √(1/s) each, so Q + s·B·A ≈ W
+///                 for any lora_alpha (PEFT's is exact only when s = 1).
+///
+/// The three that change the base are prepared before a run (`prepare`): the new base is written
+/// as a bitsandbytes NF4 folder (blocks of 64, double quantization, as `qlora quantize` writes one)
+/// and the adapter that goes with it as a PEFT folder; the run then trains on them. From a 4-bit
+/// base, W is its dequantized weight and the residual is requantized (QPiSSA); from a 16/32-bit
+/// Hugging Face folder W is the weight itself (what LoftQ is for).
+public enum LoRAInitialization: Equatable, Sendable, CustomStringConvertible {
+    case kaiming
+    case gaussian
+    case pissa
+    case pissaNiter(Int)
+    case olora
+    case loftq
+
+    /// PEFT's names: true/default, gaussian, pissa, pissa_niter_K, olora, loftq.
+    public init(parsing text: String) throws(LoRAInitializationError) {
+        let t = text.trimmingCharacters(in: .whitespaces).lowercased()
+        switch t {
+        case "true", "default", "kaiming": self = .kaiming
+        case "gaussian": self = .gaussian
+        case "pissa": self = .pissa
+        case "olora": self = .olora
+        case "loftq": self = .loftq
+        default:
+            if t.hasPrefix("pissa_niter_"), let k = Int(t.dropFirst("pissa_niter_".count)), k >= 0 { self = .pissaNiter(k); return }
+            throw .unknown(text)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .kaiming: "default"
+        case .gaussian: "gaussian"
+        case .pissa: "pissa"
+        case let .pissaNiter(k): "pissa_niter_\(k)"
+        case .olora: "olora"
+        case .loftq: "loftq"
+        }
+    }
+
+    /// Whether A and B come from W, leaving a new base to train on.
+    public var changesBase: Bool {
+        switch self {
+        case .kaiming, .gaussian: false
+        case .pissa, .pissaNiter, .olora, .loftq: true
+        }
+    }
+
+    // MARK: factors of one weight
+
+    /// A [r, in] and B [out, r] from W [out, in] (row-major), and the values the new base
+    /// quantizes: W − s·B·A (PiSSA, OLoRA), or LoftQ's last residual. `quantize` gives what the
+    /// base's quantizer makes of values (LoftQ only); `rng` draws PiSSA's random sketch.
+    static func factors(_ method: LoRAInitialization, w: [Float], rows: Int, cols: Int, rank r: Int, scale s: Float,
+                        loftqIterations: Int = 1, rng: inout SplitMix64,
+                        quantize: ([Float]) throws -> [Float] = { $0 }) throws -> (a: [Float], b: [Float], base: [Float]) {
+        guard r <= min(rows, cols) else { throw LoRAInitializationError.rankTooLarge(r, rows: rows, cols: cols) }
+        let w64 = w.map(Double.init)
+        var a = [Float](repeating: 0, count: r * cols), b = [Float](repeating: 0, count: rows * r)
+        switch method {
+        case .kaiming, .gaussian:
+            preconditionFailure("\(method) takes nothing from W")
+        case .pissa, .pissaNiter:
+            let (u, sigma, vt) = method == .pissa ? try svd(w64, rows: rows, cols: cols, rank: r)
+                : try randomizedSVD(w64, rows: rows, cols: cols, rank: r, iterations: { if case let .pissaNiter(k) = method { k } else { 0 } }(), rng: &rng)
+            for c in 0..<r {
+                let g = Float(sigma[c] / Double(s)).squareRoot()
+                for j in 0..<rows { b[j * r + c] = Float(u[j * r + c]) * g }
+                for i in 0..<cols { a[c * cols + i] = Float(vt[c * cols + i]) * g }
+            }
+        case .olora:
+            let (q, rTop) = try qr(w64, rows: rows, cols: cols, rank: r)
+            b = q.map(Float.init)
+            a = rTop.map(Float.init)
+        case .loftq:
+            var residualBase = w
+            for t in 0..<max(loftqIterations, 1) {
+                let q = try quantize(residualBase)
+                let (u, sigma, vt) = try svd(zip(w, q).map { Double($0) - Double($1) }, rows: rows, cols: cols, rank: r)
+                for c in 0..<r {
+                    let g = (sigma[c] / Double(s)).squareRoot()
+                    for j in 0..<rows { b[j * r + c] = Float(u[j * r + c] * g) }
+                    for i in 0..<cols { a[c * cols + i] = Float(vt[c * cols + i] * g) }
+                }
+                if t + 1 < max(loftqIterations, 1) { residualBase = subtractProduct(w, a: a, b: b, rows: rows, cols: cols, rank: r, scale: s) }
+            }
+            return (a, b, residualBase)
+        }
+        return (a, b, subtractProduct(w, a: a, b: b, rows: rows, cols: cols, rank: r, scale: s))
+    }
+
+    /// W − s·B·A in fp32 (each sum in Float64, rounded once).
+    static func subtractProduct(_ w: [Float], a: [Float], b: [Float], rows: Int, cols: Int, rank r: Int, scale s: Float) -> [Float] {
+        var out = w
+        out.withUnsafeMutableBufferPointer { o in
+            for j in 0..<rows {
+                for i in 0..<cols {
+                    var d = 0.0
+                    for c in 0..<r { d += Double(b[j * r + c]) * Double(a[c * cols + i]) }
+                    o[j * cols + i] = Float(Double(w[j * cols + i]) - Double(s) * d)
+                }
+            }
+        }
+        return out
+    }
+
+    // MARK: linear algebra (Float64, row-major, LAPACK through OpenBLAS)
+
+    /// The leading `rank` singular triplets of W [rows, cols]: u [rows, rank], σ [rank] descending,
+    /// vt [rank, cols]. dgesdd on Wᵀ column-major, which is W row-major as it lies.
+    static func svd(_ w: [Double], rows: Int, cols: Int, rank r: Int) throws -> (u: [Double], sigma: [Double], vt: [Double]) {
+        _ = try ComputeRuntime.prepare()
+        let k = min(rows, cols)
+        var a = w, sigma = [Double](repeating: 0, count: k)
+        var uT = [Double](repeating: 0, count: cols * k), vT = [Double](repeating: 0, count: k * rows)
+        // Column-major: Wᵀ [cols, rows] = U' [cols, k]·diag(σ)·VT' [k, rows], so W = VT'ᵀ·diag(σ)·U'ᵀ:
+        // VT' read row-major is [rows, k] = W's U, U' read row-major is [k, cols] = W's Vᵀ.
+        ComputeRuntime.setBLASThreads(ComputeRuntime.defaultThreads)
+        defer { ComputeRuntime.setBLASThreads(1) }
+        let info = qk_lapack_dgesdd(Int32(cols), Int32(rows), &a, &sigma, &uT, &vT)
+        guard info == 0 else { throw LoRAInitializationError.lapack("dgesdd", Int(info)) }
+        var u = [Double](repeating: 0, count: rows * r)
+        for j in 0..<rows { for c in 0..<r { u[j * r + c] = vT[j * k + c] } }
+        return (u, Array(sigma[0..<r]), Array(uT[0..<(r * cols)]))
+    }
+
+    /// W [rows, cols] = Q·R: Q's first `rank` columns [rows, rank] and R's first rows [rank, cols],
+    /// row-major (LAPACK's dgeqrf/dorgqr, so R's diagonal has LAPACK's signs, as torch.linalg.qr's).
+    static func qr(_ w: [Double], rows: Int, cols: Int, rank r: Int) throws -> (q: [Double], r: [Double]) {
+        _ = try ComputeRuntime.prepare()
+        var a = [Double](repeating: 0, count: rows * cols)
+        for j in 0..<rows { for i in 0..<cols { a[i * rows + j] = w[j * cols + i] } }   // column-major copy
+        var q = [Double](repeating: 0, count: rows * r), rTop = [Double](repeating: 0, count: r * cols)
+        ComputeRuntime.setBLASThreads(ComputeRuntime.defaultThreads)
+        defer { ComputeRuntime.setBLASThreads(1) }
+        let info = qk_lapack_qr(Int32(rows), Int32(cols), Int32(r), &a, &q, &rTop)
+        guard info == 0 else { throw LoRAInitializationError.lapack("dgeqrf/dorgqr", Int(info)) }
+        var qRow = [Double](repeating: 0, count: rows * r), rRow = [Double](repeating: 0, count: r * cols)
+        for j in 0..<rows { for c in 0..<r { qRow[j * r + c] = q[c * rows + j] } }
+        for c in 0..<r { for i in 0..<cols { rRow[c * cols + i] = rTop[i * r + c] } }
+        return (qRow, rRow)
+    }
+
+    /// torch.svd_lowrank(W, q: rank, niter: iterations)'s algorithm: Ω [cols, rank] Gaussian,
+    /// Q = orth(W·Ω), then `iterations` times Q = orth(W·orth(Wᵀ·Q)); Bm = Qᵀ·W [rank, cols] =
+    /// Ub·diag(σ)·Vᵀ, U = Q·Ub.
+    static func randomizedSVD(_ w: [Double], rows: Int, cols: Int, rank r: Int, iterations: Int,
+                              rng: inout SplitMix64) throws -> (u: [Double], sigma: [Double], vt: [Double]) {
+        var omega = [Double](repeating: 0, count: cols * r)
+        for i in omega.indices {
+            let u1 = 1 - rng.nextUnitDouble(), u2 = rng.nextUnitDouble()
+            omega[i] = (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2)
+        }
+        func orth(_ x: [Double], _ m: Int) throws -> [Double] { try qr(x, rows: m, cols: r, rank: r).q }
+        var q = try orth(multiply(w, omega, m: rows, k: cols, n: r), rows)
+        for _ in 0..<iterations {
+            let p = try orth(multiply(transposed(w, rows: rows, cols: cols), q, m: cols, k: rows, n: r), cols)
+            q = try orth(multiply(w, p, m: rows, k: cols, n: r), rows)
+        }
+        let bm = multiply(transposed(q, rows: rows, cols: r), w, m: r, k: rows, n: cols)
+        let (ub, sigma, vt) = try svd(bm, rows: r, cols: cols, rank: r)
+        return (multiply(q, ub, m: rows, k: r, n: r), sigma, vt)
+    }
+
+    /// x [m, k] · y [k, n], row-major.
+    static func multiply(_ x: [Double], _ y: [Double], m: Int, k: Int, n: Int) -> [Double] {
+        var out = [Double](repeating: 0, count: m * n)
+        out.withUnsafeMutableBufferPointer { o in
+            x.withUnsafeBufferPointer { x in
+                y.withUnsafeBufferPointer { y in
+                    for i in 0..<m {
+                        for p in 0..<k {
+                            let v = x[i * k + p]
+                            if v == 0 { continue }
+                            for j in 0..<n { o[i * n + j] += v * y[p * n + j] }
+                        }
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    static func transposed(_ x: [Double], rows: Int, cols: Int) -> [Double] {
+        var out = [Double](repeating: 0, count: rows * cols)
+        for j in 0..<rows { for i in 0..<cols { out[i * rows + j] = x[j * cols + i] } }
+        return out
+    }
+}
+
+public enum LoRAInitializationError: Error, Equatable, CustomStringConvertible {
+    case unknown(String)
+    case rankTooLarge(Int, rows: Int, cols: Int)
+    case lapack(String, Int)
+    case loftqIterations(Int)
+
+    public var description: String {
+        switch self {
+        case let .unknown(t): "--init-lora-weights '\(t)': use default, gaussian, pissa, pissa_niter_K (K ≥ 0), olora or loftq"
+        case let .rankTooLarge(r, rows, cols): "rank \(r) is larger than a [\(rows), \(cols)] weight's \(min(rows, cols)) singular values"
+        case let .lapack(routine, info): info == Int(QK_LAPACK_MISSING)
+            ? "the loaded OpenBLAS has no LAPACK (\(routine)), which SVD and QR initializations need"
+            : "LAPACK's \(routine) failed (info \(info))"
+        case let .loftqIterations(n): "--loftq-iter must be at least 1, got \(n)"
+        }
+    }
+}
