@@ -127,6 +127,11 @@ struct Train: ParsableCommand {
         "DoRA (PEFT's use_dora): each adapted linear also trains a magnitude per output row, W' = m·(W + s·B·A)/‖W + s·B·A‖.",
         discussion: "The norm is of the dequantized 4-bit weight plus the adapter's product, detached as PEFT's; the adapter saves as PEFT's (lora_magnitude_vector) and merges with qlora merge / export. Costs one more frozen product per adapted linear with --lora-dropout > 0 (as PEFT's), little without."))
     var useDora = false
+    @Option(help: ArgumentHelp(
+        "How the adapters start, by PEFT's init_lora_weights names: default (A Kaiming-uniform, B = 0), gaussian, pissa, pissa_niter_K, olora, loftq.",
+        discussion: "pissa, pissa_niter_K (randomized SVD, K power iterations) and olora take A and B from W's rank-r SVD or QR and train on the residual W − s·B·A; loftq alternates NF4 quantization and a rank-r SVD (--loftq-iter) so that Q + s·B·A ≈ W, best started from a 16/32-bit Hugging Face folder. These write the new base (an NF4 bitsandbytes folder) and the starting adapter into RUN/init before training, print ‖W − (Q + s·B·A)‖/‖W‖ against plain QLoRA's, and the run trains on RUN/init/base (adapters saved by the run go with that base)."))
+    var initLoraWeights = "default"
+    @Option(help: "LoftQ: alternations of NF4 quantization and rank-r SVD (PEFT's loftq_iter).") var loftqIter = 1
     @Flag(help: "Train the RMSNorm weights too (fp32).") var trainNorms = false
     @Option(parsing: .singleValue, help: ArgumentHelp(
         "Start from the adapters of this directory (PEFT layout); repeated, the others are stacked frozen on it.",
@@ -198,6 +203,8 @@ struct Train: ParsableCommand {
         guard printConfig || (out == nil) != (resume == nil) else { throw ValidationError("pass --out RUN for a new run, or --resume RUN") }
         guard loraR > 0 else { throw ValidationError("--lora-r must be positive") }
         guard batchSize > 0, gradAccum > 0 else { throw ValidationError("--batch-size and --grad-accum must be positive") }
+        do { _ = try LoRAInitialization(parsing: initLoraWeights) } catch { throw ValidationError("\(error)") }
+        guard loftqIter >= 1 else { throw ValidationError("--loftq-iter must be at least 1") }
         if let r = loraplusLrRatio, !(r > 0 && r.isFinite) { throw ValidationError("--loraplus-lr-ratio must be a positive number (PEFT: ≥ 1), not \(r)") }
         guard maxLen > 1 else { throw ValidationError("--max-len must be at least 2") }
         guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be positive") }
@@ -253,6 +260,8 @@ struct Train: ParsableCommand {
         c.loraLayers = loraLayers
         c.useRslora = useRslora
         c.useDora = useDora ? true : nil
+        c.initLoraWeights = (try? LoRAInitialization(parsing: initLoraWeights)) == .kaiming ? nil : initLoraWeights
+        c.loftqIter = loftqIter == 1 ? nil : loftqIter
         c.trainNorms = trainNorms
         c.loadLoraFrom = loadLoraFrom.first
         c.frozenAdapters = loadLoraFrom.count > 1 ? Array(loadLoraFrom.dropFirst()) : nil
@@ -306,6 +315,34 @@ struct Train: ParsableCommand {
         }
     }
 
+    /// pissa, olora, loftq: A and B from W, the new base and the starting adapter written into
+    /// RUN/init; the run then trains on them (config.json records it, so --resume finds them).
+    static func initialize(_ config: inout TrainingConfig, directory: String, world: DataParallel?, log: TrainingLog) throws {
+        let method = try config.initialization
+        guard world == nil else {
+            throw ValidationError("--init-lora-weights \(method) writes a new base before training: start the run in one process "
+                                  + "(qlora train … --max-steps 0 is enough), then continue it under mpirun with --resume")
+        }
+        guard config.shape == nil else { throw ValidationError("--init-lora-weights \(method) takes A and B from a model's weights, not a --shape") }
+        guard config.loadLoraFrom == nil else {
+            throw ValidationError("--init-lora-weights \(method) computes the adapters from W: it cannot start from --load-lora-from as well")
+        }
+        log.line("initializing the adapters by \(method) from \(config.model): A and B of every adapted linear, and the new base W − s·B·A"
+                 + (method == .loftq ? " (LoftQ, \(config.loftqIter ?? 1) iteration(s))" : ""))
+        var shown = 0
+        let prepared = try LoRAInitialization.prepare(model: config.model, lora: try config.lora, trainNorms: config.trainNorms, method: method,
+                                                      loftqIterations: config.loftqIter ?? 1, seed: config.seed, directory: directory + "/init") { line in
+            shown += 1
+            if shown % 10 == 1 || line.hasPrefix("note") { log.line(line) }
+        }
+        let t = prepared.totals
+        log.line(String(format: "%@: ‖W − (Q + s·B·A)‖/‖W‖ = %.4f over %d linears (plain QLoRA, Q(W) and B = 0: %.4f); base %@, adapter %@ (%.0f s)",
+                        method.description, t.initialized, prepared.errors.count, t.plain, prepared.base, prepared.adapter, prepared.seconds))
+        config.initFrom = config.model
+        config.model = prepared.base
+        config.loadLoraFrom = prepared.adapter
+    }
+
     func train(world: DataParallel?) throws {
         let writes = world?.isWriter ?? true
         if printConfig {
@@ -320,7 +357,7 @@ struct Train: ParsableCommand {
             }
             try FileManager.default.removeItem(atPath: directory)
         }
-        let config: TrainingConfig
+        var config: TrainingConfig
         if resume != nil, let world {
             // Rank 0's config.json: the run directory need not be on a shared file system.
             let bytes = try world.share(world.isWriter ? [UInt8](try TrainingRun.configData(run: directory)) : nil)
@@ -329,6 +366,7 @@ struct Train: ParsableCommand {
             config = resume != nil ? try TrainingRun.loadConfig(run: directory) : newConfig
         }
         let log = TrainingLog(quiet: !writes)
+        if resume == nil, try config.needsInitialization { try Self.initialize(&config, directory: directory, world: world, log: log) }
         // A data-parallel run's global micro-batch is --batch-size × the ranks it started on.
         let ranks = world?.size ?? 1, startedOn = config.ranks ?? (resume != nil ? 1 : ranks)
         let micro = config.batchSize * startedOn, perRank = (micro + ranks - 1) / ranks

@@ -25,13 +25,20 @@ public final class LoRAAdapter {
     public var inFeatures: Int { a.shape[1] }
     public var outFeatures: Int { b.shape[0] }
 
-    /// A [r, in] Kaiming-uniform with a = √5 (bound 1/√in) from `rng`, B [out, r] zero: PEFT's
-    /// default, which leaves the model unchanged at step 0. With `config.useDoRA`, `base` (the
+    /// A [r, in] Kaiming-uniform with a = √5 (bound 1/√in) from `rng` (with `gaussian`
+    /// initialization N(0, 1/r²)), B [out, r] zero: PEFT's default, which leaves the model
+    /// unchanged at step 0. With `config.useDoRA`, `base` (the
     /// frozen weight) gives DoRA's magnitude its initial value ‖W_j‖ per row, as PEFT's.
     public init(name: String, rows out: Int, cols inFeatures: Int, config: LoRAConfig,
                 rng: inout SplitMix64, base: QuantizedMatrix? = nil) {
         let r = config.rank, bound = 1 / Double(inFeatures).squareRoot()
-        let values = (0..<(r * inFeatures)).map { _ in Float((rng.nextUnitDouble() * 2 - 1) * bound) }
+        let values: [Float] = config.initialization == .gaussian
+            // PEFT's "gaussian": A ~ N(0, std 1/r) (Box–Muller, u1 in (0, 1]).
+            ? (0..<(r * inFeatures)).map { _ in
+                let u1 = 1 - rng.nextUnitDouble(), u2 = rng.nextUnitDouble()
+                return Float((-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2) / Double(r))
+            }
+            : (0..<(r * inFeatures)).map { _ in Float((rng.nextUnitDouble() * 2 - 1) * bound) }
         a = Parameter(name: "\(name).lora_A.weight", shape: [r, inFeatures], values: values)
         b = Parameter(name: "\(name).lora_B.weight", shape: [out, r])
         scale = config.scale

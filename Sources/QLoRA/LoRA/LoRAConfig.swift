@@ -79,6 +79,9 @@ public struct LoRAConfig: Equatable, Sendable {
     public var useRSLoRA: Bool
     /// DoRA (PEFT's `use_dora`): a trained magnitude per output row (`LoRAAdapter.magnitude`).
     public var useDoRA: Bool
+    /// How a new adapter's A is drawn: PEFT's default or `gaussian` (the initializations that
+    /// take A and B from W are prepared beforehand: `LoRAInitialization.prepare`).
+    public var initialization: LoRAInitialization = .kaiming
 
     public init(rank: Int = 16, alpha: Float = 32, dropout: Float = 0, targets: LoRATargets = .attentionAndMLP,
                 lastLayers: Int? = nil, layerIndices: [Int]? = nil, useRSLoRA: Bool = false, useDoRA: Bool = false) {

@@ -225,3 +225,112 @@ public enum LoRAInitializationError: Error, Equatable, CustomStringConvertible {
         }
     }
 }
+
+// MARK: a run's new base and starting adapter
+
+extension LoRAInitialization {
+    /// What `prepare` wrote, and how well each adapted linear starts.
+    public struct Prepared: Sendable {
+        /// The new base (a bitsandbytes NF4 folder) and the adapter that goes with it.
+        public let base: String
+        public let adapter: String
+        /// Per adapted linear (Hugging Face name): ‖W − (Q + s·B·A)‖/‖W‖ with this initialization,
+        /// and ‖W − Q(W)‖/‖W‖ of plain QLoRA (W quantized as it is, B = 0).
+        public let errors: [String: (initialized: Double, plain: Double)]
+        public let seconds: Double
+
+        /// Over every adapted linear (sums of squares first).
+        public var totals: (initialized: Double, plain: Double) {
+            let w = weightSquares.values.reduce(0, +)
+            let i = errors.reduce(0.0) { $0 + $1.value.initialized * $1.value.initialized * weightSquares[$1.key]! }
+            let p = errors.reduce(0.0) { $0 + $1.value.plain * $1.value.plain * weightSquares[$1.key]! }
+            return ((i / w).squareRoot(), (p / w).squareRoot())
+        }
+        let weightSquares: [String: Double]
+    }
+
+    /// The NF4 format the new base is written in (as `qlora quantize --format nf4`), which
+    /// LoftQ's quantization steps use too, so that its last Q is exactly the written base.
+    static let baseFormat = Quantizer.Options(format: .nf4, blockSize: 64, doubleQuant: true)
+
+    /// For a method that takes A and B from W (`changesBase`): computes them for every linear
+    /// `lora` adapts in the model at `path`, writes the new base to `<directory>/base` (NF4
+    /// bitsandbytes folder: W − s·B·A, or LoftQ's last residual, quantized) and the adapter to
+    /// `<directory>/adapter` (PEFT layout; its norms, with `trainNorms`, the base's; DoRA's
+    /// magnitude ‖Q + s·B·A‖ per row as PEFT computes it after the initialization).
+    public static func prepare(model path: String, lora: LoRAConfig, trainNorms: Bool, method: LoRAInitialization, loftqIterations: Int = 1,
+                               seed: UInt64, directory: String, progress: @escaping (String) -> Void = { _ in }) throws -> Prepared {
+        precondition(method.changesBase, "\(method) leaves the base as it is")
+        guard loftqIterations >= 1 else { throw LoRAInitializationError.loftqIterations(loftqIterations) }
+        let start = Date()
+        let source = try ModelSource(path: path)
+        let c = source.config, family = c.family
+        try lora.validate(layers: c.numLayers)
+        var adapted: Set<String> = []
+        for l in lora.adaptedLayers(of: c.numLayers) {
+            for m in family.linears where lora.targets.matches(m, layer: l) { adapted.insert(m.moduleName(layer: l) + ".weight") }
+        }
+        guard !adapted.isEmpty else { throw LoRAConfigError.nothingAdapted(lora.targets.description) }
+        let fullPrecision: Set<String> = ["F32", "F16", "BF16", "F64"]
+        if method == .loftq, source.tensors.contains(where: { t in adapted.contains(t.name) && !fullPrecision.contains(t.storage.uppercased()) }) {
+            progress("note: LoftQ starts from 16/32-bit weights; \(path) is quantized, so W is its dequantized weights")
+        }
+        let base = directory + "/base", adapterDir = directory + "/adapter"
+        try? FileManager.default.removeItem(atPath: base)
+        let options = baseFormat, s = lora.scale
+        var factors: [String: (a: [Float], b: [Float])] = [:], errors: [String: (initialized: Double, plain: Double)] = [:]
+        var squares: [String: Double] = [:]
+        var current: (name: String, w: [Float])? = nil
+        var rng = SplitMix64(seed: seed ^ 0x5155_A000_0000_0001)
+        var done = 0
+        _ = try Quantizer.writeBitsandbytesFolder(
+            source, output: base, options: options, start: start,
+            load: { t in
+                let w = try source.load(t)
+                guard adapted.contains(t.name), t.shape.count == 2 else { return w }
+                let rows = t.shape[0], cols = t.shape[1]
+                let quantize: ([Float]) throws -> [Float] = { v in
+                    try QuantizedMatrix(quantizing: v, rows: rows, cols: cols, format: options.format, blockSize: options.blockSize,
+                                        doubleQuant: options.doubleQuant).dequantize()
+                }
+                let f = try Self.factors(method, w: w, rows: rows, cols: cols, rank: lora.rank, scale: s, loftqIterations: loftqIterations,
+                                    rng: &rng, quantize: quantize)
+                factors[t.name] = (f.a, f.b)
+                current = (t.name, w)
+                done += 1
+                let eta = Date().timeIntervalSince(start) / Double(done) * Double(adapted.count - done)
+                progress(String(format: "[%d/%d] %@ [%d, %d]: %@, ETA %.0f s", done, adapted.count, t.name, rows, cols, method.description, eta))
+                return f.base
+            },
+            quantized: { t, _, m in
+                guard let (name, w) = current, name == t.name, let f = factors[name] else { return }
+                let rows = t.shape[0], cols = t.shape[1]
+                let q = m.dequantize()
+                let plainQ = try QuantizedMatrix(quantizing: w, rows: rows, cols: cols, format: options.format, blockSize: options.blockSize,
+                                                 doubleQuant: options.doubleQuant).dequantize()
+                let approx = subtractProduct(q, a: f.a, b: f.b, rows: rows, cols: cols, rank: lora.rank, scale: -s)
+                var e = 0.0, p = 0.0, n = 0.0
+                for k in w.indices {
+                    let x = Double(w[k])
+                    e += (x - Double(approx[k])) * (x - Double(approx[k]))
+                    p += (x - Double(plainQ[k])) * (x - Double(plainQ[k]))
+                    n += x * x
+                }
+                errors[name] = n > 0 ? ((e / n).squareRoot(), (p / n).squareRoot()) : (0, 0)
+                squares[name] = n
+                current = nil
+            },
+            progress: { _ in })
+        // The adapter, on the new base: A and B as computed, DoRA's magnitude from them.
+        let model = try DecoderModel(path: base)
+        let adapters = try ModelAdapters(model: model, config: lora, trainNorms: trainNorms, seed: seed)
+        for (l, m, a) in adapters.adapters {
+            guard let f = factors[m.moduleName(layer: l) + ".weight"] else { preconditionFailure("no factors for \(m.moduleName(layer: l))") }
+            a.a.setValues(f.a)
+            a.b.setValues(f.b)
+            if let magnitude = a.magnitude { magnitude.setValues(try a.doraNorm(base: model.weights.layers[l].matrix(m))) }
+        }
+        try AdapterFiles.save(adapters, to: adapterDir, baseModel: base)
+        return Prepared(base: base, adapter: adapterDir, errors: errors, seconds: Date().timeIntervalSince(start), weightSquares: squares)
+    }
+}

@@ -35,6 +35,14 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
     public var useRslora = false
     /// DoRA (PEFT's use_dora): a trained magnitude per output row of each adapted linear; nil: off.
     public var useDora: Bool?
+    /// How the adapters start (PEFT's init_lora_weights names; nil: default). pissa, olora and
+    /// loftq are prepared when the run starts: `model` then names the new base written in the run
+    /// and `loadLoraFrom` the adapter that goes with it, and `initFrom` the model they came from.
+    public var initLoraWeights: String?
+    /// LoftQ's alternations of quantization and SVD (nil: 1).
+    public var loftqIter: Int?
+    /// The model a pissa/olora/loftq initialization was computed from (set when it was prepared).
+    public var initFrom: String?
     public var trainNorms = false
     public var loadLoraFrom: String?
     /// Adapters stacked frozen on the trained ones (the 2nd, 3rd, … `--load-lora-from`): their
@@ -125,9 +133,21 @@ public struct TrainingConfig: Codable, Sendable, Equatable {
 
     public var lora: LoRAConfig {
         get throws {
-            LoRAConfig(rank: loraR, alpha: loraAlpha, dropout: loraDropout, targets: try LoRATargets(parsing: loraTargets),
-                       lastLayers: loraLayers, useRSLoRA: useRslora, useDoRA: useDora ?? false)
+            var c = LoRAConfig(rank: loraR, alpha: loraAlpha, dropout: loraDropout, targets: try LoRATargets(parsing: loraTargets),
+                               lastLayers: loraLayers, useRSLoRA: useRslora, useDoRA: useDora ?? false)
+            c.initialization = try initialization == .gaussian ? .gaussian : .kaiming
+            return c
         }
+    }
+
+    /// `initLoraWeights` parsed (default when nil).
+    public var initialization: LoRAInitialization {
+        get throws { try initLoraWeights.map { try LoRAInitialization(parsing: $0) } ?? .kaiming }
+    }
+
+    /// Whether the run still has to compute its initialization from W and write its new base.
+    public var needsInitialization: Bool {
+        get throws { try initialization.changesBase && initFrom == nil }
     }
 
     /// The adapters the run trains: with `loadLoraFrom`, that directory's own configuration

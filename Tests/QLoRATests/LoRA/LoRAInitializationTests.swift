@@ -153,3 +153,39 @@ final class LoRAInitializationTests: XCTestCase {
         XCTAssertThrowsError(try LoRAInitialization(parsing: "eva"))
     }
 }
+
+/// `prepare` on the tiny float32 Llama: the new base and adapter it writes load, give back
+/// Q + s·B·A as it measured, and start closer to W than plain NF4 for PiSSA and LoftQ.
+final class LoRAInitializationPrepareTests: XCTestCase {
+    func testPreparedBaseAndAdapterReproduceTheMeasuredApproximation() throws {
+        let source = LlamaTrainerTests.fixtures.appendingPathComponent("tiny-llama").path
+        let lora = LoRAConfig(rank: 4, alpha: 8, targets: .names(["q_proj", "down_proj"]), useDoRA: true)
+        for method in [LoRAInitialization.pissa, .olora, .loftq] {
+            let dir = TempDir()
+            let p = try LoRAInitialization.prepare(model: source, lora: lora, trainNorms: false, method: method, loftqIterations: 3,
+                                                   seed: 1, directory: dir.path)
+            XCTAssertEqual(p.errors.count, 4, "\(method)")
+            let model = try DecoderModel(path: p.base)
+            let (config, _) = try AdapterFiles.config(in: p.adapter)
+            XCTAssertTrue(config.useDoRA)
+            let adapters = try ModelAdapters(model: model, config: config, seed: 9)
+            try AdapterFiles.load(into: adapters, from: p.adapter)
+            let raw = try ModelSource(path: source)
+            for (l, m, a) in adapters.adapters {
+                let name = m.moduleName(layer: l) + ".weight"
+                let w = try raw.load(try XCTUnwrap(raw.tensors.first { $0.name == name }))
+                let q = model.weights.layers[l].matrix(m)
+                let approx = LoRAInitialization.subtractProduct(q.dequantize(), a: a.a.values, b: a.b.values, rows: q.rows, cols: q.cols,
+                                                                rank: 4, scale: -a.scale)
+                let e = zip(w, approx).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }.squareRoot()
+                    / w.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
+                let measured = try XCTUnwrap(p.errors[name])
+                XCTAssertEqual(e, measured.initialized, accuracy: 1e-6 * measured.initialized + 1e-9, "\(method) \(name)")
+                // DoRA's magnitude is ‖Q + s·B·A‖ per row: the initialized model is Q + s·B·A itself.
+                XCTAssertEqual(try a.doraNorm(base: q), a.magnitude!.values, "\(method) \(name)")
+                if method != .olora { XCTAssertLessThan(measured.initialized, measured.plain, "\(method) \(name)") }
+            }
+            print("\(method): ‖W − (Q + s·B·A)‖/‖W‖ \(p.totals.initialized) against plain NF4 \(p.totals.plain)")
+        }
+    }
+}
