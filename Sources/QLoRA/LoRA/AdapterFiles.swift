@@ -150,10 +150,11 @@ public enum AdapterFiles {
         if let v = j["layers_pattern"], !isEmptyJSON(v), v as? String != "layers", v as? [String] != ["layers"] {
             throw AdapterError.unsupported(path, key: "layers_pattern", value: jsonText(v), feature: "a layer container other than a Llama's `layers`")
         }
-        if let s = j["init_lora_weights"] as? String, ["pissa", "olora", "loftq", "corda"].contains(where: { s.lowercased().hasPrefix($0) }) {
-            throw AdapterError.unsupported(path, key: "init_lora_weights", value: jsonText(s),
-                                           feature: "an initialization that changes the base weights (convert the adapter with PEFT's "
-                                               + "path_initial_model_for_weight_conversion first)")
+        // An initialization from W (pissa, olora, loftq, corda) left a residual base the adapter
+        // goes with, as PEFT's from_pretrained takes it: the adapter loads on whatever base it is
+        // given. MiCA trains A with B frozen, which a run here would not keep.
+        if let s = j["init_lora_weights"] as? String, s.lowercased() == "mica" {
+            throw AdapterError.unsupported(path, key: "init_lora_weights", value: jsonText(s), feature: "MiCA (lora_B frozen in training)")
         }
         guard let r = integer(j["r"]), r > 0 else { throw AdapterError.badValue(path, key: "r", value: j["r"].map(jsonText), expected: "a positive integer") }
         guard let alpha = number(j["lora_alpha"]).map(Float.init), alpha.isFinite, alpha > 0 else {

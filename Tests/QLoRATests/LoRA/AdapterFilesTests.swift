@@ -399,7 +399,7 @@ final class AdapterFilesTests: XCTestCase {
             ("rank_pattern", ["q_proj": 8]), ("alpha_pattern", ["model.layers.0.self_attn.q_proj": 16]),
             ("bias", "all"), ("bias", "lora_only"), ("modules_to_save", ["lm_head"]), ("peft_type", "IA3"),
             ("fan_in_fan_out", true), ("lora_bias", true), ("exclude_modules", ["q_proj"]), ("layers_pattern", "h"),
-            ("init_lora_weights", "pissa_niter_4"), ("layer_replication", [[0, 2]]), ("target_modules", ["q_proj", "lm_head"]),
+            ("init_lora_weights", "mica"), ("layer_replication", [[0, 2]]), ("target_modules", ["q_proj", "lm_head"]),
             ("use_qalora", true), ("trainable_token_indices", [5]),
         ]
         for (key, value) in refused {
@@ -410,6 +410,17 @@ final class AdapterFilesTests: XCTestCase {
                 XCTAssertEqual(path, dir + "/adapter_config.json")
                 XCTAssertTrue("\(e)".contains(path) && "\(e)".contains(key), "\(e)")
             }
+            withExtendedLifetime(tmp) {}
+        }
+    }
+
+    /// What PEFT saves after pissa, olora or loftq (init_lora_weights names them) goes with the
+    /// residual base it was saved beside; it loads as any adapter, as PEFT's from_pretrained does.
+    func testAdaptersOfInitializationsFromWLoad() throws {
+        let plain = try loadAdapter(Self.peftAdapter)
+        for value in ["pissa", "pissa_niter_4", "olora", "loftq"] {
+            let (tmp, dir) = try copy(Self.peftAdapter, config: { $0["init_lora_weights"] = value })
+            XCTAssertEqual(try loadAdapter(dir).parameters.map(\.values), plain.parameters.map(\.values), value)
             withExtendedLifetime(tmp) {}
         }
     }
