@@ -90,6 +90,25 @@ final class DoRATests: XCTestCase {
         }
     }
 
+    /// Per-block checkpointing recomputes DoRA's z in the backward: the same gradients, with dropout too.
+    func testCheckpointingGivesTheSameGradients() throws {
+        let f = Self.fixture, T = f.input_ids[0].count
+        let batch = TokenBatch(inputIds: f.input_ids.flatMap { $0 }, labels: f.labels.flatMap { $0 }, sequences: f.input_ids.count, length: T)
+        var grads: [[[Float]]] = []
+        for checkpointing in [false, true] {
+            let lora = try adapters(f.cases[0])
+            let dropped = try ModelAdapters(model: LlamaTrainerTests.tiny, config: LoRAConfig(rank: 4, alpha: 8, dropout: 0.2, useDoRA: true), seed: 2)
+            for (p, q) in zip(dropped.parameters, lora.parameters) { p.setValues(q.values) }
+            for l in [lora, dropped] {
+                let trainer = Trainer(model: LlamaTrainerTests.tiny, lora: l, gradientCheckpointing: checkpointing)
+                _ = try trainer.accumulateGradients(batch, gradScale: 1 / Float(batch.scoredTokens), dropoutSeed: l === dropped ? 17 : nil)
+            }
+            grads.append((lora.parameters + dropped.parameters).map(\.grad.array))
+        }
+        XCTAssertEqual(grads[0], grads[1])
+        XCTAssertNotEqual(grads[0][0], grads[0][42], "dropout changes the gradients")
+    }
+
     /// The folder PEFT saved: read as DoRA, the values PEFT had, and PEFT's logits.
     func testPEFTWrittenDoRAAdapterLoadsWithPEFTLogits() throws {
         let c = try XCTUnwrap(Self.fixture.cases.first { $0.name == "dora_all" })
