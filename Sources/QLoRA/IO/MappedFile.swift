@@ -70,10 +70,18 @@ public final class MappedFile: @unchecked Sendable {
 }
 
 public enum FileError: Error, Equatable, CustomStringConvertible {
+    /// 1.5 MB, 12 KB, 300 B.
+    static func bytes(_ n: Int) -> String {
+        n >= 1_000_000 ? String(format: "%.1f MB", Double(n) / 1e6) : n >= 1000 ? String(format: "%.1f KB", Double(n) / 1e3) : "\(n) B"
+    }
+
     case cannotOpen(path: String, reason: String)
     case outOfBounds(path: String, what: String, offset: Int, count: Int, fileSize: Int)
     /// Creating, renaming or syncing an output failed.
     case cannotWrite(path: String, reason: String)
+    /// The file system ran out of space (ENOSPC, or a quota: EDQUOT) while `path` was written:
+    /// `written` of `needed` bytes (nil: unknown) were, `available` bytes are free there.
+    case noSpace(path: String, written: Int, needed: Int?, available: Int?)
 
     public var description: String {
         switch self {
@@ -81,6 +89,10 @@ public enum FileError: Error, Equatable, CustomStringConvertible {
         case let .outOfBounds(path, what, offset, count, fileSize):
             "\(path): \(what) needs bytes \(offset)..<\(offset &+ count) but the file has \(fileSize) (truncated or corrupt)"
         case let .cannotWrite(path, reason): "\(path): cannot write: \(reason)"
+        case let .noSpace(path, written, needed, available):
+            "\(path): cannot write: no space left on device (\(Self.bytes(written))\(needed.map { " of \(Self.bytes($0))" } ?? "") written"
+                + "\(available.map { "; \(Self.bytes($0)) free there" } ?? "")); nothing it would replace was touched"
+                + "\n---> HINT: free space (or point the output elsewhere) and run the command again; a training run continues with --resume"
         }
     }
 }

@@ -108,6 +108,19 @@ public enum StagedOutput {
 
         /// Makes what was written into `path` the folder at `output` (see the type).
         public func commit() throws { try StagedOutput.commit(path, to: output, aside: aside) }
+
+        /// Runs `body` (which writes into `path`), then commits; if either throws, removes the
+        /// staging folder before the error goes on, so a failed write (a full disk) leaves
+        /// `output` as it was and nothing beside it.
+        public func write(_ body: (String) throws -> Void) throws {
+            do {
+                try body(path)
+                try commit()
+            } catch {
+                try? FileManager.default.removeItem(atPath: path)
+                throw error
+            }
+        }
     }
 
     /// Makes the staged file or folder `staged` the `output`: fsyncs it (every file of a

@@ -45,8 +45,11 @@ public enum AdapterFiles {
 
     /// Writes the current values of `lora`'s parameters into `directory` (replaced whole).
     public static func save(_ lora: ModelAdapters, to directory: String, baseModel: String) throws {
-        let staged = try StagedOutput.Directory(for: directory)
-        let tmp = staged.path
+        try StagedOutput.Directory(for: directory).write { tmp in try write(lora, into: tmp, baseModel: baseModel) }
+    }
+
+    /// The adapter's two files, into the staging folder `tmp`.
+    private static func write(_ lora: ModelAdapters, into tmp: String, baseModel: String) throws {
         var writer = SafetensorsWriter()
         let params = lora.parameters, family = lora.family
         writer.tensors = params.map { .init(name: prefix + $0.name, dtype: .F32, shape: $0.shape) }
@@ -82,7 +85,6 @@ public enum AdapterFiles {
         ]
         let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         try AtomicFile.write(to: tmp + "/" + configFile, bytes: [UInt8](json))
-        try staged.commit()
     }
 
     /// What qlora writes as modules_to_save when the norms train: every RMSNorm of the family,

@@ -72,8 +72,13 @@ public enum Checkpoint {
 
         let final = join(runDirectory, RunLayout.checkpoint(step: state.step))
         let staged = try cannotWrite { try StagedOutput.Directory(for: final, hidden: true) }
-        let tmp = staged.path
+        try staged.write { tmp in try write(state, optimizer: optimizer, ema: ema, into: tmp) }
+        prune(runDirectory, keeping: state.step, keepLast: keepLast)
+        return final
+    }
 
+    /// The checkpoint's files and manifest, into the staging folder `tmp`.
+    private static func write(_ state: TrainingState, optimizer: AdamW, ema: EMA?, into tmp: String) throws {
         var files: [String: FileDigest] = [:]
         let params = optimizer.parameters
         files[parametersFile] = try writeTensors(join(tmp, parametersFile),
@@ -91,10 +96,6 @@ public enum Checkpoint {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
         try AtomicFile.write(to: join(tmp, manifestFile), bytes: [UInt8](try encoder.encode(manifest)))
-        try cannotWrite { try staged.commit() }
-
-        prune(runDirectory, keeping: state.step, keepLast: keepLast)
-        return final
     }
 
     /// One safetensors file of F32 tensors; returns its size and CRC-32 as read back.
