@@ -351,6 +351,8 @@ struct Train: ParsableCommand {
             return
         }
         let directory = resume ?? out!
+        // One process per run directory (the writer's lock; released by the kernel when it exits).
+        if writes { try RunLock.check(run: directory) }
         if overwrite, resume == nil, writes, FileManager.default.fileExists(atPath: directory) {
             guard FileManager.default.fileExists(atPath: directory + "/" + RunLayout.configFile) else {
                 throw ValidationError("--overwrite: \(directory) is not a qlora run directory (no config.json); not deleting it")
@@ -366,6 +368,8 @@ struct Train: ParsableCommand {
             config = resume != nil ? try TrainingRun.loadConfig(run: directory) : newConfig
         }
         let log = TrainingLog(quiet: !writes)
+        let lock = writes ? try RunLock.acquire(run: directory) : nil
+        defer { withExtendedLifetime(lock) {} }
         if resume == nil, try config.needsInitialization { try Self.initialize(&config, directory: directory, world: world, log: log) }
         // A data-parallel run's global micro-batch is --batch-size × the ranks it started on.
         let ranks = world?.size ?? 1, startedOn = config.ranks ?? (resume != nil ? 1 : ranks)
