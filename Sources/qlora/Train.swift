@@ -469,7 +469,7 @@ struct Train: ParsableCommand {
         }
         if !finished {
             log.line("stopped at update \(run.step); continue with: qlora train --resume \(directory)")
-            throw ExitCode(130)
+            throw ExitCode(interrupt.exitStatus)
         }
         let bestNote = run.best.map { b in
             "best val_loss \(String(format: "%.4f", run.bestValLoss)) at update \(b.step)"
@@ -557,6 +557,7 @@ struct Train: ParsableCommand {
 final class Interrupt: @unchecked Sendable {
     private let lock = NSLock()
     private var count = 0
+    private var first: Int32?
     private let sources: [DispatchSourceSignal]
 
     init() {
@@ -573,6 +574,7 @@ final class Interrupt: @unchecked Sendable {
                 lock.lock()
                 count += 1
                 let n = count
+                if first == nil { first = sig }
                 lock.unlock()
                 if n > 1 { _exit(128 + sig) }
                 let name = sig == SIGINT ? "interrupt" : "SIGTERM"
@@ -586,6 +588,14 @@ final class Interrupt: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         return count > 0
+    }
+
+    /// The exit status of a run stopped by the first signal: 128 + its number (130 for Ctrl-C,
+    /// 143 for SIGTERM), as shells and schedulers read it; 130 when no signal stopped it (STOP).
+    var exitStatus: Int32 {
+        lock.lock()
+        defer { lock.unlock() }
+        return 128 + (first ?? SIGINT)
     }
 }
 
