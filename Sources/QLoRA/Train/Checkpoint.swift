@@ -177,6 +177,20 @@ public enum Checkpoint {
         checkpoints(in: runDirectory).first { (try? verify($0.path)) != nil }?.path
     }
 
+    /// The checkpoints newer than `path` (all of them when nil) that do not verify, newest
+    /// first, each with what is wrong: what a resume from `path` skipped.
+    public static func damaged(in runDirectory: String, newerThan path: String?) -> [(path: String, reason: String)] {
+        let step = path.flatMap { RunLayout.checkpointStep(($0 as NSString).lastPathComponent) } ?? -1
+        return checkpoints(in: runDirectory).filter { $0.step > step }.compactMap { c in
+            do {
+                try verify(c.path)
+                return nil
+            } catch {
+                return (c.path, "\(error)")
+            }
+        }
+    }
+
     /// Checks that the checkpoint is whole: state.json decodes, has this format version and
     /// the directory's step, and every file it lists has its recorded size and CRC-32.
     @discardableResult

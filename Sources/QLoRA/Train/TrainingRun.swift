@@ -517,7 +517,13 @@ public final class TrainingRun {
         let fm = FileManager.default
         let writes = world?.isWriter ?? true
         if resume {
-            guard let latest = try Self.latestCheckpoint(in: directory, world: world) else { throw TrainingError.noRun(directory) }
+            let newest = try Self.latestCheckpoint(in: directory, world: world)
+            if world?.isWriter ?? true {
+                for (path, reason) in Checkpoint.damaged(in: directory, newerThan: newest) {
+                    onEvent(.message("skipped \(path), which is damaged (\(reason))" + (newest.map { "; resuming from \($0)" } ?? "")))
+                }
+            }
+            guard let latest = newest else { throw TrainingError.noRun(directory) }
             let state = try Checkpoint.restore(from: latest, optimizer: optimizer, ema: ema)
             step = state.step
             lastCheckpointStep = step

@@ -123,6 +123,11 @@ final class CheckpointTests: XCTestCase {
         flipped[flipped.count - 3] ^= 0x10
         try flipped.write(to: URL(fileURLWithPath: params))
         XCTAssertEqual(Checkpoint.latest(in: dir.path), good)
+        // What a resume from it says it skipped: the newer checkpoint, the file and its CRC-32.
+        let skipped = Checkpoint.damaged(in: dir.path, newerThan: good)
+        XCTAssertEqual(skipped.map(\.path), [newer])
+        XCTAssertTrue(skipped.first.map { $0.reason.contains("parameters.safetensors has CRC-32") } ?? false, "\(skipped)")
+        XCTAssertEqual(Checkpoint.damaged(in: dir.path, newerThan: newer).count, 0)
 
         // Intact files but no state.json: the manifest is the last thing a save writes.
         try original.write(to: URL(fileURLWithPath: params))
