@@ -450,6 +450,7 @@ struct Train: ParsableCommand {
 
         let run = try TrainingRun(config: config, directory: directory, model: model, train: train, validation: validation,
                                   resume: resume != nil, world: world, onEvent: log.event)
+        run.memoryBudgetBytes = estimate.totalBytes
         log.line("run: \(directory) — \(run.totalUpdates) updates of \(run.globalBatch) \(kind.usesPairs ? "pairs" : "sequences"), "
                  + "frozen GEMMs in \(run.trainer.computeDType)")
         let interrupt = Interrupt()

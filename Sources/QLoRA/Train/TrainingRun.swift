@@ -391,6 +391,11 @@ public final class TrainingRun {
     private var updateSeconds: [(seconds: Double, trained: Int)] = []
     private var validationPassSeconds: Double?
     private var recentSpeeds: [Double] = []
+    /// What the memory estimate said the run needs (set by the caller): RSS above it by
+    /// `memoryMargin` is said once, on screen and in metrics.jsonl, before the machine swaps.
+    public var memoryBudgetBytes: Int?
+    public static let memoryMargin = 1.25
+    private var memoryWarned = false
     /// The metrics' charts and TensorBoard events; nil on ranks that do not write.
     private let report: RunReport?
     /// The ranks of a data-parallel run (nil: one process). `config.batchSize` is per rank.
@@ -590,6 +595,10 @@ public final class TrainingRun {
                 onEvent(.update(row, total: totalUpdates, secondsLeft: secondsLeft))
                 try append(row)
             }
+            if let warning = watchMemory() {
+                onEvent(.alert(warning))
+                try append(with(MetricsRow(step: step)) { $0.event = "memory: \(warning)" })
+            }
             var alert: String? = nil
             if let row, let loss = row.loss, let speed = row.tokensPerS { alert = watch(loss: loss, speed: speed) }
             if let world {
@@ -719,6 +728,20 @@ public final class TrainingRun {
     private func dropoutSeed(update: Int, micro: Int) -> UInt64? {
         guard lora.config.dropout > 0 else { return nil }
         return DropoutStream.step(seed: config.seed, update: update, micro: micro)
+    }
+
+    /// Once: this process's RSS above the memory estimate by `memoryMargin` (the estimate missed
+    /// something, or memory leaks), with what to change before the machine swaps.
+    private func watchMemory() -> String? {
+        guard !memoryWarned, let budget = memoryBudgetBytes, budget > 0 else { return nil }
+        let rss = RuntimeMemory.currentRSS()
+        guard Double(rss) > Self.memoryMargin * Double(budget) else { return nil }
+        memoryWarned = true
+        let physical = Double(ProcessInfo.processInfo.physicalMemory)
+        return String(format: "RSS %.0f MiB at update %d is %.0f%% above the memory estimate of %.0f MiB (%.0f%% of the machine's %.1f GiB); "
+                      + "if it keeps growing the machine will swap: stop (touch RUN/STOP) and lower --batch-size or --max-len, or add --grad-checkpoint",
+                      Double(rss) / 1_048_576, step, 100 * (Double(rss) / Double(budget) - 1), Double(budget) / 1_048_576,
+                      100 * Double(rss) / physical, physical / 1_073_741_824)
     }
 
     /// A loss spike (above 2× the median of the last 20 and above it by 1) or a collapse of

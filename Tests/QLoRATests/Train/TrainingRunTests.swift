@@ -197,6 +197,22 @@ final class TrainingRunTests: XCTestCase {
         }
     }
 
+    /// RSS above the memory estimate by its margin is said once, on screen and in metrics.jsonl.
+    func testRSSAboveTheEstimateIsSaidOnce() throws {
+        let dir = try temporaryDirectory()
+        let run = try start(dir, steps: 3)
+        run.memoryBudgetBytes = RuntimeMemory.currentRSS() / 4   // far below what the process holds
+        var alerts: [String] = []
+        XCTAssertTrue(try run.run { if case let .alert(a) = $0 { alerts.append(a) } })
+        XCTAssertEqual(alerts.filter { $0.contains("above the memory estimate") }.count, 1, "\(alerts)")
+        XCTAssertEqual(try rows(dir).compactMap(\.event).filter { $0.hasPrefix("memory: RSS") }.count, 1)
+        let quiet = try start(try temporaryDirectory(), steps: 2)
+        quiet.memoryBudgetBytes = 4 * RuntimeMemory.currentRSS()
+        var none: [String] = []
+        XCTAssertTrue(try quiet.run { if case let .alert(a) = $0 { none.append(a) } })
+        XCTAssertEqual(none.filter { $0.contains("memory estimate") }, [])
+    }
+
     /// DoRA (with dropout, EMA, LoRA+ and trained norms) stopped and resumed repeats the
     /// uninterrupted run; its adapters save as DoRA, magnitudes trained, EMA shadows included.
     func testDoRARunResumesExactlyAndSavesItsMagnitudes() throws {
