@@ -20,7 +20,7 @@ struct MemorySweep: ParsableCommand {
             """
     )
 
-    @Option(help: "Models: 'model' (the --model file) and/or synthetic shapes (\(SyntheticShape.allCases.map(\.rawValue).joined(separator: ", "))), comma-separated.")
+    @Option(help: "Models: 'model' (the --model file), synthetic shapes (\(SyntheticShape.allCases.map(\.rawValue).joined(separator: ", "))) and/or paths of model files or folders (another family each), comma-separated.")
     var shapes = "model"
     @Option(help: "The model file 'model' stands for.") var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
     @Option(help: "Blocks of the synthetic shapes to keep (default: all).") var layers: Int?
@@ -32,6 +32,8 @@ struct MemorySweep: ParsableCommand {
     @Option(help: "Untimed steps first.") var warmup = 1
     @Option(help: "Directory for memory.csv, memory.json and memory.svg.") var out = "runs/bench-memory"
     @Option(help: "Adapter kinds, comma-separated: lora, dora (PEFT's use_dora).") var adapters = "lora"
+    @Option(help: "Objectives, comma-separated: sft, reward, dpo, orpo, simpo (a preference step's --batch rows are --batch/2 pairs).")
+    var objectives = "sft"
     @Option(help: "The optimizer of every step, as qlora train takes it: adamw or adamw_8bit.") var optim = AdamW.Kind.adamw
 
     func validate() throws {
@@ -54,34 +56,45 @@ struct MemorySweep: ParsableCommand {
         default: throw ValidationError("--checkpointing: on, off or both")
         }
         let names = shapes.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
-        for n in names where n != "model" && SyntheticShape(rawValue: n) == nil {
-            throw ValidationError("--shapes: unknown '\(n)'; use model or \(SyntheticShape.allCases.map(\.rawValue).joined(separator: ", "))")
+        for n in names where n != "model" && SyntheticShape(rawValue: n) == nil && !FileManager.default.fileExists(atPath: n) {
+            throw ValidationError("--shapes: unknown '\(n)'; use model, \(SyntheticShape.allCases.map(\.rawValue).joined(separator: ", ")) or a model's path")
+        }
+        let objectiveList = try objectives.split(separator: ",").map { o -> ObjectiveKind in
+            let t = o.trimmingCharacters(in: .whitespaces)
+            guard let k = ObjectiveKind(rawValue: t) else { throw ValidationError("--objectives: unknown '\(t)'") }
+            if k.usesPairs, batch % 2 != 0 { throw ValidationError("--objectives \(t): --batch counts rows, two per pair: make it even") }
+            return k
         }
         let kinds = adapters.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         guard !kinds.isEmpty, kinds.allSatisfy({ ["lora", "dora"].contains($0) }) else { throw ValidationError("--adapters: lora and/or dora, comma-separated") }
-        let grid = kinds.flatMap { k in names.flatMap { n in lengthList.flatMap { l in ckpt.flatMap { c in rankList.map { (n, l, c, $0, k == "dora") } } } } }
+        let grid = objectiveList.flatMap { o in kinds.flatMap { k in names.flatMap { n in lengthList.flatMap { l in ckpt.flatMap { c in
+            rankList.map { (n, l, c, $0, k == "dora", o) } } } } } }
         let me = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
         var records: [MemoryBench.Record] = []
         let start = Date()
-        for (i, (name, length, c, rank, dora)) in grid.enumerated() {
+        for (i, (name, length, c, rank, dora, objective)) in grid.enumerated() {
+            let path = name == "model" ? model : name
+            let synthetic = SyntheticShape(rawValue: name) != nil
             let eta = i > 0 ? String(format: ", ETA %.0f s", Date().timeIntervalSince(start) / Double(i) * Double(grid.count - i)) : ""
-            FileHandle.standardError.write(Data("[\(i + 1)/\(grid.count)] \(name)\(dora ? " DoRA" : "") r\(rank) seq \(length) ckpt \(c ? "on" : "off")\(eta)\n".utf8))
+            FileHandle.standardError.write(Data("[\(i + 1)/\(grid.count)] \(name) \(objective.rawValue)\(dora ? " DoRA" : "") r\(rank) seq \(length) ckpt \(c ? "on" : "off")\(eta)\n".utf8))
             var common = ["--rank", "\(rank)", "--batch", "\(batch)", "--length", "\(length)"]
-            if name == "model" { common += ["--model", model] } else { common += ["--shape", name] + (layers.map { ["--layers", "\($0)"] } ?? []) }
+            if !synthetic { common += ["--model", path] } else { common += ["--shape", name] + (layers.map { ["--layers", "\($0)"] } ?? []) }
+            common += ["--objective", objective.rawValue]
             if c { common.append("--grad-checkpoint") }
             if dora { common.append("--use-dora") }
             common += ["--optim", optim.rawValue]
             let bench = try Self.child(me, ["bench", "train"] + common + ["--steps", "\(steps)", "--warmup", "\(warmup)", "--json"])
-            var est = ["estimate", "--lora-r", "\(rank)", "--batch-size", "\(batch)", "--max-len", "\(length)", "--lora-dropout", "0", "--ema", "0", "--json"]
-            est += name == "model" ? ["--model", model] : ["--shape", name] + (layers.map { ["--layers", "\($0)"] } ?? [])
+            var est = ["estimate", "--lora-r", "\(rank)", "--batch-size", "\(objective.usesPairs ? batch / 2 : batch)", "--max-len", "\(length)",
+                       "--lora-dropout", "0", "--ema", "0", "--objective", objective.rawValue, "--json"]
+            est += !synthetic ? ["--model", path] : ["--shape", name] + (layers.map { ["--layers", "\($0)"] } ?? [])
             if c { est.append("--grad-checkpoint") }
             if dora { est.append("--use-dora") }
             est += ["--optim", optim.rawValue]
             let estimate = try Self.child(me, est)
             let b = try JSONDecoder().decode(TrainBench.Result.self, from: bench)
             let e = try JSONDecoder().decode(MemoryEstimate.self, from: estimate)
-            let label = (name == "model" ? (model as NSString).lastPathComponent : name + (layers.map { " (\($0) layers)" } ?? ""))
-                + (dora ? " DoRA" : "") + (optim == .adamw8bit ? " 8-bit" : "")
+            let label = (!synthetic ? (path as NSString).lastPathComponent : name + (layers.map { " (\($0) layers)" } ?? ""))
+                + (objective == .sft ? "" : " " + objective.rawValue) + (dora ? " DoRA" : "") + (optim == .adamw8bit ? " 8-bit" : "")
             records.append(MemoryBench.Record(model: label,
                                               rank: rank, length: length, gradientCheckpointing: c, peakRSSBytes: b.peakRSSBytes,
                                               estimateBytes: e.totalBytes, stepSeconds: b.stepSecondsMedian, tokensPerSecond: b.tokensPerSecond))
