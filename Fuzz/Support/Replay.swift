@@ -50,3 +50,26 @@ public func runFuzzer(_ body: @escaping (UnsafeRawBufferPointer) -> Void) -> Nev
     exit(LLVMFuzzerRunDriver(&argc, &argv, fuzzerTestOneInput))
 }
 #endif
+
+/// A scratch folder for readers that take paths: in /dev/shm where there is one (memory, so
+/// each input costs no disk write), one per process.
+public let fuzzScratch: String = {
+    let base = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory()
+    let dir = base + "/qlora-fuzz-\(getpid())"
+    try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    return dir
+}()
+
+/// Writes `bytes` to `name` in the scratch folder and returns its path.
+public func scratchFile(_ name: String, _ bytes: UnsafeRawBufferPointer) -> String {
+    let path = fuzzScratch + "/" + name
+    FileManager.default.createFile(atPath: path, contents: Data(bytes))
+    return path
+}
+
+/// The repository's file at `relative`, from the repository root or from .build-fuzz (where
+/// tools/fuzz.sh runs the fuzzers).
+public func repositoryFile(_ relative: String) -> String {
+    for prefix in ["", "../", "../../"] where FileManager.default.fileExists(atPath: prefix + relative) { return prefix + relative }
+    return relative
+}

@@ -154,6 +154,12 @@ extension Tokenizer {
             byID[id] = content
         }
         let count = (byID.keys.max() ?? -1) + 1
+        // Ids must run 0..<count without gaps: so count is the number of ids, and an id of 10⁹
+        // is refused here rather than allocated for (found by the tokenizer fuzzer).
+        guard count == byID.count else {
+            let gap = (0...byID.count).first { byID[$0] == nil } ?? byID.count
+            throw bad("model.vocab", "no token has id \(gap) (ids must run 0..<\(count))")
+        }
         let tokens = try (0..<count).map { id in
             guard let t = byID[id] else { throw bad("model.vocab", "no token has id \(id) (ids must run 0..<\(count))") }
             return t
