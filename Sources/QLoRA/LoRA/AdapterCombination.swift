@@ -164,7 +164,7 @@ public enum AdapterCombinationError: Error, Equatable, CustomStringConvertible {
         case let .trainedNorms(name): "adapter '\(name)' trains RMSNorm weights (modules_to_save): norms replace the base's "
             + "rather than add to it, so they have no weighted sum; combine adapters without trained norms"
         case let .dora(name): "adapter '\(name)' is a DoRA adapter: its rows are rescaled by a magnitude over the norm of the "
-            + "adapted weight, which is not a sum of low-rank terms (PEFT's add_weighted_adapter refuses DoRA too); merge it instead (qlora merge)"
+            + "adapted weight, which is not a sum of low-rank terms (PEFT's add_weighted_adapter combines A and B and starts the magnitude afresh, dropping the trained one); merge it instead (qlora merge)"
         case let .badRank(r): "--rank must be positive, got \(r)"
         }
     }
