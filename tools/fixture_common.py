@@ -159,11 +159,30 @@ def dequantized_fp32_copy(nf4_model, linears):
 
 
 # ---------------------------------------------------------------- PEFT LoRA
-def seeded_lora(model, lora: dict, seed: int, a_std: float, b_std: float, norm_std: float = None):
+def labelled_batch(seed: int, batch: int, seq: int, masked_prefix):
+    """input_ids [batch, seq] (ids 3..255) from a torch.Generator seeded with seed; labels the
+    same with the first masked_prefix[b] positions of row b set to -100."""
+    import torch
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 256, (batch, seq), generator=gen, dtype=torch.long)
+    labels = ids.clone()
+    for b, n in enumerate(masked_prefix):
+        labels[b, :n] = -100
+    return ids, labels
+
+
+def peft_saved_name(param_name: str) -> str:
+    """A PeftModel parameter's name -> the key save_pretrained writes: the adapter name dropped
+    (".default."), and DoRA's magnitude without ".weight" (`…lora_magnitude_vector`)."""
+    name = param_name.replace(".default.", ".")
+    return name[: -len(".weight")] if name.endswith("lora_magnitude_vector.weight") else name
+
+
+def seeded_lora(model, lora: dict, seed: int, a_std: float, b_std: float, norm_std: float = None, magnitude_std: float = None):
     """get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora)), then, from one
     torch.Generator seeded with seed in sorted parameter-name order: lora_A ~ N(0, a_std),
-    lora_B ~ N(0, b_std) (non-zero), and with norm_std every modules_to_save weight
-    w * (1 + N(0, norm_std))."""
+    lora_B ~ N(0, b_std) (non-zero), with norm_std every modules_to_save weight
+    w * (1 + N(0, norm_std)), and with magnitude_std every DoRA magnitude m * (1 + N(0, magnitude_std))."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -177,6 +196,8 @@ def seeded_lora(model, lora: dict, seed: int, a_std: float, b_std: float, norm_s
                 p.copy_(b_std * torch.randn(p.shape, generator=gen, dtype=torch.float32))
             elif norm_std is not None and ".modules_to_save.default." in name:
                 p.mul_(1 + norm_std * torch.randn(p.shape, generator=gen, dtype=torch.float32))
+            elif magnitude_std is not None and ".lora_magnitude_vector." in name:
+                p.mul_(1 + magnitude_std * torch.randn(p.shape, generator=gen, dtype=torch.float32))
     return pm
 
 

@@ -66,33 +66,11 @@ CASES = [
 
 
 def make_batch():
-    gen = torch.Generator().manual_seed(SEED)
-    ids = torch.randint(3, 256, (BATCH, SEQ), generator=gen, dtype=torch.long)
-    labels = ids.clone()
-    for b, n in enumerate(MASKED_PREFIX):
-        labels[b, :n] = -100
-    return ids, labels
-
-
-def saved_name(param_name: str) -> str:
-    """In-memory name -> the key PEFT writes (adapter name dropped; DoRA's `.weight` dropped too)."""
-    name = param_name.replace(".default.", ".")
-    return name[: -len(".weight")] if name.endswith("lora_magnitude_vector.weight") else name
+    return fc.labelled_batch(SEED, BATCH, SEQ, MASKED_PREFIX)
 
 
 def wrap(model, case):
-    from peft import LoraConfig, get_peft_model
-
-    pm = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **case["lora"]))
-    gen = torch.Generator().manual_seed(SEED)
-    with torch.no_grad():
-        for name, p in sorted(pm.named_parameters()):
-            if ".lora_A." in name:
-                p.copy_(A_STD * torch.randn(p.shape, generator=gen, dtype=torch.float32))
-            elif ".lora_B." in name:
-                p.copy_(B_STD * torch.randn(p.shape, generator=gen, dtype=torch.float32))
-            elif ".lora_magnitude_vector." in name:
-                p.mul_(1 + M_STD * torch.randn(p.shape, generator=gen, dtype=torch.float32))
+    pm = fc.seeded_lora(model, case["lora"], SEED, A_STD, B_STD, magnitude_std=M_STD)
     pm.train()
     return pm
 
@@ -101,7 +79,7 @@ def loss_and_grads(pm, ids, labels):
     pm.zero_grad(set_to_none=True)
     out = pm(input_ids=ids, labels=labels, use_cache=False)
     out.loss.backward()
-    params = {saved_name(n): p for n, p in sorted(pm.named_parameters()) if p.requires_grad}
+    params = {fc.peft_saved_name(n): p for n, p in sorted(pm.named_parameters()) if p.requires_grad}
     return out, params
 
 
@@ -140,6 +118,10 @@ def run_case(case, ids, labels, tmp):
         pm.save_pretrained(str(tmp))
         saved = json.loads((tmp / "adapter_config.json").read_text())
         assert saved["use_dora"] is True
+        # PEFT writes target_modules in set order, which Python's string hashing changes from
+        # run to run: sorted, the committed file is reproducible.
+        saved["target_modules"] = sorted(saved["target_modules"])
+        (tmp / "adapter_config.json").write_text(json.dumps(saved, indent=2, sort_keys=True))
         from safetensors import safe_open
         with safe_open(str(tmp / "adapter_model.safetensors"), "pt") as f:
             keys = set(f.keys())

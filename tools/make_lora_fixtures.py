@@ -103,17 +103,12 @@ CASES = [
 
 
 def make_batch():
-    gen = torch.Generator().manual_seed(SEED)
-    ids = torch.randint(3, 256, (BATCH, SEQ), generator=gen, dtype=torch.long)
-    labels = ids.clone()
-    for b, n in enumerate(MASKED_PREFIX):
-        labels[b, :n] = -100
-    return ids, labels
+    return fc.labelled_batch(SEED, BATCH, SEQ, MASKED_PREFIX)
 
 
 def saved_name(param_name: str) -> str:
     """PEFT's in-memory name -> the key PEFT writes into adapter_model.safetensors."""
-    return param_name.replace(".default.", ".")
+    return fc.peft_saved_name(param_name)
 
 
 def is_norm(name: str) -> bool:

@@ -159,23 +159,22 @@ struct LinearRun {
     }
 
     /// The frozen product y (+)= x·Wᵀ over T rows, in the context's dtype, profiled.
-    private func baseForward(tokens T: Int) -> LoRAAdapter.BaseProduct {
-        { x, y, accumulate in
-            try StepProfile.measure(.gemmForward, flops: 2 * Double(T * weight.rows * weight.cols)) {
-                try weight.forward(UnsafeBufferPointer(start: x, count: T * weight.cols),
-                                   into: UnsafeMutableBufferPointer(start: y, count: T * weight.rows), tokens: T, accumulate: accumulate,
-                                   dtype: dtype.effective(tokens: T))
-            }
-        }
-    }
+    private func baseForward(tokens T: Int) -> LoRAAdapter.BaseProduct { baseProduct(tokens: T, backward: false) }
 
     /// The frozen product's input gradient dx (+)= dy·W over T rows, profiled.
-    private func baseBackward(tokens T: Int) -> LoRAAdapter.BaseProduct {
-        { dy, dx, accumulate in
-            try StepProfile.measure(.gemmBackward, flops: 2 * Double(T * weight.rows * weight.cols)) {
-                try weight.backward(UnsafeBufferPointer(start: dy, count: T * weight.rows),
-                                    into: UnsafeMutableBufferPointer(start: dx, count: T * weight.cols), tokens: T, accumulate: accumulate,
-                                    dtype: dtype.effective(tokens: T))
+    private func baseBackward(tokens T: Int) -> LoRAAdapter.BaseProduct { baseProduct(tokens: T, backward: true) }
+
+    private func baseProduct(tokens T: Int, backward: Bool) -> LoRAAdapter.BaseProduct {
+        let (inWidth, outWidth) = backward ? (weight.rows, weight.cols) : (weight.cols, weight.rows)
+        return { input, output, accumulate in
+            try StepProfile.measure(backward ? .gemmBackward : .gemmForward, flops: 2 * Double(T * weight.rows * weight.cols)) {
+                let x = UnsafeBufferPointer(start: input, count: T * inWidth), y = UnsafeMutableBufferPointer(start: output, count: T * outWidth)
+                let dtype = dtype.effective(tokens: T)
+                if backward {
+                    try weight.backward(x, into: y, tokens: T, accumulate: accumulate, dtype: dtype)
+                } else {
+                    try weight.forward(x, into: y, tokens: T, accumulate: accumulate, dtype: dtype)
+                }
             }
         }
     }
