@@ -57,6 +57,8 @@ let package = Package(
         .executableTarget(name: "fuzz-train-config", dependencies: ["QLoRA", "FuzzSupport"], path: "Fuzz/TrainConfig"),
         .executableTarget(name: "fuzz-adapter", dependencies: ["QLoRA", "FuzzSupport"], path: "Fuzz/Adapter"),
         .executableTarget(name: "fuzz-sft-rows", dependencies: ["QLoRA", "FuzzSupport"], path: "Fuzz/SFTRows"),
+        .executableTarget(name: "fuzz-checkpoint", dependencies: ["QLoRA", "FuzzSupport"], path: "Fuzz/Checkpoint"),
+        .executableTarget(name: "fuzz-model-config", dependencies: ["QLoRA", "FuzzSupport"], path: "Fuzz/ModelConfig"),
         .testTarget(name: "QuantTests", dependencies: ["Quant"], resources: [.copy("Fixtures")],
                     swiftSettings: [.unsafeFlags(["-O"])]),
         .testTarget(name: "QLoRATests", dependencies: ["QLoRA"], resources: [.copy("Fixtures")], swiftSettings: [.unsafeFlags(["-O"])]),

@@ -2,13 +2,13 @@
 # Builds the file-reader fuzzers with libFuzzer + AddressSanitizer and runs each for SECONDS
 # (default 60), starting from the committed seed corpus (Fuzz/corpus/<reader>, which the run
 # never modifies). Exits non-zero on the first crash, leaving crash-* files in .build-fuzz/.
-# Usage: tools/fuzz.sh [SECONDS] [gguf|safetensors|tokenizer|chat-template|train-config|adapter|sft-rows ...]
+# Usage: tools/fuzz.sh [SECONDS] [gguf|safetensors|tokenizer|chat-template|train-config|adapter|sft-rows|checkpoint|model-config ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 readers=("${@:-gguf}")
-[ $# -gt 0 ] || readers=(gguf safetensors tokenizer chat-template train-config adapter sft-rows)
+[ $# -gt 0 ] || readers=(gguf safetensors tokenizer chat-template train-config adapter sft-rows checkpoint model-config)
 for reader in "${readers[@]}"; do
   swift build --scratch-path .build-fuzz --product "fuzz-$reader" \
     -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING -Xswiftc -parse-as-library \
