@@ -85,6 +85,19 @@ final class FullDiskTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(), ["filler", "lora_best"])
     }
 
+    /// An fp32 export larger than the disk: the error names the file being written, and no
+    /// staging folder or partial file is left.
+    func testExportOnAFullDiskLeavesNothing() throws {
+        let dir = try smallFileSystem(kilobytes: 384)
+        let model = LlamaTrainerTests.fixtures.appendingPathComponent("tiny-llama-bnb-nf4").path
+        XCTAssertThrowsError(try MergedExport.run(model: model, output: dir + "/merged") { _ in }) { e in
+            guard case let .noSpace(path, _, needed, _)? = e as? FileError else { return XCTFail("\(e)") }
+            XCTAssertTrue(path.hasPrefix(dir + "/merged.tmp-"), path)
+            XCTAssertNotNil(needed)
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
+    }
+
     /// EIO (a failing device) at fsync, which no mount here can produce: the same clean failure.
     func testDeviceErrorAtSyncNamesThePathAndLeavesNothing() throws {
         let dir = TempDir()
