@@ -96,6 +96,22 @@ final class FullDiskTests: XCTestCase {
             XCTAssertNotNil(needed)
         }
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
+        // The same as one GGUF file.
+        XCTAssertThrowsError(try GGUFExport.run(model: model, output: dir + "/merged.gguf", type: .f32) { _ in }) { e in
+            guard case .noSpace? = e as? FileError else { return XCTFail("\(e)") }
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
+    }
+
+    /// `qlora quantize` into a folder on a disk too small: nothing is left that could pass for a
+    /// quantized model, and an earlier output of the same name stays as it was.
+    func testQuantizeOnAFullDiskLeavesNoHalfFolder() throws {
+        let dir = try smallFileSystem(kilobytes: 160)
+        let source = LlamaTrainerTests.fixtures.appendingPathComponent("tiny-llama").path
+        XCTAssertThrowsError(try Quantizer.run(source: source, output: dir + "/nf4", options: .init(format: .nf4)) { _ in }) { e in
+            guard case .noSpace? = e as? FileError else { return XCTFail("\(e)") }
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
     }
 
     /// EIO (a failing device) at fsync, which no mount here can produce: the same clean failure.
