@@ -178,6 +178,31 @@ def peft_saved_name(param_name: str) -> str:
     return name[: -len(".weight")] if name.endswith("lora_magnitude_vector.weight") else name
 
 
+def peft_loss_and_grads(pm, ids, labels):
+    """The loss of pm on (ids, labels), backward run: (output, {saved name: parameter}) of the
+    parameters that train, in sorted name order."""
+    pm.zero_grad(set_to_none=True)
+    out = pm(input_ids=ids, labels=labels, use_cache=False)
+    out.loss.backward()
+    return out, {peft_saved_name(n): p for n, p in sorted(pm.named_parameters()) if p.requires_grad}
+
+
+def assert_grads_match(params: dict, params_ref: dict, tol: float = 1e-6) -> float:
+    """The same parameters with the same values on the NF4 model and its dequantized fp32 copy,
+    every gradient non-zero and within tol of the reference's largest; returns the worst ratio."""
+    import torch
+    assert params.keys() == params_ref.keys()
+    worst = 0.0
+    for k, p in params.items():
+        assert torch.equal(p, params_ref[k]), k
+        g, gr = p.grad, params_ref[k].grad
+        assert g is not None and g.abs().max().item() > 0, f"zero gradient: {k}"
+        rel = ((g - gr).abs().max() / gr.abs().max()).item()
+        worst = max(worst, rel)
+        assert rel < tol, (k, rel)
+    return worst
+
+
 def seeded_lora(model, lora: dict, seed: int, a_std: float, b_std: float, norm_std: float = None, magnitude_std: float = None):
     """get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora)), then, from one
     torch.Generator seeded with seed in sorted parameter-name order: lora_A ~ N(0, a_std),

@@ -75,32 +75,16 @@ def wrap(model, case):
     return pm
 
 
-def loss_and_grads(pm, ids, labels):
-    pm.zero_grad(set_to_none=True)
-    out = pm(input_ids=ids, labels=labels, use_cache=False)
-    out.loss.backward()
-    params = {fc.peft_saved_name(n): p for n, p in sorted(pm.named_parameters()) if p.requires_grad}
-    return out, params
-
-
 def run_case(case, ids, labels, tmp):
     nf4, linears = fc.load_tiny_nf4()
     ref = fc.dequantized_fp32_copy(nf4, linears)
     pm = wrap(nf4, case)
-    out, params = loss_and_grads(pm, ids, labels)
+    out, params = fc.peft_loss_and_grads(pm, ids, labels)
     fc.assert_not_repacked(linears)
     pref = wrap(ref, case)
-    out_ref, params_ref = loss_and_grads(pref, ids, labels)
+    out_ref, params_ref = fc.peft_loss_and_grads(pref, ids, labels)
     assert abs(out.loss.item() - out_ref.loss.item()) <= 1e-6 * abs(out_ref.loss.item()), (out.loss.item(), out_ref.loss.item())
-    assert params.keys() == params_ref.keys()
-    worst = 0.0
-    for k, p in params.items():
-        assert torch.equal(p, params_ref[k]), k
-        g, gr = p.grad, params_ref[k].grad
-        assert g is not None and g.abs().max().item() > 0, f"zero gradient: {k}"
-        rel = ((g - gr).abs().max() / gr.abs().max()).item()
-        worst = max(worst, rel)
-        assert rel < 1e-6, (k, rel)
+    worst = fc.assert_grads_match(params, params_ref)
     assert any("lora_magnitude_vector" in k for k in params)
 
     rec = {
