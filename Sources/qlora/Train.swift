@@ -557,7 +557,7 @@ struct Train: ParsableCommand {
 /// data-parallel run stops cleanly with `touch RUN/STOP` (`RunLayout.stopFile`).
 final class Interrupt: @unchecked Sendable {
     private let lock = NSLock()
-    private var count = 0
+    /// The first signal, once one came.
     private var first: Int32?
     private let sources: [DispatchSourceSignal]
 
@@ -573,11 +573,10 @@ final class Interrupt: @unchecked Sendable {
         for (source, sig) in zip(sources, signals) {
             source.setEventHandler { [unowned self] in
                 lock.lock()
-                count += 1
-                let n = count
-                if first == nil { first = sig }
+                let again = first != nil
+                if !again { first = sig }
                 lock.unlock()
-                if n > 1 { _exit(128 + sig) }
+                if again { _exit(128 + sig) }
                 let name = sig == SIGINT ? "interrupt" : "SIGTERM"
                 FileHandle.standardError.write(Data("\n\(name): finishing this update and writing a checkpoint (a second signal quits at once)\n".utf8))
             }
@@ -588,7 +587,7 @@ final class Interrupt: @unchecked Sendable {
     var requested: Bool {
         lock.lock()
         defer { lock.unlock() }
-        return count > 0
+        return first != nil
     }
 
     /// The exit status of a run stopped by the first signal: 128 + its number (130 for Ctrl-C,

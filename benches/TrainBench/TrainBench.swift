@@ -124,6 +124,18 @@ public enum TrainBench {
         plainTrainer?.computeDType = c.dtype
         let plainOptimizer = plain.map { AdamW(parameters: $0.parameters, kind: c.optimizer) }
         let plainEMA = plain.flatMap { p in c.ema > 0 ? EMA(parameters: p.parameters, beta: c.ema) : nil }
+        /// A baseline's whole step (gradients, clipping, update, EMA), alternated with the measured
+        /// one so both see the same machine load; its seconds.
+        func baselineStep(_ trainer: Trainer, _ parameters: [Parameter], _ optimizer: AdamW, _ ema: EMA?, _ batch: TokenBatch,
+                          scale: Float, dropoutSeed: UInt64?) throws -> Double {
+            let start = DispatchTime.now().uptimeNanoseconds
+            parameters.forEach { $0.zeroGrad() }
+            _ = try trainer.accumulateGradients(batch, gradScale: scale, dropoutSeed: dropoutSeed)
+            clipGradNorm(parameters, maxNorm: 1)
+            optimizer.update(lr: 1e-4)
+            ema?.update()
+            return Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+        }
         var loraTimes: [Double] = [], loraRatios: [Double] = []
         var sftTimes: [Double] = [], ratios: [Double] = []
         var times: [Double] = []
@@ -147,13 +159,8 @@ public enum TrainBench {
             progress(String(format: "step %d/%d: %.2f s, loss %.4f%@; RSS %.2f GB, peak %.2f GB", s + 1, c.warmup + c.steps, seconds,
                             loss.mean, timed ? "" : " (warm-up)", Double(RuntimeMemory.currentRSS()) / 1e9, Double(RuntimeMemory.peakRSS()) / 1e9))
             if let sft {
-                let start = DispatchTime.now().uptimeNanoseconds
-                lora.parameters.forEach { $0.zeroGrad() }
-                _ = try sft.accumulateGradients(sftBatch, gradScale: 1 / Float(sftBatch.scoredTokens), dropoutSeed: dropoutSeed)
-                clipGradNorm(lora.parameters, maxNorm: 1)
-                optimizer.update(lr: 1e-4)
-                if let ema { ema.update() }
-                let t = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+                let t = try baselineStep(sft, lora.parameters, optimizer, ema, sftBatch, scale: 1 / Float(sftBatch.scoredTokens),
+                                         dropoutSeed: dropoutSeed)
                 progress(String(format: "  sft step on the same rows: %.2f s (%.3f× the %@ step)", t, seconds / t, c.objective.rawValue))
                 if timed {
                     sftTimes.append(t)
@@ -161,13 +168,7 @@ public enum TrainBench {
                 }
             }
             if let plain, let plainTrainer, let plainOptimizer {
-                let start = DispatchTime.now().uptimeNanoseconds
-                plain.parameters.forEach { $0.zeroGrad() }
-                _ = try plainTrainer.accumulateGradients(batch, gradScale: scale, dropoutSeed: dropoutSeed)
-                clipGradNorm(plain.parameters, maxNorm: 1)
-                plainOptimizer.update(lr: 1e-4)
-                plainEMA?.update()
-                let t = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+                let t = try baselineStep(plainTrainer, plain.parameters, plainOptimizer, plainEMA, batch, scale: scale, dropoutSeed: dropoutSeed)
                 progress(String(format: "  plain LoRA step on the same rows: %.2f s (DoRA %.3f× it)", t, seconds / t))
                 if timed {
                     loraTimes.append(t)

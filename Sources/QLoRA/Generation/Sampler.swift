@@ -163,4 +163,10 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
 
     /// Uniform in [0, 1), 53 bits.
     public mutating func nextUnitDouble() -> Double { Double(next() >> 11) * 0x1p-53 }
+
+    /// Standard normal by Box–Muller: one normal from two uniforms (u1 in (0, 1]).
+    public mutating func nextNormal() -> Double {
+        let u1 = 1 - nextUnitDouble(), u2 = nextUnitDouble()
+        return (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2)
+    }
 }

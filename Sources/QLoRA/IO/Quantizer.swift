@@ -59,16 +59,11 @@ public enum Quantizer {
             bytes = try writeGGUF(gguf, source: source, output: output, options: options, start: start, progress: progress)
         } else {
             // Staged and renamed in whole: a full disk or a kill never leaves a folder that looks finished.
-            StagedOutput.removeStale(for: output)
-            let tmp = StagedOutput.path(for: output)
-            try? FileManager.default.removeItem(atPath: tmp)
-            do {
-                bytes = try writeBitsandbytesFolder(source, output: tmp, options: options, start: start, progress: progress)
-                try StagedOutput.commit(tmp, to: output)
-            } catch {
-                try? FileManager.default.removeItem(atPath: tmp)
-                throw error
+            var written = 0
+            try StagedOutput.Directory(for: output).write { tmp in
+                written = try writeBitsandbytesFolder(source, output: tmp, options: options, start: start, progress: progress)
             }
+            bytes = written
         }
         return Report(output: output, tensors: source.tensors.count, outputBytes: bytes,
                       seconds: Date().timeIntervalSince(start), peakRSSBytes: RuntimeMemory.peakRSS())

@@ -27,9 +27,7 @@ struct AdapterTensors {
             w.withUnsafeMutableBufferPointer { w in
                 for (i, j) in rows.enumerated() {
                     let row = w.baseAddress! + i * cols
-                    var s = 0.0
-                    for k in 0..<cols { s += Double(row[k]) * Double(row[k]) }
-                    let factor = magnitude[j] / Float(s.squareRoot())
+                    let factor = magnitude[j] / Float(LoRAAdapter.squaredNorm(row, count: cols).squareRoot())
                     for k in 0..<cols { row[k] *= factor }
                 }
             }

@@ -34,40 +34,23 @@ extension LoRAAdapter {
             let range = start..<min(start + 64, base.rows)
             base.dequantize(rows: range, into: &rows)
             rows.withUnsafeBufferPointer { w in
-                for (i, j) in range.enumerated() {
-                    var s = 0.0
-                    for k in 0..<n { let v = Double(w[i * n + k]); s += v * v }
-                    out[j] = s
-                }
+                for (i, j) in range.enumerated() { out[j] = squaredNorm(w.baseAddress! + i * n, count: n) }
             }
         }
         return out
     }
 
-    /// A 64-bit hash of A's and B's values (four interleaved FNV-style lanes over the bit patterns).
-    var factorsHash: UInt64 {
-        var h: (UInt64, UInt64, UInt64, UInt64) = (0xCBF2_9CE4_8422_2325, 0x9E37_79B9_7F4A_7C15, 0xC2B2_AE3D_27D4_EB4F, 0x1656_67B1_9E37_79F9)
-        let prime: UInt64 = 0x0000_0100_0000_01B3
-        for p in [a, b] {
-            let words = UnsafeRawPointer(p.value.base).assumingMemoryBound(to: UInt32.self), n = p.count
-            var i = 0
-            while i + 4 <= n {
-                h.0 = (h.0 ^ UInt64(words[i])) &* prime
-                h.1 = (h.1 ^ UInt64(words[i + 1])) &* prime
-                h.2 = (h.2 ^ UInt64(words[i + 2])) &* prime
-                h.3 = (h.3 ^ UInt64(words[i + 3])) &* prime
-                i += 4
-            }
-            while i < n { h.0 = (h.0 ^ UInt64(words[i])) &* prime; i += 1 }
-            h.1 ^= UInt64(n)
-        }
-        return (h.0 ^ (h.1 &* 31) ^ (h.2 &* 961) ^ (h.3 &* 29791)) &* prime
+    /// Σ x_k² over `count` values, summed in float64.
+    static func squaredNorm(_ x: UnsafePointer<Float>, count: Int) -> Double {
+        var s = 0.0
+        for k in 0..<count { let v = Double(x[k]); s += v * v }
+        return s
     }
 
     /// n [out]: ‖W_j + s·B_j·A‖ for the current A and B (DoRA only).
     func doraNorm(base: QuantizedMatrix) throws -> [Float] {
         guard let squares = baseRowNormsSquared else { preconditionFailure("\(a.name): not a DoRA adapter") }
-        let key = factorsHash
+        let key = Parameter.bitsHash([a, b])
         if let cache = doraNormCache, cache.key == key { return cache.norm }
         let r = rank, n = inFeatures, m = outFeatures, s = Double(scale)
         var p = [Float](repeating: 0, count: r * m), g = [Float](repeating: 0, count: r * r), bg = [Float](repeating: 0, count: m * r)
@@ -134,7 +117,7 @@ extension LoRAAdapter {
         guard let magnitude, let z = saved.z, let norm = saved.doraNorm else {
             preconditionFailure("DoRA backward of \(a.name) without its forward")
         }
-        let r = rank, n = inFeatures, m = outFeatures
+        let n = inFeatures, m = outFeatures
         let c = rescaling(norm)
         // dm_j += Σ_t dy_tj·z_tj / n_j
         var dots = [Float](repeating: 0, count: m)
@@ -146,27 +129,21 @@ extension LoRAAdapter {
         }
         for j in 0..<m { magnitude.grad.base[j] += dots[j] / norm[j] }
         // dz = c ⊙ dy drives LoRA's gradients.
-        let dz = FloatBuffer(count: T * m), g = FloatBuffer(count: T * r)
+        let dz = FloatBuffer(count: T * m), g = FloatBuffer(count: T * rank)
         Self.addScaledColumns(c, dy, into: dz.base, rows: T, cols: m, accumulate: false)
-        try ComputeRuntime.parallelSgemm(transposeA: true, transposeB: false, m: m, n: r, k: T, alpha: scale, a: dz.base, lda: m,
-                                         b: saved.u.base, ldb: r, beta: 1, c: b.grad.base, ldc: r)
-        try scaledDyB(dz.base, tokens: T, into: g.base)
-        if let seed = dropoutSeed, let d = droppedInput(x, tokens: T, saved: saved, dropoutSeed: seed) {
+        let dropped = droppedInput(x, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
+        try accumulateFactorGradients(dy: dz.base, input: dropped.map { UnsafePointer($0.base) } ?? x, tokens: T, saved: saved, g: g.base)
+        if let seed = dropoutSeed, let d = dropped {
             try baseBackward(dy, dx, accumulate)                                     // dx (+)= dy·W
-            try ComputeRuntime.parallelSgemm(transposeA: true, transposeB: false, m: r, n: n, k: T, a: g.base, lda: r,
-                                             b: d.base, ldb: n, beta: 1, c: a.grad.base, ldc: n)
             Self.axpy(-1, dy, into: dz.base, count: T * m)                           // (c − 1) ⊙ dy
             try baseBackward(dz.base, d.base, false)                                 // its ·W, into drop(x)'s room
             try productGA(g.base, tokens: T, into: d.base, accumulate: true)
             Self.applyDropout(into: dx, from: d.base, count: T * n, p: dropout, seed: seed, accumulate: true)
-            withExtendedLifetime(d) {}
         } else {
             try baseBackward(dz.base, dx, accumulate)                                // dx (+)= dz·W
-            try ComputeRuntime.parallelSgemm(transposeA: true, transposeB: false, m: r, n: n, k: T, a: g.base, lda: r,
-                                             b: x, ldb: n, beta: 1, c: a.grad.base, ldc: n)
             try productGA(g.base, tokens: T, into: dx, accumulate: true)
         }
-        withExtendedLifetime((dz, g)) {}
+        withExtendedLifetime((dz, g, dropped)) {}
     }
 
     /// y[t, j] (+)= c[j]·z[t, j].

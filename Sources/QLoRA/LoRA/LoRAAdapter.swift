@@ -33,11 +33,8 @@ public final class LoRAAdapter {
                 rng: inout SplitMix64, base: QuantizedMatrix? = nil) {
         let r = config.rank, bound = 1 / Double(inFeatures).squareRoot()
         let values: [Float] = config.initialization == .gaussian
-            // PEFT's "gaussian": A ~ N(0, std 1/r) (Box–Muller, u1 in (0, 1]).
-            ? (0..<(r * inFeatures)).map { _ in
-                let u1 = 1 - rng.nextUnitDouble(), u2 = rng.nextUnitDouble()
-                return Float((-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2) / Double(r))
-            }
+            // PEFT's "gaussian": A ~ N(0, std 1/r).
+            ? (0..<(r * inFeatures)).map { _ in Float(rng.nextNormal() / Double(r)) }
             : (0..<(r * inFeatures)).map { _ in Float((rng.nextUnitDouble() * 2 - 1) * bound) }
         a = Parameter(name: "\(name).lora_A.weight", shape: [r, inFeatures], values: values)
         b = Parameter(name: "\(name).lora_B.weight", shape: [out, r])
@@ -90,15 +87,10 @@ public final class LoRAAdapter {
     /// `dx` may be nil when x needs no gradient.
     func backward(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>?, tokens T: Int,
                   saved: Saved, dropoutSeed: UInt64?) throws {
-        let r = rank, n = inFeatures, m = outFeatures
-        let g = FloatBuffer(count: T * r)
-        try ComputeRuntime.parallelSgemm(transposeA: true, transposeB: false, m: m, n: r, k: T, alpha: scale, a: dy, lda: m,
-                                 b: saved.u.base, ldb: r, beta: 1, c: b.grad.base, ldc: r)
-        try scaledDyB(dy, tokens: T, into: g.base)
+        let n = inFeatures
+        let g = FloatBuffer(count: T * rank)
         let dropped = droppedInput(x, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
-        let input = dropped.map { UnsafePointer($0.base) } ?? x
-        try ComputeRuntime.parallelSgemm(transposeA: true, transposeB: false, m: r, n: n, k: T, a: g.base, lda: r,
-                                 b: input, ldb: n, beta: 1, c: a.grad.base, ldc: n)
+        try accumulateFactorGradients(dy: dy, input: dropped.map { UnsafePointer($0.base) } ?? x, tokens: T, saved: saved, g: g.base)
         if let dx {
             if let seed = dropoutSeed, let t = dropped {   // reuse its buffer for the product
                 try productGA(g.base, tokens: T, into: t.base, accumulate: false)
@@ -108,6 +100,18 @@ public final class LoRAAdapter {
             }
         }
         withExtendedLifetime(dropped) {}
+    }
+
+    /// dB += scale · dyᵀ·u,  g [T, r] = scale · dy·B,  dA += gᵀ·input, `input` being what the
+    /// forward multiplied by A (drop(x), or x) and u = input·Aᵀ the forward's.
+    func accumulateFactorGradients(dy: UnsafePointer<Float>, input: UnsafePointer<Float>, tokens T: Int, saved: Saved,
+                                   g: UnsafeMutablePointer<Float>) throws {
+        let r = rank, n = inFeatures, m = outFeatures
+        try ComputeRuntime.parallelSgemm(transposeA: true, transposeB: false, m: m, n: r, k: T, alpha: scale, a: dy, lda: m,
+                                         b: saved.u.base, ldb: r, beta: 1, c: b.grad.base, ldc: r)
+        try scaledDyB(dy, tokens: T, into: g)
+        try ComputeRuntime.parallelSgemm(transposeA: true, transposeB: false, m: r, n: n, k: T, a: g, lda: r,
+                                         b: input, ldb: n, beta: 1, c: a.grad.base, ldc: n)
     }
 
     /// y[T, out] += scale · (x·Aᵀ)·Bᵀ for an adapter stacked frozen on another: no dropout,

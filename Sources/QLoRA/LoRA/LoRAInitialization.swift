@@ -75,38 +75,44 @@ public enum LoRAInitialization: Equatable, Sendable, CustomStringConvertible {
                         loftqIterations: Int = 1, rng: inout SplitMix64,
                         quantize: ([Float]) throws -> [Float] = { $0 }) throws -> (a: [Float], b: [Float], base: [Float]) {
         guard r <= min(rows, cols) else { throw LoRAInitializationError.rankTooLarge(r, rows: rows, cols: cols) }
-        let w64 = w.map(Double.init)
-        var a = [Float](repeating: 0, count: r * cols), b = [Float](repeating: 0, count: rows * r)
+        let a: [Float], b: [Float]
         switch method {
         case .kaiming, .gaussian:
             preconditionFailure("\(method) takes nothing from W")
-        case .pissa, .pissaNiter:
-            let (u, sigma, vt) = method == .pissa ? try svd(w64, rows: rows, cols: cols, rank: r)
-                : try randomizedSVD(w64, rows: rows, cols: cols, rank: r, iterations: { if case let .pissaNiter(k) = method { k } else { 0 } }(), rng: &rng)
-            for c in 0..<r {
-                let g = Float(sigma[c] / Double(s)).squareRoot()
-                for j in 0..<rows { b[j * r + c] = Float(u[j * r + c]) * g }
-                for i in 0..<cols { a[c * cols + i] = Float(vt[c * cols + i]) * g }
-            }
+        case .pissa:
+            (a, b) = split(try svd(w.map(Double.init), rows: rows, cols: cols, rank: r), rows: rows, cols: cols, rank: r, scale: s)
+        case let .pissaNiter(k):
+            (a, b) = split(try randomizedSVD(w.map(Double.init), rows: rows, cols: cols, rank: r, iterations: k, rng: &rng),
+                           rows: rows, cols: cols, rank: r, scale: s)
         case .olora:
-            let (q, rTop) = try qr(w64, rows: rows, cols: cols, rank: r)
-            b = q.map(Float.init)
-            a = rTop.map(Float.init)
+            let (q, rTop) = try qr(w.map(Double.init), rows: rows, cols: cols, rank: r)
+            (a, b) = (rTop.map(Float.init), q.map(Float.init))
         case .loftq:
-            var residualBase = w
+            var residualBase = w, factors: (a: [Float], b: [Float]) = ([], [])
             for t in 0..<max(loftqIterations, 1) {
                 let q = try quantize(residualBase)
-                let (u, sigma, vt) = try svd(zip(w, q).map { Double($0) - Double($1) }, rows: rows, cols: cols, rank: r)
-                for c in 0..<r {
-                    let g = (sigma[c] / Double(s)).squareRoot()
-                    for j in 0..<rows { b[j * r + c] = Float(u[j * r + c] * g) }
-                    for i in 0..<cols { a[c * cols + i] = Float(vt[c * cols + i] * g) }
+                factors = split(try svd(zip(w, q).map { Double($0) - Double($1) }, rows: rows, cols: cols, rank: r),
+                                rows: rows, cols: cols, rank: r, scale: s)
+                if t + 1 < max(loftqIterations, 1) {
+                    residualBase = subtractProduct(w, a: factors.a, b: factors.b, rows: rows, cols: cols, rank: r, scale: s)
                 }
-                if t + 1 < max(loftqIterations, 1) { residualBase = subtractProduct(w, a: a, b: b, rows: rows, cols: cols, rank: r, scale: s) }
             }
-            return (a, b, residualBase)
+            return (factors.a, factors.b, residualBase)
         }
         return (a, b, subtractProduct(w, a: a, b: b, rows: rows, cols: cols, rank: r, scale: s))
+    }
+
+    /// A rank-r SVD split evenly between the factors, s taken out: B = U·diag(√(σ/s)) [rows, r],
+    /// A = diag(√(σ/s))·Vᵀ [r, cols], so s·B·A = U·diag(σ)·Vᵀ.
+    static func split(_ svd: (u: [Double], sigma: [Double], vt: [Double]), rows: Int, cols: Int, rank r: Int,
+                      scale s: Float) -> (a: [Float], b: [Float]) {
+        var a = [Float](repeating: 0, count: r * cols), b = [Float](repeating: 0, count: rows * r)
+        for c in 0..<r {
+            let g = (svd.sigma[c] / Double(s)).squareRoot()
+            for j in 0..<rows { b[j * r + c] = Float(svd.u[j * r + c] * g) }
+            for i in 0..<cols { a[c * cols + i] = Float(svd.vt[c * cols + i] * g) }
+        }
+        return (a, b)
     }
 
     /// W − s·B·A in fp32 (each sum in Float64, rounded once).
@@ -166,45 +172,13 @@ public enum LoRAInitialization: Equatable, Sendable, CustomStringConvertible {
     /// Ub·diag(σ)·Vᵀ, U = Q·Ub.
     static func randomizedSVD(_ w: [Double], rows: Int, cols: Int, rank r: Int, iterations: Int,
                               rng: inout SplitMix64) throws -> (u: [Double], sigma: [Double], vt: [Double]) {
-        var omega = [Double](repeating: 0, count: cols * r)
-        for i in omega.indices {
-            let u1 = 1 - rng.nextUnitDouble(), u2 = rng.nextUnitDouble()
-            omega[i] = (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2)
-        }
-        func orth(_ x: [Double], _ m: Int) throws -> [Double] { try qr(x, rows: m, cols: r, rank: r).q }
-        var q = try orth(multiply(w, omega, m: rows, k: cols, n: r), rows)
-        for _ in 0..<iterations {
-            let p = try orth(multiply(transposed(w, rows: rows, cols: cols), q, m: cols, k: rows, n: r), cols)
-            q = try orth(multiply(w, p, m: rows, k: cols, n: r), rows)
-        }
-        let bm = multiply(transposed(q, rows: rows, cols: r), w, m: r, k: rows, n: cols)
-        let (ub, sigma, vt) = try svd(bm, rows: r, cols: cols, rank: r)
-        return (multiply(q, ub, m: rows, k: r, n: r), sigma, vt)
-    }
-
-    /// x [m, k] · y [k, n], row-major.
-    static func multiply(_ x: [Double], _ y: [Double], m: Int, k: Int, n: Int) -> [Double] {
-        var out = [Double](repeating: 0, count: m * n)
-        out.withUnsafeMutableBufferPointer { o in
-            x.withUnsafeBufferPointer { x in
-                y.withUnsafeBufferPointer { y in
-                    for i in 0..<m {
-                        for p in 0..<k {
-                            let v = x[i * k + p]
-                            if v == 0 { continue }
-                            for j in 0..<n { o[i * n + j] += v * y[p * n + j] }
-                        }
-                    }
-                }
-            }
-        }
-        return out
-    }
-
-    static func transposed(_ x: [Double], rows: Int, cols: Int) -> [Double] {
-        var out = [Double](repeating: 0, count: rows * cols)
-        for j in 0..<rows { for i in 0..<cols { out[i * rows + j] = x[j * cols + i] } }
-        return out
+        let omega = Matrix64(rows: cols, cols: r, values: (0..<(cols * r)).map { _ in rng.nextNormal() })
+        let W = Matrix64(rows: rows, cols: cols, values: w), Wt = W.transposed
+        func orth(_ x: Matrix64) throws -> Matrix64 { Matrix64(rows: x.rows, cols: r, values: try qr(x.values, rows: x.rows, cols: r, rank: r).q) }
+        var q = try orth(W.multiplied(by: omega))
+        for _ in 0..<iterations { q = try orth(W.multiplied(by: try orth(Wt.multiplied(by: q)))) }
+        let (ub, sigma, vt) = try svd(q.transposed.multiplied(by: W).values, rows: r, cols: cols, rank: r)
+        return (q.multiplied(by: Matrix64(rows: r, cols: r, values: ub)).values, sigma, vt)
     }
 }
 
@@ -283,18 +257,19 @@ extension LoRAInitialization {
         var current: (name: String, w: [Float])? = nil
         var rng = SplitMix64(seed: seed ^ 0x5155_A000_0000_0001)
         var done = 0
+        /// What the base's quantizer makes of an [rows, cols] weight's values.
+        func quantized(_ v: [Float], rows: Int, cols: Int) throws -> [Float] {
+            try QuantizedMatrix(quantizing: v, rows: rows, cols: cols, format: options.format, blockSize: options.blockSize,
+                                doubleQuant: options.doubleQuant).dequantize()
+        }
         _ = try Quantizer.writeBitsandbytesFolder(
             source, output: base, options: options, start: start,
             load: { t in
                 let w = try source.load(t)
                 guard adapted.contains(t.name), t.shape.count == 2 else { return w }
                 let rows = t.shape[0], cols = t.shape[1]
-                let quantize: ([Float]) throws -> [Float] = { v in
-                    try QuantizedMatrix(quantizing: v, rows: rows, cols: cols, format: options.format, blockSize: options.blockSize,
-                                        doubleQuant: options.doubleQuant).dequantize()
-                }
                 let f = try Self.factors(method, w: w, rows: rows, cols: cols, rank: lora.rank, scale: s, loftqIterations: loftqIterations,
-                                    rng: &rng, quantize: quantize)
+                                         rng: &rng, quantize: { try quantized($0, rows: rows, cols: cols) })
                 factors[t.name] = (f.a, f.b)
                 current = (t.name, w)
                 done += 1
@@ -306,8 +281,7 @@ extension LoRAInitialization {
                 guard let (name, w) = current, name == t.name, let f = factors[name] else { return }
                 let rows = t.shape[0], cols = t.shape[1]
                 let q = m.dequantize()
-                let plainQ = try QuantizedMatrix(quantizing: w, rows: rows, cols: cols, format: options.format, blockSize: options.blockSize,
-                                                 doubleQuant: options.doubleQuant).dequantize()
+                let plainQ = try quantized(w, rows: rows, cols: cols)
                 let approx = subtractProduct(q, a: f.a, b: f.b, rows: rows, cols: cols, rank: lora.rank, scale: -s)
                 var e = 0.0, p = 0.0, n = 0.0
                 for k in w.indices {

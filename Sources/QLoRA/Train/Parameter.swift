@@ -36,4 +36,15 @@ public final class Parameter {
         precondition(v.count == count, "parameter '\(name)': \(v.count) values for \(count)")
         v.withUnsafeBufferPointer { value.base.update(from: $0.baseAddress!, count: count) }
     }
+
+    /// A hash of the parameters' values as bits (FNV-1a over their 32-bit words, in order): the
+    /// ranks' weights compared (DataParallel), DoRA's norm cache keyed on A and B.
+    public static func bitsHash(_ parameters: [Parameter]) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for p in parameters {
+            let words = UnsafeRawPointer(p.value.base).assumingMemoryBound(to: UInt32.self)
+            for i in 0..<p.count { h = (h ^ UInt64(words[i])) &* 0x0000_0100_0000_01b3 }
+        }
+        return h
+    }
 }

@@ -7,22 +7,14 @@ import XCTest
 /// adapter folder PEFT saved, tiny-llama-peft-dora-adapter) and, for one linear with and without
 /// dropout, against a float64 recomputation of PEFT's formula and its central differences.
 final class DoRATests: XCTestCase {
+    /// The layout of tools/make_lora_fixtures.py's JSON, with DoRA's magnitudes among the
+    /// parameters, and the logits and merged weights of the saved case.
     struct Fixture: Decodable {
-        struct Tensor: Decodable {
-            let shape: [Int]
-            let value_f32: String
-            let grad_f32: String
-        }
+        typealias Tensor = LoRAGradientFixtureTests.Fixture.Tensor
+        typealias LoraConfig = LoRAGradientFixtureTests.Fixture.LoraConfig
         struct Matrix: Decodable {
             let shape: [Int]
             let f32: String
-        }
-        struct LoraConfig: Decodable {
-            let r: Int
-            let lora_alpha: Double
-            let target_modules: [String]
-            let use_rslora: Bool
-            let layers_to_transform: [Int]?
         }
         struct Case: Decodable {
             let name: String

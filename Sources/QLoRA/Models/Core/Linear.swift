@@ -115,17 +115,17 @@ struct LinearRun {
     }
 
     func forward(_ x: FloatBuffer, into y: UnsafeMutablePointer<Float>, tokens T: Int, accumulate: Bool = false) throws {
-        if let adapter, adapter.magnitude != nil, let saved {
+        if let adapter, let saved, adapter.magnitude != nil {
             try StepProfile.measure(.lora) {
                 try adapter.doraForward(x: x.base, y: y, tokens: T, accumulate: accumulate, saved: saved, dropoutSeed: dropoutSeed,
-                                        base: weight, baseForward: baseForward(tokens: T))
+                                        base: weight, baseForward: frozenProduct(tokens: T, backward: false))
             }
         } else {
-            try baseForward(tokens: T)(x.base, y, accumulate)
-        }
-        if let adapter, adapter.magnitude == nil, let saved {
-            try StepProfile.measure(.lora) {
-                try adapter.forward(x: x.base, y: y, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
+            try frozenProduct(tokens: T, backward: false)(x.base, y, accumulate)
+            if let adapter, let saved {
+                try StepProfile.measure(.lora) {
+                    try adapter.forward(x: x.base, y: y, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
+                }
             }
         }
         if !frozen.isEmpty {
@@ -138,17 +138,17 @@ struct LinearRun {
     /// `x` is the forward's input (LoRA's dA needs it).
     func backward(_ dy: UnsafePointer<Float>, x: FloatBuffer, into dx: UnsafeMutablePointer<Float>, tokens T: Int,
                   accumulate: Bool) throws {
-        if let adapter, adapter.magnitude != nil, let saved {
+        if let adapter, let saved, adapter.magnitude != nil {
             try StepProfile.measure(.lora) {
                 try adapter.doraBackward(dy: dy, x: x.base, dx: dx, tokens: T, accumulate: accumulate, saved: saved,
-                                         dropoutSeed: dropoutSeed, baseBackward: baseBackward(tokens: T))
+                                         dropoutSeed: dropoutSeed, baseBackward: frozenProduct(tokens: T, backward: true))
             }
         } else {
-            try baseBackward(tokens: T)(dy, dx, accumulate)
-        }
-        if let adapter, adapter.magnitude == nil, let saved {
-            try StepProfile.measure(.lora) {
-                try adapter.backward(dy: dy, x: x.base, dx: dx, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
+            try frozenProduct(tokens: T, backward: true)(dy, dx, accumulate)
+            if let adapter, let saved {
+                try StepProfile.measure(.lora) {
+                    try adapter.backward(dy: dy, x: x.base, dx: dx, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
+                }
             }
         }
         if !frozen.isEmpty {
@@ -158,13 +158,9 @@ struct LinearRun {
         }
     }
 
-    /// The frozen product y (+)= x·Wᵀ over T rows, in the context's dtype, profiled.
-    private func baseForward(tokens T: Int) -> LoRAAdapter.BaseProduct { baseProduct(tokens: T, backward: false) }
-
-    /// The frozen product's input gradient dx (+)= dy·W over T rows, profiled.
-    private func baseBackward(tokens T: Int) -> LoRAAdapter.BaseProduct { baseProduct(tokens: T, backward: true) }
-
-    private func baseProduct(tokens T: Int, backward: Bool) -> LoRAAdapter.BaseProduct {
+    /// The frozen product over T rows in the context's dtype, profiled: y (+)= x·Wᵀ, or with
+    /// `backward` the input gradient dx (+)= dy·W.
+    private func frozenProduct(tokens T: Int, backward: Bool) -> LoRAAdapter.BaseProduct {
         let (inWidth, outWidth) = backward ? (weight.rows, weight.cols) : (weight.cols, weight.rows)
         return { input, output, accumulate in
             try StepProfile.measure(backward ? .gemmBackward : .gemmForward, flops: 2 * Double(T * weight.rows * weight.cols)) {

@@ -273,15 +273,8 @@ public final class DataParallel {
 
     // MARK: Weights
 
-    /// A hash of the parameters' bits (FNV-1a over their 32-bit words, parameters in order).
-    public static func weightHash(_ parameters: [Parameter]) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for p in parameters {
-            let words = UnsafeRawPointer(p.value.base).assumingMemoryBound(to: UInt32.self)
-            for i in 0..<p.count { h = (h ^ UInt64(words[i])) &* 0x0000_0100_0000_01b3 }
-        }
-        return h
-    }
+    /// A hash of the parameters' bits (`Parameter.bitsHash`: FNV-1a over their 32-bit words).
+    public static func weightHash(_ parameters: [Parameter]) -> UInt64 { Parameter.bitsHash(parameters) }
 
     public enum Mismatch: Error, CustomStringConvertible {
         case weights(step: Int, ranks: [Int])
