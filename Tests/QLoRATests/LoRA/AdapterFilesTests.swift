@@ -428,7 +428,7 @@ final class AdapterFilesTests: XCTestCase {
     func testBadConfigValuesNameTheKey() throws {
         let bad: [(String, Any?)] = [
             ("r", nil), ("r", 0), ("r", 2.5), ("r", true), ("r", "4"), ("lora_alpha", nil), ("lora_alpha", "8"), ("lora_alpha", -1),
-            ("lora_dropout", 1.5), ("use_rslora", "yes"), ("target_modules", nil), ("target_modules", [String]()), ("target_modules", 5),
+            ("lora_dropout", 1.5), ("use_rslora", "yes"), ("use_dora", "yes"), ("use_dora", 1), ("target_modules", nil), ("target_modules", [String]()), ("target_modules", 5),
             ("target_modules", "(unclosed"), ("layers_to_transform", [-1]), ("layers_to_transform", ["a"]),
             ("layers_to_transform", [Int]()),
         ]
