@@ -188,6 +188,7 @@ struct TrainSpeed: ParsableCommand {
             Examples: qlora bench train --rank 16 --grad-checkpoint --ema 0.999
                       qlora bench train --objective dpo --batch 8 --against-sft
                       qlora bench train --shape llama-7b --layers 2 --batch 1 --length 512 --grad-checkpoint
+                      qlora bench train --compute-dtype bf16 --against-fp32 --steps 7
             """
     )
 
@@ -214,6 +215,8 @@ struct TrainSpeed: ParsableCommand {
     @Flag(help: "With --use-dora: alternate each step with a plain LoRA step of the same rank on the same rows and report the ratio.")
     var againstLora = false
     @Option(help: ComputeDTypeChoice.help(default: .fp32)) var computeDtype = ComputeDTypeChoice.fp32
+    @Flag(help: "With --compute-dtype bf16: alternate each step with the same step in fp32 (same adapters, same rows) and report bf16's speed-up (same machine load for both).")
+    var againstFp32 = false
     @Flag(help: "Print JSON for scripts.") var json = false
 
     func validate() throws {
@@ -247,6 +250,8 @@ struct TrainSpeed: ParsableCommand {
         c.optimizer = optim
         c.againstLoRA = againstLora
         c.dtype = try computeDtype.resolved()
+        if againstFp32, c.dtype != .bf16 { throw ValidationError("--against-fp32 compares --compute-dtype bf16 with fp32: add --compute-dtype bf16") }
+        c.againstFP32 = againstFp32
         let r = try TrainBench.run(c) { FileHandle.standardError.write(Data("\($0)\n".utf8)) }
         if json {
             let encoder = JSONEncoder()
@@ -265,6 +270,10 @@ struct TrainSpeed: ParsableCommand {
         }
         print(String(format: "frozen GEMMs in the step: %.0f GFLOP/s; dense sgemm, same products: %.0f GFLOP/s (%.2f×)",
                      r.frozenGFLOPS, r.denseGFLOPS, r.frozenGFLOPS / r.denseGFLOPS))
+        if let fp32 = r.fp32StepSecondsMedian, let speedup = r.speedupOverFP32Median {
+            print(String(format: "bf16 step against an fp32 step on the same %d × %d rows, alternated: %.2f s vs %.2f s (medians); median speed-up %.3f×",
+                         r.batch, r.length, r.stepSecondsMedian, fp32, speedup))
+        }
         if let plain = r.loraStepSecondsMedian, let ratio = r.ratioToLoRAMedian {
             print(String(format: "DoRA step against a plain LoRA step on the same %d rows, alternated: %.2f s vs %.2f s (medians); median ratio %.3f",
                          r.batch, r.stepSecondsMedian, plain, ratio))

@@ -45,6 +45,9 @@ public enum TrainBench {
         /// With `useDoRA`: also time a plain LoRA step of the same rank on the same rows,
         /// alternating step by step: DoRA's cost per step under the same machine load.
         public var againstLoRA = false
+        /// With dtype bf16: also time the same step with fp32 products (same adapters and rows),
+        /// alternating step by step: bf16's speed-up under the same machine load.
+        public var againstFP32 = false
         public init() {}
     }
 
@@ -79,6 +82,10 @@ public enum TrainBench {
         /// of (DoRA step / LoRA step).
         public var loraStepSecondsMedian: Double?
         public var ratioToLoRAMedian: Double?
+        /// With `againstFP32`: the fp32 step's median seconds, and the median over rounds of
+        /// (fp32 step / bf16 step), each round's two steps back to back.
+        public var fp32StepSecondsMedian: Double?
+        public var speedupOverFP32Median: Double?
     }
 
     public static func run(_ c: Config, progress: (String) -> Void) throws -> Result {
@@ -137,6 +144,7 @@ public enum TrainBench {
             return Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
         }
         var loraTimes: [Double] = [], loraRatios: [Double] = []
+        var fp32Times: [Double] = [], speedups: [Double] = []
         var sftTimes: [Double] = [], ratios: [Double] = []
         var times: [Double] = []
         var shares: [String: Double] = [:], perStep: [String: Double] = [:]
@@ -175,6 +183,16 @@ public enum TrainBench {
                     loraRatios.append(seconds / t)
                 }
             }
+            if c.againstFP32 {
+                trainer.computeDType = .fp32
+                defer { trainer.computeDType = c.dtype }
+                let t = try baselineStep(trainer, lora.parameters, optimizer, ema, batch, scale: scale, dropoutSeed: dropoutSeed)
+                progress(String(format: "  fp32 step on the same rows: %.2f s (%@ %.3f× faster)", t, "\(c.dtype)", t / seconds))
+                if timed {
+                    fp32Times.append(t)
+                    speedups.append(t / seconds)
+                }
+            }
             guard timed else { continue }
             times.append(seconds)
             for (k, v) in profile.seconds.map({ ($0.rawValue, $1) }) + [("other", seconds - profile.measuredSeconds)] {
@@ -196,7 +214,9 @@ public enum TrainBench {
                       sftStepSecondsMedian: sftTimes.isEmpty ? nil : sftTimes.sorted()[sftTimes.count / 2],
                       ratioToSFTMedian: ratios.isEmpty ? nil : ratios.sorted()[ratios.count / 2], useDoRA: c.useDoRA ? true : nil,
                       loraStepSecondsMedian: loraTimes.isEmpty ? nil : loraTimes.sorted()[loraTimes.count / 2],
-                      ratioToLoRAMedian: loraRatios.isEmpty ? nil : loraRatios.sorted()[loraRatios.count / 2])
+                      ratioToLoRAMedian: loraRatios.isEmpty ? nil : loraRatios.sorted()[loraRatios.count / 2],
+                      fp32StepSecondsMedian: fp32Times.isEmpty ? nil : fp32Times.sorted()[fp32Times.count / 2],
+                      speedupOverFP32Median: speedups.isEmpty ? nil : speedups.sorted()[speedups.count / 2])
     }
 
     /// Dense sgemm (OpenBLAS, all threads) on one layer's seven products, forward (X·Wᵀ) and

@@ -16,7 +16,8 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
     /// Activations kept for the backward: every block's (or, with checkpointing, one block's
     /// plus the L + 1 block inputs), and the backward's scratch.
     public var activationBytes: Int
-    /// One chunk of LM-head logits and the head's inputs and gradients.
+    /// One chunk of LM-head logits and the head's inputs and gradients, beyond the backward's
+    /// gradient buffers (`activationBytes`), which reuse their memory once the head is done.
     public var logitsBytes: Int
     /// Per-thread tile buffers of the GEMMs, the runtime, libraries and the tokenizer.
     public var bufferBytes: Int
@@ -35,7 +36,7 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
     public static let runtimeBytes = 40 << 20
 
     public init(config c: ModelConfig, frozenBytes: Int, lora: LoRAConfig, trainNorms: Bool, sequences B: Int, length T: Int,
-                gradientCheckpointing: Bool, ema: Bool, headChunkRows: Int = 128, threads: Int = 2, computeDType: ComputeDType = .fp32,
+                gradientCheckpointing: Bool, ema: Bool, headChunkRows: Int? = nil, threads: Int = 2, computeDType: ComputeDType = .fp32,
                 optimizer: AdamW.Kind = .adamw, dataParallel: Bool = false,
                 availableBytes: Int = Int(ProcessInfo.processInfo.physicalMemory)) {
         let N = B * T, C = c.hiddenSize, F = c.intermediateSize
@@ -71,7 +72,10 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
         let block = N * (4 * C + 2 * qDim + 2 * kvDim + 3 * F + 2) + B * c.numHeads * T * T
         let kept = gradientCheckpointing ? block + (savedPerLayer.max() ?? 0) : c.numLayers * block + savedPerLayer.reduce(0, +)
         let inputs = (c.numLayers + 1) * N * C
-        let scratch = N * (2 * C + 2 * qDim + 2 * kvDim + 3 * F) + 3 * N * C
+        // The backward's gradient buffers (BlockGradients, and dIn) come after the head, in its
+        // memory; dx and one more block output before it.
+        let afterHead = N * (2 * C + 2 * qDim + 2 * kvDim + 3 * F) + N * C
+        let scratch = afterHead + 2 * N * C
         let dropout = lora.dropout > 0 ? N * max(C, F, qDim) : 0
         // DoRA's backward: c ⊙ dy [N, out] of the widest linear.
         let doraScratch = lora.useDoRA ? N * max(C, F, qDim, kvDim, c.family.linears.map { $0.shape(in: c).rows }.max() ?? 0) : 0
@@ -81,12 +85,14 @@ public struct MemoryEstimate: Codable, Sendable, Equatable {
         optimizerBytes = optimizer == .adamw8bit ? optimizer8 : 8 * adapterFloats
         emaBytes = ema ? 4 * adapterFloats : 0
         activationBytes = 4 * (kept + inputs + scratch + dropout + doraScratch)
-        logitsBytes = 4 * ((c.finalLogitSoftcap == nil ? 1 : 2) * min(headChunkRows, N) * c.vocabSize + 2 * N * C + N)   // + tanh of a soft-capped chunk
-        // bf16 products round their input (X, dY or a chunk of logit gradients) into a bf16
-        // panel the calling thread keeps for the next call: the largest of them, rows rounded up
-        // to the kernel's 8, 2 bytes each. Their W panels fit in the per-thread 4 MiB.
-        let widest = max(C, F, qDim, kvDim), rows8 = { ($0 + 7) / 8 * 8 }
-        let bf16Panel = computeDType == .bf16 ? 2 * max(rows8(N) * widest, rows8(min(headChunkRows, N)) * c.vocabSize) : 0
+        let headRows = min(headChunkRows ?? LMHead.defaultChunkRows(vocab: c.vocabSize), N)
+        let head = (c.finalLogitSoftcap == nil ? 1 : 2) * headRows * c.vocabSize + 2 * N * C + N   // + tanh of a soft-capped chunk
+        logitsBytes = 4 * max(0, head - afterHead)
+        // bf16 products round their input (X, dY or a chunk of logit gradients) into two k slices
+        // of at most 768 columns the calling thread keeps for the next call: rows rounded up to
+        // the kernel's 8, 2 bytes each. Their W panels fit in the per-thread 4 MiB.
+        let rows8 = { ($0 + 7) / 8 * 8 }
+        let bf16Panel = computeDType == .bf16 ? 2 * 2 * rows8(max(N, headRows)) * 768 : 0
         // A rank of a data-parallel run sums its gradients over the ranks through a flat copy of
         // them (DataParallel.Overlapped; summing after the backward needs at most 16 MiB of it).
         bufferBytes = Self.runtimeBytes + threads * (4 << 20) + bf16Panel + (dataParallel ? 4 * adapterFloats : 0) + 8 * doraRows

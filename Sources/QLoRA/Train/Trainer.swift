@@ -143,8 +143,9 @@ public final class Trainer {
     /// Bytes the step buffers hold (the largest step so far).
     public var stepBufferBytes: Int { arena.capacity * MemoryLayout<Float>.stride }
 
-    /// `headChunkRows`: rows of logits the causal LM's head computes at once (chunk × V floats).
-    public init(model: DecoderModel, lora: ModelAdapters, gradientCheckpointing: Bool = false, headChunkRows: Int = 128,
+    /// `headChunkRows`: rows of logits the causal LM's head computes at once (chunk × V floats;
+    /// nil: LMHead.defaultChunkRows for the vocabulary).
+    public init(model: DecoderModel, lora: ModelAdapters, gradientCheckpointing: Bool = false, headChunkRows: Int? = nil,
                 objective: (any TrainingObjective)? = nil) {
         self.model = model
         self.lora = lora
@@ -226,11 +227,15 @@ public final class Trainer {
         let last = inputs[inputs.count - 1]
         var dx = backward ? arena.take(N * C) : nil
         dx?.base.update(repeating: 0, count: N * C)
+        let beforeHead = arena.mark()
         let loss = try StepProfile.measure(.head) { () throws in
             if let head { return try head(last, dx) }
             return try objective.loss(hidden: last, batch: batch, model: model, adapters: lora, gradScale: gradScale, dx: dx, arena: arena)
         }
         guard backward, var d = dx else { return loss }
+        // What the objective took (a chunk of logits, the final norm's output and gradient) is
+        // dead once it has written dx: the backward's buffers reuse that memory.
+        arena.rewind(to: beforeHead)
 
         // Backward through the blocks.
         let grads = BlockGradients(config: c, tokens: N, arena: arena)

@@ -33,8 +33,9 @@ final class MemoryEstimateTests: XCTestCase {
         }
     }
 
-    /// bf16 adds the calling thread's rounded input panel, the largest a step rounds: a chunk of
-    /// the head's logit gradients for a wide vocabulary, the MLP's [N, F] input otherwise.
+    /// bf16 adds the calling thread's rounded input: two k slices of at most 768 columns (the
+    /// bf16 kernel's KC), bf16, rows rounded up to its 8, for the most rows a product has (the
+    /// step's N; a head chunk has fewer).
     func testBF16CountsTheRoundedInputPanel() throws {
         let model = LlamaTrainerTests.tiny, c = model.config, lora = LoRAConfig(rank: 4, alpha: 8)
         for (B, T) in [(2, 16), (64, 512)] {
@@ -43,11 +44,32 @@ final class MemoryEstimateTests: XCTestCase {
                                gradientCheckpointing: false, ema: false, computeDType: dtype)
             }
             let (fp32, bf16) = (estimate(.fp32), estimate(.bf16))
-            let N = B * T, widest = max(c.hiddenSize, c.intermediateSize, c.numHeads * c.headDim)
-            let headPanel = 2 * ((min(128, N) + 7) / 8 * 8) * c.vocabSize, inputPanel = 2 * ((N + 7) / 8 * 8) * widest
-            XCTAssertEqual(bf16.bufferBytes - fp32.bufferBytes, max(headPanel, inputPanel), "batch \(B) × \(T)")
-            XCTAssertEqual(bf16.totalBytes - fp32.totalBytes, max(headPanel, inputPanel))
+            let panel = 2 * 2 * ((B * T + 7) / 8 * 8) * 768
+            XCTAssertEqual(bf16.bufferBytes - fp32.bufferBytes, panel, "batch \(B) × \(T)")
+            XCTAssertEqual(bf16.totalBytes - fp32.totalBytes, panel)
         }
+    }
+
+    /// The head's chunk of logits by default: 48 MiB of rows, multiples of 64, 128 to 512 rows;
+    /// the backward's gradient buffers reuse its memory, so the estimate counts only what the
+    /// head holds beyond them.
+    func testHeadChunkFollowsTheVocabularyAndSharesTheBackwardsMemory() throws {
+        XCTAssertEqual(LMHead.defaultChunkRows(vocab: 49_152), 256)    // SmolLM2
+        XCTAssertEqual(LMHead.defaultChunkRows(vocab: 262_144), 128)   // Gemma 3: the floor
+        XCTAssertEqual(LMHead.defaultChunkRows(vocab: 32_000), 384)    // Llama 2
+        XCTAssertEqual(LMHead.defaultChunkRows(vocab: 256), 512)       // the ceiling
+        let model = LlamaTrainerTests.tiny, c = model.config
+        func estimate(rows: Int?) -> MemoryEstimate {
+            MemoryEstimate(config: c, frozenBytes: 0, lora: LoRAConfig(rank: 4, alpha: 8), trainNorms: false, sequences: 8, length: 64,
+                           gradientCheckpointing: false, ema: false, headChunkRows: rows)
+        }
+        let N = 8 * 64, C = c.hiddenSize, qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
+        let afterHead = N * (2 * C + 2 * qDim + 2 * kvDim + 3 * c.intermediateSize) + N * C
+        for rows in [1, 64, 512] {
+            let head = rows * c.vocabSize + 2 * N * C + N
+            XCTAssertEqual(estimate(rows: rows).logitsBytes, 4 * max(0, head - afterHead), "\(rows) rows")
+        }
+        XCTAssertEqual(estimate(rows: nil).logitsBytes, estimate(rows: 512).logitsBytes)
     }
 
     /// A run that starts from `--load-lora-from` trains that directory's adapters: the estimate

@@ -42,11 +42,22 @@ public final class FloatBuffer {
 /// taken back whole by `reset()`: a step of the same shape as the last reuses pages that are
 /// already mapped instead of asking the kernel for fresh zeroed ones (~1.5 GB a step at
 /// batch 4 × 256 on SmolLM2). Pieces are not zeroed. Not thread-safe.
+///
+/// Pieces taken since a `mark()` can be taken back early with `rewind(to:)`, so that what is
+/// taken next reuses their memory: the LM head's chunk of logits and the backward's gradient
+/// buffers share pages (a step's peak is the larger of the two, not their sum).
 public final class FloatArena {
     private var chunks: [(base: UnsafeMutablePointer<Float>, capacity: Int)] = []
     private var chunk = 0
     private var used = 0
+    /// Floats held now, and the most held at once since the last reset.
     private var demand = 0
+    private var peakDemand = 0
+
+    /// Where the arena stands: what `rewind(to:)` returns it to.
+    public struct Mark {
+        fileprivate let chunk: Int, used: Int, demand: Int
+    }
 
     public init() {}
 
@@ -59,6 +70,7 @@ public final class FloatArena {
     public func take(_ count: Int) -> FloatBuffer {
         let n = (max(count, 1) + 15) / 16 * 16
         demand += n
+        peakDemand = max(peakDemand, demand)
         while chunk < chunks.count, used + n > chunks[chunk].capacity {
             chunk += 1
             used = 0
@@ -74,20 +86,32 @@ public final class FloatArena {
         return b
     }
 
+    public func mark() -> Mark { Mark(chunk: chunk, used: used, demand: demand) }
+
+    /// Takes back every piece taken since `m` (none of them may be used after this); pieces
+    /// taken before it stay.
+    public func rewind(to m: Mark) {
+        precondition(m.chunk < chunk || (m.chunk == chunk && m.used <= used), "rewind to a mark taken after the arena was reset or rewound past it")
+        chunk = m.chunk
+        used = m.used
+        demand = m.demand
+    }
+
     /// Takes every piece back (none may be used after this). When the last cycle needed more
-    /// than one chunk, they are replaced by one chunk of the whole demand.
+    /// than one chunk, they are replaced by one chunk of the most it held at once.
     public func reset() {
         if chunks.count > 1 {
             chunks.forEach { $0.base.deallocate() }
             // Chunks below malloc's mmap threshold stay on its heap once freed: give the pages
             // back before the one chunk of the whole demand is mapped beside them.
             qk_release_free_memory()
-            let raw = UnsafeMutableRawPointer.allocate(byteCount: demand * MemoryLayout<Float>.stride, alignment: 64)
-            chunks = [(raw.bindMemory(to: Float.self, capacity: demand), demand)]
+            let raw = UnsafeMutableRawPointer.allocate(byteCount: peakDemand * MemoryLayout<Float>.stride, alignment: 64)
+            chunks = [(raw.bindMemory(to: Float.self, capacity: peakDemand), peakDemand)]
         }
         chunk = 0
         used = 0
         demand = 0
+        peakDemand = 0
     }
 }
 

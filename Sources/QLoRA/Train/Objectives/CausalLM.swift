@@ -25,10 +25,11 @@ public protocol TrainingObjective {
 ///   logits[N, V] = rmsnorm(x)·lm_headᵀ (soft-capped where the family does), a chunk of rows
 ///   at a time, never [N, V] whole;  loss = Σ CE(logits, labels shifted by one)
 public struct CausalLMObjective: TrainingObjective {
-    /// Rows of logits computed at once: chunk × V floats at a time.
-    public var headChunkRows: Int
+    /// Rows of logits computed at once: chunk × V floats at a time (nil: LMHead.defaultChunkRows
+    /// for the vocabulary).
+    public var headChunkRows: Int?
 
-    public init(headChunkRows: Int = 128) { self.headChunkRows = headChunkRows }
+    public init(headChunkRows: Int? = nil) { self.headChunkRows = headChunkRows }
 
     /// The final norm, the LM head and the cross-entropy, in chunks of rows (`LMHead`); with
     /// `dx`, writes the gradient of the loss (times gradScale) with respect to x [N, C] there and

@@ -28,13 +28,25 @@ enum LMHead {
                         trainable: adapters.finalNorm, tokens: rows)
     }
 
-    /// Σ CE over the positions whose target is not −100, `chunkRows` rows of logits at a time.
+    /// Rows of logits the head computes at once unless told: as many as 48 MiB of fp32 logits
+    /// hold, in multiples of 64, between 128 and 512 (SmolLM2's 49,152-token vocabulary: 256;
+    /// Gemma 3's 262,144: 128). Fewer rows make the head's products slower — each chunk packs
+    /// the whole head again, and bf16 packs cost as much as fp32's at half the arithmetic — and
+    /// the memory is not all extra: a training step's backward reuses the chunk's pages for its
+    /// gradient buffers (Trainer rewinds the arena after the head).
+    static func defaultChunkRows(vocab V: Int) -> Int {
+        let budget = 48 << 20
+        return min(512, max(128, budget / (4 * max(V, 1)) / 64 * 64))
+    }
+
+    /// Σ CE over the positions whose target is not −100, `chunkRows` rows of logits at a time
+    /// (nil: `defaultChunkRows`).
     /// `rowLoss` [N], when given, receives each position's CE (0 where not scored); `dxn` [N, C],
     /// when given, receives gradScale · ∂(Σ CE)/∂xn (zero rows where nothing is scored).
-    static func crossEntropy(xn: FloatBuffer, targets: [Int32], model: DecoderModel, chunkRows: Int, gradScale: Float,
+    static func crossEntropy(xn: FloatBuffer, targets: [Int32], model: DecoderModel, chunkRows: Int?, gradScale: Float,
                              dxn: FloatBuffer?, rowLoss: UnsafeMutablePointer<Double>?, arena: FloatArena) throws -> LossSum {
         let c = model.config, C = c.hiddenSize, V = c.vocabSize, N = targets.count
-        let chunk = max(1, chunkRows)
+        let chunk = max(1, chunkRows ?? defaultChunkRows(vocab: V))
         let logits = arena.take(min(chunk, N) * V)
         let tanhs = c.finalLogitSoftcap == nil ? nil : arena.take(min(chunk, N) * V)
         var losses = [Double](repeating: 0, count: min(chunk, N))
@@ -102,7 +114,7 @@ struct SequenceLogProbs {
     ///   - wholeRows: rows whose every real token after the first is scored too (prompt
     ///     included), as ORPO's NLL term wants; their completion sums are unchanged.
     ///   - withGradient: keep dxn for `backward`.
-    init(hidden x: FloatBuffer, batch: TokenBatch, model: DecoderModel, adapters: ModelAdapters, chunkRows: Int,
+    init(hidden x: FloatBuffer, batch: TokenBatch, model: DecoderModel, adapters: ModelAdapters, chunkRows: Int?,
          wholeRows: Range<Int> = 0..<0, withGradient: Bool, arena: FloatArena) throws {
         let completion = batch.shiftedTargets, N = completion.count, T = batch.length
         var targets = completion

@@ -42,10 +42,10 @@ public struct PreferenceObjective: TrainingObjective {
 
     public var kind: Kind
     public var beta: Double
-    /// Rows of logits computed at once.
-    public var headChunkRows: Int
+    /// Rows of logits computed at once (nil: LMHead.defaultChunkRows for the vocabulary).
+    public var headChunkRows: Int?
 
-    public init(_ kind: Kind, beta: Double, headChunkRows: Int = 128) {
+    public init(_ kind: Kind, beta: Double, headChunkRows: Int? = nil) {
         self.kind = kind
         self.beta = beta
         self.headChunkRows = headChunkRows
@@ -149,7 +149,7 @@ public struct PreferenceObjective: TrainingObjective {
 
     /// The log-probabilities of every row's completion (chosen sides, then rejected) with the
     /// weights `trainer` runs: the reference pass of DPO, with no gradients.
-    public static func completionLogProbs(_ batch: TokenBatch, trainer: Trainer, headChunkRows: Int = 128) throws -> [Double] {
+    public static func completionLogProbs(_ batch: TokenBatch, trainer: Trainer, headChunkRows: Int? = nil) throws -> [Double] {
         try trainer.withHiddenStates(batch) { hidden, arena in
             try SequenceLogProbs(hidden: hidden, batch: batch, model: trainer.model, adapters: trainer.lora, chunkRows: headChunkRows,
                                  withGradient: false, arena: arena).sums
