@@ -85,6 +85,53 @@ extension QuantizedMatrix {
         try throwing(rc, "a [\(rows), \(cols)] backward")
     }
 
+    /// A second product run beside a bf16 forward or backward, from the same rounded input:
+    /// a dense fp32 matrix E [count, in] (forward: out2 = alpha·X·Eᵀ) or E [out, count]
+    /// (backward: out2 = alpha·dY·E), row-major, rounded to bf16 as it is packed; `output`
+    /// [T, count] with rows of `ld` floats is written, not accumulated. LoRA's x·Aᵀ beside the
+    /// frozen forward, scale·dY·B beside its backward: the input is rounded and packed once.
+    public struct SideProduct {
+        public let e: UnsafePointer<Float>
+        public let count: Int
+        public let output: UnsafeMutablePointer<Float>
+        public let ld: Int
+        public let alpha: Float
+        public init(e: UnsafePointer<Float>, count: Int, output: UnsafeMutablePointer<Float>, ld: Int, alpha: Float = 1) {
+            self.e = e
+            self.count = count
+            self.output = output
+            self.ld = ld
+            self.alpha = alpha
+        }
+    }
+
+    /// `forward` in bf16 with a side product (`SideProduct`); bit for bit the two products run
+    /// apart. Throws `.bf16Unavailable` on CPUs without AVX512_BF16.
+    public func forwardBF16(_ x: UnsafeBufferPointer<Float>, into y: UnsafeMutableBufferPointer<Float>, tokens T: Int,
+                            accumulate: Bool = false, threads: Int = 0, side: SideProduct) throws(QuantError) {
+        try check(T: T, input: x.count, inputWidth: cols, output: y.count, outputWidth: rows, names: ("X", "Y"))
+        precondition(side.count >= 0 && side.ld >= side.count, "side product of \(side.count) columns in rows of \(side.ld)")
+        _ = try ComputeRuntime.prepare()
+        let rc = withKernel { k in
+            qk_gemm_forward_bf16_with(k, x.baseAddress, y.baseAddress, Int64(T), accumulate ? 1 : 0, Int32(threads), side.e,
+                                      Int64(side.count), side.output, Int64(side.ld), side.alpha)
+        }
+        try throwing(rc, "a [\(rows), \(cols)] forward with a side product")
+    }
+
+    /// `backward` in bf16 with a side product, as `forwardBF16(_:into:tokens:accumulate:threads:side:)`.
+    public func backwardBF16(_ dy: UnsafeBufferPointer<Float>, into dx: UnsafeMutableBufferPointer<Float>, tokens T: Int,
+                             accumulate: Bool = false, threads: Int = 0, side: SideProduct) throws(QuantError) {
+        try check(T: T, input: dy.count, inputWidth: rows, output: dx.count, outputWidth: cols, names: ("dY", "dX"))
+        precondition(side.count >= 0 && side.ld >= side.count, "side product of \(side.count) columns in rows of \(side.ld)")
+        _ = try ComputeRuntime.prepare()
+        let rc = withKernel { k in
+            qk_gemm_backward_bf16_with(k, dy.baseAddress, dx.baseAddress, Int64(T), accumulate ? 1 : 0, Int32(threads), side.e,
+                                       Int64(side.count), side.output, Int64(side.ld), side.alpha)
+        }
+        try throwing(rc, "a [\(rows), \(cols)] backward with a side product")
+    }
+
     /// Y[T, out] = X[T, in] · Wᵀ for arrays.
     public func forward(_ x: [Float], tokens T: Int, options: GEMMOptions = .init(), dtype: ComputeDType = .fp32) throws(QuantError) -> [Float] {
         var y = [Float](repeating: 0, count: max(T, 0) * rows)

@@ -150,11 +150,11 @@ BF16 static void pack_a(const float *a, int64_t lda, int64_t M, int64_t k0, int6
     }
 }
 
-/* ---- micro-kernel: C[mv, nvalid] (ldc) = A panel · B panel, stored per mode ------------- */
-enum { STORE = 0, ADD = 1, SCALE_ADD = 2 }; /* C = acc; C += acc; C = acc + beta·C */
+/* ---- micro-kernel: C[mv, nvalid] (ldc) = alpha · A panel · B panel, stored per mode ------ */
+enum { STORE = 0, ADD = 1, SCALE_ADD = 2 }; /* C = acc; C += acc; C = acc + beta·C (acc times alpha) */
 
 BF16 static void kernel(int64_t kp, const uint32_t *restrict a, const uint32_t *restrict b, float *c, int64_t ldc,
-                        int mv, int nvalid, int mode, float beta) {
+                        int mv, int nvalid, int mode, float beta, float alpha) {
     __m512 acc[MR][NV];
     if (mode != STORE)
         for (int i = 0; i < mv; i++)
@@ -172,7 +172,8 @@ BF16 static void kernel(int64_t kp, const uint32_t *restrict a, const uint32_t *
     }
     /* Constant trip counts, the live rows and columns masked: with a loop bound of mv the
      * compiler kept acc in memory, zeroed by a memset per call (2% of a training step). */
-    const __m512 vb = _mm512_set1_ps(beta);
+    const __m512 vb = _mm512_set1_ps(beta), va = _mm512_set1_ps(alpha);
+    const int scaled = alpha != 1.0f;
 #pragma clang loop unroll(full)
     for (int i = 0; i < MR; i++)
 #pragma clang loop unroll(full)
@@ -181,7 +182,7 @@ BF16 static void kernel(int64_t kp, const uint32_t *restrict a, const uint32_t *
             if (i >= mv || left <= 0) continue;
             const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
             float *p = c + i * ldc + 16 * v;
-            __m512 r = acc[i][v];
+            __m512 r = scaled ? _mm512_mul_ps(va, acc[i][v]) : acc[i][v];
             if (mode == ADD) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, p));
             else if (mode == SCALE_ADD) r = _mm512_add_ps(r, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m, p)));
             _mm512_mask_storeu_ps(p, m, r);
@@ -209,11 +210,24 @@ static int reads_blocks(const qk_matrix *w) {
     return w->cols % 16 == 0 && (qk_is_ggml(w->format) || w->block_size % 16 == 0);
 }
 
+/* A second output filled in the same pass from the same rounded A: columns of a dense fp32
+ * matrix E (forward: E [n, K], its rows the columns; backward: E [K, n]), rows of `ld`
+ * floats: C2[M, n] (ldc) = alpha · A · op(E). LoRA's x·Aᵀ beside a frozen forward, s·dY·B
+ * beside a frozen backward: A is rounded once for both. */
+typedef struct {
+    const float *e;
+    int64_t n, ld;
+    float *c;
+    int64_t ldc;
+    float alpha;
+} extra_out;
+
 /* C[M, N] (ldc) = A[M, K] (lda) · B(W) + beta·C; `forward` says how B is read from W, which
  * is either a block matrix `w` or, when `w` is NULL, a dense fp32 matrix `dense` with rows of
- * `dense_ld` floats, read in place as if it were an already dequantized tile. */
+ * `dense_ld` floats, read in place as if it were an already dequantized tile; `x2`, when not
+ * NULL, the second output. Threads split the columns of both outputs, in units of 16. */
 BF16 static int run(const qk_matrix *w, const float *dense, int64_t dense_ld, const float *a, int64_t lda, float *c, int64_t ldc,
-                    int64_t M, int64_t N, int64_t K, float beta, int threads, int forward) {
+                    int64_t M, int64_t N, int64_t K, float beta, int threads, int forward, const extra_out *x2) {
     const int64_t slices = (K + KC - 1) / KC; /* equal kc slices, multiples of 32 */
     const int64_t kcs = slices > 0 ? ((K + slices - 1) / slices + 31) / 32 * 32 : 32;
     const int64_t blocks = (M + MR - 1) / MR, kps = kcs / 2;
@@ -227,17 +241,22 @@ BF16 static int run(const qk_matrix *w, const float *dense, int64_t dense_ld, co
     const int direct = w && reads_blocks(w), tiled = w && !direct;
     const __m512 code = w && w->code ? _mm512_loadu_ps(w->code) : _mm512_setzero_ps();
     int failed = 0;
+    const int64_t main_units = (N + 15) / 16, extra_units = x2 ? (x2->n + 15) / 16 : 0, units = main_units + extra_units;
     int nt = threads > 0 ? threads : omp_get_max_threads();
-    if (nt > (N + 15) / 16) nt = (int)((N + 15) / 16);
+    if (nt > units) nt = (int)units;
 #pragma omp parallel num_threads(nt)
     {
         const int t = omp_get_thread_num(), n = omp_get_num_threads();
-        const int64_t units = (N + 15) / 16;
-        const int64_t n0 = min64(N, units * t / n * 16), n1 = min64(N, units * (t + 1) / n * 16);
+        /* units [u0, u1): W's columns first, then E's */
+        const int64_t u0 = units * t / n, u1 = units * (t + 1) / n;
+        const int64_t n0 = min64(N, min64(u0, main_units) * 16), n1 = min64(N, min64(u1, main_units) * 16);
+        const int64_t e0 = x2 ? min64(x2->n, (u0 > main_units ? u0 - main_units : 0) * 16) : 0;
+        const int64_t e1 = x2 ? min64(x2->n, (u1 > main_units ? u1 - main_units : 0) * 16) : 0;
+        const int64_t widest = n1 - n0 > e1 - e0 ? n1 - n0 : e1 - e0;
         int64_t ncb = NC; /* equal nc blocks, multiples of NR */
-        if (n1 > n0) {
-            const int64_t parts = (n1 - n0 + NC - 1) / NC;
-            ncb = ((n1 - n0 + parts - 1) / parts + NR - 1) / NR * NR;
+        if (widest > 0) {
+            const int64_t parts = (widest + NC - 1) / NC;
+            ncb = ((widest + parts - 1) / parts + NR - 1) / NR * NR;
         }
         uint32_t *bp = grow(&tls_b, &tls_b_cap, (size_t)((kcs / 2) * ncb) * sizeof(uint32_t));
         float *tile = tiled ? grow(&tls_tile, &tls_tile_cap, (size_t)(kcs * ncb) * sizeof(float)) : NULL;
@@ -272,7 +291,19 @@ BF16 static int run(const qk_matrix *w, const float *dense, int64_t dense_ld, co
                     const int mv = (int)min64(MR, M - ib * MR);
                     for (int64_t jr = 0; jr < nc; jr += NR)
                         kernel((kc + 1) / 2, a_panel, bp + (jr / NR) * NR * ((kc + 1) / 2), c + ib * MR * ldc + jc + jr, ldc, mv,
-                               (int)min64(NR, nc - jr), mode, beta);
+                               (int)min64(NR, nc - jr), mode, beta, 1.0f);
+                }
+            }
+            for (int64_t jc = e0; jc < e1; jc += ncb) { /* the second output: E read in place as a tile */
+                const int64_t nc = min64(ncb, e1 - jc);
+                const panel_source s = {NULL, code, x2->e, x2->ld, 0, 0};
+                pack(&s, jc, nc, pc, kc, bp);
+                for (int64_t ib = 0; ib < blocks; ib++) {
+                    const uint32_t *a_panel = as + ib * kps * MR;
+                    const int mv = (int)min64(MR, M - ib * MR);
+                    for (int64_t jr = 0; jr < nc; jr += NR)
+                        kernel((kc + 1) / 2, a_panel, bp + (jr / NR) * NR * ((kc + 1) / 2), x2->c + ib * MR * x2->ldc + jc + jr, x2->ldc,
+                               mv, (int)min64(NR, nc - jr), pc > 0 ? ADD : STORE, 0.0f, x2->alpha);
                 }
             }
         }
@@ -284,13 +315,31 @@ BF16 static int run(const qk_matrix *w, const float *dense, int64_t dense_ld, co
 int qk_gemm_forward_bf16(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads) {
     if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
     if (T <= 0) return 0;
-    return run(w, NULL, 0, x, w->cols, y, w->rows, T, w->rows, w->cols, beta, threads, 1);
+    return run(w, NULL, 0, x, w->cols, y, w->rows, T, w->rows, w->cols, beta, threads, 1, NULL);
 }
 
 int qk_gemm_backward_bf16(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta, int threads) {
     if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
     if (T <= 0) return 0;
-    return run(w, NULL, 0, dy, w->rows, dx, w->cols, T, w->cols, w->rows, beta, threads, 0);
+    return run(w, NULL, 0, dy, w->rows, dx, w->cols, T, w->cols, w->rows, beta, threads, 0, NULL);
+}
+
+/* With a second output from the same rounded input (extra_out): LoRA's products that share
+ * the frozen product's input. */
+int qk_gemm_forward_bf16_with(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads, const float *e,
+                              int64_t e_rows, float *y2, int64_t ldy2, float alpha) {
+    if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
+    if (T <= 0) return 0;
+    const extra_out x2 = {e, e_rows, w->cols, y2, ldy2, alpha};
+    return run(w, NULL, 0, x, w->cols, y, w->rows, T, w->rows, w->cols, beta, threads, 1, e_rows > 0 ? &x2 : NULL);
+}
+
+int qk_gemm_backward_bf16_with(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta, int threads, const float *e,
+                               int64_t e_cols, float *dx2, int64_t lddx2, float alpha) {
+    if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
+    if (T <= 0) return 0;
+    const extra_out x2 = {e, e_cols, e_cols, dx2, lddx2, alpha};
+    return run(w, NULL, 0, dy, w->rows, dx, w->cols, T, w->cols, w->rows, beta, threads, 0, e_cols > 0 ? &x2 : NULL);
 }
 
 /* Dense W: the LM head of models whose embedding is fp32 (safetensors folders, F32/F16 GGUF
@@ -298,11 +347,11 @@ int qk_gemm_backward_bf16(const qk_matrix *w, const float *dy, float *dx, int64_
 int qk_dense_forward_bf16(const float *w, int64_t rows, int64_t cols, const float *x, float *y, int64_t T, float beta, int threads) {
     if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
     if (T <= 0) return 0;
-    return run(NULL, w, cols, x, cols, y, rows, T, rows, cols, beta, threads, 1);
+    return run(NULL, w, cols, x, cols, y, rows, T, rows, cols, beta, threads, 1, NULL);
 }
 
 int qk_dense_backward_bf16(const float *w, int64_t rows, int64_t cols, const float *dy, float *dx, int64_t T, float beta, int threads) {
     if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
     if (T <= 0) return 0;
-    return run(NULL, w, cols, dy, rows, dx, cols, T, cols, rows, beta, threads, 0);
+    return run(NULL, w, cols, dy, rows, dx, cols, T, cols, rows, beta, threads, 0, NULL);
 }

@@ -270,9 +270,9 @@ struct TrainSpeed: ParsableCommand {
         }
         print(String(format: "frozen GEMMs in the step: %.0f GFLOP/s; dense sgemm, same products: %.0f GFLOP/s (%.2f×)",
                      r.frozenGFLOPS, r.denseGFLOPS, r.frozenGFLOPS / r.denseGFLOPS))
-        if let fp32 = r.fp32StepSecondsMedian, let speedup = r.speedupOverFP32Median {
-            print(String(format: "bf16 step against an fp32 step on the same %d × %d rows, alternated: %.2f s vs %.2f s (medians); median speed-up %.3f×",
-                         r.batch, r.length, r.stepSecondsMedian, fp32, speedup))
+        if let fp32 = r.fp32StepSecondsMedian, let speedup = r.speedupOverFP32Median, let best = r.speedupOverFP32Best {
+            print(String(format: "bf16 step against an fp32 step on the same %d × %d rows, alternated: %.2f s vs %.2f s (medians); median speed-up %.3f×, fastest steps %.3f×",
+                         r.batch, r.length, r.stepSecondsMedian, fp32, speedup, best))
         }
         if let plain = r.loraStepSecondsMedian, let ratio = r.ratioToLoRAMedian {
             print(String(format: "DoRA step against a plain LoRA step on the same %d rows, alternated: %.2f s vs %.2f s (medians); median ratio %.3f",

@@ -86,6 +86,9 @@ public enum TrainBench {
         /// (fp32 step / bf16 step), each round's two steps back to back.
         public var fp32StepSecondsMedian: Double?
         public var speedupOverFP32Median: Double?
+        /// With `againstFP32`: the fastest fp32 step over the fastest bf16 step (on a shared,
+        /// noisy machine the least disturbed step of each).
+        public var speedupOverFP32Best: Double?
     }
 
     public static func run(_ c: Config, progress: (String) -> Void) throws -> Result {
@@ -216,7 +219,8 @@ public enum TrainBench {
                       loraStepSecondsMedian: loraTimes.isEmpty ? nil : loraTimes.sorted()[loraTimes.count / 2],
                       ratioToLoRAMedian: loraRatios.isEmpty ? nil : loraRatios.sorted()[loraRatios.count / 2],
                       fp32StepSecondsMedian: fp32Times.isEmpty ? nil : fp32Times.sorted()[fp32Times.count / 2],
-                      speedupOverFP32Median: speedups.isEmpty ? nil : speedups.sorted()[speedups.count / 2])
+                      speedupOverFP32Median: speedups.isEmpty ? nil : speedups.sorted()[speedups.count / 2],
+                      speedupOverFP32Best: fp32Times.min().flatMap { f in times.min().map { f / $0 } })
     }
 
     /// Dense sgemm (OpenBLAS, all threads) on one layer's seven products, forward (X·Wᵀ) and

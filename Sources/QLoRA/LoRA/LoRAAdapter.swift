@@ -73,24 +73,35 @@ public final class LoRAAdapter {
     }
 
     /// y[T, out] += scale · (drop(x)·Aᵀ)·Bᵀ; writes saved.u. `dropoutSeed` nil: no dropout
-    /// (evaluation, generation).
+    /// (evaluation, generation). `uReady`: saved.u already holds x·Aᵀ (the frozen product
+    /// computed it beside its own, from the same input: only without dropout, `readsFrozenInput`).
     func forward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, tokens T: Int, saved: Saved,
-                 dropoutSeed: UInt64?) throws {
+                 dropoutSeed: UInt64?, uReady: Bool = false) throws {
+        if uReady {
+            precondition(readsFrozenInput(dropoutSeed), "x·Aᵀ computed beside the frozen product, but dropout changes LoRA's input")
+            return try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: true, m: T, n: outFeatures, k: rank, alpha: scale,
+                                                    a: saved.u.base, lda: rank, b: b.value.base, ldb: rank, beta: 1, c: y, ldc: outFeatures)
+        }
         let dropped = droppedInput(x, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
         let input = dropped.map { UnsafePointer($0.base) } ?? x
         try addDelta(x: input, into: y, tokens: T, u: saved.u.base)
         withExtendedLifetime(dropped) {}
     }
 
+    /// Whether the forward multiplies A by the frozen product's own input (no dropout this pass).
+    func readsFrozenInput(_ dropoutSeed: UInt64?) -> Bool { dropoutSeed == nil || dropout == 0 }
+
     /// Given dy [T, out], the forward's x [T, in] and saved.u:
     ///   dB += scale · dyᵀ·u,  g = scale · dy·B [T, r],  dA += gᵀ·drop(x),  dx += drop'(g·A)
-    /// `dx` may be nil when x needs no gradient.
+    /// `dx` may be nil when x needs no gradient. `computedG`: g already computed (beside the
+    /// frozen backward, from the same dy).
     func backward(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>?, tokens T: Int,
-                  saved: Saved, dropoutSeed: UInt64?) throws {
+                  saved: Saved, dropoutSeed: UInt64?, computedG: FloatBuffer? = nil) throws {
         let n = inFeatures
-        let g = FloatBuffer(count: T * rank)
+        let g = computedG ?? FloatBuffer(count: T * rank)
         let dropped = droppedInput(x, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
-        try accumulateFactorGradients(dy: dy, input: dropped.map { UnsafePointer($0.base) } ?? x, tokens: T, saved: saved, g: g.base)
+        try accumulateFactorGradients(dy: dy, input: dropped.map { UnsafePointer($0.base) } ?? x, tokens: T, saved: saved, g: g.base,
+                                      gReady: computedG != nil)
         if let dx {
             if let seed = dropoutSeed, let t = dropped {   // reuse its buffer for the product
                 try productGA(g.base, tokens: T, into: t.base, accumulate: false)
@@ -102,14 +113,14 @@ public final class LoRAAdapter {
         withExtendedLifetime(dropped) {}
     }
 
-    /// dB += scale · dyᵀ·u,  g [T, r] = scale · dy·B,  dA += gᵀ·input, `input` being what the
-    /// forward multiplied by A (drop(x), or x) and u = input·Aᵀ the forward's.
+    /// dB += scale · dyᵀ·u,  g [T, r] = scale · dy·B (unless `gReady`),  dA += gᵀ·input, `input`
+    /// being what the forward multiplied by A (drop(x), or x) and u = input·Aᵀ the forward's.
     func accumulateFactorGradients(dy: UnsafePointer<Float>, input: UnsafePointer<Float>, tokens T: Int, saved: Saved,
-                                   g: UnsafeMutablePointer<Float>) throws {
+                                   g: UnsafeMutablePointer<Float>, gReady: Bool = false) throws {
         let r = rank, n = inFeatures, m = outFeatures
         try ComputeRuntime.parallelSgemm(transposeA: true, transposeB: false, m: m, n: r, k: T, alpha: scale, a: dy, lda: m,
                                          b: saved.u.base, ldb: r, beta: 1, c: b.grad.base, ldc: r)
-        try scaledDyB(dy, tokens: T, into: g)
+        if !gReady { try scaledDyB(dy, tokens: T, into: g) }
         try ComputeRuntime.parallelSgemm(transposeA: true, transposeB: false, m: r, n: n, k: T, a: g, lda: r,
                                          b: input, ldb: n, beta: 1, c: a.grad.base, ldc: n)
     }

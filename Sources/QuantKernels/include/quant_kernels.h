@@ -207,6 +207,16 @@ int qk_bf16_available(void);
  * written) where qk_bf16_available() is 0. threads <= 0: OpenMP's default. */
 int qk_gemm_forward_bf16(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads);
 int qk_gemm_backward_bf16(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta, int threads);
+/* As qk_gemm_forward_bf16 / qk_gemm_backward_bf16, and in the same pass, from the same rounded
+ * X (dY), a second output from a dense fp32 E, rounded to bf16 as it is packed:
+ *   forward   Y2[T, e_rows] (ldy2) = alpha · X · Eᵀ,   E [e_rows, w->cols] row-major
+ *   backward dX2[T, e_cols] (lddx2) = alpha · dY · E,  E [w->rows, e_cols] row-major
+ * (LoRA's x·Aᵀ beside the frozen forward, scale·dY·B beside its backward). Y2 is written, not
+ * accumulated; results equal the two products run apart (qk_dense_*_bf16) bit for bit. */
+int qk_gemm_forward_bf16_with(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads, const float *e,
+                              int64_t e_rows, float *y2, int64_t ldy2, float alpha);
+int qk_gemm_backward_bf16_with(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta, int threads, const float *e,
+                               int64_t e_cols, float *dx2, int64_t lddx2, float alpha);
 /* The same for a dense fp32 W [rows, cols] (row-major), rounded to bf16 as it is packed:
  * Y[T, rows] = X[T, cols] · Wᵀ + beta·Y, and dX[T, cols] = dY[T, rows] · W + beta·dX. */
 int qk_dense_forward_bf16(const float *w, int64_t rows, int64_t cols, const float *x, float *y, int64_t T, float beta, int threads);

@@ -120,6 +120,13 @@ struct LinearRun {
                 try adapter.doraForward(x: x.base, y: y, tokens: T, accumulate: accumulate, saved: saved, dropoutSeed: dropoutSeed,
                                         base: weight, baseForward: frozenProduct(tokens: T, backward: false))
             }
+        } else if let adapter, let saved, dtype.effective(tokens: T) == .bf16, adapter.readsFrozenInput(dropoutSeed) {
+            // bf16 without dropout: x·Aᵀ in the frozen product's pass, from its rounded x.
+            let side = QuantizedMatrix.SideProduct(e: adapter.a.value.base, count: adapter.rank, output: saved.u.base, ld: adapter.rank)
+            try frozenProduct(tokens: T, backward: false, side: side)(x.base, y, accumulate)
+            try StepProfile.measure(.lora) {
+                try adapter.forward(x: x.base, y: y, tokens: T, saved: saved, dropoutSeed: dropoutSeed, uReady: true)
+            }
         } else {
             try frozenProduct(tokens: T, backward: false)(x.base, y, accumulate)
             if let adapter, let saved {
@@ -143,6 +150,15 @@ struct LinearRun {
                 try adapter.doraBackward(dy: dy, x: x.base, dx: dx, tokens: T, accumulate: accumulate, saved: saved,
                                          dropoutSeed: dropoutSeed, baseBackward: frozenProduct(tokens: T, backward: true))
             }
+        } else if let adapter, let saved, dtype.effective(tokens: T) == .bf16 {
+            // bf16: g = scale·dy·B in the frozen backward's pass, from its rounded dy.
+            let g = FloatBuffer(count: T * adapter.rank)
+            let side = QuantizedMatrix.SideProduct(e: adapter.b.value.base, count: adapter.rank, output: g.base, ld: adapter.rank,
+                                                   alpha: adapter.scale)
+            try frozenProduct(tokens: T, backward: true, side: side)(dy, dx, accumulate)
+            try StepProfile.measure(.lora) {
+                try adapter.backward(dy: dy, x: x.base, dx: dx, tokens: T, saved: saved, dropoutSeed: dropoutSeed, computedG: g)
+            }
         } else {
             try frozenProduct(tokens: T, backward: true)(dy, dx, accumulate)
             if let adapter, let saved {
@@ -159,14 +175,23 @@ struct LinearRun {
     }
 
     /// The frozen product over T rows in the context's dtype, profiled: y (+)= x·Wᵀ, or with
-    /// `backward` the input gradient dx (+)= dy·W.
-    private func frozenProduct(tokens T: Int, backward: Bool) -> LoRAAdapter.BaseProduct {
+    /// `backward` the input gradient dx (+)= dy·W; with `side` (bf16 only) a LoRA product from
+    /// the same input in the same pass (its multiply-adds counted with the frozen ones).
+    private func frozenProduct(tokens T: Int, backward: Bool, side: QuantizedMatrix.SideProduct? = nil) -> LoRAAdapter.BaseProduct {
         let (inWidth, outWidth) = backward ? (weight.rows, weight.cols) : (weight.cols, weight.rows)
+        let flops = 2 * Double(T * (weight.rows * weight.cols + inWidth * (side?.count ?? 0)))
         return { input, output, accumulate in
-            try StepProfile.measure(backward ? .gemmBackward : .gemmForward, flops: 2 * Double(T * weight.rows * weight.cols)) {
+            try StepProfile.measure(backward ? .gemmBackward : .gemmForward, flops: flops) {
                 let x = UnsafeBufferPointer(start: input, count: T * inWidth), y = UnsafeMutableBufferPointer(start: output, count: T * outWidth)
                 let dtype = dtype.effective(tokens: T)
-                if backward {
+                if let side {
+                    precondition(dtype == .bf16, "a side product runs in the bf16 kernels")
+                    if backward {
+                        try weight.backwardBF16(x, into: y, tokens: T, accumulate: accumulate, side: side)
+                    } else {
+                        try weight.forwardBF16(x, into: y, tokens: T, accumulate: accumulate, side: side)
+                    }
+                } else if backward {
                     try weight.backward(x, into: y, tokens: T, accumulate: accumulate, dtype: dtype)
                 } else {
                     try weight.forward(x, into: y, tokens: T, accumulate: accumulate, dtype: dtype)
