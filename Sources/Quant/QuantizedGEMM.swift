@@ -109,27 +109,29 @@ extension QuantizedMatrix {
     /// apart. Throws `.bf16Unavailable` on CPUs without AVX512_BF16.
     public func forwardBF16(_ x: UnsafeBufferPointer<Float>, into y: UnsafeMutableBufferPointer<Float>, tokens T: Int,
                             accumulate: Bool = false, threads: Int = 0, side: SideProduct) throws(QuantError) {
-        try check(T: T, input: x.count, inputWidth: cols, output: y.count, outputWidth: rows, names: ("X", "Y"))
-        precondition(side.count >= 0 && side.ld >= side.count, "side product of \(side.count) columns in rows of \(side.ld)")
-        _ = try ComputeRuntime.prepare()
-        let rc = withKernel { k in
-            qk_gemm_forward_bf16_with(k, x.baseAddress, y.baseAddress, Int64(T), accumulate ? 1 : 0, Int32(threads), side.e,
-                                      Int64(side.count), side.output, Int64(side.ld), side.alpha)
-        }
-        try throwing(rc, "a [\(rows), \(cols)] forward with a side product")
+        try bf16(backward: false, x, into: y, tokens: T, accumulate: accumulate, threads: threads, side: side)
     }
 
     /// `backward` in bf16 with a side product, as `forwardBF16(_:into:tokens:accumulate:threads:side:)`.
     public func backwardBF16(_ dy: UnsafeBufferPointer<Float>, into dx: UnsafeMutableBufferPointer<Float>, tokens T: Int,
                              accumulate: Bool = false, threads: Int = 0, side: SideProduct) throws(QuantError) {
-        try check(T: T, input: dy.count, inputWidth: rows, output: dx.count, outputWidth: cols, names: ("dY", "dX"))
+        try bf16(backward: true, dy, into: dx, tokens: T, accumulate: accumulate, threads: threads, side: side)
+    }
+
+    private func bf16(backward: Bool, _ input: UnsafeBufferPointer<Float>, into out: UnsafeMutableBufferPointer<Float>, tokens T: Int,
+                      accumulate: Bool, threads: Int, side: SideProduct) throws(QuantError) {
+        let (inWidth, outWidth) = backward ? (rows, cols) : (cols, rows)
+        try check(T: T, input: input.count, inputWidth: inWidth, output: out.count, outputWidth: outWidth,
+                  names: backward ? ("dY", "dX") : ("X", "Y"))
         precondition(side.count >= 0 && side.ld >= side.count, "side product of \(side.count) columns in rows of \(side.ld)")
         _ = try ComputeRuntime.prepare()
+        let beta: Float = accumulate ? 1 : 0
         let rc = withKernel { k in
-            qk_gemm_backward_bf16_with(k, dy.baseAddress, dx.baseAddress, Int64(T), accumulate ? 1 : 0, Int32(threads), side.e,
-                                       Int64(side.count), side.output, Int64(side.ld), side.alpha)
+            (backward ? qk_gemm_backward_bf16_with : qk_gemm_forward_bf16_with)(
+                k, input.baseAddress, out.baseAddress, Int64(T), beta, Int32(threads), side.e, Int64(side.count), side.output,
+                Int64(side.ld), side.alpha)
         }
-        try throwing(rc, "a [\(rows), \(cols)] backward with a side product")
+        try throwing(rc, "a [\(rows), \(cols)] \(backward ? "backward" : "forward") with a side product")
     }
 
     /// Y[T, out] = X[T, in] · Wᵀ for arrays.

@@ -18,50 +18,42 @@ extension BF16GEMMTests {
                 let eForward = rng.array(count * inp, scale: 0.1), eBackward = rng.array(out * count, scale: 0.1)
                 let ld = count + 3   // the side output's rows are wider than it: the rest stays untouched
                 for (accumulate, alpha) in [(false, Float(1)), (true, 0.5)] {
-                    let opt = GEMMOptions(threads: threads)
-                    var y = accumulate ? y0 : [Float](repeating: .nan, count: T * out)
-                    var side = [Float](repeating: .nan, count: T * ld)
-                    try x.withUnsafeBufferPointer { xp in
-                        try eForward.withUnsafeBufferPointer { ep in
-                            try y.withUnsafeMutableBufferPointer { yp in
-                                try side.withUnsafeMutableBufferPointer { sp in
-                                    try w.forwardBF16(xp, into: yp, tokens: T, accumulate: accumulate, threads: threads,
-                                                      side: .init(e: ep.baseAddress!, count: count, output: sp.baseAddress!, ld: ld, alpha: alpha))
+                    for backward in [false, true] {
+                        let (input, e, start, width) = backward ? (dy, eBackward, dx0, inp) : (x, eForward, y0, out)
+                        let way = (backward ? "backward " : "forward ") + at
+                        var main = accumulate ? start : [Float](repeating: .nan, count: T * width)
+                        var side = [Float](repeating: .nan, count: T * ld)
+                        try input.withUnsafeBufferPointer { ip in
+                            try e.withUnsafeBufferPointer { ep in
+                                try main.withUnsafeMutableBufferPointer { mp in
+                                    try side.withUnsafeMutableBufferPointer { sp in
+                                        let product = QuantizedMatrix.SideProduct(e: ep.baseAddress!, count: count, output: sp.baseAddress!, ld: ld,
+                                                                                  alpha: alpha)
+                                        if backward {
+                                            try w.backwardBF16(ip, into: mp, tokens: T, accumulate: accumulate, threads: threads, side: product)
+                                        } else {
+                                            try w.forwardBF16(ip, into: mp, tokens: T, accumulate: accumulate, threads: threads, side: product)
+                                        }
+                                    }
                                 }
                             }
                         }
-                    }
-                    var yApart = accumulate ? y0 : [Float](repeating: 0, count: T * out)
-                    try x.withUnsafeBufferPointer { xp in
-                        try yApart.withUnsafeMutableBufferPointer {
-                            try w.forward(xp, into: $0, tokens: T, accumulate: accumulate, options: opt, dtype: .bf16)
-                        }
-                    }
-                    XCTAssertEqual(y, yApart, "forward " + at)
-                    let sideApart = try dense(eForward, rows: count, cols: inp, forward: true, x, T, threads).map { $0 * alpha }
-                    assertSide(side, sideApart, count: count, ld: ld, T: T, "forward side " + at)
-
-                    var dx = accumulate ? dx0 : [Float](repeating: .nan, count: T * inp)
-                    var g = [Float](repeating: .nan, count: T * ld)
-                    try dy.withUnsafeBufferPointer { dyp in
-                        try eBackward.withUnsafeBufferPointer { ep in
-                            try dx.withUnsafeMutableBufferPointer { dxp in
-                                try g.withUnsafeMutableBufferPointer { gp in
-                                    try w.backwardBF16(dyp, into: dxp, tokens: T, accumulate: accumulate, threads: threads,
-                                                       side: .init(e: ep.baseAddress!, count: count, output: gp.baseAddress!, ld: ld, alpha: alpha))
+                        var apart = accumulate ? start : [Float](repeating: 0, count: T * width)
+                        try input.withUnsafeBufferPointer { ip in
+                            try apart.withUnsafeMutableBufferPointer {
+                                let opt = GEMMOptions(threads: threads)
+                                if backward {
+                                    try w.backward(ip, into: $0, tokens: T, accumulate: accumulate, options: opt, dtype: .bf16)
+                                } else {
+                                    try w.forward(ip, into: $0, tokens: T, accumulate: accumulate, options: opt, dtype: .bf16)
                                 }
                             }
                         }
+                        XCTAssertEqual(main, apart, way)
+                        let sideApart = try dense(e, rows: backward ? out : count, cols: backward ? count : inp, forward: !backward, input, T,
+                                                  threads).map { $0 * alpha }
+                        assertSide(side, sideApart, count: count, ld: ld, T: T, "side of " + way)
                     }
-                    var dxApart = accumulate ? dx0 : [Float](repeating: 0, count: T * inp)
-                    try dy.withUnsafeBufferPointer { dyp in
-                        try dxApart.withUnsafeMutableBufferPointer {
-                            try w.backward(dyp, into: $0, tokens: T, accumulate: accumulate, options: opt, dtype: .bf16)
-                        }
-                    }
-                    XCTAssertEqual(dx, dxApart, "backward " + at)
-                    let gApart = try dense(eBackward, rows: out, cols: count, forward: false, dy, T, threads).map { $0 * alpha }
-                    assertSide(g, gApart, count: count, ld: ld, T: T, "backward side " + at)
                 }
             }
         }
