@@ -134,6 +134,53 @@ extension QuantizedMatrix {
         try throwing(rc, "a [\(rows), \(cols)] \(backward ? "backward" : "forward") with a side product")
     }
 
+    /// A LoRA adapter's factors, fp32 row-major: A [rank, in], B [out, rank], and its scale.
+    public struct LoRAFactors {
+        public let a: UnsafePointer<Float>
+        public let b: UnsafePointer<Float>
+        public let rank: Int
+        public let scale: Float
+        public init(a: UnsafePointer<Float>, b: UnsafePointer<Float>, rank: Int, scale: Float) {
+            self.a = a
+            self.b = b
+            self.rank = rank
+            self.scale = scale
+        }
+    }
+
+    /// The bf16 forward with a LoRA adapter in the same pass: u [T, rank] (rows of `ldu`) =
+    /// x·Aᵀ when `computeU` (bit for bit `SideProduct`'s), else read as given (LoRA's input
+    /// after dropout, times A), and y (+)= x·Wᵀ + bf16(scale·u)·bf16(B)ᵀ, the low-rank term
+    /// summed in the frozen product's accumulators so that y is written once. Throws
+    /// `.bf16Unavailable` on CPUs without AVX512_BF16.
+    public func forwardBF16(_ x: UnsafeBufferPointer<Float>, into y: UnsafeMutableBufferPointer<Float>, tokens T: Int,
+                            accumulate: Bool = false, threads: Int = 0, lora: LoRAFactors, u: UnsafeMutablePointer<Float>, ldu: Int,
+                            computeU: Bool) throws(QuantError) {
+        try check(T: T, input: x.count, inputWidth: cols, output: y.count, outputWidth: rows, names: ("X", "Y"))
+        precondition(lora.rank >= 0 && ldu >= lora.rank, "LoRA rank \(lora.rank) in rows of \(ldu)")
+        _ = try ComputeRuntime.prepare()
+        let rc = withKernel { k in
+            qk_gemm_forward_bf16_lora(k, x.baseAddress, y.baseAddress, Int64(T), accumulate ? 1 : 0, Int32(threads), lora.a, lora.b,
+                                      Int64(lora.rank), u, Int64(ldu), computeU ? 1 : 0, lora.scale)
+        }
+        try throwing(rc, "a [\(rows), \(cols)] forward with LoRA")
+    }
+
+    /// The bf16 backward with a LoRA adapter in the same pass: g [T, rank] (rows of `ldg`) =
+    /// scale·dY·B (bit for bit `SideProduct`'s) and dX (+)= dY·W + bf16(g)·bf16(A), written once.
+    public func backwardBF16(_ dy: UnsafeBufferPointer<Float>, into dx: UnsafeMutableBufferPointer<Float>, tokens T: Int,
+                             accumulate: Bool = false, threads: Int = 0, lora: LoRAFactors, g: UnsafeMutablePointer<Float>,
+                             ldg: Int) throws(QuantError) {
+        try check(T: T, input: dy.count, inputWidth: rows, output: dx.count, outputWidth: cols, names: ("dY", "dX"))
+        precondition(lora.rank >= 0 && ldg >= lora.rank, "LoRA rank \(lora.rank) in rows of \(ldg)")
+        _ = try ComputeRuntime.prepare()
+        let rc = withKernel { k in
+            qk_gemm_backward_bf16_lora(k, dy.baseAddress, dx.baseAddress, Int64(T), accumulate ? 1 : 0, Int32(threads), lora.b, lora.a,
+                                       Int64(lora.rank), g, Int64(ldg), lora.scale)
+        }
+        try throwing(rc, "a [\(rows), \(cols)] backward with LoRA")
+    }
+
     /// Y[T, out] = X[T, in] · Wᵀ for arrays.
     public func forward(_ x: [Float], tokens T: Int, options: GEMMOptions = .init(), dtype: ComputeDType = .fp32) throws(QuantError) -> [Float] {
         var y = [Float](repeating: 0, count: max(T, 0) * rows)

@@ -33,7 +33,7 @@ int omp_get_num_threads(void);
 int omp_get_max_threads(void);
 
 enum { MR = 8, NV = 3, NR = 16 * NV }; /* 8 × 48: 24 fp32 accumulators, as in fp32 */
-_Static_assert(MR == 8, "pack_a stores 8 rows of a transposed 16 × 16 block");
+_Static_assert(MR == 8, "pack_a transposes 8 rows of 16 pairs");
 enum { KC = 768, NC = 256 };           /* multiples of 32; a kc×nc bf16 block is as many bytes as fp32's 384×256 */
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -69,10 +69,10 @@ BF16 static inline __m512i round_pair(__m512 hi, __m512 lo) { return (__m512i)_m
 
 /* ---- B packing: panels of NR columns, (kc+1)/2 pair rows; columns past the matrix are zero - */
 /* f: W's format as a constant (WITH_FORMAT, panels_avx512.h). */
+/* Strips of NR columns `stride` words apart (≥ (kc+1)/2 · NR: room for pair rows after them). */
 BF16 ALWAYS_INLINE static inline void pack_forward_as(qk_format f, const panel_source *s, int64_t n0, int64_t nc, int64_t k0,
-                                                      int64_t kc, uint32_t *bp) {
-    const int64_t kp = (kc + 1) / 2;
-    for (int64_t p = 0; p < nc; p += NR, bp += kp * NR)
+                                                      int64_t kc, uint32_t *bp, int64_t stride) {
+    for (int64_t p = 0; p < nc; p += NR, bp += stride)
         for (int g = 0; g < NV; g++) {
             const int64_t r0 = n0 + p + 16 * g, valid = r0 < n0 + nc ? min64(16, n0 + nc - r0) : 0;
             for (int64_t k = 0; k < kc; k += 32) {
@@ -93,19 +93,19 @@ BF16 ALWAYS_INLINE static inline void pack_forward_as(qk_format f, const panel_s
         }
 }
 
-BF16 static void pack_forward(const panel_source *s, int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t *bp) {
-#define AS(F) pack_forward_as(F, s, n0, nc, k0, kc, bp)
+BF16 static void pack_forward(const panel_source *s, int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t *bp, int64_t stride) {
+#define AS(F) pack_forward_as(F, s, n0, nc, k0, kc, bp, stride)
     WITH_FORMAT(s->w ? s->w->format : QK_FORMAT_NF4, AS) /* dense W (no w) is read as a tile: f unused */
 #undef AS
 }
 
 BF16 ALWAYS_INLINE static inline void pack_backward_as(qk_format f, const panel_source *s, int64_t n0, int64_t nc, int64_t k0,
-                                                       int64_t kc, uint32_t *bp) {
+                                                       int64_t kc, uint32_t *bp, int64_t stride) {
     /* word j of the result: (lo[j], hi[j]) from [lo0 .. lo15, hi0 .. hi15] */
     const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
                                                 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     const int64_t kp = (kc + 1) / 2;
-    for (int64_t p = 0; p < nc; p += NR, bp += kp * NR)
+    for (int64_t p = 0; p < nc; p += NR, bp += stride)
         for (int64_t q = 0; q < kp; q++)
             for (int g = 0; g < NV; g++) {
                 const int64_t c = n0 + p + 16 * g, count = min64(16, n0 + nc - c);
@@ -119,34 +119,79 @@ BF16 ALWAYS_INLINE static inline void pack_backward_as(qk_format f, const panel_
             }
 }
 
-BF16 static void pack_backward(const panel_source *s, int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t *bp) {
-#define AS(F) pack_backward_as(F, s, n0, nc, k0, kc, bp)
+BF16 static void pack_backward(const panel_source *s, int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t *bp, int64_t stride) {
+#define AS(F) pack_backward_as(F, s, n0, nc, k0, kc, bp, stride)
     WITH_FORMAT(s->w ? s->w->format : QK_FORMAT_NF4, AS) /* dense W (no w) is read as a tile: f unused */
 #undef AS
 }
 
-/* Columns k0 .. k0+kc of A[M, K] (lda) into block ib's pair panel at ap + ib·kps·MR (kps ≥
- * (kc+1)/2 words per row): rows past M and the column past an odd end zero. */
-BF16 static void pack_a(const float *a, int64_t lda, int64_t M, int64_t k0, int64_t kc, int64_t ib, int64_t kps, uint32_t *ap) {
+/* Columns k0 .. k0+kc of A[M, K] (lda), times `scale`, into block ib's pair panel at
+ * ap + ib·kps·MR from pair `off` on (kps ≥ off + (kc+1)/2 words per row): rows past M and the
+ * column past an odd end zero. Eight rows of 32 columns at a time: each row rounded to 16
+ * pairs, then an 8 × 16 transpose of the pair words whose every output vector holds two
+ * consecutive pairs of the 8 rows (64 bytes of the panel), stored with constant indices —
+ * a 16 × 16 transpose of which half was zeros, stored through a runtime loop bound, kept
+ * its vectors on the stack (pack_a was 5.6% of a bf16 training step, mostly those reloads). */
+BF16 static void pack_a(const float *a, int64_t lda, int64_t M, int64_t k0, int64_t kc, int64_t ib, int64_t kps, int64_t off,
+                        float scale, uint32_t *ap) {
     const int64_t kp = (kc + 1) / 2;
-    uint32_t *panel = ap + ib * kps * MR;
+    uint32_t *panel = ap + (ib * kps + off) * MR;
+    const __m512 vs = _mm512_set1_ps(scale);
+    const int scaled = scale != 1.0f;
     for (int64_t k = 0; k < kc; k += 32) {
         const int64_t left = kc - k;
         const __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
         const __mmask16 m1 = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
-        __m512 v[16]; /* v[i], lane q: pair q of row i; rows 8.. stay zero */
-        for (int i = 0; i < 16; i++) {
+        __m512 r[MR]; /* r[i], lane q: pair q of row i */
+#pragma clang loop unroll(full)
+        for (int i = 0; i < MR; i++) {
             const int64_t m = ib * MR + i;
-            if (i >= MR || m >= M) {
-                v[i] = _mm512_setzero_ps();
+            if (m >= M) {
+                r[i] = _mm512_setzero_ps();
                 continue;
             }
             const float *row = a + m * lda + k0 + k;
-            v[i] = _mm512_castsi512_ps(round_pair(_mm512_maskz_loadu_ps(m1, row + 16), _mm512_maskz_loadu_ps(m0, row)));
+            __m512 lo = _mm512_maskz_loadu_ps(m0, row), hi = _mm512_maskz_loadu_ps(m1, row + 16);
+            if (scaled) {
+                lo = _mm512_mul_ps(lo, vs);
+                hi = _mm512_mul_ps(hi, vs);
+            }
+            r[i] = _mm512_castsi512_ps(round_pair(hi, lo));
         }
-        transpose16(v); /* v[q], lane i: pair q of row i */
+        /* s[j] (rows 0-3) and s[4 + j] (rows 4-7), 128-bit lane L: pair 4L + j of those rows */
+        __m512 t[MR], s[MR];
+#pragma clang loop unroll(full)
+        for (int i = 0; i < 4; i++) {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+#pragma clang loop unroll(full)
+        for (int h = 0; h < 2; h++) { /* h 0: rows 0-3 (t0..t3), h 1: rows 4-7 (t4..t7) */
+            const __m512d a0 = _mm512_castps_pd(t[4 * h]), a1 = _mm512_castps_pd(t[4 * h + 1]);
+            const __m512d a2 = _mm512_castps_pd(t[4 * h + 2]), a3 = _mm512_castps_pd(t[4 * h + 3]);
+            s[4 * h + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+            s[4 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+            s[4 * h + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+            s[4 * h + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+        }
+        /* z[2L + h]: pairs 4L + 2h and 4L + 2h + 1 of rows 0-7, 8 words each */
+        __m512 z[MR];
+#pragma clang loop unroll(full)
+        for (int h = 0; h < 2; h++) {
+            const __m512 p = _mm512_shuffle_f32x4(s[2 * h], s[4 + 2 * h], 0x44), q = _mm512_shuffle_f32x4(s[2 * h], s[4 + 2 * h], 0xEE);
+            const __m512 u = _mm512_shuffle_f32x4(s[2 * h + 1], s[5 + 2 * h], 0x44), v = _mm512_shuffle_f32x4(s[2 * h + 1], s[5 + 2 * h], 0xEE);
+            z[0 + h] = _mm512_shuffle_f32x4(p, u, 0x88);
+            z[2 + h] = _mm512_shuffle_f32x4(p, u, 0xDD);
+            z[4 + h] = _mm512_shuffle_f32x4(q, v, 0x88);
+            z[6 + h] = _mm512_shuffle_f32x4(q, v, 0xDD);
+        }
         const int64_t pairs = min64(16, kp - k / 2);
-        for (int64_t q = 0; q < pairs; q++) _mm256_storeu_ps((float *)(panel + (k / 2 + q) * MR), _mm512_castps512_ps256(v[q]));
+        float *dst = (float *)(panel + (k / 2) * MR);
+#pragma clang loop unroll(full)
+        for (int j = 0; j < MR; j++) {
+            if (2 * j + 1 < pairs) _mm512_storeu_ps(dst + 16 * j, z[j]);
+            else if (2 * j < pairs) _mm256_storeu_ps(dst + 16 * j, _mm512_castps512_ps256(z[j]));
+        }
     }
 }
 
@@ -203,7 +248,7 @@ static void *grow(void **p, size_t *cap, size_t bytes) {
     return *p;
 }
 
-typedef void (*pack_fn)(const panel_source *, int64_t, int64_t, int64_t, int64_t, uint32_t *);
+typedef void (*pack_fn)(const panel_source *, int64_t, int64_t, int64_t, int64_t, uint32_t *, int64_t);
 
 /* Whether W's blocks can be read 16 elements at a time (dequantize16's conditions). */
 static int reads_blocks(const qk_matrix *w) {
@@ -222,15 +267,31 @@ typedef struct {
     float alpha;
 } extra_out;
 
+/* A low-rank term added in the main product's accumulators: C += round(scale·U) · op(D),
+ * U [M, r] (ldu), D forward [N, r] (its rows the columns: U·Dᵀ) or backward [r, N] (U·D),
+ * both rounded to bf16. Its r/2 pairs are appended to the last k slice's A and B panels, so
+ * C is written once: LoRA's scale·u·Bᵀ in the frozen forward (u = x·Aᵀ the pass's own second
+ * output, or given), g·A in the frozen backward (g = scale·dY·B, the second output). */
+typedef struct {
+    const float *u;
+    int64_t r, ldu;
+    const float *d;
+    float scale;
+} lowrank_add;
+
 /* C[M, N] (ldc) = A[M, K] (lda) · B(W) + beta·C; `forward` says how B is read from W, which
  * is either a block matrix `w` or, when `w` is NULL, a dense fp32 matrix `dense` with rows of
  * `dense_ld` floats, read in place as if it were an already dequantized tile; `x2`, when not
- * NULL, the second output. Threads split the columns of both outputs, in units of 16. */
+ * NULL, the second output; `lr`, when not NULL, a low-rank term (its U may be x2's output).
+ * Threads split W's columns in units of 16, and the second output's rows in blocks of MR. */
 BF16 static int run(const qk_matrix *w, const float *dense, int64_t dense_ld, const float *a, int64_t lda, float *c, int64_t ldc,
-                    int64_t M, int64_t N, int64_t K, float beta, int threads, int forward, const extra_out *x2) {
+                    int64_t M, int64_t N, int64_t K, float beta, int threads, int forward, const extra_out *x2,
+                    const lowrank_add *lr) {
     const int64_t slices = (K + KC - 1) / KC; /* equal kc slices, multiples of 32 */
     const int64_t kcs = slices > 0 ? ((K + slices - 1) / slices + 31) / 32 * 32 : 32;
-    const int64_t blocks = (M + MR - 1) / MR, kps = kcs / 2;
+    const int64_t ext = lr ? (lr->r + 1) / 2 : 0; /* pair rows of the low-rank term, after the last slice's */
+    const int64_t blocks = (M + MR - 1) / MR, kps = kcs / 2 + ext;
+    const int u_in_pass = lr && x2 && lr->u == x2->c;
     /* A is rounded one k slice at a time, into two slice buffers used in turn: a slice is
      * packed by all threads (omp for, then a barrier), so a buffer is rewritten only after
      * every thread has passed the next slice's barrier, done with it. The rounded A never
@@ -241,24 +302,22 @@ BF16 static int run(const qk_matrix *w, const float *dense, int64_t dense_ld, co
     const int direct = w && reads_blocks(w), tiled = w && !direct;
     const __m512 code = w && w->code ? _mm512_loadu_ps(w->code) : _mm512_setzero_ps();
     int failed = 0;
-    const int64_t main_units = (N + 15) / 16, extra_units = x2 ? (x2->n + 15) / 16 : 0, units = main_units + extra_units;
+    const int64_t units = (N + 15) / 16;
+    const int64_t e_width = x2 ? (x2->n + NR - 1) / NR * NR : 0;
     int nt = threads > 0 ? threads : omp_get_max_threads();
     if (nt > units) nt = (int)units;
 #pragma omp parallel num_threads(nt)
     {
         const int t = omp_get_thread_num(), n = omp_get_num_threads();
-        /* units [u0, u1): W's columns first, then E's */
-        const int64_t u0 = units * t / n, u1 = units * (t + 1) / n;
-        const int64_t n0 = min64(N, min64(u0, main_units) * 16), n1 = min64(N, min64(u1, main_units) * 16);
-        const int64_t e0 = x2 ? min64(x2->n, (u0 > main_units ? u0 - main_units : 0) * 16) : 0;
-        const int64_t e1 = x2 ? min64(x2->n, (u1 > main_units ? u1 - main_units : 0) * 16) : 0;
-        const int64_t widest = n1 - n0 > e1 - e0 ? n1 - n0 : e1 - e0;
+        const int64_t n0 = min64(N, units * t / n * 16), n1 = min64(N, units * (t + 1) / n * 16);
+        const int64_t b0 = blocks * t / n, b1 = blocks * (t + 1) / n; /* the second output's row blocks */
         int64_t ncb = NC; /* equal nc blocks, multiples of NR */
-        if (widest > 0) {
-            const int64_t parts = (widest + NC - 1) / NC;
-            ncb = ((widest + parts - 1) / parts + NR - 1) / NR * NR;
+        if (n1 > n0) {
+            const int64_t parts = (n1 - n0 + NC - 1) / NC;
+            ncb = ((n1 - n0 + parts - 1) / parts + NR - 1) / NR * NR;
         }
-        uint32_t *bp = grow(&tls_b, &tls_b_cap, (size_t)((kcs / 2) * ncb) * sizeof(uint32_t));
+        const int64_t b_words = kps * (ncb > e_width ? ncb : e_width);
+        uint32_t *bp = grow(&tls_b, &tls_b_cap, (size_t)b_words * sizeof(uint32_t));
         float *tile = tiled ? grow(&tls_tile, &tls_tile_cap, (size_t)(kcs * ncb) * sizeof(float)) : NULL;
         if (!bp || (tiled && !tile)) {
 #pragma omp atomic write
@@ -269,10 +328,31 @@ BF16 static int run(const qk_matrix *w, const float *dense, int64_t dense_ld, co
 #pragma omp atomic read
         stop = failed;
         for (int64_t pc = 0, slice = 0; pc < K && !stop; pc += kcs, slice++) { /* every thread runs every slice */
-            const int64_t kc = min64(kcs, K - pc);
+            const int64_t kc = min64(kcs, K - pc), kp = (kc + 1) / 2;
+            const int last = pc + kcs >= K;
             uint32_t *as = ap + (slice & 1) * blocks * kps * MR;
 #pragma omp for schedule(static)
-            for (int64_t ib = 0; ib < blocks; ib++) pack_a(a, lda, M, pc, kc, ib, kps, as);
+            for (int64_t ib = 0; ib < blocks; ib++) pack_a(a, lda, M, pc, kc, ib, kps, 0, 1.0f, as);
+            if (x2) { /* the second output, E read in place as a tile: this thread's row blocks, all of E's columns */
+                const panel_source s = {NULL, code, x2->e, x2->ld, 0, 0};
+                pack(&s, 0, x2->n, pc, kc, bp, kp * NR);
+                for (int64_t ib = b0; ib < b1; ib++) {
+                    const uint32_t *a_panel = as + ib * kps * MR;
+                    const int mv = (int)min64(MR, M - ib * MR);
+                    for (int64_t jr = 0; jr < x2->n; jr += NR)
+                        kernel(kp, a_panel, bp + (jr / NR) * kp * NR, x2->c + ib * MR * x2->ldc + jr, x2->ldc, mv,
+                               (int)min64(NR, x2->n - jr), pc > 0 ? ADD : STORE, 0.0f, x2->alpha);
+                }
+            }
+            const int64_t kx = last ? ext : 0; /* pair rows past this slice's */
+            if (kx) {
+                if (u_in_pass) {
+#pragma omp barrier
+                } /* every row of U is written */
+#pragma omp for schedule(static)
+                for (int64_t ib = 0; ib < blocks; ib++) pack_a(lr->u, lr->ldu, M, 0, lr->r, ib, kps, kp, lr->scale, as);
+            }
+            const int64_t stride = (kp + kx) * NR;
             const int mode = pc > 0 ? ADD : (beta == 0.0f ? STORE : (beta == 1.0f ? ADD : SCALE_ADD));
             for (int64_t jc = n0; jc < n1; jc += ncb) {
                 const int64_t nc = min64(ncb, n1 - jc);
@@ -285,25 +365,17 @@ BF16 static int run(const qk_matrix *w, const float *dense, int64_t dense_ld, co
                     if (forward) qk_dequantize_tile(w, jc, jc + nc, pc, pc + kc, tile);
                     else qk_dequantize_tile(w, pc, pc + kc, jc, jc + nc, tile);
                 }
-                pack(&s, jc, nc, pc, kc, bp);
-                for (int64_t ib = 0; ib < blocks; ib++) {
-                    const uint32_t *a_panel = as + ib * kps * MR;
-                    const int mv = (int)min64(MR, M - ib * MR);
-                    for (int64_t jr = 0; jr < nc; jr += NR)
-                        kernel((kc + 1) / 2, a_panel, bp + (jr / NR) * NR * ((kc + 1) / 2), c + ib * MR * ldc + jc + jr, ldc, mv,
-                               (int)min64(NR, nc - jr), mode, beta, 1.0f);
+                pack(&s, jc, nc, pc, kc, bp, stride);
+                if (kx) { /* D's pairs after W's in every strip */
+                    const panel_source d = {NULL, code, lr->d, forward ? lr->r : N, 0, 0};
+                    pack(&d, jc, nc, 0, lr->r, bp + kp * NR, stride);
                 }
-            }
-            for (int64_t jc = e0; jc < e1; jc += ncb) { /* the second output: E read in place as a tile */
-                const int64_t nc = min64(ncb, e1 - jc);
-                const panel_source s = {NULL, code, x2->e, x2->ld, 0, 0};
-                pack(&s, jc, nc, pc, kc, bp);
                 for (int64_t ib = 0; ib < blocks; ib++) {
                     const uint32_t *a_panel = as + ib * kps * MR;
                     const int mv = (int)min64(MR, M - ib * MR);
                     for (int64_t jr = 0; jr < nc; jr += NR)
-                        kernel((kc + 1) / 2, a_panel, bp + (jr / NR) * NR * ((kc + 1) / 2), x2->c + ib * MR * x2->ldc + jc + jr, x2->ldc,
-                               mv, (int)min64(NR, nc - jr), pc > 0 ? ADD : STORE, 0.0f, x2->alpha);
+                        kernel(kp + kx, a_panel, bp + (jr / NR) * stride, c + ib * MR * ldc + jc + jr, ldc, mv,
+                               (int)min64(NR, nc - jr), mode, beta, 1.0f);
                 }
             }
         }
@@ -315,13 +387,13 @@ BF16 static int run(const qk_matrix *w, const float *dense, int64_t dense_ld, co
 int qk_gemm_forward_bf16(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads) {
     if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
     if (T <= 0) return 0;
-    return run(w, NULL, 0, x, w->cols, y, w->rows, T, w->rows, w->cols, beta, threads, 1, NULL);
+    return run(w, NULL, 0, x, w->cols, y, w->rows, T, w->rows, w->cols, beta, threads, 1, NULL, NULL);
 }
 
 int qk_gemm_backward_bf16(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta, int threads) {
     if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
     if (T <= 0) return 0;
-    return run(w, NULL, 0, dy, w->rows, dx, w->cols, T, w->cols, w->rows, beta, threads, 0, NULL);
+    return run(w, NULL, 0, dy, w->rows, dx, w->cols, T, w->cols, w->rows, beta, threads, 0, NULL, NULL);
 }
 
 /* With a second output from the same rounded input (extra_out): LoRA's products that share
@@ -331,7 +403,7 @@ int qk_gemm_forward_bf16_with(const qk_matrix *w, const float *x, float *y, int6
     if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
     if (T <= 0) return 0;
     const extra_out x2 = {e, e_rows, w->cols, y2, ldy2, alpha};
-    return run(w, NULL, 0, x, w->cols, y, w->rows, T, w->rows, w->cols, beta, threads, 1, e_rows > 0 ? &x2 : NULL);
+    return run(w, NULL, 0, x, w->cols, y, w->rows, T, w->rows, w->cols, beta, threads, 1, e_rows > 0 ? &x2 : NULL, NULL);
 }
 
 int qk_gemm_backward_bf16_with(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta, int threads, const float *e,
@@ -339,7 +411,7 @@ int qk_gemm_backward_bf16_with(const qk_matrix *w, const float *dy, float *dx, i
     if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
     if (T <= 0) return 0;
     const extra_out x2 = {e, e_cols, e_cols, dx2, lddx2, alpha};
-    return run(w, NULL, 0, dy, w->rows, dx, w->cols, T, w->cols, w->rows, beta, threads, 0, e_cols > 0 ? &x2 : NULL);
+    return run(w, NULL, 0, dy, w->rows, dx, w->cols, T, w->cols, w->rows, beta, threads, 0, e_cols > 0 ? &x2 : NULL, NULL);
 }
 
 /* Dense W: the LM head of models whose embedding is fp32 (safetensors folders, F32/F16 GGUF
@@ -347,11 +419,30 @@ int qk_gemm_backward_bf16_with(const qk_matrix *w, const float *dy, float *dx, i
 int qk_dense_forward_bf16(const float *w, int64_t rows, int64_t cols, const float *x, float *y, int64_t T, float beta, int threads) {
     if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
     if (T <= 0) return 0;
-    return run(NULL, w, cols, x, cols, y, rows, T, rows, cols, beta, threads, 1, NULL);
+    return run(NULL, w, cols, x, cols, y, rows, T, rows, cols, beta, threads, 1, NULL, NULL);
 }
 
 int qk_dense_backward_bf16(const float *w, int64_t rows, int64_t cols, const float *dy, float *dx, int64_t T, float beta, int threads) {
     if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
     if (T <= 0) return 0;
-    return run(NULL, w, cols, dy, rows, dx, cols, T, cols, rows, beta, threads, 0, NULL);
+    return run(NULL, w, cols, dy, rows, dx, cols, T, cols, rows, beta, threads, 0, NULL, NULL);
+}
+
+/* LoRA run with the frozen product in one pass (qk_gemm_*_bf16_lora in quant_kernels.h). */
+int qk_gemm_forward_bf16_lora(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads, const float *lora_a,
+                              const float *lora_b, int64_t r, float *u, int64_t ldu, int compute_u, float scale) {
+    if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
+    if (T <= 0) return 0;
+    const extra_out x2 = {lora_a, r, w->cols, u, ldu, 1.0f};
+    const lowrank_add lr = {u, r, ldu, lora_b, scale};
+    return run(w, NULL, 0, x, w->cols, y, w->rows, T, w->rows, w->cols, beta, threads, 1, compute_u ? &x2 : NULL, r > 0 ? &lr : NULL);
+}
+
+int qk_gemm_backward_bf16_lora(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta, int threads, const float *lora_b,
+                               const float *lora_a, int64_t r, float *g, int64_t ldg, float scale) {
+    if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
+    if (T <= 0) return 0;
+    const extra_out x2 = {lora_b, r, r, g, ldg, scale};
+    const lowrank_add lr = {g, r, ldg, lora_a, 1.0f};
+    return run(w, NULL, 0, dy, w->rows, dx, w->cols, T, w->cols, w->rows, beta, threads, 0, r > 0 ? &x2 : NULL, r > 0 ? &lr : NULL);
 }

@@ -73,19 +73,25 @@ public final class LoRAAdapter {
     }
 
     /// y[T, out] += scale · (drop(x)·Aᵀ)·Bᵀ; writes saved.u. `dropoutSeed` nil: no dropout
-    /// (evaluation, generation). `uReady`: saved.u already holds x·Aᵀ (the frozen product
-    /// computed it beside its own, from the same input: only without dropout, `readsFrozenInput`).
+    /// (evaluation, generation).
     func forward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, tokens T: Int, saved: Saved,
-                 dropoutSeed: UInt64?, uReady: Bool = false) throws {
-        if uReady {
-            precondition(readsFrozenInput(dropoutSeed), "x·Aᵀ computed beside the frozen product, but dropout changes LoRA's input")
-            return try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: true, m: T, n: outFeatures, k: rank, alpha: scale,
-                                                    a: saved.u.base, lda: rank, b: b.value.base, ldb: rank, beta: 1, c: y, ldc: outFeatures)
-        }
+                 dropoutSeed: UInt64?) throws {
         let dropped = droppedInput(x, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
         let input = dropped.map { UnsafePointer($0.base) } ?? x
         try addDelta(x: input, into: y, tokens: T, u: saved.u.base)
         withExtendedLifetime(dropped) {}
+    }
+
+    /// saved.u = drop(x)·Aᵀ alone, for a frozen product that adds scale·u·Bᵀ in its own pass.
+    func computeU(x: UnsafePointer<Float>, tokens T: Int, saved: Saved, dropoutSeed: UInt64?) throws {
+        let dropped = droppedInput(x, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
+        try inputTimesA(dropped.map { UnsafePointer($0.base) } ?? x, tokens: T, into: saved.u.base)
+        withExtendedLifetime(dropped) {}
+    }
+
+    /// A, B and scale as the bf16 kernels take them.
+    var factors: QuantizedMatrix.LoRAFactors {
+        QuantizedMatrix.LoRAFactors(a: a.value.base, b: b.value.base, rank: rank, scale: scale)
     }
 
     /// Whether the forward multiplies A by the frozen product's own input (no dropout this pass).
@@ -144,11 +150,15 @@ public final class LoRAAdapter {
     /// y[T, out] += scale · (x·Aᵀ)·Bᵀ, leaving x·Aᵀ in u [T, r].
     func addDelta(x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, tokens T: Int,
                           u: UnsafeMutablePointer<Float>) throws {
-        let r = rank, n = inFeatures, m = outFeatures
-        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: true, m: T, n: r, k: n, a: x, lda: n,
-                                         b: a.value.base, ldb: n, beta: 0, c: u, ldc: r)
-        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: true, m: T, n: m, k: r, alpha: scale, a: u,
-                                         lda: r, b: b.value.base, ldb: r, beta: 1, c: y, ldc: m)
+        try inputTimesA(x, tokens: T, into: u)
+        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: true, m: T, n: outFeatures, k: rank, alpha: scale, a: u,
+                                         lda: rank, b: b.value.base, ldb: rank, beta: 1, c: y, ldc: outFeatures)
+    }
+
+    /// u [T, r] = x·Aᵀ.
+    func inputTimesA(_ x: UnsafePointer<Float>, tokens T: Int, into u: UnsafeMutablePointer<Float>) throws {
+        try ComputeRuntime.parallelSgemm(transposeA: false, transposeB: true, m: T, n: rank, k: inFeatures, a: x, lda: inFeatures,
+                                         b: a.value.base, ldb: inFeatures, beta: 0, c: u, ldc: rank)
     }
 
     /// g [T, r] = scale · dy·B.

@@ -217,6 +217,18 @@ int qk_gemm_forward_bf16_with(const qk_matrix *w, const float *x, float *y, int6
                               int64_t e_rows, float *y2, int64_t ldy2, float alpha);
 int qk_gemm_backward_bf16_with(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta, int threads, const float *e,
                                int64_t e_cols, float *dx2, int64_t lddx2, float alpha);
+/* A LoRA adapter (A [r, w->cols], B [w->rows, r], row-major fp32) run in the frozen bf16
+ * product's pass, its low-rank term added in the same accumulators so the output is written once:
+ *   forward   u[T, r] (ldu) = X · Aᵀ                     (when compute_u; else u is given)
+ *             Y = X · Wᵀ + round(scale·u) · round(B)ᵀ + beta·Y
+ *   backward  g[T, r] (ldg) = scale · dY · B
+ *             dX = dY · W + round(g) · round(A) + beta·dX
+ * u (g) equals qk_gemm_*_bf16_with's second output bit for bit; round() is to bf16, nearest even.
+ * r = 0: the plain product. */
+int qk_gemm_forward_bf16_lora(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads, const float *lora_a,
+                              const float *lora_b, int64_t r, float *u, int64_t ldu, int compute_u, float scale);
+int qk_gemm_backward_bf16_lora(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta, int threads, const float *lora_b,
+                               const float *lora_a, int64_t r, float *g, int64_t ldg, float scale);
 /* The same for a dense fp32 W [rows, cols] (row-major), rounded to bf16 as it is packed:
  * Y[T, rows] = X[T, cols] · Wᵀ + beta·Y, and dX[T, cols] = dY[T, rows] · W + beta·dX. */
 int qk_dense_forward_bf16(const float *w, int64_t rows, int64_t cols, const float *x, float *y, int64_t T, float beta, int threads);

@@ -120,13 +120,15 @@ struct LinearRun {
                 try adapter.doraForward(x: x.base, y: y, tokens: T, accumulate: accumulate, saved: saved, dropoutSeed: dropoutSeed,
                                         base: weight, baseForward: frozenProduct(tokens: T, backward: false))
             }
-        } else if let adapter, let saved, dtype.effective(tokens: T) == .bf16, adapter.readsFrozenInput(dropoutSeed) {
-            // bf16 without dropout: x·Aᵀ in the frozen product's pass, from its rounded x.
-            let side = QuantizedMatrix.SideProduct(e: adapter.a.value.base, count: adapter.rank, output: saved.u.base, ld: adapter.rank)
-            try frozenProduct(tokens: T, backward: false, side: side)(x.base, y, accumulate)
-            try StepProfile.measure(.lora) {
-                try adapter.forward(x: x.base, y: y, tokens: T, saved: saved, dropoutSeed: dropoutSeed, uReady: true)
+        } else if let adapter, let saved, dtype.effective(tokens: T) == .bf16 {
+            // bf16: LoRA in the frozen product's pass — u = x·Aᵀ from its rounded x (without
+            // dropout; with it, drop(x)·Aᵀ first), scale·u·Bᵀ summed in its accumulators.
+            let computeU = adapter.readsFrozenInput(dropoutSeed)
+            if !computeU {
+                try StepProfile.measure(.lora) { try adapter.computeU(x: x.base, tokens: T, saved: saved, dropoutSeed: dropoutSeed) }
             }
+            try frozenProduct(tokens: T, backward: false, pass: .loraForward(adapter.factors, u: saved.u.base, computeU: computeU))(
+                x.base, y, accumulate)
         } else {
             try frozenProduct(tokens: T, backward: false)(x.base, y, accumulate)
             if let adapter, let saved {
@@ -151,13 +153,21 @@ struct LinearRun {
                                          dropoutSeed: dropoutSeed, baseBackward: frozenProduct(tokens: T, backward: true))
             }
         } else if let adapter, let saved, dtype.effective(tokens: T) == .bf16 {
-            // bf16: g = scale·dy·B in the frozen backward's pass, from its rounded dy.
+            // bf16: g = scale·dy·B in the frozen backward's pass, from its rounded dy; without
+            // dropout g·A summed in its accumulators too (with it, dx gets drop'(g·A) after).
             let g = FloatBuffer(count: T * adapter.rank)
-            let side = QuantizedMatrix.SideProduct(e: adapter.b.value.base, count: adapter.rank, output: g.base, ld: adapter.rank,
-                                                   alpha: adapter.scale)
-            try frozenProduct(tokens: T, backward: true, side: side)(dy, dx, accumulate)
-            try StepProfile.measure(.lora) {
-                try adapter.backward(dy: dy, x: x.base, dx: dx, tokens: T, saved: saved, dropoutSeed: dropoutSeed, computedG: g)
+            if adapter.readsFrozenInput(dropoutSeed) {
+                try frozenProduct(tokens: T, backward: true, pass: .loraBackward(adapter.factors, g: g.base))(dy, dx, accumulate)
+                try StepProfile.measure(.lora) {
+                    try adapter.backward(dy: dy, x: x.base, dx: nil, tokens: T, saved: saved, dropoutSeed: dropoutSeed, computedG: g)
+                }
+            } else {
+                let side = QuantizedMatrix.SideProduct(e: adapter.b.value.base, count: adapter.rank, output: g.base, ld: adapter.rank,
+                                                       alpha: adapter.scale)
+                try frozenProduct(tokens: T, backward: true, pass: .side(side))(dy, dx, accumulate)
+                try StepProfile.measure(.lora) {
+                    try adapter.backward(dy: dy, x: x.base, dx: dx, tokens: T, saved: saved, dropoutSeed: dropoutSeed, computedG: g)
+                }
             }
         } else {
             try frozenProduct(tokens: T, backward: true)(dy, dx, accumulate)
@@ -174,27 +184,52 @@ struct LinearRun {
         }
     }
 
+    /// What runs in a frozen bf16 product's pass besides it, from the same rounded input: a
+    /// side product (`QuantizedMatrix.SideProduct`), or the adapter itself (u = x·Aᵀ unless
+    /// given, and scale·u·Bᵀ; g = scale·dy·B and g·A).
+    enum Pass {
+        case plain
+        case side(QuantizedMatrix.SideProduct)
+        case loraForward(QuantizedMatrix.LoRAFactors, u: UnsafeMutablePointer<Float>, computeU: Bool)
+        case loraBackward(QuantizedMatrix.LoRAFactors, g: UnsafeMutablePointer<Float>)
+    }
+
     /// The frozen product over T rows in the context's dtype, profiled: y (+)= x·Wᵀ, or with
-    /// `backward` the input gradient dx (+)= dy·W; with `side` (bf16 only) a LoRA product from
-    /// the same input in the same pass (its multiply-adds counted with the frozen ones).
-    private func frozenProduct(tokens T: Int, backward: Bool, side: QuantizedMatrix.SideProduct? = nil) -> LoRAAdapter.BaseProduct {
+    /// `backward` the input gradient dx (+)= dy·W; with a `pass` other than plain (bf16 only)
+    /// LoRA's products in the same pass (their multiply-adds counted with the frozen ones).
+    private func frozenProduct(tokens T: Int, backward: Bool, pass: Pass = .plain) -> LoRAAdapter.BaseProduct {
         let (inWidth, outWidth) = backward ? (weight.rows, weight.cols) : (weight.cols, weight.rows)
-        let flops = 2 * Double(T * (weight.rows * weight.cols + inWidth * (side?.count ?? 0)))
+        let extra: Int
+        switch pass {
+        case .plain: extra = 0
+        case .side(let side): extra = inWidth * side.count
+        case .loraForward(let f, _, let computeU): extra = (computeU ? inWidth : 0) * f.rank + outWidth * f.rank
+        case .loraBackward(let f, _): extra = (inWidth + outWidth) * f.rank
+        }
+        let flops = 2 * Double(T * (weight.rows * weight.cols + extra))
         return { input, output, accumulate in
             try StepProfile.measure(backward ? .gemmBackward : .gemmForward, flops: flops) {
                 let x = UnsafeBufferPointer(start: input, count: T * inWidth), y = UnsafeMutableBufferPointer(start: output, count: T * outWidth)
                 let dtype = dtype.effective(tokens: T)
-                if let side {
-                    precondition(dtype == .bf16, "a side product runs in the bf16 kernels")
+                if case .plain = pass {
                     if backward {
-                        try weight.backwardBF16(x, into: y, tokens: T, accumulate: accumulate, side: side)
+                        try weight.backward(x, into: y, tokens: T, accumulate: accumulate, dtype: dtype)
                     } else {
-                        try weight.forwardBF16(x, into: y, tokens: T, accumulate: accumulate, side: side)
+                        try weight.forward(x, into: y, tokens: T, accumulate: accumulate, dtype: dtype)
                     }
-                } else if backward {
-                    try weight.backward(x, into: y, tokens: T, accumulate: accumulate, dtype: dtype)
-                } else {
-                    try weight.forward(x, into: y, tokens: T, accumulate: accumulate, dtype: dtype)
+                    return
+                }
+                precondition(dtype == .bf16, "LoRA in the frozen product's pass runs in the bf16 kernels")
+                switch pass {
+                case .plain: break
+                case .side(let side) where backward: try weight.backwardBF16(x, into: y, tokens: T, accumulate: accumulate, side: side)
+                case .side(let side): try weight.forwardBF16(x, into: y, tokens: T, accumulate: accumulate, side: side)
+                case .loraForward(let f, let u, let computeU):
+                    precondition(!backward, "a LoRA forward pass given to a backward")
+                    try weight.forwardBF16(x, into: y, tokens: T, accumulate: accumulate, lora: f, u: u, ldu: f.rank, computeU: computeU)
+                case .loraBackward(let f, let g):
+                    precondition(backward, "a LoRA backward pass given to a forward")
+                    try weight.backwardBF16(x, into: y, tokens: T, accumulate: accumulate, lora: f, g: g, ldg: f.rank)
                 }
             }
         }
