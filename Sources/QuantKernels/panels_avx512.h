@@ -67,6 +67,29 @@ AVX512 ALWAYS_INLINE static inline __m512 dequantize16(qk_format f, const qk_mat
     return _mm512_setzero_ps();
 }
 
+/* Asks for the cache line holding element (r, c) of w's blocks (a K-quant's: the line at the
+ * same fraction of its super-block), when r is a row of w. The panels read W from memory
+ * (a model's frozen weights do not stay in cache from one step to the next), 16 rows or two
+ * rows at a time, a pattern the hardware prefetchers follow late. */
+AVX512 ALWAYS_INLINE static inline void prefetch_block(qk_format f, const qk_matrix *w, int64_t r, int64_t c) {
+    if (r >= w->rows) return;
+    const uint8_t *p;
+    switch (f) {
+    case QK_FORMAT_NF4:
+    case QK_FORMAT_FP4: p = w->data + ((r * w->cols + c) >> 1); break;
+    case QK_FORMAT_Q4_0:
+    case QK_FORMAT_Q4_1:
+    case QK_FORMAT_Q8_0:
+    case QK_FORMAT_Q5_0:
+    case QK_FORMAT_Q5_1: p = w->data + (size_t)(r * (w->cols / QK_GGML_BLOCK) + c / QK_GGML_BLOCK) * ggml_block_bytes(f); break;
+    default: {
+        const int64_t bytes = ggml_block_bytes(f);
+        p = w->data + (size_t)(r * (w->cols / QK_K_BLOCK) + c / QK_K_BLOCK) * bytes + (c % QK_K_BLOCK) * bytes / QK_K_BLOCK;
+    }
+    }
+    _mm_prefetch((const char *)p, _MM_HINT_T0);
+}
+
 /* Runs AS(F) with F the constant for `format`, so that each format gets its own copy of a
  * packing loop, dequantize16 folded to its case: one switch per panel instead of one per 16
  * elements, and no call where the cases would make dequantize16 too big to inline (keeping

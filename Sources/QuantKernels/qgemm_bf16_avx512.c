@@ -77,6 +77,8 @@ BF16 ALWAYS_INLINE static inline void pack_forward_as(qk_format f, const panel_s
             const int64_t r0 = n0 + p + 16 * g, valid = r0 < n0 + nc ? min64(16, n0 + nc - r0) : 0;
             for (int64_t k = 0; k < kc; k += 32) {
                 const int64_t kv = min64(32, kc - k);
+                if (!s->tile) /* the next 16 rows' same columns: a group's worth of work ahead */
+                    for (int i = 0; i < 16; i++) prefetch_block(f, s->w, r0 + 16 + i, k0 + k);
                 __m512 v[16];
                 for (int i = 0; i < 16; i++) {
                     if (i >= valid) {
@@ -106,7 +108,13 @@ BF16 ALWAYS_INLINE static inline void pack_backward_as(qk_format f, const panel_
                                                 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     const int64_t kp = (kc + 1) / 2;
     for (int64_t p = 0; p < nc; p += NR, bp += stride)
-        for (int64_t q = 0; q < kp; q++)
+        for (int64_t q = 0; q < kp; q++) {
+            if (!s->tile) { /* 16 rows ahead, this strip's columns (48 of 4-bit fit one line or two) */
+                prefetch_block(f, s->w, k0 + 2 * q + 16, n0 + p);
+                prefetch_block(f, s->w, k0 + 2 * q + 17, n0 + p);
+                prefetch_block(f, s->w, k0 + 2 * q + 16, n0 + p + 32);
+                prefetch_block(f, s->w, k0 + 2 * q + 17, n0 + p + 32);
+            }
             for (int g = 0; g < NV; g++) {
                 const int64_t c = n0 + p + 16 * g, count = min64(16, n0 + nc - c);
                 __m512i v = _mm512_setzero_si512();
@@ -117,6 +125,7 @@ BF16 ALWAYS_INLINE static inline void pack_backward_as(qk_format f, const panel_
                 }
                 _mm512_store_si512(bp + q * NR + 16 * g, v);
             }
+        }
 }
 
 BF16 static void pack_backward(const panel_source *s, int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t *bp, int64_t stride) {
