@@ -100,14 +100,14 @@ public final class LoRAAdapter {
     /// Given dy [T, out], the forward's x [T, in] and saved.u:
     ///   dB += scale · dyᵀ·u,  g = scale · dy·B [T, r],  dA += gᵀ·drop(x),  dx += drop'(g·A)
     /// `dx` may be nil when x needs no gradient. `computedG`: g already computed (beside the
-    /// frozen backward, from the same dy).
+    /// frozen backward, from the same dy). `dtype` bf16: dA and dB from bf16-rounded operands.
     func backward(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>?, tokens T: Int,
-                  saved: Saved, dropoutSeed: UInt64?, computedG: FloatBuffer? = nil) throws {
+                  saved: Saved, dropoutSeed: UInt64?, computedG: FloatBuffer? = nil, dtype: ComputeDType = .fp32) throws {
         let n = inFeatures
         let g = computedG ?? FloatBuffer(count: T * rank)
         let dropped = droppedInput(x, tokens: T, saved: saved, dropoutSeed: dropoutSeed)
         try accumulateFactorGradients(dy: dy, input: dropped.map { UnsafePointer($0.base) } ?? x, tokens: T, saved: saved, g: g.base,
-                                      gReady: computedG != nil)
+                                      gReady: computedG != nil, dtype: dtype)
         if let dx {
             if let seed = dropoutSeed, let t = dropped {   // reuse its buffer for the product
                 try productGA(g.base, tokens: T, into: t.base, accumulate: false)
@@ -122,13 +122,41 @@ public final class LoRAAdapter {
     /// dB += scale · dyᵀ·u,  g [T, r] = scale · dy·B (unless `gReady`),  dA += gᵀ·input, `input`
     /// being what the forward multiplied by A (drop(x), or x) and u = input·Aᵀ the forward's.
     func accumulateFactorGradients(dy: UnsafePointer<Float>, input: UnsafePointer<Float>, tokens T: Int, saved: Saved,
-                                   g: UnsafeMutablePointer<Float>, gReady: Bool = false) throws {
+                                   g: UnsafeMutablePointer<Float>, gReady: Bool = false, dtype: ComputeDType = .fp32) throws {
         let r = rank, n = inFeatures, m = outFeatures
+        if dtype == .bf16 {
+            if !gReady { try scaledDyB(dy, tokens: T, into: g) }
+            return try accumulateFactorGradientsBF16(dy: dy, input: input, tokens: T, u: saved.u.base, g: g)
+        }
         try ComputeRuntime.parallelSgemm(transposeA: true, transposeB: false, m: m, n: r, k: T, alpha: scale, a: dy, lda: m,
                                          b: saved.u.base, ldb: r, beta: 1, c: b.grad.base, ldc: r)
         if !gReady { try scaledDyB(dy, tokens: T, into: g) }
         try ComputeRuntime.parallelSgemm(transposeA: true, transposeB: false, m: r, n: n, k: T, a: g, lda: r,
                                          b: input, ldb: n, beta: 1, c: a.grad.base, ldc: n)
+    }
+
+    /// dB += scale·dyᵀ·u and dA += gᵀ·input in the bf16 kernels (operands rounded to bf16, fp32
+    /// sums): reductions over the T rows with r on the other side, which OpenBLAS runs at half
+    /// its speed (it copies dy and the input for 16 multiply-adds an element). As products of
+    /// the kernels' shape: [r, out] = (scale·u)ᵀ·dy, transposed into dB, and [r, in] = gᵀ·input.
+    private func accumulateFactorGradientsBF16(dy: UnsafePointer<Float>, input: UnsafePointer<Float>, tokens T: Int,
+                                               u: UnsafePointer<Float>, g: UnsafePointer<Float>) throws {
+        let r = rank, n = inFeatures, m = outFeatures
+        let lhs = FloatBuffer(count: 2 * r * T), dBt = FloatBuffer(count: r * m)
+        let us = lhs.base, gt = lhs.base + r * T
+        for t in 0..<T {
+            for i in 0..<r {
+                us[i * T + t] = scale * u[t * r + i]
+                gt[i * T + t] = g[t * r + i]
+            }
+        }
+        try ComputeRuntime.bf16Product(weights: dy, rows: T, cols: m, transposeW: false, input: us, tokens: r, out: dBt.base)
+        let db = b.grad.base
+        for o in 0..<m {
+            for i in 0..<r { db[o * r + i] += dBt.base[i * m + o] }
+        }
+        try ComputeRuntime.bf16Product(weights: input, rows: T, cols: n, transposeW: false, input: gt, tokens: r, out: a.grad.base,
+                                       accumulate: true)
     }
 
     /// y[T, out] += scale · (x·Aᵀ)·Bᵀ for an adapter stacked frozen on another: no dropout,

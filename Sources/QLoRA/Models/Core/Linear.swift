@@ -159,14 +159,16 @@ struct LinearRun {
             if adapter.readsFrozenInput(dropoutSeed) {
                 try frozenProduct(tokens: T, backward: true, pass: .loraBackward(adapter.factors, g: g.base))(dy, dx, accumulate)
                 try StepProfile.measure(.lora) {
-                    try adapter.backward(dy: dy, x: x.base, dx: nil, tokens: T, saved: saved, dropoutSeed: dropoutSeed, computedG: g)
+                    try adapter.backward(dy: dy, x: x.base, dx: nil, tokens: T, saved: saved, dropoutSeed: dropoutSeed, computedG: g,
+                                         dtype: .bf16)
                 }
             } else {
                 let side = QuantizedMatrix.SideProduct(e: adapter.b.value.base, count: adapter.rank, output: g.base, ld: adapter.rank,
                                                        alpha: adapter.scale)
                 try frozenProduct(tokens: T, backward: true, pass: .side(side))(dy, dx, accumulate)
                 try StepProfile.measure(.lora) {
-                    try adapter.backward(dy: dy, x: x.base, dx: dx, tokens: T, saved: saved, dropoutSeed: dropoutSeed, computedG: g)
+                    try adapter.backward(dy: dy, x: x.base, dx: dx, tokens: T, saved: saved, dropoutSeed: dropoutSeed, computedG: g,
+                                         dtype: .bf16)
                 }
             }
         } else {
