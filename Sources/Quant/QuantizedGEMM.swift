@@ -156,14 +156,8 @@ extension QuantizedMatrix {
     public func forwardBF16(_ x: UnsafeBufferPointer<Float>, into y: UnsafeMutableBufferPointer<Float>, tokens T: Int,
                             accumulate: Bool = false, threads: Int = 0, lora: LoRAFactors, u: UnsafeMutablePointer<Float>, ldu: Int,
                             computeU: Bool) throws(QuantError) {
-        try check(T: T, input: x.count, inputWidth: cols, output: y.count, outputWidth: rows, names: ("X", "Y"))
-        precondition(lora.rank >= 0 && ldu >= lora.rank, "LoRA rank \(lora.rank) in rows of \(ldu)")
-        _ = try ComputeRuntime.prepare()
-        let rc = withKernel { k in
-            qk_gemm_forward_bf16_lora(k, x.baseAddress, y.baseAddress, Int64(T), accumulate ? 1 : 0, Int32(threads), lora.a, lora.b,
-                                      Int64(lora.rank), u, Int64(ldu), computeU ? 1 : 0, lora.scale)
-        }
-        try throwing(rc, "a [\(rows), \(cols)] forward with LoRA")
+        try bf16(backward: false, x, into: y, tokens: T, accumulate: accumulate, threads: threads, lora: lora, low: u, ld: ldu,
+                 computeU: computeU)
     }
 
     /// The bf16 backward with a LoRA adapter in the same pass: g [T, rank] (rows of `ldg`) =
@@ -171,14 +165,28 @@ extension QuantizedMatrix {
     public func backwardBF16(_ dy: UnsafeBufferPointer<Float>, into dx: UnsafeMutableBufferPointer<Float>, tokens T: Int,
                              accumulate: Bool = false, threads: Int = 0, lora: LoRAFactors, g: UnsafeMutablePointer<Float>,
                              ldg: Int) throws(QuantError) {
-        try check(T: T, input: dy.count, inputWidth: rows, output: dx.count, outputWidth: cols, names: ("dY", "dX"))
-        precondition(lora.rank >= 0 && ldg >= lora.rank, "LoRA rank \(lora.rank) in rows of \(ldg)")
+        try bf16(backward: true, dy, into: dx, tokens: T, accumulate: accumulate, threads: threads, lora: lora, low: g, ld: ldg,
+                 computeU: true)
+    }
+
+    /// Both ways of a LoRA pass: `low` is u (forward) or g (backward), rows of `ld` floats.
+    private func bf16(backward: Bool, _ input: UnsafeBufferPointer<Float>, into out: UnsafeMutableBufferPointer<Float>, tokens T: Int,
+                      accumulate: Bool, threads: Int, lora: LoRAFactors, low: UnsafeMutablePointer<Float>, ld: Int,
+                      computeU: Bool) throws(QuantError) {
+        let (inWidth, outWidth) = backward ? (rows, cols) : (cols, rows)
+        try check(T: T, input: input.count, inputWidth: inWidth, output: out.count, outputWidth: outWidth,
+                  names: backward ? ("dY", "dX") : ("X", "Y"))
+        precondition(lora.rank >= 0 && ld >= lora.rank, "LoRA rank \(lora.rank) in rows of \(ld)")
         _ = try ComputeRuntime.prepare()
+        let beta: Float = accumulate ? 1 : 0, r = Int64(lora.rank)
         let rc = withKernel { k in
-            qk_gemm_backward_bf16_lora(k, dy.baseAddress, dx.baseAddress, Int64(T), accumulate ? 1 : 0, Int32(threads), lora.b, lora.a,
-                                       Int64(lora.rank), g, Int64(ldg), lora.scale)
+            backward
+                ? qk_gemm_backward_bf16_lora(k, input.baseAddress, out.baseAddress, Int64(T), beta, Int32(threads), lora.b, lora.a, r, low,
+                                             Int64(ld), lora.scale)
+                : qk_gemm_forward_bf16_lora(k, input.baseAddress, out.baseAddress, Int64(T), beta, Int32(threads), lora.a, lora.b, r, low,
+                                            Int64(ld), computeU ? 1 : 0, lora.scale)
         }
-        try throwing(rc, "a [\(rows), \(cols)] backward with LoRA")
+        try throwing(rc, "a [\(rows), \(cols)] \(backward ? "backward" : "forward") with LoRA")
     }
 
     /// Y[T, out] = X[T, in] · Wᵀ for arrays.
