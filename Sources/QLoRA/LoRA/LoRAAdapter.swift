@@ -124,13 +124,10 @@ public final class LoRAAdapter {
     func accumulateFactorGradients(dy: UnsafePointer<Float>, input: UnsafePointer<Float>, tokens T: Int, saved: Saved,
                                    g: UnsafeMutablePointer<Float>, gReady: Bool = false, dtype: ComputeDType = .fp32) throws {
         let r = rank, n = inFeatures, m = outFeatures
-        if dtype == .bf16 {
-            if !gReady { try scaledDyB(dy, tokens: T, into: g) }
-            return try accumulateFactorGradientsBF16(dy: dy, input: input, tokens: T, u: saved.u.base, g: g)
-        }
+        if !gReady { try scaledDyB(dy, tokens: T, into: g) }
+        if dtype == .bf16 { return try accumulateFactorGradientsBF16(dy: dy, input: input, tokens: T, u: saved.u.base, g: g) }
         try ComputeRuntime.parallelSgemm(transposeA: true, transposeB: false, m: m, n: r, k: T, alpha: scale, a: dy, lda: m,
                                          b: saved.u.base, ldb: r, beta: 1, c: b.grad.base, ldc: r)
-        if !gReady { try scaledDyB(dy, tokens: T, into: g) }
         try ComputeRuntime.parallelSgemm(transposeA: true, transposeB: false, m: r, n: n, k: T, a: g, lda: r,
                                          b: input, ldb: n, beta: 1, c: a.grad.base, ldc: n)
     }

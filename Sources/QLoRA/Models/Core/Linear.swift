@@ -155,21 +155,15 @@ struct LinearRun {
         } else if let adapter, let saved, dtype.effective(tokens: T) == .bf16 {
             // bf16: g = scale·dy·B in the frozen backward's pass, from its rounded dy; without
             // dropout g·A summed in its accumulators too (with it, dx gets drop'(g·A) after).
-            let g = FloatBuffer(count: T * adapter.rank)
-            if adapter.readsFrozenInput(dropoutSeed) {
-                try frozenProduct(tokens: T, backward: true, pass: .loraBackward(adapter.factors, g: g.base))(dy, dx, accumulate)
-                try StepProfile.measure(.lora) {
-                    try adapter.backward(dy: dy, x: x.base, dx: nil, tokens: T, saved: saved, dropoutSeed: dropoutSeed, computedG: g,
-                                         dtype: .bf16)
-                }
-            } else {
-                let side = QuantizedMatrix.SideProduct(e: adapter.b.value.base, count: adapter.rank, output: g.base, ld: adapter.rank,
-                                                       alpha: adapter.scale)
-                try frozenProduct(tokens: T, backward: true, pass: .side(side))(dy, dx, accumulate)
-                try StepProfile.measure(.lora) {
-                    try adapter.backward(dy: dy, x: x.base, dx: dx, tokens: T, saved: saved, dropoutSeed: dropoutSeed, computedG: g,
-                                         dtype: .bf16)
-                }
+            let g = FloatBuffer(count: T * adapter.rank), foldsGA = adapter.readsFrozenInput(dropoutSeed)
+            let pass: Pass = foldsGA
+                ? .loraBackward(adapter.factors, g: g.base)
+                : .side(QuantizedMatrix.SideProduct(e: adapter.b.value.base, count: adapter.rank, output: g.base, ld: adapter.rank,
+                                                    alpha: adapter.scale))
+            try frozenProduct(tokens: T, backward: true, pass: pass)(dy, dx, accumulate)
+            try StepProfile.measure(.lora) {
+                try adapter.backward(dy: dy, x: x.base, dx: foldsGA ? nil : dx, tokens: T, saved: saved, dropoutSeed: dropoutSeed,
+                                     computedG: g, dtype: .bf16)
             }
         } else {
             try frozenProduct(tokens: T, backward: true)(dy, dx, accumulate)
@@ -186,9 +180,9 @@ struct LinearRun {
         }
     }
 
-    /// What runs in a frozen bf16 product's pass besides it, from the same rounded input: a
-    /// side product (`QuantizedMatrix.SideProduct`), or the adapter itself (u = x·Aᵀ unless
-    /// given, and scale·u·Bᵀ; g = scale·dy·B and g·A).
+    /// What runs in a frozen bf16 product's pass besides it, from the same rounded input: g =
+    /// scale·dy·B beside the backward (`side`, when dropout keeps g·A out of it), or the adapter
+    /// itself (u = x·Aᵀ unless given, and scale·u·Bᵀ; g = scale·dy·B and g·A).
     enum Pass {
         case plain
         case side(QuantizedMatrix.SideProduct)
@@ -213,19 +207,15 @@ struct LinearRun {
             try StepProfile.measure(backward ? .gemmBackward : .gemmForward, flops: flops) {
                 let x = UnsafeBufferPointer(start: input, count: T * inWidth), y = UnsafeMutableBufferPointer(start: output, count: T * outWidth)
                 let dtype = dtype.effective(tokens: T)
-                if case .plain = pass {
-                    if backward {
-                        try weight.backward(x, into: y, tokens: T, accumulate: accumulate, dtype: dtype)
-                    } else {
-                        try weight.forward(x, into: y, tokens: T, accumulate: accumulate, dtype: dtype)
-                    }
-                    return
+                if case .plain = pass {} else {
+                    precondition(dtype == .bf16, "LoRA in the frozen product's pass runs in the bf16 kernels")
                 }
-                precondition(dtype == .bf16, "LoRA in the frozen product's pass runs in the bf16 kernels")
                 switch pass {
-                case .plain: break
-                case .side(let side) where backward: try weight.backwardBF16(x, into: y, tokens: T, accumulate: accumulate, side: side)
-                case .side(let side): try weight.forwardBF16(x, into: y, tokens: T, accumulate: accumulate, side: side)
+                case .plain where backward: try weight.backward(x, into: y, tokens: T, accumulate: accumulate, dtype: dtype)
+                case .plain: try weight.forward(x, into: y, tokens: T, accumulate: accumulate, dtype: dtype)
+                case .side(let side):
+                    precondition(backward, "g beside the frozen product given to a forward")
+                    try weight.backwardBF16(x, into: y, tokens: T, accumulate: accumulate, side: side)
                 case .loraForward(let f, let u, let computeU):
                     precondition(!backward, "a LoRA forward pass given to a backward")
                     try weight.forwardBF16(x, into: y, tokens: T, accumulate: accumulate, lora: f, u: u, ldu: f.rank, computeU: computeU)
