@@ -56,6 +56,8 @@ final class JinjaTemplateTests: XCTestCase {
         assertError("{% if x is frobnicated %}{% endif %}", .unsupported("test 'frobnicated'"), line: 1, column: 12)
         assertError("{% for i in items %}\n  {{ items.append(i) }}\n{% endfor %}", .unsupported("method 'append' of list (a template cannot change a list under transformers' immutable sandbox)"), line: 2, column: 6)
         assertError("{% for i in items recursive %}{% endfor %}", .unsupported("recursive for loops"), line: 1, column: 1)
+        // an index after '.' beyond 64 bits (found by fuzz-chat-template: it crashed the parser)
+        assertError("{{ messages.99999999999999999999 }}", .unsupported("integer 99999999999999999999 (beyond 64 bits)"), line: 1, column: 13)
         assertError("{% for i in items %}\n{{ i }}", .syntax("unexpected end of template, expected 'else' or 'endfor'"), line: 1, column: 1)
         assertError("{% for i in items %}{% endif %}", .syntax("unexpected 'endif'"), line: 1, column: 21)
         assertError("{{ 'open }}", .syntax("unterminated string"), line: 1, column: 4)

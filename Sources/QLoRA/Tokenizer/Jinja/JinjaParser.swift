@@ -347,7 +347,12 @@ struct JinjaParser {
             if accept(".") {
                 guard let t = current, t.kind == .name || t.kind == .int else { throw JinjaError(.syntax("expected a name after '.'"), at: current?.at ?? e.at) }
                 at += 1
-                e = t.kind == .int ? JinjaExpr(.item(e, JinjaExpr(.literal(.int(Int(t.text)!)), at: t.at)), at: e.at) : JinjaExpr(.attribute(e, t.text), at: e.at)
+                if t.kind == .int {
+                    guard let i = Int(t.text) else { throw JinjaError(.unsupported("integer \(t.text) (beyond 64 bits)"), at: t.at) }
+                    e = JinjaExpr(.item(e, JinjaExpr(.literal(.int(i)), at: t.at)), at: e.at)
+                } else {
+                    e = JinjaExpr(.attribute(e, t.text), at: e.at)
+                }
             } else if accept("[") {
                 e = try subscriptOrSlice(e)
             } else if peek("(") {
