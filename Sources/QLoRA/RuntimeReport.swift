@@ -9,6 +9,8 @@ public struct RuntimeReport: Codable, Sendable {
     public var simd: String
     /// The 4-bit GEMMs can run in bf16 (AVX512_BF16): `ComputeDType.bf16`.
     public var bf16GEMM: Bool
+    /// The bf16 GEMMs' micro-kernel (avx512_bf16 or amx) and what decided it.
+    public var bf16Kernel: String?
     public var blasCore: String
     public var blasCoreRequested: String?
     public var blasCoreReason: String
@@ -23,7 +25,8 @@ public struct RuntimeReport: Codable, Sendable {
         let cpu = CPUInfo.current
         return RuntimeReport(
             cpu: "\(cpu.brand.isEmpty ? cpu.vendor : cpu.brand) (family \(cpu.family), model \(cpu.model))",
-            cpuFlags: cpu.flags, simd: SIMDLevel.current.description, bf16GEMM: ComputeRuntime.bf16Available, blasCore: status.corename,
+            cpuFlags: cpu.flags, simd: SIMDLevel.current.description, bf16GEMM: ComputeRuntime.bf16Available,
+            bf16Kernel: ComputeRuntime.bf16Available ? ComputeRuntime.bf16KernelReason : nil, blasCore: status.corename,
             blasCoreRequested: status.requestedCore, blasCoreReason: status.reason, blasCoreVerified: status.verified,
             inheritedOpenBLASCoreType: status.inheritedCoreType, blasConfig: status.config, blasLibrary: status.library,
             threads: status.ompThreads)
@@ -36,6 +39,7 @@ public struct RuntimeReport: Codable, Sendable {
             "cpu flags: \(cpuFlags.joined(separator: " "))",
             "dequantize simd: \(simd)",
             "bf16 gemm: \(bf16GEMM ? "available (AVX512_BF16)" : "unavailable (no AVX512_BF16): fp32 only")",
+            "bf16 kernel: \(bf16Kernel ?? "none")",
             "compute dtype: " + (bf16GEMM
                 ? "bf16 for training and generation (--compute-dtype auto: this CPU has AVX512_BF16; a run checks a probe batch's loss against fp32 first), fp32 for perplexity and scoring unless asked"
                 : "fp32 (auto: this CPU has no AVX512_BF16)"),

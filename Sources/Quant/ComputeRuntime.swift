@@ -132,6 +132,34 @@ public enum ComputeRuntime {
     /// Whether the quantized GEMMs can run in bf16 here (AVX-512 with AVX512_BF16, saved by the OS).
     public static var bf16Available: Bool { qk_bf16_available() != 0 }
 
+    /// The micro-kernels the bf16 GEMMs can run: vdpbf16ps (AVX512_BF16), AMX-BF16 tiles, and a
+    /// software model of those tiles (their packing and layout on any AVX512_BF16 CPU; slow: tests).
+    public enum BF16Kernel: Int32, Sendable, CustomStringConvertible {
+        case avx512 = 0, amx = 1, amxModel = 2
+        public var description: String { ["avx512_bf16", "amx", "amx-model"][Int(rawValue)] }
+    }
+
+    /// The kernel this process's bf16 GEMMs run (nil without AVX512_BF16): AMX where the CPU has
+    /// it, Linux grants the tile state and a start-up product agrees with vdpbf16ps;
+    /// `QLORA_BF16_KERNEL=avx512` keeps vdpbf16ps. `bf16KernelReason` says what decided it.
+    public static var bf16Kernel: BF16Kernel? { BF16Kernel(rawValue: qk_bf16_kernel()) }
+    public static var bf16KernelReason: String { String(cString: qk_bf16_kernel_reason()) }
+    /// The start-up check that admits AMX, for any kernel: the largest difference from vdpbf16ps
+    /// on a fixed product over its accumulation bound (≤ 1: they agree; ∞ where it cannot run).
+    public static func bf16KernelCheck(_ kernel: BF16Kernel) -> Double { qk_bf16_kernel_check(kernel.rawValue) }
+    /// The kernel the calling thread's bf16 GEMMs run now (`withBF16Kernel`'s, else `bf16Kernel`).
+    public static var threadBF16Kernel: BF16Kernel? { BF16Kernel(rawValue: qk_bf16_thread_kernel()) }
+
+    /// Runs `body` with this thread's bf16 GEMMs on `kernel` (tests and benchmarks), then back
+    /// to `bf16Kernel`. `.bf16Unavailable` where it cannot run (AMX not granted, no AVX512_BF16).
+    public static func withBF16Kernel<R>(_ kernel: BF16Kernel, _ body: () throws -> R) throws -> R {
+        guard qk_bf16_set_thread_kernel(kernel.rawValue) == 0 else {
+            throw QuantError.bf16Unavailable(cpu: CPUInfo.current.brand + " (kernel \(kernel): \(bf16KernelReason))")
+        }
+        defer { _ = qk_bf16_set_thread_kernel(-1) }
+        return try body()
+    }
+
     /// Threads the GEMMs use when not told: OpenMP's default (OMP_NUM_THREADS, else the cores).
     public static var defaultThreads: Int { Int(qk_omp_max_threads()) }
 

@@ -24,7 +24,14 @@
  * a multiple of 16) dequantize a tile with qk_dequantize_tile and pack from it.
  */
 #include "panels_avx512.h"
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define BF16 __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl")))
 
@@ -243,6 +250,26 @@ BF16 static void kernel(int64_t kp, const uint32_t *restrict a, const uint32_t *
         }
 }
 
+#include "qgemm_bf16_amx.h"
+
+/* Which micro-kernel a product runs: vdpbf16ps, AMX tiles, or AMX's software model (tests). */
+enum { KERNEL_AVX512 = 0, KERNEL_AMX = 1, KERNEL_SOFT_AMX = 2 };
+
+/* C = alpha · A panel · B panel of block rows (MR for vdpbf16ps, MA for the tiles; A's row
+ * stride kps words for the tiles). */
+BF16 static inline void micro(int kind, int64_t kp, const uint32_t *a, int64_t kps, const uint32_t *b, float *c, int64_t ldc, int mv,
+                              int nvalid, int mode, float beta, float alpha) {
+    if (kind == KERNEL_AVX512) kernel(kp, a, b, c, ldc, mv, nvalid, mode, beta, alpha);
+    else if (kind == KERNEL_AMX) amx_kernel(kp, a, kps, b, c, ldc, mv, nvalid, mode, beta, alpha);
+    else soft_kernel(kp, a, kps, b, c, ldc, mv, nvalid, mode, beta, alpha);
+}
+
+BF16 static inline void pack_block(int kind, const float *a, int64_t lda, int64_t M, int64_t k0, int64_t kc, int64_t ib, int64_t kps,
+                                   int64_t off, float scale, uint32_t *ap) {
+    if (kind == KERNEL_AVX512) pack_a(a, lda, M, k0, kc, ib, kps, off, scale, ap);
+    else pack_a_rows(a, lda, M, k0, kc, ib, kps, off, scale, ap);
+}
+
 /* Buffers kept between calls (libomp keeps its threads): B panels and a dequantized tile per
  * thread, the rounded A on the calling thread. */
 static __thread void *tls_b, *tls_tile, *tls_a;
@@ -293,19 +320,20 @@ typedef struct {
  * `dense_ld` floats, read in place as if it were an already dequantized tile; `x2`, when not
  * NULL, the second output; `lr`, when not NULL, a low-rank term (its U may be x2's output).
  * Threads split W's columns in units of 16, and the second output's rows in blocks of MR. */
-BF16 static int run(const qk_matrix *w, const float *dense, int64_t dense_ld, const float *a, int64_t lda, float *c, int64_t ldc,
+BF16 static int run(int kind, const qk_matrix *w, const float *dense, int64_t dense_ld, const float *a, int64_t lda, float *c, int64_t ldc,
                     int64_t M, int64_t N, int64_t K, float beta, int threads, int forward, const extra_out *x2,
                     const lowrank_add *lr) {
     const int64_t slices = (K + KC - 1) / KC; /* equal kc slices, multiples of 32 */
     const int64_t kcs = slices > 0 ? ((K + slices - 1) / slices + 31) / 32 * 32 : 32;
     const int64_t ext = lr ? (lr->r + 1) / 2 : 0; /* pair rows of the low-rank term, after the last slice's */
-    const int64_t blocks = (M + MR - 1) / MR, kps = kcs / 2 + ext;
+    const int64_t mr = kind == KERNEL_AVX512 ? MR : MA; /* rows of a block */
+    const int64_t blocks = (M + mr - 1) / mr, kps = kcs / 2 + ext;
     const int u_in_pass = lr && x2 && lr->u == x2->c;
     /* A is rounded one k slice at a time, into two slice buffers used in turn: a slice is
      * packed by all threads (omp for, then a barrier), so a buffer is rewritten only after
      * every thread has passed the next slice's barrier, done with it. The rounded A never
      * exists whole (the LM head's backward has K = vocab: 12 MiB of bf16 for 128 rows). */
-    uint32_t *ap = grow(&tls_a, &tls_a_cap, (size_t)(2 * blocks * kps * MR) * sizeof(uint32_t));
+    uint32_t *ap = grow(&tls_a, &tls_a_cap, (size_t)(2 * blocks * kps * mr) * sizeof(uint32_t));
     if (!ap) return QK_GEMM_NO_MEMORY;
     const pack_fn pack = forward ? pack_forward : pack_backward;
     const int direct = w && reads_blocks(w), tiled = w && !direct;
@@ -332,6 +360,7 @@ BF16 static int run(const qk_matrix *w, const float *dense, int64_t dense_ld, co
 #pragma omp atomic write
             failed = 1;
         }
+        if (kind == KERNEL_AMX) amx_configure();
 #pragma omp barrier
         int stop;
 #pragma omp atomic read
@@ -339,18 +368,18 @@ BF16 static int run(const qk_matrix *w, const float *dense, int64_t dense_ld, co
         for (int64_t pc = 0, slice = 0; pc < K && !stop; pc += kcs, slice++) { /* every thread runs every slice */
             const int64_t kc = min64(kcs, K - pc), kp = (kc + 1) / 2;
             const int last = pc + kcs >= K;
-            uint32_t *as = ap + (slice & 1) * blocks * kps * MR;
+            uint32_t *as = ap + (slice & 1) * blocks * kps * mr;
 #pragma omp for schedule(static)
-            for (int64_t ib = 0; ib < blocks; ib++) pack_a(a, lda, M, pc, kc, ib, kps, 0, 1.0f, as);
+            for (int64_t ib = 0; ib < blocks; ib++) pack_block(kind, a, lda, M, pc, kc, ib, kps, 0, 1.0f, as);
             if (x2) { /* the second output, E read in place as a tile: this thread's row blocks, all of E's columns */
                 const panel_source s = {NULL, code, x2->e, x2->ld, 0, 0};
                 pack(&s, 0, x2->n, pc, kc, bp, kp * NR);
                 for (int64_t ib = b0; ib < b1; ib++) {
-                    const uint32_t *a_panel = as + ib * kps * MR;
-                    const int mv = (int)min64(MR, M - ib * MR);
+                    const uint32_t *a_panel = as + ib * kps * mr;
+                    const int mv = (int)min64(mr, M - ib * mr);
                     for (int64_t jr = 0; jr < x2->n; jr += NR)
-                        kernel(kp, a_panel, bp + (jr / NR) * kp * NR, x2->c + ib * MR * x2->ldc + jr, x2->ldc, mv,
-                               (int)min64(NR, x2->n - jr), pc > 0 ? ADD : STORE, 0.0f, x2->alpha);
+                        micro(kind, kp, a_panel, kps, bp + (jr / NR) * kp * NR, x2->c + ib * mr * x2->ldc + jr, x2->ldc, mv,
+                              (int)min64(NR, x2->n - jr), pc > 0 ? ADD : STORE, 0.0f, x2->alpha);
                 }
             }
             const int64_t kx = last ? ext : 0; /* pair rows past this slice's */
@@ -359,7 +388,7 @@ BF16 static int run(const qk_matrix *w, const float *dense, int64_t dense_ld, co
 #pragma omp barrier
                 } /* every row of U is written */
 #pragma omp for schedule(static)
-                for (int64_t ib = 0; ib < blocks; ib++) pack_a(lr->u, lr->ldu, M, 0, lr->r, ib, kps, kp, lr->scale, as);
+                for (int64_t ib = 0; ib < blocks; ib++) pack_block(kind, lr->u, lr->ldu, M, 0, lr->r, ib, kps, kp, lr->scale, as);
             }
             const int64_t stride = (kp + kx) * NR;
             const int mode = pc > 0 ? ADD : (beta == 0.0f ? STORE : (beta == 1.0f ? ADD : SCALE_ADD));
@@ -380,29 +409,139 @@ BF16 static int run(const qk_matrix *w, const float *dense, int64_t dense_ld, co
                     pack(&d, jc, nc, 0, lr->r, bp + kp * NR, stride);
                 }
                 for (int64_t ib = 0; ib < blocks; ib++) {
-                    const uint32_t *a_panel = as + ib * kps * MR;
-                    const int mv = (int)min64(MR, M - ib * MR);
+                    const uint32_t *a_panel = as + ib * kps * mr;
+                    const int mv = (int)min64(mr, M - ib * mr);
                     for (int64_t jr = 0; jr < nc; jr += NR)
-                        kernel(kp + kx, a_panel, bp + (jr / NR) * stride, c + ib * MR * ldc + jc + jr, ldc, mv,
-                               (int)min64(NR, nc - jr), mode, beta, 1.0f);
+                        micro(kind, kp + kx, a_panel, kps, bp + (jr / NR) * stride, c + ib * mr * ldc + jc + jr, ldc, mv,
+                              (int)min64(NR, nc - jr), mode, beta, 1.0f);
                 }
             }
         }
+        if (kind == KERNEL_AMX) amx_release();
     }
     return failed ? QK_GEMM_NO_MEMORY : 0;
 }
+
+/* ---- which kernel: AMX where the CPU has it, the OS grants it and it checks out -------------- */
+static pthread_once_t choose_once = PTHREAD_ONCE_INIT;
+static int chosen_kernel = KERNEL_AVX512, amx_granted = 0;
+static char chosen_reason[256] = "";
+static __thread int kernel_override = -1;
+
+/* Largest |y_kind − y_vdpbf16ps| over the bound 2·γ_m·Σ|x̂||ŵ| (Σ from the product of the
+ * absolute values), forward and backward of a dense [96, 200] W and 37 rows (full tiles, a
+ * remainder of 4 pairs, a last row block of 5): ≤ 1 when the kernels agree. */
+BF16 static double kernel_check(int kind) {
+    enum { R = 96, C = 200, T = 37 };
+    float *buffer = malloc(sizeof(float) * (2 * R * C + 5 * T * C + 5 * T * R));
+    if (!buffer) return INFINITY;
+    float *w = buffer, *wa = w + R * C, *x = wa + R * C, *xa = x + T * C, *dy = xa + T * C, *dya = dy + T * R;
+    float *y0 = dya + T * R, *y1 = y0 + T * R, *ys = y1 + T * R, *d0 = ys + T * R, *d1 = d0 + T * C, *ds = d1 + T * C;
+    uint32_t state = 12345;
+    for (int i = 0; i < R * C + T * C + T * R; i++) {
+        state = state * 1664525u + 1013904223u;
+        const float v = (float)((int32_t)state >> 8) * 0x1p-23f; /* [-1, 1) */
+        if (i < R * C) w[i] = v, wa[i] = fabsf(v);
+        else if (i < R * C + T * C) x[i - R * C] = v, xa[i - R * C] = fabsf(v);
+        else dy[i - R * C - T * C] = v, dya[i - R * C - T * C] = fabsf(v);
+    }
+    int rc = run(KERNEL_AVX512, NULL, w, C, x, C, y0, R, T, R, C, 0.0f, 1, 1, NULL, NULL);
+    rc |= run(kind, NULL, w, C, x, C, y1, R, T, R, C, 0.0f, 1, 1, NULL, NULL);
+    rc |= run(KERNEL_AVX512, NULL, wa, C, xa, C, ys, R, T, R, C, 0.0f, 1, 1, NULL, NULL);
+    rc |= run(KERNEL_AVX512, NULL, w, C, dy, R, d0, C, T, C, R, 0.0f, 1, 0, NULL, NULL);
+    rc |= run(kind, NULL, w, C, dy, R, d1, C, T, C, R, 0.0f, 1, 0, NULL, NULL);
+    rc |= run(KERNEL_AVX512, NULL, wa, C, dya, R, ds, C, T, C, R, 0.0f, 1, 0, NULL, NULL);
+    double worst = rc ? INFINITY : 0;
+    for (int pass = 0; pass < 2 && !rc; pass++) {
+        const float *a = pass ? d0 : y0, *b = pass ? d1 : y1, *s = pass ? ds : ys;
+        const int n = pass ? T * C : T * R, K = pass ? R : C;
+        const double m = (double)(K + K / 32 + 2) * 0x1p-24, gamma = m / (1 - m);
+        for (int i = 0; i < n; i++) {
+            const double ratio = fabs((double)a[i] - (double)b[i]) / (2 * gamma * s[i] * (1 + 0x1p-7) + 0x1p-120);
+            if (!(ratio <= worst)) worst = ratio == ratio ? ratio : INFINITY; /* NaN: infinite */
+        }
+    }
+    free(buffer);
+    return worst;
+}
+
+static void choose_kernel(void) {
+    qk_cpu_info i;
+    qk_cpu_detect(&i);
+    const char *want = getenv("QLORA_BF16_KERNEL");
+    if (!qk_bf16_available()) {
+        snprintf(chosen_reason, sizeof chosen_reason, "none: no AVX512_BF16");
+        return;
+    }
+    if (!i.amx_tile || !i.amx_bf16) {
+        snprintf(chosen_reason, sizeof chosen_reason, "avx512_bf16 (vdpbf16ps): this CPU has no AMX-BF16");
+        return;
+    }
+    if (!i.os_amx) {
+        snprintf(chosen_reason, sizeof chosen_reason, "avx512_bf16 (vdpbf16ps): the OS does not enable AMX tile state (XCR0)");
+        return;
+    }
+    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) != 0) {
+        snprintf(chosen_reason, sizeof chosen_reason, "avx512_bf16 (vdpbf16ps): Linux refused AMX tile data (arch_prctl: %s)",
+                 strerror(errno));
+        return;
+    }
+    amx_granted = 1;
+    if (want && strcmp(want, "avx512") == 0) {
+        snprintf(chosen_reason, sizeof chosen_reason, "avx512_bf16 (vdpbf16ps): QLORA_BF16_KERNEL=avx512 (AMX available)");
+        return;
+    }
+    const double worst = kernel_check(KERNEL_AMX);
+    if (!(worst <= 1)) {
+        snprintf(chosen_reason, sizeof chosen_reason,
+                 "avx512_bf16 (vdpbf16ps): the AMX tiles disagreed with vdpbf16ps on the start-up check (%.3g × the bound)", worst);
+        return;
+    }
+    chosen_kernel = KERNEL_AMX;
+    snprintf(chosen_reason, sizeof chosen_reason, "amx (tdpbf16ps): AMX-BF16 tiles, within %.2g of the bound against vdpbf16ps at start-up",
+             worst);
+}
+
+int qk_bf16_kernel(void) {
+    pthread_once(&choose_once, choose_kernel);
+    return qk_bf16_available() ? chosen_kernel : -1;
+}
+
+const char *qk_bf16_kernel_reason(void) {
+    pthread_once(&choose_once, choose_kernel);
+    return chosen_reason;
+}
+
+int qk_bf16_set_thread_kernel(int kind) {
+    pthread_once(&choose_once, choose_kernel);
+    if (kind < -1 || kind > KERNEL_SOFT_AMX) return QK_GEMM_NO_BF16;
+    if (kind >= 0 && !qk_bf16_available()) return QK_GEMM_NO_BF16;
+    if (kind == KERNEL_AMX && !amx_granted) return QK_GEMM_NO_BF16;
+    kernel_override = kind;
+    return 0;
+}
+
+double qk_bf16_kernel_check(int kind) {
+    pthread_once(&choose_once, choose_kernel);
+    if (!qk_bf16_available() || kind < 0 || kind > KERNEL_SOFT_AMX || (kind == KERNEL_AMX && !amx_granted)) return INFINITY;
+    return kernel_check(kind);
+}
+
+static int kernel_for_call(void) { return kernel_override >= 0 ? kernel_override : qk_bf16_kernel(); }
+
+int qk_bf16_thread_kernel(void) { return qk_bf16_available() ? kernel_for_call() : -1; }
 
 /* The entry points carry no target attribute: nothing past the CPUID check may use AVX-512. */
 int qk_gemm_forward_bf16(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads) {
     if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
     if (T <= 0) return 0;
-    return run(w, NULL, 0, x, w->cols, y, w->rows, T, w->rows, w->cols, beta, threads, 1, NULL, NULL);
+    return run(kernel_for_call(), w, NULL, 0, x, w->cols, y, w->rows, T, w->rows, w->cols, beta, threads, 1, NULL, NULL);
 }
 
 int qk_gemm_backward_bf16(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta, int threads) {
     if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
     if (T <= 0) return 0;
-    return run(w, NULL, 0, dy, w->rows, dx, w->cols, T, w->cols, w->rows, beta, threads, 0, NULL, NULL);
+    return run(kernel_for_call(), w, NULL, 0, dy, w->rows, dx, w->cols, T, w->cols, w->rows, beta, threads, 0, NULL, NULL);
 }
 
 /* With a second output from the same rounded input (extra_out): LoRA's products that share
@@ -412,7 +551,7 @@ int qk_gemm_forward_bf16_with(const qk_matrix *w, const float *x, float *y, int6
     if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
     if (T <= 0) return 0;
     const extra_out x2 = {e, e_rows, w->cols, y2, ldy2, alpha};
-    return run(w, NULL, 0, x, w->cols, y, w->rows, T, w->rows, w->cols, beta, threads, 1, e_rows > 0 ? &x2 : NULL, NULL);
+    return run(kernel_for_call(), w, NULL, 0, x, w->cols, y, w->rows, T, w->rows, w->cols, beta, threads, 1, e_rows > 0 ? &x2 : NULL, NULL);
 }
 
 int qk_gemm_backward_bf16_with(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta, int threads, const float *e,
@@ -420,7 +559,7 @@ int qk_gemm_backward_bf16_with(const qk_matrix *w, const float *dy, float *dx, i
     if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
     if (T <= 0) return 0;
     const extra_out x2 = {e, e_cols, e_cols, dx2, lddx2, alpha};
-    return run(w, NULL, 0, dy, w->rows, dx, w->cols, T, w->cols, w->rows, beta, threads, 0, e_cols > 0 ? &x2 : NULL, NULL);
+    return run(kernel_for_call(), w, NULL, 0, dy, w->rows, dx, w->cols, T, w->cols, w->rows, beta, threads, 0, e_cols > 0 ? &x2 : NULL, NULL);
 }
 
 /* Dense W: the LM head of models whose embedding is fp32 (safetensors folders, F32/F16 GGUF
@@ -428,13 +567,13 @@ int qk_gemm_backward_bf16_with(const qk_matrix *w, const float *dy, float *dx, i
 int qk_dense_forward_bf16(const float *w, int64_t rows, int64_t cols, const float *x, float *y, int64_t T, float beta, int threads) {
     if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
     if (T <= 0) return 0;
-    return run(NULL, w, cols, x, cols, y, rows, T, rows, cols, beta, threads, 1, NULL, NULL);
+    return run(kernel_for_call(), NULL, w, cols, x, cols, y, rows, T, rows, cols, beta, threads, 1, NULL, NULL);
 }
 
 int qk_dense_backward_bf16(const float *w, int64_t rows, int64_t cols, const float *dy, float *dx, int64_t T, float beta, int threads) {
     if (!qk_bf16_available()) return QK_GEMM_NO_BF16;
     if (T <= 0) return 0;
-    return run(NULL, w, cols, dy, rows, dx, cols, T, cols, rows, beta, threads, 0, NULL, NULL);
+    return run(kernel_for_call(), NULL, w, cols, dy, rows, dx, cols, T, cols, rows, beta, threads, 0, NULL, NULL);
 }
 
 /* LoRA run with the frozen product in one pass (qk_gemm_*_bf16_lora in quant_kernels.h). */
@@ -444,7 +583,7 @@ int qk_gemm_forward_bf16_lora(const qk_matrix *w, const float *x, float *y, int6
     if (T <= 0) return 0;
     const extra_out x2 = {lora_a, r, w->cols, u, ldu, 1.0f};
     const lowrank_add lr = {u, r, ldu, lora_b, scale};
-    return run(w, NULL, 0, x, w->cols, y, w->rows, T, w->rows, w->cols, beta, threads, 1, compute_u ? &x2 : NULL, r > 0 ? &lr : NULL);
+    return run(kernel_for_call(), w, NULL, 0, x, w->cols, y, w->rows, T, w->rows, w->cols, beta, threads, 1, compute_u ? &x2 : NULL, r > 0 ? &lr : NULL);
 }
 
 int qk_gemm_backward_bf16_lora(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta, int threads, const float *lora_b,
@@ -453,5 +592,5 @@ int qk_gemm_backward_bf16_lora(const qk_matrix *w, const float *dy, float *dx, i
     if (T <= 0) return 0;
     const extra_out x2 = {lora_b, r, r, g, ldg, scale};
     const lowrank_add lr = {g, r, ldg, lora_a, 1.0f};
-    return run(w, NULL, 0, dy, w->rows, dx, w->cols, T, w->cols, w->rows, beta, threads, 0, r > 0 ? &x2 : NULL, r > 0 ? &lr : NULL);
+    return run(kernel_for_call(), w, NULL, 0, dy, w->rows, dx, w->cols, T, w->cols, w->rows, beta, threads, 0, r > 0 ? &x2 : NULL, r > 0 ? &lr : NULL);
 }

@@ -42,6 +42,7 @@ struct GEMM: ParsableCommand {
 
             Example: qlora bench gemm --shapes 4096x4096 --tokens 256 --formats nf4 --runs 7
                      qlora bench gemm --dtype bf16 --shapes 4096x4096,11008x4096 --tokens 256,1024 --formats nf4,q4_0
+                     qlora bench gemm --dtype bf16 --bf16-kernels avx512_bf16,amx --shapes 4096x4096 --tokens 256 --formats nf4
             """
     )
 
@@ -56,7 +57,20 @@ struct GEMM: ParsableCommand {
     var path: GEMMOptions.Path = .auto
     @Option(help: "Arithmetic of the 4-bit products: fp32, or bf16 (inputs and weights rounded to bf16, fp32 sums; AVX512_BF16 only). Dense stays fp32 sgemm.")
     var dtype: ComputeDType = .fp32
+    @Option(help: "With --dtype bf16: micro-kernels to time side by side, comma-separated: avx512_bf16 (vdpbf16ps), amx (AMX-BF16 tiles, where the CPU has them). Default: the one qlora chose here (qlora info: bf16 kernel).")
+    var bf16Kernels: String?
     @Flag(help: "Print JSON records for scripts instead of the table.") var json = false
+
+    var parsedKernels: [ComputeRuntime.BF16Kernel] {
+        get throws {
+            try (bf16Kernels ?? "").split(separator: ",").map { s in
+                guard let k = [ComputeRuntime.BF16Kernel.avx512, .amx].first(where: { $0.description == s }) else {
+                    throw ValidationError("--bf16-kernels: unknown kernel '\(s)'; use avx512_bf16, amx")
+                }
+                return k
+            }
+        }
+    }
 
     var parsed: (shapes: [(out: Int, in: Int)], tokens: [Int], formats: [QuantFormat]) {
         get throws {
@@ -91,6 +105,11 @@ struct GEMM: ParsableCommand {
         guard dtype != .bf16 || ComputeRuntime.bf16Available else {
             throw ValidationError("--dtype bf16 needs AVX-512 with AVX512_BF16, which this CPU (\(CPUInfo.current.brand)) lacks")
         }
+        let kernels = try parsedKernels
+        guard kernels.isEmpty || dtype == .bf16 else { throw ValidationError("--bf16-kernels needs --dtype bf16") }
+        if kernels.contains(.amx), ComputeRuntime.bf16KernelCheck(.amx).isInfinite {
+            throw ValidationError("--bf16-kernels amx: the AMX tiles cannot run here (\(ComputeRuntime.bf16KernelReason))")
+        }
     }
 
     func run() throws {
@@ -104,6 +123,7 @@ struct GEMM: ParsableCommand {
         config.tileBytes = tileKib * 1024
         config.path = path
         config.dtype = dtype
+        config.bf16Kernels = try parsedKernels
         let report = try RuntimeReport.current()
         let header = report.lines + ["threads used: \(threads) (dense: OpenBLAS's; quantized: OpenMP), path: \(dtype == .bf16 ? "bf16 kernel" : "\(path)"), dtype: \(dtype) (dense: fp32)"]
         if !json { header.forEach { print($0) } }

@@ -17,7 +17,16 @@ import XCTest
 ///   c = 2 + 2⁻⁸ + γ_m(1+u)²·2⁸, i.e. c ≤ 2.02 for K ≤ 1024 and 2.07 for K = 4096.
 /// Against the scalar reference (same rounded inputs, fp64 sums) only the accumulation is
 /// left: |ŷ − ŷ_ref| ≤ γ_m·((1+u)²·Σ|x||w| + |y0|) + fp64's own error, which m·2⁻⁵³ covers.
-final class BF16GEMMTests: XCTestCase {
+class BF16GEMMTests: XCTestCase {
+    /// The micro-kernel this class runs the bf16 GEMMs on (subclasses below); nil: the process's own.
+    class var kernel: ComputeRuntime.BF16Kernel? { nil }
+
+    override func invokeTest() {
+        guard let kernel = Self.kernel, (try? ComputeRuntime.withBF16Kernel(kernel, { super.invokeTest() })) != nil else {
+            return super.invokeTest()  // requireBF16 skips when the kernel could not be set
+        }
+    }
+
     /// GEMMTests' shapes and, for bf16's kernel: cols not a multiple of 16 (W read through
     /// dequantized tiles), K beyond one 768-wide slice both ways, an odd K (a zero pair half).
     static let shapes: [(QuantFormat, Int, Int, Int)] = GEMMTests.shapes + [
@@ -31,6 +40,9 @@ final class BF16GEMMTests: XCTestCase {
                 XCTAssertEqual($0 as? QuantError, .bf16Unavailable(cpu: CPUInfo.current.brand))
             }
             throw XCTSkip("this CPU (\(CPUInfo.current.brand)) lacks AVX512_BF16: the bf16 GEMMs are refused, as checked")
+        }
+        if let kernel = Self.kernel, ComputeRuntime.threadBF16Kernel != kernel {
+            throw XCTSkip("the bf16 GEMMs cannot run on \(kernel) here (\(CPUInfo.current.brand)): \(ComputeRuntime.bf16KernelReason)")
         }
     }
 
@@ -178,4 +190,33 @@ final class BF16GEMMTests: XCTestCase {
         XCTAssertLessThanOrEqual(worst.ratio, 1, "\(message): output \(worst.index) is \(got[worst.index]), reference \(ref[worst.index]), "
             + "\(worst.ratio) times the bound \(bound(worst.index))", file: file, line: line)
     }
+}
+
+/// Every bf16 GEMM test above on the software model of the AMX tiles (tdpbf16ps as the SDM
+/// defines it): the AMX path's row-packed A panel, tile strides, zero-padded last pairs, 16-row
+/// blocks, second outputs and low-rank pairs, on any AVX512_BF16 CPU. The bounds are the same:
+/// per pair two fp32 additions, as vdpbf16ps. XCTest runs the inherited tests in each subclass.
+final class AMXModelBF16GEMMTests: BF16GEMMTests {
+    override class var kernel: ComputeRuntime.BF16Kernel? { .amxModel }
+
+    /// The start-up check that admits the AMX tiles passes their model (its sums run in another
+    /// order than vdpbf16ps's, within the bound) and vdpbf16ps itself exactly; and the process
+    /// says which kernel it chose and why.
+    func testStartUpCheckAdmitsTheModel() throws {
+        try requireBF16()
+        let model = ComputeRuntime.bf16KernelCheck(.amxModel)
+        XCTAssertLessThanOrEqual(model, 1)
+        XCTAssertGreaterThan(model, 0, "the model sums even then odd products, vdpbf16ps odd then even: some outputs differ")
+        XCTAssertEqual(ComputeRuntime.bf16KernelCheck(.avx512), 0)
+        let chosen = try XCTUnwrap(ComputeRuntime.bf16Kernel)
+        XCTAssertTrue(ComputeRuntime.bf16KernelReason.hasPrefix(chosen == .amx ? "amx (tdpbf16ps)" : "avx512_bf16 (vdpbf16ps)"),
+                      ComputeRuntime.bf16KernelReason)
+        XCTAssertEqual(ComputeRuntime.bf16KernelCheck(.amx).isFinite, CPUInfo.current.amx && !ComputeRuntime.bf16KernelReason.contains("refused"))
+    }
+}
+
+/// The same on the AMX tiles themselves, where the CPU has them and Linux grants their state
+/// (Sapphire Rapids and later); skipped with the reason elsewhere.
+final class AMXTileBF16GEMMTests: BF16GEMMTests {
+    override class var kernel: ComputeRuntime.BF16Kernel? { .amx }
 }

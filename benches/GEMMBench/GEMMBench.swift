@@ -18,6 +18,9 @@ public enum GEMMBench {
         public var path = GEMMOptions.Path.auto
         /// The arithmetic of the quantized products (dense stays fp32 sgemm).
         public var dtype = ComputeDType.fp32
+        /// bf16 only: the micro-kernels to time side by side (empty: the one this process chose);
+        /// with more than one, each format's column is named format@kernel.
+        public var bf16Kernels: [ComputeRuntime.BF16Kernel] = []
         /// Minimum time of one sample; fast cases repeat until they reach it.
         public var minSampleSeconds = 0.02
 
@@ -97,6 +100,9 @@ public enum GEMMBench {
         let flops = 2.0 * Double(T) * Double(shape.out) * Double(shape.in)
         let options = GEMMOptions(threads: config.threads, tileBytes: config.tileBytes, path: config.path)
         var samples: [String: [Double]] = [:]  // "format/direction" -> seconds per call
+        // nil: the process's own kernel (and the only one for fp32, where none applies)
+        let kernels: [ComputeRuntime.BF16Kernel?] = config.dtype == .bf16 && !config.bf16Kernels.isEmpty ? config.bf16Kernels : [nil]
+        let label = { (f: QuantFormat, k: ComputeRuntime.BF16Kernel?) in k.map { "\(f.rawValue)@\($0)" } ?? f.rawValue }
 
         for _ in 0..<config.runs {
             settle()
@@ -111,13 +117,19 @@ public enum GEMMBench {
             })
             ComputeRuntime.setBLASThreads(1)
             settle()
-            for q in quantized {
-                samples["\(q.format.rawValue)/forward", default: []].append(try time(config.minSampleSeconds) {
-                    try q.forward(x.read, into: y.write, tokens: T, options: options, dtype: config.dtype)
-                })
-                samples["\(q.format.rawValue)/backward", default: []].append(try time(config.minSampleSeconds) {
-                    try q.backward(dy.read, into: dx.write, tokens: T, options: options, dtype: config.dtype)
-                })
+            for kernel in kernels {
+                let timeAll = {
+                    for q in quantized {
+                        let name = label(q.format, kernel)
+                        samples["\(name)/forward", default: []].append(try time(config.minSampleSeconds) {
+                            try q.forward(x.read, into: y.write, tokens: T, options: options, dtype: config.dtype)
+                        })
+                        samples["\(name)/backward", default: []].append(try time(config.minSampleSeconds) {
+                            try q.backward(dy.read, into: dx.write, tokens: T, options: options, dtype: config.dtype)
+                        })
+                    }
+                }
+                if let kernel { try ComputeRuntime.withBF16Kernel(kernel, timeAll) } else { try timeAll() }
             }
         }
         var records: [Record] = []
@@ -125,10 +137,12 @@ public enum GEMMBench {
             let dense = median(samples["dense/\(direction)"]!)
             records.append(Record(T: T, out: shape.out, in: shape.in, format: "dense", direction: direction,
                                   gflops: flops / dense / 1e9, ratioToDense: 1, medianMs: dense * 1e3))
-            for q in quantized {
-                let ours = median(samples["\(q.format.rawValue)/\(direction)"]!)
-                records.append(Record(T: T, out: shape.out, in: shape.in, format: q.format.rawValue, direction: direction,
-                                      gflops: flops / ours / 1e9, ratioToDense: dense / ours, medianMs: ours * 1e3))
+            for kernel in kernels {
+                for q in quantized {
+                    let ours = median(samples["\(label(q.format, kernel))/\(direction)"]!)
+                    records.append(Record(T: T, out: shape.out, in: shape.in, format: label(q.format, kernel), direction: direction,
+                                          gflops: flops / ours / 1e9, ratioToDense: dense / ours, medianMs: ours * 1e3))
+                }
             }
         }
         return records
@@ -199,7 +213,8 @@ public enum GEMMBench {
         let gemm = records.filter { $0.direction != "dequantize" }
         var formats: [String] = []
         for r in gemm where r.format != "dense" && !formats.contains(r.format) { formats.append(r.format) }
-        var lines = ["out x in      T  dir  " + (["dense"] + formats).map { $0.padding(toLength: 14, withPad: " ", startingAt: 0) }.joined()]
+        let width = { (f: String) in max(14, f.count + 1) }  // format@kernel names run longer
+        var lines = ["out x in      T  dir  " + (["dense"] + formats).map { $0.padding(toLength: width($0), withPad: " ", startingAt: 0) }.joined()]
         var keys: [String] = []
         var rows: [String: [String: Record]] = [:]
         for r in gemm {
@@ -212,7 +227,7 @@ public enum GEMMBench {
             var cells = [String(format: "%6.1f", row["dense"]?.gflops ?? .nan).padding(toLength: 14, withPad: " ", startingAt: 0)]
             for f in formats {
                 let r = row[f]
-                cells.append(String(format: "%6.1f %5.2fx ", r?.gflops ?? .nan, r?.ratioToDense ?? .nan))
+                cells.append(String(format: "%6.1f %5.2fx ", r?.gflops ?? .nan, r?.ratioToDense ?? .nan).padding(toLength: width(f), withPad: " ", startingAt: 0))
             }
             lines.append(key + "  " + cells.joined())
         }

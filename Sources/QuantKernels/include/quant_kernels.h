@@ -233,6 +233,21 @@ int qk_gemm_backward_bf16_lora(const qk_matrix *w, const float *dy, float *dx, i
  * Y[T, rows] = X[T, cols] · Wᵀ + beta·Y, and dX[T, cols] = dY[T, rows] · W + beta·dX. */
 int qk_dense_forward_bf16(const float *w, int64_t rows, int64_t cols, const float *x, float *y, int64_t T, float beta, int threads);
 int qk_dense_backward_bf16(const float *w, int64_t rows, int64_t cols, const float *dy, float *dx, int64_t T, float beta, int threads);
+/* Which micro-kernel the bf16 GEMMs run: 0 vdpbf16ps (AVX512_BF16), 1 AMX-BF16 tiles (where
+ * the CPU has them, Linux grants the tile state and a start-up product agrees with vdpbf16ps
+ * within the accumulation bound; QLORA_BF16_KERNEL=avx512 keeps vdpbf16ps), -1 none. Chosen
+ * once per process; the reason names what decided it. */
+int qk_bf16_kernel(void);
+const char *qk_bf16_kernel_reason(void);
+/* For tests and benchmarks: the kernel this thread's bf16 GEMMs run from now on — 0 vdpbf16ps,
+ * 1 AMX (only where granted), 2 a software model of the AMX tiles (the AMX path's packing and
+ * layout on any AVX512_BF16 CPU; slow), -1 back to qk_bf16_kernel(). 0 or QK_GEMM_NO_BF16. */
+int qk_bf16_set_thread_kernel(int kind);
+/* The start-up check for kernel `kind`: the largest difference from vdpbf16ps on a fixed
+ * product over its accumulation bound (≤ 1: they agree); INFINITY where it cannot run. */
+double qk_bf16_kernel_check(int kind);
+/* The kernel this thread's bf16 GEMMs run now (the override, else qk_bf16_kernel()). */
+int qk_bf16_thread_kernel(void);
 /* The scalar references: the same rounding of the inputs, fp64 sums, one thread; any CPU.
  * Return 0 or QK_GEMM_NO_MEMORY. */
 int qk_gemm_forward_bf16_ref(const qk_matrix *w, const float *x, float *y, int64_t T, float beta);
