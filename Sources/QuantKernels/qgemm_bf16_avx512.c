@@ -468,9 +468,13 @@ BF16 static double kernel_check(int kind) {
 static void choose_kernel(void) {
     qk_cpu_info i;
     qk_cpu_detect(&i);
-    const char *want = getenv("QLORA_BF16_KERNEL");
+    const char *want = getenv("QLORA_BF16_KERNEL"); /* avx512, amx or auto (the default) */
     if (!qk_bf16_available()) {
         snprintf(chosen_reason, sizeof chosen_reason, "none: no AVX512_BF16");
+        return;
+    }
+    if (want && strcmp(want, "avx512") && strcmp(want, "amx") && strcmp(want, "auto")) {
+        snprintf(chosen_reason, sizeof chosen_reason, "avx512_bf16 (vdpbf16ps): QLORA_BF16_KERNEL=%.40s is none of avx512, amx, auto", want);
         return;
     }
     if (!i.amx_tile || !i.amx_bf16) {

@@ -199,7 +199,7 @@ class BF16GEMMTests: XCTestCase {
 final class AMXModelBF16GEMMTests: BF16GEMMTests {
     override class var kernel: ComputeRuntime.BF16Kernel? { .amxModel }
 
-    /// The start-up check that admits the AMX tiles passes their model (its sums run in another
+    /// (Its own test also makes XCTest find the class.) The start-up check that admits the AMX tiles passes their model (its sums run in another
     /// order than vdpbf16ps's, within the bound) and vdpbf16ps itself exactly; and the process
     /// says which kernel it chose and why.
     func testStartUpCheckAdmitsTheModel() throws {
@@ -219,4 +219,15 @@ final class AMXModelBF16GEMMTests: BF16GEMMTests {
 /// (Sapphire Rapids and later); skipped with the reason elsewhere.
 final class AMXTileBF16GEMMTests: BF16GEMMTests {
     override class var kernel: ComputeRuntime.BF16Kernel? { .amx }
+
+    /// Where the tiles run, the start-up check admits them and the process chose them (unless
+    /// QLORA_BF16_KERNEL=avx512 said otherwise): a CPU whose tiles disagree fails here rather
+    /// than falling back unseen. (A class needs a test of its own for XCTest to find it.)
+    func testTheTilesPassTheStartUpCheckAndAreChosen() throws {
+        try requireBF16()
+        XCTAssertLessThanOrEqual(ComputeRuntime.bf16KernelCheck(.amx), 1, ComputeRuntime.bf16KernelReason)
+        if ProcessInfo.processInfo.environment["QLORA_BF16_KERNEL"] != "avx512" {
+            XCTAssertEqual(ComputeRuntime.bf16Kernel, .amx, ComputeRuntime.bf16KernelReason)
+        }
+    }
 }

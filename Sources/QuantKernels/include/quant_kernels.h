@@ -235,7 +235,8 @@ int qk_dense_forward_bf16(const float *w, int64_t rows, int64_t cols, const floa
 int qk_dense_backward_bf16(const float *w, int64_t rows, int64_t cols, const float *dy, float *dx, int64_t T, float beta, int threads);
 /* Which micro-kernel the bf16 GEMMs run: 0 vdpbf16ps (AVX512_BF16), 1 AMX-BF16 tiles (where
  * the CPU has them, Linux grants the tile state and a start-up product agrees with vdpbf16ps
- * within the accumulation bound; QLORA_BF16_KERNEL=avx512 keeps vdpbf16ps), -1 none. Chosen
+ * within the accumulation bound; QLORA_BF16_KERNEL=avx512 keeps vdpbf16ps, =amx or =auto is the
+ * default, any other value keeps vdpbf16ps and says so), -1 none. Chosen
  * once per process; the reason names what decided it. */
 int qk_bf16_kernel(void);
 const char *qk_bf16_kernel_reason(void);
