@@ -19,6 +19,18 @@ AVX512 static inline __m512i nibbles_bnb(const uint8_t *q) {
 
 #define ALWAYS_INLINE __attribute__((always_inline))
 
+/* How a micro-kernel writes its accumulators to C: C = acc; C += acc; C = acc + beta·C. */
+enum { STORE = 0, ADD = 1, SCALE_ADD = 2 };
+
+/* The first `cols` (1 ≤ cols, at most 16 taken) columns of C at p from accumulator r, per
+ * mode; vb = beta in every lane. Every micro-kernel's store. */
+AVX512 ALWAYS_INLINE static inline void store_c(float *p, int cols, __m512 r, int mode, __m512 vb) {
+    const __mmask16 m = cols >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << cols) - 1);
+    if (mode == ADD) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, p));
+    else if (mode == SCALE_ADD) r = _mm512_add_ps(r, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m, p)));
+    _mm512_mask_storeu_ps(p, m, r);
+}
+
 /* The same values as the scalar reference (dequant_scalar.c), 16 at a time. `f` is w's format
  * as a constant (WITH_FORMAT below): inlined, the switch folds to that format's case. */
 AVX512 ALWAYS_INLINE static inline __m512 dequantize16(qk_format f, const qk_matrix *w, __m512 code, int64_t r, int64_t c) {

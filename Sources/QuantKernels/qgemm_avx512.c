@@ -66,7 +66,6 @@ AVX512 static void pack_backward(const qk_matrix *w, __m512 code, int64_t n0, in
 }
 
 /* ---- micro-kernel: C[mv, nvalid] (ldc) = A[mv, kc] (lda) · B panel, stored per mode -------- */
-enum { STORE = 0, ADD = 1, SCALE_ADD = 2 }; /* C = acc; C += acc; C = acc + beta·C */
 
 AVX512 static void kernel(int64_t kc, const float *restrict a, int64_t lda, const float *restrict b, float *c, int64_t ldc,
                           int mv, int nvalid, int mode, float beta) {
@@ -94,12 +93,7 @@ AVX512 static void kernel(int64_t kc, const float *restrict a, int64_t lda, cons
         for (int v = 0; v < NV; v++) {
             const int left = nvalid - 16 * v;
             if (i >= mv || left <= 0) continue;
-            const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-            float *p = c + i * ldc + 16 * v;
-            __m512 r = acc[i][v];
-            if (mode == ADD) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, p));
-            else if (mode == SCALE_ADD) r = _mm512_add_ps(r, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m, p)));
-            _mm512_mask_storeu_ps(p, m, r);
+            store_c(c + i * ldc + 16 * v, left, acc[i][v], mode, vb);
         }
 }
 

@@ -52,20 +52,19 @@ typedef struct {
 } soft_tile;
 static __thread soft_tile soft_tiles[8];
 
-static inline float soft_bf16(uint32_t h) { /* bf16 (low 16 bits of h) to fp32; subnormals are 0 */
-    uint32_t bits = (h & 0xFFFF) << 16;
-    if ((bits & 0x7F800000u) == 0) bits &= 0x80000000u;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-static inline float soft_flush(float f) {
+static inline float soft_flush(float f) { /* subnormals to ±0 */
     uint32_t bits;
     memcpy(&bits, &f, 4);
     if ((bits & 0x7F800000u) == 0) bits &= 0x80000000u;
     memcpy(&f, &bits, 4);
     return f;
+}
+
+static inline float soft_bf16(uint32_t h) { /* bf16 (low 16 bits of h) to fp32; subnormals are 0 */
+    const uint32_t bits = (h & 0xFFFF) << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return soft_flush(f);
 }
 
 static void soft_load(int t, const void *base, int64_t stride) {
@@ -147,16 +146,8 @@ AMX ALWAYS_INLINE static inline void amx_kernel_body(int hw, int64_t kp, const u
 #undef T_DP
     const __m512 vb = _mm512_set1_ps(beta), va = _mm512_set1_ps(alpha);
     for (int i = 0; i < mv; i++)
-        for (int v = 0; v < NV; v++) {
-            const int cols = nvalid - 16 * v;
-            if (cols <= 0) break;
-            const __mmask16 m = cols >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << cols) - 1);
-            float *p = c + i * ldc + 16 * v;
-            __m512 r = _mm512_mul_ps(va, _mm512_load_ps(out + i * NR + 16 * v));
-            if (mode == ADD) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, p));
-            else if (mode == SCALE_ADD) r = _mm512_add_ps(r, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m, p)));
-            _mm512_mask_storeu_ps(p, m, r);
-        }
+        for (int v = 0; v < NV && nvalid > 16 * v; v++)
+            store_c(c + i * ldc + 16 * v, nvalid - 16 * v, _mm512_mul_ps(va, _mm512_load_ps(out + i * NR + 16 * v)), mode, vb);
 }
 
 AMX static void amx_kernel(int64_t kp, const uint32_t *restrict a, int64_t lda, const uint32_t *restrict b, float *c, int64_t ldc,
@@ -182,21 +173,10 @@ AMX static void pack_a_rows(const float *a, int64_t lda, int64_t M, int64_t k0, 
         const int64_t m = ib * MA + i;
         uint32_t *dst = ap + (ib * MA + i) * kps + off;
         for (int64_t k = 0; k < kc; k += 32) {
-            const int64_t left = kc - k, pairs = min64(16, kp - k / 2);
+            const int64_t pairs = min64(16, kp - k / 2);
             const __mmask16 keep = pairs >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << pairs) - 1);
-            if (m >= M) {
-                _mm512_mask_storeu_epi32(dst + k / 2, keep, _mm512_setzero_si512());
-                continue;
-            }
-            const __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
-            const __mmask16 m1 = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
-            const float *row = a + m * lda + k0 + k;
-            __m512 lo = _mm512_maskz_loadu_ps(m0, row), hi = _mm512_maskz_loadu_ps(m1, row + 16);
-            if (scaled) {
-                lo = _mm512_mul_ps(lo, vs);
-                hi = _mm512_mul_ps(hi, vs);
-            }
-            _mm512_mask_storeu_epi32(dst + k / 2, keep, round_pair(hi, lo));
+            const __m512i v = m < M ? round_row32(a + m * lda + k0 + k, kc - k, scaled, vs) : _mm512_setzero_si512();
+            _mm512_mask_storeu_epi32(dst + k / 2, keep, v);
         }
     }
 }

@@ -148,6 +148,19 @@ BF16 static void pack_backward(const panel_source *s, int64_t n0, int64_t nc, in
  * consecutive pairs of the 8 rows (64 bytes of the panel), stored with constant indices —
  * a 16 × 16 transpose of which half was zeros, stored through a runtime loop bound, kept
  * its vectors on the stack (pack_a was 5.6% of a bf16 training step, mostly those reloads). */
+/* row[0 .. min(32, left)) times `scale` (when `scaled`; vs = scale in every lane), rounded to
+ * 16 pair words, zero past `left`. What both A packings (pack_a, pack_a_rows) read. */
+BF16 ALWAYS_INLINE static inline __m512i round_row32(const float *row, int64_t left, int scaled, __m512 vs) {
+    const __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+    const __mmask16 m1 = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+    __m512 lo = _mm512_maskz_loadu_ps(m0, row), hi = _mm512_maskz_loadu_ps(m1, row + 16);
+    if (scaled) {
+        lo = _mm512_mul_ps(lo, vs);
+        hi = _mm512_mul_ps(hi, vs);
+    }
+    return round_pair(hi, lo);
+}
+
 BF16 static void pack_a(const float *a, int64_t lda, int64_t M, int64_t k0, int64_t kc, int64_t ib, int64_t kps, int64_t off,
                         float scale, uint32_t *ap) {
     const int64_t kp = (kc + 1) / 2;
@@ -155,24 +168,11 @@ BF16 static void pack_a(const float *a, int64_t lda, int64_t M, int64_t k0, int6
     const __m512 vs = _mm512_set1_ps(scale);
     const int scaled = scale != 1.0f;
     for (int64_t k = 0; k < kc; k += 32) {
-        const int64_t left = kc - k;
-        const __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
-        const __mmask16 m1 = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
         __m512 r[MR]; /* r[i], lane q: pair q of row i */
 #pragma clang loop unroll(full)
         for (int i = 0; i < MR; i++) {
             const int64_t m = ib * MR + i;
-            if (m >= M) {
-                r[i] = _mm512_setzero_ps();
-                continue;
-            }
-            const float *row = a + m * lda + k0 + k;
-            __m512 lo = _mm512_maskz_loadu_ps(m0, row), hi = _mm512_maskz_loadu_ps(m1, row + 16);
-            if (scaled) {
-                lo = _mm512_mul_ps(lo, vs);
-                hi = _mm512_mul_ps(hi, vs);
-            }
-            r[i] = _mm512_castsi512_ps(round_pair(hi, lo));
+            r[i] = m < M ? _mm512_castsi512_ps(round_row32(a + m * lda + k0 + k, kc - k, scaled, vs)) : _mm512_setzero_ps();
         }
         /* s[j] (rows 0-3) and s[4 + j] (rows 4-7), 128-bit lane L: pair 4L + j of those rows */
         __m512 t[MR], s[MR];
@@ -212,7 +212,7 @@ BF16 static void pack_a(const float *a, int64_t lda, int64_t M, int64_t k0, int6
 }
 
 /* ---- micro-kernel: C[mv, nvalid] (ldc) = alpha · A panel · B panel, stored per mode ------ */
-enum { STORE = 0, ADD = 1, SCALE_ADD = 2 }; /* C = acc; C += acc; C = acc + beta·C (acc times alpha) */
+/* (STORE, ADD, SCALE_ADD: panels_avx512.h; acc times alpha first) */
 
 BF16 static void kernel(int64_t kp, const uint32_t *restrict a, const uint32_t *restrict b, float *c, int64_t ldc,
                         int mv, int nvalid, int mode, float beta, float alpha) {
@@ -241,12 +241,7 @@ BF16 static void kernel(int64_t kp, const uint32_t *restrict a, const uint32_t *
         for (int v = 0; v < NV; v++) {
             const int left = nvalid - 16 * v;
             if (i >= mv || left <= 0) continue;
-            const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-            float *p = c + i * ldc + 16 * v;
-            __m512 r = scaled ? _mm512_mul_ps(va, acc[i][v]) : acc[i][v];
-            if (mode == ADD) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, p));
-            else if (mode == SCALE_ADD) r = _mm512_add_ps(r, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m, p)));
-            _mm512_mask_storeu_ps(p, m, r);
+            store_c(c + i * ldc + 16 * v, left, scaled ? _mm512_mul_ps(va, acc[i][v]) : acc[i][v], mode, vb);
         }
 }
 
@@ -516,20 +511,19 @@ const char *qk_bf16_kernel_reason(void) {
     return chosen_reason;
 }
 
-int qk_bf16_set_thread_kernel(int kind) {
+/* Whether kernel `kind` can run here (the choice made, so amx_granted is known). */
+static int can_run(int kind) {
     pthread_once(&choose_once, choose_kernel);
-    if (kind < -1 || kind > KERNEL_SOFT_AMX) return QK_GEMM_NO_BF16;
-    if (kind >= 0 && !qk_bf16_available()) return QK_GEMM_NO_BF16;
-    if (kind == KERNEL_AMX && !amx_granted) return QK_GEMM_NO_BF16;
+    return qk_bf16_available() && kind >= KERNEL_AVX512 && kind <= KERNEL_SOFT_AMX && (kind != KERNEL_AMX || amx_granted);
+}
+
+int qk_bf16_set_thread_kernel(int kind) {
+    if (kind != -1 && !can_run(kind)) return QK_GEMM_NO_BF16;
     kernel_override = kind;
     return 0;
 }
 
-double qk_bf16_kernel_check(int kind) {
-    pthread_once(&choose_once, choose_kernel);
-    if (!qk_bf16_available() || kind < 0 || kind > KERNEL_SOFT_AMX || (kind == KERNEL_AMX && !amx_granted)) return INFINITY;
-    return kernel_check(kind);
-}
+double qk_bf16_kernel_check(int kind) { return can_run(kind) ? kernel_check(kind) : INFINITY; }
 
 static int kernel_for_call(void) { return kernel_override >= 0 ? kernel_override : qk_bf16_kernel(); }
 

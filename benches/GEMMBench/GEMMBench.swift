@@ -19,7 +19,7 @@ public enum GEMMBench {
         /// The arithmetic of the quantized products (dense stays fp32 sgemm).
         public var dtype = ComputeDType.fp32
         /// bf16 only: the micro-kernels to time side by side (empty: the one this process chose);
-        /// with more than one, each format's column is named format@kernel.
+        /// when given, each format's column is named format@kernel.
         public var bf16Kernels: [ComputeRuntime.BF16Kernel] = []
         /// Minimum time of one sample; fast cases repeat until they reach it.
         public var minSampleSeconds = 0.02
