@@ -24,6 +24,9 @@ extension ModelFamily {
             c.slidingLayers = gemmaPattern(layers: c.numLayers, every: (j["sliding_window_pattern"] as? Int) ?? globalEvery)
         }
         let scalar = (j["query_pre_attn_scalar"] as? Double) ?? Double(c.headDim)
+        guard scalar > 0, scalar.isFinite else {
+            throw ModelConfigError.invalid(source: source, field: "query_pre_attn_scalar", detail: "\(scalar) is not a positive number")
+        }
         c.attentionScale = Float(1 / scalar.squareRoot())
         c.embeddingScale = Float(Double(c.hiddenSize).squareRoot())
         c.attentionSoftcap = (j["attn_logit_softcapping"] as? Double).map(Float.init)

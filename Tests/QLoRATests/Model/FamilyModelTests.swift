@@ -106,4 +106,47 @@ final class FamilyModelTests: XCTestCase {
             for f in ModelFamily.all { XCTAssertTrue(text.contains(f.name), text) }
         }
     }
+
+    /// A config whose shared numbers are impossible is refused naming the field, for every
+    /// family, before the family's own keys are read (Gemma's layer pattern indexed −2 layers:
+    /// fuzz-model-config's crash); the family keys themselves are checked too.
+    func testImpossibleConfigsAreRefusedNamingTheFieldInEveryFamily() throws {
+        func refusal(_ fields: [String: Any]) -> String? {
+            var j: [String: Any] = ["hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                                    "num_key_value_heads": 2, "vocab_size": 32]
+            j.merge(fields) { $1 }
+            let data = try! JSONSerialization.data(withJSONObject: j)
+            do { _ = try ModelConfig(huggingFaceConfig: data, source: "x/config.json"); return nil } catch { return "\(error)" }
+        }
+        for family in ModelFamily.all {
+            let type = family.modelTypes[0]
+            XCTAssertNil(refusal(["model_type": type]), type)
+            for (field, value) in [("num_hidden_layers", -2), ("num_hidden_layers", 0), ("hidden_size", -64), ("head_dim", -32),
+                                   ("num_attention_heads", 0), ("vocab_size", 1 << 40)] {
+                let text = refusal(["model_type": type, field: value])
+                XCTAssertEqual(text?.hasPrefix("x/config.json: \(field): "), true, "\(type) \(field) \(value): \(text ?? "accepted")")
+            }
+        }
+        let gemmas = ModelFamily.all.filter { $0.modelTypes.contains { $0.hasPrefix("gemma") } }.map { $0.modelTypes[0] }
+        XCTAssertFalse(gemmas.isEmpty)
+        for type in gemmas {
+            for (field, value) in [("sliding_window", -5), ("query_pre_attn_scalar", -24), ("attn_logit_softcapping", 0)] as [(String, Any)] {
+                let text = refusal(["model_type": type, "hidden_activation": "gelu_pytorch_tanh", field: value])
+                XCTAssertEqual(text?.hasPrefix("x/config.json: \(field): "), true, "\(type) \(field) \(value): \(text ?? "accepted")")
+            }
+        }
+    }
+
+    /// The same from GGUF metadata: a Gemma 2 file claiming −2 blocks is refused, not crashed on.
+    func testImpossibleGGUFBlockCountIsRefused() throws {
+        let dir = TempDir()
+        var w = GGUFWriter()
+        w.metadata = [("general.architecture", .string("gemma2")), ("gemma2.embedding_length", .uint32(64)),
+                      ("gemma2.feed_forward_length", .uint32(128)), ("gemma2.block_count", .int32(-2)),
+                      ("gemma2.attention.head_count", .uint32(4)), ("gemma2.vocab_size", .uint32(32))]
+        try w.write(to: dir.path + "/m.gguf") { _ in [] }
+        XCTAssertThrowsError(try ModelConfig(gguf: GGUFFile(path: dir.path + "/m.gguf"))) { e in
+            XCTAssertTrue("\(e)".hasSuffix("m.gguf: num_hidden_layers: -2 is out of range"), "\(e)")
+        }
+    }
 }

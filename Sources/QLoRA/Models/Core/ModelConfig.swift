@@ -72,8 +72,26 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         return numLayers * perLayer + hiddenSize + vocabSize * hiddenSize * (tieWordEmbeddings ? 1 : 2)
     }
 
-    /// Checks the numbers fit together; throws naming the field at fault.
+    /// Checks the numbers fit together, the family's own (window, layer pattern, scales, caps)
+    /// included; throws naming the field at fault.
     public func validate(source: String) throws(ModelConfigError) {
+        try validateDimensions(source: source)
+        if let w = slidingWindow, w <= 0 || w > 1 << 30 { throw .invalid(source: source, field: "sliding_window", detail: "\(w) is out of range") }
+        if let layers = slidingLayers, layers.count != numLayers {
+            throw .invalid(source: source, field: "layer_types", detail: "\(layers.count) entries for \(numLayers) layers")
+        }
+        for (name, v) in [("local rope_theta", localRopeTheta), ("attention scale", attentionScale), ("embedding scale", embeddingScale),
+                          ("attn_logit_softcapping", attentionSoftcap), ("final_logit_softcapping", finalLogitSoftcap)] {
+            if let v, !(v > 0 && v.isFinite) { throw .invalid(source: source, field: name, detail: "gives \(v), not a positive finite number") }
+        }
+        if let s = ropeScaling, !(s.factor > 0 && s.factor.isFinite) {
+            throw .invalid(source: source, field: "rope_scaling.factor", detail: "\(s.factor) is not a positive finite number")
+        }
+    }
+
+    /// The checks every family's own keys rely on (the hooks index layers and divide by the
+    /// head dim): run before them, so that a config with −2 layers is refused, not crashed on.
+    func validateDimensions(source: String) throws(ModelConfigError) {
         guard ModelFamily.named(architecture) != nil else { throw .unsupportedArchitecture(source: source, architecture: architecture) }
         for (name, v) in [("hidden_size", hiddenSize), ("intermediate_size", intermediateSize), ("num_hidden_layers", numLayers),
                           ("num_attention_heads", numHeads), ("num_key_value_heads", numKVHeads), ("head_dim", headDim),
@@ -153,6 +171,7 @@ extension ModelConfig {
                   ropeTheta: ropeTheta, ropeScaling: scaling,
                   maxPositionEmbeddings: try int("max_position_embeddings") ?? 2048,
                   tieWordEmbeddings: (j["tie_word_embeddings"] as? Bool) ?? false, attentionBias: (j["attention_bias"] as? Bool) ?? false)
+        try validateDimensions(source: source)
         try family.readHuggingFaceConfig(&self, j, source)
     }
 
@@ -186,6 +205,7 @@ extension ModelConfig {
                   tieWordEmbeddings: gguf.tensor("output.weight") == nil,
                   attentionBias: gguf.tensor("blk.0.attn_q.bias") != nil)
         architecture = family.modelTypes[0]
+        try validateDimensions(source: source)
         try family.readGGUF(&self, gguf, arch, source)
         try validate(source: source)
     }
