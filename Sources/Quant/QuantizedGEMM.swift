@@ -39,17 +39,28 @@ public enum ComputeDType: String, Sendable, CaseIterable, CustomStringConvertibl
     /// X (or dY) and the dequantized W rounded to bf16 (nearest even; NaN stays NaN; fp32
     /// subnormals become ±0), fp32 sums: CPUs with AVX512_BF16 only (`ComputeRuntime.bf16Available`).
     case bf16
+    /// Decoding's products: each row of X quantized to 8 bits per block of 32 (llama.cpp's
+    /// Q8_0, the scale kept in fp32) and exact integer dot products with the weights' codes,
+    /// scaled and summed in fp32. Q4_0, Q4_1 and Q8_0 weights on CPUs with AVX512_VNNI
+    /// (`QuantizedMatrix.int8DecodeApplies`); any other product runs in fp32. Forward only: a
+    /// backward asked for in int8 runs in fp32.
+    case int8
 
     public var description: String { rawValue }
 
-    /// What a product of `T` rows computes in when this dtype is asked for: below 8 rows
-    /// (decoding) the product reads each weight once and is bound by memory, and packing W
-    /// into bf16 panels costs more than it saves (q4_1 1536×576 at T = 1 on Zen 4: 3.9 GFLOP/s
-    /// in bf16 against 21.6 on the fp32 row path), so those stay fp32.
-    public func effective(tokens T: Int) -> ComputeDType { T < 8 ? .fp32 : self }
+    /// What a product of `T` rows computes in when this dtype is asked for. Below 8 rows
+    /// (decoding) each weight is read once per token and the product is bound by turning W's
+    /// codes into numbers: packing W into bf16 panels costs more than it saves (q4_1 1536×576
+    /// at T = 1 on Zen 4: 3.9 GFLOP/s in bf16 against 21.6 on the fp32 row path), so bf16
+    /// decodes in int8, whose codes meet X's bytes without being converted; fp32 stays fp32.
+    public func effective(tokens T: Int) -> ComputeDType { T < 8 && self == .bf16 ? .int8 : self }
 }
 
 extension QuantizedMatrix {
+    /// Whether a forward in `.int8` takes integer dot products here (Q4_0, Q4_1 or Q8_0 weights,
+    /// a CPU with AVX512_VNNI, the AVX-512 level in use) rather than running in fp32.
+    public var int8DecodeApplies: Bool { withKernel { qk_int8_decode_applies($0) != 0 } }
+
     /// Y[T, out] = X[T, in] · Wᵀ, or Y += X · Wᵀ when `accumulate` (so LoRA and residual terms
     /// add into the same output). W is dequantized tile by tile; it never exists whole in fp32.
     /// `dtype` .bf16 takes only `options.threads` and throws `.bf16Unavailable` on CPUs without it.
@@ -63,6 +74,7 @@ extension QuantizedMatrix {
             switch dtype {
             case .fp32: qk_gemm_forward(k, x.baseAddress, y.baseAddress, Int64(T), beta, threads, &opt)
             case .bf16: qk_gemm_forward_bf16(k, x.baseAddress, y.baseAddress, Int64(T), beta, threads)
+            case .int8: qk_gemm_forward_int8(k, x.baseAddress, y.baseAddress, Int64(T), beta, threads)
             }
         }
         try throwing(rc, "a [\(rows), \(cols)] forward")
@@ -78,7 +90,7 @@ extension QuantizedMatrix {
         let beta: Float = accumulate ? 1 : 0, threads = Int32(options.threads)
         let rc = withKernel { k in
             switch dtype {
-            case .fp32: qk_gemm_backward(k, dy.baseAddress, dx.baseAddress, Int64(T), beta, threads, &opt)
+            case .fp32, .int8: qk_gemm_backward(k, dy.baseAddress, dx.baseAddress, Int64(T), beta, threads, &opt)
             case .bf16: qk_gemm_backward_bf16(k, dy.baseAddress, dx.baseAddress, Int64(T), beta, threads)
             }
         }

@@ -39,6 +39,7 @@ void qk_cpu_detect(qk_cpu_info *info) {
         info->avx512bw = (b >> 30) & 1;
         info->avx512vl = (b >> 31) & 1;
         info->avx512_vbmi = (c >> 1) & 1;
+        info->avx512_vnni = (c >> 11) & 1;
         info->amx_bf16 = (d >> 22) & 1;
         info->amx_tile = (d >> 24) & 1;
         unsigned sub = a;

@@ -81,7 +81,7 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         let base = try LanguageModel(path: model, kQuants: kQuants)
-        base.model.computeDType = try computeDtype.resolved()  // the prompt's pass; decoding stays fp32
+        base.model.computeDType = try computeDtype.resolved()  // the prompt's pass in bf16, decoding in int8 (ComputeDType.effective)
         let runs = try adapterOptions.runs(base)
         let seed = seed ?? UInt64(Date().timeIntervalSince1970 * 1e6)
         for (label, lm) in runs {

@@ -89,6 +89,7 @@ typedef struct {
     int avx512f, avx512bw, avx512vl, avx512_bf16, avx512_vbmi;
     int amx_tile, amx_bf16;
     int os_avx, os_avx512, os_amx; /* the OS saves the register state (XCR0) */
+    int avx512_vnni;
 } qk_cpu_info;
 
 void qk_cpu_detect(qk_cpu_info *info);
@@ -194,6 +195,20 @@ int qk_gemm_forward(const qk_matrix *w, const float *x, float *y, int64_t T, flo
 /* dX[T, in] = dY[T, out] · W + beta · dX. Returns as qk_gemm_forward. */
 int qk_gemm_backward(const qk_matrix *w, const float *dy, float *dx, int64_t T, float beta,
                      int threads, const qk_gemm_options *opt);
+
+/* ---- decoding with 8-bit activations (AVX512_VNNI) ---------------------------------- */
+/* 1 if qk_gemm_forward_int8 takes integer dot products for W here: Q4_0, Q4_1 or Q8_0 W, an
+ * AVX512_VNNI CPU and the AVX-512 level in use; else it runs qk_gemm_forward's fp32 path. */
+int qk_int8_decode_applies(const qk_matrix *w);
+/* Y[T, out] = X · Wᵀ + beta·Y with each row of X quantized per block of 32 to int8 (d = amax/127,
+ * q = round(x/d), llama.cpp's Q8_0 with d in fp32) and exact integer dot products with W's
+ * codes, scaled and summed in fp32 (qgemv_int8_avx512.c). For decoding: every T works, but the
+ * product reads W once per 8 rows of X. Returns as qk_gemm_forward. */
+int qk_gemm_forward_int8(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads);
+/* The quantization of one row of X (n a multiple of 32) the product above uses: q [n] (in
+ * element order when pair_layout is 0), ds [2·n/32]: d and s = d·Σq of each block, side by
+ * side; a block with a NaN or ±Inf gets d = s = NaN and q = 0. */
+void qk_quantize_activations_q8(const float *x, int64_t n, int pair_layout, int8_t *q, float *ds);
 
 /* ---- the quantized GEMMs in bf16 (AVX512_BF16) --------------------------------------- */
 /* What the GEMMs return besides 0. */

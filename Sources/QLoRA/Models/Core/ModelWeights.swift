@@ -104,7 +104,7 @@ public enum TokenMatrix: Sendable {
     func forward(_ x: UnsafePointer<Float>, rows n: Int, width C: Int, vocab V: Int,
                  into logits: UnsafeMutablePointer<Float>, dtype: ComputeDType = .fp32) throws {
         switch (self, dtype.effective(tokens: n)) {
-        case let (.dense(w), .fp32):
+        case let (.dense(w), .fp32), let (.dense(w), .int8):
             try w.withUnsafeBufferPointer { (w) throws in
                 try ComputeRuntime.parallelSgemm(transposeB: true, m: n, n: V, k: C, a: x, lda: C, b: w.baseAddress!, ldb: C,
                                          beta: 0, c: logits, ldc: V)
@@ -123,7 +123,7 @@ public enum TokenMatrix: Sendable {
     func backward(_ dLogits: UnsafePointer<Float>, rows n: Int, width C: Int, vocab V: Int,
                   into dx: UnsafeMutablePointer<Float>, accumulate: Bool, dtype: ComputeDType = .fp32) throws {
         switch (self, dtype.effective(tokens: n)) {
-        case let (.dense(w), .fp32):
+        case let (.dense(w), .fp32), let (.dense(w), .int8):
             try w.withUnsafeBufferPointer { (w) throws in
                 try ComputeRuntime.parallelSgemm(transposeB: false, m: n, n: C, k: V, a: dLogits, lda: V, b: w.baseAddress!, ldb: C,
                                          beta: accumulate ? 1 : 0, c: dx, ldc: C)
