@@ -59,6 +59,19 @@ _Static_assert(sizeof(block_q4_K) == QK_Q4_K_BYTES, "wrong q4_K block size/paddi
 _Static_assert(sizeof(block_q5_K) == QK_Q5_K_BYTES, "wrong q5_K block size/padding");
 _Static_assert(sizeof(block_q6_K) == QK_Q6_K_BYTES, "wrong q6_K block size/padding");
 
+/* Q4_K and Q5_K: 6-bit scale and min of group g (ggml's get_scale_min_k4). Groups 0..3 use
+ * the low 6 bits of bytes g and g+4; groups 4..7 take their low 4 bits from the nibbles of
+ * byte g+4 and their high 2 bits from the top of bytes g-4 (scale) and g (min). */
+static inline void scale_min_k4(const uint8_t s[K_SCALE_SIZE], int g, int *sc, int *m) {
+    if (g < 4) {
+        *sc = s[g] & 63;
+        *m = s[g + 4] & 63;
+    } else {
+        *sc = (s[g + 4] & 0x0F) | (s[g - 4] >> 6) << 4;
+        *m = (s[g + 4] >> 4) | (s[g] >> 6) << 4;
+    }
+}
+
 /* Bytes of one block of a ggml format; 0 for bitsandbytes formats. */
 static inline int64_t ggml_block_bytes(qk_format f) {
     switch (f) {

@@ -120,19 +120,6 @@ void qk_dequantize_blocks_q3_K_ref(const void *src, float *restrict y, int64_t n
     }
 }
 
-/* Q4_K and Q5_K: 6-bit scale and min of group g (ggml's get_scale_min_k4). Groups 0..3 use
- * the low 6 bits of bytes g and g+4; groups 4..7 take their low 4 bits from the nibbles of
- * byte g+4 and their high 2 bits from the top of bytes g-4 (scale) and g (min). */
-static inline void scale_min_k4(const uint8_t s[K_SCALE_SIZE], int g, int *sc, int *m) {
-    if (g < 4) {
-        *sc = s[g] & 63;
-        *m = s[g + 4] & 63;
-    } else {
-        *sc = (s[g + 4] & 0x0F) | (s[g - 4] >> 6) << 4;
-        *m = (s[g + 4] >> 4) | (s[g] >> 6) << 4;
-    }
-}
-
 /* Q4_K and Q5_K group g (elements 32g .. 32g+31): codes from bytes 32·(g/2) .. +31 of qs,
  * low nibbles for even g, high nibbles for odd g, plus bit g of qh[l] as a fifth bit for
  * Q5_K (qh NULL for Q4_K); y = d·sc·code − dmin·m. */

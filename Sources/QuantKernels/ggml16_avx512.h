@@ -44,17 +44,6 @@ GGML16 static inline __m512i codes_q5(const uint8_t *qh4, const uint8_t *qs, int
     return _mm512_mask_add_epi32(low, (__mmask16)(qh >> j0), low, _mm512_set1_epi32(16));
 }
 
-/* Q4_K and Q5_K's 6-bit scale and min of group g of 32 (ggml's get_scale_min_k4). */
-static inline void scale_min16_k4(const uint8_t s[K_SCALE_SIZE], int g, int *sc, int *m) {
-    if (g < 4) {
-        *sc = s[g] & 63;
-        *m = s[g + 4] & 63;
-    } else {
-        *sc = (s[g + 4] & 0x0F) | (s[g - 4] >> 6) << 4;
-        *m = (s[g + 4] >> 4) | (s[g] >> 6) << 4;
-    }
-}
-
 /* Elements j0 .. j0+15 of the block at blk, for Q5_0, Q5_1 and the K-quants. Always inlined:
  * callers pass a constant format, and the switch folds to its case. */
 GGML16 __attribute__((always_inline)) static inline __m512 dequantize16_ggml(qk_format format, const uint8_t *blk, int j0) {
@@ -98,7 +87,7 @@ GGML16 __attribute__((always_inline)) static inline __m512 dequantize16_ggml(qk_
         const uint8_t *scales = five ? x5->scales : x4->scales, *qs = five ? x5->qs : x4->qs;
         const int G = j0 / 32, l0 = j0 % 32;
         int sc, m;
-        scale_min16_k4(scales, G, &sc, &m);
+        scale_min_k4(scales, G, &sc, &m);
         const __m512 dl = scaled16(x4->d, sc), ml = scaled16(x4->dmin, m);
         __m512i q = bits16(widen16(qs + 32 * (G / 2) + l0), (unsigned)(4 * (G % 2)), 0x0F);
         if (five) {

@@ -136,7 +136,7 @@ int qk_gemm_forward_int8(const qk_matrix *w, const float *x, float *y, int64_t T
     float *xds = tls_xq;
     int8_t *xq = (int8_t *)(xds + 2 * T * nb);
     for (int64_t k = 0; k < T; k++)
-        qk_quantize_activations_q8(x + k * in, in, w->format != QK_FORMAT_Q8_0, xq + k * in, xds + 2 * k * nb);
+        qk_quantize_activations_q8(x + k * in, in, w->format == QK_FORMAT_Q4_0 || w->format == QK_FORMAT_Q4_1 || w->format == QK_FORMAT_Q5_0 || w->format == QK_FORMAT_Q5_1, xq + k * in, xds + 2 * k * nb);
     const int nt = thread_count(threads, (out + 63) / 64);
 #pragma omp parallel num_threads(nt)
     {

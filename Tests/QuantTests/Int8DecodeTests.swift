@@ -7,7 +7,7 @@ import XCTest
 /// dequantized W and the quantized X, and against the fp32 product within the quantization's
 /// own bound.
 final class Int8DecodeTests: XCTestCase {
-    static let formats: [QuantFormat] = [.q4_0, .q4_1, .q8_0]
+    static let formats: [QuantFormat] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q6_K]
 
     func requireInt8() throws {
         let w = try QuantizedMatrix(quantizing: [Float](repeating: 0.5, count: 32 * 32), rows: 32, cols: 32, format: .q4_0)
@@ -84,8 +84,9 @@ final class Int8DecodeTests: XCTestCase {
         try requireInt8()
         var rng = NormalSource(seed: 7)
         for format in Self.formats {
-            for (out, inp) in [(37, 96), (48, 64), (64, 576), (16, 32)] {
-                let w = try QuantizedMatrix(quantizing: rng.array(out * inp, scale: 0.05), rows: out, cols: inp, format: format)
+            let shapes = format.isKQuant ? [(37, 256), (16, 768)] : [(37, 96), (48, 64), (64, 576), (16, 32)]
+            for (out, inp) in shapes {
+                let w = try testMatrix(format, blockSize: format.defaultBlockSize, rows: out, cols: inp, scale: 0.05, doubleQuant: false, rng: &rng)
                 XCTAssertTrue(w.int8DecodeApplies)
                 let wd = w.dequantize().map(Double.init)
                 for T in [1, 2, 5, 9] {
@@ -146,11 +147,11 @@ final class Int8DecodeTests: XCTestCase {
     func testNaNAndInfinityInTheInputGiveNaN() throws {
         try requireInt8()
         var rng = NormalSource(seed: 9)
-        let (out, inp, T) = (48, 96, 4)
+        let (out, inp, T) = (48, 256, 4)
         for format in Self.formats {
-            let w = try QuantizedMatrix(quantizing: rng.array(out * inp, scale: 0.05), rows: out, cols: inp, format: format)
+            let w = try testMatrix(format, blockSize: format.defaultBlockSize, rows: out, cols: inp, scale: 0.05, doubleQuant: false, rng: &rng)
             var x = rng.array(T * inp)
-            x[1 * inp + 70] = .nan      // the lone last block
+            x[1 * inp + 230] = .nan     // the last block
             x[2 * inp + 5] = .infinity  // a pair's first block
             let y = try w.forward(x, tokens: T, dtype: .int8)
             for t in 0..<T {
@@ -161,10 +162,11 @@ final class Int8DecodeTests: XCTestCase {
         }
     }
 
-    /// Formats without integer codes (NF4, K-quants here) run the fp32 product bit for bit.
+    /// Formats without an int8 path (NF4 and FP4's codebooks; Q2_K, Q3_K, Q5_K not written) run
+    /// the fp32 product bit for bit.
     func testOtherFormatsRunInFP32() throws {
         var rng = NormalSource(seed: 11)
-        for format in [QuantFormat.nf4, .fp4, .q5_0, .q4_K] {
+        for format in [QuantFormat.nf4, .fp4, .q5_K, .q2_K, .q3_K] {
             let (out, inp) = (32, 256)
             let w = try testMatrix(format, blockSize: format.defaultBlockSize, rows: out, cols: inp, scale: 0.05, doubleQuant: false, rng: &rng)
             XCTAssertFalse(w.int8DecodeApplies, "\(format)")
