@@ -11,6 +11,9 @@ public struct RuntimeReport: Codable, Sendable {
     public var bf16GEMM: Bool
     /// The bf16 GEMMs' micro-kernel (avx512_bf16 or amx) and what decided it.
     public var bf16Kernel: String?
+    /// Decoding in bf16 takes int8 dot products (AVX512_VNNI): `ComputeDType.int8`. Optional so
+    /// that reports written before it still read.
+    public var int8Decoding: Bool?
     public var blasCore: String
     public var blasCoreRequested: String?
     public var blasCoreReason: String
@@ -26,7 +29,8 @@ public struct RuntimeReport: Codable, Sendable {
         return RuntimeReport(
             cpu: "\(cpu.brand.isEmpty ? cpu.vendor : cpu.brand) (family \(cpu.family), model \(cpu.model))",
             cpuFlags: cpu.flags, simd: SIMDLevel.current.description, bf16GEMM: ComputeRuntime.bf16Available,
-            bf16Kernel: ComputeRuntime.bf16Available ? ComputeRuntime.bf16KernelReason : nil, blasCore: status.corename,
+            bf16Kernel: ComputeRuntime.bf16Available ? ComputeRuntime.bf16KernelReason : nil,
+            int8Decoding: ComputeRuntime.int8DecodingAvailable, blasCore: status.corename,
             blasCoreRequested: status.requestedCore, blasCoreReason: status.reason, blasCoreVerified: status.verified,
             inheritedOpenBLASCoreType: status.inheritedCoreType, blasConfig: status.config, blasLibrary: status.library,
             threads: status.ompThreads)
@@ -40,6 +44,9 @@ public struct RuntimeReport: Codable, Sendable {
             "dequantize simd: \(simd)",
             "bf16 gemm: \(bf16GEMM ? "available (AVX512_BF16)" : "unavailable (no AVX512_BF16): fp32 only")",
             "bf16 kernel: \(bf16Kernel ?? "none")",
+            "decoding: " + (int8Decoding == true
+                ? "int8 dot products in bf16 runs (AVX512_VNNI: X quantized per 32 to 8 bits against Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q6_K codes; other formats fp32)"
+                : "fp32 (no AVX512_VNNI with AVX-512)"),
             "compute dtype: " + (bf16GEMM
                 ? "bf16 for training and generation (--compute-dtype auto: this CPU has AVX512_BF16; a run checks a probe batch's loss against fp32 first), fp32 for perplexity and scoring unless asked"
                 : "fp32 (auto: this CPU has no AVX512_BF16)"),

@@ -34,13 +34,15 @@ int qk_int8_decode_applies(const qk_matrix *w) {
     default: return 0;
     }
     if (w->cols % w->block_size != 0 || qk_isa_get() != QK_ISA_AVX512) return 0;
-    static int vnni = -1;
-    if (vnni < 0) {
+    static int vnni = -1; /* every thread that races here stores the same answer */
+    int v = __atomic_load_n(&vnni, __ATOMIC_RELAXED);
+    if (v < 0) {
         qk_cpu_info i;
         qk_cpu_detect(&i);
-        vnni = i.avx512_vnni && i.os_avx512 && i.avx512bw && i.avx512vl && i.f16c;
+        v = i.avx512_vnni && i.os_avx512 && i.avx512bw && i.avx512vl && i.f16c;
+        __atomic_store_n(&vnni, v, __ATOMIC_RELAXED);
     }
-    return vnni;
+    return v;
 }
 
 /* One row of X, n a multiple of 32: q [n] in the layout W's format reads; ds [2·n/32]: d_x and
