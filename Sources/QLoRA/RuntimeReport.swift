@@ -45,7 +45,7 @@ public struct RuntimeReport: Codable, Sendable {
             "bf16 gemm: \(bf16GEMM ? "available (AVX512_BF16)" : "unavailable (no AVX512_BF16): fp32 only")",
             "bf16 kernel: \(bf16Kernel ?? "none")",
             "decoding: " + (int8Decoding == true
-                ? "int8 dot products in bf16 runs (AVX512_VNNI: X quantized per 32 to 8 bits against Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q6_K codes; other formats fp32)"
+                ? "int8 dot products in bf16 runs (AVX512_VNNI: X quantized per 32 to 8 bits against Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K codes; other formats fp32)"
                 : "fp32 (no AVX512_VNNI with AVX-512)"),
             "compute dtype: " + (bf16GEMM
                 ? "bf16 for training and generation (--compute-dtype auto: this CPU has AVX512_BF16; a run checks a probe batch's loss against fp32 first), fp32 for perplexity and scoring unless asked"

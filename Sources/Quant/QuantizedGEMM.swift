@@ -41,7 +41,7 @@ public enum ComputeDType: String, Sendable, CaseIterable, CustomStringConvertibl
     case bf16
     /// Decoding's products: each row of X quantized to 8 bits per block of 32 (llama.cpp's
     /// Q8_0, the scale kept in fp32) and exact integer dot products with the weights' codes,
-    /// scaled and summed in fp32. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and Q6_K weights on CPUs with AVX512_VNNI
+    /// scaled and summed in fp32. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K weights on CPUs with AVX512_VNNI
     /// (`QuantizedMatrix.int8DecodeApplies`); any other product runs in fp32. Forward only: a
     /// backward asked for in int8 runs in fp32.
     case int8
@@ -57,7 +57,7 @@ public enum ComputeDType: String, Sendable, CaseIterable, CustomStringConvertibl
 }
 
 extension QuantizedMatrix {
-    /// Whether a forward in `.int8` takes integer dot products here (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K or Q6_K weights,
+    /// Whether a forward in `.int8` takes integer dot products here (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K weights,
     /// a CPU with AVX512_VNNI, the AVX-512 level in use) rather than running in fp32.
     public var int8DecodeApplies: Bool { withKernel { qk_int8_decode_applies($0) != 0 } }
 

@@ -7,7 +7,7 @@
  *   Q4_0   y += d_w d_x Σ (c_j − 8) q_j  =  d_w d_x Σ c_j q_j − 8 d_w s_x      s_x = d_x Σ q_j
  *   Q4_1   y += d_w d_x Σ c_j q_j + m_w s_x
  *   Q5_0, Q5_1   as Q4_0 (offset 16) and Q4_1, with the 5th bit added to the codes
- *   Q4_K   y += Σ_g d·sc_g d_x Σ c q − dmin·m_g s_x        (8 groups of 32 per 256)
+ *   Q4_K, Q5_K   y += Σ_g d·sc_g d_x Σ c q − dmin·m_g s_x  (8 groups of 32 per 256)
  *   Q6_K   y += Σ d·sc_16 d_x Σ (c − 32) q                  (16 groups of 16 per 256)
  *
  * W is read once per token and never dequantized: two blocks' nibbles become 64 bytes of one
@@ -30,7 +30,7 @@
 int qk_int8_decode_applies(const qk_matrix *w) {
     switch (w->format) {
     case QK_FORMAT_Q4_0: case QK_FORMAT_Q4_1: case QK_FORMAT_Q5_0: case QK_FORMAT_Q5_1: case QK_FORMAT_Q8_0:
-    case QK_FORMAT_Q4_K: case QK_FORMAT_Q6_K: break;
+    case QK_FORMAT_Q4_K: case QK_FORMAT_Q5_K: case QK_FORMAT_Q6_K: break;
     default: return 0;
     }
     if (w->cols % w->block_size != 0 || qk_isa_get() != QK_ISA_AVX512) return 0;
@@ -180,24 +180,39 @@ static inline VNNI float row_dot(qk_format f, size_t stride, size_t qs_at, size_
     return sum + offset * (t[1] + t[3]);
 }
 
-/* Q4_K: per super-block of 256, d and dmin, eight 6-bit scales sc and mins m, one per group
- * of 32 (an x block): y += Σ_g d·sc_g · d_x Σ c q − dmin·m_g · s_x. Each 64 elements are 32
- * bytes of qs, group 2j in the low nibbles and 2j+1 in the high: one register in element order. */
-static inline VNNI float row_dot_q4_K(const block_q4_K *row, int64_t nsb, const int8_t *xq, const float *ds) {
+/* Q4_K and Q5_K: per super-block of 256, d and dmin, eight 6-bit scales sc and mins m, one per
+ * group of 32 (an x block): y += Σ_g d·sc_g · d_x Σ c q − dmin·m_g · s_x. Each 64 elements are
+ * 32 bytes of qs, group 2j in the low nibbles and 2j+1 in the high: one register in element
+ * order; Q5_K adds 16 where bit g of qh[l] is set (element l of group g). */
+static inline VNNI float row_dot_k4(int q5, const uint8_t *row, int64_t nsb, const int8_t *xq, const float *ds) {
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     float mins = 0;
     for (int64_t i = 0; i < nsb; i++) {
-        const block_q4_K *blk = row + i;
-        const float d = h2f(blk->d), dmin = h2f(blk->dmin);
+        uint16_t dh, dminh;
+        const uint8_t *scales, *qs, *qhp = NULL;
+        if (q5) {
+            const block_q5_K *blk = (const block_q5_K *)row + i;
+            dh = blk->d, dminh = blk->dmin, scales = blk->scales, qs = blk->qs, qhp = blk->qh;
+        } else {
+            const block_q4_K *blk = (const block_q4_K *)row + i;
+            dh = blk->d, dminh = blk->dmin, scales = blk->scales, qs = blk->qs;
+        }
+        const float d = h2f(dh), dmin = h2f(dminh);
         const float *dsb = ds + 16 * i;
         const int8_t *xb = xq + 256 * i;
+        const __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)qhp) : _mm256_setzero_si256();
         for (int j = 0; j < 4; j++) {
             int sa, ma, sb, mb;
-            scale_min_k4(blk->scales, 2 * j, &sa, &ma);
-            scale_min_k4(blk->scales, 2 * j + 1, &sb, &mb);
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * j));
-            const __m512i wv = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1),
-                                                _mm512_set1_epi8(0x0F));
+            scale_min_k4(scales, 2 * j, &sa, &ma);
+            scale_min_k4(scales, 2 * j + 1, &sb, &mb);
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+            __m512i wv = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1),
+                                          _mm512_set1_epi8(0x0F));
+            if (q5) {
+                const uint64_t lo = _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(1 << (2 * j))));
+                const uint64_t hi = _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(1 << (2 * j + 1))));
+                wv = _mm512_mask_add_epi8(wv, lo | hi << 32, wv, _mm512_set1_epi8(16));
+            }
             const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, _mm512_loadu_si512((const void *)(xb + 64 * j)));
             const __m512 scale = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d * (float)sa * dsb[4 * j]),
                                                       _mm512_set1_ps(d * (float)sb * dsb[4 * j + 2]));
@@ -266,12 +281,16 @@ VNNI void qk_gemv_int8_rows(const qk_matrix *w, const int8_t *xq, const float *x
             *o = beta == 0.0f ? v : v + beta * *o;                                                                       \
         }                                                                                                                \
     }
-    if (f == QK_FORMAT_Q4_K || f == QK_FORMAT_Q6_K) {
+    if (f == QK_FORMAT_Q4_K || f == QK_FORMAT_Q5_K || f == QK_FORMAT_Q6_K) {
         const int64_t nsb = in / QK_K_BLOCK;
         for (int64_t r = r0; r < r1; r++) {
+            const uint8_t *row = w->data + (size_t)(r * nsb) * (size_t)ggml_block_bytes(f);
             for (int64_t k = 0; k < T; k++) {
-                const float v = f == QK_FORMAT_Q4_K ? row_dot_q4_K((const block_q4_K *)w->data + r * nsb, nsb, xq + k * in, xds + k * 2 * nb)
-                                                    : row_dot_q6_K((const block_q6_K *)w->data + r * nsb, nsb, xq + k * in, xds + k * 2 * nb);
+                const int8_t *x = xq + k * in;
+                const float *xd = xds + k * 2 * nb;
+                const float v = f == QK_FORMAT_Q4_K ? row_dot_k4(0, row, nsb, x, xd)
+                              : f == QK_FORMAT_Q5_K ? row_dot_k4(1, row, nsb, x, xd)
+                                                    : row_dot_q6_K((const block_q6_K *)row, nsb, x, xd);
                 float *o = y + k * out + r;
                 *o = beta == 0.0f ? v : v + beta * *o;
             }

@@ -55,7 +55,7 @@ struct GEMM: ParsableCommand {
     @Option(help: "Per-thread tile buffer in KiB for the tiles path (0: the library's default, which depends on T).") var tileKib = 0
     @Option(help: "Implementation: auto (the AVX-512 micro-kernel at T ≥ 16 where it applies, else tiles), tiles, kernel.")
     var path: GEMMOptions.Path = .auto
-    @Option(help: "Arithmetic of the 4-bit products: fp32, bf16 (inputs and weights rounded to bf16, fp32 sums; AVX512_BF16 only) or int8 (forward only, decoding's: inputs quantized per 32 to 8 bits, integer dot products with Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q6_K codes on AVX512_VNNI CPUs; fp32 elsewhere). Dense stays fp32 sgemm.")
+    @Option(help: "Arithmetic of the 4-bit products: fp32, bf16 (inputs and weights rounded to bf16, fp32 sums; AVX512_BF16 only) or int8 (forward only, decoding's: inputs quantized per 32 to 8 bits, integer dot products with Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K codes on AVX512_VNNI CPUs; fp32 elsewhere). Dense stays fp32 sgemm.")
     var dtype: ComputeDType = .fp32
     @Option(help: "With --dtype bf16: micro-kernels to time side by side, comma-separated: avx512_bf16 (vdpbf16ps), amx (AMX-BF16 tiles, where the CPU has them). Default: the one qlora chose here (qlora info: bf16 kernel).")
     var bf16Kernels: String?

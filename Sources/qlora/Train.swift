@@ -10,8 +10,8 @@ extension ComputeDTypeChoice: ExpressibleByArgument {
         ArgumentHelp("What the frozen 4-bit GEMMs and the LM head compute in: fp32, bf16 (inputs and weights rounded to bf16, fp32 sums: "
                      + "about twice as fast; needs AVX512-BF16, see qlora info) or auto (bf16 where the CPU has it\(choice == .auto ? " and a probe batch's loss in bf16 is within 0.5% of fp32's" : "")). "
                      + "Adapters, norms and attention stay fp32. Decoding (products under 8 rows) in bf16 takes int8 dot products instead: "
-                     + "the input quantized per 32 values to 8 bits (llama.cpp's Q8_0) against Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and Q6_K weights "
-                     + "on CPUs with AVX512-VNNI, 2-3x as fast as fp32; other weights (NF4, FP4, Q2_K, Q3_K, Q5_K) decode in fp32.",
+                     + "the input quantized per 32 values to 8 bits (llama.cpp's Q8_0) against Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K weights "
+                     + "on CPUs with AVX512-VNNI, 2-3x as fast as fp32; other weights (NF4, FP4, Q2_K, Q3_K) decode in fp32.",
                      valueName: "dtype")
     }
 }

@@ -198,7 +198,7 @@ int qk_gemm_backward(const qk_matrix *w, const float *dy, float *dx, int64_t T, 
 
 /* ---- decoding with 8-bit activations (AVX512_VNNI) ---------------------------------- */
 /* 1 if qk_gemm_forward_int8 takes integer dot products for W here: Q4_0, Q4_1, Q5_0, Q5_1,
- * Q8_0, Q4_K or Q6_K W, an
+ * Q8_0, Q4_K, Q5_K or Q6_K W, an
  * AVX512_VNNI CPU and the AVX-512 level in use; else it runs qk_gemm_forward's fp32 path. */
 int qk_int8_decode_applies(const qk_matrix *w);
 /* Y[T, out] = X · Wᵀ + beta·Y with each row of X quantized per block of 32 to int8 (d = amax/127,
