@@ -134,14 +134,7 @@ public enum ComputeRuntime {
 
     /// Decoding's products can take int8 dot products (`ComputeDType.int8`): AVX512_VNNI with
     /// the AVX-512 level in use. Which weights it covers: `QuantizedMatrix.int8DecodeApplies`.
-    public static var int8DecodingAvailable: Bool {
-        var probe = qk_matrix()
-        probe.format = QK_FORMAT_Q8_0
-        probe.rows = 1
-        probe.cols = Int64(QK_GGML_BLOCK)
-        probe.block_size = Int64(QK_GGML_BLOCK)
-        return qk_int8_decode_applies(&probe) != 0
-    }
+    public static var int8DecodingAvailable: Bool { qk_int8_available() != 0 }
 
     /// The micro-kernels the bf16 GEMMs can run: vdpbf16ps (AVX512_BF16), AMX-BF16 tiles, and a
     /// software model of those tiles (their packing and layout on any AVX512_BF16 CPU; slow: tests).

@@ -114,29 +114,20 @@ static int gemv_forward(const qk_matrix *w, const float *x, float *y, int64_t T,
     return failed ? -1 : 0;
 }
 
+void qk_gemv_int8_quantize(const qk_matrix *w, const float *x, int64_t T, int8_t *xq, float *xds);
 void qk_gemv_int8_rows(const qk_matrix *w, const int8_t *xq, const float *xds, int64_t T, int64_t r0, int64_t r1,
                        float *y, float beta);
-
-/* X quantized once by the calling thread, kept between calls. */
-static __thread void *tls_xq;
-static __thread size_t tls_xq_bytes;
 
 int qk_gemm_forward_int8(const qk_matrix *w, const float *x, float *y, int64_t T, float beta, int threads) {
     const int64_t out = w->rows, in = w->cols;
     if (T <= 0 || out <= 0) return 0;
     if (!qk_int8_decode_applies(w)) return qk_gemm_forward(w, x, y, T, beta, threads, NULL);
+    /* X quantized once, into the calling thread's buffer (the rows below take none of their own) */
     const int64_t nb = in / QK_GGML_BLOCK;
-    const size_t bytes = 2 * sizeof(float) * (size_t)(T * nb) + (size_t)(T * in);
-    if (bytes > tls_xq_bytes) {
-        free(tls_xq);
-        tls_xq = aligned_alloc(64, (bytes + 63) / 64 * 64);
-        tls_xq_bytes = tls_xq ? bytes : 0;
-        if (!tls_xq) return QK_GEMM_NO_MEMORY;
-    }
-    float *xds = tls_xq;
+    float *xds = thread_buffer((size_t)(2 * T * nb + (T * in + 3) / 4));
+    if (!xds) return QK_GEMM_NO_MEMORY;
     int8_t *xq = (int8_t *)(xds + 2 * T * nb);
-    for (int64_t k = 0; k < T; k++)
-        qk_quantize_activations_q8(x + k * in, in, w->format == QK_FORMAT_Q4_0 || w->format == QK_FORMAT_Q4_1 || w->format == QK_FORMAT_Q5_0 || w->format == QK_FORMAT_Q5_1, xq + k * in, xds + 2 * k * nb);
+    qk_gemv_int8_quantize(w, x, T, xq, xds);
     const int nt = thread_count(threads, (out + 63) / 64);
 #pragma omp parallel num_threads(nt)
     {

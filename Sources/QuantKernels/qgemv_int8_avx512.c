@@ -23,17 +23,10 @@
 #include "blocks.h"
 #include <immintrin.h>
 #include <math.h>
-#include <stdlib.h>
 
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c")))
 
-int qk_int8_decode_applies(const qk_matrix *w) {
-    switch (w->format) {
-    case QK_FORMAT_Q4_0: case QK_FORMAT_Q4_1: case QK_FORMAT_Q5_0: case QK_FORMAT_Q5_1: case QK_FORMAT_Q8_0:
-    case QK_FORMAT_Q4_K: case QK_FORMAT_Q5_K: case QK_FORMAT_Q6_K: break;
-    default: return 0;
-    }
-    if (w->cols % w->block_size != 0 || qk_isa_get() != QK_ISA_AVX512) return 0;
+int qk_int8_available(void) {
     static int vnni = -1; /* every thread that races here stores the same answer */
     int v = __atomic_load_n(&vnni, __ATOMIC_RELAXED);
     if (v < 0) {
@@ -42,7 +35,16 @@ int qk_int8_decode_applies(const qk_matrix *w) {
         v = i.avx512_vnni && i.os_avx512 && i.avx512bw && i.avx512vl && i.f16c;
         __atomic_store_n(&vnni, v, __ATOMIC_RELAXED);
     }
-    return v;
+    return v && qk_isa_get() == QK_ISA_AVX512;
+}
+
+int qk_int8_decode_applies(const qk_matrix *w) {
+    switch (w->format) {
+    case QK_FORMAT_Q4_0: case QK_FORMAT_Q4_1: case QK_FORMAT_Q5_0: case QK_FORMAT_Q5_1: case QK_FORMAT_Q8_0:
+    case QK_FORMAT_Q4_K: case QK_FORMAT_Q5_K: case QK_FORMAT_Q6_K: break;
+    default: return 0;
+    }
+    return w->cols % w->block_size == 0 && qk_int8_available();
 }
 
 /* One row of X, n a multiple of 32: q [n] in the layout W's format reads; ds [2·n/32]: d_x and
@@ -78,6 +80,14 @@ void qk_quantize_activations_q8(const float *x, int64_t n, int pair_layout, int8
             memcpy(q + b * QK_GGML_BLOCK, v, QK_GGML_BLOCK);
         }
     }
+}
+
+/* The T rows of X for W's format: q [T, in], ds [T, 2·in/32]; Q4 and Q5 pairs interleaved. */
+void qk_gemv_int8_quantize(const qk_matrix *w, const float *x, int64_t T, int8_t *xq, float *xds) {
+    const qk_format f = w->format;
+    const int pairs = f == QK_FORMAT_Q4_0 || f == QK_FORMAT_Q4_1 || f == QK_FORMAT_Q5_0 || f == QK_FORMAT_Q5_1;
+    const int64_t in = w->cols, nb = in / QK_GGML_BLOCK;
+    for (int64_t k = 0; k < T; k++) qk_quantize_activations_q8(x + k * in, in, pairs, xq + k * in, xds + 2 * k * nb);
 }
 
 static inline VNNI float h2f(uint16_t h) { return _cvtsh_ss(h); }

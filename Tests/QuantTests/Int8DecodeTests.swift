@@ -11,7 +11,8 @@ final class Int8DecodeTests: XCTestCase {
 
     func requireInt8() throws {
         let w = try QuantizedMatrix(quantizing: [Float](repeating: 0.5, count: 32 * 32), rows: 32, cols: 32, format: .q4_0)
-        guard w.int8DecodeApplies else {
+        XCTAssertEqual(w.int8DecodeApplies, ComputeRuntime.int8DecodingAvailable)
+        guard ComputeRuntime.int8DecodingAvailable else {
             // Elsewhere .int8 runs the fp32 product: the same bits.
             let x = (0..<64).map { Float($0 % 7) - 3 }
             XCTAssertEqual(try w.forward(x, tokens: 2, dtype: .int8), try w.forward(x, tokens: 2, dtype: .fp32))

@@ -197,9 +197,11 @@ int qk_gemm_backward(const qk_matrix *w, const float *dy, float *dx, int64_t T, 
                      int threads, const qk_gemm_options *opt);
 
 /* ---- decoding with 8-bit activations (AVX512_VNNI) ---------------------------------- */
+/* 1 if this CPU and OS run the int8 products (AVX-512 F/BW/VL with AVX512_VNNI and F16C) and
+ * the AVX-512 level is in use (qk_isa_get), else 0. */
+int qk_int8_available(void);
 /* 1 if qk_gemm_forward_int8 takes integer dot products for W here: Q4_0, Q4_1, Q5_0, Q5_1,
- * Q8_0, Q4_K, Q5_K or Q6_K W, an
- * AVX512_VNNI CPU and the AVX-512 level in use; else it runs qk_gemm_forward's fp32 path. */
+ * Q8_0, Q4_K, Q5_K or Q6_K W and qk_int8_available(); else it runs qk_gemm_forward's fp32 path. */
 int qk_int8_decode_applies(const qk_matrix *w);
 /* Y[T, out] = X · Wᵀ + beta·Y with each row of X quantized per block of 32 to int8 (d = amax/127,
  * q = round(x/d), llama.cpp's Q8_0 with d in fp32) and exact integer dot products with W's
